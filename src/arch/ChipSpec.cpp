@@ -1,0 +1,202 @@
+#include "arch/ChipSpec.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "arch/Error.hpp"
+#include "arch/Presets.hpp"
+
+namespace ppu {
+
+using json = nlohmann::json;
+
+const std::vector<ChipFieldInfo>& chip_fields() {
+  static const std::vector<ChipFieldInfo> fields = {
+      {"cores", Dimension::kCount, true, "cores (SMs) that run thread blocks", &ChipSpec::cores},
+      {"clock", Dimension::kFrequency, true, "clock behind the matrix peak", &ChipSpec::clock},
+      {"matrix_bf16", Dimension::kFlops, true, "dense BF16 matrix peak", &ChipSpec::matrix_bf16},
+      {"matrix_fp16", Dimension::kFlops, true, "dense FP16 matrix peak", &ChipSpec::matrix_fp16},
+      {"matrix_fp8", Dimension::kFlops, false, "dense FP8 matrix peak (absent: no FP8)", &ChipSpec::matrix_fp8},
+      {"vector_fp32", Dimension::kFlops, true, "non-matrix FP32 peak", &ChipSpec::vector_fp32},
+      {"sram_per_core", Dimension::kBytes, true, "software-managed on-core storage per core", &ChipSpec::sram_per_core},
+      {"l2_size", Dimension::kBytes, true, "L2 cache capacity", &ChipSpec::l2_size},
+      {"l2_bandwidth", Dimension::kBandwidth, true, "L2 bandwidth, all cores together", &ChipSpec::l2_bandwidth},
+      {"hbm_size", Dimension::kBytes, true, "device memory capacity", &ChipSpec::hbm_size},
+      {"hbm_bandwidth", Dimension::kBandwidth, true, "peak device memory bandwidth", &ChipSpec::hbm_bandwidth},
+      {"host_link_bandwidth", Dimension::kBandwidth, true, "achievable host link bandwidth per direction",
+       &ChipSpec::host_link_bandwidth},
+      {"host_link_latency", Dimension::kTime, true, "host link transfer latency", &ChipSpec::host_link_latency},
+      {"chip_links", Dimension::kCount, true, "chip-to-chip link ports", &ChipSpec::chip_links},
+      {"chip_link_bandwidth", Dimension::kBandwidth, true, "bandwidth per link per direction",
+       &ChipSpec::chip_link_bandwidth},
+      {"chip_link_latency", Dimension::kTime, true, "chip-to-chip link latency", &ChipSpec::chip_link_latency},
+      {"power", Dimension::kPower, true, "board power (TDP)", &ChipSpec::power},
+      {"mma_efficiency", Dimension::kFraction, true, "sustained fraction of the 16-bit matrix peak",
+       &ChipSpec::mma_efficiency},
+      {"mma_efficiency_fp8", Dimension::kFraction, false, "sustained fraction of the FP8 matrix peak",
+       &ChipSpec::mma_efficiency_fp8},
+      {"hbm_read_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for reads",
+       &ChipSpec::hbm_read_efficiency},
+      {"hbm_write_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for writes",
+       &ChipSpec::hbm_write_efficiency},
+      {"dma_latency", Dimension::kTime, true, "DMA issue to first byte", &ChipSpec::dma_latency},
+      {"dma_bandwidth_per_core", Dimension::kBandwidth, true, "most one core's DMA engines move",
+       &ChipSpec::dma_bandwidth_per_core},
+      {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency},
+      {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency},
+  };
+  return fields;
+}
+
+bool ChipSpec::supports(DType t) const { return matrix_flops_per_s(t) > 0.0; }
+
+double ChipSpec::matrix_flops_per_s(DType t) const {
+  switch (t) {
+    case DType::kBF16: return matrix_bf16.value;
+    case DType::kF16: return matrix_fp16.value;
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: return matrix_fp8.present ? matrix_fp8.value : 0.0;
+    default: return 0.0;
+  }
+}
+
+double ChipSpec::mma_efficiency_for(DType t) const {
+  return dtype_is_fp8(t) ? mma_efficiency_fp8.value : mma_efficiency.value;
+}
+
+namespace {
+
+const char* const kMetaKeys[] = {"name", "display_name", "vendor", "notes"};
+
+std::string valid_field_list() {
+  std::string out;
+  for (const char* m : kMetaKeys) out += fmt::format("{}{}", out.empty() ? "" : ", ", m);
+  for (const auto& f : chip_fields()) out += fmt::format(", {}", f.key);
+  return out;
+}
+
+Quantity parse_quantity(const json& j, const ChipFieldInfo& f, std::string_view origin) {
+  auto err = [&](const std::string& what) {
+    return UserError(fmt::format("{}: field '{}': {}", origin, f.key, what));
+  };
+  const std::string shape = "write it as {\"value\": <number>, \"unit\": \"<unit>\", \"source\": \"...\"} "
+                            "or with \"assumed\": \"<reason>\" instead of \"source\"";
+  if (!j.is_object()) throw err("must be an object; " + shape);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    if (k != "value" && k != "unit" && k != "source" && k != "assumed")
+      throw err(fmt::format("unknown key '{}'; valid keys: value, unit, source, assumed", k));
+  }
+  Quantity q;
+  q.dim = f.dim;
+  q.present = true;
+  if (!j.contains("value")) throw err("missing 'value'; " + shape);
+  const json& v = j.at("value");
+  double x = 0.0;
+  if (v.is_number()) {
+    x = v.get<double>();
+  } else if (v.is_string()) {
+    const std::string s = v.get<std::string>();
+    char* end = nullptr;
+    x = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size())
+      throw err(fmt::format("value '{}' is not a number", s));
+  } else {
+    throw err(fmt::format("value {} is not a number", v.dump()));
+  }
+  if (!std::isfinite(x)) throw err(fmt::format("value {} is not finite", x));
+  if (!j.contains("unit") || !j.at("unit").is_string())
+    throw err(fmt::format("missing 'unit' (a string); valid units for {}: {}", dimension_name(f.dim),
+                          valid_units(f.dim)));
+  const std::string unit = j.at("unit").get<std::string>();
+  auto mult = parse_unit(f.dim, unit);
+  if (!mult)
+    throw err(fmt::format("unit '{}' is not a {} unit; valid: {}", unit, dimension_name(f.dim), valid_units(f.dim)));
+  if (x <= 0.0) throw err(fmt::format("value {} must be positive", x));
+  q.value = x * *mult;
+  if (f.dim == Dimension::kFraction && q.value > 1.0)
+    throw err(fmt::format("value {} {} is a fraction and must be at most 1", x, unit));
+  if (f.dim == Dimension::kCount && q.value != std::floor(q.value))
+    throw err(fmt::format("value {} must be a whole number", x));
+  q.text = fmt::format("{} {}", v.is_string() ? v.get<std::string>() : v.dump(), unit);
+  auto text_of = [&](const char* key) -> std::string {
+    if (!j.contains(key)) return {};
+    if (!j.at(key).is_string() || j.at(key).get<std::string>().empty())
+      throw err(fmt::format("'{}' must be a non-empty string", key));
+    return j.at(key).get<std::string>();
+  };
+  q.source = text_of("source");
+  q.assumed = text_of("assumed");
+  if (q.source.empty() && q.assumed.empty())
+    throw err("needs a \"source\" (where the number is published) or \"assumed\" (why this value)");
+  return q;
+}
+
+}  // namespace
+
+ChipSpec parse_chip(std::string_view text, std::string_view origin) {
+  json j;
+  try {
+    j = json::parse(text.begin(), text.end());
+  } catch (const json::parse_error& e) {
+    throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+  }
+  if (!j.is_object()) throw UserError(fmt::format("{}: a chip file must be a JSON object", origin));
+  ChipSpec c;
+  c.file = std::string(origin);
+  auto meta = [&](const char* key, bool required) -> std::string {
+    if (!j.contains(key)) {
+      if (required) throw UserError(fmt::format("{}: missing field '{}' (a string)", origin, key));
+      return {};
+    }
+    if (!j.at(key).is_string() || j.at(key).get<std::string>().empty())
+      throw UserError(fmt::format("{}: field '{}' must be a non-empty string", origin, key));
+    return j.at(key).get<std::string>();
+  };
+  c.name = meta("name", true);
+  c.display_name = meta("display_name", true);
+  c.vendor = meta("vendor", true);
+  c.notes = meta("notes", false);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    bool known = false;
+    for (const char* m : kMetaKeys) known = known || k == m;
+    for (const auto& f : chip_fields()) known = known || k == f.key;
+    if (!known) throw UserError(fmt::format("{}: unknown field '{}'; valid fields: {}", origin, k, valid_field_list()));
+  }
+  for (const auto& f : chip_fields()) {
+    if (!j.contains(std::string(f.key))) {
+      if (f.required)
+        throw UserError(fmt::format("{}: missing field '{}' ({}, in {} units such as {})", origin, f.key,
+                                    f.description, dimension_name(f.dim), valid_units(f.dim)));
+      continue;
+    }
+    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f, origin);
+  }
+  if (c.matrix_fp8.present != c.mma_efficiency_fp8.present)
+    throw UserError(fmt::format("{}: fields 'matrix_fp8' and 'mma_efficiency_fp8' go together: give both or neither",
+                                origin));
+  return c;
+}
+
+std::vector<std::string> chip_preset_names() { return builtin_preset_names("chips"); }
+
+ChipSpec load_chip(std::string_view name_or_path) {
+  const bool is_path = name_or_path.find('/') != std::string_view::npos ||
+                       (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
+  if (is_path) {
+    std::string path(name_or_path);
+    return parse_chip(read_text_file(path), path);
+  }
+  if (auto text = builtin_preset("chips", name_or_path))
+    return parse_chip(*text, fmt::format("<built-in>/chips/{}.json", name_or_path));
+  std::string known;
+  for (const auto& n : chip_preset_names()) known += (known.empty() ? "" : ", ") + n;
+  throw UserError(fmt::format("unknown chip '{}'; known chips: {} (or give a path to a chip .json file)",
+                              name_or_path, known));
+}
+
+}  // namespace ppu

@@ -1,0 +1,100 @@
+// ChipSpec: one accelerator as data, loaded from a preset file (presets/chips/<name>.json) or a
+// user's own file with the same schema (docs/presets.md).
+//
+//   ChipSpec h100 = load_chip("h100");                 // built-in preset by name
+//   ChipSpec mine = load_chip("my-chip.json");         // any path ending in .json
+//   double tflops = h100.matrix_flops_per_s(DType::kBF16) / 1e12;   // 989.4
+//
+// Every numeric field is a Quantity: its value in SI base units plus where the number comes from
+// (a published source, or "assumed" with the reasoning). The loader rejects unknown fields, missing
+// fields, wrong units, non-positive or unparsable values, naming the file and the field.
+//
+// Not here: how the numbers are used (sim/TimingEngine), nodes and clusters (later layers).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "arch/DType.hpp"
+#include "arch/Units.hpp"
+
+namespace ppu {
+
+struct Quantity {
+  double value = 0.0;      // SI base unit of `dim`
+  Dimension dim = Dimension::kCount;
+  std::string text;        // as written in the file, e.g. "3.35 TB/s"
+  std::string source;      // non-empty if published
+  std::string assumed;     // non-empty if assumed (the reasoning)
+  bool present = false;    // optional fields may be absent
+};
+
+struct ChipSpec {
+  std::string name;          // preset key, e.g. "h100"
+  std::string display_name;  // "NVIDIA H100 SXM5 80GB"
+  std::string vendor;
+  std::string notes;
+  std::string file;          // where it was loaded from ("<built-in>/h100.json" for presets)
+
+  // --- published / architectural
+  Quantity cores;                 // count: cores (SMs) that run blocks
+  Quantity clock;                 // Hz: clock behind the matrix peak
+  Quantity matrix_bf16;           // FLOP/s dense
+  Quantity matrix_fp16;           // FLOP/s dense
+  Quantity matrix_fp8;            // FLOP/s dense (optional: absent = no fp8)
+  Quantity vector_fp32;           // FLOP/s, non-matrix fp32
+  Quantity sram_per_core;         // bytes of software-managed on-core storage
+  Quantity l2_size;               // bytes
+  Quantity l2_bandwidth;          // B/s, all cores together
+  Quantity hbm_size;              // bytes
+  Quantity hbm_bandwidth;         // B/s peak
+  Quantity host_link_bandwidth;   // B/s per direction, achievable
+  Quantity host_link_latency;     // s
+  Quantity chip_links;            // count of chip-to-chip link ports
+  Quantity chip_link_bandwidth;   // B/s per direction per link
+  Quantity chip_link_latency;     // s
+  Quantity power;                 // W (TDP)
+  // --- micro-architectural (few, documented, calibrated once per chip)
+  Quantity mma_efficiency;        // fraction of 16-bit matrix peak a steady tile loop sustains
+  Quantity mma_efficiency_fp8;    // same for fp8 (required iff matrix_fp8 is present)
+  Quantity hbm_read_efficiency;   // fraction of peak HBM bandwidth for reads
+  Quantity hbm_write_efficiency;  // fraction of peak HBM bandwidth for writes
+  Quantity dma_latency;           // s from DMA issue to first byte
+  Quantity dma_bandwidth_per_core;  // B/s: the most one core's DMA engines move
+  Quantity launch_latency;        // s: kernel launch to first block start
+  Quantity block_latency;         // s: a block's dispatch onto a core (and its end)
+
+  // Convenience accessors (SI units).
+  int num_cores() const { return static_cast<int>(cores.value); }
+  double clock_hz() const { return clock.value; }
+  bool supports(DType matrix_input) const;
+  // Dense matrix peak for MMA with inputs of type `t`; 0 if unsupported (fp32 inputs: unsupported).
+  double matrix_flops_per_s(DType t) const;
+  // Steady-state efficiency of the matrix unit for inputs of type `t`.
+  double mma_efficiency_for(DType t) const;
+  double sram_bytes() const { return sram_per_core.value; }
+  double hbm_bytes() const { return hbm_size.value; }
+};
+
+// One field of the schema: key in the file, dimension, whether required, description.
+struct ChipFieldInfo {
+  std::string_view key;
+  Dimension dim;
+  bool required;
+  std::string_view description;
+  Quantity ChipSpec::*member;
+};
+const std::vector<ChipFieldInfo>& chip_fields();
+
+// Names of the built-in chip presets, sorted.
+std::vector<std::string> chip_preset_names();
+
+// Loads a preset by name, or a file if `name_or_path` ends in ".json" or contains '/'.
+// Throws UserError: unknown name (listing the known ones), unreadable file, or invalid content.
+ChipSpec load_chip(std::string_view name_or_path);
+// Parses chip JSON text; `origin` names the file in error messages.
+ChipSpec parse_chip(std::string_view json_text, std::string_view origin);
+
+}  // namespace ppu

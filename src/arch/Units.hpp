@@ -1,0 +1,41 @@
+// Physical quantities as they appear in preset files: {"value": 3.35, "unit": "TB/s"}.
+//
+// Each preset field has a Dimension; its value is converted to the SI base unit of that dimension
+// (bytes, bytes/s, Hz, FLOP/s, seconds, watts, plain count, fraction). Decimal prefixes (KB, MB,
+// GB = 1e9) and binary ones (KiB, MiB, GiB = 2^30) are both accepted; a unit of the wrong dimension
+// is an error listing the valid ones.
+//
+//   parse_unit(Dimension::kBandwidth, "TB/s")  -> 1e12
+//   parse_unit(Dimension::kBandwidth, "GB")    -> nullopt  (see valid_units(kBandwidth))
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ppu {
+
+enum class Dimension : uint8_t { kCount, kFraction, kBytes, kBandwidth, kFrequency, kFlops, kTime, kPower, kNum };
+
+inline constexpr std::array<std::string_view, static_cast<size_t>(Dimension::kNum)> kDimensionNames = {
+    "count", "fraction", "bytes", "bandwidth", "frequency", "FLOP/s", "time", "power"};
+static_assert(kDimensionNames.size() == static_cast<size_t>(Dimension::kNum));
+
+constexpr std::string_view dimension_name(Dimension d) { return kDimensionNames[static_cast<size_t>(d)]; }
+
+// Multiplier that converts `unit` to the SI base of `dim`; nullopt if the unit is not of that dimension.
+std::optional<double> parse_unit(Dimension dim, std::string_view unit);
+// "B, KB, KiB, ..." - the units accepted for `dim`, for error messages.
+std::string valid_units(Dimension dim);
+// The base unit's display name ("B", "B/s", "Hz", "FLOP/s", "s", "W", "count", "fraction").
+std::string_view base_unit(Dimension dim);
+
+// Human formatting with a suitable prefix: format_quantity(Dimension::kBytes, 8.0e10) = "80 GB".
+std::string format_quantity(Dimension dim, double si_value);
+
+// Parses a size such as "1GiB", "512MB", "4096", "1.5e9" into bytes. Throws UserError naming `what`.
+int64_t parse_size_bytes(std::string_view text, std::string_view what);
+
+}  // namespace ppu

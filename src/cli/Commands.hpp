@@ -1,0 +1,41 @@
+// The `ppu` subcommands, as plain functions over option structs (CLI11 parsing lives in main.cpp
+// only, since it compiles slowly). Each prints a table, or one JSON document with --json, and returns
+// the process exit code. User mistakes throw UserError (main prints it and exits 2).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ppu::cli {
+
+int cmd_chips_list(bool json);
+int cmd_chips_show(const std::string& name_or_path, bool json);
+
+struct GemmBenchOptions {
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  std::string chip = "zhenwu-810e";  // or "all"
+  std::string dtype = "bf16";
+  std::string out_dtype = "bf16";
+  bool trans_a = false, trans_b = false;
+  bool check = false;
+  std::string trace;
+  bool json = false;
+  int64_t seed = 1;
+};
+int cmd_bench_gemm(const GemmBenchOptions& o);
+
+struct CopyBenchOptions {
+  std::string size = "1GiB";
+  std::string chip = "zhenwu-810e";  // or "all"
+  std::string kernel = "copy";       // copy, mul, add, triad
+  std::string dtype = "fp32";
+  bool check = false;
+  std::string trace;
+  bool json = false;
+};
+int cmd_bench_copy(const CopyBenchOptions& o);
+
+// "all" -> every preset name; otherwise the single name or path.
+std::vector<std::string> expand_chips(const std::string& chip);
+
+}  // namespace ppu::cli

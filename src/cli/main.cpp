@@ -1,0 +1,74 @@
+// ppu: the OpenPPU command line. See README.md for examples; `ppu --help` for every option.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "arch/Error.hpp"
+#include "cli/Commands.hpp"
+
+int main(int argc, char** argv) {
+  using namespace ppu::cli;
+  CLI::App app{"OpenPPU: a software PPU (AI accelerator) - chip presets, tile programs, functional and timing "
+               "simulation"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ppu 0.1.0");
+
+  bool json = false;
+  auto* chips = app.add_subcommand("chips", "Chip presets: a table, or every field of one chip");
+  chips->add_flag("--json", json, "One JSON document on stdout");
+  std::string show_name;
+  auto* show = chips->add_subcommand("show", "Every field of a chip with its unit and source");
+  show->add_option("chip", show_name, "Preset name or path to a chip .json file")->required();
+  show->add_flag("--json", json, "One JSON document on stdout");
+
+  auto* bench = app.add_subcommand("bench", "Run a kernel on a simulated chip and report its predicted time");
+  bench->require_subcommand(1);
+
+  GemmBenchOptions g;
+  auto* bg = bench->add_subcommand("gemm", "C = A.B: simulated time, TFLOPS, % of peak, what bounds it");
+  bg->add_option("M", g.m, "Rows of A and C")->required();
+  bg->add_option("N", g.n, "Columns of B and C")->required();
+  bg->add_option("K", g.k, "Inner dimension")->required();
+  bg->add_option("--chip", g.chip, "Chip preset, chip .json file, or 'all'")->capture_default_str();
+  bg->add_option("--dtype", g.dtype, "Input dtype: bf16, fp16, fp8e4m3, fp8e5m2")->capture_default_str();
+  bg->add_option("--out-dtype", g.out_dtype, "Output dtype: bf16, fp16, fp32")->capture_default_str();
+  bg->add_option("--batch", g.batch, "Batch count")->capture_default_str();
+  bg->add_flag("--transa", g.trans_a, "A is stored transposed ([K, M])");
+  bg->add_flag("--transb", g.trans_b, "B is stored transposed ([N, K])");
+  bg->add_flag("--check", g.check, "Also compute the numbers and check them against a reference");
+  bg->add_option("--seed", g.seed, "Seed of the random inputs for --check")->capture_default_str();
+  bg->add_option("--trace", g.trace, "Write a Perfetto/Chrome trace (cores, units, DMA, HBM) to this file");
+  bg->add_flag("--json", g.json, "One JSON document on stdout");
+
+  CopyBenchOptions c;
+  auto* bc = bench->add_subcommand("copy", "HBM-bound BabelStream kernels: achieved bandwidth");
+  bc->add_option("size", c.size, "Bytes per array, e.g. 1GiB, 512MB")->capture_default_str();
+  bc->add_option("--chip", c.chip, "Chip preset, chip .json file, or 'all'")->capture_default_str();
+  bc->add_option("--kernel", c.kernel, "copy, mul, add or triad")->capture_default_str();
+  bc->add_option("--dtype", c.dtype, "Element dtype")->capture_default_str();
+  bc->add_flag("--check", c.check, "Also compute the numbers and check them");
+  bc->add_option("--trace", c.trace, "Write a Perfetto/Chrome trace to this file");
+  bc->add_flag("--json", c.json, "One JSON document on stdout");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (chips->parsed()) {
+      if (show->parsed()) return cmd_chips_show(show_name, json);
+      return cmd_chips_list(json);
+    }
+    if (bg->parsed()) return cmd_bench_gemm(g);
+    if (bc->parsed()) return cmd_bench_copy(c);
+  } catch (const ppu::UserError& e) {
+    std::cerr << "error: " << e.what() << '\n';
+    return 2;
+  } catch (const ppu::SimEvent& e) {
+    std::cerr << "simulated event: " << e.what() << '\n';
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,46 @@
+// Kernel: a grid of blocks plus a builder that writes each block's tile program.
+//
+//   Kernel k;
+//   k.name = "scale";
+//   k.grid = num_tiles;
+//   k.args = {in_arg, out_arg};            // global tensors the programs address by index
+//   k.build = [=](int64_t block, TileProgram& p) { ... };
+//
+// Both executors call `build` for each block they run (the functional one on host threads, the
+// timing one lazily as blocks are dispatched onto cores), so a builder must be a pure function of
+// the block index and thread-safe. The runtime fills in TensorArg::data (functional mode) and
+// device_addr (both modes) from its device buffers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "arch/DType.hpp"
+#include "isa/TileProgram.hpp"
+
+namespace ppu {
+
+struct TensorArg {
+  DType dtype = DType::kF32;
+  int64_t numel = 0;          // elements addressable through this argument
+  void* data = nullptr;       // host memory of the emulated device (null in timing-only mode)
+  uint64_t device_addr = 0;   // simulated device address of element 0 (for the L2 model)
+  std::string name;
+};
+
+struct Kernel {
+  std::string name;
+  int64_t grid = 0;
+  std::vector<TensorArg> args;
+  std::function<void(int64_t block, TileProgram& program)> build;
+  // Useful work, for reports (not used to time anything): FLOPs the kernel is asked to do.
+  double flops = 0.0;
+};
+
+// Checks that every load/store of `p` stays inside its tensor argument and that the program fits an
+// SRAM of `sram_bytes`. Throws UserError naming the kernel, block, instruction and limits.
+void validate_program(const Kernel& k, int64_t block, const TileProgram& p, double sram_bytes);
+
+}  // namespace ppu

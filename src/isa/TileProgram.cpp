@@ -1,0 +1,234 @@
+#include "isa/TileProgram.hpp"
+
+#include <fmt/format.h>
+
+#include "arch/Error.hpp"
+
+namespace ppu {
+
+namespace {
+constexpr int64_t kSramAlign = 64;
+}
+
+void TileProgram::fail(const std::string& msg) const {
+  throw UserError(fmt::format("tile program, instruction {}: {}", instrs_.size(), msg));
+}
+
+BufferId TileProgram::alloc(DType dtype, int rows, int cols, std::string_view name) {
+  if (rows <= 0 || cols <= 0)
+    fail(fmt::format("buffer '{}' has shape [{}, {}]; both extents must be positive", name, rows, cols));
+  if (buffers_.size() >= 65535) fail("more than 65535 SRAM buffers in one program");
+  SramBuffer b{dtype, rows, cols, sram_bytes_, int64_t{rows} * cols * dtype_size_bytes(dtype), std::string(name)};
+  sram_bytes_ += (b.bytes + kSramAlign - 1) / kSramAlign * kSramAlign;
+  buffers_.push_back(std::move(b));
+  last_writer_.push_back(UINT32_MAX);
+  if (readers_.size() < buffers_.size()) readers_.emplace_back();
+  readers_[buffers_.size() - 1].clear();
+  return static_cast<BufferId>(buffers_.size() - 1);
+}
+
+const SramBuffer& TileProgram::buf(BufferId id, const char* role) const {
+  if (id >= buffers_.size()) fail(fmt::format("{} names buffer {}, but only {} are allocated", role, id, buffers_.size()));
+  return buffers_[id];
+}
+
+void TileProgram::check_extent(BufferId id, int rows, int cols, const char* role) const {
+  const SramBuffer& b = buf(id, role);
+  if (rows <= 0 || cols <= 0 || rows > b.rows || cols > b.cols)
+    fail(fmt::format("{} extent [{}, {}] does not fit buffer '{}' [{}, {}] (extents must be positive)", role, rows,
+                     cols, b.name, b.rows, b.cols));
+}
+
+void TileProgram::check_f32(BufferId id, const char* role) const {
+  const SramBuffer& b = buf(id, role);
+  if (b.dtype != DType::kF32)
+    fail(fmt::format("{} buffer '{}' is {}; the vector unit works on fp32 buffers (cast first)", role, b.name,
+                     dtype_name(b.dtype)));
+}
+
+void TileProgram::push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes) {
+  const auto idx = static_cast<uint32_t>(instrs_.size());
+  const size_t start = deps_.size();
+  auto add = [&](uint32_t d) {
+    if (d == UINT32_MAX) return;
+    for (size_t i = start; i < deps_.size(); ++i)
+      if (deps_[i] == d) return;
+    deps_.push_back(d);
+  };
+  add(last_sync_);
+  for (BufferId r : reads) add(last_writer_[r]);
+  for (BufferId w : writes) {
+    add(last_writer_[w]);
+    for (uint32_t r : readers_[w]) add(r);
+  }
+  for (BufferId r : reads) readers_[r].push_back(idx);
+  for (BufferId w : writes) {
+    last_writer_[w] = idx;
+    readers_[w].clear();
+  }
+  instrs_.push_back(in);
+  dep_offsets_.push_back(static_cast<uint32_t>(deps_.size()));
+}
+
+void TileProgram::load(BufferId dst, const TileRegion& src) {
+  check_extent(dst, src.rows, src.cols, "load destination");
+  Instr in;
+  in.op = OpCode::kLoad;
+  in.unit = Unit::kDmaIn;
+  in.dst = dst;
+  in.rows = src.rows;
+  in.cols = src.cols;
+  in.region = src;
+  push(in, {}, {dst});
+}
+
+void TileProgram::store(const TileRegion& dst, BufferId src) {
+  check_extent(src, dst.rows, dst.cols, "store source");
+  Instr in;
+  in.op = OpCode::kStore;
+  in.unit = Unit::kDmaOut;
+  in.a = src;
+  in.rows = dst.rows;
+  in.cols = dst.cols;
+  in.region = dst;
+  push(in, {src}, {});
+}
+
+void TileProgram::mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a, bool trans_b,
+                      bool accumulate) {
+  const SramBuffer& ba = buf(a, "mma operand a");
+  const SramBuffer& bb = buf(b, "mma operand b");
+  check_f32(c, "mma accumulator");
+  check_extent(c, m, n, "mma accumulator");
+  if (trans_a) check_extent(a, k, m, "mma operand a (transposed, [k, m])");
+  else check_extent(a, m, k, "mma operand a ([m, k])");
+  if (trans_b) check_extent(b, n, k, "mma operand b (transposed, [n, k])");
+  else check_extent(b, k, n, "mma operand b ([k, n])");
+  if (ba.dtype != bb.dtype)
+    fail(fmt::format("mma operands differ in dtype ({} and {}); both must be the same", dtype_name(ba.dtype),
+                     dtype_name(bb.dtype)));
+  if (ba.dtype == DType::kF32)
+    fail("mma operands are fp32; the matrix unit takes bf16, fp16, fp8e4m3 or fp8e5m2 (cast first)");
+  if (a == c || b == c) fail("mma accumulator must be a different buffer from its operands");
+  Instr in;
+  in.op = OpCode::kMma;
+  in.unit = Unit::kMatrix;
+  in.dst = c;
+  in.a = a;
+  in.b = b;
+  in.rows = m;
+  in.cols = n;
+  in.k = k;
+  in.flags = static_cast<uint8_t>((trans_a ? kFlagTransA : 0) | (trans_b ? kFlagTransB : 0) |
+                                  (accumulate ? kFlagAccumulate : 0));
+  if (accumulate) push(in, {a, b, c}, {c});
+  else push(in, {a, b}, {c});
+}
+
+void TileProgram::unary(UnaryOp op, BufferId dst, BufferId src, int rows, int cols, float imm) {
+  check_f32(dst, "unary destination");
+  check_f32(src, "unary source");
+  check_extent(dst, rows, cols, "unary destination");
+  check_extent(src, rows, cols, "unary source");
+  Instr in;
+  in.op = OpCode::kUnary;
+  in.sub = static_cast<uint8_t>(op);
+  in.dst = dst;
+  in.a = src;
+  in.rows = rows;
+  in.cols = cols;
+  in.imm = imm;
+  push(in, {src}, {dst});
+}
+
+void TileProgram::binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int rows, int cols, Broadcast bc) {
+  check_f32(dst, "binary destination");
+  check_f32(a, "binary operand a");
+  check_f32(b, "binary operand b");
+  check_extent(dst, rows, cols, "binary destination");
+  check_extent(a, rows, cols, "binary operand a");
+  switch (bc) {
+    case Broadcast::kNone: check_extent(b, rows, cols, "binary operand b"); break;
+    case Broadcast::kRow: check_extent(b, rows, 1, "binary operand b (one value per row)"); break;
+    case Broadcast::kCol: check_extent(b, 1, cols, "binary operand b (one value per column)"); break;
+    case Broadcast::kCount: fail("invalid broadcast");
+  }
+  Instr in;
+  in.op = OpCode::kBinary;
+  in.sub = static_cast<uint8_t>(op);
+  in.flags = static_cast<uint8_t>(bc);
+  in.dst = dst;
+  in.a = a;
+  in.b = b;
+  in.rows = rows;
+  in.cols = cols;
+  push(in, {a, b}, {dst});
+}
+
+void TileProgram::reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate) {
+  check_f32(dst, "reduce destination");
+  check_f32(src, "reduce source");
+  check_extent(src, rows, cols, "reduce source");
+  check_extent(dst, rows, 1, "reduce destination");
+  if (dst == src) fail("reduce destination must differ from its source");
+  Instr in;
+  in.op = OpCode::kReduce;
+  in.sub = static_cast<uint8_t>(op);
+  in.flags = accumulate ? kFlagAccumulate : 0;
+  in.dst = dst;
+  in.a = src;
+  in.rows = rows;
+  in.cols = cols;
+  if (accumulate) push(in, {src, dst}, {dst});
+  else push(in, {src}, {dst});
+}
+
+void TileProgram::fill(BufferId dst, int rows, int cols, float value) {
+  check_f32(dst, "fill destination");
+  check_extent(dst, rows, cols, "fill destination");
+  Instr in;
+  in.op = OpCode::kFill;
+  in.dst = dst;
+  in.rows = rows;
+  in.cols = cols;
+  in.imm = value;
+  push(in, {}, {dst});
+}
+
+void TileProgram::cast(BufferId dst, BufferId src, int rows, int cols) {
+  check_extent(dst, rows, cols, "cast destination");
+  check_extent(src, rows, cols, "cast source");
+  if (dst == src) fail("cast destination must differ from its source");
+  Instr in;
+  in.op = OpCode::kCast;
+  in.dst = dst;
+  in.a = src;
+  in.rows = rows;
+  in.cols = cols;
+  push(in, {src}, {dst});
+}
+
+void TileProgram::sync() {
+  const auto idx = static_cast<uint32_t>(instrs_.size());
+  for (uint32_t i = (last_sync_ == UINT32_MAX ? 0 : last_sync_); i < idx; ++i) deps_.push_back(i);
+  Instr in;
+  in.op = OpCode::kSync;
+  in.unit = Unit::kVector;
+  instrs_.push_back(in);
+  dep_offsets_.push_back(static_cast<uint32_t>(deps_.size()));
+  last_sync_ = idx;
+  for (auto& w : last_writer_) w = UINT32_MAX;
+  for (size_t i = 0; i < buffers_.size(); ++i) readers_[i].clear();
+}
+
+void TileProgram::clear() {
+  buffers_.clear();
+  instrs_.clear();
+  deps_.clear();
+  dep_offsets_.assign(1, 0);
+  last_writer_.clear();
+  last_sync_ = UINT32_MAX;
+  sram_bytes_ = 0;
+}
+
+}  // namespace ppu

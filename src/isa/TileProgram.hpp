@@ -1,0 +1,162 @@
+// Tile ISA: the instructions one core runs for one block of a kernel, and the program that holds them.
+//
+// A core owns a software-managed SRAM. A program first allocates named SRAM buffers (2-D tiles,
+// [rows, cols] row-major, one dtype each), then issues instructions that move strided 2-D tiles
+// between global memory (HBM) and SRAM (DMA load/store, with dtype conversion), multiply tiles on
+// the matrix unit (MMA: 16-bit or fp8 inputs, fp32 accumulate) and transform them on the vector unit
+// (elementwise, broadcast, row reductions, exp, casts; fp32 buffers only, except Cast).
+//
+// Instructions name the buffers they read and write; the program derives every dependency from that
+// (read-after-write, write-after-read, write-after-write), so neither the functional executor nor the
+// timing engine needs the author to declare any. `sync()` is a full fence inside the block.
+//
+//   TileProgram p;
+//   auto a = p.alloc(DType::kBF16, 128, 64, "a");
+//   auto b = p.alloc(DType::kBF16, 64, 128, "b");
+//   auto c = p.alloc(DType::kF32, 128, 128, "c");
+//   p.fill(c, 128, 128, 0.0f);
+//   p.load(a, {.arg = 0, .offset = 0, .row_stride = K, .rows = 128, .cols = 64});
+//   p.load(b, {.arg = 1, .offset = 0, .row_stride = N, .rows = 64, .cols = 128});
+//   p.mma(c, a, b, 128, 128, 64);
+//   p.store({.arg = 2, .offset = 0, .row_stride = N, .rows = 128, .cols = 128}, c);
+//
+// Every instruction works on the top-left [rows, cols] of its buffers, so edge tiles need no padding.
+// Extents and dtypes are checked as the program is built (UserError naming the instruction);
+// tensor bounds are checked against the kernel's arguments by validate_program(); SRAM capacity
+// against a chip by Kernel checks in the executors.
+//
+// Not here: what instructions cost (sim/TimingEngine) or compute (sim/FunctionalExecutor).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "arch/DType.hpp"
+
+namespace ppu {
+
+using BufferId = uint16_t;
+
+enum class OpCode : uint8_t { kLoad, kStore, kMma, kUnary, kBinary, kReduce, kFill, kCast, kSync, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(OpCode::kCount)> kOpCodeNames = {
+    "load", "store", "mma", "unary", "binary", "reduce", "fill", "cast", "sync"};
+
+enum class UnaryOp : uint8_t {
+  kCopy, kNeg, kAbs, kExp, kLog, kSqrt, kRsqrt, kRecip, kSquare, kRelu, kSilu,
+  kGelu,  // tanh approximation (GPT-2, Megatron)
+  kSigmoid, kTanh,
+  kScale,   // x * imm
+  kAddImm,  // x + imm
+  kCount
+};
+inline constexpr std::array<std::string_view, static_cast<size_t>(UnaryOp::kCount)> kUnaryOpNames = {
+    "copy", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "recip", "square", "relu", "silu", "gelu",
+    "sigmoid", "tanh", "scale", "add_imm"};
+
+enum class BinaryOp : uint8_t { kAdd, kSub, kMul, kDiv, kMax, kMin, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(BinaryOp::kCount)> kBinaryOpNames = {
+    "add", "sub", "mul", "div", "max", "min"};
+
+// How operand b of a binary op is read for element [r, c]: b[r,c], b[r,0] (one value per row) or
+// b[0,c] (one value per column).
+enum class Broadcast : uint8_t { kNone, kRow, kCol, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(Broadcast::kCount)> kBroadcastNames = {
+    "none", "row", "col"};
+
+enum class ReduceOp : uint8_t { kSum, kMax, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(ReduceOp::kCount)> kReduceOpNames = {"sum", "max"};
+
+// Execution units of a core. Instructions on one unit run in program order.
+enum class Unit : uint8_t { kDmaIn, kDmaOut, kMatrix, kVector, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(Unit::kCount)> kUnitNames = {
+    "dma_in", "dma_out", "matrix", "vector"};
+
+// A strided 2-D region of a kernel's tensor argument, in elements of that tensor's dtype:
+// element [r, c] is at offset + r * row_stride + c.
+struct TileRegion {
+  uint16_t arg = 0;
+  int64_t offset = 0;
+  int64_t row_stride = 0;
+  int32_t rows = 0;
+  int32_t cols = 0;
+};
+
+struct SramBuffer {
+  DType dtype;
+  int32_t rows, cols;
+  int64_t offset_bytes;  // within the core's SRAM (64-byte aligned)
+  int64_t bytes;
+  std::string name;
+};
+
+enum InstrFlags : uint8_t {
+  kFlagTransA = 1,      // mma: buffer a holds A^T, i.e. [k, m]
+  kFlagTransB = 2,      // mma: buffer b holds B^T, i.e. [n, k]
+  kFlagAccumulate = 4,  // mma: c += a.b (else c = a.b); reduce: dst = op(dst, reduce(src))
+};
+
+struct Instr {
+  OpCode op = OpCode::kSync;
+  uint8_t sub = 0;    // UnaryOp / BinaryOp / ReduceOp
+  uint8_t flags = 0;  // InstrFlags, or Broadcast for binary ops
+  Unit unit = Unit::kVector;
+  BufferId dst = 0, a = 0, b = 0;
+  int32_t rows = 0, cols = 0, k = 0;  // extents; mma: m = rows, n = cols
+  float imm = 0.0f;
+  TileRegion region;  // load: source; store: destination
+};
+
+constexpr std::string_view opcode_name(OpCode o) { return kOpCodeNames[static_cast<size_t>(o)]; }
+constexpr std::string_view unit_name(Unit u) { return kUnitNames[static_cast<size_t>(u)]; }
+
+class TileProgram {
+ public:
+  // Allocates an SRAM buffer [rows, cols] of `dtype`. Throws UserError on non-positive extents.
+  BufferId alloc(DType dtype, int rows, int cols, std::string_view name);
+
+  void load(BufferId dst, const TileRegion& src);
+  void store(const TileRegion& dst, BufferId src);
+  // c[m,n] (+)= A[m,k] . B[k,n]. a holds A ([m,k], or [k,m] if trans_a); b holds B ([k,n], or [n,k]
+  // if trans_b). a and b share a 16-bit or fp8 dtype; c is fp32.
+  void mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a = false, bool trans_b = false,
+           bool accumulate = true);
+  void unary(UnaryOp op, BufferId dst, BufferId src, int rows, int cols, float imm = 0.0f);
+  void binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int rows, int cols, Broadcast bc = Broadcast::kNone);
+  // dst[r, 0] = reduce over c < cols of src[r, c] (accumulate: combined with dst[r, 0]).
+  void reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate = false);
+  void fill(BufferId dst, int rows, int cols, float value);
+  void cast(BufferId dst, BufferId src, int rows, int cols);
+  void sync();
+
+  const std::vector<Instr>& instrs() const { return instrs_; }
+  const std::vector<SramBuffer>& buffers() const { return buffers_; }
+  int64_t sram_bytes() const { return sram_bytes_; }
+  // Instructions instruction `i` must wait for (indices of earlier instructions).
+  const uint32_t* deps_begin(size_t i) const { return deps_.data() + dep_offsets_[i]; }
+  const uint32_t* deps_end(size_t i) const { return deps_.data() + dep_offsets_[i + 1]; }
+
+  // Empties the program, keeping allocated storage (programs are rebuilt per block).
+  void clear();
+
+ private:
+  void push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes);
+  const SramBuffer& buf(BufferId id, const char* role) const;
+  void check_extent(BufferId id, int rows, int cols, const char* role) const;
+  void check_f32(BufferId id, const char* role) const;
+  [[noreturn]] void fail(const std::string& msg) const;
+
+  std::vector<SramBuffer> buffers_;
+  std::vector<Instr> instrs_;
+  std::vector<uint32_t> deps_;
+  std::vector<uint32_t> dep_offsets_{0};
+  // Per buffer: last writer (or UINT32_MAX) and readers since that write.
+  std::vector<uint32_t> last_writer_;
+  std::vector<std::vector<uint32_t>> readers_;
+  uint32_t last_sync_ = UINT32_MAX;
+  int64_t sram_bytes_ = 0;
+};
+
+}  // namespace ppu

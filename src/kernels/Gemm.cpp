@@ -1,0 +1,160 @@
+#include "kernels/Gemm.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/KernelUtil.hpp"
+
+namespace ppu::kernels {
+
+std::string GemmConfig::describe() const {
+  return fmt::format("{}x{}x{} tiles, {} stages", tile_m, tile_n, tile_k, stages);
+}
+
+namespace {
+
+int64_t gemm_sram_bytes(const GemmConfig& c, int es) {
+  auto r64 = [](int64_t b) { return (b + 63) / 64 * 64; };
+  return c.stages * (r64(int64_t{c.tile_m} * c.tile_k * es) + r64(int64_t{c.tile_k} * c.tile_n * es)) +
+         r64(int64_t{c.tile_m} * c.tile_n * 4);
+}
+
+}  // namespace
+
+GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type) {
+  const int es = dtype_size_bytes(in_type);
+  const int tk = es == 1 ? 128 : 64;
+  const double cores = chip.num_cores();
+  const double core_rate = std::max(chip.matrix_flops_per_s(in_type), 1.0) / cores;
+  GemmConfig best;
+  double best_est = INFINITY;
+  const int sizes[] = {256, 128, 64};
+  for (int tm : sizes) {
+    for (int tn : sizes) {
+      if (int64_t{tm} * tn > 128 * 256) continue;
+      for (int stages : {3, 2}) {
+        GemmConfig c{tm, tn, tk, stages, 8};
+        if (static_cast<double>(gemm_sram_bytes(c, es)) > chip.sram_bytes()) continue;
+        const double tiles = static_cast<double>(s.batch) * std::ceil(double(s.m) / tm) * std::ceil(double(s.n) / tn);
+        const double waves = std::ceil(tiles / cores);
+        const double kp = std::ceil(double(s.k) / 16) * 16;
+        const double compute = 2.0 * tm * tn * kp / core_rate;
+        const double active = std::min(tiles, cores);
+        const double load = (double(tm) + tn) * kp * es / (chip.l2_bandwidth.value / active);
+        const double est = waves * std::max(compute, load) * (stages == 3 ? 1.0 : 1.02);
+        if (est < best_est * 0.999) {
+          best_est = est;
+          best = c;
+        }
+        break;  // prefer the deepest pipeline that fits
+      }
+    }
+  }
+  if (!std::isfinite(best_est)) {
+    // Even 64x64 tiles with two stages do not fit: the smallest configuration, reported by validation.
+    best = GemmConfig{64, 64, tk, 2, 8};
+  }
+  return best;
+}
+
+Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
+                 const GemmConfig* config) {
+  const std::string kname = "gemm";
+  expect_positive(kname, {{"M", s.m}, {"N", s.n}, {"K", s.k}, {"batch", s.batch}});
+  if (s.m > INT32_MAX || s.n > INT32_MAX || s.k > INT32_MAX)
+    throw UserError(fmt::format("gemm: M, N and K must each be below 2^31 (got {}x{}x{})", s.m, s.n, s.k));
+  expect_dtype_in(kname, "A", a, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2});
+  if (b.dtype != a.dtype)
+    throw UserError(fmt::format("gemm: A is {} but B is {}; A and B must share a dtype", dtype_name(a.dtype),
+                                dtype_name(b.dtype)));
+  expect_dtype_in(kname, "C", c, {DType::kF32, DType::kBF16, DType::kF16});
+  if (!chip.supports(a.dtype))
+    throw UserError(fmt::format("gemm: {} has no {} matrix unit; valid input dtypes on it: bf16, fp16{}", chip.name,
+                                dtype_name(a.dtype), chip.matrix_fp8.present ? ", fp8e4m3, fp8e5m2" : ""));
+  const auto shape_a = s.trans_a ? fmt::format("[{}, {}, {}] (batch, K, M)", s.batch, s.k, s.m)
+                                 : fmt::format("[{}, {}, {}] (batch, M, K)", s.batch, s.m, s.k);
+  const auto shape_b = s.trans_b ? fmt::format("[{}, {}, {}] (batch, N, K)", s.batch, s.n, s.k)
+                                 : fmt::format("[{}, {}, {}] (batch, K, N)", s.batch, s.k, s.n);
+  expect_numel(kname, "A", a, s.batch * s.m * s.k, shape_a);
+  expect_numel(kname, "B", b, s.batch * s.k * s.n, shape_b);
+  expect_numel(kname, "C", c, s.batch * s.m * s.n, fmt::format("[{}, {}, {}] (batch, M, N)", s.batch, s.m, s.n));
+
+  const GemmConfig cfg = config ? *config : choose_gemm_config(chip, s, a.dtype);
+  if (cfg.tile_m <= 0 || cfg.tile_n <= 0 || cfg.tile_k <= 0 || cfg.stages < 1 || cfg.group_m < 1)
+    throw UserError(fmt::format("gemm: invalid tile configuration {}", cfg.describe()));
+  const int64_t tiles_m = ceil_div(s.m, cfg.tile_m), tiles_n = ceil_div(s.n, cfg.tile_n);
+  const int64_t per_batch = tiles_m * tiles_n;
+
+  Kernel k;
+  k.name = fmt::format("gemm {}x{}x{}{} {}{}{}", s.m, s.n, s.k, s.batch > 1 ? fmt::format(" x{}", s.batch) : "",
+                       dtype_name(a.dtype), s.trans_a ? " A^T" : "", s.trans_b ? " B^T" : "");
+  k.grid = s.batch * per_batch;
+  k.args = {a.arg(), b.arg(), c.arg()};
+  k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
+  const DType in_t = a.dtype;
+  k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t](int64_t bid, TileProgram& p) {
+    const int64_t batch = bid / per_batch;
+    const int64_t local = bid % per_batch;
+    const int64_t group_size = int64_t{cfg.group_m} * tiles_n;
+    const int64_t first_m = (local / group_size) * cfg.group_m;
+    const int64_t gm = std::min<int64_t>(tiles_m - first_m, cfg.group_m);
+    const int64_t pid_m = first_m + (local % group_size) % gm;
+    const int64_t pid_n = (local % group_size) / gm;
+    const int64_t m0 = pid_m * cfg.tile_m, n0 = pid_n * cfg.tile_n;
+    const int mm = static_cast<int>(std::min<int64_t>(cfg.tile_m, s.m - m0));
+    const int nn = static_cast<int>(std::min<int64_t>(cfg.tile_n, s.n - n0));
+    const int64_t a_base = batch * s.m * s.k, b_base = batch * s.k * s.n, c_base = batch * s.m * s.n;
+    const int64_t ksteps = ceil_div(s.k, cfg.tile_k);
+    const int stages = static_cast<int>(std::min<int64_t>(cfg.stages, ksteps));
+
+    BufferId abuf[4], bbuf[4];
+    for (int i = 0; i < stages; ++i) {
+      abuf[i] = s.trans_a ? p.alloc(in_t, cfg.tile_k, cfg.tile_m, "a") : p.alloc(in_t, cfg.tile_m, cfg.tile_k, "a");
+      bbuf[i] = s.trans_b ? p.alloc(in_t, cfg.tile_n, cfg.tile_k, "b") : p.alloc(in_t, cfg.tile_k, cfg.tile_n, "b");
+    }
+    const BufferId acc = p.alloc(DType::kF32, cfg.tile_m, cfg.tile_n, "acc");
+    auto load_step = [&](int64_t kt, int slot) {
+      const int64_t k0 = kt * cfg.tile_k;
+      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - k0));
+      p.load(abuf[slot], s.trans_a ? matrix_region(0, a_base, s.m, k0, m0, kk, mm)
+                                   : matrix_region(0, a_base, s.k, m0, k0, mm, kk));
+      p.load(bbuf[slot], s.trans_b ? matrix_region(1, b_base, s.k, n0, k0, nn, kk)
+                                   : matrix_region(1, b_base, s.n, k0, n0, kk, nn));
+    };
+    for (int i = 0; i < stages; ++i) load_step(i, i);
+    for (int64_t kt = 0; kt < ksteps; ++kt) {
+      const int slot = static_cast<int>(kt % stages);
+      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - kt * cfg.tile_k));
+      p.mma(acc, abuf[slot], bbuf[slot], mm, nn, kk, s.trans_a, s.trans_b, kt > 0);
+      if (kt + stages < ksteps) load_step(kt + stages, slot);
+    }
+    if (s.alpha != 1.0f) p.unary(UnaryOp::kScale, acc, acc, mm, nn, s.alpha);
+    p.store(matrix_region(2, c_base, s.n, m0, n0, mm, nn), acc);
+  };
+  return k;
+}
+
+KernelTiming gemm(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c, Stream* stream,
+                  const GemmConfig* config) {
+  return dev.launch(make_gemm(dev.chip(), s, a, b, c, config), stream);
+}
+
+void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::vector<float>& b,
+                    std::vector<float>& c) {
+  c.assign(static_cast<size_t>(s.batch * s.m * s.n), 0.0f);
+  for (int64_t bt = 0; bt < s.batch; ++bt)
+    for (int64_t i = 0; i < s.m; ++i)
+      for (int64_t j = 0; j < s.n; ++j) {
+        double acc = 0;
+        for (int64_t p = 0; p < s.k; ++p) {
+          const float av = s.trans_a ? a[static_cast<size_t>(bt * s.m * s.k + p * s.m + i)]
+                                     : a[static_cast<size_t>(bt * s.m * s.k + i * s.k + p)];
+          const float bv = s.trans_b ? b[static_cast<size_t>(bt * s.k * s.n + j * s.k + p)]
+                                     : b[static_cast<size_t>(bt * s.k * s.n + p * s.n + j)];
+          acc += double(av) * double(bv);
+        }
+        c[static_cast<size_t>(bt * s.m * s.n + i * s.n + j)] = static_cast<float>(acc * s.alpha);
+      }
+}
+
+}  // namespace ppu::kernels

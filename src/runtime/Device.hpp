@@ -1,0 +1,158 @@
+// Runtime: a simulated device made from a chip preset - memory with capacity accounting, streams and
+// events on the simulated clock, host<->device copies over the host link, kernel launch, and a
+// record of every operation for the trace.
+//
+//   Device dev(load_chip("zhenwu-810e"));                 // functional: real numbers + timing
+//   Buffer a = dev.alloc(DType::kBF16, 4096 * 4096, "a");  // throws DeviceOutOfMemory past HBM
+//   dev.upload(a, host_floats);                            // timed over the host link
+//   KernelTiming t = dev.launch(kernel);                   // runs the numbers and the clock
+//   dev.synchronize();                                     // simulated seconds, all streams done
+//
+// In ExecMode::kTimingOnly nothing is allocated on the host: buffers only count against HBM
+// capacity, kernels only run in the timing engine, so shapes far beyond this machine's memory work.
+//
+// Scheduling on the simulated clock: kernels run one at a time on the compute engine in the order
+// they are launched (respecting stream order and event waits); host-to-device and device-to-host
+// copies each have their own engine, so copies overlap kernels of other streams.
+//
+// Not thread-safe: one host thread drives a Device.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "arch/ChipSpec.hpp"
+#include "arch/Error.hpp"
+#include "isa/Kernel.hpp"
+#include "sim/TimingEngine.hpp"
+
+namespace ppu {
+
+class FunctionalExecutor;
+class TraceWriter;
+
+enum class ExecMode : uint8_t { kFunctional, kTimingOnly };
+
+// A simulated event: the device ran out of memory. Carries what was asked and what was free.
+class DeviceOutOfMemory : public SimEvent {
+ public:
+  DeviceOutOfMemory(const std::string& msg, int64_t requested, int64_t in_use, int64_t capacity)
+      : SimEvent(msg), requested_bytes(requested), in_use_bytes(in_use), capacity_bytes(capacity) {}
+  int64_t requested_bytes, in_use_bytes, capacity_bytes;
+};
+
+// A device allocation. Plain handle; the Device owns the memory. `data` is null in timing-only mode.
+struct Buffer {
+  int64_t id = -1;
+  uint64_t addr = 0;
+  DType dtype = DType::kF32;
+  int64_t numel = 0;
+  int64_t bytes = 0;
+  void* data = nullptr;
+  std::string name;
+  bool valid() const { return id >= 0; }
+  // A kernel argument addressing this buffer.
+  TensorArg arg() const { return TensorArg{dtype, numel, data, addr, name}; }
+};
+
+struct Stream {
+  int id = 0;
+  std::string name;
+  double ready_s = 0;  // simulated time when everything queued on it is done
+};
+
+struct Event {
+  double time_s = 0;
+};
+
+enum class OpKind : uint8_t { kKernel, kCopyH2D, kCopyD2H, kCount };
+inline constexpr const char* kOpKindNames[] = {"kernel", "copy_h2d", "copy_d2h"};
+
+struct OpRecord {
+  OpKind kind = OpKind::kKernel;
+  std::string name;
+  int stream = 0;
+  double start_s = 0, end_s = 0;
+  double bytes = 0;
+  std::shared_ptr<KernelTiming> timing;  // kernels only
+};
+
+class Device {
+ public:
+  explicit Device(ChipSpec chip, ExecMode mode = ExecMode::kFunctional, int host_threads = 0);
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  const ChipSpec& chip() const { return chip_; }
+  ExecMode mode() const { return mode_; }
+  bool functional() const { return mode_ == ExecMode::kFunctional; }
+
+  // --- memory. Sizes are in elements of `dtype`; numel must be positive (UserError otherwise).
+  // Returns nullopt (and leaves the device unchanged) if the chip's HBM cannot hold it.
+  std::optional<Buffer> try_alloc(DType dtype, int64_t numel, const std::string& name);
+  // As try_alloc, but throws DeviceOutOfMemory naming the request, the use and the capacity.
+  Buffer alloc(DType dtype, int64_t numel, const std::string& name);
+  void free(Buffer& b);
+  int64_t bytes_in_use() const { return in_use_; }
+  int64_t peak_bytes_in_use() const { return peak_; }
+  int64_t capacity_bytes() const { return capacity_; }
+
+  // --- streams and events
+  Stream& default_stream() { return *streams_.front(); }
+  Stream& create_stream(const std::string& name);
+  Event record(const Stream& s) const { return Event{s.ready_s}; }
+  void wait(Stream& s, const Event& e);
+
+  // --- host <-> device copies (timed over the host link). Host data is in the buffer's dtype.
+  void copy_to_device(const Buffer& dst, const void* src, Stream* s = nullptr);
+  void copy_to_host(void* dst, const Buffer& src, Stream* s = nullptr);
+  // Convenience: converts fp32 host values to/from the buffer's dtype (RNE). Size must match numel.
+  void upload(const Buffer& dst, const std::vector<float>& values, Stream* s = nullptr);
+  std::vector<float> download(const Buffer& src, Stream* s = nullptr);
+  // Timing-only copies (no data) for timing-only mode workflows.
+  void copy_to_device_timed(const Buffer& dst, Stream* s = nullptr);
+
+  // --- kernels
+  // Runs `k` (functional mode: real numbers on host threads) and times it; returns its timing.
+  KernelTiming launch(const Kernel& k, Stream* s = nullptr);
+  // Per-instruction trace events kept per kernel (0 = none; the default).
+  void set_kernel_trace_limit(size_t n) { trace_limit_ = n; }
+
+  // Simulated time when every stream has finished.
+  double synchronize() const;
+
+  const std::vector<OpRecord>& records() const { return records_; }
+  // Writes the records (and any per-instruction kernel events) as a Perfetto trace.
+  void write_trace(TraceWriter& w) const;
+
+  FunctionalExecutor& executor();
+
+ private:
+  Stream& pick(Stream* s) { return s ? *s : default_stream(); }
+  void check_buffer(const Buffer& b, const char* what) const;
+  double copy_time(double bytes) const;
+
+  ChipSpec chip_;
+  ExecMode mode_;
+  int host_threads_;
+  TimingEngine timing_;
+  std::unique_ptr<FunctionalExecutor> exec_;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  struct Alloc {
+    int64_t bytes = 0;
+    std::unique_ptr<unsigned char[]> host;
+    bool live = false;
+  };
+  std::vector<Alloc> allocs_;
+  int64_t in_use_ = 0, peak_ = 0, capacity_ = 0;
+  uint64_t next_addr_ = 0x100000;
+  double compute_free_s_ = 0, h2d_free_s_ = 0, d2h_free_s_ = 0;
+  size_t trace_limit_ = 0;
+  std::vector<OpRecord> records_;
+};
+
+}  // namespace ppu

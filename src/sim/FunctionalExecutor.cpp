@@ -1,0 +1,321 @@
+#include "sim/FunctionalExecutor.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "arch/Error.hpp"
+#include "sim/Mma.hpp"
+
+namespace ppu {
+
+namespace {
+
+struct AlignedArena {
+  std::vector<unsigned char> raw;
+  unsigned char* ensure(int64_t bytes) {
+    if (static_cast<int64_t>(raw.size()) < bytes + 64) raw.resize(static_cast<size_t>(bytes + 64));
+    auto p = reinterpret_cast<uintptr_t>(raw.data());
+    return raw.data() + ((64 - (p & 63)) & 63);
+  }
+};
+
+thread_local MmaScratch t_mma_scratch;
+thread_local std::vector<float> t_row;
+
+float apply_unary(UnaryOp op, float x, float imm) {
+  switch (op) {
+    case UnaryOp::kCopy: return x;
+    case UnaryOp::kNeg: return -x;
+    case UnaryOp::kAbs: return std::fabs(x);
+    case UnaryOp::kExp: return std::exp(x);
+    case UnaryOp::kLog: return std::log(x);
+    case UnaryOp::kSqrt: return std::sqrt(x);
+    case UnaryOp::kRsqrt: return 1.0f / std::sqrt(x);
+    case UnaryOp::kRecip: return 1.0f / x;
+    case UnaryOp::kSquare: return x * x;
+    case UnaryOp::kRelu: return x > 0.0f ? x : 0.0f;
+    case UnaryOp::kSilu: return x / (1.0f + std::exp(-x));
+    case UnaryOp::kGelu: {
+      const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
+      return 0.5f * x * (1.0f + std::tanh(k0 * (x + 0.044715f * x * x * x)));
+    }
+    case UnaryOp::kSigmoid: return 1.0f / (1.0f + std::exp(-x));
+    case UnaryOp::kTanh: return std::tanh(x);
+    case UnaryOp::kScale: return x * imm;
+    case UnaryOp::kAddImm: return x + imm;
+    case UnaryOp::kCount: break;
+  }
+  return x;
+}
+
+template <class F>
+void binary_loop(float* d, int ldd, const float* a, int lda, const float* b, int ldb, int rows, int cols, Broadcast bc,
+                 F f) {
+  for (int r = 0; r < rows; ++r) {
+    float* dr = d + int64_t{r} * ldd;
+    const float* ar = a + int64_t{r} * lda;
+    switch (bc) {
+      case Broadcast::kNone: {
+        const float* br = b + int64_t{r} * ldb;
+        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], br[c]);
+        break;
+      }
+      case Broadcast::kRow: {
+        const float bv = b[int64_t{r} * ldb];
+        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], bv);
+        break;
+      }
+      case Broadcast::kCol:
+      case Broadcast::kCount:
+        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], b[c]);
+        break;
+    }
+  }
+}
+
+// Moves `rows` x `cols` elements between two strided 2-D layouts with dtype conversion.
+void copy_convert(DType st, const unsigned char* src, int64_t src_stride, DType dt, unsigned char* dst, int64_t dst_stride,
+                  int rows, int cols) {
+  const int ss = dtype_size_bytes(st), ds = dtype_size_bytes(dt);
+  for (int r = 0; r < rows; ++r) {
+    const unsigned char* s = src + r * src_stride * ss;
+    unsigned char* d = dst + r * dst_stride * ds;
+    if (st == dt) {
+      std::memcpy(d, s, static_cast<size_t>(cols) * ss);
+    } else if (dt == DType::kF32) {
+      convert_to_f32(st, s, reinterpret_cast<float*>(d), cols);
+    } else if (st == DType::kF32) {
+      convert_from_f32(dt, reinterpret_cast<const float*>(s), d, cols);
+    } else {
+      t_row.resize(static_cast<size_t>(cols));
+      convert_to_f32(st, s, t_row.data(), cols);
+      convert_from_f32(dt, t_row.data(), d, cols);
+    }
+  }
+}
+
+}  // namespace
+
+void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena) {
+  const auto& bufs = p.buffers();
+  auto fptr = [&](BufferId id) { return reinterpret_cast<float*>(arena + bufs[id].offset_bytes); };
+  for (const Instr& in : p.instrs()) {
+    switch (in.op) {
+      case OpCode::kLoad: {
+        const TensorArg& t = k.args[in.region.arg];
+        const SramBuffer& b = bufs[in.dst];
+        const auto* src = static_cast<const unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
+        copy_convert(t.dtype, src, in.region.row_stride, b.dtype, arena + b.offset_bytes, b.cols, in.rows, in.cols);
+        break;
+      }
+      case OpCode::kStore: {
+        const TensorArg& t = k.args[in.region.arg];
+        const SramBuffer& b = bufs[in.a];
+        auto* dst = static_cast<unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
+        copy_convert(b.dtype, arena + b.offset_bytes, b.cols, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
+        break;
+      }
+      case OpCode::kMma: {
+        const SramBuffer& ba = bufs[in.a];
+        const SramBuffer& bb = bufs[in.b];
+        const SramBuffer& bc = bufs[in.dst];
+        mma_tile(ba.dtype, arena + ba.offset_bytes, ba.cols, in.flags & kFlagTransA, arena + bb.offset_bytes, bb.cols,
+                 in.flags & kFlagTransB, fptr(in.dst), bc.cols, in.rows, in.cols, in.k, in.flags & kFlagAccumulate,
+                 t_mma_scratch);
+        break;
+      }
+      case OpCode::kUnary: {
+        const auto op = static_cast<UnaryOp>(in.sub);
+        float* d = fptr(in.dst);
+        const float* s = fptr(in.a);
+        const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
+        for (int r = 0; r < in.rows; ++r) {
+          float* dr = d + int64_t{r} * ldd;
+          const float* sr = s + int64_t{r} * lds;
+          switch (op) {  // the common cheap ones as tight loops; the rest through apply_unary
+            case UnaryOp::kScale:
+              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c] * in.imm;
+              break;
+            case UnaryOp::kCopy:
+              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c];
+              break;
+            case UnaryOp::kSquare:
+              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c] * sr[c];
+              break;
+            default:
+              for (int c = 0; c < in.cols; ++c) dr[c] = apply_unary(op, sr[c], in.imm);
+          }
+        }
+        break;
+      }
+      case OpCode::kBinary: {
+        const auto bc = static_cast<Broadcast>(in.flags);
+        float* d = fptr(in.dst);
+        const float* a = fptr(in.a);
+        const float* b = fptr(in.b);
+        const int ldd = bufs[in.dst].cols, lda = bufs[in.a].cols, ldb = bufs[in.b].cols;
+        switch (static_cast<BinaryOp>(in.sub)) {
+          case BinaryOp::kAdd: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x + y; }); break;
+          case BinaryOp::kSub: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x - y; }); break;
+          case BinaryOp::kMul: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x * y; }); break;
+          case BinaryOp::kDiv: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x / y; }); break;
+          case BinaryOp::kMax: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return std::fmax(x, y); }); break;
+          case BinaryOp::kMin: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return std::fmin(x, y); }); break;
+          case BinaryOp::kCount: break;
+        }
+        break;
+      }
+      case OpCode::kReduce: {
+        const auto op = static_cast<ReduceOp>(in.sub);
+        float* d = fptr(in.dst);
+        const float* s = fptr(in.a);
+        const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
+        for (int r = 0; r < in.rows; ++r) {
+          const float* sr = s + int64_t{r} * lds;
+          float acc;
+          if (op == ReduceOp::kSum) {
+            acc = 0.0f;
+            for (int c = 0; c < in.cols; ++c) acc += sr[c];
+            if (in.flags & kFlagAccumulate) acc += d[int64_t{r} * ldd];
+          } else {
+            acc = sr[0];
+            for (int c = 1; c < in.cols; ++c) acc = std::fmax(acc, sr[c]);
+            if (in.flags & kFlagAccumulate) acc = std::fmax(acc, d[int64_t{r} * ldd]);
+          }
+          d[int64_t{r} * ldd] = acc;
+        }
+        break;
+      }
+      case OpCode::kFill: {
+        float* d = fptr(in.dst);
+        const int ldd = bufs[in.dst].cols;
+        for (int r = 0; r < in.rows; ++r) std::fill_n(d + int64_t{r} * ldd, in.cols, in.imm);
+        break;
+      }
+      case OpCode::kCast: {
+        const SramBuffer& bd = bufs[in.dst];
+        const SramBuffer& bs = bufs[in.a];
+        copy_convert(bs.dtype, arena + bs.offset_bytes, bs.cols, bd.dtype, arena + bd.offset_bytes, bd.cols, in.rows,
+                     in.cols);
+        break;
+      }
+      case OpCode::kSync:
+      case OpCode::kCount: break;
+    }
+  }
+}
+
+struct FunctionalExecutor::Impl {
+  int nthreads = 1;
+  std::vector<std::thread> workers;
+  std::mutex mu;
+  std::condition_variable cv_work, cv_done;
+  const Kernel* job = nullptr;
+  double job_sram = 0;
+  uint64_t generation = 0;
+  int running = 0;
+  bool quit = false;
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+
+  void work_on(const Kernel& k, double sram) {
+    TileProgram prog;
+    AlignedArena arena;
+    for (;;) {
+      const int64_t b = next.fetch_add(1);
+      if (b >= k.grid) break;
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (error) break;
+      }
+      try {
+        prog.clear();
+        k.build(b, prog);
+        validate_program(k, b, prog, sram);
+        execute_program(k, prog, arena.ensure(prog.sram_bytes()));
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!error) error = std::current_exception();
+        break;
+      }
+    }
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      const Kernel* k;
+      double sram;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv_work.wait(lk, [&] { return quit || generation != seen; });
+        if (quit) return;
+        seen = generation;
+        k = job;
+        sram = job_sram;
+      }
+      work_on(*k, sram);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (--running == 0) cv_done.notify_all();
+      }
+    }
+  }
+};
+
+FunctionalExecutor::FunctionalExecutor(int threads) : impl_(std::make_unique<Impl>()) {
+  if (threads <= 0) {
+    const char* env = std::getenv("PPU_THREADS");
+    threads = env ? std::atoi(env) : 0;
+    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  impl_->nthreads = threads;
+  for (int i = 1; i < threads; ++i) impl_->workers.emplace_back([this] { impl_->worker_loop(); });
+}
+
+FunctionalExecutor::~FunctionalExecutor() {
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->quit = true;
+  }
+  impl_->cv_work.notify_all();
+  for (auto& t : impl_->workers) t.join();
+}
+
+int FunctionalExecutor::threads() const { return impl_->nthreads; }
+
+void FunctionalExecutor::run(const Kernel& k, double sram_bytes) {
+  for (const auto& a : k.args)
+    if (a.data == nullptr && a.numel > 0)
+      throw UserError(fmt::format("kernel '{}': argument '{}' has no host data (timing-only device?)", k.name, a.name));
+  Impl& s = *impl_;
+  s.next = 0;
+  s.error = nullptr;
+  const int helpers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(s.workers.size()), k.grid - 1));
+  if (helpers > 0) {
+    std::lock_guard<std::mutex> lk(s.mu);
+    s.job = &k;
+    s.job_sram = sram_bytes;
+    s.running = static_cast<int>(s.workers.size());
+    ++s.generation;
+    s.cv_work.notify_all();
+  }
+  s.work_on(k, sram_bytes);
+  if (helpers > 0) {
+    std::unique_lock<std::mutex> lk(s.mu);
+    s.cv_done.wait(lk, [&] { return s.running == 0; });
+  }
+  if (s.error) std::rethrow_exception(s.error);
+}
+
+}  // namespace ppu

@@ -1,0 +1,42 @@
+// FunctionalExecutor: runs a kernel's tile programs on host threads and produces the real numbers.
+//
+// Each block's program is built and executed on one worker thread against a private SRAM arena,
+// instruction by instruction in program order (program order already satisfies every derived
+// dependency). Blocks are independent, so workers take them from a shared counter; results do not
+// depend on the number of threads (each block writes its own output region).
+//
+//   FunctionalExecutor ex(/*threads=*/0);   // 0: PPU_THREADS or the host's core count
+//   ex.run(kernel, chip.sram_bytes());
+//
+// Numerics: loads/stores/casts round to the destination dtype (RNE); the vector unit computes in
+// fp32; MMA as in sim/Mma.hpp. Not here: time (sim/TimingEngine).
+#pragma once
+
+#include <memory>
+
+#include "isa/Kernel.hpp"
+
+namespace ppu {
+
+class FunctionalExecutor {
+ public:
+  explicit FunctionalExecutor(int threads = 0);
+  ~FunctionalExecutor();
+  FunctionalExecutor(const FunctionalExecutor&) = delete;
+  FunctionalExecutor& operator=(const FunctionalExecutor&) = delete;
+
+  // Runs every block of `k`. Every argument must have host data. Throws UserError if a program is
+  // invalid (see validate_program); the first error from any worker is rethrown.
+  void run(const Kernel& k, double sram_bytes);
+  int threads() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Executes one already-built program (used by run(); exposed for tests). `arena` must hold
+// p.sram_bytes() bytes, 64-byte aligned.
+void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena);
+
+}  // namespace ppu

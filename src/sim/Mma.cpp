@@ -1,0 +1,106 @@
+#include "sim/Mma.hpp"
+
+#include <cstring>
+
+namespace ppu {
+namespace detail {
+void mma_bf16_avx512(const uint16_t* a, int lda, const uint16_t* bpack, int kpairs, float* c, int ldc, int m, int n,
+                     bool accumulate);
+}
+
+bool mma_has_avx512bf16() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+}
+
+namespace {
+
+inline uint16_t get16(const void* base, int64_t idx) { return static_cast<const uint16_t*>(base)[idx]; }
+
+void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc, int m,
+                   int n, int k, bool accumulate, MmaScratch& s) {
+  const int kpairs = (k + 1) / 2;
+  const int panels = (n + 31) / 32;
+  s.b16.resize(static_cast<size_t>(panels) * kpairs * 64);
+  uint16_t* bp = s.b16.data();
+  for (int pn = 0; pn < panels; ++pn) {
+    uint16_t* panel = bp + static_cast<int64_t>(pn) * kpairs * 64;
+    const int j0 = pn * 32;
+    const int nc = n - j0 < 32 ? n - j0 : 32;
+    for (int kk = 0; kk < kpairs; ++kk) {
+      uint16_t* dst = panel + kk * 64;
+      const int p0 = 2 * kk, p1 = 2 * kk + 1;
+      for (int l = 0; l < 32; ++l) {
+        uint16_t v0 = 0, v1 = 0;
+        if (l < nc) {
+          const int j = j0 + l;
+          v0 = trans_b ? get16(b, int64_t{j} * ldb + p0) : get16(b, int64_t{p0} * ldb + j);
+          if (p1 < k) v1 = trans_b ? get16(b, int64_t{j} * ldb + p1) : get16(b, int64_t{p1} * ldb + j);
+        }
+        dst[2 * l] = v0;
+        dst[2 * l + 1] = v1;
+      }
+    }
+  }
+  const uint16_t* ap = static_cast<const uint16_t*>(a);
+  int lda_p = lda;
+  if (trans_a || (k & 1) || (lda & 1)) {
+    lda_p = 2 * kpairs;
+    s.a16.assign(static_cast<size_t>(m) * lda_p, 0);
+    for (int i = 0; i < m; ++i)
+      for (int p = 0; p < k; ++p)
+        s.a16[static_cast<size_t>(i) * lda_p + p] = trans_a ? get16(a, int64_t{p} * lda + i) : get16(a, int64_t{i} * lda + p);
+    ap = s.a16.data();
+  }
+  detail::mma_bf16_avx512(ap, lda_p, bp, kpairs, c, ldc, m, n, accumulate);
+}
+
+void mma_generic(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,
+                 int m, int n, int k, bool accumulate, MmaScratch& s) {
+  const int es = dtype_size_bytes(t);
+  const auto* ab = static_cast<const unsigned char*>(a);
+  const auto* bb = static_cast<const unsigned char*>(b);
+  s.a32.resize(static_cast<size_t>(m) * k);
+  s.b32.resize(static_cast<size_t>(k) * n);
+  float* A = s.a32.data();
+  float* B = s.b32.data();
+  if (!trans_a) {
+    for (int i = 0; i < m; ++i) convert_to_f32(t, ab + int64_t{i} * lda * es, A + int64_t{i} * k, k);
+  } else {
+    for (int i = 0; i < m; ++i)
+      for (int p = 0; p < k; ++p) A[int64_t{i} * k + p] = load_as_f32(t, ab + (int64_t{p} * lda + i) * es);
+  }
+  if (!trans_b) {
+    for (int p = 0; p < k; ++p) convert_to_f32(t, bb + int64_t{p} * ldb * es, B + int64_t{p} * n, n);
+  } else {
+    for (int p = 0; p < k; ++p)
+      for (int j = 0; j < n; ++j) B[int64_t{p} * n + j] = load_as_f32(t, bb + (int64_t{j} * ldb + p) * es);
+  }
+  for (int i = 0; i < m; ++i) {
+    float* crow = c + int64_t{i} * ldc;
+    if (!accumulate) std::memset(crow, 0, sizeof(float) * n);
+    const float* arow = A + int64_t{i} * k;
+    for (int p = 0; p < k; ++p) {
+      const float av = arow[p];
+      const float* brow = B + int64_t{p} * n;
+      for (int j = 0; j < n; ++j) crow[j] += av * brow[j];
+    }
+  }
+}
+
+}  // namespace
+
+void mma_tile(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,
+              int m, int n, int k, bool accumulate, MmaScratch& scratch) {
+  if (t == DType::kBF16 && mma_has_avx512bf16()) {
+    mma_bf16_fast(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, accumulate, scratch);
+    return;
+  }
+  mma_generic(t, a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, accumulate, scratch);
+}
+
+}  // namespace ppu

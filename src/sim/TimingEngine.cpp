@@ -1,0 +1,450 @@
+#include "sim/TimingEngine.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <limits>
+#include <list>
+#include <queue>
+#include <unordered_map>
+
+#include "arch/Error.hpp"
+
+namespace ppu {
+
+double KernelTiming::matrix_utilization(const ChipSpec& chip) const {
+  return time_s > 0 ? matrix_busy_s / (chip.num_cores() * time_s) : 0.0;
+}
+double KernelTiming::hbm_utilization(const ChipSpec& chip) const {
+  return time_s > 0 ? hbm_cost_bytes / (chip.hbm_bandwidth.value * time_s) : 0.0;
+}
+double KernelTiming::l2_utilization(const ChipSpec& chip) const {
+  return time_s > 0 ? l2_hit_bytes / (chip.l2_bandwidth.value * time_s) : 0.0;
+}
+
+std::string KernelTiming::bound(const ChipSpec& chip) const {
+  struct C {
+    const char* name;
+    double u;
+  };
+  const double vec = time_s > 0 ? vector_busy_s / (chip.num_cores() * time_s) : 0.0;
+  C cands[] = {{"matrix unit", matrix_utilization(chip)},
+               {"HBM bandwidth", hbm_utilization(chip)},
+               {"L2 bandwidth", l2_utilization(chip)},
+               {"vector unit", vec}};
+  const C* best = &cands[0];
+  for (const C& c : cands)
+    if (c.u > best->u) best = &c;
+  if (best->u < 0.5) return "latency (launch, DMA latency, too few blocks)";
+  return best->name;
+}
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+int64_t round_up(int64_t x, int64_t g) { return (x + g - 1) / g * g; }
+
+// Cost in element-operations of one vector instruction element (transcendentals use the special
+// function unit at a quarter of the FMA rate; an assumption in the absence of published figures).
+double vector_op_cost(const Instr& in) {
+  if (in.op == OpCode::kUnary) {
+    switch (static_cast<UnaryOp>(in.sub)) {
+      case UnaryOp::kExp:
+      case UnaryOp::kLog:
+      case UnaryOp::kSqrt:
+      case UnaryOp::kRsqrt:
+      case UnaryOp::kRecip:
+      case UnaryOp::kSilu:
+      case UnaryOp::kSigmoid:
+      case UnaryOp::kTanh:
+      case UnaryOp::kGelu: return 4.0;
+      default: return 1.0;
+    }
+  }
+  if (in.op == OpCode::kBinary && static_cast<BinaryOp>(in.sub) == BinaryOp::kDiv) return 4.0;
+  return 1.0;
+}
+
+// Processor-sharing bandwidth pool tracked in virtual time: every active flow gets the same rate
+// r(t) = min(capacity / n, cap), so a flow of cost S admitted when the virtual clock read V0
+// finishes when it reaches V0 + S. O(log n) per event.
+struct Pool {
+  double capacity = 0, cap = 0;
+  int n = 0;
+  double v = 0, t = 0;
+  double busy_s = 0;
+  struct End {
+    double finish_v;
+    uint64_t seq;
+    int32_t core;
+    int8_t engine;
+    bool operator>(const End& o) const { return finish_v != o.finish_v ? finish_v > o.finish_v : seq > o.seq; }
+  };
+  std::priority_queue<End, std::vector<End>, std::greater<End>> heap;
+
+  double rate() const { return n > 0 ? std::min(capacity / n, cap) : 0.0; }
+  void advance(double now) {
+    if (n > 0) {
+      v += rate() * (now - t);
+      busy_s += now - t;
+    }
+    t = now;
+  }
+  double next_time() const {
+    if (n == 0) return kInf;
+    return t + std::max(0.0, heap.top().finish_v - v) / rate();
+  }
+  void add(double now, double cost, uint64_t seq, int32_t core, int8_t engine) {
+    advance(now);
+    heap.push({v + cost, seq, core, engine});
+    ++n;
+  }
+  End pop(double now) {
+    advance(now);
+    End e = heap.top();
+    heap.pop();
+    --n;
+    return e;
+  }
+};
+
+// LRU over tiles: key = hash of (address, rows, cols, stride).
+struct L2Lru {
+  double capacity = 0, used = 0;
+  struct Entry {
+    uint64_t key;
+    double bytes;
+  };
+  std::list<Entry> lru;  // front = most recent
+  std::unordered_map<uint64_t, std::list<Entry>::iterator> map;
+
+  // Returns true on a hit; inserts/refreshes either way.
+  bool touch(uint64_t key, double bytes) {
+    auto it = map.find(key);
+    if (it != map.end()) {
+      lru.splice(lru.begin(), lru, it->second);
+      return true;
+    }
+    if (bytes > capacity) return false;
+    lru.push_front({key, bytes});
+    map.emplace(key, lru.begin());
+    used += bytes;
+    while (used > capacity) {
+      used -= lru.back().bytes;
+      map.erase(lru.back().key);
+      lru.pop_back();
+    }
+    return false;
+  }
+};
+
+uint64_t mix(uint64_t h, uint64_t x) {
+  h ^= x + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  return h;
+}
+
+enum class EvKind : uint8_t { kComputeDone, kDmaReady, kBlockStart };
+
+struct Event {
+  double time;
+  uint64_t seq;
+  EvKind kind;
+  int32_t core;
+  uint32_t instr;
+  int8_t engine;
+  bool operator>(const Event& o) const { return time != o.time ? time > o.time : seq > o.seq; }
+};
+
+struct Transfer {
+  uint32_t instr;
+  double ready;  // issue + latency
+};
+
+struct Core {
+  TileProgram prog;
+  int64_t block = -1;
+  std::vector<uint8_t> done;
+  std::vector<uint32_t> queue[static_cast<int>(Unit::kCount)];
+  size_t head[static_cast<int>(Unit::kCount)] = {};
+  bool busy[2] = {};         // matrix, vector
+  std::deque<Transfer> dma[2];  // engine 0: dma_in, 1: dma_out
+  bool flow_active[2] = {};
+  int64_t remaining = 0;
+  std::vector<double> issue_time;
+};
+
+class Sim {
+ public:
+  Sim(const ChipSpec& chip, const Kernel& k, size_t trace_limit) : chip_(chip), k_(k), trace_limit_(trace_limit) {
+    const int cores = chip.num_cores();
+    cores_.resize(static_cast<size_t>(cores));
+    hbm_.capacity = chip.hbm_bandwidth.value;
+    hbm_.cap = chip.dma_bandwidth_per_core.value;
+    l2pool_.capacity = chip.l2_bandwidth.value;
+    l2pool_.cap = chip.dma_bandwidth_per_core.value;
+    l2_.capacity = chip.l2_size.value;
+    for (int t = 0; t < static_cast<int>(DType::kCount); ++t) {
+      const auto dt = static_cast<DType>(t);
+      mma_rate_[t] = chip.matrix_flops_per_s(dt) / cores * chip.mma_efficiency_for(dt);
+    }
+    vec_rate_ = chip.vector_fp32.value / cores;
+    res_.name = k.name;
+    res_.cores = cores;
+    res_.blocks = k.grid;
+    res_.waves = static_cast<double>(k.grid) / cores;
+    res_.launch_s = chip.launch_latency.value;
+    res_.useful_flops = k.flops;
+  }
+
+  KernelTiming run() {
+    const double t0 = chip_.launch_latency.value;
+    const int64_t first = std::min<int64_t>(k_.grid, static_cast<int64_t>(cores_.size()));
+    for (int64_t c = 0; c < first; ++c) push({t0 + chip_.block_latency.value, 0, EvKind::kBlockStart, static_cast<int32_t>(c), 0, 0});
+    next_block_ = first;
+    double end = k_.grid > 0 ? 0.0 : t0;
+    for (;;) {
+      const double tc = events_.empty() ? kInf : events_.top().time;
+      const double th = hbm_.next_time();
+      const double tl = l2pool_.next_time();
+      if (tc == kInf && th == kInf && tl == kInf) break;
+      if (tc <= th && tc <= tl) {
+        Event e = events_.top();
+        events_.pop();
+        now_ = e.time;
+        handle(e);
+      } else if (th <= tl) {
+        now_ = th;
+        flow_done(hbm_.pop(now_));
+      } else {
+        now_ = tl;
+        flow_done(l2pool_.pop(now_));
+      }
+      end = std::max(end, now_);
+    }
+    for (const Core& c : cores_)
+      PPU_CHECK(c.remaining == 0, fmt::format("kernel '{}': block {} deadlocked in the timing engine", k_.name, c.block));
+    res_.time_s = end;
+    res_.hbm_busy_s = hbm_.busy_s;
+    res_.l2_busy_s = l2pool_.busy_s;
+    return std::move(res_);
+  }
+
+ private:
+  void push(Event e) {
+    e.seq = seq_++;
+    events_.push(e);
+  }
+
+  void start_block(int32_t ci) {
+    Core& c = cores_[static_cast<size_t>(ci)];
+    c.block = next_block_started_++;
+    c.prog.clear();
+    k_.build(c.block, c.prog);
+    validate_program(k_, c.block, c.prog, chip_.sram_bytes());
+    const auto& ins = c.prog.instrs();
+    c.done.assign(ins.size(), 0);
+    c.issue_time.assign(ins.size(), 0.0);
+    for (auto& q : c.queue) q.clear();
+    for (auto& h : c.head) h = 0;
+    for (uint32_t i = 0; i < ins.size(); ++i) c.queue[static_cast<int>(ins[i].unit)].push_back(i);
+    c.remaining = static_cast<int64_t>(ins.size());
+    res_.instructions += c.remaining;
+    if (c.remaining == 0) {
+      finish_block(ci);
+      return;
+    }
+    try_issue(ci);
+  }
+
+  void finish_block(int32_t ci) {
+    if (next_block_ < k_.grid) {
+      ++next_block_;
+      push({now_ + chip_.block_latency.value, 0, EvKind::kBlockStart, ci, 0, 0});
+    }
+  }
+
+  bool deps_done(const Core& c, uint32_t i) const {
+    for (const uint32_t* d = c.prog.deps_begin(i); d != c.prog.deps_end(i); ++d)
+      if (!c.done[*d]) return false;
+    return true;
+  }
+
+  void record(const Core& c, int32_t ci, uint32_t i, double start, double end, double bytes, bool hit) {
+    if (trace_limit_ == 0) return;
+    if (res_.trace.size() >= trace_limit_) {
+      res_.trace_truncated = true;
+      return;
+    }
+    const Instr& in = c.prog.instrs()[i];
+    res_.trace.push_back({start - 0.0, end, ci, in.unit, in.op, c.block, bytes, hit});
+  }
+
+  void complete(int32_t ci, uint32_t i) {
+    Core& c = cores_[static_cast<size_t>(ci)];
+    c.done[i] = 1;
+    if (--c.remaining == 0) {
+      finish_block(ci);
+      return;
+    }
+  }
+
+  void try_issue(int32_t ci) {
+    Core& c = cores_[static_cast<size_t>(ci)];
+    bool progress = true;
+    while (progress && c.remaining > 0) {
+      progress = false;
+      for (int u = 0; u < static_cast<int>(Unit::kCount); ++u) {
+        auto& q = c.queue[u];
+        while (c.head[u] < q.size()) {
+          const uint32_t i = q[c.head[u]];
+          const bool compute = u == static_cast<int>(Unit::kMatrix) || u == static_cast<int>(Unit::kVector);
+          if (compute && c.busy[u - 2]) break;
+          if (!deps_done(c, i)) break;
+          ++c.head[u];
+          issue(ci, c, i);
+          progress = true;
+          if (c.remaining == 0) return;
+          if (compute && c.busy[u - 2]) break;
+        }
+      }
+    }
+  }
+
+  void issue(int32_t ci, Core& c, uint32_t i) {
+    const Instr& in = c.prog.instrs()[i];
+    c.issue_time[i] = now_;
+    switch (in.op) {
+      case OpCode::kLoad:
+      case OpCode::kStore: {
+        const int e = in.op == OpCode::kLoad ? 0 : 1;
+        c.dma[e].push_back({i, now_ + chip_.dma_latency.value});
+        if (!c.flow_active[e] && c.dma[e].size() == 1) push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, static_cast<int8_t>(e)});
+        return;
+      }
+      case OpCode::kSync:
+        record(c, ci, i, now_, now_, 0, false);
+        complete(ci, i);
+        return;
+      case OpCode::kMma: {
+        const DType dt = c.prog.buffers()[in.a].dtype;
+        const double gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
+        const double flops = 2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, static_cast<int64_t>(gk));
+        const double rate = mma_rate_[static_cast<int>(dt)];
+        if (!(rate > 0))
+          throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
+                                      chip_.name, dtype_name(dt), chip_.matrix_fp8.present ? ", fp8" : ""));
+        const double dur = flops / rate;
+        res_.matrix_flops += 2.0 * in.rows * in.cols * in.k;
+        res_.matrix_busy_s += dur;
+        c.busy[0] = true;
+        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, 0});
+        return;
+      }
+      default: {
+        const double dur = static_cast<double>(in.rows) * in.cols * vector_op_cost(in) / vec_rate_;
+        res_.vector_busy_s += dur;
+        c.busy[1] = true;
+        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, 0});
+        return;
+      }
+    }
+  }
+
+  void start_flow(int32_t ci, int e) {
+    Core& c = cores_[static_cast<size_t>(ci)];
+    const Transfer tr = c.dma[e].front();
+    const Instr& in = c.prog.instrs()[tr.instr];
+    const TensorArg& t = k_.args[in.region.arg];
+    const double bytes = static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype);
+    uint64_t key = mix(mix(mix(t.device_addr + static_cast<uint64_t>(in.region.offset) * dtype_size_bytes(t.dtype),
+                               static_cast<uint64_t>(in.rows)),
+                           static_cast<uint64_t>(in.cols)),
+                       static_cast<uint64_t>(in.region.row_stride));
+    const bool hit = l2_.touch(key, bytes);
+    c.flow_active[e] = true;
+    if (e == 0 && hit) {
+      res_.l2_hit_bytes += bytes;
+      l2pool_.add(now_, bytes, seq_++, ci, 2 + e);  // engine code +2 marks "L2 pool"
+    } else {
+      const double cost = e == 0 ? bytes / chip_.hbm_read_efficiency.value : bytes / chip_.hbm_write_efficiency.value;
+      (e == 0 ? res_.hbm_read_bytes : res_.hbm_write_bytes) += bytes;
+      res_.hbm_cost_bytes += cost;
+      hbm_.add(now_, cost, seq_++, ci, static_cast<int8_t>(e));
+    }
+    flow_bytes_ = bytes;
+    flow_hit_ = hit;
+  }
+
+  void flow_done(const Pool::End& f) {
+    const int32_t ci = f.core;
+    const int e = f.engine & 1;
+    Core& c = cores_[static_cast<size_t>(ci)];
+    const Transfer tr = c.dma[e].front();
+    c.dma[e].pop_front();
+    c.flow_active[e] = false;
+    const Instr& in = c.prog.instrs()[tr.instr];
+    if (trace_limit_ > 0) {
+      const TensorArg& t = k_.args[in.region.arg];
+      record(c, ci, tr.instr, c.issue_time[tr.instr], now_, static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype),
+             f.engine >= 2);
+    }
+    if (!c.dma[e].empty()) {
+      if (c.dma[e].front().ready <= now_) start_flow(ci, e);
+      else push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, static_cast<int8_t>(e)});
+    }
+    complete(ci, tr.instr);
+    try_issue(ci);
+  }
+
+  void handle(const Event& ev) {
+    switch (ev.kind) {
+      case EvKind::kBlockStart: start_block(ev.core); break;
+      case EvKind::kDmaReady: {
+        Core& c = cores_[static_cast<size_t>(ev.core)];
+        if (!c.flow_active[ev.engine] && !c.dma[ev.engine].empty()) start_flow(ev.core, ev.engine);
+        break;
+      }
+      case EvKind::kComputeDone: {
+        Core& c = cores_[static_cast<size_t>(ev.core)];
+        const Instr& in = c.prog.instrs()[ev.instr];
+        c.busy[in.unit == Unit::kMatrix ? 0 : 1] = false;
+        record(c, ev.core, ev.instr, c.issue_time[ev.instr], now_, 0, false);
+        complete(ev.core, ev.instr);
+        try_issue(ev.core);
+        break;
+      }
+    }
+  }
+
+  const ChipSpec& chip_;
+  const Kernel& k_;
+  size_t trace_limit_;
+  std::vector<Core> cores_;
+  Pool hbm_, l2pool_;
+  L2Lru l2_;
+  double mma_rate_[static_cast<int>(DType::kCount)] = {};
+  double vec_rate_ = 0;
+  std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
+  uint64_t seq_ = 0;
+  double now_ = 0;
+  int64_t next_block_ = 0;
+  int64_t next_block_started_ = 0;
+  double flow_bytes_ = 0;
+  bool flow_hit_ = false;
+  KernelTiming res_;
+};
+
+}  // namespace
+
+TimingEngine::TimingEngine(const ChipSpec& chip) : chip_(chip) {}
+
+KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
+  if (k.grid < 0) throw UserError(fmt::format("kernel '{}': grid {} must not be negative", k.name, k.grid));
+  Sim sim(chip_, k, trace_limit);
+  return sim.run();
+}
+
+}  // namespace ppu

@@ -1,0 +1,94 @@
+// TimingEngine: advances the chip's clock over a kernel's tile programs (the same programs the
+// functional executor runs), without touching data.
+//
+// Model (docs/architecture.md has the diagram):
+//  * After `launch_latency`, blocks are dispatched onto free cores in index order (one block per
+//    core at a time, `block_latency` per dispatch): waves and tail effects fall out of this.
+//  * A core has four in-order units: dma_in, dma_out, matrix, vector. An instruction issues when
+//    it is at the head of its unit, the unit is free, and every instruction it depends on (derived
+//    from the buffers it names) has completed.
+//  * Matrix: 2*m*n*k FLOPs (extents rounded up to the MMA granularity) at the core's share of the
+//    dtype's peak times `mma_efficiency`. Vector: elements x op cost at the core's share of
+//    `vector_fp32`.
+//  * DMA: a transfer waits `dma_latency` after issue, then moves its bytes as a flow in a shared
+//    pool: loads that hit in L2 share the L2 bandwidth; misses, and all stores, share HBM, where a
+//    read costs 1/hbm_read_efficiency and a write 1/hbm_write_efficiency of its bytes. Flows in a
+//    pool share its bandwidth equally (processor sharing), each capped at `dma_bandwidth_per_core`.
+//    Each engine streams its transfers one after another (the next one's latency overlaps).
+//  * L2 is an LRU over the tiles (address, shape) that were loaded or stored.
+//
+// One serialized event loop; ties are broken by (time, sequence number), so results are
+// deterministic. Cost grows linearly with the number of instructions (plus log of the events in
+// flight); see bench/sim_speed.
+//
+//   TimingEngine eng(chip);
+//   KernelTiming t = eng.run(kernel);   // t.time_s, t.bound(), ...
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "arch/ChipSpec.hpp"
+#include "isa/Kernel.hpp"
+
+namespace ppu {
+
+struct TraceEvent {
+  double start_s = 0, end_s = 0;  // relative to kernel start
+  int32_t core = 0;
+  Unit unit = Unit::kVector;
+  OpCode op = OpCode::kSync;
+  int64_t block = 0;
+  double bytes = 0;    // DMA
+  bool l2_hit = false;  // DMA loads
+};
+
+struct KernelTiming {
+  std::string name;
+  double time_s = 0;             // launch until the last block retires
+  double launch_s = 0;
+  int64_t blocks = 0;
+  int cores = 0;                 // cores of the chip
+  double waves = 0;              // blocks / cores
+  int64_t instructions = 0;
+  double matrix_busy_s = 0;      // summed over cores
+  double vector_busy_s = 0;
+  double hbm_read_bytes = 0, hbm_write_bytes = 0, l2_hit_bytes = 0;
+  double hbm_busy_s = 0;         // time with at least one HBM flow active
+  double hbm_cost_bytes = 0;     // bytes weighted by 1/efficiency (what the pool had to serve)
+  double l2_busy_s = 0;
+  double matrix_flops = 0;       // 2*m*n*k of every MMA (unrounded)
+  double useful_flops = 0;       // Kernel::flops
+  std::vector<TraceEvent> trace;
+  bool trace_truncated = false;
+
+  // Fractions of their capacity used over the kernel's time.
+  double matrix_utilization(const ChipSpec& chip) const;
+  double hbm_utilization(const ChipSpec& chip) const;
+  double l2_utilization(const ChipSpec& chip) const;
+  // "matrix unit", "HBM bandwidth", "L2 bandwidth", "vector unit" or "latency (launch, DMA, few
+  // blocks)": the resource closest to saturation, or latency when none is above half.
+  std::string bound(const ChipSpec& chip) const;
+};
+
+class TimingEngine {
+ public:
+  explicit TimingEngine(const ChipSpec& chip);
+  // Simulates `k`. `trace_limit` > 0 records up to that many per-instruction events.
+  // Throws UserError if a block's program is invalid or too large for SRAM.
+  KernelTiming run(const Kernel& k, size_t trace_limit = 0);
+
+  const ChipSpec& chip() const { return chip_; }
+
+ private:
+  ChipSpec chip_;
+};
+
+// Granularity of the matrix unit: MMA extents are rounded up to these before timing (16x16x16
+// fragments for 16-bit types, k=32 for fp8), as tensor cores do.
+inline constexpr int kMmaGranMN = 16;
+inline constexpr int kMmaGranK16 = 16;
+inline constexpr int kMmaGranK8 = 32;
+
+}  // namespace ppu
