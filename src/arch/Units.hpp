@@ -33,7 +33,7 @@ std::string valid_units(Dimension dim);
 std::string_view base_unit(Dimension dim);
 
 // Human formatting with a suitable prefix: format_quantity(Dimension::kBytes, 8.0e10) = "80 GB".
-std::string format_quantity(Dimension dim, double si_value);
+std::string format_quantity(Dimension dim, double value_in_si);
 
 // Parses a size such as "1GiB", "512MB", "4096", "1.5e9" into bytes. Throws UserError naming `what`.
 int64_t parse_size_bytes(std::string_view text, std::string_view what);

@@ -14,24 +14,27 @@ using MapBody = std::function<void(TileProgram& p, const BufferId* in, BufferId 
 
 // A flat map kernel: every input and the output have the same numel. `compute` false means a pure
 // copy: the tile is loaded into a buffer of the input's dtype and stored from it (the DMA converts).
-Kernel make_map(const std::string& name, std::vector<Buffer> inputs, const Buffer& out, bool compute, MapBody body) {
+Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffer> inputs, const Buffer& out, bool compute,
+                MapBody body) {
   expect_positive(name, {{"elements", out.numel}});
   for (const Buffer& b : inputs) expect_numel(name, "input", b, out.numel, fmt::format("[{}] of the output", out.numel));
   const int64_t n = out.numel;
   const int64_t tiles = ceil_div(n, kMapTile);
   Kernel k;
   k.name = name;
-  k.grid = ceil_div(tiles, kMapTilesPerBlock);
+  k.grid = std::min<int64_t>(tiles, int64_t{chip.num_cores()} * kMapBlocksPerCore);
+  const int64_t grid = k.grid;
   for (const Buffer& b : inputs) k.args.push_back(b.arg());
   k.args.push_back(out.arg());
   const auto nin = static_cast<int>(inputs.size());
   const DType copy_type = inputs.empty() ? DType::kF32 : inputs[0].dtype;
   k.build = [=](int64_t block, TileProgram& p) {
-    const int64_t t0 = block * kMapTilesPerBlock;
-    const int count = static_cast<int>(std::min<int64_t>(kMapTilesPerBlock, tiles - t0));
-    const int stages = std::min(2, count);
-    BufferId in[2][4];
-    BufferId res[2];
+    // Block b streams tiles [b*tiles/grid, (b+1)*tiles/grid): contiguous, balanced to one tile.
+    const int64_t t0 = block * tiles / grid;
+    const int count = static_cast<int>((block + 1) * tiles / grid - t0);
+    const int stages = std::min(3, count);
+    BufferId in[3][4];
+    BufferId res[3];
     for (int s = 0; s < stages; ++s) {
       for (int i = 0; i < nin; ++i) in[s][i] = p.alloc(compute ? DType::kF32 : copy_type, 1, kMapTile, "in");
       res[s] = compute ? p.alloc(DType::kF32, 1, kMapTile, "out") : in[s][0];
@@ -56,42 +59,42 @@ Kernel make_map(const std::string& name, std::vector<Buffer> inputs, const Buffe
 
 }  // namespace
 
-Kernel make_copy(const Buffer& src, const Buffer& dst) {
-  return make_map(fmt::format("copy {}->{}", dtype_name(src.dtype), dtype_name(dst.dtype)), {src}, dst, false, nullptr);
+Kernel make_copy(const ChipSpec& chip, const Buffer& src, const Buffer& dst) {
+  return make_map(chip, fmt::format("copy {}->{}", dtype_name(src.dtype), dtype_name(dst.dtype)), {src}, dst, false, nullptr);
 }
 
-Kernel make_unary(UnaryOp op, const Buffer& x, const Buffer& y, float imm) {
+Kernel make_unary(const ChipSpec& chip, UnaryOp op, const Buffer& x, const Buffer& y, float imm) {
   if (op >= UnaryOp::kCount) throw UserError("unary: invalid op");
-  return make_map(std::string(kUnaryOpNames[static_cast<size_t>(op)]), {x}, y, true,
+  return make_map(chip, std::string(kUnaryOpNames[static_cast<size_t>(op)]), {x}, y, true,
                   [op, imm](TileProgram& p, const BufferId* in, BufferId out, int cols) {
                     p.unary(op, out, in[0], 1, cols, imm);
                   });
 }
 
-Kernel make_binary(BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y) {
+Kernel make_binary(const ChipSpec& chip, BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y) {
   if (op >= BinaryOp::kCount) throw UserError("binary: invalid op");
-  return make_map(std::string(kBinaryOpNames[static_cast<size_t>(op)]), {a, b}, y, true,
+  return make_map(chip, std::string(kBinaryOpNames[static_cast<size_t>(op)]), {a, b}, y, true,
                   [op](TileProgram& p, const BufferId* in, BufferId out, int cols) {
                     p.binary(op, out, in[0], in[1], 1, cols);
                   });
 }
 
-Kernel make_triad(const Buffer& b, const Buffer& c, const Buffer& a, float scalar) {
-  return make_map("triad", {b, c}, a, true, [scalar](TileProgram& p, const BufferId* in, BufferId out, int cols) {
+Kernel make_triad(const ChipSpec& chip, const Buffer& b, const Buffer& c, const Buffer& a, float scalar) {
+  return make_map(chip, "triad", {b, c}, a, true, [scalar](TileProgram& p, const BufferId* in, BufferId out, int cols) {
     p.unary(UnaryOp::kScale, out, in[1], 1, cols, scalar);
     p.binary(BinaryOp::kAdd, out, in[0], out, 1, cols);
   });
 }
 
-KernelTiming copy(Device& dev, const Buffer& src, const Buffer& dst, Stream* s) { return dev.launch(make_copy(src, dst), s); }
+KernelTiming copy(Device& dev, const Buffer& src, const Buffer& dst, Stream* s) { return dev.launch(make_copy(dev.chip(), src, dst), s); }
 KernelTiming unary(Device& dev, UnaryOp op, const Buffer& x, const Buffer& y, float imm, Stream* s) {
-  return dev.launch(make_unary(op, x, y, imm), s);
+  return dev.launch(make_unary(dev.chip(), op, x, y, imm), s);
 }
 KernelTiming binary(Device& dev, BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y, Stream* s) {
-  return dev.launch(make_binary(op, a, b, y), s);
+  return dev.launch(make_binary(dev.chip(), op, a, b, y), s);
 }
 KernelTiming triad(Device& dev, const Buffer& b, const Buffer& c, const Buffer& a, float scalar, Stream* s) {
-  return dev.launch(make_triad(b, c, a, scalar), s);
+  return dev.launch(make_triad(dev.chip(), b, c, a, scalar), s);
 }
 
 float unary_reference(UnaryOp op, float x, float imm) {

@@ -1,6 +1,8 @@
 // Elementwise kernels over flat tensors of any dtype: the data are streamed through SRAM in
 // 1 x kMapTile tiles, double-buffered, converted to fp32 by the DMA, transformed on the vector unit
-// and converted to the output dtype on store.
+// and converted to the output dtype on store. The grid is a persistent one (kMapBlocksPerCore blocks
+// per core, each streaming a contiguous range of tiles), as grid-stride GPU kernels are, so block
+// dispatch and pipeline fill are paid a few times per core rather than once per tile.
 //
 //   kernels::copy(dev, src, dst);                          // also converts dtype
 //   kernels::unary(dev, UnaryOp::kSilu, x, y);
@@ -16,12 +18,12 @@
 namespace ppu::kernels {
 
 inline constexpr int kMapTile = 8192;        // elements per tile
-inline constexpr int kMapTilesPerBlock = 4;  // tiles streamed by one block
+inline constexpr int kMapBlocksPerCore = 2;  // persistent grid: blocks per core
 
-Kernel make_copy(const Buffer& src, const Buffer& dst);
-Kernel make_unary(UnaryOp op, const Buffer& x, const Buffer& y, float imm = 0.0f);
-Kernel make_binary(BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y);
-Kernel make_triad(const Buffer& b, const Buffer& c, const Buffer& a, float scalar);
+Kernel make_copy(const ChipSpec& chip, const Buffer& src, const Buffer& dst);
+Kernel make_unary(const ChipSpec& chip, UnaryOp op, const Buffer& x, const Buffer& y, float imm = 0.0f);
+Kernel make_binary(const ChipSpec& chip, BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y);
+Kernel make_triad(const ChipSpec& chip, const Buffer& b, const Buffer& c, const Buffer& a, float scalar);
 
 KernelTiming copy(Device& dev, const Buffer& src, const Buffer& dst, Stream* s = nullptr);
 KernelTiming unary(Device& dev, UnaryOp op, const Buffer& x, const Buffer& y, float imm = 0.0f, Stream* s = nullptr);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "kernels/KernelUtil.hpp"
 
@@ -21,39 +24,96 @@ int64_t gemm_sram_bytes(const GemmConfig& c, int es) {
 
 }  // namespace
 
-GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type) {
+namespace {
+
+struct Candidate {
+  GemmConfig cfg;
+  double estimate;  // heuristic rank only; the timing engine decides the real time
+};
+
+// Every tile shape that fits the SRAM, with the deepest pipeline (2-4 stages) that fits, ranked by
+// a wave-quantization and operand-bandwidth estimate (like a BLAS library's heuristic).
+std::vector<Candidate> gemm_candidates(const ChipSpec& chip, const GemmShape& s, DType in_type) {
   const int es = dtype_size_bytes(in_type);
-  const int tk = es == 1 ? 128 : 64;
   const double cores = chip.num_cores();
   const double core_rate = std::max(chip.matrix_flops_per_s(in_type), 1.0) / cores;
-  GemmConfig best;
-  double best_est = INFINITY;
-  const int sizes[] = {256, 128, 64};
-  for (int tm : sizes) {
-    for (int tn : sizes) {
-      if (int64_t{tm} * tn > 128 * 256) continue;
-      for (int stages : {3, 2}) {
-        GemmConfig c{tm, tn, tk, stages, 8};
-        if (static_cast<double>(gemm_sram_bytes(c, es)) > chip.sram_bytes()) continue;
-        const double tiles = static_cast<double>(s.batch) * std::ceil(double(s.m) / tm) * std::ceil(double(s.n) / tn);
-        const double waves = std::ceil(tiles / cores);
-        const double kp = std::ceil(double(s.k) / 16) * 16;
-        const double compute = 2.0 * tm * tn * kp / core_rate;
-        const double active = std::min(tiles, cores);
-        const double load = (double(tm) + tn) * kp * es / (chip.l2_bandwidth.value / active);
-        const double est = waves * std::max(compute, load) * (stages == 3 ? 1.0 : 1.02);
-        if (est < best_est * 0.999) {
-          best_est = est;
-          best = c;
+  std::vector<Candidate> out;
+  const int sizes[] = {256, 192, 128, 64};
+  // k-steps of 128 bytes or 256 bytes of each row: deeper steps mean fewer instructions (and fewer
+  // per-step synchronisations on real hardware) when K is long.
+  const int tks[] = {128 / es, 256 / es};
+  for (int tk : tks) {
+    if (tk > 128 / es && s.k < 8 * tk) continue;
+    for (int tm : sizes) {
+      for (int tn : sizes) {
+        if (int64_t{tm} * tn > 256 * 128) continue;
+        for (int stages : {4, 3, 2}) {
+          GemmConfig c{tm, tn, tk, stages, 8};
+          if (static_cast<double>(gemm_sram_bytes(c, es)) > chip.sram_bytes()) continue;
+          const double tiles = static_cast<double>(s.batch) * std::ceil(double(s.m) / tm) * std::ceil(double(s.n) / tn);
+          const double waves = std::ceil(tiles / cores);
+          const double kp = std::ceil(double(s.k) / 16) * 16;
+          const double compute = 2.0 * tm * tn * kp / core_rate;
+          const double active = std::min(tiles, cores);
+          const double load = (double(tm) + tn) * kp * es / (chip.l2_bandwidth.value / active);
+          // A small per-step cost (one DMA latency's worth of issue work per 100 steps) breaks ties
+          // toward deeper k-steps.
+          const double steps = std::ceil(double(s.k) / tk);
+          out.push_back({c, waves * (std::max(compute, load) + steps * chip.dma_latency.value * 0.01)});
+          break;  // the deepest pipeline that fits
         }
-        break;  // prefer the deepest pipeline that fits
       }
     }
   }
-  if (!std::isfinite(best_est)) {
-    // Even 64x64 tiles with two stages do not fit: the smallest configuration, reported by validation.
-    best = GemmConfig{64, 64, tk, 2, 8};
+  std::stable_sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) { return a.estimate < b.estimate; });
+  return out;
+}
+
+// Below this many tile instructions, the top candidates are simulated and the fastest is taken
+// (autotuning, as cuBLASLt's algorithm search does); above it the heuristic's first choice is used,
+// where wave quantization matters little and simulation would cost more.
+constexpr double kAutotuneInstructions = 150000;
+constexpr size_t kAutotuneCandidates = 6;
+
+}  // namespace
+
+GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type) {
+  const auto cands = gemm_candidates(chip, s, in_type);
+  const int tk = dtype_size_bytes(in_type) == 1 ? 128 : 64;
+  if (cands.empty()) return GemmConfig{64, 64, tk, 2, 8};  // does not fit: validation reports it
+  const GemmConfig& first = cands.front().cfg;
+  const double instrs = static_cast<double>(s.batch) * std::ceil(double(s.m) / first.tile_m) *
+                        std::ceil(double(s.n) / first.tile_n) * (2.0 * std::ceil(double(s.k) / first.tile_k) + 2);
+  if (instrs > kAutotuneInstructions || !chip.supports(in_type)) return first;
+
+  static std::mutex mu;
+  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int, int, int>, GemmConfig> cache;
+  const auto key = std::make_tuple(chip.name + "|" + chip.file, s.m, s.n, s.k, s.batch, int(s.trans_a), int(s.trans_b),
+                                   static_cast<int>(in_type));
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
+  // Timing-only buffers with plausible addresses: the L2 model only needs distinct ranges.
+  auto arg = [](DType t, int64_t numel, uint64_t addr, const char* name) {
+    return Buffer{0, addr, t, numel, numel * dtype_size_bytes(t), nullptr, name};
+  };
+  const int64_t na = s.batch * s.m * s.k, nb = s.batch * s.k * s.n;
+  const Buffer a = arg(in_type, na, 0x100000, "A");
+  const Buffer b = arg(in_type, nb, 0x100000 + static_cast<uint64_t>(na) * 4, "B");
+  const Buffer c = arg(DType::kBF16, s.batch * s.m * s.n, 0x100000 + static_cast<uint64_t>(na + nb) * 4, "C");
+  TimingEngine eng(chip);
+  GemmConfig best = first;
+  double best_t = INFINITY;
+  for (size_t i = 0; i < cands.size() && i < kAutotuneCandidates; ++i) {
+    const double t = eng.run(make_gemm(chip, s, a, b, c, &cands[i].cfg)).time_s;
+    if (t < best_t) {
+      best_t = t;
+      best = cands[i].cfg;
+    }
+  }
+  std::lock_guard<std::mutex> lk(mu);
+  cache.emplace(key, best);
   return best;
 }
 

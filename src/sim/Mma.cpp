@@ -2,11 +2,9 @@
 
 #include <cstring>
 
+#include "sim/MmaAvx512.hpp"
+
 namespace ppu {
-namespace detail {
-void mma_bf16_avx512(const uint16_t* a, int lda, const uint16_t* bpack, int kpairs, float* c, int ldc, int m, int n,
-                     bool accumulate);
-}
 
 bool mma_has_avx512bf16() {
   static const bool has = [] {
@@ -24,17 +22,18 @@ inline uint16_t get16(const void* base, int64_t idx) { return static_cast<const 
 void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc, int m,
                    int n, int k, bool accumulate, MmaScratch& s) {
   const int kpairs = (k + 1) / 2;
-  const int panels = (n + 31) / 32;
-  s.b16.resize(static_cast<size_t>(panels) * kpairs * 64);
+  constexpr int kW = detail::kPanelCols;
+  const int panels = (n + kW - 1) / kW;
+  s.b16.resize(static_cast<size_t>(panels) * kpairs * 2 * kW);
   uint16_t* bp = s.b16.data();
   for (int pn = 0; pn < panels; ++pn) {
-    uint16_t* panel = bp + static_cast<int64_t>(pn) * kpairs * 64;
-    const int j0 = pn * 32;
-    const int nc = n - j0 < 32 ? n - j0 : 32;
+    uint16_t* panel = bp + static_cast<int64_t>(pn) * kpairs * 2 * kW;
+    const int j0 = pn * kW;
+    const int nc = n - j0 < kW ? n - j0 : kW;
     for (int kk = 0; kk < kpairs; ++kk) {
-      uint16_t* dst = panel + kk * 64;
+      uint16_t* dst = panel + kk * 2 * kW;
       const int p0 = 2 * kk, p1 = 2 * kk + 1;
-      for (int l = 0; l < 32; ++l) {
+      for (int l = 0; l < kW; ++l) {
         uint16_t v0 = 0, v1 = 0;
         if (l < nc) {
           const int j = j0 + l;

@@ -6,9 +6,7 @@
 #include <cmath>
 #include <deque>
 #include <limits>
-#include <list>
 #include <queue>
-#include <unordered_map>
 
 #include "arch/Error.hpp"
 
@@ -111,32 +109,97 @@ struct Pool {
   }
 };
 
-// LRU over tiles: key = hash of (address, rows, cols, stride).
+// LRU over tiles: key = hash of (address, rows, cols, stride). Entries live in a vector as an
+// intrusive doubly-linked list (front = most recent), indexed by an open-addressing hash table with
+// linear probing and backward-shift deletion: no allocation per access.
 struct L2Lru {
   double capacity = 0, used = 0;
+  static constexpr uint32_t kNil = UINT32_MAX;
   struct Entry {
     uint64_t key;
     double bytes;
+    uint32_t prev, next;
   };
-  std::list<Entry> lru;  // front = most recent
-  std::unordered_map<uint64_t, std::list<Entry>::iterator> map;
+  std::vector<Entry> entries;
+  std::vector<uint32_t> free_list;
+  std::vector<uint32_t> table;  // entry index or kNil
+  uint32_t head = kNil, tail = kNil;
+  size_t live = 0;
+
+  size_t slot_of(uint64_t key) const { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 20) & (table.size() - 1); }
+  size_t find_slot(uint64_t key) const {
+    size_t i = slot_of(key);
+    while (table[i] != kNil && entries[table[i]].key != key) i = (i + 1) & (table.size() - 1);
+    return i;
+  }
+  void unlink(uint32_t e) {
+    Entry& x = entries[e];
+    (x.prev != kNil ? entries[x.prev].next : head) = x.next;
+    (x.next != kNil ? entries[x.next].prev : tail) = x.prev;
+  }
+  void push_front(uint32_t e) {
+    entries[e].prev = kNil;
+    entries[e].next = head;
+    if (head != kNil) entries[head].prev = e;
+    head = e;
+    if (tail == kNil) tail = e;
+  }
+  void erase_slot(size_t i) {  // backward-shift deletion keeps probe chains intact
+    const size_t mask = table.size() - 1;
+    size_t j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      if (table[j] == kNil) break;
+      const size_t home = slot_of(entries[table[j]].key);
+      if (((j - home) & mask) >= ((j - i) & mask)) {
+        table[i] = table[j];
+        i = j;
+      }
+    }
+    table[i] = kNil;
+  }
+  void grow() {
+    std::vector<uint32_t> old;
+    old.swap(table);
+    table.assign(old.empty() ? 1024 : old.size() * 2, kNil);
+    for (uint32_t e : old)
+      if (e != kNil) table[find_slot(entries[e].key)] = e;
+  }
 
   // Returns true on a hit; inserts/refreshes either way.
   bool touch(uint64_t key, double bytes) {
-    auto it = map.find(key);
-    if (it != map.end()) {
-      lru.splice(lru.begin(), lru, it->second);
+    if (table.empty()) grow();
+    const size_t i = find_slot(key);
+    if (table[i] != kNil) {
+      const uint32_t e = table[i];
+      unlink(e);
+      push_front(e);
       return true;
     }
     if (bytes > capacity) return false;
-    lru.push_front({key, bytes});
-    map.emplace(key, lru.begin());
+    uint32_t e;
+    if (!free_list.empty()) {
+      e = free_list.back();
+      free_list.pop_back();
+    } else {
+      e = static_cast<uint32_t>(entries.size());
+      entries.push_back({});
+    }
+    entries[e].key = key;
+    entries[e].bytes = bytes;
+    push_front(e);
+    table[i] = e;
+    ++live;
     used += bytes;
     while (used > capacity) {
-      used -= lru.back().bytes;
-      map.erase(lru.back().key);
-      lru.pop_back();
+      const uint32_t victim = tail;
+      used -= entries[victim].bytes;
+      unlink(victim);
+      erase_slot(find_slot(entries[victim].key));
+      free_list.push_back(victim);
+      --live;
     }
+    if (live * 2 > table.size()) grow();
     return false;
   }
 };
@@ -154,26 +217,34 @@ struct Event {
   EvKind kind;
   int32_t core;
   uint32_t instr;
-  int8_t engine;
+  int8_t slot;    // kComputeDone, kBlockStart
+  int8_t engine;  // kDmaReady
   bool operator>(const Event& o) const { return time != o.time ? time > o.time : seq > o.seq; }
 };
 
 struct Transfer {
   uint32_t instr;
+  int8_t slot;
   double ready;  // issue + latency
 };
 
-struct Core {
+// One resident block on a core: its program and progress.
+struct Slot {
   TileProgram prog;
   int64_t block = -1;
+  bool active = false;
   std::vector<uint8_t> done;
   std::vector<uint32_t> queue[static_cast<int>(Unit::kCount)];
   size_t head[static_cast<int>(Unit::kCount)] = {};
-  bool busy[2] = {};         // matrix, vector
-  std::deque<Transfer> dma[2];  // engine 0: dma_in, 1: dma_out
-  bool flow_active[2] = {};
   int64_t remaining = 0;
   std::vector<double> issue_time;
+};
+
+struct Core {
+  Slot slots[kMaxResidentBlocks];
+  bool busy[2] = {};            // matrix, vector
+  std::deque<Transfer> dma[2];  // engine 0: dma_in, 1: dma_out (shared by the resident blocks)
+  bool flow_active[2] = {};
 };
 
 class Sim {
@@ -201,8 +272,21 @@ class Sim {
 
   KernelTiming run() {
     const double t0 = chip_.launch_latency.value;
-    const int64_t first = std::min<int64_t>(k_.grid, static_cast<int64_t>(cores_.size()));
-    for (int64_t c = 0; c < first; ++c) push({t0 + chip_.block_latency.value, 0, EvKind::kBlockStart, static_cast<int32_t>(c), 0, 0});
+    // Residency: as many blocks per core as SRAM holds (block 0's program stands for all), at most
+    // kMaxResidentBlocks. Blocks go round-robin over the cores first, as GPU block schedulers do.
+    if (k_.grid > 0) {
+      TileProgram probe;
+      k_.build(0, probe);
+      validate_program(k_, 0, probe, chip_.sram_bytes());
+      const double need = std::max<double>(1.0, static_cast<double>(probe.sram_bytes()));
+      resident_ = static_cast<int>(std::clamp(std::floor(chip_.sram_bytes() / need), 1.0, double(kMaxResidentBlocks)));
+    }
+    res_.resident_blocks = resident_;
+    const auto ncores = static_cast<int64_t>(cores_.size());
+    const int64_t first = std::min<int64_t>(k_.grid, ncores * resident_);
+    for (int64_t i = 0; i < first; ++i)
+      push({t0 + chip_.block_latency.value, 0, EvKind::kBlockStart, static_cast<int32_t>(i % ncores), 0,
+            static_cast<int8_t>(i / ncores), 0});
     next_block_ = first;
     double end = k_.grid > 0 ? 0.0 : t0;
     for (;;) {
@@ -225,7 +309,9 @@ class Sim {
       end = std::max(end, now_);
     }
     for (const Core& c : cores_)
-      PPU_CHECK(c.remaining == 0, fmt::format("kernel '{}': block {} deadlocked in the timing engine", k_.name, c.block));
+      for (const Slot& sl : c.slots)
+        PPU_CHECK(sl.remaining == 0,
+                  fmt::format("kernel '{}': block {} deadlocked in the timing engine", k_.name, sl.block));
     res_.time_s = end;
     res_.hbm_busy_s = hbm_.busy_s;
     res_.l2_busy_s = l2pool_.busy_s;
@@ -238,100 +324,112 @@ class Sim {
     events_.push(e);
   }
 
-  void start_block(int32_t ci) {
-    Core& c = cores_[static_cast<size_t>(ci)];
-    c.block = next_block_started_++;
-    c.prog.clear();
-    k_.build(c.block, c.prog);
-    validate_program(k_, c.block, c.prog, chip_.sram_bytes());
-    const auto& ins = c.prog.instrs();
-    c.done.assign(ins.size(), 0);
-    c.issue_time.assign(ins.size(), 0.0);
-    for (auto& q : c.queue) q.clear();
-    for (auto& h : c.head) h = 0;
-    for (uint32_t i = 0; i < ins.size(); ++i) c.queue[static_cast<int>(ins[i].unit)].push_back(i);
-    c.remaining = static_cast<int64_t>(ins.size());
-    res_.instructions += c.remaining;
-    if (c.remaining == 0) {
-      finish_block(ci);
+  void start_block(int32_t ci, int si) {
+    Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
+    s.block = next_block_started_++;
+    s.active = true;
+    s.prog.clear();
+    k_.build(s.block, s.prog);
+    validate_program(k_, s.block, s.prog, chip_.sram_bytes() / resident_);
+    const auto& ins = s.prog.instrs();
+    s.done.assign(ins.size(), 0);
+    s.issue_time.assign(ins.size(), 0.0);
+    for (auto& q : s.queue) q.clear();
+    for (auto& h : s.head) h = 0;
+    for (uint32_t i = 0; i < ins.size(); ++i) s.queue[static_cast<int>(ins[i].unit)].push_back(i);
+    s.remaining = static_cast<int64_t>(ins.size());
+    res_.instructions += s.remaining;
+    if (s.remaining == 0) {
+      finish_block(ci, si);
       return;
     }
     try_issue(ci);
   }
 
-  void finish_block(int32_t ci) {
+  void finish_block(int32_t ci, int si) {
+    cores_[static_cast<size_t>(ci)].slots[si].active = false;
     if (next_block_ < k_.grid) {
       ++next_block_;
-      push({now_ + chip_.block_latency.value, 0, EvKind::kBlockStart, ci, 0, 0});
+      push({now_ + chip_.block_latency.value, 0, EvKind::kBlockStart, ci, 0, static_cast<int8_t>(si), 0});
     }
   }
 
-  bool deps_done(const Core& c, uint32_t i) const {
-    for (const uint32_t* d = c.prog.deps_begin(i); d != c.prog.deps_end(i); ++d)
-      if (!c.done[*d]) return false;
+  static bool deps_done(const Slot& s, uint32_t i) {
+    for (const uint32_t* d = s.prog.deps_begin(i); d != s.prog.deps_end(i); ++d)
+      if (!s.done[*d]) return false;
     return true;
   }
 
-  void record(const Core& c, int32_t ci, uint32_t i, double start, double end, double bytes, bool hit) {
+  void record(const Slot& s, int32_t ci, uint32_t i, double start, double end, double bytes, bool hit) {
     if (trace_limit_ == 0) return;
     if (res_.trace.size() >= trace_limit_) {
       res_.trace_truncated = true;
       return;
     }
-    const Instr& in = c.prog.instrs()[i];
-    res_.trace.push_back({start - 0.0, end, ci, in.unit, in.op, c.block, bytes, hit});
+    const Instr& in = s.prog.instrs()[i];
+    res_.trace.push_back({start, end, ci, in.unit, in.op, s.block, bytes, hit});
   }
 
-  void complete(int32_t ci, uint32_t i) {
-    Core& c = cores_[static_cast<size_t>(ci)];
-    c.done[i] = 1;
-    if (--c.remaining == 0) {
-      finish_block(ci);
-      return;
+  void complete(int32_t ci, int si, uint32_t i) {
+    Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
+    s.done[i] = 1;
+    if (--s.remaining == 0) finish_block(ci, si);
+  }
+
+  // The resident block whose head instruction on unit `u` may issue now, oldest block first; -1 if none.
+  int ready_slot(const Core& c, int u) const {
+    int best = -1;
+    for (int si = 0; si < resident_; ++si) {
+      const Slot& s = c.slots[si];
+      if (!s.active || s.head[u] >= s.queue[u].size()) continue;
+      if (!deps_done(s, s.queue[u][s.head[u]])) continue;
+      if (best < 0 || s.block < c.slots[best].block) best = si;
     }
+    return best;
   }
 
   void try_issue(int32_t ci) {
     Core& c = cores_[static_cast<size_t>(ci)];
     bool progress = true;
-    while (progress && c.remaining > 0) {
+    while (progress) {
       progress = false;
       for (int u = 0; u < static_cast<int>(Unit::kCount); ++u) {
-        auto& q = c.queue[u];
-        while (c.head[u] < q.size()) {
-          const uint32_t i = q[c.head[u]];
-          const bool compute = u == static_cast<int>(Unit::kMatrix) || u == static_cast<int>(Unit::kVector);
+        const bool compute = u == static_cast<int>(Unit::kMatrix) || u == static_cast<int>(Unit::kVector);
+        for (;;) {
           if (compute && c.busy[u - 2]) break;
-          if (!deps_done(c, i)) break;
-          ++c.head[u];
-          issue(ci, c, i);
+          const int si = ready_slot(c, u);
+          if (si < 0) break;
+          Slot& s = c.slots[si];
+          const uint32_t i = s.queue[u][s.head[u]++];
+          issue(ci, c, si, i);
           progress = true;
-          if (c.remaining == 0) return;
-          if (compute && c.busy[u - 2]) break;
         }
       }
     }
   }
 
-  void issue(int32_t ci, Core& c, uint32_t i) {
-    const Instr& in = c.prog.instrs()[i];
-    c.issue_time[i] = now_;
+  void issue(int32_t ci, Core& c, int si, uint32_t i) {
+    Slot& s = c.slots[si];
+    const Instr& in = s.prog.instrs()[i];
+    s.issue_time[i] = now_;
     switch (in.op) {
       case OpCode::kLoad:
       case OpCode::kStore: {
         const int e = in.op == OpCode::kLoad ? 0 : 1;
-        c.dma[e].push_back({i, now_ + chip_.dma_latency.value});
-        if (!c.flow_active[e] && c.dma[e].size() == 1) push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, static_cast<int8_t>(e)});
+        c.dma[e].push_back({i, static_cast<int8_t>(si), now_ + chip_.dma_latency.value});
+        if (!c.flow_active[e] && c.dma[e].size() == 1)
+          push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, 0, static_cast<int8_t>(e)});
         return;
       }
       case OpCode::kSync:
-        record(c, ci, i, now_, now_, 0, false);
-        complete(ci, i);
+        record(s, ci, i, now_, now_, 0, false);
+        complete(ci, si, i);
         return;
       case OpCode::kMma: {
-        const DType dt = c.prog.buffers()[in.a].dtype;
-        const double gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
-        const double flops = 2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, static_cast<int64_t>(gk));
+        const DType dt = s.prog.buffers()[in.a].dtype;
+        const int64_t gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
+        const double flops =
+            2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, gk);
         const double rate = mma_rate_[static_cast<int>(dt)];
         if (!(rate > 0))
           throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
@@ -340,14 +438,14 @@ class Sim {
         res_.matrix_flops += 2.0 * in.rows * in.cols * in.k;
         res_.matrix_busy_s += dur;
         c.busy[0] = true;
-        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, 0});
+        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, static_cast<int8_t>(si), 0});
         return;
       }
       default: {
         const double dur = static_cast<double>(in.rows) * in.cols * vector_op_cost(in) / vec_rate_;
         res_.vector_busy_s += dur;
         c.busy[1] = true;
-        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, 0});
+        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, static_cast<int8_t>(si), 0});
         return;
       }
     }
@@ -356,26 +454,25 @@ class Sim {
   void start_flow(int32_t ci, int e) {
     Core& c = cores_[static_cast<size_t>(ci)];
     const Transfer tr = c.dma[e].front();
-    const Instr& in = c.prog.instrs()[tr.instr];
+    const Instr& in = c.slots[tr.slot].prog.instrs()[tr.instr];
     const TensorArg& t = k_.args[in.region.arg];
     const double bytes = static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype);
-    uint64_t key = mix(mix(mix(t.device_addr + static_cast<uint64_t>(in.region.offset) * dtype_size_bytes(t.dtype),
-                               static_cast<uint64_t>(in.rows)),
-                           static_cast<uint64_t>(in.cols)),
-                       static_cast<uint64_t>(in.region.row_stride));
+    const uint64_t key =
+        mix(mix(mix(t.device_addr + static_cast<uint64_t>(in.region.offset) * dtype_size_bytes(t.dtype),
+                    static_cast<uint64_t>(in.rows)),
+                static_cast<uint64_t>(in.cols)),
+            static_cast<uint64_t>(in.region.row_stride));
     const bool hit = l2_.touch(key, bytes);
     c.flow_active[e] = true;
     if (e == 0 && hit) {
       res_.l2_hit_bytes += bytes;
-      l2pool_.add(now_, bytes, seq_++, ci, 2 + e);  // engine code +2 marks "L2 pool"
+      l2pool_.add(now_, bytes, seq_++, ci, static_cast<int8_t>(2 + e));  // engine code + 2: served by L2
     } else {
       const double cost = e == 0 ? bytes / chip_.hbm_read_efficiency.value : bytes / chip_.hbm_write_efficiency.value;
       (e == 0 ? res_.hbm_read_bytes : res_.hbm_write_bytes) += bytes;
       res_.hbm_cost_bytes += cost;
       hbm_.add(now_, cost, seq_++, ci, static_cast<int8_t>(e));
     }
-    flow_bytes_ = bytes;
-    flow_hit_ = hit;
   }
 
   void flow_done(const Pool::End& f) {
@@ -385,23 +482,24 @@ class Sim {
     const Transfer tr = c.dma[e].front();
     c.dma[e].pop_front();
     c.flow_active[e] = false;
-    const Instr& in = c.prog.instrs()[tr.instr];
+    const Slot& s = c.slots[tr.slot];
     if (trace_limit_ > 0) {
+      const Instr& in = s.prog.instrs()[tr.instr];
       const TensorArg& t = k_.args[in.region.arg];
-      record(c, ci, tr.instr, c.issue_time[tr.instr], now_, static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype),
-             f.engine >= 2);
+      record(s, ci, tr.instr, s.issue_time[tr.instr], now_,
+             static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype), f.engine >= 2);
     }
     if (!c.dma[e].empty()) {
       if (c.dma[e].front().ready <= now_) start_flow(ci, e);
-      else push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, static_cast<int8_t>(e)});
+      else push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, 0, static_cast<int8_t>(e)});
     }
-    complete(ci, tr.instr);
+    complete(ci, tr.slot, tr.instr);
     try_issue(ci);
   }
 
   void handle(const Event& ev) {
     switch (ev.kind) {
-      case EvKind::kBlockStart: start_block(ev.core); break;
+      case EvKind::kBlockStart: start_block(ev.core, ev.slot); break;
       case EvKind::kDmaReady: {
         Core& c = cores_[static_cast<size_t>(ev.core)];
         if (!c.flow_active[ev.engine] && !c.dma[ev.engine].empty()) start_flow(ev.core, ev.engine);
@@ -409,10 +507,11 @@ class Sim {
       }
       case EvKind::kComputeDone: {
         Core& c = cores_[static_cast<size_t>(ev.core)];
-        const Instr& in = c.prog.instrs()[ev.instr];
+        const Slot& s = c.slots[ev.slot];
+        const Instr& in = s.prog.instrs()[ev.instr];
         c.busy[in.unit == Unit::kMatrix ? 0 : 1] = false;
-        record(c, ev.core, ev.instr, c.issue_time[ev.instr], now_, 0, false);
-        complete(ev.core, ev.instr);
+        record(s, ev.core, ev.instr, s.issue_time[ev.instr], now_, 0, false);
+        complete(ev.core, ev.slot, ev.instr);
         try_issue(ev.core);
         break;
       }
@@ -430,10 +529,9 @@ class Sim {
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
   uint64_t seq_ = 0;
   double now_ = 0;
+  int resident_ = 1;
   int64_t next_block_ = 0;
   int64_t next_block_started_ = 0;
-  double flow_bytes_ = 0;
-  bool flow_hit_ = false;
   KernelTiming res_;
 };
 

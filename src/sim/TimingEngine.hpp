@@ -2,8 +2,11 @@
 // functional executor runs), without touching data.
 //
 // Model (docs/architecture.md has the diagram):
-//  * After `launch_latency`, blocks are dispatched onto free cores in index order (one block per
-//    core at a time, `block_latency` per dispatch): waves and tail effects fall out of this.
+//  * After `launch_latency`, blocks are dispatched onto free cores in index order, round-robin over
+//    the cores, `block_latency` per dispatch: waves and tail effects fall out of this. A core holds
+//    as many blocks as its SRAM fits, at most kMaxResidentBlocks (GPU "occupancy"): the resident
+//    blocks share the core's units, so one block's prologue and epilogue overlap another's work.
+//    (The functional executor is unaffected: residency changes time, not numbers.)
 //  * A core has four in-order units: dma_in, dma_out, matrix, vector. An instruction issues when
 //    it is at the head of its unit, the unit is free, and every instruction it depends on (derived
 //    from the buffers it names) has completed.
@@ -52,6 +55,7 @@ struct KernelTiming {
   int cores = 0;                 // cores of the chip
   double waves = 0;              // blocks / cores
   int64_t instructions = 0;
+  int resident_blocks = 1;       // blocks a core held at once
   double matrix_busy_s = 0;      // summed over cores
   double vector_busy_s = 0;
   double hbm_read_bytes = 0, hbm_write_bytes = 0, l2_hit_bytes = 0;
@@ -88,6 +92,9 @@ class TimingEngine {
 // Granularity of the matrix unit: MMA extents are rounded up to these before timing (16x16x16
 // fragments for 16-bit types, k=32 for fp8), as tensor cores do.
 inline constexpr int kMmaGranMN = 16;
+// Most blocks one core holds at once (SRAM permitting). Two is what GEMM kernels on current GPUs
+// reach with their large tiles (or emulate with persistent, warp-specialised kernels).
+inline constexpr int kMaxResidentBlocks = 2;
 inline constexpr int kMmaGranK16 = 16;
 inline constexpr int kMmaGranK8 = 32;
 

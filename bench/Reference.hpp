@@ -1,0 +1,61 @@
+// Published measurements the benchmarks compare against, copied from the project's reference notes
+// (sources named per table; tags [P] primary, [S] faithful secondary). Nothing reads the shared
+// reference folder at build or run time.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ppu::bench {
+
+struct GemmCase {
+  std::string chip;   // preset name
+  std::string dtype;  // input dtype
+  long m, n, k;
+  double measured_tflops;
+  double tolerance;   // relative error the issue asks for
+  std::string source;
+};
+
+// Sec. 1 of the calibration notes.
+inline const std::vector<GemmCase>& gemm_cases() {
+  static const std::vector<GemmCase> cases = {
+      // Maximum achievable matmul FLOPS, best shape (S. Bekman, ml-engineering, compute/accelerator) [S]
+      {"a100-80g", "bf16", 1024, 10240, 5120, 271.2, 0.10, "Bekman ml-engineering, best shape [S]"},
+      {"h100", "bf16", 2048, 2048, 13312, 794.5, 0.10, "Bekman ml-engineering, best shape [S]"},
+      {"h100", "fp8e4m3", 1024, 9216, 14336, 1402.6, 0.15, "Bekman ml-engineering, best shape [S]"},
+      // cuBLASLt square GEMMs (Azure AI-benchmarking-guide results) [P]
+      {"a100-80g", "fp16", 1024, 1024, 1024, 119.4, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"a100-80g", "fp16", 2048, 2048, 2048, 221.8, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"a100-80g", "fp16", 4096, 4096, 4096, 228.0, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"a100-80g", "fp16", 8192, 8192, 8192, 253.7, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"a100-80g", "fp16", 16384, 16384, 16384, 256.5, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"h100", "fp8e4m3", 1024, 1024, 1024, 274.1, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"h100", "fp8e4m3", 2048, 2048, 2048, 1011.3, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"h100", "fp8e4m3", 4096, 4096, 4096, 1216.9, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"h100", "fp8e4m3", 8192, 8192, 8192, 1290.1, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+      {"h100", "fp8e4m3", 16384, 16384, 16384, 1377.3, 0.15, "Azure AI-benchmarking-guide, cuBLASLt [P]"},
+  };
+  return cases;
+}
+
+struct StreamCase {
+  std::string chip;
+  std::string kernel;  // copy, mul, add, triad
+  double measured_tb_s;
+  double tolerance;
+  std::string source;
+};
+
+// Sec. 3: BabelStream-style kernels (Azure results) [P]. Copy and triad are the issue's targets.
+inline const std::vector<StreamCase>& stream_cases() {
+  static const std::vector<StreamCase> cases = {
+      {"a100-80g", "copy", 1.61, 0.05, "Azure BabelStream [P]"},  {"a100-80g", "mul", 1.61, 0.05, "Azure BabelStream [P]"},
+      {"a100-80g", "add", 1.70, 0.05, "Azure BabelStream [P]"},   {"a100-80g", "triad", 1.70, 0.05, "Azure BabelStream [P]"},
+      {"h100", "copy", 2.90, 0.05, "Azure BabelStream [P]"},      {"h100", "mul", 2.90, 0.05, "Azure BabelStream [P]"},
+      {"h100", "add", 2.97, 0.05, "Azure BabelStream [P]"},       {"h100", "triad", 2.97, 0.05, "Azure BabelStream [P]"},
+  };
+  return cases;
+}
+
+}  // namespace ppu::bench

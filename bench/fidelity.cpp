@@ -1,0 +1,76 @@
+// Fidelity benchmark: predicted GEMM throughput and HBM stream bandwidth on the A100 and H100
+// presets against published measurements, with one set of micro-architectural parameters per chip.
+//
+//   bench_fidelity              # table
+//   bench_fidelity --markdown   # the same as a markdown section (scripts/validate.sh -> docs/validation.md)
+//
+// Exit status is 0 even when a case misses its target: this prints measurements, it is not a test.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <iostream>
+
+#include "Reference.hpp"
+#include "kernels/Elementwise.hpp"
+#include "kernels/Gemm.hpp"
+#include "report/Table.hpp"
+
+using namespace ppu;
+
+int main(int argc, char** argv) {
+  const bool md = argc > 1 && std::strcmp(argv[1], "--markdown") == 0;
+  Table g({"chip", "dtype", "M x N x K", "tiles", "predicted TFLOPS", "measured TFLOPS", "error", "target", "ok",
+           "source"});
+  int pass = 0, total = 0;
+  double worst = 0;
+  for (const auto& c : bench::gemm_cases()) {
+    const ChipSpec chip = load_chip(c.chip);
+    Device dev(chip, ExecMode::kTimingOnly);
+    const DType t = *dtype_from_name(c.dtype);
+    kernels::GemmShape s{c.m, c.n, c.k};
+    Buffer a = dev.alloc(t, c.m * c.k, "A"), b = dev.alloc(t, c.k * c.n, "B"), out = dev.alloc(DType::kBF16, c.m * c.n, "C");
+    const auto cfg = kernels::choose_gemm_config(chip, s, t);
+    const KernelTiming kt = kernels::gemm(dev, s, a, b, out, nullptr, &cfg);
+    const double pred = kt.useful_flops / kt.time_s / 1e12;
+    const double err = (pred - c.measured_tflops) / c.measured_tflops;
+    const bool ok = std::fabs(err) <= c.tolerance;
+    pass += ok;
+    ++total;
+    worst = std::max(worst, std::fabs(err));
+    g.add_row({c.chip, c.dtype, fmt::format("{}x{}x{}", c.m, c.n, c.k), fmt::format("{}x{}", cfg.tile_m, cfg.tile_n),
+               fmt::format("{:.1f}", pred), fmt::format("{:.1f}", c.measured_tflops), fmt::format("{:+.1f}%", 100 * err),
+               fmt::format("±{:.0f}%", 100 * c.tolerance), ok ? "yes" : "NO", c.source});
+  }
+  Table st({"chip", "kernel", "predicted TB/s", "measured TB/s", "error", "target", "ok", "source"});
+  for (const auto& c : bench::stream_cases()) {
+    const ChipSpec chip = load_chip(c.chip);
+    Device dev(chip, ExecMode::kTimingOnly);
+    // BabelStream's default arrays: 2^25 doubles = 256 MiB each; we use fp32 arrays of the same bytes.
+    const int64_t n = int64_t{1} << 26;
+    Buffer a = dev.alloc(DType::kF32, n, "a"), b = dev.alloc(DType::kF32, n, "b"), cc = dev.alloc(DType::kF32, n, "c");
+    KernelTiming kt;
+    int arrays = 3;
+    if (c.kernel == "copy") kt = kernels::copy(dev, a, cc), arrays = 2;
+    else if (c.kernel == "mul") kt = kernels::unary(dev, UnaryOp::kScale, cc, b, 0.4f), arrays = 2;
+    else if (c.kernel == "add") kt = kernels::binary(dev, BinaryOp::kAdd, a, b, cc);
+    else kt = kernels::triad(dev, b, cc, a, 0.4f);
+    const double pred = arrays * 4.0 * n / kt.time_s / 1e12;
+    const double err = (pred - c.measured_tb_s) / c.measured_tb_s;
+    const bool ok = std::fabs(err) <= c.tolerance;
+    pass += ok;
+    ++total;
+    worst = std::max(worst, std::fabs(err));
+    st.add_row({c.chip, c.kernel, fmt::format("{:.3f}", pred), fmt::format("{:.3f}", c.measured_tb_s),
+                fmt::format("{:+.1f}%", 100 * err), fmt::format("±{:.0f}%", 100 * c.tolerance), ok ? "yes" : "NO", c.source});
+  }
+  if (md) {
+    std::cout << "### GEMM throughput (timing-only simulation vs measured)\n\n" << g.render_markdown()
+              << "\n### HBM stream bandwidth (BabelStream kernels, 256 MiB arrays)\n\n" << st.render_markdown()
+              << fmt::format("\n{} of {} cases within target; worst error {:.1f}%.\n", pass, total, 100 * worst);
+  } else {
+    std::cout << "GEMM throughput, simulated vs measured\n" << g.render() << "\nHBM stream bandwidth\n" << st.render()
+              << fmt::format("\n{} of {} cases within target; worst |error| {:.1f}%\n", pass, total, 100 * worst);
+  }
+  return 0;
+}

@@ -1,0 +1,69 @@
+// Shared test helpers: seeded random data, error-bound checks, and an exception-message matcher.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "arch/DType.hpp"
+#include "arch/Error.hpp"
+
+namespace ppu::test {
+
+// n values uniform in [lo, hi), rounded to `t` (so host copies equal what the device holds).
+inline std::vector<float> random_values(size_t n, DType t, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = round_to(t, dist(rng));
+  return v;
+}
+
+// Unit roundoff (half an ulp at 1.0) of a storage dtype.
+inline double unit_roundoff(DType t) {
+  switch (t) {
+    case DType::kF32: return std::ldexp(1.0, -24);
+    case DType::kBF16: return std::ldexp(1.0, -8);
+    case DType::kF16: return std::ldexp(1.0, -11);
+    case DType::kF8E4M3: return std::ldexp(1.0, -4);
+    case DType::kF8E5M2: return std::ldexp(1.0, -3);
+    default: return 1.0;
+  }
+}
+
+// Asserts that `f` throws E and that the message contains every one of `parts`.
+template <class E = UserError>
+void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an exception";
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+  }
+}
+
+// A scratch file path under GoogleTest's temp directory, unique to the running test (its suite and
+// name prefix `file`), so tests can run in parallel under ctest.
+inline std::string temp_path(const std::string& file) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string prefix = info ? std::string(info->test_suite_name()) + "." + info->name() + "." : std::string();
+  for (char& ch : prefix)
+    if (ch == '/') ch = '_';  // parameterised test names contain '/'
+  return ::testing::TempDir() + prefix + file;
+}
+
+// Writes `text` to `path` (overwriting); fails the test if it cannot.
+inline void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  ASSERT_TRUE(out.good()) << "cannot write " << path;
+  out << text;
+  ASSERT_TRUE(out.good()) << "cannot write " << path;
+}
+
+}  // namespace ppu::test
