@@ -8,7 +8,8 @@
 //
 // Both executors call `build` for each block they run (the functional one on host threads, the
 // timing one lazily as blocks are dispatched onto cores), so a builder must be a pure function of
-// the block index and thread-safe. The runtime fills in TensorArg::data (functional mode) and
+// the block index and thread-safe. No block's program may need more SRAM than block 0's (the timing
+// engine sizes how many blocks a core holds from block 0). The runtime fills in TensorArg::data (functional mode) and
 // device_addr (both modes) from its device buffers.
 #pragma once
 

@@ -32,7 +32,8 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
     // Block b streams tiles [b*tiles/grid, (b+1)*tiles/grid): contiguous, balanced to one tile.
     const int64_t t0 = block * tiles / grid;
     const int count = static_cast<int>((block + 1) * tiles / grid - t0);
-    const int stages = std::min(3, count);
+    // Every block allocates the same buffers (the timing engine sizes residency from block 0).
+    const int stages = static_cast<int>(std::min<int64_t>(3, ceil_div(tiles, grid)));
     BufferId in[3][4];
     BufferId res[3];
     for (int s = 0; s < stages; ++s) {
@@ -43,7 +44,7 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
       const int64_t off = tile * kMapTile;
       return TileRegion{arg, off, kMapTile, 1, static_cast<int>(std::min<int64_t>(kMapTile, n - off))};
     };
-    for (int s = 0; s < stages; ++s)
+    for (int s = 0; s < std::min(stages, count); ++s)
       for (int i = 0; i < nin; ++i) p.load(in[s][i], region(t0 + s, static_cast<uint16_t>(i)));
     for (int j = 0; j < count; ++j) {
       const int s = j % stages;

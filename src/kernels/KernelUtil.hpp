@@ -1,9 +1,10 @@
-// Helpers shared by the kernel library: argument checks with clear errors, and tiling of flat and
-// row-major tensors into tile regions.
+// Helpers shared by the kernel library: argument checks with clear errors, tiling of flat and
+// row-major tensors into tile regions, and a software-pipelined load loop.
 #pragma once
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -42,6 +43,88 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // element `base` of argument `arg`.
 inline TileRegion matrix_region(uint16_t arg, int64_t base, int64_t ld, int64_t r0, int64_t c0, int rows, int cols) {
   return TileRegion{arg, base + r0 * ld + c0, ld, rows, cols};
+}
+
+// How a row-wise kernel (reduction, softmax, norm over the last dim) walks a row-major [rows, cols]
+// tensor. An SRAM tile is [tile_rows, chunk_cols]. Rows that fit a tile are taken whole and
+// `tiles_per_block` row tiles go to one block (so its loads can run ahead of its vector work); a
+// longer row is walked in `chunks` column chunks of chunk_cols (the last one partial), one row per
+// block. The last block, the last row tile and the last chunk may be partial.
+struct RowTiling {
+  int64_t rows = 0, cols = 0;
+  int tile_rows = 1;        // rows of one tile (1 when rows are chunked)
+  int chunk_cols = 1;       // columns of one tile (== cols unless rows are chunked)
+  int64_t chunks = 1;       // column chunks per row
+  int tiles_per_block = 1;  // row tiles per block (1 when rows are chunked)
+  int64_t blocks = 0;
+
+  int64_t rows_per_block() const { return int64_t{tile_rows} * tiles_per_block; }
+  // First row of row tile `t` of `block`.
+  int64_t tile_row0(int64_t block, int t) const { return block * rows_per_block() + int64_t{t} * tile_rows; }
+  // Rows in row tile `t` of `block`: tile_rows, fewer at the end, 0 past the end.
+  int tile_row_count(int64_t block, int t) const {
+    return static_cast<int>(std::clamp<int64_t>(rows - tile_row0(block, t), 0, tile_rows));
+  }
+  // Row tiles of `block` that hold at least one row (>= 1 for block < blocks).
+  int tiles_in_block(int64_t block) const {
+    const int64_t left = rows - block * rows_per_block();
+    return static_cast<int>(std::min<int64_t>(tiles_per_block, (left + tile_rows - 1) / tile_rows));
+  }
+  int64_t chunk_col0(int64_t chunk) const { return chunk * chunk_cols; }
+  int chunk_width(int64_t chunk) const {
+    return static_cast<int>(std::min<int64_t>(chunk_cols, cols - chunk_col0(chunk)));
+  }
+};
+
+// Most rows in one tile (reached for rows shorter than tile_elems / 256): bounds the [tile_rows, 1]
+// row statistics each tile keeps, and the rows a block holds.
+inline constexpr int kRowMaxTileRows = 256;
+// Row tiles per block when rows are short and many: enough for the loads of the next tiles to
+// overlap the vector work of this one.
+inline constexpr int kRowMaxTilesPerBlock = 4;
+// plan_row_tiling puts fewer rows in a block until there are this many blocks (or one row each):
+// a few waves on every preset (64 to 148 cores), so that the last wave's tail stays small.
+inline constexpr int64_t kRowTargetBlocks = 512;
+
+// Plans the tiling of a [rows, cols] tensor (both positive) for tiles of at most `tile_elems`
+// elements. A kernel sizes tile_elems so that all its SRAM buffers fit the smallest core SRAM.
+inline RowTiling plan_row_tiling(int64_t rows, int64_t cols, int tile_elems) {
+  RowTiling t;
+  t.rows = rows;
+  t.cols = cols;
+  if (cols > tile_elems) {
+    t.chunk_cols = tile_elems;
+    t.chunks = ceil_div(cols, tile_elems);
+    t.blocks = rows;
+    return t;
+  }
+  t.chunk_cols = static_cast<int>(cols);
+  const auto fit = static_cast<int>(std::min<int64_t>({tile_elems / cols, kRowMaxTileRows, rows}));
+  const int64_t wanted = std::max<int64_t>(1, ceil_div(rows, kRowTargetBlocks));  // rows per block
+  if (wanted <= fit) {
+    t.tile_rows = static_cast<int>(wanted);
+  } else {
+    t.tile_rows = fit;
+    t.tiles_per_block = static_cast<int>(std::min<int64_t>(kRowMaxTilesPerBlock, ceil_div(wanted, fit)));
+  }
+  t.blocks = ceil_div(rows, t.rows_per_block());
+  return t;
+}
+
+// Emits a software-pipelined loop over `steps` steps whose inputs are loaded `stages` steps ahead
+// into a ring of buffers: load(step, slot) emits the loads of a step into ring slot `slot`,
+// body(step, slot) the instructions that use them. The loads of step i + stages are emitted after
+// body(i), so they wait (through the derived dependencies) only until body(i) and any store it
+// issued are done with that slot. Uses slots 0 .. min(stages, steps) - 1.
+template <class Load, class Body>
+void pipeline_steps(int64_t steps, int stages, Load&& load, Body&& body) {
+  const int s = static_cast<int>(std::min<int64_t>(stages, steps));
+  for (int i = 0; i < s; ++i) load(int64_t{i}, i);
+  for (int64_t i = 0; i < steps; ++i) {
+    const int slot = static_cast<int>(i % s);
+    body(i, slot);
+    if (i + s < steps) load(i + s, slot);
+  }
 }
 
 }  // namespace ppu::kernels

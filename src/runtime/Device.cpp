@@ -26,8 +26,8 @@ FunctionalExecutor& Device::executor() {
 
 std::optional<Buffer> Device::try_alloc(DType dtype, int64_t numel, const std::string& name) {
   if (numel <= 0) throw UserError(fmt::format("alloc '{}': {} elements requested; must be positive", name, numel));
+  if (numel > (capacity_ - in_use_) / dtype_size_bytes(dtype)) return std::nullopt;  // before numel * size can overflow
   const int64_t bytes = numel * dtype_size_bytes(dtype);
-  if (bytes > capacity_ - in_use_) return std::nullopt;
   Alloc a;
   a.bytes = bytes;
   a.live = true;
@@ -57,7 +57,7 @@ std::optional<Buffer> Device::try_alloc(DType dtype, int64_t numel, const std::s
 Buffer Device::alloc(DType dtype, int64_t numel, const std::string& name) {
   auto b = try_alloc(dtype, numel, name);
   if (!b) {
-    const int64_t bytes = numel * dtype_size_bytes(dtype);
+    const int64_t bytes = numel > INT64_MAX / dtype_size_bytes(dtype) ? INT64_MAX : numel * dtype_size_bytes(dtype);
     throw DeviceOutOfMemory(
         fmt::format("{} is out of memory: '{}' needs {} but only {} of {} is free",
                     chip_.name, name, format_quantity(Dimension::kBytes, static_cast<double>(bytes)),

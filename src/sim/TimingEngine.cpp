@@ -278,6 +278,7 @@ class Sim {
       TileProgram probe;
       k_.build(0, probe);
       validate_program(k_, 0, probe, chip_.sram_bytes());
+      block0_sram_ = probe.sram_bytes();
       const double need = std::max<double>(1.0, static_cast<double>(probe.sram_bytes()));
       resident_ = static_cast<int>(std::clamp(std::floor(chip_.sram_bytes() / need), 1.0, double(kMaxResidentBlocks)));
     }
@@ -330,7 +331,11 @@ class Sim {
     s.active = true;
     s.prog.clear();
     k_.build(s.block, s.prog);
-    validate_program(k_, s.block, s.prog, chip_.sram_bytes() / resident_);
+    validate_program(k_, s.block, s.prog, chip_.sram_bytes());
+    if (static_cast<double>(s.prog.sram_bytes()) * resident_ > chip_.sram_bytes())
+      throw UserError(fmt::format("kernel '{}': block {} needs {} bytes of SRAM, more than block 0 ({} bytes); the "
+                                  "timing engine sizes block residency from block 0, so no block may need more",
+                                  k_.name, s.block, s.prog.sram_bytes(), block0_sram_));
     const auto& ins = s.prog.instrs();
     s.done.assign(ins.size(), 0);
     s.issue_time.assign(ins.size(), 0.0);
@@ -530,6 +535,7 @@ class Sim {
   uint64_t seq_ = 0;
   double now_ = 0;
   int resident_ = 1;
+  int64_t block0_sram_ = 0;
   int64_t next_block_ = 0;
   int64_t next_block_started_ = 0;
   KernelTiming res_;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Every benchmark the issues ask for, printed in one run: fidelity against published measurements,
+# timing-engine speed, and functional-executor speed against oneDNN and OpenBLAS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh build >/dev/null
+build/bench/bench_fidelity
+echo
+build/bench/bench_sim_speed
+echo
+build/bench/bench_functional_gemm

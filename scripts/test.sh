@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds, and runs the whole test suite (ctest).
+#   scripts/test.sh              # Release build in build/
+#   scripts/test.sh --sanitize   # AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if [ "${1:-}" = "--sanitize" ]; then
+  scripts/build.sh build-asan -DPPU_SANITIZE=ON -DPPU_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  export PPU_SANITIZED=1
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
+else
+  scripts/build.sh build
+  ctest --test-dir build --output-on-failure -j "$(nproc)"
+fi

@@ -1,0 +1,190 @@
+// GEMM kernel vs a double-precision scalar reference, across dtypes, output dtypes, transposes,
+// batches, odd shapes and forced tile configurations; plus every kind of bad input.
+//
+// Tolerance per output element: the fp32-accumulation bound (k+2) * 2^-24 * sum_p |a_ip * b_pj|,
+// plus one rounding into the output dtype (unit roundoff u_out times |reference|). Inputs are
+// rounded to their dtype on the host first, so the reference sees exactly what the device holds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "TestUtil.hpp"
+#include "kernels/Gemm.hpp"
+
+namespace ppu {
+namespace {
+
+using kernels::GemmConfig;
+using kernels::GemmShape;
+
+struct Result {
+  double max_ratio = 0;  // max over outputs of error / tolerance
+  int64_t outputs = 0;
+};
+
+Result run_and_compare(const char* chip, const GemmShape& s, DType in_t, DType out_t, const GemmConfig* cfg = nullptr,
+                       uint64_t seed = 1) {
+  Device dev(load_chip(chip));
+  const auto av = test::random_values(static_cast<size_t>(s.batch * s.m * s.k), in_t, seed);
+  const auto bv = test::random_values(static_cast<size_t>(s.batch * s.k * s.n), in_t, seed + 100);
+  Buffer a = dev.alloc(in_t, s.batch * s.m * s.k, "A");
+  Buffer b = dev.alloc(in_t, s.batch * s.k * s.n, "B");
+  Buffer c = dev.alloc(out_t, s.batch * s.m * s.n, "C");
+  dev.upload(a, av);
+  dev.upload(b, bv);
+  kernels::gemm(dev, s, a, b, c, nullptr, cfg);
+  const auto got = dev.download(c);
+  std::vector<float> ref;
+  kernels::gemm_reference(s, av, bv, ref);
+  // |a|.|b| products for the bound, with the same indexing as the reference.
+  GemmShape abs_s = s;
+  std::vector<float> aa(av.size()), ba(bv.size()), mag;
+  for (size_t i = 0; i < av.size(); ++i) aa[i] = std::fabs(av[i]);
+  for (size_t i = 0; i < bv.size(); ++i) ba[i] = std::fabs(bv[i]);
+  abs_s.alpha = std::fabs(s.alpha);
+  kernels::gemm_reference(abs_s, aa, ba, mag);
+  const double u_acc = std::ldexp(1.0, -24) * (static_cast<double>(s.k) + 2);
+  const double u_out = test::unit_roundoff(out_t);
+  Result r;
+  r.outputs = static_cast<int64_t>(got.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double tol = u_acc * mag[i] * (1 + u_out) + u_out * std::fabs(ref[i]) + 1e-30;
+    r.max_ratio = std::max(r.max_ratio, std::fabs(double(got[i]) - ref[i]) / tol);
+  }
+  return r;
+}
+
+struct Case {
+  int64_t m, n, k, batch;
+  bool ta, tb;
+};
+
+TEST(Gemm, OddShapesAllTransposesBf16) {
+  const Case cases[] = {{1, 1, 1, 1, false, false},   {1, 7, 13, 1, false, false}, {13, 1, 5, 1, false, false},
+                        {17, 31, 65, 1, false, false}, {127, 129, 67, 1, false, false},
+                        {128, 256, 64, 1, false, false}, {257, 131, 300, 1, false, false}, {5, 3, 2, 3, false, false}};
+  for (const Case& c : cases)
+    for (int t = 0; t < 4; ++t) {
+      GemmShape s{c.m, c.n, c.k, c.batch, (t & 1) != 0, (t & 2) != 0};
+      const Result r = run_and_compare("h100", s, DType::kBF16, DType::kF32);
+      EXPECT_LE(r.max_ratio, 1.0) << c.m << "x" << c.n << "x" << c.k << " batch " << c.batch << " ta " << s.trans_a
+                                  << " tb " << s.trans_b;
+    }
+}
+
+TEST(Gemm, EveryInputAndOutputDtype) {
+  for (DType in_t : {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2})
+    for (DType out_t : {DType::kF32, DType::kBF16, DType::kF16}) {
+      GemmShape s{37, 53, 97, 2};
+      const Result r = run_and_compare("h100", s, in_t, out_t);
+      EXPECT_LE(r.max_ratio, 1.0) << dtype_name(in_t) << " -> " << dtype_name(out_t);
+    }
+}
+
+TEST(Gemm, LargerProblemOnThePpu) {
+  GemmShape s{512, 384, 1000};
+  EXPECT_LE(run_and_compare("zhenwu-810e", s, DType::kBF16, DType::kBF16).max_ratio, 1.0);
+}
+
+TEST(Gemm, ForcedTileConfigurationsAndKTails) {
+  const GemmConfig cfgs[] = {{64, 64, 64, 2, 8}, {64, 64, 64, 1, 1}, {192, 128, 64, 3, 2}, {128, 64, 128, 4, 8},
+                             {256, 128, 64, 2, 8}};
+  for (const auto& cfg : cfgs)
+    for (bool tb : {false, true}) {
+      GemmShape s{201, 150, 333, 1, false, tb};
+      EXPECT_LE(run_and_compare("h100", s, DType::kBF16, DType::kF32, &cfg).max_ratio, 1.0) << cfg.describe();
+    }
+}
+
+TEST(Gemm, AlphaScalesTheProduct) {
+  GemmShape s{33, 65, 40};
+  s.alpha = -0.375f;
+  EXPECT_LE(run_and_compare("h100", s, DType::kF16, DType::kF32).max_ratio, 1.0);
+}
+
+TEST(Gemm, ResultsAreBitIdenticalAcrossRunsAndThreads) {
+  GemmShape s{150, 170, 190};
+  const auto av = test::random_values(static_cast<size_t>(s.m * s.k), DType::kBF16, 5);
+  const auto bv = test::random_values(static_cast<size_t>(s.k * s.n), DType::kBF16, 6);
+  std::vector<float> first;
+  for (int threads : {1, 2, 3}) {
+    Device dev(load_chip("h100"), ExecMode::kFunctional, threads);
+    Buffer a = dev.alloc(DType::kBF16, s.m * s.k, "A"), b = dev.alloc(DType::kBF16, s.k * s.n, "B"),
+           c = dev.alloc(DType::kF32, s.m * s.n, "C");
+    dev.upload(a, av);
+    dev.upload(b, bv);
+    kernels::gemm(dev, s, a, b, c);
+    const auto got = dev.download(c);
+    if (first.empty()) first = got;
+    else EXPECT_EQ(got, first) << threads << " threads";
+  }
+}
+
+TEST(Gemm, TimingOnlyRunsWithoutDataAndScales) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto time_of = [&](int64_t n) {
+    Buffer a = dev.alloc(DType::kBF16, n * n, "A"), b = dev.alloc(DType::kBF16, n * n, "B"),
+           c = dev.alloc(DType::kBF16, n * n, "C");
+    EXPECT_EQ(a.data, nullptr);
+    const double t = kernels::gemm(dev, GemmShape{n, n, n}, a, b, c).time_s;
+    dev.free(a);
+    dev.free(b);
+    dev.free(c);
+    return t;
+  };
+  const double t1 = time_of(2048), t2 = time_of(4096);
+  const ChipSpec chip = load_chip("h100");
+  EXPECT_GT(t1, 2.0 * 2048.0 * 2048 * 2048 / chip.matrix_bf16.value);  // never beats the peak
+  EXPECT_GT(t2, 4.0 * t1);  // 8x the work; at least half of it shows (fixed costs amortise)
+  EXPECT_LT(t2, 12.0 * t1);
+}
+
+TEST(Gemm, ConfigChoiceFitsSramOnEveryChip) {
+  for (const auto& name : chip_preset_names()) {
+    const ChipSpec chip = load_chip(name);
+    for (int64_t n : {1, 100, 4096}) {
+      const auto cfg = kernels::choose_gemm_config(chip, GemmShape{n, n, n}, DType::kBF16);
+      const double need = cfg.stages * (double(cfg.tile_m) + cfg.tile_n) * cfg.tile_k * 2 + cfg.tile_m * cfg.tile_n * 4.0;
+      EXPECT_LE(need, chip.sram_bytes()) << name << " " << cfg.describe();
+    }
+  }
+}
+
+// --- bad input: each kind gets a clear error naming the problem.
+class GemmErrors : public ::testing::Test {
+ protected:
+  Device dev{load_chip("zhenwu-810e")};
+  Buffer a = dev.alloc(DType::kBF16, 6, "A"), b = dev.alloc(DType::kBF16, 12, "B"), c = dev.alloc(DType::kF32, 8, "C");
+};
+
+TEST_F(GemmErrors, ZeroOrNegativeSizes) {
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{0, 4, 3}, a, b, c); }, {"gemm", "M = 0", "positive"});
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, -4, 3}, a, b, c); }, {"N = -4"});
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3, 0}, a, b, c); }, {"batch = 0"});
+}
+
+TEST_F(GemmErrors, ShapesThatDoNotMatch) {
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 4}, a, b, c); }, {"A 'A' has 6 elements", "needs 8"});
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{3, 4, 2}, a, b, c); }, {"B 'B'", "needs 8"});
+}
+
+TEST_F(GemmErrors, DtypesThatDoNotWork) {
+  Buffer f = dev.alloc(DType::kF32, 6, "F");
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, f, b, c); }, {"'F' is fp32", "valid: bf16, fp16"});
+  Buffer h = dev.alloc(DType::kF16, 12, "H");
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, a, h, c); }, {"A is bf16 but B is fp16"});
+  Buffer e = dev.alloc(DType::kF8E4M3, 6, "E"), e2 = dev.alloc(DType::kF8E4M3, 12, "E2");
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, e, e2, c); },
+                     {"zhenwu-810e has no fp8e4m3 matrix unit", "bf16, fp16"});
+  Buffer o = dev.alloc(DType::kF8E5M2, 8, "O");
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, a, b, o); }, {"C 'O' is fp8e5m2", "fp32, bf16, fp16"});
+}
+
+TEST_F(GemmErrors, KernelThatDoesNotFitSram) {
+  const GemmConfig huge{256, 256, 512, 1, 8};  // 768 KiB of tiles; the PPU core has 512 KiB
+  test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, a, b, c, nullptr, &huge); },
+                     {"needs", "of SRAM but a core has", "smaller tiles"});
+}
+
+}  // namespace
+}  // namespace ppu
