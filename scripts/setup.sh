@@ -2,7 +2,7 @@
 # Installs the Debian packages OpenPPU builds against (skips apt-get when they are all present).
 set -euo pipefail
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-          libbenchmark-dev libhwy-dev libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3)
+          libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
