@@ -24,17 +24,8 @@ inline std::vector<float> random_values(size_t n, DType t, uint64_t seed, float 
   return v;
 }
 
-// Unit roundoff (half an ulp at 1.0) of a storage dtype.
-inline double unit_roundoff(DType t) {
-  switch (t) {
-    case DType::kF32: return std::ldexp(1.0, -24);
-    case DType::kBF16: return std::ldexp(1.0, -8);
-    case DType::kF16: return std::ldexp(1.0, -11);
-    case DType::kF8E4M3: return std::ldexp(1.0, -4);
-    case DType::kF8E5M2: return std::ldexp(1.0, -3);
-    default: return 1.0;
-  }
-}
+// Unit roundoff of a storage dtype: ppu::unit_roundoff (arch/DType.hpp).
+using ppu::unit_roundoff;
 
 // Asserts that `f` throws E and that the message contains every one of `parts`.
 template <class E = UserError>

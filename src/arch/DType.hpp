@@ -75,4 +75,18 @@ void convert_from_f32(DType dst_type, const float* src, void* dst, int64_t n);
 // Round-trips fp32 values through `t` (what storing then reloading would give).
 float round_to(DType t, float v);
 
+// Unit roundoff of a storage dtype: the largest relative error of one round-to-nearest into it
+// (2^-24 fp32, 2^-8 bf16, 2^-11 fp16, 2^-4 e4m3, 2^-3 e5m2), for error bounds in checks and tests.
+constexpr double unit_roundoff(DType t) {
+  switch (t) {
+    case DType::kF32: return 1.0 / (1 << 24);
+    case DType::kBF16: return 1.0 / (1 << 8);
+    case DType::kF16: return 1.0 / (1 << 11);
+    case DType::kF8E4M3: return 1.0 / (1 << 4);
+    case DType::kF8E5M2: return 1.0 / (1 << 3);
+    case DType::kCount: break;
+  }
+  return 1.0;
+}
+
 }  // namespace ppu

@@ -33,17 +33,6 @@ std::vector<float> random_values(int64_t n, DType t, uint64_t seed) {
   return v;
 }
 
-double unit_roundoff(DType t) {
-  switch (t) {
-    case DType::kF32: return std::ldexp(1.0, -24);
-    case DType::kBF16: return std::ldexp(1.0, -8);
-    case DType::kF16: return std::ldexp(1.0, -11);
-    case DType::kF8E4M3: return std::ldexp(1.0, -4);
-    case DType::kF8E5M2: return std::ldexp(1.0, -3);
-    default: return 1.0;
-  }
-}
-
 void write_trace(const Device& dev, const std::string& path) {
   TraceWriter w;
   dev.write_trace(w);
