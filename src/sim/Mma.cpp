@@ -21,6 +21,11 @@ inline uint16_t get16(const void* base, int64_t idx) { return static_cast<const 
 
 void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc, int m,
                    int n, int k, bool accumulate, MmaScratch& s) {
+  if (m <= detail::kDotMaxRows && trans_b && !trans_a) {
+    detail::mma_bf16_dot_avx512(static_cast<const uint16_t*>(a), lda, static_cast<const uint16_t*>(b), ldb, c, ldc, m, n,
+                                k, accumulate);
+    return;
+  }
   const int kpairs = (k + 1) / 2;
   constexpr int kW = detail::kPanelCols;
   const int panels = (n + kW - 1) / kW;

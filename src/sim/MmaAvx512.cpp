@@ -83,3 +83,38 @@ PPU_AVX512_TARGET void mma_bf16_avx512(const uint16_t* a, int lda, const uint16_
 }
 
 }  // namespace ppu::detail
+
+namespace ppu::detail {
+
+// Small-m path for B stored transposed ([n, k], the layout of linear-layer weights): each output is
+// a dot product of two contiguous bf16 rows, so nothing is packed. Each B row chunk is loaded once
+// and used for all m (<= kDotMaxRows) rows of A.
+PPU_AVX512_TARGET void mma_bf16_dot_avx512(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc,
+                                           int m, int n, int k, bool accumulate) {
+  const int full = k / 32;
+  const int rem = k - full * 32;
+  const __mmask32 tail = rem ? static_cast<__mmask32>((uint64_t{1} << rem) - 1) : 0;
+  for (int j = 0; j < n; ++j) {
+    const uint16_t* brow = b + static_cast<int64_t>(j) * ldb;
+    __m512 acc[kDotMaxRows];
+    for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
+    for (int q = 0; q < full; ++q) {
+      const __m512bh bv = (__m512bh)_mm512_loadu_si512(brow + 32 * q);
+      for (int r = 0; r < m; ++r)
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(a + static_cast<int64_t>(r) * lda + 32 * q), bv);
+    }
+    if (rem) {
+      const __m512bh bv = (__m512bh)_mm512_maskz_loadu_epi16(tail, brow + 32 * full);
+      for (int r = 0; r < m; ++r)
+        acc[r] = _mm512_dpbf16_ps(
+            acc[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, a + static_cast<int64_t>(r) * lda + 32 * full), bv);
+    }
+    for (int r = 0; r < m; ++r) {
+      const float sum = _mm512_reduce_add_ps(acc[r]);
+      float& out = c[static_cast<int64_t>(r) * ldc + j];
+      out = accumulate ? out + sum : sum;
+    }
+  }
+}
+
+}  // namespace ppu::detail

@@ -16,4 +16,11 @@ inline constexpr int kPanelCols = 16 * kNV;  // columns per packed B panel
 void mma_bf16_avx512(const uint16_t* a, int lda, const uint16_t* bpack, int kpairs, float* c, int ldc, int m, int n,
                      bool accumulate);
 
+// m <= kDotMaxRows rows of A [m, k] (row stride lda) times B^T with B stored [n, k] (row stride ldb):
+// dot products of contiguous rows, no packing. For decode-shaped products (a few tokens times a
+// weight matrix). Call only if the CPU supports AVX512-BF16.
+inline constexpr int kDotMaxRows = 4;
+void mma_bf16_dot_avx512(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc, int m, int n, int k,
+                         bool accumulate);
+
 }  // namespace ppu::detail

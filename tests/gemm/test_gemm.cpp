@@ -62,7 +62,9 @@ struct Case {
 TEST(Gemm, OddShapesAllTransposesBf16) {
   const Case cases[] = {{1, 1, 1, 1, false, false},   {1, 7, 13, 1, false, false}, {13, 1, 5, 1, false, false},
                         {17, 31, 65, 1, false, false}, {127, 129, 67, 1, false, false},
-                        {128, 256, 64, 1, false, false}, {257, 131, 300, 1, false, false}, {5, 3, 2, 3, false, false}};
+                        {128, 256, 64, 1, false, false}, {257, 131, 300, 1, false, false}, {5, 3, 2, 3, false, false},
+                        // decode-shaped (few rows, B transposed: the dot-product path), k across chunk edges
+                        {1, 37, 100, 1, false, true}, {3, 33, 64, 1, false, true}, {4, 65, 31, 2, false, true}};
   for (const Case& c : cases)
     for (int t = 0; t < 4; ++t) {
       GemmShape s{c.m, c.n, c.k, c.batch, (t & 1) != 0, (t & 2) != 0};
