@@ -9,7 +9,7 @@ string(APPEND body "extern const Entry kEntries[];\nextern const int kNumEntries
 set(count 0)
 foreach(rel ${preset_files})
   get_filename_component(kind "${rel}" DIRECTORY)
-  get_filename_component(name "${rel}" NAME_WE)
+  get_filename_component(name "${rel}" NAME_WLE)  # last extension only: "qwen3-0.6b.json" -> "qwen3-0.6b"
   file(READ "${PRESET_DIR}/${rel}" text)
   string(APPEND body "  {\"${kind}\", \"${name}\", R\"PPU_PRESET(${text})PPU_PRESET\"},\n")
   math(EXPR count "${count} + 1")

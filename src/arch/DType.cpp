@@ -195,6 +195,7 @@ inline uint16_t f32_to_f16_fast(float f) {
 }  // namespace
 
 void convert_to_f32(DType t, const void* src, float* dst, int64_t n) {
+  if (n <= 0) return;  // also keeps null pointers away from memcpy
   switch (t) {
     case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
     case DType::kBF16: {
@@ -220,6 +221,7 @@ void convert_to_f32(DType t, const void* src, float* dst, int64_t n) {
 }
 
 void convert_from_f32(DType t, const float* src, void* dst, int64_t n) {
+  if (n <= 0) return;
   switch (t) {
     case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
     case DType::kBF16: {

@@ -15,6 +15,7 @@
 
 #include "arch/Error.hpp"
 #include "sim/Mma.hpp"
+#include "sim/VectorOps.hpp"
 
 namespace ppu {
 
@@ -31,57 +32,6 @@ struct AlignedArena {
 
 thread_local MmaScratch t_mma_scratch;
 thread_local std::vector<float> t_row;
-
-float apply_unary(UnaryOp op, float x, float imm) {
-  switch (op) {
-    case UnaryOp::kCopy: return x;
-    case UnaryOp::kNeg: return -x;
-    case UnaryOp::kAbs: return std::fabs(x);
-    case UnaryOp::kExp: return std::exp(x);
-    case UnaryOp::kLog: return std::log(x);
-    case UnaryOp::kSqrt: return std::sqrt(x);
-    case UnaryOp::kRsqrt: return 1.0f / std::sqrt(x);
-    case UnaryOp::kRecip: return 1.0f / x;
-    case UnaryOp::kSquare: return x * x;
-    case UnaryOp::kRelu: return x > 0.0f ? x : 0.0f;
-    case UnaryOp::kSilu: return x / (1.0f + std::exp(-x));
-    case UnaryOp::kGelu: {
-      const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
-      return 0.5f * x * (1.0f + std::tanh(k0 * (x + 0.044715f * x * x * x)));
-    }
-    case UnaryOp::kSigmoid: return 1.0f / (1.0f + std::exp(-x));
-    case UnaryOp::kTanh: return std::tanh(x);
-    case UnaryOp::kScale: return x * imm;
-    case UnaryOp::kAddImm: return x + imm;
-    case UnaryOp::kCount: break;
-  }
-  return x;
-}
-
-template <class F>
-void binary_loop(float* d, int ldd, const float* a, int lda, const float* b, int ldb, int rows, int cols, Broadcast bc,
-                 F f) {
-  for (int r = 0; r < rows; ++r) {
-    float* dr = d + int64_t{r} * ldd;
-    const float* ar = a + int64_t{r} * lda;
-    switch (bc) {
-      case Broadcast::kNone: {
-        const float* br = b + int64_t{r} * ldb;
-        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], br[c]);
-        break;
-      }
-      case Broadcast::kRow: {
-        const float bv = b[int64_t{r} * ldb];
-        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], bv);
-        break;
-      }
-      case Broadcast::kCol:
-      case Broadcast::kCount:
-        for (int c = 0; c < cols; ++c) dr[c] = f(ar[c], b[c]);
-        break;
-    }
-  }
-}
 
 // Moves `rows` x `cols` elements between two strided 2-D layouts with dtype conversion.
 void copy_convert(DType st, const unsigned char* src, int64_t src_stride, DType dt, unsigned char* dst, int64_t dst_stride,
@@ -137,62 +87,40 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       case OpCode::kUnary: {
         const auto op = static_cast<UnaryOp>(in.sub);
         float* d = fptr(in.dst);
-        const float* s = fptr(in.a);
+        const float* src = fptr(in.a);
         const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
-        for (int r = 0; r < in.rows; ++r) {
-          float* dr = d + int64_t{r} * ldd;
-          const float* sr = s + int64_t{r} * lds;
-          switch (op) {  // the common cheap ones as tight loops; the rest through apply_unary
-            case UnaryOp::kScale:
-              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c] * in.imm;
-              break;
-            case UnaryOp::kCopy:
-              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c];
-              break;
-            case UnaryOp::kSquare:
-              for (int c = 0; c < in.cols; ++c) dr[c] = sr[c] * sr[c];
-              break;
-            default:
-              for (int c = 0; c < in.cols; ++c) dr[c] = apply_unary(op, sr[c], in.imm);
-          }
-        }
+        for (int r = 0; r < in.rows; ++r) vec_unary(op, src + int64_t{r} * lds, d + int64_t{r} * ldd, in.cols, in.imm);
         break;
       }
       case OpCode::kBinary: {
+        const auto op = static_cast<BinaryOp>(in.sub);
         const auto bc = static_cast<Broadcast>(in.flags);
         float* d = fptr(in.dst);
         const float* a = fptr(in.a);
         const float* b = fptr(in.b);
         const int ldd = bufs[in.dst].cols, lda = bufs[in.a].cols, ldb = bufs[in.b].cols;
-        switch (static_cast<BinaryOp>(in.sub)) {
-          case BinaryOp::kAdd: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x + y; }); break;
-          case BinaryOp::kSub: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x - y; }); break;
-          case BinaryOp::kMul: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x * y; }); break;
-          case BinaryOp::kDiv: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return x / y; }); break;
-          case BinaryOp::kMax: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return std::fmax(x, y); }); break;
-          case BinaryOp::kMin: binary_loop(d, ldd, a, lda, b, ldb, in.rows, in.cols, bc, [](float x, float y) { return std::fmin(x, y); }); break;
-          case BinaryOp::kCount: break;
+        for (int r = 0; r < in.rows; ++r) {
+          float* dr = d + int64_t{r} * ldd;
+          const float* ar = a + int64_t{r} * lda;
+          switch (bc) {
+            case Broadcast::kNone: vec_binary(op, ar, b + int64_t{r} * ldb, dr, in.cols); break;
+            case Broadcast::kRow: vec_binary_scalar(op, ar, b[int64_t{r} * ldb], dr, in.cols); break;
+            case Broadcast::kCol:
+            case Broadcast::kCount: vec_binary(op, ar, b, dr, in.cols); break;
+          }
         }
         break;
       }
       case OpCode::kReduce: {
         const auto op = static_cast<ReduceOp>(in.sub);
         float* d = fptr(in.dst);
-        const float* s = fptr(in.a);
+        const float* src = fptr(in.a);
         const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
         for (int r = 0; r < in.rows; ++r) {
-          const float* sr = s + int64_t{r} * lds;
-          float acc;
-          if (op == ReduceOp::kSum) {
-            acc = 0.0f;
-            for (int c = 0; c < in.cols; ++c) acc += sr[c];
-            if (in.flags & kFlagAccumulate) acc += d[int64_t{r} * ldd];
-          } else {
-            acc = sr[0];
-            for (int c = 1; c < in.cols; ++c) acc = std::fmax(acc, sr[c]);
-            if (in.flags & kFlagAccumulate) acc = std::fmax(acc, d[int64_t{r} * ldd]);
-          }
-          d[int64_t{r} * ldd] = acc;
+          float acc = vec_reduce(op, src + int64_t{r} * lds, in.cols);
+          float& out = d[int64_t{r} * ldd];
+          if (in.flags & kFlagAccumulate) acc = op == ReduceOp::kSum ? acc + out : std::fmax(acc, out);
+          out = acc;
         }
         break;
       }

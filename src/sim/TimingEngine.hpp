@@ -16,7 +16,7 @@
 //  * DMA: a transfer waits `dma_latency` after issue, then moves its bytes as a flow in a shared
 //    pool: loads that hit in L2 share the L2 bandwidth; misses, and all stores, share HBM, where a
 //    read costs 1/hbm_read_efficiency and a write 1/hbm_write_efficiency of its bytes. Flows in a
-//    pool share its bandwidth equally (processor sharing), each capped at `dma_bandwidth_per_core`.
+//    pool share its bandwidth equally (processor sharing), each capped at `dma_bandwidth_per_core` (so a core that loads and stores at once moves up to twice it).
 //    Each engine streams its transfers one after another (the next one's latency overlaps).
 //  * L2 is an LRU over the tiles (address, shape) that were loaded or stored.
 //
