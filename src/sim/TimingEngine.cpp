@@ -74,12 +74,13 @@ struct Pool {
   int n = 0;
   double v = 0, t = 0;
   double busy_s = 0;
+  // 16 bytes: the admission sequence number (ties), core and engine packed in one key.
   struct End {
     double finish_v;
-    uint64_t seq;
-    int32_t core;
-    int8_t engine;
-    bool operator>(const End& o) const { return finish_v != o.finish_v ? finish_v > o.finish_v : seq > o.seq; }
+    uint64_t key;  // seq << 24 | core << 4 | engine
+    int32_t core() const { return static_cast<int32_t>((key >> 4) & 0xFFFFF); }
+    int8_t engine() const { return static_cast<int8_t>(key & 0xF); }
+    bool operator>(const End& o) const { return finish_v != o.finish_v ? finish_v > o.finish_v : key > o.key; }
   };
   std::priority_queue<End, std::vector<End>, std::greater<End>> heap;
 
@@ -97,7 +98,7 @@ struct Pool {
   }
   void add(double now, double cost, uint64_t seq, int32_t core, int8_t engine) {
     advance(now);
-    heap.push({v + cost, seq, core, engine});
+    heap.push({v + cost, (seq << 24) | (static_cast<uint64_t>(core) << 4) | static_cast<uint64_t>(engine & 0xF)});
     ++n;
   }
   End pop(double now) {
@@ -211,15 +212,21 @@ uint64_t mix(uint64_t h, uint64_t x) {
 
 enum class EvKind : uint8_t { kComputeDone, kDmaReady, kBlockStart };
 
+// 16 bytes, so the event heap stays cache-friendly. Ties in time are broken by the packed payload
+// (kind, core, slot, engine, instruction): deterministic, independent of insertion order.
 struct Event {
   double time;
-  uint64_t seq;
-  EvKind kind;
-  int32_t core;
-  uint32_t instr;
-  int8_t slot;    // kComputeDone, kBlockStart
-  int8_t engine;  // kDmaReady
-  bool operator>(const Event& o) const { return time != o.time ? time > o.time : seq > o.seq; }
+  uint64_t payload;
+  Event(double t, EvKind kind, int32_t core, uint32_t instr, int slot, int engine)
+      : time(t),
+        payload(static_cast<uint64_t>(kind) << 62 | static_cast<uint64_t>(core & 0xFFFFF) << 42 |
+                static_cast<uint64_t>(slot & 0x3) << 40 | static_cast<uint64_t>(engine & 0x3) << 38 | instr) {}
+  EvKind kind() const { return static_cast<EvKind>(payload >> 62); }
+  int32_t core() const { return static_cast<int32_t>((payload >> 42) & 0xFFFFF); }
+  int slot() const { return static_cast<int>((payload >> 40) & 0x3); }
+  int engine() const { return static_cast<int>((payload >> 38) & 0x3); }
+  uint32_t instr() const { return static_cast<uint32_t>(payload & 0xFFFFFFFFu); }
+  bool operator>(const Event& o) const { return time != o.time ? time > o.time : payload > o.payload; }
 };
 
 struct Transfer {
@@ -286,8 +293,8 @@ class Sim {
     const auto ncores = static_cast<int64_t>(cores_.size());
     const int64_t first = std::min<int64_t>(k_.grid, ncores * resident_);
     for (int64_t i = 0; i < first; ++i)
-      push({t0 + chip_.block_latency.value, 0, EvKind::kBlockStart, static_cast<int32_t>(i % ncores), 0,
-            static_cast<int8_t>(i / ncores), 0});
+      push(Event(t0 + chip_.block_latency.value, EvKind::kBlockStart, static_cast<int32_t>(i % ncores), 0,
+                 static_cast<int>(i / ncores), 0));
     next_block_ = first;
     double end = k_.grid > 0 ? 0.0 : t0;
     for (;;) {
@@ -320,10 +327,7 @@ class Sim {
   }
 
  private:
-  void push(Event e) {
-    e.seq = seq_++;
-    events_.push(e);
-  }
+  void push(const Event& e) { events_.push(e); }
 
   void start_block(int32_t ci, int si) {
     Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
@@ -355,7 +359,7 @@ class Sim {
     cores_[static_cast<size_t>(ci)].slots[si].active = false;
     if (next_block_ < k_.grid) {
       ++next_block_;
-      push({now_ + chip_.block_latency.value, 0, EvKind::kBlockStart, ci, 0, static_cast<int8_t>(si), 0});
+      push(Event(now_ + chip_.block_latency.value, EvKind::kBlockStart, ci, 0, si, 0));
     }
   }
 
@@ -423,7 +427,7 @@ class Sim {
         const int e = in.op == OpCode::kLoad ? 0 : 1;
         c.dma[e].push_back({i, static_cast<int8_t>(si), now_ + chip_.dma_latency.value});
         if (!c.flow_active[e] && c.dma[e].size() == 1)
-          push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, 0, static_cast<int8_t>(e)});
+          push(Event(c.dma[e].front().ready, EvKind::kDmaReady, ci, 0, 0, e));
         return;
       }
       case OpCode::kSync:
@@ -443,14 +447,14 @@ class Sim {
         res_.matrix_flops += 2.0 * in.rows * in.cols * in.k;
         res_.matrix_busy_s += dur;
         c.busy[0] = true;
-        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, static_cast<int8_t>(si), 0});
+        push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
         return;
       }
       default: {
         const double dur = static_cast<double>(in.rows) * in.cols * vector_op_cost(in) / vec_rate_;
         res_.vector_busy_s += dur;
         c.busy[1] = true;
-        push({now_ + dur, 0, EvKind::kComputeDone, ci, i, static_cast<int8_t>(si), 0});
+        push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
         return;
       }
     }
@@ -481,8 +485,8 @@ class Sim {
   }
 
   void flow_done(const Pool::End& f) {
-    const int32_t ci = f.core;
-    const int e = f.engine & 1;
+    const int32_t ci = f.core();
+    const int e = f.engine() & 1;
     Core& c = cores_[static_cast<size_t>(ci)];
     const Transfer tr = c.dma[e].front();
     c.dma[e].pop_front();
@@ -492,32 +496,32 @@ class Sim {
       const Instr& in = s.prog.instrs()[tr.instr];
       const TensorArg& t = k_.args[in.region.arg];
       record(s, ci, tr.instr, s.issue_time[tr.instr], now_,
-             static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype), f.engine >= 2);
+             static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype), f.engine() >= 2);
     }
     if (!c.dma[e].empty()) {
       if (c.dma[e].front().ready <= now_) start_flow(ci, e);
-      else push({c.dma[e].front().ready, 0, EvKind::kDmaReady, ci, 0, 0, static_cast<int8_t>(e)});
+      else push(Event(c.dma[e].front().ready, EvKind::kDmaReady, ci, 0, 0, e));
     }
     complete(ci, tr.slot, tr.instr);
     try_issue(ci);
   }
 
   void handle(const Event& ev) {
-    switch (ev.kind) {
-      case EvKind::kBlockStart: start_block(ev.core, ev.slot); break;
+    switch (ev.kind()) {
+      case EvKind::kBlockStart: start_block(ev.core(), ev.slot()); break;
       case EvKind::kDmaReady: {
-        Core& c = cores_[static_cast<size_t>(ev.core)];
-        if (!c.flow_active[ev.engine] && !c.dma[ev.engine].empty()) start_flow(ev.core, ev.engine);
+        Core& c = cores_[static_cast<size_t>(ev.core())];
+        if (!c.flow_active[ev.engine()] && !c.dma[ev.engine()].empty()) start_flow(ev.core(), ev.engine());
         break;
       }
       case EvKind::kComputeDone: {
-        Core& c = cores_[static_cast<size_t>(ev.core)];
-        const Slot& s = c.slots[ev.slot];
-        const Instr& in = s.prog.instrs()[ev.instr];
+        Core& c = cores_[static_cast<size_t>(ev.core())];
+        const Slot& s = c.slots[ev.slot()];
+        const Instr& in = s.prog.instrs()[ev.instr()];
         c.busy[in.unit == Unit::kMatrix ? 0 : 1] = false;
-        record(s, ev.core, ev.instr, s.issue_time[ev.instr], now_, 0, false);
-        complete(ev.core, ev.slot, ev.instr);
-        try_issue(ev.core);
+        record(s, ev.core(), ev.instr(), s.issue_time[ev.instr()], now_, 0, false);
+        complete(ev.core(), ev.slot(), ev.instr());
+        try_issue(ev.core());
         break;
       }
     }
