@@ -70,26 +70,31 @@ void TileProgram::push(Instr in, std::initializer_list<BufferId> reads, std::ini
   dep_offsets_.push_back(static_cast<uint32_t>(deps_.size()));
 }
 
-void TileProgram::load(BufferId dst, const TileRegion& src) {
-  check_extent(dst, src.rows, src.cols, "load destination");
+void TileProgram::load(BufferId dst, const TileRegion& src, int buffer_row) {
+  if (buffer_row < 0) fail(fmt::format("load destination row {} is negative", buffer_row));
+  check_extent(dst, buffer_row + src.rows, src.cols, "load destination (rows counted from the buffer's row 0)");
   Instr in;
   in.op = OpCode::kLoad;
   in.unit = Unit::kDmaIn;
   in.dst = dst;
   in.rows = src.rows;
   in.cols = src.cols;
+  in.k = buffer_row;
   in.region = src;
+  // A partial write still depends on earlier readers/writers of the buffer (WAR/WAW) like a full one.
   push(in, {}, {dst});
 }
 
-void TileProgram::store(const TileRegion& dst, BufferId src) {
-  check_extent(src, dst.rows, dst.cols, "store source");
+void TileProgram::store(const TileRegion& dst, BufferId src, int buffer_row) {
+  if (buffer_row < 0) fail(fmt::format("store source row {} is negative", buffer_row));
+  check_extent(src, buffer_row + dst.rows, dst.cols, "store source (rows counted from the buffer's row 0)");
   Instr in;
   in.op = OpCode::kStore;
   in.unit = Unit::kDmaOut;
   in.a = src;
   in.rows = dst.rows;
   in.cols = dst.cols;
+  in.k = buffer_row;
   in.region = dst;
   push(in, {src}, {});
 }

@@ -20,7 +20,8 @@
 //   p.mma(c, a, b, 128, 128, 64);
 //   p.store({.arg = 2, .offset = 0, .row_stride = N, .rows = 128, .cols = 128}, c);
 //
-// Every instruction works on the top-left [rows, cols] of its buffers, so edge tiles need no padding.
+// Every instruction works on the top-left [rows, cols] of its buffers, so edge tiles need no padding;
+// loads and stores may start at a row offset of the buffer, to assemble a tile from several regions.
 // Extents and dtypes are checked as the program is built (UserError naming the instruction);
 // tensor bounds are checked against the kernel's arguments by validate_program(); SRAM capacity
 // against a chip by Kernel checks in the executors.
@@ -104,7 +105,7 @@ struct Instr {
   uint8_t flags = 0;  // InstrFlags, or Broadcast for binary ops
   Unit unit = Unit::kVector;
   BufferId dst = 0, a = 0, b = 0;
-  int32_t rows = 0, cols = 0, k = 0;  // extents; mma: m = rows, n = cols
+  int32_t rows = 0, cols = 0, k = 0;  // extents; mma: m = rows, n = cols, k; load/store: k = first buffer row
   float imm = 0.0f;
   TileRegion region;  // load: source; store: destination
 };
@@ -117,8 +118,11 @@ class TileProgram {
   // Allocates an SRAM buffer [rows, cols] of `dtype`. Throws UserError on non-positive extents.
   BufferId alloc(DType dtype, int rows, int cols, std::string_view name);
 
-  void load(BufferId dst, const TileRegion& src);
-  void store(const TileRegion& dst, BufferId src);
+  // Loads the region into rows [buffer_row, buffer_row + src.rows) of `dst` (columns from 0), so a
+  // tile can be assembled from several regions (e.g. gathered rows).
+  void load(BufferId dst, const TileRegion& src, int buffer_row = 0);
+  // Stores rows [buffer_row, buffer_row + dst.rows) of `src` (columns from 0) into the region.
+  void store(const TileRegion& dst, BufferId src, int buffer_row = 0);
   // c[m,n] (+)= A[m,k] . B[k,n]. a holds A ([m,k], or [k,m] if trans_a); b holds B ([k,n], or [n,k]
   // if trans_b). a and b share a 16-bit or fp8 dtype; c is fp32.
   void mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a = false, bool trans_b = false,

@@ -65,14 +65,16 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const TensorArg& t = k.args[in.region.arg];
         const SramBuffer& b = bufs[in.dst];
         const auto* src = static_cast<const unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
-        copy_convert(t.dtype, src, in.region.row_stride, b.dtype, arena + b.offset_bytes, b.cols, in.rows, in.cols);
+        unsigned char* dst = arena + b.offset_bytes + int64_t{in.k} * b.cols * dtype_size_bytes(b.dtype);
+        copy_convert(t.dtype, src, in.region.row_stride, b.dtype, dst, b.cols, in.rows, in.cols);
         break;
       }
       case OpCode::kStore: {
         const TensorArg& t = k.args[in.region.arg];
         const SramBuffer& b = bufs[in.a];
         auto* dst = static_cast<unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
-        copy_convert(b.dtype, arena + b.offset_bytes, b.cols, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
+        const unsigned char* src = arena + b.offset_bytes + int64_t{in.k} * b.cols * dtype_size_bytes(b.dtype);
+        copy_convert(b.dtype, src, b.cols, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
         break;
       }
       case OpCode::kMma: {
