@@ -75,11 +75,26 @@ void Device::check_buffer(const Buffer& b, const char* what) const {
 
 void Device::free(Buffer& b) {
   check_buffer(b, "free");
+  if (b.is_view) throw UserError(fmt::format("free: '{}' is a view; free the buffer it was made from", b.name));
   Alloc& a = allocs_[static_cast<size_t>(b.id)];
   in_use_ -= a.bytes;
   a.live = false;
   a.host.reset();
   b = Buffer{};
+}
+
+Buffer Buffer::view(int64_t offset, int64_t count) const {
+  if (offset < 0 || count <= 0 || offset > numel - count)
+    throw UserError(fmt::format("view of '{}': elements [{}, {}) are not inside its {} elements", name, offset,
+                                offset + count, numel));
+  Buffer v = *this;
+  v.is_view = true;
+  const int64_t es = dtype_size_bytes(dtype);
+  v.addr = addr + static_cast<uint64_t>(offset * es);
+  v.numel = count;
+  v.bytes = count * es;
+  v.data = data ? static_cast<unsigned char*>(data) + offset * es : nullptr;
+  return v;
 }
 
 Stream& Device::create_stream(const std::string& name) {

@@ -53,9 +53,13 @@ struct Buffer {
   int64_t bytes = 0;
   void* data = nullptr;
   std::string name;
+  bool is_view = false;  // made by view(): not freeable by itself
   bool valid() const { return id >= 0; }
   // A kernel argument addressing this buffer.
   TensorArg arg() const { return TensorArg{dtype, numel, data, addr, name}; }
+  // Elements [offset, offset + count) of this buffer as a buffer of its own (same allocation; e.g.
+  // the rows of a KV cache a step writes). Throws UserError if the range does not fit.
+  Buffer view(int64_t offset, int64_t count) const;
 };
 
 struct Stream {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "TestUtil.hpp"
+#include "kernels/Elementwise.hpp"
 #include "arch/ChipSpec.hpp"
 #include "report/TraceWriter.hpp"
 #include "runtime/Device.hpp"
@@ -458,6 +459,36 @@ TEST(DeviceTrace, PerCoreLanesWithAKernelTraceLimit) {
     EXPECT_LE(e.at("ts").get<double>() + e.at("dur").get<double>(), k_end * 1e6 + 1e-6);
   }
   EXPECT_FALSE(events(j, "C", 3).empty()) << "memory bandwidth counters";
+}
+
+}  // namespace
+}  // namespace ppu
+
+namespace ppu {
+namespace {
+
+TEST(BufferView, KernelsSeeOnlyTheViewedElements) {
+  Device dev(load_chip("h100"));
+  Buffer big = dev.alloc(DType::kF32, 10, "big");
+  dev.upload(big, std::vector<float>(10, 1.0f));
+  Buffer part = big.view(3, 4);
+  EXPECT_EQ(part.numel, 4);
+  EXPECT_EQ(part.addr, big.addr + 12);
+  Buffer src = dev.alloc(DType::kF32, 4, "src");
+  dev.upload(src, {5, 6, 7, 8});
+  kernels::copy(dev, src, part);
+  const auto got = dev.download(big);
+  const std::vector<float> want = {1, 1, 1, 5, 6, 7, 8, 1, 1, 1};
+  EXPECT_EQ(got, want);
+}
+
+TEST(BufferView, RangesOutsideTheBufferAndFreeingAViewAreErrors) {
+  Device dev(load_chip("h100"));
+  Buffer big = dev.alloc(DType::kBF16, 10, "big");
+  test::expect_error([&] { big.view(8, 3); }, {"view of 'big'", "[8, 11)", "10 elements"});
+  test::expect_error([&] { big.view(-1, 2); }, {"[-1, 1)"});
+  Buffer v = big.view(0, 2);
+  test::expect_error([&] { dev.free(v); }, {"'big' is a view"});
 }
 
 }  // namespace
