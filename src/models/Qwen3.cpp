@@ -1,0 +1,358 @@
+#include "models/Qwen3.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "arch/Error.hpp"
+#include "kernels/Elementwise.hpp"
+#include "kernels/Embedding.hpp"
+#include "kernels/Gather.hpp"
+#include "kernels/Gemm.hpp"
+#include "kernels/RmsNorm.hpp"
+#include "kernels/Softmax.hpp"
+#include "models/Safetensors.hpp"
+
+namespace ppu {
+
+struct Qwen3Model::Layer {
+  Buffer in_norm, post_norm;      // [hidden]
+  Buffer wq, wk, wv, wo;          // [heads*d, hidden], [kv*d, hidden] x2, [hidden, heads*d]
+  Buffer q_norm, k_norm;          // [head_dim] (qk_norm)
+  Buffer w_gate, w_up, w_down;    // dense: [ffn, hidden] x2, [hidden, ffn]
+  Buffer router;                  // MoE: [experts, hidden]
+  std::vector<Buffer> e_gate, e_up, e_down;  // MoE: per expert [fe, hidden] x2, [hidden, fe]
+  Buffer k_cache, v_cache;        // [max_context, kv_heads, head_dim]
+};
+
+namespace {
+
+using kernels::GemmShape;
+
+// out [T, n] = x [T, k] . W^T with W [n, k] (a linear layer's weight layout).
+KernelTiming linear(Device& dev, const Buffer& x, const Buffer& w, const Buffer& out, int64_t T, int64_t n, int64_t k) {
+  return kernels::gemm(dev, GemmShape{T, n, k, 1, false, true}, x, w, out);
+}
+
+// splitmix64: a per-tensor seed stream for reproducible random weights.
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+template <class F>
+void Qwen3Model::op(const std::string& kind, F&& f) {
+  const size_t before = dev_.records().size();
+  f();
+  double t = 0;
+  for (size_t i = before; i < dev_.records().size(); ++i) t += dev_.records()[i].end_s - dev_.records()[i].start_s;
+  op_times_[kind] += t;
+}
+
+Buffer Qwen3Model::alloc_act(int64_t numel, const std::string& name, DType t) { return dev_.alloc(t, numel, name); }
+
+Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights, Qwen3Options opt)
+    : dev_(dev), cfg_(std::move(cfg)), opt_(opt) {
+  if (cfg_.family != ModelFamily::kQwen3 && cfg_.family != ModelFamily::kQwen3Moe && cfg_.family != ModelFamily::kLlama)
+    throw UserError(fmt::format("model '{}': family {} is not supported by the Qwen3 forward yet (supported: qwen3, "
+                                "qwen3_moe, llama)",
+                                cfg_.name, family_name(cfg_.family)));
+  if (cfg_.norm != NormType::kRmsNorm || cfg_.activation != Activation::kSwiGlu || cfg_.attention_bias ||
+      cfg_.mlp_bias || cfg_.num_shared_experts > 0)
+    throw UserError(fmt::format("model '{}': needs RMSNorm, SwiGLU, no biases and no shared experts", cfg_.name));
+  max_context_ = opt_.max_context > 0 ? opt_.max_context : std::min<int64_t>(cfg_.max_position_embeddings, 4096);
+  if (max_context_ > cfg_.max_position_embeddings)
+    throw UserError(fmt::format("model '{}': context {} exceeds max_position_embeddings {}", cfg_.name, max_context_,
+                                cfg_.max_position_embeddings));
+  const int64_t H = cfg_.hidden_size, d = cfg_.head_dim;
+  const DType wt = DType::kBF16;
+  auto w = [&](int64_t numel, const std::string& name) {
+    weight_bytes_ += numel * dtype_size_bytes(wt);
+    return dev_.alloc(wt, numel, name);
+  };
+  embed_ = w(cfg_.vocab_size * H, "model.embed_tokens.weight");
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    auto L = std::make_unique<Layer>();
+    const std::string p = fmt::format("model.layers.{}.", l);
+    L->in_norm = w(H, p + "input_layernorm.weight");
+    L->post_norm = w(H, p + "post_attention_layernorm.weight");
+    L->wq = w(cfg_.q_width() * H, p + "self_attn.q_proj.weight");
+    L->wk = w(cfg_.kv_width() * H, p + "self_attn.k_proj.weight");
+    L->wv = w(cfg_.kv_width() * H, p + "self_attn.v_proj.weight");
+    L->wo = w(H * cfg_.q_width(), p + "self_attn.o_proj.weight");
+    if (cfg_.qk_norm) {
+      L->q_norm = w(d, p + "self_attn.q_norm.weight");
+      L->k_norm = w(d, p + "self_attn.k_norm.weight");
+    }
+    if (cfg_.is_moe()) {
+      L->router = w(cfg_.num_experts * H, p + "mlp.gate.weight");
+      const int64_t fe = cfg_.moe_intermediate_size;
+      for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+        const std::string q = fmt::format("{}mlp.experts.{}.", p, e);
+        L->e_gate.push_back(w(fe * H, q + "gate_proj.weight"));
+        L->e_up.push_back(w(fe * H, q + "up_proj.weight"));
+        L->e_down.push_back(w(H * fe, q + "down_proj.weight"));
+      }
+    } else {
+      const int64_t F = cfg_.intermediate_size;
+      L->w_gate = w(F * H, p + "mlp.gate_proj.weight");
+      L->w_up = w(F * H, p + "mlp.up_proj.weight");
+      L->w_down = w(H * F, p + "mlp.down_proj.weight");
+    }
+    layers_.push_back(std::move(L));
+  }
+  final_norm_ = w(H, "model.norm.weight");
+  lm_head_ = cfg_.tie_word_embeddings ? embed_ : w(cfg_.vocab_size * H, "lm_head.weight");
+  for (auto& L : layers_) {
+    L->k_cache = dev_.alloc(opt_.kv_dtype, max_context_ * cfg_.kv_width(), "k_cache");
+    L->v_cache = dev_.alloc(opt_.kv_dtype, max_context_ * cfg_.kv_width(), "v_cache");
+    kv_bytes_ += 2 * L->k_cache.bytes;
+  }
+  rope_ = kernels::make_rope_table(dev_, cfg_.rope_theta, d, max_context_);
+  attn_ws_ = kernels::make_attention_workspace(dev_);
+  if (dev_.functional()) load_weights(weights);
+}
+
+Qwen3Model::~Qwen3Model() = default;
+
+void Qwen3Model::load_weights(const Qwen3Weights& src) {
+  // Every weight buffer, with its name and shape, in one list.
+  struct Entry {
+    const Buffer* b;
+    TensorShape shape;
+    bool norm;
+  };
+  std::vector<Entry> all;
+  const int64_t H = cfg_.hidden_size;
+  all.push_back({&embed_, {cfg_.vocab_size, H}, false});
+  for (auto& L : layers_) {
+    all.push_back({&L->in_norm, {H}, true});
+    all.push_back({&L->post_norm, {H}, true});
+    all.push_back({&L->wq, {cfg_.q_width(), H}, false});
+    all.push_back({&L->wk, {cfg_.kv_width(), H}, false});
+    all.push_back({&L->wv, {cfg_.kv_width(), H}, false});
+    all.push_back({&L->wo, {H, cfg_.q_width()}, false});
+    if (cfg_.qk_norm) {
+      all.push_back({&L->q_norm, {cfg_.head_dim}, true});
+      all.push_back({&L->k_norm, {cfg_.head_dim}, true});
+    }
+    if (cfg_.is_moe()) {
+      all.push_back({&L->router, {cfg_.num_experts, H}, false});
+      for (size_t e = 0; e < L->e_gate.size(); ++e) {
+        all.push_back({&L->e_gate[e], {cfg_.moe_intermediate_size, H}, false});
+        all.push_back({&L->e_up[e], {cfg_.moe_intermediate_size, H}, false});
+        all.push_back({&L->e_down[e], {H, cfg_.moe_intermediate_size}, false});
+      }
+    } else {
+      all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false});
+      all.push_back({&L->w_up, {cfg_.intermediate_size, H}, false});
+      all.push_back({&L->w_down, {H, cfg_.intermediate_size}, false});
+    }
+  }
+  all.push_back({&final_norm_, {H}, true});
+  if (!cfg_.tie_word_embeddings) all.push_back({&lm_head_, {cfg_.vocab_size, H}, false});
+
+  if (!src.checkpoint.empty()) {
+    CheckpointSet ck(src.checkpoint);
+    std::vector<std::string> names;
+    for (const auto& e : all) names.push_back(e.b->name);
+    ck.require_names(names);
+    for (const auto& e : all) dev_.upload(*e.b, ck.read_f32(e.b->name, e.shape));
+    return;
+  }
+  // Random weights: matrices uniform with std 0.02 (Qwen's initializer_range), norms 1.
+  uint64_t state = src.seed;
+  for (const auto& e : all) {
+    std::vector<float> v(static_cast<size_t>(e.b->numel));
+    if (e.norm) {
+      std::fill(v.begin(), v.end(), 1.0f);
+    } else {
+      uint64_t s = splitmix(state);
+      const float a = 0.02f * std::sqrt(3.0f);
+      for (auto& x : v) x = a * (static_cast<float>(splitmix(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    }
+    dev_.upload(*e.b, v);
+  }
+}
+
+ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_logits, ForwardTaps* taps) {
+  const auto T = static_cast<int64_t>(tokens.size());
+  if (T == 0) throw UserError("forward: no tokens");
+  if (past_len_ + T > max_context_)
+    throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions",
+                                T, past_len_, max_context_));
+  const double t0 = dev_.synchronize();
+  const int64_t H = cfg_.hidden_size, d = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  const DType at = opt_.act_dtype;
+  auto tap = [&](const std::string& name, const Buffer& b) {
+    if (taps && dev_.functional()) taps->values[name] = dev_.download(b);
+  };
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(past_len_));
+
+  Buffer x = alloc_act(T * H, "x", at), h = alloc_act(T * H, "h", at), o = alloc_act(T * H, "o", at);
+  Buffer q = alloc_act(T * cfg_.q_width(), "q", at), qn = alloc_act(T * cfg_.q_width(), "qn", at);
+  Buffer k = alloc_act(T * cfg_.kv_width(), "k", at), kn = alloc_act(T * cfg_.kv_width(), "kn", at);
+  Buffer v = alloc_act(T * cfg_.kv_width(), "v", at), a = alloc_act(T * cfg_.q_width(), "attn", at);
+  op("embedding", [&] { kernels::embedding(dev_, embed_, x, cfg_.vocab_size, H, tokens); });
+  tap("embed", x);
+  kernels::AttentionShape as{T, nh, nkv, d, max_context_, past_len_, 0.0f};
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& L = *layers_[l];
+    const bool first = l == 0;
+    op("norm", [&] { kernels::rms_norm(dev_, x, L.in_norm, h, T, H, eps); });
+    if (first) tap("layer0.attn_norm", h);
+    op("attention gemm", [&] {
+      linear(dev_, h, L.wq, q, T, cfg_.q_width(), H);
+      linear(dev_, h, L.wk, k, T, cfg_.kv_width(), H);
+      linear(dev_, h, L.wv, v, T, cfg_.kv_width(), H);
+    });
+    if (first) {
+      tap("layer0.q", q);
+      tap("layer0.k", k);
+      tap("layer0.v", v);
+    }
+    const Buffer kc_rows = L.k_cache.view(past_len_ * cfg_.kv_width(), T * cfg_.kv_width());
+    const Buffer vc_rows = L.v_cache.view(past_len_ * cfg_.kv_width(), T * cfg_.kv_width());
+    op("qk-norm and rope", [&] {
+      if (cfg_.qk_norm) {
+        kernels::rms_norm(dev_, q, L.q_norm, qn, T * nh, d, eps);
+        kernels::rms_norm(dev_, k, L.k_norm, kn, T * nkv, d, eps);
+      } else {
+        kernels::copy(dev_, q, qn);
+        kernels::copy(dev_, k, kn);
+      }
+      kernels::rope(dev_, rope_, qn, qn, T, nh, pos);
+      kernels::rope(dev_, rope_, kn, L.k_cache, T, nkv, pos, past_len_);
+      kernels::copy(dev_, v, vc_rows);
+    });
+    if (first) {
+      tap("layer0.q_rope", qn);
+      tap("layer0.k_rope", kc_rows);
+    }
+    op("attention", [&] { kernels::attention(dev_, attn_ws_, as, qn, L.k_cache, L.v_cache, a); });
+    if (first) tap("layer0.attn_out", a);
+    op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, cfg_.q_width()); });
+    op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
+    if (first) tap("layer0.attn_block", x);
+    op("norm", [&] { kernels::rms_norm(dev_, x, L.post_norm, h, T, H, eps); });
+    if (cfg_.is_moe()) {
+      moe(L, h, x, T, first ? taps : nullptr);
+    } else {
+      const int64_t F = cfg_.intermediate_size;
+      Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at);
+      op("mlp gemm", [&] {
+        linear(dev_, h, L.w_gate, g, T, F, H);
+        linear(dev_, h, L.w_up, u, T, F, H);
+      });
+      op("mlp activation", [&] {
+        kernels::unary(dev_, UnaryOp::kSilu, g, g);
+        kernels::binary(dev_, BinaryOp::kMul, g, u, g);
+      });
+      op("mlp gemm", [&] { linear(dev_, g, L.w_down, o, T, H, F); });
+      if (first) tap("layer0.mlp_out", o);
+      op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
+      dev_.free(g);
+      dev_.free(u);
+    }
+    tap(fmt::format("layer{}.out", l), x);
+  }
+  const int64_t rows = all_logits ? T : 1;
+  const Buffer xs = x.view((T - rows) * H, rows * H);
+  Buffer hn = alloc_act(rows * H, "final_norm", at);
+  Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
+  op("norm", [&] { kernels::rms_norm(dev_, xs, final_norm_, hn, rows, H, eps); });
+  tap("final_norm", hn);
+  op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, cfg_.vocab_size, H); });
+  ForwardResult r;
+  r.rows = rows;
+  if (dev_.functional()) r.logits = dev_.download(logits);
+  for (Buffer* b : {&x, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
+  past_len_ += T;
+  r.sim_time_s = dev_.synchronize() - t0;
+  return r;
+}
+
+void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps) {
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok, Fe = cfg_.moe_intermediate_size;
+  const DType at = opt_.act_dtype;
+  Buffer logits = dev_.alloc(DType::kF32, T * E, "router_logits"), probs = dev_.alloc(DType::kF32, T * E, "router_probs");
+  op("moe router", [&] {
+    linear(dev_, h, L.router, logits, T, E, H);
+    kernels::softmax(dev_, logits, probs, T, E);
+  });
+  // Top-k per token (host), renormalised; ties go to the lower expert index.
+  std::vector<int32_t> choice(static_cast<size_t>(T * K));
+  std::vector<float> weight(static_cast<size_t>(T * K), 1.0f / static_cast<float>(K));
+  if (dev_.functional()) {
+    const std::vector<float> p = dev_.download(probs);
+    if (taps) taps->values["layer0.router_probs"] = p;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> order(static_cast<size_t>(E));
+      std::iota(order.begin(), order.end(), 0);
+      const float* pt = p.data() + t * E;
+      std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                        [&](int32_t a, int32_t b) { return pt[a] != pt[b] ? pt[a] > pt[b] : a < b; });
+      double sum = 0;
+      for (int64_t j = 0; j < K; ++j) sum += pt[order[static_cast<size_t>(j)]];
+      for (int64_t j = 0; j < K; ++j) {
+        const int32_t e = order[static_cast<size_t>(j)];
+        choice[static_cast<size_t>(t * K + j)] = e;
+        weight[static_cast<size_t>(t * K + j)] = cfg_.norm_topk_prob ? static_cast<float>(pt[e] / sum) : pt[e];
+      }
+    }
+    if (taps) {
+      std::vector<float> ids(choice.begin(), choice.end());
+      taps->values["layer0.router_topk"] = ids;
+    }
+  } else {
+    for (int64_t i = 0; i < T * K; ++i) choice[static_cast<size_t>(i)] = static_cast<int32_t>(i % E);
+  }
+  Buffer w = dev_.alloc(DType::kF32, T * K, "router_weights");
+  dev_.upload(w, weight);
+  // Rows routed to each expert, in token order; `slot` maps (t, j) to its row of the outputs.
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
+  std::vector<int32_t> slot(static_cast<size_t>(T * K));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < K; ++j) rows[static_cast<size_t>(choice[static_cast<size_t>(t * K + j)])].push_back(static_cast<int32_t>(t));
+  Buffer out = alloc_act(T * K * H, "expert_out", at);
+  int64_t offset = 0;
+  std::vector<int64_t> first_row(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& r = rows[static_cast<size_t>(e)];
+    first_row[static_cast<size_t>(e)] = offset;
+    if (r.empty()) continue;
+    const auto n = static_cast<int64_t>(r.size());
+    Buffer xin = alloc_act(n * H, "expert_in", at), g = alloc_act(n * Fe, "expert_gate", at),
+           u = alloc_act(n * Fe, "expert_up", at);
+    op("moe dispatch", [&] { kernels::gather_rows(dev_, h, H, r, xin); });
+    op("moe expert gemm", [&] {
+      linear(dev_, xin, L.e_gate[static_cast<size_t>(e)], g, n, Fe, H);
+      linear(dev_, xin, L.e_up[static_cast<size_t>(e)], u, n, Fe, H);
+    });
+    op("mlp activation", [&] {
+      kernels::unary(dev_, UnaryOp::kSilu, g, g);
+      kernels::binary(dev_, BinaryOp::kMul, g, u, g);
+    });
+    op("moe expert gemm", [&] { linear(dev_, g, L.e_down[static_cast<size_t>(e)], out.view(offset * H, n * H), n, H, Fe); });
+    for (Buffer* b : {&xin, &g, &u}) dev_.free(*b);
+    offset += n;
+  }
+  std::vector<int64_t> next(first_row);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < K; ++j) {
+      const auto e = static_cast<size_t>(choice[static_cast<size_t>(t * K + j)]);
+      slot[static_cast<size_t>(t * K + j)] = static_cast<int32_t>(next[e]++);
+    }
+  op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, x, /*accumulate=*/true); });
+  for (Buffer* b : {&logits, &probs, &w, &out}) dev_.free(*b);
+}
+
+}  // namespace ppu

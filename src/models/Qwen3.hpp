@@ -1,0 +1,118 @@
+// Qwen3 (dense and MoE) on one simulated chip: weights on the device, a KV cache, and a forward pass
+// in which every operation is a PPU kernel (tile programs: real numbers in functional mode, time in
+// both). The same code expresses Llama-style models without QK-norm; GPT (LayerNorm, GELU) is not
+// wired in yet and is rejected with a clear error.
+//
+//   Device dev(load_chip("zhenwu-810e"));
+//   Qwen3Model m(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(42));   // or ::from_checkpoint(dir)
+//   auto out = m.forward({9707, 1879});        // prefill: logits of the last token, KV cache filled
+//   out = m.forward({next_id});                 // one decode step
+//
+// Per layer, top to bottom (x: residual stream [tokens, hidden]):
+//   h  = rms_norm(x, input_layernorm)                       [T, hidden]
+//   q  = h . Wq^T [T, heads*d];  k = h . Wk^T, v = h . Wv^T  [T, kv_heads*d]
+//   q, k = rms_norm per head (q_norm, k_norm: QK-norm)      rows T*heads (T*kv_heads), cols d
+//   q  = rope(q);  k_cache[past..] = rope(k);  v_cache[past..] = v
+//   a  = attention(q, k_cache, v_cache)                     [T, heads, d], causal, GQA
+//   x += a . Wo^T
+//   h  = rms_norm(x, post_attention_layernorm)
+//   dense: x += (silu(h . Wg^T) * (h . Wu^T)) . Wd^T
+//   MoE:   p = softmax(h . Wr^T) [T, E]; top-k per token, renormalised (norm_topk_prob);
+//          per expert e: rows of h routed to e -> SwiGLU_e -> rows of an [T*k, hidden] buffer;
+//          x += sum_j p_tj * that row (gather_combine)
+// then logits = rms_norm(x, norm) . lm_head^T (lm_head = embed_tokens when tied), fp32.
+//
+// Routing: the top-k choice is made on the host from the router probabilities read back (so the
+// expert programs know their rows, as embedding lookups know their token ids); that read-back is
+// not charged as a host round trip. In timing-only mode there are no probabilities: routing is
+// balanced (token t, choice j -> expert (t*k + j) mod E), stated in every report.
+//
+// Activations are `act_dtype` (bf16 by default, as frameworks run bf16 checkpoints; fp32 for parity
+// tests), the KV cache is bf16, logits are fp32. Not here: batches of several sequences, paged KV.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/Attention.hpp"
+#include "kernels/Rope.hpp"
+#include "models/ModelConfig.hpp"
+#include "runtime/Device.hpp"
+
+namespace ppu {
+
+// Where the weights come from.
+struct Qwen3Weights {
+  std::string checkpoint;  // directory / index / .safetensors; empty: random
+  uint64_t seed = 0;
+  static Qwen3Weights from_checkpoint(std::string path) { return {std::move(path), 0}; }
+  static Qwen3Weights random(uint64_t seed) { return {"", seed}; }
+};
+
+struct Qwen3Options {
+  DType act_dtype = DType::kBF16;
+  DType kv_dtype = DType::kBF16;
+  int64_t max_context = 0;  // KV cache positions; 0: min(max_position_embeddings, 4096)
+};
+
+struct ForwardResult {
+  std::vector<float> logits;  // [rows, vocab]: the last token's, or every token's with all_logits (empty in timing-only mode)
+  int64_t rows = 0;
+  double sim_time_s = 0;      // simulated time of this forward on the device
+};
+
+// Intermediate tensors a test can ask for (layer 0 and per-layer outputs), fp32 host copies.
+struct ForwardTaps {
+  std::map<std::string, std::vector<float>> values;
+};
+
+class Qwen3Model {
+ public:
+  // Allocates every weight on `dev` (DeviceOutOfMemory if they do not fit), loads or initialises
+  // them, and the KV cache. Throws UserError on an unsupported config, or a checkpoint whose names
+  // or shapes do not match the config (naming the file and tensor).
+  Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights, Qwen3Options opt = {});
+  ~Qwen3Model();
+  Qwen3Model(const Qwen3Model&) = delete;
+  Qwen3Model& operator=(const Qwen3Model&) = delete;
+
+  // Runs `tokens` at positions past_len() .. past_len()+T-1, appends them to the KV cache.
+  // UserError if the context would exceed max_context or a token id is outside the vocabulary.
+  ForwardResult forward(const std::vector<int32_t>& tokens, bool all_logits = false, ForwardTaps* taps = nullptr);
+
+  void reset() { past_len_ = 0; }
+  int64_t past_len() const { return past_len_; }
+  int64_t max_context() const { return max_context_; }
+  const ModelConfig& config() const { return cfg_; }
+  Device& device() { return dev_; }
+  int64_t weight_bytes() const { return weight_bytes_; }
+  int64_t kv_cache_bytes() const { return kv_bytes_; }
+  // Simulated time per operation kind ("attention", "mlp gemm", ...) accumulated since construction.
+  const std::map<std::string, double>& op_times() const { return op_times_; }
+  bool balanced_routing() const { return !dev_.functional(); }
+
+ private:
+  struct Layer;
+  template <class F>
+  void op(const std::string& kind, F&& f);
+  Buffer alloc_act(int64_t numel, const std::string& name, DType t);
+  void load_weights(const Qwen3Weights& w);
+  void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
+
+  Device& dev_;
+  ModelConfig cfg_;
+  Qwen3Options opt_;
+  int64_t max_context_ = 0;
+  int64_t past_len_ = 0;
+  int64_t weight_bytes_ = 0, kv_bytes_ = 0;
+  Buffer embed_, final_norm_, lm_head_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  kernels::RopeTable rope_;
+  kernels::AttentionWorkspace attn_ws_;
+  std::map<std::string, double> op_times_;
+};
+
+}  // namespace ppu
