@@ -35,6 +35,28 @@ struct CopyBenchOptions {
 };
 int cmd_bench_copy(const CopyBenchOptions& o);
 
+int cmd_models(bool json);
+
+struct RunOptions {
+  std::string model = "tiny";
+  std::string prompt = "Why is the sky blue?";
+  std::string chip = "zhenwu-810e";
+  std::string tokenizer;
+  int64_t gen = 32;
+  int64_t prompt_len = 0;  // > 0: that many dummy tokens instead of --prompt (timing studies)
+  bool timing_only = false;
+  bool allow_random = false;
+  bool raw = false;    // no chat template
+  bool think = false;  // Qwen3 thinking mode
+  double temperature = 0.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  int64_t seed = 0;
+  bool json = false;
+  std::string trace;
+};
+int cmd_run(const RunOptions& o);
+
 // "all" -> every preset name; otherwise the single name or path.
 std::vector<std::string> expand_chips(const std::string& chip);
 

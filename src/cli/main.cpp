@@ -51,6 +51,29 @@ int main(int argc, char** argv) {
   bc->add_option("--trace", c.trace, "Write a Perfetto/Chrome trace to this file");
   bc->add_flag("--json", c.json, "One JSON document on stdout");
 
+  bool models_json = false;
+  auto* models = app.add_subcommand("models", "Model presets: Qwen3 family, Llama 3, GPT, tiny test models");
+  models->add_flag("--json", models_json, "One JSON document on stdout");
+
+  RunOptions r;
+  auto* run = app.add_subcommand("run", "Generate text with a model on a simulated chip; report simulated time");
+  run->add_option("--model", r.model, "Preset name or Hugging Face model directory")->capture_default_str();
+  run->add_option("--prompt", r.prompt, "User message (chat template applied unless --raw)")->capture_default_str();
+  run->add_option("--chip", r.chip, "Chip preset or chip .json file")->capture_default_str();
+  run->add_option("--gen", r.gen, "Tokens to generate at most")->capture_default_str()->check(CLI::PositiveNumber);
+  run->add_option("--prompt-len", r.prompt_len, "Use this many dummy prompt tokens (timing studies)")->check(CLI::NonNegativeNumber);
+  run->add_flag("--timing-only", r.timing_only, "No numbers, only simulated time (any model size)");
+  run->add_flag("--random-weights", r.allow_random, "Run a large preset functionally with random weights");
+  run->add_option("--tokenizer", r.tokenizer, "tokenizer.json to use");
+  run->add_flag("--raw", r.raw, "Send the prompt as is, without the chat template");
+  run->add_flag("--think", r.think, "Qwen3 thinking mode (default: off)");
+  run->add_option("--temperature", r.temperature, "0 = greedy")->capture_default_str();
+  run->add_option("--top-k", r.top_k, "0 = no limit")->capture_default_str();
+  run->add_option("--top-p", r.top_p, "1 = no limit")->capture_default_str();
+  run->add_option("--seed", r.seed, "Seed for sampling and random weights")->capture_default_str();
+  run->add_option("--trace", r.trace, "Write a Perfetto trace of the run");
+  run->add_flag("--json", r.json, "One JSON document on stdout");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -61,6 +84,8 @@ int main(int argc, char** argv) {
       if (show->parsed()) return cmd_chips_show(show_name, json);
       return cmd_chips_list(json);
     }
+    if (models->parsed()) return cmd_models(models_json);
+    if (run->parsed()) return cmd_run(r);
     if (bg->parsed()) return cmd_bench_gemm(g);
     if (bc->parsed()) return cmd_bench_copy(c);
   } catch (const ppu::UserError& e) {

@@ -197,7 +197,8 @@ ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_l
   std::vector<int32_t> pos(static_cast<size_t>(T));
   std::iota(pos.begin(), pos.end(), static_cast<int32_t>(past_len_));
 
-  Buffer x = alloc_act(T * H, "x", at), h = alloc_act(T * H, "h", at), o = alloc_act(T * H, "o", at);
+  // The residual stream stays fp32 (as inference engines keep it); what feeds the matrix unit is `at`.
+  Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", at), o = alloc_act(T * H, "o", at);
   Buffer q = alloc_act(T * cfg_.q_width(), "q", at), qn = alloc_act(T * cfg_.q_width(), "qn", at);
   Buffer k = alloc_act(T * cfg_.kv_width(), "k", at), kn = alloc_act(T * cfg_.kv_width(), "kn", at);
   Buffer v = alloc_act(T * cfg_.kv_width(), "v", at), a = alloc_act(T * cfg_.q_width(), "attn", at);

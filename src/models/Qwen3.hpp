@@ -27,8 +27,9 @@
 // not charged as a host round trip. In timing-only mode there are no probabilities: routing is
 // balanced (token t, choice j -> expert (t*k + j) mod E), stated in every report.
 //
-// Activations are `act_dtype` (bf16 by default, as frameworks run bf16 checkpoints; fp32 for parity
-// tests), the KV cache is bf16, logits are fp32. Not here: batches of several sequences, paged KV.
+// The residual stream is fp32; the other activations are `act_dtype` (bf16 by default, as frameworks
+// run bf16 checkpoints; the matrix unit takes 16-bit inputs, so bf16 or fp16), the KV cache is bf16,
+// router probabilities and logits are fp32. Not here: batches of several sequences, paged KV.
 #pragma once
 
 #include <cstdint>

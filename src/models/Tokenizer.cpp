@@ -7,7 +7,7 @@
 
 #include <algorithm>
 #include <array>
-#include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
@@ -276,12 +276,12 @@ std::string json_quoted(std::string_view s) {
 
 struct Tokenizer::Impl {
   std::string origin;
-  std::vector<TokenInfo> tokens;  // indexed by id
-  StringMap<int32_t> ids;         // token text (as in the file) -> id
-  std::array<int32_t, 256> byte_ids{};  // id of each one-byte token; -1 if the vocabulary lacks it
-  MergeTable merges;                           // pair_key(left, right) -> merge
-  std::vector<AddedToken> added;               // longest content first
-  std::array<bool, 256> added_first_byte{};    // whether some added token starts with this byte
+  std::vector<TokenInfo> tokens;             // indexed by id
+  StringMap<int32_t> ids;                    // token text (as in the file) -> id
+  std::array<int32_t, 256> byte_ids{};       // id of each one-byte token; -1 if the vocabulary lacks it
+  MergeTable merges;                         // pair_key(left, right) -> merge
+  std::vector<AddedToken> added;             // longest content first
+  std::array<bool, 256> added_first_byte{};  // whether some added token starts with this byte
   bool normalize_nfc = false;
   bool ignore_merges = false;
   pcre2_code* regex = nullptr;

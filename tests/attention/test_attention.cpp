@@ -1,0 +1,395 @@
+// Tests of kernels/Attention against attention_reference on a functional device - prefill, chunked
+// prefill (past_len > 0 with several q tokens) and decode; GQA groups of 1, 2 and 8; head_dim 64,
+// 128 and 256; fp32, bf16 and fp16 inputs and mixed dtypes; both packings, forced small tiles (many
+// diagonal tiles, partial edge tiles, tile sizes off the MMA granularity) and forced KV splits
+// (flash-decoding, including splits that mask some rows completely) - then timing-only properties
+// and one test per kind of invalid input.
+//
+// Error metric, per output element (row i = (token, q head), column c): |out - ref| <=
+// stored_bound(out dtype, ref, E) with E built from the kernel's roundings (first order, each term a
+// worst case; u = 2^-24 the fp32 unit roundoff, u_qk and u_pv those of the matrix dtypes of K and V,
+// p_j the exact softmax weights, l = sum_j exp(s_j - max s) >= 1, n = visible positions):
+//  * operands: q and k reach the matrix unit in K's matrix dtype (rounding each by eps_q, eps_k:
+//    u_qk, or 0 when already in it), v in V's (eps_v). Products of 16-bit values are exact in fp32
+//    and the MMA sums D of them in fp32, so a score s_j = scale * q.k_j is off by
+//    eta_j = scale * A_j * (eps_q + eps_k + gamma_D) + 2u|s_j|, A_j = sum_d |q_d k_jd|, gamma_D =
+//    D u / (1 - D u), the 2u for the fp32 scale and its product.
+//  * weights: P_j = exp(s_j - m) with m the running max (common to all j of a step, so it cancels
+//    in O / l; the rescales exp(m_old - m_new) multiply O and l alike, and the split combine's
+//    weights likewise, leaving one product rounding u on each side per step). s_j - m rounds by
+//    u|s_j - m|, exp adds at most 4 ulp (8u). So every weight carries a relative perturbation
+//    within rho = exp(max_j(eta_j + u (m - s_j + eta_j)) + 8u) - 1 + 2u (steps + 2), steps = KV tiles
+//    visited + splits, and perturbing weights by rho moves the ratio by at most
+//    rho / (1 - rho) * sum_j p_j |v_j - o| (the shift sum_j p_j rho_j (v_j - o) / (1 + mean rho)).
+//  * P is rounded to V's matrix dtype for P.V while l sums the fp32 P: u_pv sum_j p_j |v_j|, plus
+//    the absolute rounding of P values in that dtype's subnormal range (fp16 below 2^-14, error up
+//    to 2^-25 each; also covers exp's flush to 0 below e^-87): slack_pv sum_j |v_j| / l.
+//  * the fp32 sums of P.V (over n terms, in MMA then across steps) and of l: 2 gamma_n sum_j p_j|v_j|;
+//    v's conversion eps_v sum_j p_j |v_j|; the final 1 / l and product: 2u |o|.
+// E = rho / (1 - rho) sum_j p_j |v_j - o| + (u_pv + eps_v + 2 gamma_n + 2u) sum_j p_j |v_j|
+//     + slack_pv sum_j |v_j| / l, the sums over the visible positions of row i, taken with a 1%
+// margin. With bf16 caches the u_pv term dominates (2^-8 of the mean |v| under P); fp32 inputs are
+// bounded like bf16 ones because the matrix unit rounds them to bf16 (see Attention.hpp).
+//
+// Inputs: q uniform in [-6, 6] and k in [-1, 1] give scores of standard deviation about 1.7 to 2.4
+// (head_dim 64 to 256), so the softmax is peaked enough that a masking error (a future position
+// weighted in) would exceed the bound by far; cache positions at and beyond kv_len hold NaN, so a
+// read past the valid range poisons the result.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/KernelTestUtil.hpp"
+#include "kernels/Attention.hpp"
+
+namespace ppu {
+namespace {
+
+using kernels::AttentionConfig;
+using kernels::AttentionPacking;
+using kernels::AttentionShape;
+
+struct Case {
+  int64_t q_tokens, past_len, q_heads, kv_heads, head_dim;
+  DType q_t, kv_t, out_t;
+  AttentionConfig config{};  // zero fields: chosen
+  int64_t spare = 7;         // cache positions beyond kv_len (NaN-filled)
+  DType v_t = DType::kCount; // kCount: same as kv_t
+};
+
+std::string describe(const Case& c) {
+  const DType v_t = c.v_t == DType::kCount ? c.kv_t : c.v_t;
+  return fmt::format("q_tokens {} past {} heads {}/{} d {} q {} k {} v {} out {} (config: {})", c.q_tokens, c.past_len,
+                     c.q_heads, c.kv_heads, c.head_dim, dtype_name(c.q_t), dtype_name(c.kv_t), dtype_name(v_t),
+                     dtype_name(c.out_t), c.config.describe());
+}
+
+DType matrix_type(DType t) { return t == DType::kBF16 || t == DType::kF16 ? t : DType::kBF16; }
+
+// The bound of the file header for every element of out [q_tokens, q_heads, head_dim].
+std::vector<double> attention_bound(const AttentionShape& s, const std::vector<float>& q, const std::vector<float>& k,
+                                    const std::vector<float>& v, const std::vector<double>& ref, DType q_t, DType k_t,
+                                    DType v_t, DType out_t, int64_t steps) {
+  const double u = test::kU32;
+  const DType qk_t = matrix_type(k_t), pv_t = matrix_type(v_t);
+  const double eps_q = q_t == qk_t ? 0.0 : unit_roundoff(qk_t), eps_k = k_t == qk_t ? 0.0 : unit_roundoff(qk_t);
+  const double eps_v = v_t == pv_t ? 0.0 : unit_roundoff(pv_t);
+  const double u_pv = unit_roundoff(pv_t);
+  const double slack_pv = std::max(test::subnormal_slack(pv_t), std::exp(-87.0));
+  const int64_t d = s.head_dim, g = s.q_heads / s.kv_heads;
+  const double scale = 1.0 / std::sqrt(double(d));
+  const double gamma_d = double(d) * u / (1 - double(d) * u);
+  std::vector<double> bound(ref.size());
+  std::vector<double> sc, eta, p;
+  for (int64_t t = 0; t < s.q_tokens; ++t)
+    for (int64_t h = 0; h < s.q_heads; ++h) {
+      const int64_t n = s.past_len + t + 1, kvh = h / g, row = t * s.q_heads + h;
+      const float* qr = q.data() + row * d;
+      sc.assign(static_cast<size_t>(n), 0.0);
+      eta.assign(static_cast<size_t>(n), 0.0);
+      p.assign(static_cast<size_t>(n), 0.0);
+      double m = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        const float* kr = k.data() + (j * s.kv_heads + kvh) * d;
+        double dot = 0, a = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          dot += double(qr[c]) * kr[c];
+          a += std::fabs(double(qr[c]) * kr[c]);
+        }
+        sc[static_cast<size_t>(j)] = dot * scale;
+        eta[static_cast<size_t>(j)] = scale * a * (eps_q + eps_k + eps_q * eps_k + gamma_d) + 2 * u * std::fabs(dot * scale);
+        m = std::max(m, dot * scale);
+      }
+      double worst = 0, l = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const auto js = static_cast<size_t>(j);
+        worst = std::max(worst, eta[js] + u * (m - sc[js] + eta[js]));
+        l += p[js] = std::exp(sc[js] - m);
+      }
+      for (auto& x : p) x /= l;
+      const double rho = std::expm1(worst + 8 * u) + 2 * u * double(steps + 2);
+      const double gamma_n = double(n) * u / (1 - double(n) * u);
+      for (int64_t c = 0; c < d; ++c) {
+        const auto oi = static_cast<size_t>(row * d + c);
+        const double o = ref[oi];
+        double spread = 0, mag = 0, all = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const double vj = v[static_cast<size_t>((j * s.kv_heads + kvh) * d + c)];
+          spread += p[static_cast<size_t>(j)] * std::fabs(vj - o);
+          mag += p[static_cast<size_t>(j)] * std::fabs(vj);
+          all += std::fabs(vj);
+        }
+        const double e = rho / (1 - rho) * spread + (u_pv + eps_v + 2 * gamma_n + 2 * u) * mag + slack_pv * all / l;
+        bound[oi] = test::stored_bound(out_t, o, 1.01 * e);
+      }
+    }
+  return bound;
+}
+
+// Runs one case on `dev` and compares with the reference. Returns the resolved config.
+AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& ws, const Case& c, uint64_t seed) {
+  const DType v_t = c.v_t == DType::kCount ? c.kv_t : c.v_t;
+  AttentionShape s;
+  s.q_tokens = c.q_tokens;
+  s.q_heads = c.q_heads;
+  s.kv_heads = c.kv_heads;
+  s.head_dim = c.head_dim;
+  s.past_len = c.past_len;
+  s.kv_capacity = s.kv_len() + c.spare;
+  const int64_t d = c.head_dim;
+  const auto q = test::random_values(static_cast<size_t>(s.q_tokens * s.q_heads * d), c.q_t, seed, -6.0f, 6.0f);
+  auto k = test::random_values(static_cast<size_t>(s.kv_capacity * s.kv_heads * d), c.kv_t, seed + 1);
+  auto v = test::random_values(static_cast<size_t>(s.kv_capacity * s.kv_heads * d), v_t, seed + 2);
+  const auto valid = static_cast<size_t>(s.kv_len() * s.kv_heads * d);
+  std::fill(k.begin() + static_cast<std::ptrdiff_t>(valid), k.end(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(v.begin() + static_cast<std::ptrdiff_t>(valid), v.end(), std::numeric_limits<float>::quiet_NaN());
+
+  Buffer qb = test::make_buffer(dev, c.q_t, q, "q");
+  Buffer kb = test::make_buffer(dev, c.kv_t, k, "k_cache");
+  Buffer vb = test::make_buffer(dev, v_t, v, "v_cache");
+  Buffer ob = dev.alloc(c.out_t, s.q_tokens * s.q_heads * d, "out");
+  const auto t = kernels::attention(dev, ws, s, qb, kb, vb, ob, nullptr, &c.config);
+  const std::vector<float> got = dev.download(ob);
+  // The reference never reads past kv_len; give it zeros there (NaN * 0 would not be 0).
+  std::fill(k.begin() + static_cast<std::ptrdiff_t>(valid), k.end(), 0.0f);
+  std::fill(v.begin() + static_cast<std::ptrdiff_t>(valid), v.end(), 0.0f);
+  const std::vector<double> ref = kernels::attention_reference(s, q, k, v);
+  const int64_t steps = (s.kv_len() + t.config.tile_kv - 1) / t.config.tile_kv + t.config.splits;
+  const std::vector<double> bound = attention_bound(s, q, k, v, ref, c.q_t, c.kv_t, v_t, c.out_t, steps);
+  { double worst = 0, maxerr = 0; for (size_t i = 0; i < got.size(); ++i) { worst = std::max(worst, std::fabs(got[i] - ref[i]) / bound[i]); maxerr = std::max(maxerr, std::fabs(got[i]-ref[i])); }
+    printf("RATIO %.3f maxerr %.3g  %s\n", worst, maxerr, describe(c).c_str()); }
+  test::expect_within(got, ref, [&](size_t i) { return bound[i]; },
+                      describe(c) + " ran as " + t.config.describe());
+  for (Buffer* b : {&qb, &kb, &vb, &ob}) dev.free(*b);
+  return t.config;
+}
+
+constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16, kF16 = DType::kF16;
+
+TEST(Attention, MatchesReferencePrefillAndDecode) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  const Case cases[] = {
+      {1, 0, 4, 2, 64, kBF16, kBF16, kBF16},       // decode at position 0
+      {1, 599, 4, 2, 64, kBF16, kBF16, kBF16},     // decode, kv_len 600 (split in two)
+      {1, 599, 8, 1, 128, kF32, kF32, kF32},       // decode, group of 8
+      {1, 333, 2, 2, 128, kF16, kF16, kF16},       // decode, no grouping
+      {3, 0, 2, 2, 128, kF32, kF32, kF32},         // tiny prefill
+      {3, 200, 8, 1, 128, kF16, kF16, kF16},       // 3 tokens packed by heads (group of 8)
+      {17, 0, 4, 2, 128, kBF16, kBF16, kBF16},     // prefill
+      {17, 100, 4, 2, 128, kBF16, kBF16, kBF16},   // chunked prefill
+      {17, 583, 2, 2, 64, kF16, kF16, kF16},       // chunked prefill, kv_len 600
+      {130, 0, 4, 2, 64, kF16, kF16, kF16},        // prefill over three q tiles
+      {130, 470, 8, 1, 64, kBF16, kBF16, kBF16},   // chunked prefill, kv_len 600
+      {130, 17, 2, 2, 128, kF32, kF32, kF32},      // prefill, fp32
+  };
+  uint64_t seed = 5000;
+  for (const Case& c : cases) check_attention(dev, ws, c, seed += 10);
+}
+
+TEST(Attention, MixedDtypes) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  Case a{17, 40, 4, 2, 64, kF32, kBF16, kF32};  // fp32 activations, bf16 cache
+  Case b{5, 60, 4, 1, 128, kBF16, kF16, kF16};  // q converted to fp16 for K
+  b.v_t = kBF16;                                // P rounded to bf16 for V
+  Case c{1, 300, 8, 2, 64, kF16, kF32, kBF16};  // fp32 cache: rounded to bf16 on load
+  uint64_t seed = 6000;
+  for (const Case& x : {a, b, c}) check_attention(dev, ws, x, seed += 10);
+}
+
+// Small and odd tiles: many diagonal-crossing tiles (every mask offset), partial KV tiles, tile
+// sizes off the MMA granularity, deep pipelines, and forced splits whose first parts cover only
+// positions that the early rows of a tile may see and the late parts only diagonal tiles.
+TEST(Attention, ForcedTilesAndSplits) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  auto cfg = [](AttentionPacking pk, int tq, int tkv, int stages, int splits) {
+    AttentionConfig c;
+    c.packing = pk;
+    c.tile_q = tq;
+    c.tile_kv = tkv;
+    c.stages = stages;
+    c.splits = splits;
+    return c;
+  };
+  const auto kT = AttentionPacking::kTokens, kH = AttentionPacking::kHeads;
+  std::vector<Case> cases;
+  auto add = [&](Case c, AttentionConfig k) {
+    c.config = k;
+    cases.push_back(c);
+  };
+  add({130, 0, 4, 2, 64, kBF16, kBF16, kBF16}, cfg(kT, 16, 16, 2, 1));
+  add({130, 0, 4, 2, 64, kBF16, kBF16, kBF16}, cfg(kT, 16, 16, 3, 4));
+  add({17, 100, 4, 2, 128, kF16, kF16, kF32}, cfg(kT, 5, 24, 4, 3));
+  add({130, 470, 8, 1, 64, kBF16, kBF16, kBF16}, cfg(kT, 128, 128, 2, 5));
+  add({37, 11, 2, 2, 64, kF32, kF32, kF32}, cfg(kT, 7, 9, 2, 8));
+  add({1, 599, 8, 1, 128, kBF16, kBF16, kBF16}, cfg(kH, 3, 40, 3, 7));  // group in chunks of 3 rows
+  add({3, 200, 8, 1, 64, kF16, kF16, kF16}, cfg(kH, 8, 16, 2, 16));
+  add({1, 599, 4, 2, 64, kBF16, kBF16, kBF16}, cfg(kT, 1, 64, 2, 1));  // decode one row per block
+  add({17, 100, 4, 4, 64, kBF16, kBF16, kBF16}, cfg(kH, 1, 32, 2, 2));  // prefill packed by heads
+  uint64_t seed = 7000;
+  for (const Case& c : cases) {
+    const AttentionConfig ran = check_attention(dev, ws, c, seed += 10);
+    EXPECT_EQ(ran.packing, c.config.packing);
+    EXPECT_EQ(ran.tile_q, c.config.tile_q);
+    EXPECT_EQ(ran.tile_kv, c.config.tile_kv);
+    EXPECT_EQ(ran.stages, c.config.stages);
+    EXPECT_EQ(ran.splits, c.config.splits);
+  }
+}
+
+// head_dim 256 on the chip with the smallest SRAM (420 KiB): the chosen tiles must fit.
+TEST(Attention, HeadDim256OnSmallestSram) {
+  Device dev(load_chip("a100-80g"));
+  auto ws = kernels::make_attention_workspace(dev);
+  check_attention(dev, ws, {70, 40, 4, 2, 256, kBF16, kBF16, kBF16}, 8000);
+  check_attention(dev, ws, {1, 700, 4, 2, 256, kF32, kF32, kF32}, 8010);
+}
+
+// The choices the file header of Attention.hpp documents: decode packs a kv group's heads into one
+// tile and splits a long cache (not a short one) across blocks; prefill packs tokens and does not
+// split once the tiles fill the chip. Every choice runs (fits SRAM) on every chip.
+TEST(Attention, ChosenConfigs) {
+  for (const std::string& chip_name : chip_preset_names()) {
+    Device dev(load_chip(chip_name), ExecMode::kTimingOnly);
+    auto ws = kernels::make_attention_workspace(dev);
+    for (int64_t d : {64, 128, 256}) {
+      const std::string what = fmt::format("{} head_dim {}", chip_name, d);
+      const AttentionShape decode{1, 32, 8, d, 8192, 8191};
+      const auto c = kernels::choose_attention_config(dev.chip(), decode, kBF16, kBF16);
+      EXPECT_EQ(c.packing, AttentionPacking::kHeads) << what;
+      EXPECT_EQ(c.tile_q, 4) << what;
+      EXPECT_GT(c.splits, 1) << what;
+      const AttentionShape short_decode{1, 32, 8, d, 8192, 199};
+      EXPECT_EQ(kernels::choose_attention_config(dev.chip(), short_decode, kBF16, kBF16).splits, 1) << what;
+      const AttentionShape prefill{4096, 32, 8, d, 8192, 0};
+      const auto p = kernels::choose_attention_config(dev.chip(), prefill, kBF16, kBF16);
+      EXPECT_EQ(p.packing, AttentionPacking::kTokens) << what;
+      EXPECT_EQ(p.splits, 1) << what;
+      for (const AttentionShape& s : {decode, AttentionShape{300, 32, 8, d, 8192, 0}}) {
+        Buffer q = dev.alloc(kBF16, s.q_tokens * s.q_heads * d, "q");
+        Buffer k = dev.alloc(kBF16, s.kv_capacity * s.kv_heads * d, "k_cache");
+        Buffer o = dev.alloc(kBF16, s.q_tokens * s.q_heads * d, "out");
+        EXPECT_NO_THROW(kernels::attention(dev, ws, s, q, k, k, o)) << what;
+        for (Buffer* b : {&q, &k, &o}) dev.free(*b);
+      }
+    }
+  }
+}
+
+// --- timing-only properties (shapes of Qwen3-8B: 32 q heads, 8 kv heads, head_dim 128)
+
+kernels::AttentionTiming timed_attention(Device& dev, const kernels::AttentionWorkspace& ws, const AttentionShape& s) {
+  Buffer q = dev.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "q");
+  Buffer k = dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "k_cache");
+  Buffer v = dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "v_cache");
+  Buffer o = dev.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "out");
+  const auto t = kernels::attention(dev, ws, s, q, k, v, o);
+  for (Buffer* b : {&q, &k, &v, &o}) dev.free(*b);
+  return t;
+}
+
+// A decode step reads the whole valid cache once: it cannot beat HBM, and with GQA packing and
+// flash-decoding it should not be far from it (the bound checked is loose: 3x).
+TEST(AttentionTiming, DecodeIsBoundByCacheReads) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  const AttentionShape s{1, 32, 8, 128, 8192, 8191};
+  const auto t = timed_attention(dev, ws, s);
+  const double kv_bytes = 2.0 * double(s.kv_len()) * double(s.kv_heads) * double(s.head_dim) * 2;
+  const double hbm_s = kv_bytes / dev.chip().hbm_bandwidth.value;
+  EXPECT_GE(t.time_s(), hbm_s);
+  EXPECT_LE(t.time_s(), 3.0 * hbm_s) << t.config.describe();
+  EXPECT_TRUE(t.combine.has_value());
+  EXPECT_GE(t.attention.hbm_read_bytes + t.attention.l2_hit_bytes, kv_bytes);
+}
+
+// Prefill work grows with tokens^2 (each token attends to all before it): doubling the prompt from
+// 2048 to 4096 tokens should cost close to 4x (3x to 4.5x: the first tiles of a prompt are cheap and
+// per-tile overheads are linear).
+TEST(AttentionTiming, PrefillGrowsQuadratically) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  const double t1 = timed_attention(dev, ws, AttentionShape{2048, 32, 8, 128, 4096, 0}).time_s();
+  const double t2 = timed_attention(dev, ws, AttentionShape{4096, 32, 8, 128, 4096, 0}).time_s();
+  EXPECT_GT(t2 / t1, 3.0);
+  EXPECT_LT(t2 / t1, 4.5);
+}
+
+// --- invalid input
+
+struct Bufs {
+  Buffer q, k, v, o;
+};
+Bufs alloc_for(Device& dev, const AttentionShape& s) {
+  return {dev.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "q"),
+          dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "k_cache"),
+          dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "v_cache"),
+          dev.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "out")};
+}
+
+TEST(Attention, RejectsHeadsNotDivisible) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  const AttentionShape s{4, 6, 4, 64, 16, 0};
+  Bufs b = alloc_for(dev, s);
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, b.o); },
+                     {"attention", "q_heads = 6", "not a multiple of kv_heads = 4"});
+}
+
+TEST(Attention, RejectsKvLenBeyondCapacity) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  const AttentionShape s{4, 4, 2, 64, 16, 13};
+  Bufs b = alloc_for(dev, s);
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, b.o); },
+                     {"attention", "13 + 4 = 17", "kv_capacity of 16"});
+}
+
+TEST(Attention, RejectsWrongNumel) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  const AttentionShape s{4, 4, 2, 64, 16, 0};
+  Bufs b = alloc_for(dev, s);
+  Buffer small = dev.alloc(kBF16, 16 * 2 * 64 - 1, "short_cache");
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, small, b.o); },
+                     {"attention", "v_cache 'short_cache'", "2047 elements", "[16, 2, 64] (kv_capacity, kv_heads, head_dim)",
+                      "needs 2048"});
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, small); },
+                     {"attention", "output 'short_cache'", "[4, 4, 64] (q_tokens, q_heads, head_dim)", "needs 1024"});
+}
+
+TEST(Attention, RejectsBadSizesScaleAndConfig) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  AttentionShape s{4, 4, 2, 64, 16, 0};
+  Bufs b = alloc_for(dev, s);
+  AttentionShape zero = s;
+  zero.q_tokens = 0;
+  test::expect_error([&] { kernels::attention(dev, ws, zero, b.q, b.k, b.v, b.o); },
+                     {"attention", "q_tokens = 0", "must be positive"});
+  AttentionShape neg = s;
+  neg.scale = -1.0f;
+  test::expect_error([&] { kernels::attention(dev, ws, neg, b.q, b.k, b.v, b.o); }, {"attention", "scale = -1"});
+  AttentionShape wide{1, 1, 1, 320, 4, 0};
+  Bufs w = alloc_for(dev, wide);
+  test::expect_error([&] { kernels::attention(dev, ws, wide, w.q, w.k, w.v, w.o); },
+                     {"attention", "head_dim = 320", "at most 256"});
+  AttentionConfig bad;
+  bad.tile_kv = 129;
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, b.o, nullptr, &bad); },
+                     {"attention", "tile_kv = 129", "1 to 128"});
+  bad = AttentionConfig{};
+  bad.stages = 1;
+  test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, b.o, nullptr, &bad); },
+                     {"attention", "stages = 1", "2 to 4"});
+  kernels::AttentionWorkspace none;
+  test::expect_error([&] { kernels::attention(dev, none, s, b.q, b.k, b.v, b.o); },
+                     {"attention", "make_attention_workspace"});
+}
+
+}  // namespace
+}  // namespace ppu
