@@ -190,7 +190,7 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
 
     const int64_t kvh = tl.head0 / g;
     auto kv_start = [&](int64_t step) { return (it.kv_tile0 + step) * tk; };
-    auto kv_width = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(tk, tl.kv_end - kv_start(step))); };
+    auto kv_width = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(tk, tl.kv_end - kv_start(step) - 1)); };
     auto load_kv = [&](int64_t step, int slot) {
       const TileRegion r{kArgK, (kv_start(step) * kv_heads + kvh) * d, kv_heads * d, kv_width(step), d};
       p.load(kb[slot], r);
@@ -215,7 +215,7 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
       // kTokens: the tile crosses the diagonal if its last column is beyond row 0's position.
       const int64_t delta = tl.pos0 - kv_start(step);
       if (pl.by_tokens && w - 1 > delta) {
-        p.load(maskb, TileRegion{kArgMask, kAttentionMaskDiag - delta - 1, kAttentionMaskCols, n, w});
+        p.load(maskb, TileRegion{kArgMask, kAttentionMaskDiag - delta, kAttentionMaskCols, n, w});
         p.binary(BinaryOp::kAdd, sc, sc, maskb, n, w);
       }
       if (step == 0) {

@@ -70,7 +70,9 @@ void check_model(const char* name, bool moe) {
     EXPECT_LE(e, kTol) << name << ": " << ours << " vs " << theirs;
     if (std::getenv("PPU_VERBOSE")) std::printf("%s %-20s rel RMS %.2e\n", name, ours, e);
   }
-  if (!moe) EXPECT_LE(rel_rms(taps.values["layer0.mlp_out"], ref(refs, "layers.0.mlp")), kTol) << name;
+  if (!moe) {
+    EXPECT_LE(rel_rms(taps.values["layer0.mlp_out"], ref(refs, "layers.0.mlp")), kTol) << name;
+  }
   EXPECT_LE(rel_rms(r.logits, ref(refs, "logits")), kTol) << name << ": logits";
   if (moe) {
     const auto want = ref(refs, "layers.0.topk_ids");
