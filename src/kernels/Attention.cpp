@@ -30,12 +30,12 @@ int64_t round64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 // SRAM of one attention block; mirrors the allocations of the builder below.
 int64_t attention_sram_bytes(int rows, int tile_kv, int stages, int64_t d, DType qk_t, DType pv_t, bool masked) {
   const int64_t qk = dtype_size_bytes(qk_t), pv = dtype_size_bytes(pv_t), r = rows, kv = tile_kv;
-  int64_t b = round64(r * d * qk);                                  // Q
-  b += stages * (round64(kv * d * qk) + round64(kv * d * pv));      // K, V ring
-  b += 2 * (round64(r * kv * 4) + round64(r * kv * pv));            // S, P (double-buffered)
-  if (masked) b += round64(r * kv * 4);                             // mask tile
-  b += round64(r * d * 4);                                          // O
-  b += 5 * round64(r * 4);                                          // m (2), l, alpha, row max
+  int64_t b = round64(r * d * qk);                              // Q
+  b += stages * (round64(kv * d * qk) + round64(kv * d * pv));  // K, V ring
+  b += 2 * (round64(r * kv * 4) + round64(r * kv * pv));        // S, P (double-buffered)
+  if (masked) b += round64(r * kv * 4);                         // mask tile
+  b += round64(r * d * 4);                                      // O
+  b += 5 * round64(r * 4);                                      // m (2), l, alpha, row max
   return b;
 }
 
@@ -46,7 +46,8 @@ int64_t rows_needed(const AttentionShape& s, bool by_tokens) { return by_tokens 
 
 // Tiles (not counting splits) of a call.
 int64_t tile_count(const AttentionShape& s, bool by_tokens, int tile_q) {
-  return by_tokens ? ceil_div(s.q_tokens, tile_q) * s.q_heads : s.q_tokens * s.kv_heads * ceil_div(group_size(s), tile_q);
+  return by_tokens ? ceil_div(s.q_tokens, tile_q) * s.q_heads
+                   : s.q_tokens * s.kv_heads * ceil_div(group_size(s), tile_q);
 }
 
 // Query rows one block processes. kTokens: row r is token token0 + r of head head0, at position
@@ -127,7 +128,8 @@ std::shared_ptr<const Plan> make_plan(const AttentionShape& s, const AttentionCo
     for (int32_t sp = 0; sp < first.splits; ++sp)
       for (size_t j = i; j < end; ++j) {
         const Tile& t = pl.tiles[j];
-        pl.items.push_back(Item{static_cast<int32_t>(j), sp, sp * t.kv_tiles / t.splits, (sp + 1) * t.kv_tiles / t.splits});
+        pl.items.push_back(
+            Item{static_cast<int32_t>(j), sp, sp * t.kv_tiles / t.splits, (sp + 1) * t.kv_tiles / t.splits});
       }
     i = end;
   }
@@ -140,12 +142,13 @@ enum : uint16_t { kArgQ, kArgK, kArgV, kArgOut, kArgMask, kArgPartialO, kArgPart
 // Region of a tile's rows in a [*, rows of D] tensor laid out like q: row r of the tile is row
 // (token0 * q_heads + head0) + r * step of the [q_tokens * q_heads, D] view.
 TileRegion rows_region(uint16_t arg, const Tile& t, int64_t q_heads, int64_t d, bool by_tokens) {
-  return TileRegion{arg, (t.token0 * q_heads + t.head0) * d, (by_tokens ? q_heads : 1) * d, t.rows, static_cast<int>(d)};
+  return TileRegion{arg, (t.token0 * q_heads + t.head0) * d, (by_tokens ? q_heads : 1) * d, t.rows,
+                    static_cast<int>(d)};
 }
 
 Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> plan, const AttentionWorkspace& ws,
-                        const Buffer& q, const Buffer& k, const Buffer& v, const Buffer& out, const TensorArg& partial_o,
-                        const TensorArg& partial_ml) {
+                        const Buffer& q, const Buffer& k, const Buffer& v, const Buffer& out,
+                        const TensorArg& partial_o, const TensorArg& partial_ml) {
   const Plan& pl = *plan;
   Kernel kern;
   kern.name = fmt::format("attention {}x{}/{}x{} past {} {}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim, s.past_len,
@@ -190,7 +193,7 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
 
     const int64_t kvh = tl.head0 / g;
     auto kv_start = [&](int64_t step) { return (it.kv_tile0 + step) * tk; };
-    auto kv_width = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(tk, tl.kv_end - kv_start(step) - 1)); };
+    auto kv_width = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(tk, tl.kv_end - kv_start(step))); };
     auto load_kv = [&](int64_t step, int slot) {
       const TileRegion r{kArgK, (kv_start(step) * kv_heads + kvh) * d, kv_heads * d, kv_width(step), d};
       p.load(kb[slot], r);
@@ -293,7 +296,8 @@ Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::s
     load_split(0, ob, mb[0], lb);
     int cur = 0;
     pipeline_steps(
-        tl.splits - 1, stages, [&](int64_t i, int slot_index) {
+        tl.splits - 1, stages,
+        [&](int64_t i, int slot_index) {
           const auto slot = static_cast<size_t>(slot_index);
           load_split(i + 1, os[slot], ms[slot], ls[slot]);
         },
@@ -329,24 +333,25 @@ void check_shape(const AttentionShape& s) {
                           {"kv_capacity", s.kv_capacity}});
   if (s.past_len < 0) throw UserError(fmt::format("{}: past_len = {}; it must be >= 0", kname, s.past_len));
   if (s.q_heads % s.kv_heads != 0)
-    throw UserError(fmt::format("{}: q_heads = {} is not a multiple of kv_heads = {}; grouped-query attention needs "
-                                "every kv head to serve the same number of q heads",
-                                kname, s.q_heads, s.kv_heads));
+    throw UserError(
+        fmt::format("{}: q_heads = {} is not a multiple of kv_heads = {}; grouped-query attention needs "
+                    "every kv head to serve the same number of q heads",
+                    kname, s.q_heads, s.kv_heads));
   if (s.kv_len() > s.kv_capacity)
     throw UserError(fmt::format("{}: kv_len = past_len + q_tokens = {} + {} = {} exceeds the cache's kv_capacity of {}",
                                 kname, s.past_len, s.q_tokens, s.kv_len(), s.kv_capacity));
   if (s.head_dim > kAttentionMaxHeadDim)
     throw UserError(fmt::format("{}: head_dim = {}; at most {} is supported", kname, s.head_dim, kAttentionMaxHeadDim));
   if (!std::isfinite(s.scale) || s.scale < 0.0f)
-    throw UserError(fmt::format("{}: scale = {}; it must be finite and > 0 (or 0 for 1/sqrt(head_dim))", kname, s.scale));
+    throw UserError(
+        fmt::format("{}: scale = {}; it must be finite and > 0 (or 0 for 1/sqrt(head_dim))", kname, s.scale));
   if (s.q_heads > INT32_MAX || s.q_tokens > INT32_MAX || s.kv_capacity > INT32_MAX)
     throw UserError(fmt::format("{}: q_tokens, q_heads and kv_capacity must each be below 2^31", kname));
 }
 
 void check_config(const AttentionConfig& c) {
   auto bad = [&](const char* field, int v, int lo, int hi) {
-    if (v < lo || v > hi)
-      throw UserError(fmt::format("attention: config {} = {}; valid: {} to {}", field, v, lo, hi));
+    if (v < lo || v > hi) throw UserError(fmt::format("attention: config {} = {}; valid: {} to {}", field, v, lo, hi));
   };
   if (c.packing == AttentionPacking::kAuto || c.packing == AttentionPacking::kCount)
     throw UserError("attention: config packing must be resolved to tokens or heads");
@@ -373,8 +378,8 @@ int choose_splits(const ChipSpec& chip, const AttentionShape& s, const Attention
   const double tile_bytes =
       double(s.kv_len()) * double(s.head_dim) * (dtype_size_bytes(k_type) + dtype_size_bytes(v_type));
   // Tiles of one kv head that read the same positions share them through L2: HBM sees each once.
-  const double unique_tiles = by_tokens ? double(ceil_div(s.q_tokens, c.tile_q)) * double(s.kv_heads)
-                                        : double(s.q_tokens) * double(s.kv_heads);
+  const double unique_tiles =
+      by_tokens ? double(ceil_div(s.q_tokens, c.tile_q)) * double(s.kv_heads) : double(s.q_tokens) * double(s.kv_heads);
   const double hbm_s = unique_tiles * tile_bytes / (chip.hbm_bandwidth.value * chip.hbm_read_efficiency.value);
   const double combine_s = chip.launch_latency.value + chip.block_latency.value + 2 * chip.dma_latency.value;
   auto estimate = [&](int64_t splits) {
@@ -476,8 +481,8 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
   expect_numel(kname, "output", out, s.q_tokens * s.q_heads * s.head_dim, q_shape);
   if (!ws.mask.valid() || ws.mask.dtype != DType::kBF16 ||
       ws.mask.numel != int64_t{kAttentionMaskRows} * kAttentionMaskCols)
-    throw UserError(fmt::format("{}: the workspace's mask '{}' is not one made by make_attention_workspace", kname,
-                                ws.mask.name));
+    throw UserError(
+        fmt::format("{}: the workspace's mask '{}' is not one made by make_attention_workspace", kname, ws.mask.name));
   for (DType t : {matrix_type(k_cache.dtype), matrix_type(v_cache.dtype)})
     if (!dev.chip().supports(t))
       throw UserError(fmt::format("{}: {} has no {} matrix unit for the attention operands", kname, dev.chip().name,

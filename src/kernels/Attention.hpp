@@ -35,10 +35,24 @@
 // kAuto takes kHeads when q_tokens <= q_heads / kv_heads (decode and short speculative chunks).
 //
 // Flash-decoding: when the tiles alone cannot fill the chip (a decode step has only kv_heads of
-// them), each tile's KV range is cut into up to `splits` parts of equal length, each run by its own
-// block, which stores its unnormalised O with its m and l to a scratch buffer; a second kernel
-// ("attention combine") merges the parts of each tile: M = max_s m_s, O = sum_s exp(m_s - M) O_s /
-// sum_s exp(m_s - M) l_s. Tiles with one part store their result directly.
+// them), each tile's KV range is cut into up to `splits` parts of about equal length, each run by
+// its own block, which stores its unnormalised O with its m and l to a scratch buffer; a second
+// kernel ("attention combine") merges the parts of each tile: M = max_s m_s, O = sum_s exp(m_s - M)
+// O_s / sum_s exp(m_s - M) l_s. Tiles with one part store their result directly. The split count
+// comes from a streaming estimate (choose_attention_config): a decode step of Qwen3-8B (8 groups)
+// on h100 takes 4 splits at 8k positions and none below ~1.5k, where the combine's launch costs
+// more than the shorter stream saves.
+//
+// Tile sizes (choose_attention_config; bytes for head_dim 128, 16-bit caches): a kTokens block
+// holds Q [tile_q, D], `stages` K and V tiles [tile_kv, D], S fp32 and P [tile_q, tile_kv] twice
+// (double-buffered so the matrix unit runs ahead), a mask tile, O fp32 [tile_q, D] and five row
+// vectors. 64 x 64 with 3 stages is 209 KiB: two blocks fit the smallest core SRAM (420 KiB, a100),
+// so one block's softmax overlaps the other's MMAs. 64 rows give 64 FLOPs per K/V byte; chips whose
+// matrix unit needs more from its core's share of L2 (h100 ~82, b200 ~126) get 128 rows (128 x 32:
+// 211 KiB on h100; 128 x 64 on b200's 740 KiB) when there are enough tiles to fill the chip. The
+// kHeads layout (decode) has few rows (4 for a group of 4: 201 KiB with 128-position K/V tiles and
+// 3 stages), so its SRAM goes to long K/V transfers in flight. Head_dim 256 halves tile_kv (or
+// tile_q) until two blocks fit; any config is checked against the chip's SRAM when it runs.
 //
 // Causal mask: the workspace holds a "staircase" M[r, x] = 0 if x - r <= kAttentionMaskDiag, else
 // -inf, shape [kAttentionMaskRows, kAttentionMaskCols], bf16. For a tile whose row 0 is at position
@@ -52,6 +66,8 @@
 // like TF32 on GPUs, fp32 attention here runs with reduced operand precision), and P is rounded to
 // the matrix dtype of V before P.V, as FlashAttention does; l sums the unrounded fp32 P. Everything
 // else is fp32. tests/attention/test_attention.cpp derives the resulting error bound.
+//
+// out may be q itself: a tile's q rows are read only by its own blocks, before they store.
 //
 // Not here: non-causal or sliding-window masks, attention sinks, softcapping, ALiBi, paged caches,
 // batches of sequences with different lengths, or a cache in another layout (kv heads outermost).
@@ -68,7 +84,7 @@
 namespace ppu::kernels {
 
 struct AttentionShape {
-  int64_t q_tokens = 0;     // new tokens: 1 for a decode step
+  int64_t q_tokens = 0;  // new tokens: 1 for a decode step
   int64_t q_heads = 0;
   int64_t kv_heads = 0;     // divides q_heads
   int64_t head_dim = 0;     // 1 .. kAttentionMaxHeadDim
@@ -114,9 +130,10 @@ struct AttentionWorkspace {
 AttentionWorkspace make_attention_workspace(Device& dev, Stream* s = nullptr);
 void free_attention_workspace(Device& dev, AttentionWorkspace& ws);
 
-// Picks packing, tile sizes, pipeline depth and splits for `s` on `chip`: tiles whose SRAM lets two
-// blocks share a core on the chip (one if nothing smaller fits), splits so that the blocks fill
-// about two waves. Fields already set in `base` are kept. k_type and v_type are the caches' dtypes.
+// Picks packing, tile sizes, pipeline depth and splits for `s` on `chip` (see "Tile sizes" above):
+// the deepest pipeline (2-3 stages) whose SRAM lets two blocks share a core (one block if nothing
+// fits twice), and the split count a streaming estimate finds fastest. Fields already set in
+// `base` are kept. k_type and v_type are the caches' dtypes. Pure function of its arguments.
 AttentionConfig choose_attention_config(const ChipSpec& chip, const AttentionShape& s, DType k_type, DType v_type,
                                         const AttentionConfig& base = {});
 

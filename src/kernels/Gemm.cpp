@@ -38,14 +38,19 @@ std::vector<Candidate> gemm_candidates(const ChipSpec& chip, const GemmShape& s,
   const double cores = chip.num_cores();
   const double core_rate = std::max(chip.matrix_flops_per_s(in_type), 1.0) / cores;
   std::vector<Candidate> out;
-  const int sizes[] = {256, 192, 128, 64};
-  // k-steps of 128 bytes or 256 bytes of each row: deeper steps mean fewer instructions (and fewer
-  // per-step synchronisations on real hardware) when K is long.
-  const int tks[] = {128 / es, 256 / es};
+  // Row tiles: the large ones, plus 16 and 32 for skinny problems (a few tokens times a weight
+  // matrix), where a 64-row tile would be mostly padding.
+  std::vector<int> msizes = {256, 192, 128, 64};
+  if (s.m <= 32) msizes.insert(msizes.end(), {32, 16});
+  const int nsizes[] = {256, 192, 128, 64};
+  // k-steps of 128 to 1024 bytes per row: deeper steps mean fewer instructions (and fewer per-step
+  // synchronisations on real hardware) when K is long; skinny problems stream B in long rows.
+  std::vector<int> tks = {128 / es, 256 / es};
+  if (s.m <= 32) tks.insert(tks.end(), {512 / es, 1024 / es});
   for (int tk : tks) {
-    if (tk > 128 / es && s.k < 8 * tk) continue;
-    for (int tm : sizes) {
-      for (int tn : sizes) {
+    if (tk > 128 / es && s.k < 2 * tk) continue;
+    for (int tm : msizes) {
+      for (int tn : nsizes) {
         if (int64_t{tm} * tn > 256 * 128) continue;
         for (int stages : {4, 3, 2}) {
           GemmConfig c{tm, tn, tk, stages, 8};
@@ -53,7 +58,7 @@ std::vector<Candidate> gemm_candidates(const ChipSpec& chip, const GemmShape& s,
           const double tiles = static_cast<double>(s.batch) * std::ceil(double(s.m) / tm) * std::ceil(double(s.n) / tn);
           const double waves = std::ceil(tiles / cores);
           const double kp = std::ceil(double(s.k) / 16) * 16;
-          const double compute = 2.0 * tm * tn * kp / core_rate;
+          const double compute = 2.0 * std::max(tm, 16) * tn * kp / core_rate;
           const double active = std::min(tiles, cores);
           const double load = (double(tm) + tn) * kp * es / (chip.l2_bandwidth.value / active);
           // A small per-step cost (one DMA latency's worth of issue work per 100 steps) breaks ties

@@ -42,8 +42,8 @@ RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t m
   if (head_dim <= 0 || head_dim % 2 != 0)
     throw UserError(fmt::format("rope table: head_dim = {}; it must be positive and even", head_dim));
   if (!std::isfinite(theta) || theta <= 0.0)
-    throw UserError(fmt::format("rope table: theta = {}; it must be finite and > 0 (Llama 2 uses 1e4, Qwen3 1e6)",
-                                theta));
+    throw UserError(
+        fmt::format("rope table: theta = {}; it must be finite and > 0 (Llama 2 uses 1e4, Qwen3 1e6)", theta));
   if (max_positions <= 0)
     throw UserError(fmt::format("rope table: max_positions = {}; it must be positive", max_positions));
   RopeTable t;
@@ -82,20 +82,23 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
                fmt::format("[{}, {}] (max_positions, head_dim / 2)", table.max_positions, half));
   expect_numel(kname, "table sin", table.sin, table.max_positions * half,
                fmt::format("[{}, {}] (max_positions, head_dim / 2)", table.max_positions, half));
-  expect_numel(kname, "input x", x, tokens * heads * d, fmt::format("[{}, {}, {}] (tokens, heads, head_dim)", tokens, heads, d));
+  expect_numel(kname, "input x", x, tokens * heads * d,
+               fmt::format("[{}, {}, {}] (tokens, heads, head_dim)", tokens, heads, d));
   if (out_token0 < 0 || out.numel % (heads * d) != 0 || out.numel / (heads * d) < out_token0 + tokens)
-    throw UserError(fmt::format("{}: output '{}' has {} elements; it must be [out_tokens, {}, {}] (out_tokens, heads, "
-                                "head_dim) with out_tokens >= out_token0 + tokens = {} + {}",
-                                kname, out.name, out.numel, heads, d, out_token0, tokens));
+    throw UserError(
+        fmt::format("{}: output '{}' has {} elements; it must be [out_tokens, {}, {}] (out_tokens, heads, "
+                    "head_dim) with out_tokens >= out_token0 + tokens = {} + {}",
+                    kname, out.name, out.numel, heads, d, out_token0, tokens));
   if (static_cast<int64_t>(positions.size()) != tokens)
-    throw UserError(fmt::format("{}: {} positions given for {} tokens; one per token is needed", kname,
-                                positions.size(), tokens));
+    throw UserError(
+        fmt::format("{}: {} positions given for {} tokens; one per token is needed", kname, positions.size(), tokens));
   for (int64_t t = 0; t < tokens; ++t) {
     const int32_t pos = positions[static_cast<size_t>(t)];
     if (pos < 0 || pos >= table.max_positions)
-      throw UserError(fmt::format("{}: token {} is at position {}, outside the rope table's {} positions (valid: 0 "
-                                  "to {}); build a larger table",
-                                  kname, t, pos, table.max_positions, table.max_positions - 1));
+      throw UserError(
+          fmt::format("{}: token {} is at position {}, outside the rope table's {} positions (valid: 0 "
+                      "to {}); build a larger table",
+                      kname, t, pos, table.max_positions, table.max_positions - 1));
   }
 
   // Rows of a tile: kRopeTileRows, fewer when a row (d/2 elements) is long.

@@ -24,7 +24,7 @@
 // rows of its positions once (row stride = the position step times d/2; 0 repeats one row), and
 // computes with six vector ops (x1*s, x2*s, x1*c, x2*c, a subtraction and an addition); runs of one
 // token (decode, or scattered positions) take all heads of the token as the rows instead and read
-// cos/sin as a one-row broadcast. In-place use (out = x, out_token0 = 0) is allowed.
+// cos/sin as a one-row broadcast. In-place use (out = x) is allowed.
 //
 // Not here: partial rotary (rotating only part of head_dim), the interleaved (GPT-J) pair layout,
 // or scaled RoPE variants (YaRN, NTK, Llama 3.1 frequency scaling): build another table for those.
@@ -68,7 +68,8 @@ std::vector<float> rope_table_values(double theta, int64_t head_dim, int64_t max
 // or heads is not positive, positions.size() != tokens, a position is outside [0,
 // table.max_positions) (naming the token, the position and the table size), x's numel is not
 // tokens * heads * head_dim, or out's numel is not a multiple of heads * head_dim holding at least
-// out_token0 + tokens tokens. The positions are copied into the kernel.
+// out_token0 + tokens tokens (so out = x implies out_token0 = 0). The positions are copied into the
+// kernel.
 Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int64_t tokens, int64_t heads,
                  const std::vector<int32_t>& positions, int64_t out_token0 = 0);
 

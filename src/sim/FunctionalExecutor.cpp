@@ -37,6 +37,10 @@ thread_local std::vector<float> t_row;
 void copy_convert(DType st, const unsigned char* src, int64_t src_stride, DType dt, unsigned char* dst, int64_t dst_stride,
                   int rows, int cols) {
   const int ss = dtype_size_bytes(st), ds = dtype_size_bytes(dt);
+  if (st == dt && src_stride == cols && dst_stride == cols) {  // contiguous on both sides: one copy
+    std::memcpy(dst, src, static_cast<size_t>(rows) * cols * ss);
+    return;
+  }
   for (int r = 0; r < rows; ++r) {
     const unsigned char* s = src + r * src_stride * ss;
     unsigned char* d = dst + r * dst_stride * ds;
