@@ -67,7 +67,8 @@
 // the matrix dtype of V before P.V, as FlashAttention does; l sums the unrounded fp32 P. Everything
 // else is fp32. tests/attention/test_attention.cpp derives the resulting error bound.
 //
-// out may be q itself: a tile's q rows are read only by its own blocks, before they store.
+// out may be q itself (a tile's q rows are read only by its own blocks, before they store); it must
+// not overlap the caches.
 //
 // Not here: non-causal or sliding-window masks, attention sinks, softcapping, ALiBi, paged caches,
 // batches of sequences with different lengths, or a cache in another layout (kv heads outermost).

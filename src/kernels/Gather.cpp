@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "kernels/Embedding.hpp"
 #include "kernels/KernelUtil.hpp"
 
 namespace ppu::kernels {
@@ -33,22 +34,9 @@ Kernel make_gather_rows(const Buffer& src, int64_t width, const std::vector<int3
   check_indices(kname, rows, n_src, src);
   const auto n = static_cast<int64_t>(rows.size());
   expect_numel(kname, "destination", dst, n * width, fmt::format("[{}, {}]", n, width));
-  const int64_t row_tiles = ceil_div(n, kGatherRows), col_tiles = ceil_div(width, kGatherChunk);
-  Kernel k;
-  k.name = kname;
-  k.grid = row_tiles * col_tiles;
-  k.args = {src.arg(), dst.arg()};
-  auto idx = std::make_shared<const std::vector<int32_t>>(rows);
-  const DType t = src.dtype;
-  k.build = [=](int64_t b, TileProgram& p) {
-    const int64_t r0 = (b / col_tiles) * kGatherRows, c0 = (b % col_tiles) * kGatherChunk;
-    const int nr = static_cast<int>(std::min<int64_t>(kGatherRows, n - r0));
-    const int nc = static_cast<int>(std::min<int64_t>(kGatherChunk, width - c0));
-    const auto tile = p.alloc(t, kGatherRows, kGatherChunk, "rows");
-    for (int i = 0; i < nr; ++i)
-      p.load(tile, TileRegion{0, int64_t{(*idx)[static_cast<size_t>(r0 + i)]} * width + c0, width, 1, nc}, i);
-    p.store(matrix_region(1, 0, width, r0, c0, nr, nc), tile);
-  };
+  // The same data movement as an embedding lookup: one program serves both.
+  Kernel k = make_embedding(src, dst, n_src, width, rows);
+  k.name = fmt::format("gather_rows {}x{}", n, width);
   return k;
 }
 

@@ -5,9 +5,9 @@
 //   gather_combine(dev, src, width, idx, k, weights, dst);    // dst[t, :] = sum_j w[t, j] * src[idx[t*k + j], :]
 //
 // The indices are host data captured by the program builder (in a serving loop the token ids and
-// the router's top-k choices are on the host anyway). Each block assembles a [kGatherRows, chunk]
-// tile from single-row DMA loads (loads at a buffer row offset), so the time is that of many small
-// transfers, as on hardware. Weights of gather_combine stay on the device ([tokens, k], any float
+// the router's top-k choices are on the host anyway). gather_rows is the embedding kernel's program
+// (kernels/Embedding.hpp); gather_combine assembles [kGatherRows, chunk] tiles from single-row DMA
+// loads (loads at a buffer row offset), so the time is that of many small transfers, as on hardware. Weights of gather_combine stay on the device ([tokens, k], any float
 // dtype) and are read by the kernel.
 //
 // Not here: computing routes (top-k) - see the model code; scatter with atomics (not modelled).

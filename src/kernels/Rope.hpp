@@ -16,7 +16,7 @@
 //
 // The table is computed on the host in double (angle, then cos and sin, each rounded once to fp32)
 // and uploaded once. Frameworks compute the angle in fp32 (HF transformers' inv_freq * position),
-// which at position 40000 is off by up to ~2e-3 rad; this table is the exact rounding instead.
+// which at position 40000 is off by up to ~5e-3 rad; this table is the exact rounding instead.
 //
 // The kernel: tokens are cut into runs whose positions step by a constant >= 0 (a prefill's
 // past_len + t is one run). Within a run, a block takes up to kRopeTileRows tokens and a group of
@@ -24,7 +24,8 @@
 // rows of its positions once (row stride = the position step times d/2; 0 repeats one row), and
 // computes with six vector ops (x1*s, x2*s, x1*c, x2*c, a subtraction and an addition); runs of one
 // token (decode, or scattered positions) take all heads of the token as the rows instead and read
-// cos/sin as a one-row broadcast. In-place use (out = x) is allowed.
+// cos/sin as a one-row broadcast. In-place use (out = x, or views of the same elements) is allowed;
+// any other overlap of x and out is not (a block could overwrite tokens another still reads).
 //
 // Not here: partial rotary (rotating only part of head_dim), the interleaved (GPT-J) pair layout,
 // or scaled RoPE variants (YaRN, NTK, Llama 3.1 frequency scaling): build another table for those.

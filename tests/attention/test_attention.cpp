@@ -41,8 +41,8 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/KernelTestUtil.hpp"
 #include "kernels/Attention.hpp"
+#include "kernels/KernelTestUtil.hpp"
 
 namespace ppu {
 namespace {
@@ -54,9 +54,9 @@ using kernels::AttentionShape;
 struct Case {
   int64_t q_tokens, past_len, q_heads, kv_heads, head_dim;
   DType q_t, kv_t, out_t;
-  AttentionConfig config{};  // zero fields: chosen
-  int64_t spare = 7;         // cache positions beyond kv_len (NaN-filled)
-  DType v_t = DType::kCount; // kCount: same as kv_t
+  AttentionConfig config{};   // zero fields: chosen
+  int64_t spare = 7;          // cache positions beyond kv_len (NaN-filled)
+  DType v_t = DType::kCount;  // kCount: same as kv_t
 };
 
 std::string describe(const Case& c) {
@@ -99,7 +99,8 @@ std::vector<double> attention_bound(const AttentionShape& s, const std::vector<f
           a += std::fabs(double(qr[c]) * kr[c]);
         }
         sc[static_cast<size_t>(j)] = dot * scale;
-        eta[static_cast<size_t>(j)] = scale * a * (eps_q + eps_k + eps_q * eps_k + gamma_d) + 2 * u * std::fabs(dot * scale);
+        eta[static_cast<size_t>(j)] =
+            scale * a * (eps_q + eps_k + eps_q * eps_k + gamma_d) + 2 * u * std::fabs(dot * scale);
         m = std::max(m, dot * scale);
       }
       double worst = 0, l = 0;
@@ -129,7 +130,8 @@ std::vector<double> attention_bound(const AttentionShape& s, const std::vector<f
 }
 
 // Runs one case on `dev` and compares with the reference. Returns the resolved config.
-AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& ws, const Case& c, uint64_t seed) {
+AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& ws, const Case& c, uint64_t seed,
+                                bool in_place = false) {
   const DType v_t = c.v_t == DType::kCount ? c.kv_t : c.v_t;
   AttentionShape s;
   s.q_tokens = c.q_tokens;
@@ -149,7 +151,7 @@ AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& 
   Buffer qb = test::make_buffer(dev, c.q_t, q, "q");
   Buffer kb = test::make_buffer(dev, c.kv_t, k, "k_cache");
   Buffer vb = test::make_buffer(dev, v_t, v, "v_cache");
-  Buffer ob = dev.alloc(c.out_t, s.q_tokens * s.q_heads * d, "out");
+  Buffer ob = in_place ? qb : dev.alloc(c.out_t, s.q_tokens * s.q_heads * d, "out");
   const auto t = kernels::attention(dev, ws, s, qb, kb, vb, ob, nullptr, &c.config);
   const std::vector<float> got = dev.download(ob);
   // The reference never reads past kv_len; give it zeros there (NaN * 0 would not be 0).
@@ -158,11 +160,11 @@ AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& 
   const std::vector<double> ref = kernels::attention_reference(s, q, k, v);
   const int64_t steps = (s.kv_len() + t.config.tile_kv - 1) / t.config.tile_kv + t.config.splits;
   const std::vector<double> bound = attention_bound(s, q, k, v, ref, c.q_t, c.kv_t, v_t, c.out_t, steps);
-  { double worst = 0, maxerr = 0; for (size_t i = 0; i < got.size(); ++i) { worst = std::max(worst, std::fabs(got[i] - ref[i]) / bound[i]); maxerr = std::max(maxerr, std::fabs(got[i]-ref[i])); }
-    printf("RATIO %.3f maxerr %.3g  %s\n", worst, maxerr, describe(c).c_str()); }
-  test::expect_within(got, ref, [&](size_t i) { return bound[i]; },
-                      describe(c) + " ran as " + t.config.describe());
-  for (Buffer* b : {&qb, &kb, &vb, &ob}) dev.free(*b);
+  test::expect_within(
+      got, ref, [&](size_t i) { return bound[i]; },
+      describe(c) + (in_place ? " in place" : "") + " ran as " + t.config.describe());
+  if (!in_place) dev.free(ob);
+  for (Buffer* b : {&qb, &kb, &vb}) dev.free(*b);
   return t.config;
 }
 
@@ -172,18 +174,18 @@ TEST(Attention, MatchesReferencePrefillAndDecode) {
   Device dev(load_chip("h100"));
   auto ws = kernels::make_attention_workspace(dev);
   const Case cases[] = {
-      {1, 0, 4, 2, 64, kBF16, kBF16, kBF16},       // decode at position 0
-      {1, 599, 4, 2, 64, kBF16, kBF16, kBF16},     // decode, kv_len 600 (split in two)
-      {1, 599, 8, 1, 128, kF32, kF32, kF32},       // decode, group of 8
-      {1, 333, 2, 2, 128, kF16, kF16, kF16},       // decode, no grouping
-      {3, 0, 2, 2, 128, kF32, kF32, kF32},         // tiny prefill
-      {3, 200, 8, 1, 128, kF16, kF16, kF16},       // 3 tokens packed by heads (group of 8)
-      {17, 0, 4, 2, 128, kBF16, kBF16, kBF16},     // prefill
-      {17, 100, 4, 2, 128, kBF16, kBF16, kBF16},   // chunked prefill
-      {17, 583, 2, 2, 64, kF16, kF16, kF16},       // chunked prefill, kv_len 600
-      {130, 0, 4, 2, 64, kF16, kF16, kF16},        // prefill over three q tiles
-      {130, 470, 8, 1, 64, kBF16, kBF16, kBF16},   // chunked prefill, kv_len 600
-      {130, 17, 2, 2, 128, kF32, kF32, kF32},      // prefill, fp32
+      {1, 0, 4, 2, 64, kBF16, kBF16, kBF16},      // decode at position 0
+      {1, 599, 4, 2, 64, kBF16, kBF16, kBF16},    // decode, kv_len 600 (split in two)
+      {1, 599, 8, 1, 128, kF32, kF32, kF32},      // decode, group of 8
+      {1, 333, 2, 2, 128, kF16, kF16, kF16},      // decode, no grouping
+      {3, 0, 2, 2, 128, kF32, kF32, kF32},        // tiny prefill
+      {3, 200, 8, 1, 128, kF16, kF16, kF16},      // 3 tokens packed by heads (group of 8)
+      {17, 0, 4, 2, 128, kBF16, kBF16, kBF16},    // prefill
+      {17, 100, 4, 2, 128, kBF16, kBF16, kBF16},  // chunked prefill
+      {17, 583, 2, 2, 64, kF16, kF16, kF16},      // chunked prefill, kv_len 600
+      {130, 0, 4, 2, 64, kF16, kF16, kF16},       // prefill over three q tiles
+      {130, 470, 8, 1, 64, kBF16, kBF16, kBF16},  // chunked prefill, kv_len 600
+      {130, 17, 2, 2, 128, kF32, kF32, kF32},     // prefill, fp32
   };
   uint64_t seed = 5000;
   for (const Case& c : cases) check_attention(dev, ws, c, seed += 10);
@@ -228,7 +230,7 @@ TEST(Attention, ForcedTilesAndSplits) {
   add({37, 11, 2, 2, 64, kF32, kF32, kF32}, cfg(kT, 7, 9, 2, 8));
   add({1, 599, 8, 1, 128, kBF16, kBF16, kBF16}, cfg(kH, 3, 40, 3, 7));  // group in chunks of 3 rows
   add({3, 200, 8, 1, 64, kF16, kF16, kF16}, cfg(kH, 8, 16, 2, 16));
-  add({1, 599, 4, 2, 64, kBF16, kBF16, kBF16}, cfg(kT, 1, 64, 2, 1));  // decode one row per block
+  add({1, 599, 4, 2, 64, kBF16, kBF16, kBF16}, cfg(kT, 1, 64, 2, 1));   // decode one row per block
   add({17, 100, 4, 4, 64, kBF16, kBF16, kBF16}, cfg(kH, 1, 32, 2, 2));  // prefill packed by heads
   uint64_t seed = 7000;
   for (const Case& c : cases) {
@@ -239,6 +241,20 @@ TEST(Attention, ForcedTilesAndSplits) {
     EXPECT_EQ(ran.stages, c.config.stages);
     EXPECT_EQ(ran.splits, c.config.splits);
   }
+}
+
+// out = q: with and without splits, in both packings.
+TEST(Attention, InPlaceOverQ) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  Case a{130, 40, 4, 2, 64, kBF16, kBF16, kBF16};
+  Case b = a;
+  b.config.splits = 3;
+  Case c{1, 700, 8, 2, 128, kF16, kF16, kF16};
+  Case d = c;
+  d.config.splits = 1;
+  uint64_t seed = 7500;
+  for (const Case& x : {a, b, c, d}) check_attention(dev, ws, x, seed += 10, /*in_place=*/true);
 }
 
 // head_dim 256 on the chip with the smallest SRAM (420 KiB): the chosen tiles must fit.
@@ -356,8 +372,8 @@ TEST(Attention, RejectsWrongNumel) {
   Bufs b = alloc_for(dev, s);
   Buffer small = dev.alloc(kBF16, 16 * 2 * 64 - 1, "short_cache");
   test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, small, b.o); },
-                     {"attention", "v_cache 'short_cache'", "2047 elements", "[16, 2, 64] (kv_capacity, kv_heads, head_dim)",
-                      "needs 2048"});
+                     {"attention", "v_cache 'short_cache'", "2047 elements",
+                      "[16, 2, 64] (kv_capacity, kv_heads, head_dim)", "needs 2048"});
   test::expect_error([&] { kernels::attention(dev, ws, s, b.q, b.k, b.v, small); },
                      {"attention", "output 'short_cache'", "[4, 4, 64] (q_tokens, q_heads, head_dim)", "needs 1024"});
 }

@@ -5,8 +5,8 @@
 // first and last rows; and each kind of invalid input.
 #include <gtest/gtest.h>
 
-#include "kernels/KernelTestUtil.hpp"
 #include "kernels/Embedding.hpp"
+#include "kernels/KernelTestUtil.hpp"
 
 namespace ppu {
 namespace {
@@ -71,8 +71,11 @@ TEST(Embedding, RejectsIdOutOfRange) {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   Buffer t = dev.alloc(DType::kBF16, 151936 * 16, "embed_tokens");
   Buffer o = dev.alloc(DType::kBF16, 3 * 16, "hidden");
-  test::expect_error([&] { kernels::embedding(dev, t, o, 151936, 16, {9707, 151936, 3}); },
-                     {"embedding", "token 1", "id 151936", "vocab size of 151936", "0 to 151935"});
+  test::expect_error(
+      [&] {
+        kernels::embedding(dev, t, o, 151936, 16, {9707, 151936, 3});
+      },
+      {"embedding", "token 1", "id 151936", "vocab size of 151936", "0 to 151935"});
   test::expect_error([&] { kernels::embedding(dev, t, o, 151936, 16, {0, 1, -5}); }, {"embedding", "token 2", "id -5"});
 }
 
@@ -80,10 +83,16 @@ TEST(Embedding, RejectsMismatchedSizes) {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   Buffer t = dev.alloc(DType::kBF16, 100 * 16, "embed_tokens");
   Buffer o = dev.alloc(DType::kBF16, 3 * 16, "hidden");
-  test::expect_error([&] { kernels::embedding(dev, t, o, 100, 16, {1, 2}); },
-                     {"embedding", "output 'hidden'", "48 elements", "[2, 16] (tokens, hidden)", "needs 32"});
-  test::expect_error([&] { kernels::embedding(dev, t, o, 101, 16, {1, 2, 3}); },
-                     {"embedding", "table 'embed_tokens'", "[101, 16] (vocab, hidden)"});
+  test::expect_error(
+      [&] {
+        kernels::embedding(dev, t, o, 100, 16, {1, 2});
+      },
+      {"embedding", "output 'hidden'", "48 elements", "[2, 16] (tokens, hidden)", "needs 32"});
+  test::expect_error(
+      [&] {
+        kernels::embedding(dev, t, o, 101, 16, {1, 2, 3});
+      },
+      {"embedding", "table 'embed_tokens'", "[101, 16] (vocab, hidden)"});
   test::expect_error([&] { kernels::embedding(dev, t, o, 100, 16, {}); },
                      {"embedding", "tokens (ids.size()) = 0", "must be positive"});
 }

@@ -5,11 +5,10 @@
 // write into a cache at a token offset, and each kind of invalid input.
 //
 // Error metric, per element: |out - ref| <= stored_bound(out, ref, e) with
-// e = 3.01 u (|x1 c| + |x2 s|) + 2^-148 (|x2 c| + |x1 s| for the second half): the table holds c and s rounded once to fp32 (u = 2^-24
-// relative each), each product rounds once and the difference (sum) once, so the fp32 result is
-// within (1 + u)^3 - 1 < 3.01 u of the exact value relative to |x1 c| + |x2 s| (the exact angles:
-// the reference and the table compute them the same way in double); the absolute term covers
-// products in the fp32 subnormal range.
+// e = 3.01 u (|x1 c| + |x2 s|) + 2^-148 (|x2 c| + |x1 s| for the second half): the table holds c and s rounded once to
+// fp32 (u = 2^-24 relative each), each product rounds once and the difference (sum) once, so the fp32 result is within
+// (1 + u)^3 - 1 < 3.01 u of the exact value relative to |x1 c| + |x2 s| (the exact angles: the reference and the table
+// compute them the same way in double); the absolute term covers products in the fp32 subnormal range.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -36,8 +35,9 @@ std::vector<int32_t> run_from(int32_t start, int64_t n) {
 // Runs RoPE of random x into out (or in place) and checks it against the reference.
 void check_rope(Device& dev, const kernels::RopeTable& table, const RopeCase& c, uint64_t seed, bool in_place = false) {
   const int64_t d = table.head_dim, half = d / 2;
-  const std::string what = fmt::format("rope tokens {} heads {} d {} theta {} {}->{}{}", c.tokens, c.heads, d,
-                                       table.theta, dtype_name(c.in_t), dtype_name(c.out_t), in_place ? " in place" : "");
+  const std::string what =
+      fmt::format("rope tokens {} heads {} d {} theta {} {}->{}{}", c.tokens, c.heads, d, table.theta,
+                  dtype_name(c.in_t), dtype_name(c.out_t), in_place ? " in place" : "");
   const auto x = test::random_values(static_cast<size_t>(c.tokens * c.heads * d), c.in_t, seed, -2.0f, 2.0f);
   Buffer xb = test::make_buffer(dev, c.in_t, x, "x");
   Buffer ob = in_place ? xb : dev.alloc(c.out_t, c.tokens * c.heads * d, "out");
@@ -50,11 +50,12 @@ void check_rope(Device& dev, const kernels::RopeTable& table, const RopeCase& c,
       [&](size_t i) {
         const auto row = static_cast<int64_t>(i) / d, col = static_cast<int64_t>(i) % d, t = row / c.heads;
         const int64_t f = col % half;
-        const double a = double(c.positions[static_cast<size_t>(t)]) *
-                         std::pow(table.theta, -2.0 * double(f) / double(d));
+        const double a =
+            double(c.positions[static_cast<size_t>(t)]) * std::pow(table.theta, -2.0 * double(f) / double(d));
         const double x1 = x[static_cast<size_t>(row * d + f)], x2 = x[static_cast<size_t>(row * d + f + half)];
         const double c1 = std::fabs(std::cos(a)), s1 = std::fabs(std::sin(a));
-        const double terms = col < half ? std::fabs(x1) * c1 + std::fabs(x2) * s1 : std::fabs(x2) * c1 + std::fabs(x1) * s1;
+        const double terms =
+            col < half ? std::fabs(x1) * c1 + std::fabs(x2) * s1 : std::fabs(x2) * c1 + std::fabs(x1) * s1;
         const double e = 3.01 * test::kU32 * terms + std::ldexp(1.0, -148);
         return test::stored_bound(out_t, ref[i], e);
       },
@@ -70,11 +71,11 @@ TEST(Rope, MatchesReference) {
     for (int64_t d : {64, 128}) {
       auto table = kernels::make_rope_table(dev, theta, d, 40960);
       const RopeCase cases[] = {
-          {1, 32, {0}, DType::kBF16, DType::kBF16},                       // decode at 0
-          {1, 8, {40000}, DType::kF32, DType::kF32},                      // decode far out
-          {1, 130, {40959}, DType::kBF16, DType::kBF16},                  // heads beyond one tile
-          {130, 4, run_from(0, 130), DType::kF32, DType::kF32},           // prefill: three runs
-          {17, 8, run_from(39990, 17), DType::kF16, DType::kF32},         // chunked prefill near the end
+          {1, 32, {0}, DType::kBF16, DType::kBF16},                        // decode at 0
+          {1, 8, {40000}, DType::kF32, DType::kF32},                       // decode far out
+          {1, 130, {40959}, DType::kBF16, DType::kBF16},                   // heads beyond one tile
+          {130, 4, run_from(0, 130), DType::kF32, DType::kF32},            // prefill: three runs
+          {17, 8, run_from(39990, 17), DType::kF16, DType::kF32},          // chunked prefill near the end
           {7, 3, {40959, 5, 17, 29, 3, 3, 3}, DType::kBF16, DType::kF32},  // steps 12, 0, and descents
           {300, 2, run_from(12345, 300), DType::kBF16, DType::kBF16},
       };
@@ -132,7 +133,7 @@ TEST(Rope, TableValues) {
   ASSERT_EQ(c.size(), 3u * 64u);
   EXPECT_EQ(c[0], 1.0f);
   EXPECT_EQ(s[0], 0.0f);
-  EXPECT_EQ(c[64], static_cast<float>(std::cos(1.0)));                                // p = 1, i = 0
+  EXPECT_EQ(c[64], static_cast<float>(std::cos(1.0)));  // p = 1, i = 0
   EXPECT_EQ(s[2 * 64 + 10], static_cast<float>(std::sin(2.0 * std::pow(1e6, -20.0 / 128))));
 }
 
@@ -140,8 +141,11 @@ TEST(Rope, RejectsPositionOutsideTable) {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   auto table = kernels::make_rope_table(dev, 1e6, 64, 4096);
   Buffer x = dev.alloc(DType::kBF16, 3 * 2 * 64, "q");
-  test::expect_error([&] { kernels::rope(dev, table, x, x, 3, 2, {4094, 4095, 4096}); },
-                     {"rope", "token 2", "position 4096", "4096 positions", "0 to 4095"});
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, x, x, 3, 2, {4094, 4095, 4096});
+      },
+      {"rope", "token 2", "position 4096", "4096 positions", "0 to 4095"});
   test::expect_error([&] { kernels::rope(dev, table, x, x, 3, 2, {0, -1, 2}); }, {"rope", "token 1", "position -1"});
 }
 
@@ -150,13 +154,35 @@ TEST(Rope, RejectsMismatchedSizes) {
   auto table = kernels::make_rope_table(dev, 1e6, 64, 4096);
   Buffer x = dev.alloc(DType::kBF16, 3 * 2 * 64, "q");
   Buffer y = dev.alloc(DType::kBF16, 3 * 2 * 64 + 1, "q_out");
-  test::expect_error([&] { kernels::rope(dev, table, x, x, 3, 2, {0, 1}); }, {"rope", "2 positions given for 3 tokens"});
-  test::expect_error([&] { kernels::rope(dev, table, y, x, 3, 2, {0, 1, 2}); },
-                     {"rope", "input x 'q_out'", "385 elements", "[3, 2, 64] (tokens, heads, head_dim)", "needs 384"});
-  test::expect_error([&] { kernels::rope(dev, table, x, y, 3, 2, {0, 1, 2}); },
-                     {"rope", "output 'q_out'", "385 elements", "out_tokens >= out_token0 + tokens = 0 + 3"});
-  test::expect_error([&] { kernels::rope(dev, table, x, x, 3, 2, {0, 1, 2}, 1); },
-                     {"rope", "out_tokens >= out_token0 + tokens = 1 + 3"});
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, x, x, 3, 2, {0, 1});
+      },
+      {"rope", "2 positions given for 3 tokens"});
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, y, x, 3, 2, {0, 1, 2});
+      },
+      {"rope", "input x 'q_out'", "385 elements", "[3, 2, 64] (tokens, heads, head_dim)", "needs 384"});
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, x, y, 3, 2, {0, 1, 2});
+      },
+      {"rope", "output 'q_out'", "385 elements", "out_tokens >= out_token0 + tokens = 0 + 3"});
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, x, y, 3, 2, {0, 1, 2}, 1);
+      },
+      {"rope", "out_tokens >= out_token0 + tokens = 1 + 3"});
+  Buffer big = dev.alloc(DType::kBF16, 5 * 2 * 64, "k_cache");
+  Buffer part = dev.alloc(DType::kBF16, 3 * 2 * 64, "k");
+  test::expect_error(
+      [&] {
+        kernels::rope(dev, table, big, big, 3, 2, {0, 1, 2}, 2);
+      },
+      {"rope", "input x 'k_cache'", "needs 384"});
+  EXPECT_NO_THROW(kernels::make_rope(table, part, big, 3, 2, {0, 1, 2}, 2));
+
   test::expect_error([&] { kernels::rope(dev, table, x, x, 0, 2, {}); }, {"rope", "tokens = 0", "must be positive"});
 }
 
