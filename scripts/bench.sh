@@ -10,3 +10,5 @@ echo
 build/bench/bench_sim_speed
 echo
 build/bench/bench_functional_gemm
+echo
+build/bench/bench_qwen3_chips

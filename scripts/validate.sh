@@ -28,5 +28,11 @@ out=docs/validation.md
   echo '```'
   build/bench/bench_functional_gemm
   echo '```'
+  echo
+  echo "## Qwen3-0.6B on every chip (timing only; no published measurement to compare with yet)"
+  echo
+  echo '```'
+  build/bench/bench_qwen3_chips
+  echo '```'
 } > "$out"
 echo "wrote $out"
