@@ -38,6 +38,16 @@ void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb,
     for (int kk = 0; kk < kpairs; ++kk) {
       uint16_t* dst = panel + kk * 2 * kW;
       const int p0 = 2 * kk, p1 = 2 * kk + 1;
+      if (!trans_b && nc == kW && p1 < k) {
+        // Hot path: interleave two contiguous rows of B (the compiler vectorises this loop).
+        const uint16_t* r0 = static_cast<const uint16_t*>(b) + int64_t{p0} * ldb + j0;
+        const uint16_t* r1 = static_cast<const uint16_t*>(b) + int64_t{p1} * ldb + j0;
+        for (int l = 0; l < kW; ++l) {
+          dst[2 * l] = r0[l];
+          dst[2 * l + 1] = r1[l];
+        }
+        continue;
+      }
       for (int l = 0; l < kW; ++l) {
         uint16_t v0 = 0, v1 = 0;
         if (l < nc) {
