@@ -256,9 +256,23 @@ struct Core {
 
 class Sim {
  public:
-  Sim(const ChipSpec& chip, const Kernel& k, size_t trace_limit) : chip_(chip), k_(k), trace_limit_(trace_limit) {
-    const int cores = chip.num_cores();
-    cores_.resize(static_cast<size_t>(cores));
+  Sim(const ChipSpec& chip, const Kernel& k, size_t trace_limit, std::vector<Core>& core_storage)
+      : chip_(chip), k_(k), trace_limit_(trace_limit), cores_(core_storage) {
+    const int cores_n = chip.num_cores();
+    // Reused storage (programs, queues keep their capacity): reset the state of every core.
+    cores_.resize(static_cast<size_t>(cores_n));
+    for (Core& c : cores_) {
+      c.busy[0] = c.busy[1] = false;
+      c.flow_active[0] = c.flow_active[1] = false;
+      c.dma[0].clear();
+      c.dma[1].clear();
+      for (Slot& sl : c.slots) {
+        sl.active = false;
+        sl.block = -1;
+        sl.remaining = 0;
+      }
+    }
+    const int cores = cores_n;
     hbm_.capacity = chip.hbm_bandwidth.value;
     hbm_.cap = chip.dma_bandwidth_per_core.value;
     l2pool_.capacity = chip.l2_bandwidth.value;
@@ -530,7 +544,7 @@ class Sim {
   const ChipSpec& chip_;
   const Kernel& k_;
   size_t trace_limit_;
-  std::vector<Core> cores_;
+  std::vector<Core>& cores_;
   Pool hbm_, l2pool_;
   L2Lru l2_;
   double mma_rate_[static_cast<int>(DType::kCount)] = {};
@@ -551,8 +565,23 @@ TimingEngine::TimingEngine(const ChipSpec& chip) : chip_(chip) {}
 
 KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
   if (k.grid < 0) throw UserError(fmt::format("kernel '{}': grid {} must not be negative", k.name, k.grid));
-  Sim sim(chip_, k, trace_limit);
-  return sim.run();
+  // Per-thread core state reused across runs (no allocation or page faults after the first run);
+  // a nested run on the same thread (none today) would get its own.
+  thread_local std::vector<Core> t_cores;
+  thread_local bool t_busy = false;
+  std::vector<Core> own;
+  std::vector<Core>& cores = t_busy ? own : t_cores;
+  const bool took = !t_busy;
+  t_busy = true;
+  try {
+    Sim sim(chip_, k, trace_limit, cores);
+    KernelTiming r = sim.run();
+    if (took) t_busy = false;
+    return r;
+  } catch (...) {
+    if (took) t_busy = false;
+    throw;
+  }
 }
 
 }  // namespace ppu
