@@ -78,7 +78,8 @@ std::vector<Candidate> gemm_candidates(const ChipSpec& chip, const GemmShape& s,
 // (autotuning, as cuBLASLt's algorithm search does); above it the heuristic's first choice is used,
 // where wave quantization matters little and simulation would cost more.
 constexpr double kAutotuneInstructions = 150000;
-constexpr size_t kAutotuneCandidates = 6;
+constexpr size_t kAutotuneCandidates = 8;
+constexpr double kAutotuneSlack = 0.03;
 
 }  // namespace
 
@@ -108,13 +109,30 @@ GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in
   const Buffer b = arg(in_type, nb, 0x100000 + static_cast<uint64_t>(na) * 4, "B");
   const Buffer c = arg(DType::kBF16, s.batch * s.m * s.n, 0x100000 + static_cast<uint64_t>(na + nb) * 4, "C");
   TimingEngine eng(chip);
-  GemmConfig best = first;
+  std::vector<std::pair<double, GemmConfig>> timed;
+  std::vector<int> tks_seen;
+  for (size_t i = 0; i < cands.size(); ++i) {
+    // The heuristic's top candidates, plus the best-ranked one of every k-step depth.
+    const int tk = cands[i].cfg.tile_k;
+    const bool new_tk = std::find(tks_seen.begin(), tks_seen.end(), tk) == tks_seen.end();
+    if (i >= kAutotuneCandidates && !new_tk) continue;
+    if (new_tk) tks_seen.push_back(tk);
+    timed.emplace_back(eng.run(make_gemm(chip, s, a, b, c, &cands[i].cfg)).time_s, cands[i].cfg);
+  }
   double best_t = INFINITY;
-  for (size_t i = 0; i < cands.size() && i < kAutotuneCandidates; ++i) {
-    const double t = eng.run(make_gemm(chip, s, a, b, c, &cands[i].cfg)).time_s;
-    if (t < best_t) {
-      best_t = t;
-      best = cands[i].cfg;
+  for (const auto& [t, cfg] : timed) best_t = std::min(best_t, t);
+  // Among configurations within kAutotuneSlack of the fastest, take the one with the fewest tile
+  // steps (blocks x k-steps): as fast on the chip, fewer instructions to issue and to simulate, and
+  // long contiguous rows for the host that runs the numbers.
+  GemmConfig best = first;
+  double best_steps = INFINITY;
+  for (const auto& [t, cfg] : timed) {
+    if (t > best_t * (1.0 + kAutotuneSlack)) continue;
+    const double steps = std::ceil(double(s.m) / cfg.tile_m) * std::ceil(double(s.n) / cfg.tile_n) *
+                         std::ceil(double(s.k) / cfg.tile_k);
+    if (steps < best_steps) {
+      best_steps = steps;
+      best = cfg;
     }
   }
   std::lock_guard<std::mutex> lk(mu);

@@ -60,15 +60,79 @@ void copy_convert(DType st, const unsigned char* src, int64_t src_stride, DType 
 
 }  // namespace
 
+namespace {
+
+// Where a buffer's current contents can be read: its SRAM bytes, or - for a buffer that only
+// receives same-dtype loads from an argument this block never stores to - the global memory it was
+// loaded from ("alias": the copy is skipped, since nothing can change those bytes before they are
+// read; the result is the same as copying them).
+struct ReadView {
+  const unsigned char* ptr;
+  int64_t ld;        // elements between rows
+  int32_t rows, cols;  // extent a consumer may read through an alias
+  bool alias;
+};
+
+thread_local std::vector<ReadView> t_views;
+thread_local std::vector<uint8_t> t_aliasable;
+
+}  // namespace
+
 void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena) {
   const auto& bufs = p.buffers();
+  const auto& ins = p.instrs();
   auto fptr = [&](BufferId id) { return reinterpret_cast<float*>(arena + bufs[id].offset_bytes); };
-  for (const Instr& in : p.instrs()) {
+
+  // Which buffers may alias global memory (see ReadView).
+  auto& aliasable = t_aliasable;
+  aliasable.assign(bufs.size(), 1);
+  std::vector<bool> stored_args(k.args.size(), false);
+  for (const Instr& in : ins)
+    if (in.op == OpCode::kStore) stored_args[in.region.arg] = true;
+  for (const Instr& in : ins) {
+    switch (in.op) {
+      case OpCode::kLoad:
+        if (in.k != 0 || k.args[in.region.arg].dtype != bufs[in.dst].dtype || stored_args[in.region.arg])
+          aliasable[in.dst] = 0;
+        break;
+      case OpCode::kMma:
+      case OpCode::kUnary:
+      case OpCode::kBinary:
+      case OpCode::kReduce:
+      case OpCode::kFill:
+      case OpCode::kCast: aliasable[in.dst] = 0; break;
+      default: break;
+    }
+  }
+  auto& views = t_views;
+  views.resize(bufs.size());
+  for (size_t i = 0; i < bufs.size(); ++i) views[i] = {arena + bufs[i].offset_bytes, bufs[i].cols, 0, 0, false};
+  // Read access to rows x cols of buffer `id`: through its alias if it covers them, else SRAM
+  // (copying the aliased bytes in first, so reads outside a load's extent see SRAM as without aliasing).
+  auto rd = [&](BufferId id, int rows, int cols) -> const ReadView& {
+    ReadView& v = views[id];
+    if (v.alias && (rows > v.rows || cols > v.cols)) {
+      const SramBuffer& b = bufs[id];
+      copy_convert(b.dtype, v.ptr, v.ld, b.dtype, arena + b.offset_bytes, b.cols, v.rows, v.cols);
+      v = {arena + b.offset_bytes, b.cols, 0, 0, false};
+    }
+    return v;
+  };
+  auto frd = [&](BufferId id, int rows, int cols) {
+    const ReadView& v = rd(id, rows, cols);
+    return std::make_pair(reinterpret_cast<const float*>(v.ptr), v.ld);
+  };
+
+  for (const Instr& in : ins) {
     switch (in.op) {
       case OpCode::kLoad: {
         const TensorArg& t = k.args[in.region.arg];
         const SramBuffer& b = bufs[in.dst];
         const auto* src = static_cast<const unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
+        if (aliasable[in.dst]) {
+          views[in.dst] = {src, in.region.row_stride, in.rows, in.cols, true};
+          break;
+        }
         unsigned char* dst = arena + b.offset_bytes + int64_t{in.k} * b.cols * dtype_size_bytes(b.dtype);
         copy_convert(t.dtype, src, in.region.row_stride, b.dtype, dst, b.cols, in.rows, in.cols);
         break;
@@ -77,40 +141,40 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const TensorArg& t = k.args[in.region.arg];
         const SramBuffer& b = bufs[in.a];
         auto* dst = static_cast<unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
-        const unsigned char* src = arena + b.offset_bytes + int64_t{in.k} * b.cols * dtype_size_bytes(b.dtype);
-        copy_convert(b.dtype, src, b.cols, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
+        const ReadView& v = rd(in.a, in.k + in.rows, in.cols);
+        const unsigned char* src = v.ptr + int64_t{in.k} * v.ld * dtype_size_bytes(b.dtype);
+        copy_convert(b.dtype, src, v.ld, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
         break;
       }
       case OpCode::kMma: {
-        const SramBuffer& ba = bufs[in.a];
-        const SramBuffer& bb = bufs[in.b];
-        const SramBuffer& bc = bufs[in.dst];
-        mma_tile(ba.dtype, arena + ba.offset_bytes, ba.cols, in.flags & kFlagTransA, arena + bb.offset_bytes, bb.cols,
-                 in.flags & kFlagTransB, fptr(in.dst), bc.cols, in.rows, in.cols, in.k, in.flags & kFlagAccumulate,
-                 t_mma_scratch);
+        const bool ta = in.flags & kFlagTransA, tb = in.flags & kFlagTransB;
+        const ReadView& va = rd(in.a, ta ? in.k : in.rows, ta ? in.rows : in.k);
+        const ReadView& vb = rd(in.b, tb ? in.cols : in.k, tb ? in.k : in.cols);
+        mma_tile(bufs[in.a].dtype, va.ptr, static_cast<int>(va.ld), ta, vb.ptr, static_cast<int>(vb.ld), tb,
+                 fptr(in.dst), bufs[in.dst].cols, in.rows, in.cols, in.k, in.flags & kFlagAccumulate, t_mma_scratch);
         break;
       }
       case OpCode::kUnary: {
         const auto op = static_cast<UnaryOp>(in.sub);
+        const auto [src, lds] = frd(in.a, in.rows, in.cols);
         float* d = fptr(in.dst);
-        const float* src = fptr(in.a);
-        const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
-        for (int r = 0; r < in.rows; ++r) vec_unary(op, src + int64_t{r} * lds, d + int64_t{r} * ldd, in.cols, in.imm);
+        const int ldd = bufs[in.dst].cols;
+        for (int r = 0; r < in.rows; ++r) vec_unary(op, src + r * lds, d + int64_t{r} * ldd, in.cols, in.imm);
         break;
       }
       case OpCode::kBinary: {
         const auto op = static_cast<BinaryOp>(in.sub);
         const auto bc = static_cast<Broadcast>(in.flags);
+        const auto [a, lda] = frd(in.a, in.rows, in.cols);
+        const auto [b, ldb] = frd(in.b, bc == Broadcast::kCol ? 1 : in.rows, bc == Broadcast::kRow ? 1 : in.cols);
         float* d = fptr(in.dst);
-        const float* a = fptr(in.a);
-        const float* b = fptr(in.b);
-        const int ldd = bufs[in.dst].cols, lda = bufs[in.a].cols, ldb = bufs[in.b].cols;
+        const int ldd = bufs[in.dst].cols;
         for (int r = 0; r < in.rows; ++r) {
           float* dr = d + int64_t{r} * ldd;
-          const float* ar = a + int64_t{r} * lda;
+          const float* ar = a + r * lda;
           switch (bc) {
-            case Broadcast::kNone: vec_binary(op, ar, b + int64_t{r} * ldb, dr, in.cols); break;
-            case Broadcast::kRow: vec_binary_scalar(op, ar, b[int64_t{r} * ldb], dr, in.cols); break;
+            case Broadcast::kNone: vec_binary(op, ar, b + r * ldb, dr, in.cols); break;
+            case Broadcast::kRow: vec_binary_scalar(op, ar, b[r * ldb], dr, in.cols); break;
             case Broadcast::kCol:
             case Broadcast::kCount: vec_binary(op, ar, b, dr, in.cols); break;
           }
@@ -119,11 +183,11 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       }
       case OpCode::kReduce: {
         const auto op = static_cast<ReduceOp>(in.sub);
+        const auto [src, lds] = frd(in.a, in.rows, in.cols);
         float* d = fptr(in.dst);
-        const float* src = fptr(in.a);
-        const int ldd = bufs[in.dst].cols, lds = bufs[in.a].cols;
+        const int ldd = bufs[in.dst].cols;
         for (int r = 0; r < in.rows; ++r) {
-          float acc = vec_reduce(op, src + int64_t{r} * lds, in.cols);
+          float acc = vec_reduce(op, src + r * lds, in.cols);
           float& out = d[int64_t{r} * ldd];
           if (in.flags & kFlagAccumulate) acc = op == ReduceOp::kSum ? acc + out : std::fmax(acc, out);
           out = acc;
@@ -139,8 +203,8 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       case OpCode::kCast: {
         const SramBuffer& bd = bufs[in.dst];
         const SramBuffer& bs = bufs[in.a];
-        copy_convert(bs.dtype, arena + bs.offset_bytes, bs.cols, bd.dtype, arena + bd.offset_bytes, bd.cols, in.rows,
-                     in.cols);
+        const ReadView& v = rd(in.a, in.rows, in.cols);
+        copy_convert(bs.dtype, v.ptr, v.ld, bd.dtype, arena + bd.offset_bytes, bd.cols, in.rows, in.cols);
         break;
       }
       case OpCode::kSync:
