@@ -23,8 +23,8 @@ using Clock = std::chrono::steady_clock;
 
 // Read bandwidth of this host: two threads summing a 1 GiB buffer (best of 3).
 double host_read_bandwidth() {
-  const size_t n = size_t{1} << 28;  // floats
-  std::vector<float> buf(n, 1.0f);
+  const size_t n = size_t{1} << 28;  // 32-bit words
+  std::vector<uint32_t> buf(n, 1u);
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
     std::vector<double> part(2, 0);
@@ -32,7 +32,7 @@ double host_read_bandwidth() {
     std::vector<std::thread> th;
     for (int t = 0; t < 2; ++t)
       th.emplace_back([&, t] {
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         const size_t lo = n / 2 * t, hi = lo + n / 2;
         for (size_t i = lo; i < hi; i += 4) {
           s0 += buf[i];
@@ -40,7 +40,7 @@ double host_read_bandwidth() {
           s2 += buf[i + 2];
           s3 += buf[i + 3];
         }
-        part[static_cast<size_t>(t)] = s0 + s1 + s2 + s3;
+        part[static_cast<size_t>(t)] = static_cast<double>(s0 + s1 + s2 + s3);
       });
     for (auto& x : th) x.join();
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();

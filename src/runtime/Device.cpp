@@ -32,7 +32,16 @@ std::optional<Buffer> Device::try_alloc(DType dtype, int64_t numel, const std::s
   a.bytes = bytes;
   a.live = true;
   if (functional()) {
-    a.host.reset(new (std::nothrow) unsigned char[static_cast<size_t>(bytes)]);
+    // Reuse a freed host block of the same size (a decode loop frees and allocates the same
+    // activation sizes every step; fresh pages would cost a page fault each).
+    auto it = host_pool_.find(bytes);
+    if (it != host_pool_.end() && !it->second.empty()) {
+      a.host = std::move(it->second.back());
+      it->second.pop_back();
+      pooled_bytes_ -= bytes;
+    } else {
+      a.host.reset(new (std::nothrow) unsigned char[static_cast<size_t>(bytes)]);
+    }
     if (!a.host)
       throw UserError(fmt::format("alloc '{}': the host cannot hold {} for the functional executor; use timing-only "
                                   "mode for shapes this large",
@@ -79,6 +88,10 @@ void Device::free(Buffer& b) {
   Alloc& a = allocs_[static_cast<size_t>(b.id)];
   in_use_ -= a.bytes;
   a.live = false;
+  if (a.host && a.bytes <= kHostPoolMaxBlock && pooled_bytes_ + a.bytes <= kHostPoolMaxTotal) {
+    pooled_bytes_ += a.bytes;
+    host_pool_[a.bytes].push_back(std::move(a.host));
+  }
   a.host.reset();
   b = Buffer{};
 }

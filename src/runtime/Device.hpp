@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -152,6 +153,12 @@ class Device {
     bool live = false;
   };
   std::vector<Alloc> allocs_;
+  // Freed host blocks kept for reuse by size (functional mode), bounded; device accounting is
+  // unaffected (a freed buffer's bytes are free on the simulated chip at once).
+  static constexpr int64_t kHostPoolMaxBlock = int64_t{64} << 20;
+  static constexpr int64_t kHostPoolMaxTotal = int64_t{512} << 20;
+  std::map<int64_t, std::vector<std::unique_ptr<unsigned char[]>>> host_pool_;
+  int64_t pooled_bytes_ = 0;
   int64_t in_use_ = 0, peak_ = 0, capacity_ = 0;
   uint64_t next_addr_ = 0x100000;
   double compute_free_s_ = 0, h2d_free_s_ = 0, d2h_free_s_ = 0;
