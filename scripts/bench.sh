@@ -12,3 +12,5 @@ echo
 build/bench/bench_functional_gemm
 echo
 build/bench/bench_qwen3_chips
+echo
+build/bench/bench_host_decode

@@ -29,6 +29,12 @@ out=docs/validation.md
   build/bench/bench_functional_gemm
   echo '```'
   echo
+  echo "## Host speed of the functional path (Qwen3-0.6B-shaped decode vs PyTorch; target 2x)"
+  echo
+  echo '```'
+  build/bench/bench_host_decode
+  echo '```'
+  echo
   echo "## Qwen3-0.6B on every chip (timing only; no published measurement to compare with yet)"
   echo
   echo '```'
