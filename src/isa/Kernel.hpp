@@ -38,6 +38,12 @@ struct Kernel {
   std::function<void(int64_t block, TileProgram& program)> build;
   // Useful work, for reports (not used to time anything): FLOPs the kernel is asked to do.
   double flops = 0.0;
+  // Optional. If set, it must determine every block's program completely, up to the base addresses
+  // of the arguments (shapes, tile configuration, everything the builder reads). The timing engine
+  // then reuses the result of an earlier kernel with the same key and argument dtypes/sizes instead
+  // of simulating again - exact, since each kernel starts from an empty L2 and only relative
+  // addresses matter. Leave empty when the programs depend on data (token ids, routes).
+  std::string timing_key;
 };
 
 // Checks that every load/store of `p` stays inside its tensor argument and that the program fits an

@@ -154,6 +154,8 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
   kern.name = fmt::format("attention {}x{}/{}x{} past {} {}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim, s.past_len,
                           dtype_name(k.dtype));
   kern.grid = static_cast<int64_t>(pl.items.size());
+  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
+                                dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale);
   kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml};
   // 2 * D FLOPs for each of q . k and p . v, per (q head, visible position).
   const double visible = double(s.q_tokens) * double(s.past_len) + double(s.q_tokens) * double(s.q_tokens + 1) / 2;
@@ -267,6 +269,7 @@ Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::s
   Kernel kern;
   kern.name = fmt::format("attention combine {}x{}x{} {} splits", s.q_tokens, s.q_heads, s.head_dim, pl.cfg.splits);
   kern.grid = static_cast<int64_t>(pl.split_tiles.size());
+  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}", kern.name, pl.cfg.describe(), s.kv_heads, s.past_len, s.kv_len(), stages);
   kern.args = {partial_o, partial_ml, out.arg()};
   const int d = static_cast<int>(s.head_dim);
   const int64_t q_heads = s.q_heads;

@@ -22,6 +22,7 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
   const int64_t tiles = ceil_div(n, kMapTile);
   Kernel k;
   k.name = name;
+  k.timing_key = fmt::format("map {}|{}|{}", name, inputs.size(), compute);
   k.grid = std::min<int64_t>(tiles, int64_t{chip.num_cores()} * kMapBlocksPerCore);
   const int64_t grid = k.grid;
   for (const Buffer& b : inputs) k.args.push_back(b.arg());

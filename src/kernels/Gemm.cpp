@@ -172,6 +172,7 @@ Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, cons
   k.name = fmt::format("gemm {}x{}x{}{} {}{}{}", s.m, s.n, s.k, s.batch > 1 ? fmt::format(" x{}", s.batch) : "",
                        dtype_name(a.dtype), s.trans_a ? " A^T" : "", s.trans_b ? " B^T" : "");
   k.grid = s.batch * per_batch;
+  k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
   k.args = {a.arg(), b.arg(), c.arg()};
   k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
   const DType in_t = a.dtype;

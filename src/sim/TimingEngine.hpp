@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "arch/ChipSpec.hpp"
@@ -81,12 +82,17 @@ class TimingEngine {
   explicit TimingEngine(const ChipSpec& chip);
   // Simulates `k`. `trace_limit` > 0 records up to that many per-instruction events.
   // Throws UserError if a block's program is invalid or too large for SRAM.
+  // Kernels with a timing_key reuse an earlier identical result (see Kernel::timing_key) unless a
+  // trace is asked for.
   KernelTiming run(const Kernel& k, size_t trace_limit = 0);
 
   const ChipSpec& chip() const { return chip_; }
+  int64_t cache_hits() const { return cache_hits_; }
 
  private:
   ChipSpec chip_;
+  std::unordered_map<std::string, KernelTiming> cache_;
+  int64_t cache_hits_ = 0;
 };
 
 // Granularity of the matrix unit: MMA extents are rounded up to these before timing (16x16x16

@@ -6,6 +6,7 @@
 // rounded to their dtype on the host first, so the reference sees exactly what the device holds.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 
 #include "TestUtil.hpp"
@@ -186,6 +187,40 @@ TEST_F(GemmErrors, KernelThatDoesNotFitSram) {
   const GemmConfig huge{256, 256, 512, 1, 8};  // 768 KiB of tiles; the PPU core has 512 KiB
   test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, a, b, c, nullptr, &huge); },
                      {"needs", "of SRAM but a core has", "smaller tiles"});
+}
+
+}  // namespace
+}  // namespace ppu
+
+namespace ppu {
+namespace {
+
+TEST(TimingCache, IdenticalKernelsReuseTheExactResult) {
+  const ChipSpec chip = load_chip("h100");
+  Device dev(chip, ExecMode::kTimingOnly);
+  auto bufs = [&](int64_t m, int64_t n, int64_t k) {
+    return std::array<Buffer, 3>{dev.alloc(DType::kBF16, m * k, "A"), dev.alloc(DType::kBF16, k * n, "B"),
+                                 dev.alloc(DType::kBF16, m * n, "C")};
+  };
+  const auto x = bufs(300, 500, 700), y = bufs(300, 500, 700), z = bufs(900, 500, 700);
+  const kernels::GemmShape s{300, 500, 700}, s2{900, 500, 700};
+  const KernelTiming first = kernels::gemm(dev, s, x[0], x[1], x[2]);
+  const KernelTiming again = kernels::gemm(dev, s, y[0], y[1], y[2]);  // other buffers, same shapes
+  const KernelTiming other = kernels::gemm(dev, s2, z[0], z[1], z[2]);
+  // The cached result equals a fresh simulation by an engine with an empty cache.
+  const KernelTiming fresh = TimingEngine(chip).run(kernels::make_gemm(chip, s, y[0], y[1], y[2]));
+  EXPECT_EQ(again.time_s, first.time_s);
+  EXPECT_EQ(fresh.time_s, first.time_s);
+  EXPECT_EQ(fresh.instructions, again.instructions);
+  EXPECT_EQ(fresh.l2_hit_bytes, again.l2_hit_bytes);
+  EXPECT_NE(other.time_s, first.time_s);
+  // Hits are counted; a trace request always simulates.
+  TimingEngine eng(chip);
+  eng.run(kernels::make_gemm(chip, s, x[0], x[1], x[2]));
+  eng.run(kernels::make_gemm(chip, s, y[0], y[1], y[2]));
+  EXPECT_EQ(eng.cache_hits(), 1);
+  EXPECT_FALSE(eng.run(kernels::make_gemm(chip, s, y[0], y[1], y[2]), 100).trace.empty());
+  EXPECT_EQ(eng.cache_hits(), 1);
 }
 
 }  // namespace
