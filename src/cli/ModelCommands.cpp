@@ -77,7 +77,7 @@ int cmd_run(const RunOptions& o) {
   const ChipSpec chip = load_chip(o.chip);
   ModelConfig cfg = load_model_config(o.model);
   const bool has_checkpoint = fs::is_directory(o.model);
-  if (!o.timing_only && !has_checkpoint && cfg.num_layers * cfg.hidden_size > 64 * 4096 && !o.allow_random)
+  if (!o.timing_only && !has_checkpoint && param_counts(cfg).total() > 1000000000 && !o.allow_random)
     throw UserError(fmt::format("--model {}: a preset has no weights; running it functionally means random weights of "
                                 "{} - add --random-weights to do that anyway, use --timing-only, or give a checkpoint "
                                 "directory",
@@ -89,7 +89,7 @@ int cmd_run(const RunOptions& o) {
   std::vector<int32_t> prompt;
   std::optional<Tokenizer> tok;
   if (o.prompt_len > 0) {
-    for (int64_t i = 0; i < o.prompt_len; ++i) prompt.push_back(static_cast<int32_t>(1000 + i % 5000));
+    for (int64_t i = 0; i < o.prompt_len; ++i) prompt.push_back(static_cast<int32_t>((1000 + i) % cfg.vocab_size));
   } else {
     tok.emplace(Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer)));
     std::string text = o.prompt;
@@ -118,7 +118,7 @@ int cmd_run(const RunOptions& o) {
   const int32_t eot = tok ? tok->special_ids().endoftext : -1;
   std::string shown;
   for (int64_t i = 0; i < gen; ++i) {
-    const int32_t next = dev.functional() ? sampler.sample(r.logits) : 1000;
+    const int32_t next = dev.functional() ? sampler.sample(r.logits) : static_cast<int32_t>(1000 % cfg.vocab_size);
     out.push_back(next);
     if (tok && !o.json) {
       const std::string text = tok->decode(out, /*skip_special=*/true);

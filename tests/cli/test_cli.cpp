@@ -150,3 +150,61 @@ TEST(Cli, BenchCopyBadSizeAndOutOfMemory) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, ModelsTableAndJson) {
+  CmdResult r = ppu("models --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  bool qwen06 = false, max_assumed = false;
+  for (const auto& m : j) {
+    if (m["model"] == "qwen3-0.6b") qwen06 = m["params"].get<double>() > 0.5e9 && m["params"].get<double>() < 0.7e9;
+    if (m["model"] == "qwen3-max") max_assumed = m["assumed"].get<bool>();
+  }
+  EXPECT_TRUE(qwen06);
+  EXPECT_TRUE(max_assumed);
+  EXPECT_EQ(ppu("models").status, 0);
+}
+
+TEST(Cli, RunTinyModelFunctionally) {
+  CmdResult r = ppu("run --model tiny --prompt hello --gen 4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tokens"].size(), 4u);
+  EXPECT_GT(j["prefill_time_s"].get<double>(), 0);
+  EXPECT_GT(j["decode_time_per_token_s"].get<double>(), 0);
+  EXPECT_TRUE(j["op_times"].contains("attention_s"));
+  // Same seed, same tokens.
+  CmdResult again = ppu("run --model tiny --prompt hello --gen 4 --json");
+  EXPECT_EQ(nlohmann::json::parse(again.out)["tokens"], j["tokens"]);
+}
+
+TEST(Cli, RunCheckpointDirectoryAndTimingOnly) {
+  const std::string dir = std::string(PPU_TEST_SOURCE_DIR) + "/tests/data/qwen3-tiny";
+  CmdResult r = ppu("run --model " + dir + " --raw --prompt-len 12 --gen 3 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = ppu("run --model qwen3-8b --timing-only --chip h100 --prompt-len 128 --gen 2 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j["timing_only"].get<bool>());
+  EXPECT_GT(j["weight_bytes"].get<double>(), 15e9);
+}
+
+TEST(Cli, RunBadInput) {
+  CmdResult r = ppu("run --model qwen3-9000b");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown model 'qwen3-9000b'"), std::string::npos) << r.out;
+  r = ppu("run --model qwen3-8b --prompt hi");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--random-weights"), std::string::npos) << r.out;
+  // Qwen3-235B in bf16 (470 GB) does not fit a 96 GB PPU: a simulated out-of-memory event.
+  r = ppu("run --model qwen3-235b-a22b --timing-only --chip zhenwu-810e --prompt-len 8 --gen 1");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("out of memory"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --temperature -1 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("temperature -1"), std::string::npos) << r.out;
+}
+
+}  // namespace
