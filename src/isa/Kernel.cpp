@@ -2,10 +2,42 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <memory>
+
 #include "arch/Error.hpp"
 #include "arch/Units.hpp"
 
 namespace ppu {
+
+Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
+  if (parts.empty()) throw UserError(fmt::format("concat_kernels '{}': no kernels to concatenate", name));
+  Kernel k;
+  k.name = std::move(name);
+  std::vector<int64_t> first_block;
+  std::vector<uint16_t> first_arg;
+  bool keyed = true;
+  for (const Kernel& p : parts) {
+    if (!p.build) throw UserError(fmt::format("concat_kernels '{}': part '{}' has no builder", k.name, p.name));
+    first_block.push_back(k.grid);
+    first_arg.push_back(static_cast<uint16_t>(k.args.size()));
+    k.grid += p.grid;
+    k.args.insert(k.args.end(), p.args.begin(), p.args.end());
+    k.flops += p.flops;
+    keyed = keyed && !p.timing_key.empty();
+    if (keyed) k.timing_key += p.timing_key + "#";
+  }
+  if (!keyed) k.timing_key.clear();
+  if (k.args.size() > 65535) throw UserError(fmt::format("concat_kernels '{}': more than 65535 arguments", k.name));
+  auto shared = std::make_shared<std::vector<Kernel>>(std::move(parts));
+  k.build = [shared, first_block, first_arg](int64_t block, TileProgram& p) {
+    const auto it = std::upper_bound(first_block.begin(), first_block.end(), block);
+    const auto i = static_cast<size_t>(it - first_block.begin() - 1);
+    (*shared)[i].build(block - first_block[i], p);
+    if (first_arg[i] != 0) p.offset_args(first_arg[i]);
+  };
+  return k;
+}
 
 void validate_program(const Kernel& k, int64_t block, const TileProgram& p, double sram_bytes) {
   if (static_cast<double>(p.sram_bytes()) > sram_bytes)

@@ -46,6 +46,12 @@ struct Kernel {
   std::string timing_key;
 };
 
+// One launch running the blocks of several independent kernels one after another in block order
+// (like a grouped GEMM or a batched attention: the parts' blocks share the chip in one grid). Part
+// i's arguments follow those of parts 0..i-1. Throws UserError if `parts` is empty or a part has no
+// builder; as for any kernel, no block may need more SRAM than block 0 (put the largest part first).
+Kernel concat_kernels(std::string name, std::vector<Kernel> parts);
+
 // Checks that every load/store of `p` stays inside its tensor argument and that the program fits an
 // SRAM of `sram_bytes`. Throws UserError naming the kernel, block, instruction and limits.
 void validate_program(const Kernel& k, int64_t block, const TileProgram& p, double sram_bytes);

@@ -226,6 +226,11 @@ void TileProgram::sync() {
   for (size_t i = 0; i < buffers_.size(); ++i) readers_[i].clear();
 }
 
+void TileProgram::offset_args(uint16_t delta) {
+  for (Instr& in : instrs_)
+    if (in.op == OpCode::kLoad || in.op == OpCode::kStore) in.region.arg = static_cast<uint16_t>(in.region.arg + delta);
+}
+
 void TileProgram::clear() {
   buffers_.clear();
   instrs_.clear();

@@ -144,6 +144,8 @@ class TileProgram {
 
   // Empties the program, keeping allocated storage (programs are rebuilt per block).
   void clear();
+  // Adds `delta` to the argument index of every load and store (used to concatenate kernels).
+  void offset_args(uint16_t delta);
 
  private:
   void push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes);

@@ -519,6 +519,74 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
   return timing;
 }
 
+AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionBatchItem>& items,
+                                Stream* stream) {
+  if (items.empty()) throw UserError("attention_batch: no sequences");
+  if (items.size() == 1) {
+    const auto& it = items[0];
+    return attention(dev, ws, it.shape, it.q, it.k_cache, it.v_cache, it.out, stream);
+  }
+  // The batch as one wide sequence for the configuration: the batch's heads side by side, the
+  // longest context.
+  AttentionShape agg = items[0].shape;
+  for (const auto& it : items) {
+    if (it.shape.q_heads != agg.q_heads || it.shape.kv_heads != agg.kv_heads || it.shape.head_dim != agg.head_dim)
+      throw UserError("attention_batch: every sequence must have the same q_heads, kv_heads and head_dim");
+    agg.q_tokens = std::max(agg.q_tokens, it.shape.q_tokens);
+    agg.past_len = std::max(agg.past_len, it.shape.past_len);
+    agg.kv_capacity = std::max(agg.kv_capacity, it.shape.kv_capacity);
+  }
+  const auto B = static_cast<int64_t>(items.size());
+  agg.q_heads *= B;
+  agg.kv_heads *= B;
+  const AttentionConfig cfg = choose_attention_config(dev.chip(), agg, items[0].k_cache.dtype, items[0].v_cache.dtype);
+  check_config(cfg);
+  // Largest item first: block 0 must need the most SRAM.
+  std::vector<size_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return items[a].shape.q_tokens * items[a].shape.kv_len() > items[b].shape.q_tokens * items[b].shape.kv_len();
+  });
+  std::vector<Kernel> mains, combines;
+  std::vector<Buffer> scratch;
+  try {
+    for (size_t idx : order) {
+      const AttentionBatchItem& it = items[idx];
+      const AttentionShape& s = it.shape;
+      check_shape(s);
+      const auto q_shape = fmt::format("[{}, {}, {}] (q_tokens, q_heads, head_dim)", s.q_tokens, s.q_heads, s.head_dim);
+      const auto kv_shape = fmt::format("[{}, {}, {}] (kv_capacity, kv_heads, head_dim)", s.kv_capacity, s.kv_heads, s.head_dim);
+      const std::string kname = fmt::format("attention_batch item {}", idx);
+      expect_numel(kname, "q", it.q, s.q_tokens * s.q_heads * s.head_dim, q_shape);
+      expect_numel(kname, "k_cache", it.k_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
+      expect_numel(kname, "v_cache", it.v_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
+      expect_numel(kname, "output", it.out, s.q_tokens * s.q_heads * s.head_dim, q_shape);
+      const auto plan = make_plan(s, cfg);
+      const auto split_tiles = static_cast<int64_t>(plan->split_tiles.size());
+      TensorArg po{}, pml{};
+      if (split_tiles > 0) {
+        const int64_t rows = split_tiles * cfg.splits * plan->rows_alloc;
+        scratch.push_back(dev.alloc(DType::kF32, rows * s.head_dim, "attention.partial_o"));
+        po = scratch.back().arg();
+        scratch.push_back(dev.alloc(DType::kF32, 2 * rows, "attention.partial_ml"));
+        pml = scratch.back().arg();
+        combines.push_back(make_combine_kernel(dev.chip(), s, plan, it.out, po, pml));
+      }
+      mains.push_back(make_main_kernel(s, plan, ws, it.q, it.k_cache, it.v_cache, it.out, po, pml));
+    }
+    AttentionTiming timing;
+    timing.config = cfg;
+    timing.attention = dev.launch(concat_kernels(fmt::format("attention batch {}", B), std::move(mains)), stream);
+    if (!combines.empty())
+      timing.combine = dev.launch(concat_kernels(fmt::format("attention combine batch {}", B), std::move(combines)), stream);
+    for (Buffer& b : scratch) dev.free(b);
+    return timing;
+  } catch (...) {
+    for (Buffer& b : scratch) dev.free(b);
+    throw;
+  }
+}
+
 std::vector<double> attention_reference(const AttentionShape& s, const std::vector<float>& q,
                                         const std::vector<float>& k_cache, const std::vector<float>& v_cache) {
   const int64_t d = s.head_dim, g = group_size(s);

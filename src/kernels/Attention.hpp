@@ -156,6 +156,17 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
                           const Buffer& k_cache, const Buffer& v_cache, const Buffer& out, Stream* stream = nullptr,
                           const AttentionConfig* config = nullptr);
 
+// Several independent sequences (a batch: each its own q, caches, out and past_len; same heads and
+// head_dim) in one launch of the main kernel and one of the combine, as serving engines batch decode
+// steps. One configuration serves the batch, chosen as for one sequence with the batch's heads.
+// Same errors as attention(), naming the item.
+struct AttentionBatchItem {
+  AttentionShape shape;
+  Buffer q, k_cache, v_cache, out;
+};
+AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionBatchItem>& items,
+                                Stream* stream = nullptr);
+
 // Scalar reference in double: q [q_tokens, q_heads, head_dim] and the caches [kv_capacity, kv_heads,
 // head_dim] as fp32 values (already rounded to their dtypes); returns [q_tokens, q_heads, head_dim]
 // unrounded, with the exact (max-subtracted) softmax. Same preconditions as attention (PPU_CHECK).
