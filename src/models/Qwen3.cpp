@@ -12,6 +12,7 @@
 #include "kernels/Gather.hpp"
 #include "kernels/Gemm.hpp"
 #include "kernels/RmsNorm.hpp"
+#include "kernels/Rope.hpp"
 #include "kernels/Softmax.hpp"
 #include "models/Safetensors.hpp"
 
@@ -109,9 +110,11 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   }
   final_norm_ = w(H, "model.norm.weight");
   lm_head_ = cfg_.tie_word_embeddings ? embed_ : w(cfg_.vocab_size * H, "lm_head.weight");
+  if (opt_.max_batch < 1) throw UserError(fmt::format("model '{}': max_batch {} must be at least 1", cfg_.name, opt_.max_batch));
+  past_.assign(static_cast<size_t>(opt_.max_batch), 0);
   for (auto& L : layers_) {
-    L->k_cache = dev_.alloc(opt_.kv_dtype, max_context_ * cfg_.kv_width(), "k_cache");
-    L->v_cache = dev_.alloc(opt_.kv_dtype, max_context_ * cfg_.kv_width(), "v_cache");
+    L->k_cache = dev_.alloc(opt_.kv_dtype, opt_.max_batch * max_context_ * cfg_.kv_width(), "k_cache");
+    L->v_cache = dev_.alloc(opt_.kv_dtype, opt_.max_batch * max_context_ * cfg_.kv_width(), "v_cache");
     kv_bytes_ += 2 * L->k_cache.bytes;
   }
   rope_ = kernels::make_rope_table(dev_, cfg_.rope_theta, d, max_context_);
@@ -182,46 +185,66 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
 }
 
 ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_logits, ForwardTaps* taps) {
+  return run({tokens}, all_logits, taps);
+}
+
+ForwardResult Qwen3Model::forward_batch(const std::vector<std::vector<int32_t>>& seqs) {
+  return run(seqs, false, nullptr);
+}
+
+ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, bool all_logits, ForwardTaps* taps) {
+  const auto B = static_cast<int64_t>(seqs.size());
+  if (B == 0 || B > opt_.max_batch)
+    throw UserError(fmt::format("forward: {} sequences; this model was built for 1 to {} (Qwen3Options::max_batch)", B,
+                                opt_.max_batch));
+  // Token rows of all sequences, one after another; seq_row[b] = first row of sequence b.
+  std::vector<int32_t> tokens, pos;
+  std::vector<int64_t> seq_row, seq_len;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& sq = seqs[static_cast<size_t>(b)];
+    const auto n = static_cast<int64_t>(sq.size());
+    if (n == 0) throw UserError(fmt::format("forward: sequence {} has no tokens", b));
+    if (past_[static_cast<size_t>(b)] + n > max_context_)
+      throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions",
+                                  n, past_[static_cast<size_t>(b)], max_context_));
+    seq_row.push_back(static_cast<int64_t>(tokens.size()));
+    seq_len.push_back(n);
+    tokens.insert(tokens.end(), sq.begin(), sq.end());
+    for (int64_t t = 0; t < n; ++t) pos.push_back(static_cast<int32_t>(past_[static_cast<size_t>(b)] + t));
+  }
   const auto T = static_cast<int64_t>(tokens.size());
-  if (T == 0) throw UserError("forward: no tokens");
-  if (past_len_ + T > max_context_)
-    throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions",
-                                T, past_len_, max_context_));
   const double t0 = dev_.synchronize();
   const int64_t H = cfg_.hidden_size, d = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const int64_t qw = cfg_.q_width(), kvw = cfg_.kv_width();
   const float eps = static_cast<float>(cfg_.norm_eps);
   const DType at = opt_.act_dtype;
   auto tap = [&](const std::string& name, const Buffer& b) {
     if (taps && dev_.functional()) taps->values[name] = dev_.download(b);
   };
-  std::vector<int32_t> pos(static_cast<size_t>(T));
-  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(past_len_));
 
   // The residual stream stays fp32 (as inference engines keep it); what feeds the matrix unit is `at`.
   Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", at), o = alloc_act(T * H, "o", at);
-  Buffer q = alloc_act(T * cfg_.q_width(), "q", at), qn = alloc_act(T * cfg_.q_width(), "qn", at);
-  Buffer k = alloc_act(T * cfg_.kv_width(), "k", at), kn = alloc_act(T * cfg_.kv_width(), "kn", at);
-  Buffer v = alloc_act(T * cfg_.kv_width(), "v", at), a = alloc_act(T * cfg_.q_width(), "attn", at);
+  Buffer q = alloc_act(T * qw, "q", at), qn = alloc_act(T * qw, "qn", at);
+  Buffer k = alloc_act(T * kvw, "k", at), kn = alloc_act(T * kvw, "kn", at);
+  Buffer v = alloc_act(T * kvw, "v", at), a = alloc_act(T * qw, "attn", at);
   op("embedding", [&] { kernels::embedding(dev_, embed_, x, cfg_.vocab_size, H, tokens); });
   tap("embed", x);
-  kernels::AttentionShape as{T, nh, nkv, d, max_context_, past_len_, 0.0f};
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
     const bool first = l == 0;
+    const int64_t cache_elems = max_context_ * kvw;  // one sequence's cache
     op("norm", [&] { kernels::rms_norm(dev_, x, L.in_norm, h, T, H, eps); });
     if (first) tap("layer0.attn_norm", h);
     op("attention gemm", [&] {
-      linear(dev_, h, L.wq, q, T, cfg_.q_width(), H);
-      linear(dev_, h, L.wk, k, T, cfg_.kv_width(), H);
-      linear(dev_, h, L.wv, v, T, cfg_.kv_width(), H);
+      linear(dev_, h, L.wq, q, T, qw, H);
+      linear(dev_, h, L.wk, k, T, kvw, H);
+      linear(dev_, h, L.wv, v, T, kvw, H);
     });
     if (first) {
       tap("layer0.q", q);
       tap("layer0.k", k);
       tap("layer0.v", v);
     }
-    const Buffer kc_rows = L.k_cache.view(past_len_ * cfg_.kv_width(), T * cfg_.kv_width());
-    const Buffer vc_rows = L.v_cache.view(past_len_ * cfg_.kv_width(), T * cfg_.kv_width());
     op("qk-norm and rope", [&] {
       if (cfg_.qk_norm) {
         kernels::rms_norm(dev_, q, L.q_norm, qn, T * nh, d, eps);
@@ -231,16 +254,40 @@ ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_l
         kernels::copy(dev_, k, kn);
       }
       kernels::rope(dev_, rope_, qn, qn, T, nh, pos);
-      kernels::rope(dev_, rope_, kn, L.k_cache, T, nkv, pos, past_len_);
-      kernels::copy(dev_, v, vc_rows);
+      // Each sequence's rotated keys and its values go to its own cache rows: one launch each for
+      // the batch.
+      std::vector<Kernel> kr, vc;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
+        const int64_t past = past_[static_cast<size_t>(b)];
+        const std::vector<int32_t> pb(pos.begin() + r0, pos.begin() + r0 + n);
+        const Buffer kc = L.k_cache.view(b * cache_elems, cache_elems), vcache = L.v_cache.view(b * cache_elems, cache_elems);
+        kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, past));
+        vc.push_back(kernels::make_copy(dev_.chip(), v.view(r0 * kvw, n * kvw), vcache.view(past * kvw, n * kvw)));
+      }
+      dev_.launch(B == 1 ? std::move(kr[0]) : concat_kernels(fmt::format("rope k batch {}", B), std::move(kr)));
+      dev_.launch(B == 1 ? std::move(vc[0]) : concat_kernels(fmt::format("cache v batch {}", B), std::move(vc)));
     });
     if (first) {
       tap("layer0.q_rope", qn);
-      tap("layer0.k_rope", kc_rows);
+      if (taps && dev_.functional()) taps->values["layer0.k_rope"] = dev_.download(L.k_cache.view(past_[0] * kvw, T * kvw));
     }
-    op("attention", [&] { kernels::attention(dev_, attn_ws_, as, qn, L.k_cache, L.v_cache, a); });
+    op("attention", [&] {
+      std::vector<kernels::AttentionBatchItem> items;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
+        kernels::AttentionBatchItem it;
+        it.shape = kernels::AttentionShape{n, nh, nkv, d, max_context_, past_[static_cast<size_t>(b)], 0.0f};
+        it.q = qn.view(r0 * qw, n * qw);
+        it.k_cache = L.k_cache.view(b * cache_elems, cache_elems);
+        it.v_cache = L.v_cache.view(b * cache_elems, cache_elems);
+        it.out = a.view(r0 * qw, n * qw);
+        items.push_back(it);
+      }
+      kernels::attention_batch(dev_, attn_ws_, items);
+    });
     if (first) tap("layer0.attn_out", a);
-    op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, cfg_.q_width()); });
+    op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, qw); });
     op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
     if (first) tap("layer0.attn_block", x);
     op("norm", [&] { kernels::rms_norm(dev_, x, L.post_norm, h, T, H, eps); });
@@ -265,8 +312,19 @@ ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_l
     }
     tap(fmt::format("layer{}.out", l), x);
   }
-  const int64_t rows = all_logits ? T : 1;
-  const Buffer xs = x.view((T - rows) * H, rows * H);
+  // Logits of every token (one sequence, all_logits) or of each sequence's last token.
+  const int64_t rows = all_logits && B == 1 ? T : B;
+  Buffer xs = alloc_act(rows * H, "x_last", DType::kF32);
+  op("norm", [&] {
+    if (rows == T) {
+      kernels::copy(dev_, x, xs);
+    } else {
+      std::vector<int32_t> last;
+      for (int64_t b = 0; b < B; ++b)
+        last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
+      kernels::gather_rows(dev_, x, H, last, xs);
+    }
+  });
   Buffer hn = alloc_act(rows * H, "final_norm", at);
   Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
   op("norm", [&] { kernels::rms_norm(dev_, xs, final_norm_, hn, rows, H, eps); });
@@ -275,8 +333,8 @@ ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_l
   ForwardResult r;
   r.rows = rows;
   if (dev_.functional()) r.logits = dev_.download(logits);
-  for (Buffer* b : {&x, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
-  past_len_ += T;
+  for (Buffer* b : {&x, &xs, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
+  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(b)] += seq_len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
 }

@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,8 @@ struct Qwen3Weights {
 struct Qwen3Options {
   DType act_dtype = DType::kBF16;
   DType kv_dtype = DType::kBF16;
-  int64_t max_context = 0;  // KV cache positions; 0: min(max_position_embeddings, 4096)
+  int64_t max_context = 0;  // KV cache positions per sequence; 0: min(max_position_embeddings, 4096)
+  int64_t max_batch = 1;    // sequences that forward_batch may run together (one KV cache each)
 };
 
 struct ForwardResult {
@@ -83,9 +85,14 @@ class Qwen3Model {
   // Runs `tokens` at positions past_len() .. past_len()+T-1, appends them to the KV cache.
   // UserError if the context would exceed max_context or a token id is outside the vocabulary.
   ForwardResult forward(const std::vector<int32_t>& tokens, bool all_logits = false, ForwardTaps* taps = nullptr);
+  // Several sequences in one pass (continuous-batching style): sequence b's tokens continue its own
+  // KV cache (seqs.size() <= max_batch). GEMMs and norms see all tokens as rows; each sequence's
+  // RoPE/cache writes and attention run as one launch for the batch. Logits: the last token of each
+  // sequence, [seqs.size(), vocab].
+  ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs);
 
-  void reset() { past_len_ = 0; }
-  int64_t past_len() const { return past_len_; }
+  void reset() { std::fill(past_.begin(), past_.end(), 0); }
+  int64_t past_len(size_t seq = 0) const { return past_[seq]; }
   int64_t max_context() const { return max_context_; }
   const ModelConfig& config() const { return cfg_; }
   Device& device() { return dev_; }
@@ -102,12 +109,13 @@ class Qwen3Model {
   Buffer alloc_act(int64_t numel, const std::string& name, DType t);
   void load_weights(const Qwen3Weights& w);
   void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
+  ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, bool all_logits, ForwardTaps* taps);
 
   Device& dev_;
   ModelConfig cfg_;
   Qwen3Options opt_;
   int64_t max_context_ = 0;
-  int64_t past_len_ = 0;
+  std::vector<int64_t> past_;  // positions already in each sequence's KV cache
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
   Buffer embed_, final_norm_, lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;

@@ -131,3 +131,58 @@ TEST(Qwen3Model, TimingOnlyLargeModelRunsAndDecodeIsCheaperThanPrefill) {
 
 }  // namespace
 }  // namespace ppu
+
+namespace ppu {
+namespace {
+
+TEST(Qwen3Batch, SequencesInOneBatchMatchThemRunAlone) {
+  const std::string dir = fixture("qwen3-tiny");
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42, 9, 77, 1}, {200, 3}, {11, 12, 13, 14}};
+  Device dev(load_chip("zhenwu-810e"));
+  Qwen3Options opt;
+  opt.max_context = 16;
+  opt.max_batch = 3;
+  Qwen3Model batched(dev, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
+  ForwardResult r = batched.forward_batch(prompts);
+  ASSERT_EQ(r.rows, 3);
+  const auto vocab = static_cast<size_t>(batched.config().vocab_size);
+  // Two decode steps for all three, each continuing its own cache.
+  std::vector<std::vector<float>> last(3);
+  for (int step = 0; step < 2; ++step) {
+    std::vector<std::vector<int32_t>> next;
+    for (size_t b = 0; b < 3; ++b) {
+      const auto row = r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab);
+      next.push_back({static_cast<int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(vocab)) - row)});
+    }
+    r = batched.forward_batch(next);
+  }
+  for (size_t b = 0; b < 3; ++b) last[b].assign(r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
+                                                r.logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
+  for (size_t b = 0; b < 3; ++b) {
+    Device dev1(load_chip("zhenwu-810e"));
+    Qwen3Options o1;
+    o1.max_context = 16;
+    Qwen3Model alone(dev1, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), o1);
+    ForwardResult a = alone.forward(prompts[b]);
+    for (int step = 0; step < 2; ++step)
+      a = alone.forward({static_cast<int32_t>(std::max_element(a.logits.begin(), a.logits.end()) - a.logits.begin())});
+    // Same math; only the GEMM tiling (rows per tile) may differ, i.e. the fp32 summation order.
+    EXPECT_LE(rel_rms(last[b], a.logits), 1e-3) << "sequence " << b;
+    EXPECT_EQ(std::max_element(last[b].begin(), last[b].end()) - last[b].begin(),
+              std::max_element(a.logits.begin(), a.logits.end()) - a.logits.begin());
+  }
+}
+
+TEST(Qwen3Batch, BatchLimitsAreErrors) {
+  const std::string dir = fixture("qwen3-tiny");
+  Device dev(load_chip("h100"));
+  Qwen3Options opt;
+  opt.max_context = 8;
+  opt.max_batch = 2;
+  Qwen3Model m(dev, load_model_config(dir), Qwen3Weights::random(3), opt);
+  test::expect_error([&] { m.forward_batch({{1}, {2}, {3}}); }, {"3 sequences", "1 to 2"});
+  test::expect_error([&] { m.forward_batch({{1}, {}}); }, {"sequence 1 has no tokens"});
+}
+
+}  // namespace
+}  // namespace ppu
