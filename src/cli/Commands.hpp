@@ -54,6 +54,7 @@ struct RunOptions {
   int64_t seed = 0;
   bool json = false;
   std::string trace;
+  std::string batch = "1";  // comma-separated batch sizes; more than one value (or > 1): a table
 };
 int cmd_run(const RunOptions& o);
 

@@ -73,15 +73,117 @@ int cmd_models(bool as_json) {
   return 0;
 }
 
+namespace {
+
+std::vector<int64_t> parse_batches(const std::string& text) {
+  std::vector<int64_t> out;
+  size_t i = 0;
+  while (i <= text.size()) {
+    const size_t j = text.find(',', i);
+    const std::string part = text.substr(i, j == std::string::npos ? std::string::npos : j - i);
+    char* end = nullptr;
+    const long long v = std::strtoll(part.c_str(), &end, 10);
+    if (part.empty() || *end != '\0' || v < 1 || v > 4096)
+      throw UserError(fmt::format("--batch '{}': '{}' is not a batch size; give sizes from 1 to 4096 separated by "
+                                  "commas, e.g. 1,8,64",
+                                  text, part));
+    out.push_back(v);
+    if (j == std::string::npos) break;
+    i = j + 1;
+  }
+  return out;
+}
+
+// --batch with several sizes (or one above 1): prefill of `batch` prompts together, then decode
+// steps for all of them; one row per size.
+int run_batches(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cfg, const std::vector<int64_t>& batches,
+                bool has_checkpoint) {
+  const int64_t prompt_len = o.prompt_len > 0 ? o.prompt_len : 128;
+  Table t({"batch", "time to first token", "time per output token", "output tokens/s", "device memory peak"});
+  json rows = json::array();
+  // Prompts are prefilled a group of sequences at a time, at most this many tokens per pass (as
+  // serving engines cap the tokens of one scheduler step), so large batches do not need activation
+  // memory for every prompt at once.
+  constexpr int64_t kMaxPrefillTokens = 8192;
+  for (const int64_t B : batches) try {
+    Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
+    Qwen3Options qo;
+    qo.max_batch = B;
+    qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, prompt_len + o.gen + 1);
+    Qwen3Model m(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+    std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < prompt_len; ++i)
+        seqs[static_cast<size_t>(b)].push_back(static_cast<int32_t>((1000 + 7 * b + i) % cfg.vocab_size));
+    Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
+    const int64_t per_pass = std::max<int64_t>(1, kMaxPrefillTokens / prompt_len);
+    ForwardResult r;
+    std::vector<float> logits;
+    double ttft = 0;
+    for (int64_t b0 = 0; b0 < B; b0 += per_pass) {
+      const int64_t n = std::min(per_pass, B - b0);
+      const std::vector<std::vector<int32_t>> part(seqs.begin() + b0, seqs.begin() + b0 + n);
+      r = m.forward_batch(part, b0);
+      ttft += r.sim_time_s;
+      logits.insert(logits.end(), r.logits.begin(), r.logits.end());
+    }
+    r.logits = std::move(logits);
+    double decode = 0;
+    const auto vocab = static_cast<size_t>(cfg.vocab_size);
+    for (int64_t step = 1; step < o.gen; ++step) {
+      std::vector<std::vector<int32_t>> next(static_cast<size_t>(B));
+      for (int64_t b = 0; b < B; ++b) {
+        int32_t id = static_cast<int32_t>(1000 % cfg.vocab_size);
+        if (dev.functional())
+          id = sampler.sample(std::span<const float>(r.logits.data() + static_cast<size_t>(b) * vocab, vocab));
+        next[static_cast<size_t>(b)] = {id};
+      }
+      r = m.forward_batch(next);
+      decode += r.sim_time_s;
+    }
+    const double tpot = o.gen > 1 ? decode / static_cast<double>(o.gen - 1) : 0.0;
+    t.add_row({fmt::format("{}", B), format_quantity(Dimension::kTime, ttft),
+               tpot > 0 ? format_quantity(Dimension::kTime, tpot) : "-",
+               tpot > 0 ? fmt::format("{:.0f}", static_cast<double>(B) / tpot) : "-",
+               format_quantity(Dimension::kBytes, static_cast<double>(dev.peak_bytes_in_use()))});
+    rows.push_back({{"batch", B}, {"time_to_first_token_s", ttft}, {"time_per_output_token_s", tpot},
+                    {"output_tokens_per_s", tpot > 0 ? static_cast<double>(B) / tpot : 0.0},
+                    {"device_memory_peak_bytes", dev.peak_bytes_in_use()}});
+  } catch (const DeviceOutOfMemory& e) {
+    t.add_row({fmt::format("{}", B), "does not fit", "", "", e.what()});
+    rows.push_back({{"batch", B}, {"out_of_memory", e.what()}});
+  }
+  if (o.json) {
+    std::cout << json{{"model", cfg.name}, {"chip", chip.name}, {"timing_only", o.timing_only},
+                      {"prompt_tokens", prompt_len}, {"generated_tokens", o.gen}, {"batches", rows}}
+                     .dump(2)
+              << '\n';
+  } else {
+    std::cout << fmt::format("{} on {} ({}), prompt {} tokens, {} generated per sequence{}\n", cfg.name,
+                             chip.display_name, o.timing_only ? "timing only" : "functional", prompt_len, o.gen,
+                             cfg.is_moe() && o.timing_only ? ", MoE routing balanced" : "")
+              << t.render()
+              << "time to first token: the whole batch's prefill; time per output token: one decode step of the batch.\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
 int cmd_run(const RunOptions& o) {
   const ChipSpec chip = load_chip(o.chip);
   ModelConfig cfg = load_model_config(o.model);
+  const std::vector<int64_t> batches = parse_batches(o.batch);
   const bool has_checkpoint = fs::is_directory(o.model);
   if (!o.timing_only && !has_checkpoint && param_counts(cfg).total() > 1000000000 && !o.allow_random)
     throw UserError(fmt::format("--model {}: a preset has no weights; running it functionally means random weights of "
                                 "{} - add --random-weights to do that anyway, use --timing-only, or give a checkpoint "
                                 "directory",
                                 o.model, billions(param_counts(cfg).total())));
+  if (batches.size() > 1 || batches[0] > 1) {
+    if (!o.trace.empty()) throw UserError("--trace works with a single sequence (--batch 1)");
+    return run_batches(o, chip, cfg, batches, has_checkpoint);
+  }
   Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
   if (!o.trace.empty()) dev.set_kernel_trace_limit(200000);
 

@@ -185,18 +185,22 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
 }
 
 ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_logits, ForwardTaps* taps) {
-  return run({tokens}, all_logits, taps);
+  return run({tokens}, 0, all_logits, taps);
 }
 
-ForwardResult Qwen3Model::forward_batch(const std::vector<std::vector<int32_t>>& seqs) {
-  return run(seqs, false, nullptr);
+ForwardResult Qwen3Model::forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot) {
+  return run(seqs, first_slot, false, nullptr);
 }
 
-ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, bool all_logits, ForwardTaps* taps) {
+ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
+                               ForwardTaps* taps) {
   const auto B = static_cast<int64_t>(seqs.size());
-  if (B == 0 || B > opt_.max_batch)
-    throw UserError(fmt::format("forward: {} sequences; this model was built for 1 to {} (Qwen3Options::max_batch)", B,
-                                opt_.max_batch));
+  if (B == 0 || first_slot < 0 || first_slot + B > opt_.max_batch)
+    throw UserError(fmt::format("forward: {} sequences from slot {}; this model was built for 1 to {} "
+                                "(Qwen3Options::max_batch)",
+                                B, first_slot, opt_.max_batch));
+  // past(b): positions already cached for the b-th sequence of this call.
+  auto past = [&](int64_t b) -> int64_t& { return past_[static_cast<size_t>(first_slot + b)]; };
   // Token rows of all sequences, one after another; seq_row[b] = first row of sequence b.
   std::vector<int32_t> tokens, pos;
   std::vector<int64_t> seq_row, seq_len;
@@ -204,13 +208,13 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, boo
     const auto& sq = seqs[static_cast<size_t>(b)];
     const auto n = static_cast<int64_t>(sq.size());
     if (n == 0) throw UserError(fmt::format("forward: sequence {} has no tokens", b));
-    if (past_[static_cast<size_t>(b)] + n > max_context_)
+    if (past(b) + n > max_context_)
       throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions",
-                                  n, past_[static_cast<size_t>(b)], max_context_));
+                                  n, past(b), max_context_));
     seq_row.push_back(static_cast<int64_t>(tokens.size()));
     seq_len.push_back(n);
     tokens.insert(tokens.end(), sq.begin(), sq.end());
-    for (int64_t t = 0; t < n; ++t) pos.push_back(static_cast<int32_t>(past_[static_cast<size_t>(b)] + t));
+    for (int64_t t = 0; t < n; ++t) pos.push_back(static_cast<int32_t>(past(b) + t));
   }
   const auto T = static_cast<int64_t>(tokens.size());
   const double t0 = dev_.synchronize();
@@ -259,28 +263,29 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, boo
       std::vector<Kernel> kr, vc;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
-        const int64_t past = past_[static_cast<size_t>(b)];
+        const int64_t pb0 = past(b);
         const std::vector<int32_t> pb(pos.begin() + r0, pos.begin() + r0 + n);
-        const Buffer kc = L.k_cache.view(b * cache_elems, cache_elems), vcache = L.v_cache.view(b * cache_elems, cache_elems);
-        kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, past));
-        vc.push_back(kernels::make_copy(dev_.chip(), v.view(r0 * kvw, n * kvw), vcache.view(past * kvw, n * kvw)));
+        const Buffer kc = L.k_cache.view((first_slot + b) * cache_elems, cache_elems),
+                     vcache = L.v_cache.view((first_slot + b) * cache_elems, cache_elems);
+        kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, pb0));
+        vc.push_back(kernels::make_copy(dev_.chip(), v.view(r0 * kvw, n * kvw), vcache.view(pb0 * kvw, n * kvw)));
       }
       dev_.launch(B == 1 ? std::move(kr[0]) : concat_kernels(fmt::format("rope k batch {}", B), std::move(kr)));
       dev_.launch(B == 1 ? std::move(vc[0]) : concat_kernels(fmt::format("cache v batch {}", B), std::move(vc)));
     });
     if (first) {
       tap("layer0.q_rope", qn);
-      if (taps && dev_.functional()) taps->values["layer0.k_rope"] = dev_.download(L.k_cache.view(past_[0] * kvw, T * kvw));
+      if (taps && dev_.functional()) taps->values["layer0.k_rope"] = dev_.download(L.k_cache.view(past(0) * kvw, T * kvw));
     }
     op("attention", [&] {
       std::vector<kernels::AttentionBatchItem> items;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
         kernels::AttentionBatchItem it;
-        it.shape = kernels::AttentionShape{n, nh, nkv, d, max_context_, past_[static_cast<size_t>(b)], 0.0f};
+        it.shape = kernels::AttentionShape{n, nh, nkv, d, max_context_, past(b), 0.0f};
         it.q = qn.view(r0 * qw, n * qw);
-        it.k_cache = L.k_cache.view(b * cache_elems, cache_elems);
-        it.v_cache = L.v_cache.view(b * cache_elems, cache_elems);
+        it.k_cache = L.k_cache.view((first_slot + b) * cache_elems, cache_elems);
+        it.v_cache = L.v_cache.view((first_slot + b) * cache_elems, cache_elems);
         it.out = a.view(r0 * qw, n * qw);
         items.push_back(it);
       }
@@ -334,7 +339,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, boo
   r.rows = rows;
   if (dev_.functional()) r.logits = dev_.download(logits);
   for (Buffer* b : {&x, &xs, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
-  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(b)] += seq_len[static_cast<size_t>(b)];
+  for (int64_t b = 0; b < B; ++b) past(b) += seq_len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
 }

@@ -89,7 +89,9 @@ class Qwen3Model {
   // KV cache (seqs.size() <= max_batch). GEMMs and norms see all tokens as rows; each sequence's
   // RoPE/cache writes and attention run as one launch for the batch. Logits: the last token of each
   // sequence, [seqs.size(), vocab].
-  ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs);
+  // first_slot: seqs[i] continues the cache of sequence first_slot + i (e.g. prefilling a batch in
+  // chunks of sequences).
+  ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot = 0);
 
   void reset() { std::fill(past_.begin(), past_.end(), 0); }
   int64_t past_len(size_t seq = 0) const { return past_[seq]; }
@@ -109,7 +111,8 @@ class Qwen3Model {
   Buffer alloc_act(int64_t numel, const std::string& name, DType t);
   void load_weights(const Qwen3Weights& w);
   void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
-  ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, bool all_logits, ForwardTaps* taps);
+  ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
+                    ForwardTaps* taps);
 
   Device& dev_;
   ModelConfig cfg_;

@@ -208,3 +208,24 @@ TEST(Cli, RunBadInput) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, RunBatchesTable) {
+  CmdResult r = ppu("run --model tiny --batch 1,3 --prompt-len 6 --gen 3 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["batches"].size(), 2u);
+  const auto& b1 = j["batches"][0];
+  const auto& b3 = j["batches"][1];
+  EXPECT_EQ(b3["batch"].get<int>(), 3);
+  // Three sequences per step deliver more tokens per second than one.
+  EXPECT_GT(b3["output_tokens_per_s"].get<double>(), b1["output_tokens_per_s"].get<double>());
+  r = ppu("run --model tiny --batch 2,x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("'x' is not a batch size"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --batch 0");
+  EXPECT_EQ(r.status, 2);
+}
+
+}  // namespace
