@@ -54,7 +54,8 @@ struct RunOptions {
   int64_t seed = 0;
   bool json = false;
   std::string trace;
-  std::string batch = "1";  // comma-separated batch sizes; more than one value (or > 1): a table
+  std::string batch = "1";
+  std::string matmul_dtype = "bf16";  // weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)  // comma-separated batch sizes; more than one value (or > 1): a table
 };
 int cmd_run(const RunOptions& o);
 

@@ -75,6 +75,13 @@ int cmd_models(bool as_json) {
 
 namespace {
 
+DType matmul_dtype_of(const RunOptions& o) {
+  const auto t = dtype_from_name(o.matmul_dtype);
+  if (!t || *t == DType::kF32)
+    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", o.matmul_dtype));
+  return *t;
+}
+
 std::vector<int64_t> parse_batches(const std::string& text) {
   std::vector<int64_t> out;
   size_t i = 0;
@@ -108,6 +115,7 @@ int run_batches(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
   for (const int64_t B : batches) try {
     Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
     Qwen3Options qo;
+    qo.matmul_dtype = matmul_dtype_of(o);
     qo.max_batch = B;
     qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, prompt_len + o.gen + 1);
     Qwen3Model m(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
@@ -205,6 +213,7 @@ int cmd_run(const RunOptions& o) {
   }
   const int64_t gen = o.gen;
   Qwen3Options qo;
+  qo.matmul_dtype = matmul_dtype_of(o);
   qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, static_cast<int64_t>(prompt.size()) + gen + 1);
   Qwen3Model model(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
 

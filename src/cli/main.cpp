@@ -72,6 +72,8 @@ int main(int argc, char** argv) {
   run->add_option("--top-p", r.top_p, "1 = no limit")->capture_default_str();
   run->add_option("--seed", r.seed, "Seed for sampling and random weights")->capture_default_str();
   run->add_option("--trace", r.trace, "Write a Perfetto trace of the run");
+  run->add_option("--matmul-dtype", r.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)")
+      ->capture_default_str();
   run->add_option("--batch", r.batch, "Batch sizes, e.g. 1,8,64: sequences decoded together (a table per size)")
       ->capture_default_str();
   run->add_flag("--json", r.json, "One JSON document on stdout");

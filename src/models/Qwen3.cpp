@@ -72,10 +72,16 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     throw UserError(fmt::format("model '{}': context {} exceeds max_position_embeddings {}", cfg_.name, max_context_,
                                 cfg_.max_position_embeddings));
   const int64_t H = cfg_.hidden_size, d = cfg_.head_dim;
-  const DType wt = DType::kBF16;
-  auto w = [&](int64_t numel, const std::string& name) {
-    weight_bytes_ += numel * dtype_size_bytes(wt);
-    return dev_.alloc(wt, numel, name);
+  const DType mm = opt_.matmul_dtype;
+  if (mm == DType::kF32)
+    throw UserError(fmt::format("model '{}': matmul dtype fp32 is not a matrix-unit input; valid: bf16, fp16, fp8e4m3, "
+                                "fp8e5m2",
+                                cfg_.name));
+  if (!dev_.chip().supports(mm))
+    throw UserError(fmt::format("model '{}': {} has no {} matrix unit", cfg_.name, dev_.chip().name, dtype_name(mm)));
+  auto w = [&](int64_t numel, const std::string& name, DType t = DType::kBF16) {
+    weight_bytes_ += numel * dtype_size_bytes(t);
+    return dev_.alloc(t, numel, name);
   };
   embed_ = w(cfg_.vocab_size * H, "model.embed_tokens.weight");
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
@@ -83,28 +89,28 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     const std::string p = fmt::format("model.layers.{}.", l);
     L->in_norm = w(H, p + "input_layernorm.weight");
     L->post_norm = w(H, p + "post_attention_layernorm.weight");
-    L->wq = w(cfg_.q_width() * H, p + "self_attn.q_proj.weight");
-    L->wk = w(cfg_.kv_width() * H, p + "self_attn.k_proj.weight");
-    L->wv = w(cfg_.kv_width() * H, p + "self_attn.v_proj.weight");
-    L->wo = w(H * cfg_.q_width(), p + "self_attn.o_proj.weight");
+    L->wq = w(cfg_.q_width() * H, p + "self_attn.q_proj.weight", mm);
+    L->wk = w(cfg_.kv_width() * H, p + "self_attn.k_proj.weight", mm);
+    L->wv = w(cfg_.kv_width() * H, p + "self_attn.v_proj.weight", mm);
+    L->wo = w(H * cfg_.q_width(), p + "self_attn.o_proj.weight", mm);
     if (cfg_.qk_norm) {
       L->q_norm = w(d, p + "self_attn.q_norm.weight");
       L->k_norm = w(d, p + "self_attn.k_norm.weight");
     }
     if (cfg_.is_moe()) {
-      L->router = w(cfg_.num_experts * H, p + "mlp.gate.weight");
+      L->router = w(cfg_.num_experts * H, p + "mlp.gate.weight", mm);
       const int64_t fe = cfg_.moe_intermediate_size;
       for (int64_t e = 0; e < cfg_.num_experts; ++e) {
         const std::string q = fmt::format("{}mlp.experts.{}.", p, e);
-        L->e_gate.push_back(w(fe * H, q + "gate_proj.weight"));
-        L->e_up.push_back(w(fe * H, q + "up_proj.weight"));
-        L->e_down.push_back(w(H * fe, q + "down_proj.weight"));
+        L->e_gate.push_back(w(fe * H, q + "gate_proj.weight", mm));
+        L->e_up.push_back(w(fe * H, q + "up_proj.weight", mm));
+        L->e_down.push_back(w(H * fe, q + "down_proj.weight", mm));
       }
     } else {
       const int64_t F = cfg_.intermediate_size;
-      L->w_gate = w(F * H, p + "mlp.gate_proj.weight");
-      L->w_up = w(F * H, p + "mlp.up_proj.weight");
-      L->w_down = w(H * F, p + "mlp.down_proj.weight");
+      L->w_gate = w(F * H, p + "mlp.gate_proj.weight", mm);
+      L->w_up = w(F * H, p + "mlp.up_proj.weight", mm);
+      L->w_down = w(H * F, p + "mlp.down_proj.weight", mm);
     }
     layers_.push_back(std::move(L));
   }
@@ -227,10 +233,11 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   };
 
   // The residual stream stays fp32 (as inference engines keep it); what feeds the matrix unit is `at`.
-  Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", at), o = alloc_act(T * H, "o", at);
+  const DType mm = opt_.matmul_dtype;
+  Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", mm), o = alloc_act(T * H, "o", at);
   Buffer q = alloc_act(T * qw, "q", at), qn = alloc_act(T * qw, "qn", at);
   Buffer k = alloc_act(T * kvw, "k", at), kn = alloc_act(T * kvw, "kn", at);
-  Buffer v = alloc_act(T * kvw, "v", at), a = alloc_act(T * qw, "attn", at);
+  Buffer v = alloc_act(T * kvw, "v", at), a = alloc_act(T * qw, "attn", mm);
   op("embedding", [&] { kernels::embedding(dev_, embed_, x, cfg_.vocab_size, H, tokens); });
   tap("embed", x);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -300,20 +307,19 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       moe(L, h, x, T, first ? taps : nullptr);
     } else {
       const int64_t F = cfg_.intermediate_size;
-      Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at);
+      Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gate_up", mm);
       op("mlp gemm", [&] {
         linear(dev_, h, L.w_gate, g, T, F, H);
         linear(dev_, h, L.w_up, u, T, F, H);
       });
       op("mlp activation", [&] {
         kernels::unary(dev_, UnaryOp::kSilu, g, g);
-        kernels::binary(dev_, BinaryOp::kMul, g, u, g);
+        kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
       });
-      op("mlp gemm", [&] { linear(dev_, g, L.w_down, o, T, H, F); });
+      op("mlp gemm", [&] { linear(dev_, gu, L.w_down, o, T, H, F); });
       if (first) tap("layer0.mlp_out", o);
       op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
-      dev_.free(g);
-      dev_.free(u);
+      for (Buffer* b : {&g, &u, &gu}) dev_.free(*b);
     }
     tap(fmt::format("layer{}.out", l), x);
   }
@@ -394,8 +400,8 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
     first_row[static_cast<size_t>(e)] = offset;
     if (r.empty()) continue;
     const auto n = static_cast<int64_t>(r.size());
-    Buffer xin = alloc_act(n * H, "expert_in", at), g = alloc_act(n * Fe, "expert_gate", at),
-           u = alloc_act(n * Fe, "expert_up", at);
+    Buffer xin = alloc_act(n * H, "expert_in", opt_.matmul_dtype), g = alloc_act(n * Fe, "expert_gate", at),
+           u = alloc_act(n * Fe, "expert_up", at), gu = alloc_act(n * Fe, "expert_gate_up", opt_.matmul_dtype);
     op("moe dispatch", [&] { kernels::gather_rows(dev_, h, H, r, xin); });
     op("moe expert gemm", [&] {
       linear(dev_, xin, L.e_gate[static_cast<size_t>(e)], g, n, Fe, H);
@@ -403,10 +409,10 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
     });
     op("mlp activation", [&] {
       kernels::unary(dev_, UnaryOp::kSilu, g, g);
-      kernels::binary(dev_, BinaryOp::kMul, g, u, g);
+      kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
     });
-    op("moe expert gemm", [&] { linear(dev_, g, L.e_down[static_cast<size_t>(e)], out.view(offset * H, n * H), n, H, Fe); });
-    for (Buffer* b : {&xin, &g, &u}) dev_.free(*b);
+    op("moe expert gemm", [&] { linear(dev_, gu, L.e_down[static_cast<size_t>(e)], out.view(offset * H, n * H), n, H, Fe); });
+    for (Buffer* b : {&xin, &g, &u, &gu}) dev_.free(*b);
     offset += n;
   }
   std::vector<int64_t> next(first_row);

@@ -56,6 +56,11 @@ struct Qwen3Weights {
 
 struct Qwen3Options {
   DType act_dtype = DType::kBF16;
+  // Weights of the projections, MLP and experts, and the activations fed to them (bf16, fp16, or
+  // fp8e4m3/fp8e5m2 for FP8 inference as TensorRT-LLM runs it on chips with an fp8 matrix unit).
+  // Embeddings, lm_head and norms stay bf16. Values are rounded to fp8 as they are (no per-tensor
+  // scale factors yet), which is right for timing and coarse for numbers.
+  DType matmul_dtype = DType::kBF16;
   DType kv_dtype = DType::kBF16;
   int64_t max_context = 0;  // KV cache positions per sequence; 0: min(max_position_embeddings, 4096)
   int64_t max_batch = 1;    // sequences that forward_batch may run together (one KV cache each)

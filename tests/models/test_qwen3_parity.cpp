@@ -186,3 +186,39 @@ TEST(Qwen3Batch, BatchLimitsAreErrors) {
 
 }  // namespace
 }  // namespace ppu
+
+namespace ppu {
+namespace {
+
+TEST(Qwen3Fp8, FollowsTheReferenceWithinFp8Precision) {
+  // Weights and GEMM inputs rounded to fp8e4m3 (3 mantissa bits, unit roundoff 2^-4), without the
+  // per-tensor scaling production FP8 uses: each rounding has an RMS relative error near
+  // 2^-4/sqrt(3) = 3.6e-2, more for the fixture's small weights (std 0.02-0.1, partly below e4m3's
+  // smallest normal 2^-6), and a product sees two of them. Measured: 0.12 on the logits. We allow 0.2;
+  // the bf16 path stays below 1e-2 (above), and a wrong layout gives errors near 1.
+  const std::string dir = fixture("qwen3-tiny");
+  SafetensorsFile refs(dir + "/reference.safetensors");
+  std::vector<int32_t> prompt;
+  for (float v : ref(refs, "input_ids")) prompt.push_back(static_cast<int32_t>(v));
+  Device dev(load_chip("h100"));
+  Qwen3Options opt;
+  opt.max_context = 16;
+  opt.matmul_dtype = DType::kF8E4M3;
+  Qwen3Model m(dev, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
+  const ForwardResult r = m.forward(prompt, true);
+  const double e = rel_rms(r.logits, ref(refs, "logits"));
+  if (std::getenv("PPU_VERBOSE")) std::printf("fp8 logits rel RMS %.3e\n", e);
+  EXPECT_LE(e, 0.2);
+  EXPECT_GT(e, 1e-3);  // it really ran in fp8
+}
+
+TEST(Qwen3Fp8, ChipsWithoutFp8SayWhy) {
+  Device dev(load_chip("a100-80g"), ExecMode::kTimingOnly);
+  Qwen3Options opt;
+  opt.matmul_dtype = DType::kF8E4M3;
+  test::expect_error([&] { Qwen3Model(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(1), opt); },
+                     {"a100-80g has no fp8e4m3 matrix unit"});
+}
+
+}  // namespace
+}  // namespace ppu
