@@ -67,6 +67,10 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   if (cfg_.norm != NormType::kRmsNorm || cfg_.activation != Activation::kSwiGlu || cfg_.attention_bias ||
       cfg_.mlp_bias || cfg_.num_shared_experts > 0)
     throw UserError(fmt::format("model '{}': needs RMSNorm, SwiGLU, no biases and no shared experts", cfg_.name));
+  if (!cfg_.rope_scaling_type.empty() && dev_.functional())
+    throw UserError(fmt::format("model '{}': rope scaling '{}' is not implemented in the functional path yet (the RoPE "
+                                "table would be wrong); run with timing only, where it does not change the time",
+                                cfg_.name, cfg_.rope_scaling_type));
   max_context_ = opt_.max_context > 0 ? opt_.max_context : std::min<int64_t>(cfg_.max_position_embeddings, 4096);
   if (max_context_ > cfg_.max_position_embeddings)
     throw UserError(fmt::format("model '{}': context {} exceeds max_position_embeddings {}", cfg_.name, max_context_,

@@ -222,3 +222,22 @@ TEST(Qwen3Fp8, ChipsWithoutFp8SayWhy) {
 
 }  // namespace
 }  // namespace ppu
+
+namespace ppu {
+namespace {
+
+TEST(Qwen3Model, UnimplementedRopeScalingIsRefusedForRealNumbers) {
+  ModelConfig cfg = load_model_config("llama3-8b");
+  ASSERT_FALSE(cfg.rope_scaling_type.empty());
+  cfg.num_layers = 1;  // keep the allocation small
+  cfg.vocab_size = 256;
+  Device dev(load_chip("h100"));
+  Qwen3Options opt;
+  opt.max_context = 8;
+  test::expect_error([&] { Qwen3Model(dev, cfg, Qwen3Weights::random(1), opt); }, {"rope scaling 'llama3'", "timing only"});
+  Device timing(load_chip("h100"), ExecMode::kTimingOnly);
+  EXPECT_NO_THROW(Qwen3Model(timing, cfg, Qwen3Weights::random(1), opt));
+}
+
+}  // namespace
+}  // namespace ppu
