@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on built-in defaults: installs dependencies, builds, then shows the chip presets and
-# runs the same GEMM and HBM copy on every chip side by side, plus a checked GEMM on the PPU.
+# The main job on built-in defaults: installs dependencies, builds, then shows the chip presets, runs
+# the same GEMM and HBM copy on every chip side by side and a checked GEMM on the PPU, generates text
+# with a tiny random Qwen3 on the PPU, and predicts Qwen3-0.6B serving on the PPU at three batch sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,3 +14,7 @@ echo
 $ppu bench copy 1GiB --chip all
 echo
 $ppu bench gemm 512 384 1000 --chip zhenwu-810e --check
+echo
+$ppu run --model tiny --prompt "Why is the sky blue?" --gen 16
+echo
+$ppu run --model qwen3-0.6b --timing-only --chip zhenwu-810e --batch 1,8,64 --prompt-len 512 --gen 8
