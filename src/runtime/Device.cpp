@@ -139,8 +139,12 @@ void Device::copy_to_device(const Buffer& dst, const void* src, Stream* s) {
 void Device::copy_to_host(void* dst, const Buffer& src, Stream* sp) {
   check_buffer(src, "copy to host");
   if (!src.data) throw UserError(fmt::format("copy to host: '{}' has no data on a timing-only device", src.name));
-  Stream& s = pick(sp);
   std::memcpy(dst, src.data, static_cast<size_t>(src.bytes));
+  record_d2h(src, sp);
+}
+
+void Device::record_d2h(const Buffer& src, Stream* sp) {
+  Stream& s = pick(sp);
   const double start = std::max(s.ready_s, d2h_free_s_);
   const double end = start + copy_time(static_cast<double>(src.bytes));
   d2h_free_s_ = s.ready_s = end;
@@ -162,10 +166,11 @@ void Device::upload(const Buffer& dst, const std::vector<float>& values, Stream*
 }
 
 std::vector<float> Device::download(const Buffer& src, Stream* s) {
-  std::vector<unsigned char> tmp(static_cast<size_t>(src.bytes));
-  copy_to_host(tmp.data(), src, s);
+  check_buffer(src, "download");
+  if (!src.data) throw UserError(fmt::format("download: '{}' has no data on a timing-only device", src.name));
   std::vector<float> out(static_cast<size_t>(src.numel));
-  convert_to_f32(src.dtype, tmp.data(), out.data(), src.numel);
+  convert_to_f32(src.dtype, src.data, out.data(), src.numel);  // straight from device memory
+  record_d2h(src, s);
   return out;
 }
 

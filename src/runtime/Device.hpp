@@ -140,6 +140,7 @@ class Device {
   Stream& pick(Stream* s) { return s ? *s : default_stream(); }
   void check_buffer(const Buffer& b, const char* what) const;
   double copy_time(double bytes) const;
+  void record_d2h(const Buffer& src, Stream* s);  // times and records a device-to-host copy
 
   ChipSpec chip_;
   ExecMode mode_;

@@ -227,8 +227,10 @@ struct FunctionalExecutor::Impl {
   std::exception_ptr error;
 
   void work_on(const Kernel& k, double sram) {
-    TileProgram prog;
-    AlignedArena arena;
+    // Per-thread program and SRAM arena, kept across kernels: a decode step launches hundreds of
+    // kernels, and fresh arenas of several hundred KiB would be mapped and unmapped each time.
+    thread_local TileProgram prog;
+    thread_local AlignedArena arena;
     for (;;) {
       const int64_t b = next.fetch_add(1);
       if (b >= k.grid) break;
