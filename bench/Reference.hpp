@@ -58,4 +58,45 @@ inline const std::vector<StreamCase>& stream_cases() {
   return cases;
 }
 
+struct AttentionCase {
+  std::string chip;
+  int batch, seqlen, heads, head_dim;
+  bool causal;
+  double measured_tflops;  // forward, FLOPs counted as 4 * batch * seqlen^2 * heads * head_dim (/2 if causal)
+  double tolerance;
+  std::string source;
+};
+
+// Sec. 2: FlashAttention-2 forward, flash-attention's benchmarks/benchmark_flash_attention.py (model
+// dim 2048, so heads = 2048 / head_dim; bf16/fp16) as the Azure AI-benchmarking-guide runs it: batch
+// 2, sequence 8192, the non-causal case of its original script (Azure NDv5 and NDv4 results) [P].
+inline const std::vector<AttentionCase>& attention_cases() {
+  static const std::vector<AttentionCase> cases = {
+      {"h100", 2, 8192, 16, 128, false, 327.9, 0.15, "Azure AI-benchmarking-guide, FA2 fwd [P]"},
+      {"a100-80g", 2, 8192, 32, 64, false, 179.5, 0.15, "Azure AI-benchmarking-guide, FA2 fwd [P]"},
+  };
+  return cases;
+}
+
+struct ServingCase {
+  std::string chip, model;  // presets
+  int tp;                   // tensor-parallel degree of the measurement
+  long input_len, output_len;
+  double measured_tokens_per_s;  // output tokens/s of the whole TP group
+  double tolerance;
+  std::string source;
+};
+
+// Sec. 6: TensorRT-LLM trtllm-bench, offline at maximum load, FP8 weights, DGX H100; Llama-3.1-8B
+// TP1 (single chip; the multi-chip columns need tensor parallelism, the node issue) [P].
+inline const std::vector<ServingCase>& serving_cases() {
+  static const std::string src = "TensorRT-LLM perf overview, trtllm-bench FP8 [P]";
+  static const std::vector<ServingCase> cases = {
+      {"h100", "llama3-8b", 1, 128, 2048, 22714, 0.20, src}, {"h100", "llama3-8b", 1, 128, 4096, 14325, 0.20, src},
+      {"h100", "llama3-8b", 1, 500, 2000, 17660, 0.20, src}, {"h100", "llama3-8b", 1, 1000, 1000, 15220, 0.20, src},
+      {"h100", "llama3-8b", 1, 2048, 2048, 9305, 0.20, src}, {"h100", "llama3-8b", 1, 5000, 500, 3459, 0.20, src},
+  };
+  return cases;
+}
+
 }  // namespace ppu::bench

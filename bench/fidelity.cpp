@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "Reference.hpp"
+#include "kernels/Attention.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
 #include "report/Table.hpp"
@@ -64,12 +65,42 @@ int main(int argc, char** argv) {
     st.add_row({c.chip, c.kernel, fmt::format("{:.3f}", pred), fmt::format("{:.3f}", c.measured_tb_s),
                 fmt::format("{:+.1f}%", 100 * err), fmt::format("±{:.0f}%", 100 * c.tolerance), ok ? "yes" : "NO", c.source});
   }
+  Table at({"chip", "batch x seq x heads x d", "mask", "tiles", "predicted TFLOPS", "measured TFLOPS", "error", "target",
+            "ok", "source"});
+  for (const auto& c : bench::attention_cases()) {
+    const ChipSpec chip = load_chip(c.chip);
+    Device dev(chip, ExecMode::kTimingOnly);
+    // The batch's sequences side by side as heads of one sequence: the same tiles and the same work.
+    kernels::AttentionShape s{.q_tokens = c.seqlen, .q_heads = int64_t{c.batch} * c.heads,
+                              .kv_heads = int64_t{c.batch} * c.heads, .head_dim = c.head_dim, .kv_capacity = c.seqlen};
+    s.causal = c.causal;
+    const int64_t n = s.q_tokens * s.q_heads * s.head_dim;
+    Buffer q = dev.alloc(DType::kBF16, n, "q"), k = dev.alloc(DType::kBF16, n, "k"), v = dev.alloc(DType::kBF16, n, "v"),
+           o = dev.alloc(DType::kBF16, n, "o");
+    auto ws = kernels::make_attention_workspace(dev);
+    kernels::AttentionConfig fa2;
+    fa2.style = kernels::AttentionStyle::kFlashAttention2;
+    const auto t = kernels::attention(dev, ws, s, q, k, v, o, nullptr, &fa2);
+    const double flops = 4.0 * c.batch * double(c.seqlen) * c.seqlen * c.heads * c.head_dim / (c.causal ? 2 : 1);
+    const double pred = flops / (t.attention.time_s + (t.combine ? t.combine->time_s : 0.0)) / 1e12;
+    const double err = (pred - c.measured_tflops) / c.measured_tflops;
+    const bool ok = std::fabs(err) <= c.tolerance;
+    pass += ok;
+    ++total;
+    worst = std::max(worst, std::fabs(err));
+    at.add_row({c.chip, fmt::format("{}x{}x{}x{}", c.batch, c.seqlen, c.heads, c.head_dim), c.causal ? "causal" : "none",
+                fmt::format("{}x{}", t.config.tile_q, t.config.tile_kv), fmt::format("{:.1f}", pred),
+                fmt::format("{:.1f}", c.measured_tflops), fmt::format("{:+.1f}%", 100 * err),
+                fmt::format("±{:.0f}%", 100 * c.tolerance), ok ? "yes" : "NO", c.source});
+  }
   if (md) {
     std::cout << "### GEMM throughput (timing-only simulation vs measured)\n\n" << g.render_markdown()
+              << "\n### FlashAttention-2 forward (timing-only simulation vs measured)\n\n" << at.render_markdown()
               << "\n### HBM stream bandwidth (BabelStream kernels, 256 MiB arrays)\n\n" << st.render_markdown()
               << fmt::format("\n{} of {} cases within target; worst error {:.1f}%.\n", pass, total, 100 * worst);
   } else {
-    std::cout << "GEMM throughput, simulated vs measured\n" << g.render() << "\nHBM stream bandwidth\n" << st.render()
+    std::cout << "GEMM throughput, simulated vs measured\n" << g.render() << "\nFlashAttention-2 forward\n" << at.render()
+              << "\nHBM stream bandwidth\n" << st.render()
               << fmt::format("\n{} of {} cases within target; worst |error| {:.1f}%\n", pass, total, 100 * worst);
   }
   return 0;

@@ -15,6 +15,10 @@ out=docs/validation.md
   echo
   build/bench/bench_fidelity --markdown
   echo
+  echo "### Serving throughput (TensorRT-LLM offline benchmark, Llama-3.1-8B FP8 on one H100)"
+  echo
+  build/bench/bench_serving --markdown
+  echo
   echo "## Speed of the simulator (this machine: $(nproc) cores)"
   echo
   echo "Timing-only simulation (target: 8192^3 under 0.1 s):"

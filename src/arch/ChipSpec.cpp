@@ -8,6 +8,7 @@
 
 #include "arch/Error.hpp"
 #include "arch/Presets.hpp"
+#include "arch/QuantityJson.hpp"
 
 namespace ppu {
 
@@ -21,6 +22,9 @@ const std::vector<ChipFieldInfo>& chip_fields() {
       {"matrix_fp16", Dimension::kFlops, true, "dense FP16 matrix peak", &ChipSpec::matrix_fp16},
       {"matrix_fp8", Dimension::kFlops, false, "dense FP8 matrix peak (absent: no FP8)", &ChipSpec::matrix_fp8},
       {"vector_fp32", Dimension::kFlops, true, "non-matrix FP32 peak", &ChipSpec::vector_fp32},
+      {"special_function_rate", Dimension::kFlops, false,
+       "transcendental results (exp, log, rsqrt, reciprocal) per second, all cores; absent: vector_fp32 / 8",
+       &ChipSpec::special_function_rate},
       {"sram_per_core", Dimension::kBytes, true, "software-managed on-core storage per core", &ChipSpec::sram_per_core},
       {"l2_size", Dimension::kBytes, true, "L2 cache capacity", &ChipSpec::l2_size},
       {"l2_bandwidth", Dimension::kBandwidth, true, "L2 bandwidth, all cores together", &ChipSpec::l2_bandwidth},
@@ -38,6 +42,9 @@ const std::vector<ChipFieldInfo>& chip_fields() {
        &ChipSpec::mma_efficiency},
       {"mma_efficiency_fp8", Dimension::kFraction, false, "sustained fraction of the FP8 matrix peak",
        &ChipSpec::mma_efficiency_fp8},
+      {"mma_sync_fraction", Dimension::kFraction, false,
+       "fraction of the matrix peak reached by the previous generation's synchronous MMA instructions; absent: 1",
+       &ChipSpec::mma_sync_fraction},
       {"hbm_read_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for reads",
        &ChipSpec::hbm_read_efficiency},
       {"hbm_write_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for writes",
@@ -67,6 +74,10 @@ double ChipSpec::mma_efficiency_for(DType t) const {
   return dtype_is_fp8(t) ? mma_efficiency_fp8.value : mma_efficiency.value;
 }
 
+double ChipSpec::special_function_ops_per_s() const {
+  return special_function_rate.present ? special_function_rate.value : vector_fp32.value / 8.0;
+}
+
 namespace {
 
 const char* const kMetaKeys[] = {"name", "display_name", "vendor", "notes"};
@@ -78,7 +89,13 @@ std::string valid_field_list() {
   return out;
 }
 
-Quantity parse_quantity(const json& j, const ChipFieldInfo& f, std::string_view origin) {
+}  // namespace
+
+Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std::string_view origin) {
+  struct {
+    std::string_view key;
+    Dimension dim;
+  } f{key, dim};
   auto err = [&](const std::string& what) {
     return UserError(fmt::format("{}: field '{}': {}", origin, f.key, what));
   };
@@ -135,8 +152,6 @@ Quantity parse_quantity(const json& j, const ChipFieldInfo& f, std::string_view 
   return q;
 }
 
-}  // namespace
-
 ChipSpec parse_chip(std::string_view text, std::string_view origin) {
   json j;
   try {
@@ -174,7 +189,7 @@ ChipSpec parse_chip(std::string_view text, std::string_view origin) {
                                     f.description, dimension_name(f.dim), valid_units(f.dim)));
       continue;
     }
-    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f, origin);
+    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin);
   }
   if (c.matrix_fp8.present != c.mma_efficiency_fp8.present)
     throw UserError(fmt::format("{}: fields 'matrix_fp8' and 'mma_efficiency_fp8' go together: give both or neither",

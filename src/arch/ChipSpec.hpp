@@ -44,7 +44,8 @@ struct ChipSpec {
   Quantity matrix_bf16;           // FLOP/s dense
   Quantity matrix_fp16;           // FLOP/s dense
   Quantity matrix_fp8;            // FLOP/s dense (optional: absent = no fp8)
-  Quantity vector_fp32;           // FLOP/s, non-matrix fp32
+  Quantity vector_fp32;           // FLOP/s, non-matrix fp32 (an FMA counts 2: lanes x 2 x clock)
+  Quantity special_function_rate; // results/s of exp, log, rsqrt, reciprocal... (optional: vector_fp32 / 8)
   Quantity sram_per_core;         // bytes of software-managed on-core storage
   Quantity l2_size;               // bytes
   Quantity l2_bandwidth;          // B/s, all cores together
@@ -59,6 +60,8 @@ struct ChipSpec {
   // --- micro-architectural (few, documented, calibrated once per chip)
   Quantity mma_efficiency;        // fraction of 16-bit matrix peak a steady tile loop sustains
   Quantity mma_efficiency_fp8;    // same for fp8 (required iff matrix_fp8 is present)
+  Quantity mma_sync_fraction;     // fraction of the matrix peak that the previous generation's synchronous
+                                  // warp-level MMA instructions reach (optional: 1; Hopper's mma.sync ~2/3)
   Quantity hbm_read_efficiency;   // fraction of peak HBM bandwidth for reads
   Quantity hbm_write_efficiency;  // fraction of peak HBM bandwidth for writes
   Quantity dma_latency;           // s from DMA issue to first byte
@@ -74,6 +77,11 @@ struct ChipSpec {
   double matrix_flops_per_s(DType t) const;
   // Steady-state efficiency of the matrix unit for inputs of type `t`.
   double mma_efficiency_for(DType t) const;
+  // Transcendental results per second, all cores (special_function_rate, or a quarter of the fp32
+  // lane rate when the preset does not say).
+  double special_function_ops_per_s() const;
+  // Fraction of the matrix peak that kernels marked Kernel::sync_mma reach (1 unless the preset says).
+  double mma_sync_fraction_value() const { return mma_sync_fraction.present ? mma_sync_fraction.value : 1.0; }
   double sram_bytes() const { return sram_per_core.value; }
   double hbm_bytes() const { return hbm_size.value; }
 };

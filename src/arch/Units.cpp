@@ -23,7 +23,9 @@ const UnitTable& units_of(Dimension d) {
   static const UnitTable bw = {{"B/s", 1.0},   {"KB/s", 1e3},  {"MB/s", 1e6},         {"GB/s", 1e9},
                                {"TB/s", 1e12}, {"GiB/s", 1073741824.0}, {"Gb/s", 1e9 / 8}};
   static const UnitTable freq = {{"Hz", 1.0}, {"kHz", 1e3}, {"MHz", 1e6}, {"GHz", 1e9}};
-  static const UnitTable flops = {{"FLOPS", 1.0}, {"GFLOPS", 1e9}, {"TFLOPS", 1e12}, {"PFLOPS", 1e15}};
+  // Operations per second; "OPS" units for rates of non-FLOP results (special functions).
+  static const UnitTable flops = {{"FLOPS", 1.0}, {"GFLOPS", 1e9}, {"TFLOPS", 1e12}, {"PFLOPS", 1e15},
+                                  {"OPS", 1.0},   {"GOPS", 1e9},   {"TOPS", 1e12}};
   static const UnitTable time = {{"s", 1.0}, {"ms", 1e-3}, {"us", 1e-6}, {"ns", 1e-9}};
   static const UnitTable power = {{"W", 1.0}, {"kW", 1e3}};
   switch (d) {

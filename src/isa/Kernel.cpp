@@ -19,6 +19,10 @@ Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
   bool keyed = true;
   for (const Kernel& p : parts) {
     if (!p.build) throw UserError(fmt::format("concat_kernels '{}': part '{}' has no builder", k.name, p.name));
+    if (p.sync_mma != parts.front().sync_mma)
+      throw UserError(fmt::format("concat_kernels '{}': part '{}' and part '{}' use different matrix instruction kinds "
+                                  "(sync_mma); one launch runs one kind",
+                                  k.name, parts.front().name, p.name));
     first_block.push_back(k.grid);
     first_arg.push_back(static_cast<uint16_t>(k.args.size()));
     k.grid += p.grid;
@@ -28,6 +32,8 @@ Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
     if (keyed) k.timing_key += p.timing_key + "#";
   }
   if (!keyed) k.timing_key.clear();
+  k.sync_mma = parts.front().sync_mma;
+  k.max_resident_blocks = parts.front().max_resident_blocks;
   if (k.args.size() > 65535) throw UserError(fmt::format("concat_kernels '{}': more than 65535 arguments", k.name));
   auto shared = std::make_shared<std::vector<Kernel>>(std::move(parts));
   k.build = [shared, first_block, first_arg](int64_t block, TileProgram& p) {

@@ -44,6 +44,11 @@ struct Kernel {
   // of simulating again - exact, since each kernel starts from an empty L2 and only relative
   // addresses matter. Leave empty when the programs depend on data (token ids, routes).
   std::string timing_key;
+  // The matrix instructions are the previous generation's synchronous warp-level kind (as
+  // FlashAttention-2 issues mma.sync on Hopper): timed at ChipSpec::mma_sync_fraction of the peak.
+  bool sync_mma = false;
+  // Most blocks one core runs at once (0: as many as SRAM allows, up to kMaxResidentBlocks).
+  int max_resident_blocks = 0;
 };
 
 // One launch running the blocks of several independent kernels one after another in block order

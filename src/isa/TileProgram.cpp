@@ -158,6 +158,7 @@ void TileProgram::binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int 
     case Broadcast::kCol: check_extent(b, 1, cols, "binary operand b (one value per column)"); break;
     case Broadcast::kCount: fail("invalid broadcast");
   }
+  if (op >= BinaryOp::kCount) fail(fmt::format("invalid binary op {}", static_cast<int>(op)));
   Instr in;
   in.op = OpCode::kBinary;
   in.sub = static_cast<uint8_t>(op);
@@ -167,15 +168,33 @@ void TileProgram::binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int 
   in.b = b;
   in.rows = rows;
   in.cols = cols;
-  push(in, {a, b}, {dst});
+  if (op == BinaryOp::kSelect) push(in, {a, b, dst}, {dst});  // unselected elements keep dst
+  else push(in, {a, b}, {dst});
 }
 
-void TileProgram::reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate) {
+void TileProgram::check_index_range(int64_t base, int cols, const char* role) const {
+  if (base < -kMaxExactIndex || base + cols > kMaxExactIndex)
+    fail(fmt::format("{} indices {} .. {} leave [-2^24, 2^24], where fp32 holds every integer exactly", role, base,
+                     base + cols - 1));
+}
+
+void TileProgram::reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate,
+                         int32_t index_base) {
   check_f32(dst, "reduce destination");
   check_f32(src, "reduce source");
   check_extent(src, rows, cols, "reduce source");
   check_extent(dst, rows, 1, "reduce destination");
   if (dst == src) fail("reduce destination must differ from its source");
+  if (op >= ReduceOp::kCount) fail(fmt::format("invalid reduce op {}", static_cast<int>(op)));
+  if (op == ReduceOp::kArgMax) {
+    if (accumulate)
+      fail("argmax cannot accumulate (dst holds an index, not the maximum); combine partial results with cmp_gt "
+           "and select");
+    check_index_range(index_base, cols, "argmax");
+  } else if (index_base != 0) {
+    fail(fmt::format("reduce {} takes no index base (got {}); only argmax does",
+                     kReduceOpNames[static_cast<size_t>(op)], index_base));
+  }
   Instr in;
   in.op = OpCode::kReduce;
   in.sub = static_cast<uint8_t>(op);
@@ -184,6 +203,7 @@ void TileProgram::reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int 
   in.a = src;
   in.rows = rows;
   in.cols = cols;
+  in.k = index_base;
   if (accumulate) push(in, {src, dst}, {dst});
   else push(in, {src}, {dst});
 }
@@ -197,6 +217,20 @@ void TileProgram::fill(BufferId dst, int rows, int cols, float value) {
   in.rows = rows;
   in.cols = cols;
   in.imm = value;
+  push(in, {}, {dst});
+}
+
+void TileProgram::iota(BufferId dst, int rows, int cols, int32_t base) {
+  check_f32(dst, "iota destination");
+  check_extent(dst, rows, cols, "iota destination");
+  check_index_range(base, cols, "iota");
+  Instr in;
+  in.op = OpCode::kFill;
+  in.sub = static_cast<uint8_t>(FillOp::kIota);
+  in.dst = dst;
+  in.rows = rows;
+  in.cols = cols;
+  in.k = base;
   push(in, {}, {dst});
 }
 

@@ -4,7 +4,9 @@
 // [rows, cols] row-major, one dtype each), then issues instructions that move strided 2-D tiles
 // between global memory (HBM) and SRAM (DMA load/store, with dtype conversion), multiply tiles on
 // the matrix unit (MMA: 16-bit or fp8 inputs, fp32 accumulate) and transform them on the vector unit
-// (elementwise, broadcast, row reductions, exp, casts; fp32 buffers only, except Cast).
+// (elementwise, broadcast, row reductions, exp, casts; fp32 buffers only, except Cast). Compares
+// produce 1/0 masks that a select consumes; argmax and iota carry column indices as exact fp32
+// integers (below kMaxExactIndex), so sampling and masking need no integer type.
 //
 // Instructions name the buffers they read and write; the program derives every dependency from that
 // (read-after-write, write-after-read, write-after-write), so neither the functional executor nor the
@@ -57,9 +59,15 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(UnaryOp::kCoun
     "copy", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "recip", "square", "relu", "silu", "gelu",
     "sigmoid", "tanh", "scale", "add_imm"};
 
-enum class BinaryOp : uint8_t { kAdd, kSub, kMul, kDiv, kMax, kMin, kCount };
+enum class BinaryOp : uint8_t {
+  kAdd, kSub, kMul, kDiv, kMax, kMin,
+  kCmpGt,   // 1.0f where a > b, else 0.0f (NaN compares false)
+  kCmpEq,   // 1.0f where a == b, else 0.0f (-0 == +0; NaN compares false)
+  kSelect,  // masked move: dst = (a != 0) ? b : dst (NaN counts as nonzero); the one op that reads dst
+  kCount
+};
 inline constexpr std::array<std::string_view, static_cast<size_t>(BinaryOp::kCount)> kBinaryOpNames = {
-    "add", "sub", "mul", "div", "max", "min"};
+    "add", "sub", "mul", "div", "max", "min", "cmp_gt", "cmp_eq", "select"};
 
 // How operand b of a binary op is read for element [r, c]: b[r,c], b[r,0] (one value per row) or
 // b[0,c] (one value per column).
@@ -67,8 +75,20 @@ enum class Broadcast : uint8_t { kNone, kRow, kCol, kCount };
 inline constexpr std::array<std::string_view, static_cast<size_t>(Broadcast::kCount)> kBroadcastNames = {
     "none", "row", "col"};
 
-enum class ReduceOp : uint8_t { kSum, kMax, kCount };
-inline constexpr std::array<std::string_view, static_cast<size_t>(ReduceOp::kCount)> kReduceOpNames = {"sum", "max"};
+// kMax ignores NaNs (a row of only NaNs gives -inf). kArgMax writes the column of the row's maximum
+// (its first occurrence; NaNs ignored; 0 if every element is NaN) plus an index base, as an exact
+// integer in fp32 - the vector unit has no integer type, and integers below 2^24 are exact.
+enum class ReduceOp : uint8_t { kSum, kMax, kArgMax, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(ReduceOp::kCount)> kReduceOpNames = {
+    "sum", "max", "argmax"};
+
+// What a fill writes: one value, or each element's column index plus a base ("iota").
+enum class FillOp : uint8_t { kConst, kIota, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(FillOp::kCount)> kFillOpNames = {"const", "iota"};
+
+// Integers that index columns on the vector unit (argmax, iota) stay below this bound, so that fp32
+// holds every one of them exactly.
+inline constexpr int64_t kMaxExactIndex = int64_t{1} << 24;
 
 // Execution units of a core. Instructions on one unit run in program order.
 enum class Unit : uint8_t { kDmaIn, kDmaOut, kMatrix, kVector, kCount };
@@ -101,14 +121,21 @@ enum InstrFlags : uint8_t {
 
 struct Instr {
   OpCode op = OpCode::kSync;
-  uint8_t sub = 0;    // UnaryOp / BinaryOp / ReduceOp
+  uint8_t sub = 0;    // UnaryOp / BinaryOp / ReduceOp / FillOp
   uint8_t flags = 0;  // InstrFlags, or Broadcast for binary ops
   Unit unit = Unit::kVector;
   BufferId dst = 0, a = 0, b = 0;
-  int32_t rows = 0, cols = 0, k = 0;  // extents; mma: m = rows, n = cols, k; load/store: k = first buffer row
+  // Extents; mma: m = rows, n = cols, k; load/store: k = first buffer row; argmax, iota: k = index base.
+  int32_t rows = 0, cols = 0, k = 0;
   float imm = 0.0f;
   TileRegion region;  // load: source; store: destination
 };
+
+// A std::array sized by kCount zero-fills missing initializers: the last name must be set.
+static_assert(!kOpCodeNames.back().empty() && !kUnaryOpNames.back().empty() && !kBinaryOpNames.back().empty() &&
+                  !kBroadcastNames.back().empty() && !kReduceOpNames.back().empty() && !kFillOpNames.back().empty() &&
+                  !kUnitNames.back().empty(),
+              "every enum value needs a name");
 
 constexpr std::string_view opcode_name(OpCode o) { return kOpCodeNames[static_cast<size_t>(o)]; }
 constexpr std::string_view unit_name(Unit u) { return kUnitNames[static_cast<size_t>(u)]; }
@@ -128,10 +155,17 @@ class TileProgram {
   void mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a = false, bool trans_b = false,
            bool accumulate = true);
   void unary(UnaryOp op, BufferId dst, BufferId src, int rows, int cols, float imm = 0.0f);
+  // dst[r, c] = a[r, c] op b (b read as `bc` says). kSelect also reads dst (a masked move).
   void binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int rows, int cols, Broadcast bc = Broadcast::kNone);
-  // dst[r, 0] = reduce over c < cols of src[r, c] (accumulate: combined with dst[r, 0]).
-  void reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate = false);
+  // dst[r, 0] = reduce over c < cols of src[r, c] (accumulate: combined with dst[r, 0]). kArgMax:
+  // index_base + the column of the maximum; it cannot accumulate, and needs -kMaxExactIndex <=
+  // index_base and index_base + cols <= kMaxExactIndex (index_base must be 0 for the other ops).
+  void reduce(ReduceOp op, BufferId dst, BufferId src, int rows, int cols, bool accumulate = false,
+              int32_t index_base = 0);
   void fill(BufferId dst, int rows, int cols, float value);
+  // dst[r, c] = base + c (every row alike). Needs -kMaxExactIndex <= base and base + cols <=
+  // kMaxExactIndex, so that every value is an exact fp32 integer.
+  void iota(BufferId dst, int rows, int cols, int32_t base);
   void cast(BufferId dst, BufferId src, int rows, int cols);
   void sync();
 
@@ -152,6 +186,7 @@ class TileProgram {
   const SramBuffer& buf(BufferId id, const char* role) const;
   void check_extent(BufferId id, int rows, int cols, const char* role) const;
   void check_f32(BufferId id, const char* role) const;
+  void check_index_range(int64_t base, int cols, const char* role) const;
   [[noreturn]] void fail(const std::string& msg) const;
 
   std::vector<SramBuffer> buffers_;

@@ -11,9 +11,14 @@ namespace ppu::kernels {
 
 static_assert(kAttentionPackingNames.size() == static_cast<size_t>(AttentionPacking::kCount),
               "name table must cover every AttentionPacking");
+static_assert(kAttentionStyleNames.size() == static_cast<size_t>(AttentionStyle::kCount),
+              "name table must cover every AttentionStyle");
 
 std::string AttentionConfig::describe() const {
-  return fmt::format("packing {}, {}x{} tiles (q rows x kv), {} stages, up to {} splits",
+  return fmt::format("{}packing {}, {}x{} tiles (q rows x kv), {} stages, up to {} splits",
+                     style == AttentionStyle::kPipelined
+                         ? ""
+                         : fmt::format("{} style, ", kAttentionStyleNames[static_cast<size_t>(style)]),
                      kAttentionPackingNames[static_cast<size_t>(packing)], tile_q, tile_kv, stages, splits);
 }
 
@@ -73,6 +78,7 @@ struct Item {
 struct Plan {
   AttentionConfig cfg;
   bool by_tokens = true;
+  bool causal = true;
   int rows_alloc = 1;  // rows of every block's buffers
   std::vector<Tile> tiles;
   std::vector<Item> items;
@@ -84,16 +90,20 @@ std::shared_ptr<const Plan> make_plan(const AttentionShape& s, const AttentionCo
   Plan& pl = *plan;
   pl.cfg = cfg;
   pl.by_tokens = cfg.packing == AttentionPacking::kTokens;
+  pl.causal = s.causal;
   pl.rows_alloc = static_cast<int>(std::min<int64_t>(cfg.tile_q, rows_needed(s, pl.by_tokens)));
   const int64_t g = group_size(s);
-  // Heaviest tiles (longest KV range) first, so that the last wave is made of short ones.
+  // kTokens: kv head by kv head (blocks running side by side then read the same few heads' K/V, which
+  // stay in L2, as FlashAttention's grid runs the q tiles of a head together), and within one the
+  // heaviest tiles (longest KV range) first, so that the last wave is made of short ones.
   if (pl.by_tokens) {
-    for (int64_t qt = ceil_div(s.q_tokens, cfg.tile_q) - 1; qt >= 0; --qt) {
-      const int64_t t0 = qt * cfg.tile_q;
-      const auto rows = static_cast<int32_t>(std::min<int64_t>(cfg.tile_q, s.q_tokens - t0));
-      for (int64_t h = 0; h < s.q_heads; ++h)
-        pl.tiles.push_back(Tile{t0, static_cast<int32_t>(h), rows, s.past_len + t0, s.past_len + t0 + rows});
-    }
+    for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
+      for (int64_t qt = ceil_div(s.q_tokens, cfg.tile_q) - 1; qt >= 0; --qt) {
+        const int64_t t0 = qt * cfg.tile_q;
+        const auto rows = static_cast<int32_t>(std::min<int64_t>(cfg.tile_q, s.q_tokens - t0));
+        for (int64_t h = kvh * g; h < (kvh + 1) * g; ++h)
+          pl.tiles.push_back(Tile{t0, static_cast<int32_t>(h), rows, s.past_len + t0, s.past_len + t0 + rows});
+      }
   } else {
     for (int64_t t = s.q_tokens - 1; t >= 0; --t)
       for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh)
@@ -104,6 +114,7 @@ std::shared_ptr<const Plan> make_plan(const AttentionShape& s, const AttentionCo
   }
   int64_t max_kv_tiles = 1;
   for (Tile& t : pl.tiles) {
+    if (!s.causal) t.kv_end = s.kv_len();
     t.kv_tiles = ceil_div(t.kv_end, cfg.tile_kv);
     max_kv_tiles = std::max(max_kv_tiles, t.kv_tiles);
   }
@@ -151,14 +162,19 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
                         const TensorArg& partial_o, const TensorArg& partial_ml) {
   const Plan& pl = *plan;
   Kernel kern;
-  kern.name = fmt::format("attention {}x{}/{}x{} past {} {}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim, s.past_len,
-                          dtype_name(k.dtype));
+  kern.name = fmt::format("attention {}x{}/{}x{} past {} {}{}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim,
+                          s.past_len, dtype_name(k.dtype), s.causal ? "" : " non-causal");
   kern.grid = static_cast<int64_t>(pl.items.size());
   kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
                                 dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale);
   kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml};
+  // FlashAttention-2 style: synchronous MMAs, and one block at a time per core, so a core's matrix
+  // unit idles during the softmax (see AttentionStyle).
+  kern.sync_mma = pl.cfg.style == AttentionStyle::kFlashAttention2;
+  if (kern.sync_mma) kern.max_resident_blocks = 1;
   // 2 * D FLOPs for each of q . k and p . v, per (q head, visible position).
-  const double visible = double(s.q_tokens) * double(s.past_len) + double(s.q_tokens) * double(s.q_tokens + 1) / 2;
+  const double visible = s.causal ? double(s.q_tokens) * double(s.past_len) + double(s.q_tokens) * double(s.q_tokens + 1) / 2
+                                  : double(s.q_tokens) * double(s.kv_len());
   kern.flops = 4.0 * double(s.head_dim) * double(s.q_heads) * visible;
   const DType qk_t = matrix_type(k.dtype), pv_t = matrix_type(v.dtype);
   const float scale = s.scale > 0.0f ? s.scale : static_cast<float>(1.0 / std::sqrt(double(s.head_dim)));
@@ -186,7 +202,7 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
       sb[i] = p.alloc(DType::kF32, R, tk, "s");
       pb[i] = p.alloc(pv_t, R, tk, "p");
     }
-    const BufferId maskb = pl.by_tokens ? p.alloc(DType::kF32, R, tk, "mask") : BufferId{0};
+    const BufferId maskb = pl.by_tokens && pl.causal ? p.alloc(DType::kF32, R, tk, "mask") : BufferId{0};
     const BufferId ob = p.alloc(DType::kF32, R, d, "o");
     const BufferId mb[2] = {p.alloc(DType::kF32, R, 1, "m"), p.alloc(DType::kF32, R, 1, "m")};
     const BufferId lb = p.alloc(DType::kF32, R, 1, "l");
@@ -210,16 +226,19 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
     for (int i = 0; i < stages; ++i) load_kv(i, i);
     p.fill(mb[0], n, 1, kNegMax);
     int cur = 0;  // mb[cur] holds the running max
-    emit_scores(0);
+    const bool ahead = cfg.style == AttentionStyle::kPipelined;
+    if (ahead) emit_scores(0);
     for (int64_t step = 0; step < steps; ++step) {
-      // Issue the next scores first: the matrix unit computes them during this step's softmax.
-      if (step + 1 < steps) emit_scores(step + 1);
+      // Pipelined: issue the next scores first, so the matrix unit computes them during this step's
+      // softmax. FlashAttention-2 style: this step's scores now, then its softmax.
+      if (!ahead) emit_scores(step);
+      else if (step + 1 < steps) emit_scores(step + 1);
       const BufferId sc = sb[step % 2], pr = pb[step % 2];
       const int w = kv_width(step);
       p.unary(UnaryOp::kScale, sc, sc, n, w, scale);
       // kTokens: the tile crosses the diagonal if its last column is beyond row 0's position.
       const int64_t delta = tl.pos0 - kv_start(step);
-      if (pl.by_tokens && w - 1 > delta) {
+      if (pl.by_tokens && pl.causal && w - 1 > delta) {
         p.load(maskb, TileRegion{kArgMask, kAttentionMaskDiag - delta, kAttentionMaskCols, n, w});
         p.binary(BinaryOp::kAdd, sc, sc, maskb, n, w);
       }
@@ -358,6 +377,8 @@ void check_config(const AttentionConfig& c) {
   };
   if (c.packing == AttentionPacking::kAuto || c.packing == AttentionPacking::kCount)
     throw UserError("attention: config packing must be resolved to tokens or heads");
+  if (c.style == AttentionStyle::kCount)
+    throw UserError("attention: config style must be pipelined or flash-attention-2");
   bad("tile_q", c.tile_q, 1, kAttentionMaxTileQ);
   bad("tile_kv", c.tile_kv, 1, kAttentionMaxTileKv);
   bad("stages", c.stages, 2, kAttentionMaxStages);
@@ -449,7 +470,8 @@ AttentionConfig choose_attention_config(const ChipSpec& chip, const AttentionSha
     // query tile down to 16 if needed.
     const int rows = static_cast<int>(std::min<int64_t>(c.tile_q, need_rows));
     auto bytes = [&](int tq, int tkv, int st) {
-      return static_cast<double>(attention_sram_bytes(std::min(rows, tq), tkv, st, s.head_dim, qk_t, pv_t, by_tokens));
+      return static_cast<double>(
+          attention_sram_bytes(std::min(rows, tq), tkv, st, s.head_dim, qk_t, pv_t, by_tokens && s.causal));
     };
     for (int blocks : {2, 1}) {
       for (int tq = c.tile_q; c.stages == 0 && tq >= (base.tile_q ? c.tile_q : std::min(c.tile_q, 16)); tq /= 2)
@@ -530,8 +552,9 @@ AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const
   // longest context.
   AttentionShape agg = items[0].shape;
   for (const auto& it : items) {
-    if (it.shape.q_heads != agg.q_heads || it.shape.kv_heads != agg.kv_heads || it.shape.head_dim != agg.head_dim)
-      throw UserError("attention_batch: every sequence must have the same q_heads, kv_heads and head_dim");
+    if (it.shape.q_heads != agg.q_heads || it.shape.kv_heads != agg.kv_heads || it.shape.head_dim != agg.head_dim ||
+        it.shape.causal != agg.causal)
+      throw UserError("attention_batch: every sequence must have the same q_heads, kv_heads, head_dim and causal flag");
     agg.q_tokens = std::max(agg.q_tokens, it.shape.q_tokens);
     agg.past_len = std::max(agg.past_len, it.shape.past_len);
     agg.kv_capacity = std::max(agg.kv_capacity, it.shape.kv_capacity);
@@ -600,7 +623,7 @@ std::vector<double> attention_reference(const AttentionShape& s, const std::vect
   for (int64_t t = 0; t < s.q_tokens; ++t)
     for (int64_t h = 0; h < s.q_heads; ++h) {
       const float* qr = q.data() + (t * s.q_heads + h) * d;
-      const int64_t kvh = h / g, visible = s.past_len + t + 1;
+      const int64_t kvh = h / g, visible = s.causal ? s.past_len + t + 1 : s.kv_len();
       score.assign(static_cast<size_t>(visible), 0.0);
       double m = -INFINITY;
       for (int64_t j = 0; j < visible; ++j) {

@@ -70,7 +70,9 @@
 // out may be q itself (a tile's q rows are read only by its own blocks, before they store); it must
 // not overlap the caches.
 //
-// Not here: non-causal or sliding-window masks, attention sinks, softcapping, ALiBi, paged caches,
+// Non-causal calls (AttentionShape::causal = false) visit every KV tile of every tile, with no mask.
+//
+// Not here: sliding-window masks, attention sinks, softcapping, ALiBi, paged caches,
 // batches of sequences with different lengths, or a cache in another layout (kv heads outermost).
 #pragma once
 
@@ -92,6 +94,9 @@ struct AttentionShape {
   int64_t kv_capacity = 0;  // positions the caches hold
   int64_t past_len = 0;     // cache positions before the first q token
   float scale = 0.0f;       // 0: 1 / sqrt(head_dim)
+  // true: q token t sees positions 0 .. past_len + t. false: every q token sees all kv_len positions
+  // (bidirectional / cross attention, and the non-causal FlashAttention benchmarks).
+  bool causal = true;
   int64_t kv_len() const { return past_len + q_tokens; }
 };
 
@@ -99,8 +104,23 @@ enum class AttentionPacking : uint8_t { kAuto, kTokens, kHeads, kCount };
 inline constexpr std::array<std::string_view, static_cast<size_t>(AttentionPacking::kCount)> kAttentionPackingNames = {
     "auto", "tokens", "heads"};
 
+// How a block orders its work.
+//  * kPipelined (default): the next KV step's S = Q.K^T is issued before this step's softmax, so
+//    the matrix unit overlaps the vector unit within a block; the chip's native matrix instructions.
+//  * kFlashAttention2: as FlashAttention-2 runs on GPUs - each step's S, softmax and P.V in
+//    sequence (a warp issues its MMAs and its softmax math in one stream), one block at a time per
+//    core (the model's stand-in for FA2 overlapping little of the softmax with the MMAs of other
+//    warps: the FlashAttention-3 paper's motivation), and the synchronous warp-level MMA
+//    instructions (mma.sync), which on Hopper reach only ChipSpec::mma_sync_fraction of the
+//    tensor-core peak. For comparing with FA2 measurements (bench/fidelity.cpp); on the A100 case it
+//    underpredicts (docs/validation.md), as some overlap across warps does happen there.
+enum class AttentionStyle : uint8_t { kPipelined, kFlashAttention2, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(AttentionStyle::kCount)> kAttentionStyleNames = {
+    "pipelined", "flash-attention-2"};
+
 // Tiling of one attention call. Zero fields are chosen by choose_attention_config.
 struct AttentionConfig {
+  AttentionStyle style = AttentionStyle::kPipelined;
   AttentionPacking packing = AttentionPacking::kAuto;
   int tile_q = 0;   // rows of a tile (tokens or heads), 1 .. kAttentionMaxTileQ
   int tile_kv = 0;  // cache positions per step, 1 .. kAttentionMaxTileKv

@@ -75,6 +75,8 @@ Kernel make_unary(const ChipSpec& chip, UnaryOp op, const Buffer& x, const Buffe
 
 Kernel make_binary(const ChipSpec& chip, BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y) {
   if (op >= BinaryOp::kCount) throw UserError("binary: invalid op");
+  if (op == BinaryOp::kSelect)
+    throw UserError("binary: select is a masked move that also reads its output; it has no flat-map kernel");
   return make_map(chip, std::string(kBinaryOpNames[static_cast<size_t>(op)]), {a, b}, y, true,
                   [op](TileProgram& p, const BufferId* in, BufferId out, int cols) {
                     p.binary(op, out, in[0], in[1], 1, cols);
@@ -133,6 +135,9 @@ float binary_reference(BinaryOp op, float a, float b) {
     case BinaryOp::kDiv: return a / b;
     case BinaryOp::kMax: return std::max(a, b);
     case BinaryOp::kMin: return std::min(a, b);
+    case BinaryOp::kCmpGt: return a > b ? 1.0f : 0.0f;
+    case BinaryOp::kCmpEq: return a == b ? 1.0f : 0.0f;
+    case BinaryOp::kSelect: return a != 0.0f ? b : 0.0f;  // as if the destination held zeros
     case BinaryOp::kCount: break;
   }
   return a;

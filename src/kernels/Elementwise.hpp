@@ -30,7 +30,9 @@ KernelTiming unary(Device& dev, UnaryOp op, const Buffer& x, const Buffer& y, fl
 KernelTiming binary(Device& dev, BinaryOp op, const Buffer& a, const Buffer& b, const Buffer& y, Stream* s = nullptr);
 KernelTiming triad(Device& dev, const Buffer& b, const Buffer& c, const Buffer& a, float scalar, Stream* s = nullptr);
 
-// Scalar references (fp32 math as the vector unit does it).
+// make_binary rejects BinaryOp::kSelect (a masked move that reads its output).
+// Scalar references (fp32 math as the vector unit does it); binary_reference(kSelect, a, b) is the
+// masked move onto a zero destination.
 float unary_reference(UnaryOp op, float x, float imm);
 float binary_reference(BinaryOp op, float a, float b);
 

@@ -74,7 +74,30 @@ struct RowTiling {
   int chunk_width(int64_t chunk) const {
     return static_cast<int>(std::min<int64_t>(chunk_cols, cols - chunk_col0(chunk)));
   }
+  // Region of argument `arg` (a row-major [rows, cols] tensor) that step `step` of `block` covers,
+  // for row kernels whose steps are the block's row tiles, or - for chunked rows - its one row's
+  // chunks, step % chunks (so that the steps may walk the row several times, one pass each).
+  TileRegion step_region(int64_t block, int64_t step, uint16_t arg) const {
+    const bool chunked = chunks > 1;
+    const int tile = chunked ? 0 : static_cast<int>(step);
+    const int64_t c = chunked ? step % chunks : 0;
+    return TileRegion{arg, tile_row0(block, tile) * cols + chunk_col0(c), cols, tile_row_count(block, tile),
+                      chunk_width(c)};
+  }
+  // Region of argument `arg`, a [cols] vector (a norm's weight, a bias), that chunk `chunk` of a
+  // row pairs with (all of it when rows are not chunked), as one row.
+  TileRegion vector_region(int64_t chunk, uint16_t arg) const {
+    return TileRegion{arg, chunk_col0(chunk), chunk_cols, 1, chunk_width(chunk)};
+  }
 };
+
+// acc[r] <- 1 / sqrt(acc[r] * inv_n + eps) for r < rows, in place: the reciprocal root of a mean
+// square or variance from its sum (RMSNorm, LayerNorm).
+inline void emit_rsqrt_mean_eps(TileProgram& p, BufferId acc, int rows, float inv_n, float eps) {
+  p.unary(UnaryOp::kScale, acc, acc, rows, 1, inv_n);
+  p.unary(UnaryOp::kAddImm, acc, acc, rows, 1, eps);
+  p.unary(UnaryOp::kRsqrt, acc, acc, rows, 1);
+}
 
 // Most rows in one tile (reached for rows shorter than tile_elems / 256): bounds the [tile_rows, 1]
 // row statistics each tile keeps, and the rows a block holds.

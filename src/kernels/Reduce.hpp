@@ -10,7 +10,7 @@
 // (left to right) in fp32 within a chunk, then across chunks: its error bound is that of recursive
 // summation over cols + chunks terms.
 //
-// Not here: reductions over other dims (transpose first), arg-max, or splitting one row over
+// Not here: reductions over other dims (transpose first), arg-max (kernels/Sampling), or splitting one row over
 // several blocks (a row of n elements is one block of about n / kReduceTileElems loads). A NaN in a
 // row is ignored by max (fmax semantics) and propagates through sum and mean.
 #pragma once

@@ -31,18 +31,9 @@ Kernel make_rms_norm(const Buffer& x, const Buffer& weight, const Buffer& y, int
     // Steps: one per row tile; or, for chunked rows, pass 1's chunks then pass 2's.
     const int64_t steps = chunked ? 2 * t.chunks : ntiles;
     const int stages = static_cast<int>(std::min<int64_t>(kRmsNormStages, steps));
-    auto region = [&](int64_t step, uint16_t arg) {
-      const int tile = chunked ? 0 : static_cast<int>(step);
-      const int64_t c = chunked ? step % t.chunks : 0;
-      return matrix_region(arg, 0, t.cols, t.tile_row0(block, tile), t.chunk_col0(c), t.tile_row_count(block, tile),
-                           t.chunk_width(c));
-    };
+    auto region = [&](int64_t step, uint16_t arg) { return t.step_region(block, step, arg); };
     // rms[r] <- 1 / sqrt(sum_sq[r] / cols + eps), in place.
-    auto finish_stats = [&](BufferId rms, int nr) {
-      p.unary(UnaryOp::kScale, rms, rms, nr, 1, inv_cols);
-      p.unary(UnaryOp::kAddImm, rms, rms, nr, 1, eps);
-      p.unary(UnaryOp::kRsqrt, rms, rms, nr, 1);
-    };
+    auto finish_stats = [&](BufferId rms, int nr) { emit_rsqrt_mean_eps(p, rms, nr, inv_cols, eps); };
     BufferId xb[kRmsNormStages];
     for (int s = 0; s < stages; ++s) xb[s] = p.alloc(DType::kF32, t.tile_rows, t.chunk_cols, "x");
 
@@ -79,7 +70,7 @@ Kernel make_rms_norm(const Buffer& x, const Buffer& weight, const Buffer& y, int
           p.load(xb[slot], region(step, 0));
           if (step >= t.chunks) {
             const int64_t c = step - t.chunks;
-            p.load(wb[slot], TileRegion{1, t.chunk_col0(c), t.chunk_cols, 1, t.chunk_width(c)});
+            p.load(wb[slot], t.vector_region(c, 1));
           }
         },
         [&](int64_t step, int slot) {

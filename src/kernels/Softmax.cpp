@@ -30,12 +30,7 @@ Kernel make_softmax(const Buffer& x, const Buffer& y, int64_t rows, int64_t cols
     const int stages = static_cast<int>(std::min<int64_t>(kSoftmaxStages, steps));
     BufferId xb[kSoftmaxStages];
     for (int s = 0; s < stages; ++s) xb[s] = p.alloc(DType::kF32, t.tile_rows, t.chunk_cols, "x");
-    auto region = [&](int64_t step, uint16_t arg) {
-      const int tile = chunked ? 0 : static_cast<int>(step);
-      const int64_t c = chunked ? step % t.chunks : 0;
-      return matrix_region(arg, 0, t.cols, t.tile_row0(block, tile), t.chunk_col0(c), t.tile_row_count(block, tile),
-                           t.chunk_width(c));
-    };
+    auto region = [&](int64_t step, uint16_t arg) { return t.step_region(block, step, arg); };
     auto load = [&](int64_t step, int slot) { p.load(xb[slot], region(step, 0)); };
 
     if (!chunked) {

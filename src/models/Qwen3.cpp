@@ -122,9 +122,22 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   lm_head_ = cfg_.tie_word_embeddings ? embed_ : w(cfg_.vocab_size * H, "lm_head.weight");
   if (opt_.max_batch < 1) throw UserError(fmt::format("model '{}': max_batch {} must be at least 1", cfg_.name, opt_.max_batch));
   past_.assign(static_cast<size_t>(opt_.max_batch), 0);
+  if (!opt_.slot_capacity.empty() && static_cast<int64_t>(opt_.slot_capacity.size()) != opt_.max_batch)
+    throw UserError(fmt::format("model '{}': slot_capacity has {} entries; it needs one per sequence slot (max_batch = {})",
+                                cfg_.name, opt_.slot_capacity.size(), opt_.max_batch));
+  int64_t positions = 0;
+  for (int64_t b = 0; b < opt_.max_batch; ++b) {
+    const int64_t cap = opt_.slot_capacity.empty() ? max_context_ : opt_.slot_capacity[static_cast<size_t>(b)];
+    if (cap < 1 || cap > max_context_)
+      throw UserError(fmt::format("model '{}': slot_capacity[{}] = {}; valid: 1 to the context of {} positions",
+                                  cfg_.name, b, cap, max_context_));
+    slot_off_.push_back(positions);
+    slot_cap_.push_back(cap);
+    positions += cap;
+  }
   for (auto& L : layers_) {
-    L->k_cache = dev_.alloc(opt_.kv_dtype, opt_.max_batch * max_context_ * cfg_.kv_width(), "k_cache");
-    L->v_cache = dev_.alloc(opt_.kv_dtype, opt_.max_batch * max_context_ * cfg_.kv_width(), "v_cache");
+    L->k_cache = dev_.alloc(opt_.kv_dtype, positions * cfg_.kv_width(), "k_cache");
+    L->v_cache = dev_.alloc(opt_.kv_dtype, positions * cfg_.kv_width(), "v_cache");
     kv_bytes_ += 2 * L->k_cache.bytes;
   }
   rope_ = kernels::make_rope_table(dev_, cfg_.rope_theta, d, max_context_);
@@ -194,6 +207,18 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
   }
 }
 
+void Qwen3Model::assume_past(size_t seq, int64_t n) {
+  if (dev_.functional())
+    throw UserError(fmt::format("model '{}': assume_past works in timing-only mode only (a functional cache would "
+                                "hold no keys and values for those positions)",
+                                cfg_.name));
+  if (seq >= past_.size() || n < 0 || n > slot_cap_[seq])
+    throw UserError(fmt::format("model '{}': assume_past({}, {}); valid: a slot below {} and 0 to its capacity{}",
+                                cfg_.name, seq, n, past_.size(),
+                                seq < past_.size() ? fmt::format(" ({})", slot_cap_[seq]) : std::string()));
+  past_[seq] = n;
+}
+
 ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_logits, ForwardTaps* taps) {
   return run({tokens}, 0, all_logits, taps);
 }
@@ -218,9 +243,10 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     const auto& sq = seqs[static_cast<size_t>(b)];
     const auto n = static_cast<int64_t>(sq.size());
     if (n == 0) throw UserError(fmt::format("forward: sequence {} has no tokens", b));
-    if (past(b) + n > max_context_)
-      throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions",
-                                  n, past(b), max_context_));
+    const int64_t cap = slot_cap_[static_cast<size_t>(first_slot + b)];
+    if (past(b) + n > cap)
+      throw UserError(fmt::format("forward: {} tokens after {} already in the cache exceed the context of {} positions{}",
+                                  n, past(b), cap, cap < max_context_ ? " (this sequence slot's capacity)" : ""));
     seq_row.push_back(static_cast<int64_t>(tokens.size()));
     seq_len.push_back(n);
     tokens.insert(tokens.end(), sq.begin(), sq.end());
@@ -247,7 +273,11 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
     const bool first = l == 0;
-    const int64_t cache_elems = max_context_ * kvw;  // one sequence's cache
+    // Sequence b's cache: positions [slot_off, slot_off + slot_cap) of the layer's cache.
+    auto cache_of = [&](const Buffer& c, int64_t b) {
+      const auto s = static_cast<size_t>(first_slot + b);
+      return c.view(slot_off_[s] * kvw, slot_cap_[s] * kvw);
+    };
     op("norm", [&] { kernels::rms_norm(dev_, x, L.in_norm, h, T, H, eps); });
     if (first) tap("layer0.attn_norm", h);
     op("attention gemm", [&] {
@@ -276,8 +306,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
         const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
         const int64_t pb0 = past(b);
         const std::vector<int32_t> pb(pos.begin() + r0, pos.begin() + r0 + n);
-        const Buffer kc = L.k_cache.view((first_slot + b) * cache_elems, cache_elems),
-                     vcache = L.v_cache.view((first_slot + b) * cache_elems, cache_elems);
+        const Buffer kc = cache_of(L.k_cache, b), vcache = cache_of(L.v_cache, b);
         kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, pb0));
         vc.push_back(kernels::make_copy(dev_.chip(), v.view(r0 * kvw, n * kvw), vcache.view(pb0 * kvw, n * kvw)));
       }
@@ -293,10 +322,10 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       for (int64_t b = 0; b < B; ++b) {
         const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
         kernels::AttentionBatchItem it;
-        it.shape = kernels::AttentionShape{n, nh, nkv, d, max_context_, past(b), 0.0f};
+        it.shape = kernels::AttentionShape{n, nh, nkv, d, slot_cap_[static_cast<size_t>(first_slot + b)], past(b), 0.0f};
         it.q = qn.view(r0 * qw, n * qw);
-        it.k_cache = L.k_cache.view((first_slot + b) * cache_elems, cache_elems);
-        it.v_cache = L.v_cache.view((first_slot + b) * cache_elems, cache_elems);
+        it.k_cache = cache_of(L.k_cache, b);
+        it.v_cache = cache_of(L.v_cache, b);
         it.out = a.view(r0 * qw, n * qw);
         items.push_back(it);
       }

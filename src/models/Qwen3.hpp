@@ -64,6 +64,10 @@ struct Qwen3Options {
   DType kv_dtype = DType::kBF16;
   int64_t max_context = 0;  // KV cache positions per sequence; 0: min(max_position_embeddings, 4096)
   int64_t max_batch = 1;    // sequences that forward_batch may run together (one KV cache each)
+  // KV positions of each sequence slot (size max_batch; each 1 .. max_context), laid out one after
+  // another in one cache, as a paged cache holds only what each sequence reserved. Empty: every
+  // slot holds max_context positions.
+  std::vector<int64_t> slot_capacity;
 };
 
 struct ForwardResult {
@@ -99,7 +103,12 @@ class Qwen3Model {
   ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot = 0);
 
   void reset() { std::fill(past_.begin(), past_.end(), 0); }
+  // Timing-only mode: treat slot `seq` as holding `n` cached positions (their contents do not
+  // matter to the time), e.g. to time a decode step deep into long contexts without simulating the
+  // prefill. UserError in functional mode, or if n is outside 0 .. the slot's capacity.
+  void assume_past(size_t seq, int64_t n);
   int64_t past_len(size_t seq = 0) const { return past_[seq]; }
+  int64_t slot_capacity(size_t seq) const { return slot_cap_[seq]; }
   int64_t max_context() const { return max_context_; }
   const ModelConfig& config() const { return cfg_; }
   Device& device() { return dev_; }
@@ -123,7 +132,9 @@ class Qwen3Model {
   ModelConfig cfg_;
   Qwen3Options opt_;
   int64_t max_context_ = 0;
-  std::vector<int64_t> past_;  // positions already in each sequence's KV cache
+  std::vector<int64_t> past_;      // positions already in each sequence's KV cache
+  std::vector<int64_t> slot_cap_;  // KV positions of each slot
+  std::vector<int64_t> slot_off_;  // first position of each slot in the cache
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
   Buffer embed_, final_norm_, lm_head_;
   std::vector<std::unique_ptr<Layer>> layers_;

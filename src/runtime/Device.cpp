@@ -188,18 +188,26 @@ KernelTiming Device::launch(const Kernel& k, Stream* sp) {
   return t;
 }
 
+void Device::record_op(OpKind kind, const std::string& name, Stream& s, double start_s, double end_s, double bytes) {
+  PPU_CHECK(start_s >= s.ready_s && end_s >= start_s, "an external op must start after its stream is ready");
+  s.ready_s = end_s;
+  records_.push_back({kind, name, s.id, start_s, end_s, bytes, nullptr});
+}
+
 double Device::synchronize() const {
   double t = 0;
   for (const auto& s : streams_) t = std::max(t, s->ready_s);
   return t;
 }
 
-void Device::write_trace(TraceWriter& w) const {
-  const int kStreamsPid = 1, kCoresPid = 2, kMemPid = 3;
-  w.name_process(kStreamsPid, fmt::format("{}: streams and copy engines", chip_.name));
+void Device::write_trace(TraceWriter& w, int pid_base, const std::string& label) const {
+  const int kStreamsPid = pid_base, kCoresPid = pid_base + 1, kMemPid = pid_base + 2;
+  const std::string who = label.empty() ? chip_.name : fmt::format("{} ({})", label, chip_.name);
+  w.name_process(kStreamsPid, fmt::format("{}: streams and copy engines", who));
   for (const auto& s : streams_) w.name_thread(kStreamsPid, s->id, fmt::format("stream {} ({})", s->id, s->name));
   w.name_thread(kStreamsPid, 1000, "host link: host to device");
   w.name_thread(kStreamsPid, 1001, "host link: device to host");
+  w.name_thread(kStreamsPid, 1002, "collectives (chip-to-chip links)");
   bool any_detail = false;
   for (const auto& r : records_) {
     nlohmann::json args = {{"bytes", r.bytes}};
@@ -211,7 +219,10 @@ void Device::write_trace(TraceWriter& w) const {
       args["hbm_utilization"] = r.timing->hbm_utilization(chip_);
     }
     w.slice(kStreamsPid, r.stream, r.name, r.start_s, r.end_s - r.start_s, args);
-    if (r.kind != OpKind::kKernel) w.slice(kStreamsPid, r.kind == OpKind::kCopyH2D ? 1000 : 1001, r.name, r.start_s, r.end_s - r.start_s, args);
+    if (r.kind != OpKind::kKernel) {
+      const int lane = r.kind == OpKind::kCopyH2D ? 1000 : r.kind == OpKind::kCopyD2H ? 1001 : 1002;
+      w.slice(kStreamsPid, lane, r.name, r.start_s, r.end_s - r.start_s, args);
+    }
     if (!r.timing || r.timing->trace.empty()) continue;
     any_detail = true;
     // Per-core, per-unit lanes, and an HBM/L2 bandwidth counter from the DMA events.
@@ -248,8 +259,8 @@ void Device::write_trace(TraceWriter& w) const {
     }
   }
   if (any_detail) {
-    w.name_process(kCoresPid, fmt::format("{}: cores (units per core)", chip_.name));
-    w.name_process(kMemPid, fmt::format("{}: memory", chip_.name));
+    w.name_process(kCoresPid, fmt::format("{}: cores (units per core)", who));
+    w.name_process(kMemPid, fmt::format("{}: memory", who));
   }
 }
 

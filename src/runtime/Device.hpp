@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -73,8 +74,9 @@ struct Event {
   double time_s = 0;
 };
 
-enum class OpKind : uint8_t { kKernel, kCopyH2D, kCopyD2H, kCount };
-inline constexpr const char* kOpKindNames[] = {"kernel", "copy_h2d", "copy_d2h"};
+enum class OpKind : uint8_t { kKernel, kCopyH2D, kCopyD2H, kCollective, kCount };
+inline constexpr const char* kOpKindNames[] = {"kernel", "copy_h2d", "copy_d2h", "collective"};
+static_assert(std::size(kOpKindNames) == static_cast<size_t>(OpKind::kCount));
 
 struct OpRecord {
   OpKind kind = OpKind::kKernel;
@@ -127,12 +129,18 @@ class Device {
   // Per-instruction trace events kept per kernel (0 = none; the default).
   void set_kernel_trace_limit(size_t n) { trace_limit_ = n; }
 
+  // Records an operation that ran outside this device's engines (a collective across devices, see
+  // ccl/Communicator): it occupies stream `s` from `start_s` (>= s.ready_s) to `end_s` and advances
+  // the stream; it does not occupy the compute engine, so kernels of other streams overlap it.
+  void record_op(OpKind kind, const std::string& name, Stream& s, double start_s, double end_s, double bytes);
+
   // Simulated time when every stream has finished.
   double synchronize() const;
 
   const std::vector<OpRecord>& records() const { return records_; }
-  // Writes the records (and any per-instruction kernel events) as a Perfetto trace.
-  void write_trace(TraceWriter& w) const;
+  // Writes the records (and any per-instruction kernel events) as a Perfetto trace, as processes
+  // pid_base .. pid_base + 2 whose names start with `label` (several devices in one trace).
+  void write_trace(TraceWriter& w, int pid_base = 1, const std::string& label = "") const;
 
   FunctionalExecutor& executor();
 

@@ -123,7 +123,29 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
     return std::make_pair(reinterpret_cast<const float*>(v.ptr), v.ld);
   };
 
+  // Consecutive k-steps of one accumulator that read global memory in one continuing stretch (the
+  // weight rows of a decode GEMM, aliased) run as one mma_tile call where that is faster on the host
+  // (mma_streams_long_k: !trans_a, trans_b, so both operands continue k elements further on).
+  // Only aliased operands are merged: global memory cannot change during the program, so the merged
+  // call may run later, before the next instruction that is neither such an MMA nor an aliased load.
+  struct PendingMma {
+    bool active = false;
+    BufferId dst = 0;
+    DType type = DType::kBF16;
+    const unsigned char *a = nullptr, *b = nullptr;
+    int64_t lda = 0, ldb = 0;
+    int m = 0, n = 0, k = 0;
+    bool accumulate = false;
+  } pend;
+  auto flush = [&] {
+    if (!pend.active) return;
+    mma_tile(pend.type, pend.a, static_cast<int>(pend.lda), false, pend.b, static_cast<int>(pend.ldb), true,
+             fptr(pend.dst), bufs[pend.dst].cols, pend.m, pend.n, pend.k, pend.accumulate, t_mma_scratch);
+    pend.active = false;
+  };
+
   for (const Instr& in : ins) {
+    if (pend.active && in.op != OpCode::kMma && !(in.op == OpCode::kLoad && aliasable[in.dst])) flush();
     switch (in.op) {
       case OpCode::kLoad: {
         const TensorArg& t = k.args[in.region.arg];
@@ -150,6 +172,20 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const bool ta = in.flags & kFlagTransA, tb = in.flags & kFlagTransB;
         const ReadView& va = rd(in.a, ta ? in.k : in.rows, ta ? in.rows : in.k);
         const ReadView& vb = rd(in.b, tb ? in.cols : in.k, tb ? in.k : in.cols);
+        const DType t = bufs[in.a].dtype;
+        if (va.alias && vb.alias && mma_streams_long_k(t, in.rows, ta, tb)) {
+          const int64_t step = int64_t{pend.k} * dtype_size_bytes(t);
+          if (pend.active && pend.dst == in.dst && (in.flags & kFlagAccumulate) && pend.type == t && pend.m == in.rows &&
+              pend.n == in.cols && pend.lda == va.ld && pend.ldb == vb.ld && va.ptr == pend.a + step &&
+              vb.ptr == pend.b + step) {
+            pend.k += in.k;
+            break;
+          }
+          flush();
+          pend = {true, in.dst, t, va.ptr, vb.ptr, va.ld, vb.ld, in.rows, in.cols, in.k, (in.flags & kFlagAccumulate) != 0};
+          break;
+        }
+        flush();
         mma_tile(bufs[in.a].dtype, va.ptr, static_cast<int>(va.ld), ta, vb.ptr, static_cast<int>(vb.ld), tb,
                  fptr(in.dst), bufs[in.dst].cols, in.rows, in.cols, in.k, in.flags & kFlagAccumulate, t_mma_scratch);
         break;
@@ -186,6 +222,11 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const auto [src, lds] = frd(in.a, in.rows, in.cols);
         float* d = fptr(in.dst);
         const int ldd = bufs[in.dst].cols;
+        if (op == ReduceOp::kArgMax) {  // exact fp32 integers (TileProgram checks the range)
+          for (int r = 0; r < in.rows; ++r)
+            d[int64_t{r} * ldd] = static_cast<float>(in.k + vec_argmax(src + r * lds, in.cols));
+          break;
+        }
         for (int r = 0; r < in.rows; ++r) {
           float acc = vec_reduce(op, src + r * lds, in.cols);
           float& out = d[int64_t{r} * ldd];
@@ -197,6 +238,11 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       case OpCode::kFill: {
         float* d = fptr(in.dst);
         const int ldd = bufs[in.dst].cols;
+        if (static_cast<FillOp>(in.sub) == FillOp::kIota) {
+          for (int r = 0; r < in.rows; ++r)
+            for (int c = 0; c < in.cols; ++c) d[int64_t{r} * ldd + c] = static_cast<float>(in.k + c);
+          break;
+        }
         for (int r = 0; r < in.rows; ++r) std::fill_n(d + int64_t{r} * ldd, in.cols, in.imm);
         break;
       }
@@ -211,6 +257,7 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       case OpCode::kCount: break;
     }
   }
+  flush();
 }
 
 struct FunctionalExecutor::Impl {

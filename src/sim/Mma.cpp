@@ -108,6 +108,10 @@ void mma_generic(DType t, const void* a, int lda, bool trans_a, const void* b, i
 
 }  // namespace
 
+bool mma_streams_long_k(DType t, int m, bool trans_a, bool trans_b) {
+  return t == DType::kBF16 && m <= detail::kDotMaxRows && trans_b && !trans_a && mma_has_avx512bf16();
+}
+
 void mma_tile(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,
               int m, int n, int k, bool accumulate, MmaScratch& scratch) {
   if (t == DType::kBF16 && mma_has_avx512bf16()) {

@@ -31,4 +31,11 @@ void mma_tile(DType in_type, const void* a, int lda, bool trans_a, const void* b
 // True if the bf16 path uses AVX512-BF16 on this CPU (for reports).
 bool mma_has_avx512bf16();
 
+// True if mma_tile streams B for this kind of product without packing it (small m, B stored [n, k]:
+// decode-shaped products), so that one call over a longer k costs no more than several calls over
+// its pieces and reads longer contiguous rows. The executor then merges consecutive k-steps of one
+// accumulator into one call; the sum is then reassociated (one horizontal sum per output instead of
+// one per k-step), within the fp32 accumulation bound the tests state.
+bool mma_streams_long_k(DType in_type, int m, bool trans_a, bool trans_b);
+
 }  // namespace ppu

@@ -4,6 +4,10 @@
 // Register blocking: kMR rows x kNV*16 columns of fp32 accumulators (6 x 64 = 24 zmm), so that each
 // k pair costs kNV vector loads of B and kMR broadcasts of A for kMR*kNV VDPBF16PS - the load ports,
 // not the dot-product units, are what limit a smaller block.
+// GCC 12's AVX-512 headers fill "don't care" lanes with self-initialised _mm*_undefined_* values,
+// which -Wuninitialized flags once the lane-sum below is inlined (a false positive inside the
+// header, not our code; the build already silences its -Wmaybe-uninitialized twin for this file).
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <cstdint>
@@ -87,33 +91,95 @@ PPU_AVX512_TARGET void mma_bf16_avx512(const uint16_t* a, int lda, const uint16_
 namespace ppu::detail {
 
 // Small-m path for B stored transposed ([n, k], the layout of linear-layer weights): each output is
-// a dot product of two contiguous bf16 rows, so nothing is packed. Each B row chunk is loaded once
-// and used for all m (<= kDotMaxRows) rows of A.
-PPU_AVX512_TARGET void mma_bf16_dot_avx512(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc,
-                                           int m, int n, int k, bool accumulate) {
-  const int full = k / 32;
-  const int rem = k - full * 32;
+// a dot product of two contiguous bf16 rows, so nothing is packed. This is the weight-streaming path
+// of decode, so it is written for memory bandwidth:
+// - kDotRows rows of B are walked together, each loaded once and used for all m (<= kDotMaxRows)
+//   rows of A, so m * kDotRows independent accumulator chains hide the VDPBF16PS latency;
+// - the rows kDotPrefetchRows ahead are prefetched line by line, one prefetch per load, because the
+//   rows of a tile are short strided segments (tile_k elements at a stride of K) that the hardware
+//   prefetchers pick up late.
+// Each output keeps one accumulator over k and one horizontal sum, so the result is the same bit
+// for bit however many rows are walked together.
+namespace {
+
+inline constexpr int kDotRows = 4;
+inline constexpr int kDotPrefetchRows = 16;
+
+
+template <int M, int J>
+PPU_AVX512_TARGET inline void dot_rows(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc,
+                                       int n, int j0, int full, int rem, bool accumulate) {
   const __mmask32 tail = rem ? static_cast<__mmask32>((uint64_t{1} << rem) - 1) : 0;
-  for (int j = 0; j < n; ++j) {
-    const uint16_t* brow = b + static_cast<int64_t>(j) * ldb;
-    __m512 acc[kDotMaxRows];
-    for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
-    for (int q = 0; q < full; ++q) {
-      const __m512bh bv = (__m512bh)_mm512_loadu_si512(brow + 32 * q);
-      for (int r = 0; r < m; ++r)
-        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(a + static_cast<int64_t>(r) * lda + 32 * q), bv);
+  const uint16_t* brow[J];
+#pragma GCC unroll 4
+  for (int jj = 0; jj < J; ++jj) brow[jj] = b + static_cast<int64_t>(j0 + jj) * ldb;
+  // Prefetch target: the rows kDotPrefetchRows ahead, clamped to the last row of B.
+  const char* pf[J];
+#pragma GCC unroll 4
+  for (int jj = 0; jj < J; ++jj) {
+    const int jp = j0 + kDotPrefetchRows + jj < n ? j0 + kDotPrefetchRows + jj : n - 1;
+    pf[jj] = reinterpret_cast<const char*>(b + static_cast<int64_t>(jp) * ldb);
+  }
+  __m512 acc[M][J];
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+    for (int jj = 0; jj < J; ++jj) acc[r][jj] = _mm512_setzero_ps();
+  for (int q = 0; q < full; ++q) {
+    __m512bh bv[J];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < J; ++jj) {
+      bv[jj] = (__m512bh)_mm512_loadu_si512(brow[jj] + 32 * q);
+      _mm_prefetch(pf[jj] + 64 * q, _MM_HINT_T1);
     }
-    if (rem) {
-      const __m512bh bv = (__m512bh)_mm512_maskz_loadu_epi16(tail, brow + 32 * full);
-      for (int r = 0; r < m; ++r)
-        acc[r] = _mm512_dpbf16_ps(
-            acc[r], (__m512bh)_mm512_maskz_loadu_epi16(tail, a + static_cast<int64_t>(r) * lda + 32 * full), bv);
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r) {
+      const __m512bh av = (__m512bh)_mm512_loadu_si512(a + static_cast<int64_t>(r) * lda + 32 * q);
+#pragma GCC unroll 4
+      for (int jj = 0; jj < J; ++jj) acc[r][jj] = _mm512_dpbf16_ps(acc[r][jj], av, bv[jj]);
     }
-    for (int r = 0; r < m; ++r) {
-      const float sum = _mm512_reduce_add_ps(acc[r]);
-      float& out = c[static_cast<int64_t>(r) * ldc + j];
+  }
+  if (rem) {
+    __m512bh bv[J];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < J; ++jj) bv[jj] = (__m512bh)_mm512_maskz_loadu_epi16(tail, brow[jj] + 32 * full);
+#pragma GCC unroll 4
+    for (int r = 0; r < M; ++r) {
+      const __m512bh av = (__m512bh)_mm512_maskz_loadu_epi16(tail, a + static_cast<int64_t>(r) * lda + 32 * full);
+#pragma GCC unroll 4
+      for (int jj = 0; jj < J; ++jj) acc[r][jj] = _mm512_dpbf16_ps(acc[r][jj], av, bv[jj]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < M; ++r)
+#pragma GCC unroll 4
+    for (int jj = 0; jj < J; ++jj) {
+      const float sum = _mm512_reduce_add_ps(acc[r][jj]);
+      float& out = c[static_cast<int64_t>(r) * ldc + j0 + jj];
       out = accumulate ? out + sum : sum;
     }
+}
+
+template <int M>
+PPU_AVX512_TARGET void dot_m(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc, int n, int k,
+                             bool accumulate) {
+  const int full = k / 32, rem = k - full * 32;
+  int j = 0;
+  for (; j + kDotRows <= n; j += kDotRows) dot_rows<M, kDotRows>(a, lda, b, ldb, c, ldc, n, j, full, rem, accumulate);
+  for (; j < n; ++j) dot_rows<M, 1>(a, lda, b, ldb, c, ldc, n, j, full, rem, accumulate);
+}
+
+}  // namespace
+
+PPU_AVX512_TARGET void mma_bf16_dot_avx512(const uint16_t* a, int lda, const uint16_t* b, int ldb, float* c, int ldc,
+                                           int m, int n, int k, bool accumulate) {
+  static_assert(kDotMaxRows == 4, "one dot_m instantiation per row count");
+  switch (m) {
+    case 1: dot_m<1>(a, lda, b, ldb, c, ldc, n, k, accumulate); break;
+    case 2: dot_m<2>(a, lda, b, ldb, c, ldc, n, k, accumulate); break;
+    case 3: dot_m<3>(a, lda, b, ldb, c, ldc, n, k, accumulate); break;
+    case 4: dot_m<4>(a, lda, b, ldb, c, ldc, n, k, accumulate); break;
+    default: break;
   }
 }
 

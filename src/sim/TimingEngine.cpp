@@ -45,25 +45,34 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 int64_t round_up(int64_t x, int64_t g) { return (x + g - 1) / g * g; }
 
-// Cost in element-operations of one vector instruction element (transcendentals use the special
-// function unit at a quarter of the FMA rate; an assumption in the absence of published figures).
-double vector_op_cost(const Instr& in) {
+// Work per element of one vector instruction: fp32 lane operations (an add, multiply, max or FMA
+// each takes one lane for one issue; chip.vector_fp32 counts an FMA as 2 FLOPs, so a core does
+// vector_fp32 / 2 / cores lane operations per second) and special-function results (exp, log,
+// rsqrt, reciprocal, tanh: chip.special_function_ops_per_s()). The two pipes run side by side
+// (different warps of a GPU issue to both), so an instruction takes the longer of the two.
+struct VectorWork {
+  double lane = 1.0, sfu = 0.0;
+};
+
+VectorWork vector_op_work(const Instr& in) {
   if (in.op == OpCode::kUnary) {
     switch (static_cast<UnaryOp>(in.sub)) {
-      case UnaryOp::kExp:
-      case UnaryOp::kLog:
+      case UnaryOp::kExp:                              // x * log2(e), then exp2
+      case UnaryOp::kLog: return {1.0, 1.0};           // log2, then * ln(2)
       case UnaryOp::kSqrt:
       case UnaryOp::kRsqrt:
-      case UnaryOp::kRecip:
-      case UnaryOp::kSilu:
-      case UnaryOp::kSigmoid:
-      case UnaryOp::kTanh:
-      case UnaryOp::kGelu: return 4.0;
-      default: return 1.0;
+      case UnaryOp::kRecip: return {0.0, 1.0};
+      case UnaryOp::kTanh: return {0.0, 1.0};          // one tanh.approx
+      case UnaryOp::kSigmoid: return {2.0, 2.0};       // 1 / (1 + exp(-x))
+      case UnaryOp::kSilu: return {3.0, 2.0};          // x * sigmoid(x)
+      case UnaryOp::kGelu: return {7.0, 1.0};          // 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+      default: return {1.0, 0.0};
     }
   }
-  if (in.op == OpCode::kBinary && static_cast<BinaryOp>(in.sub) == BinaryOp::kDiv) return 4.0;
-  return 1.0;
+  if (in.op == OpCode::kBinary && static_cast<BinaryOp>(in.sub) == BinaryOp::kDiv) return {1.0, 1.0};  // a * (1 / b)
+  // Arg-max tracks an index beside the running maximum: a compare and a blend per element.
+  if (in.op == OpCode::kReduce && static_cast<ReduceOp>(in.sub) == ReduceOp::kArgMax) return {2.0, 0.0};
+  return {1.0, 0.0};
 }
 
 // Processor-sharing bandwidth pool tracked in virtual time: every active flow gets the same rate
@@ -282,7 +291,9 @@ class Sim {
       const auto dt = static_cast<DType>(t);
       mma_rate_[t] = chip.matrix_flops_per_s(dt) / cores * chip.mma_efficiency_for(dt);
     }
-    vec_rate_ = chip.vector_fp32.value / cores;
+    lane_rate_ = chip.vector_fp32.value / 2.0 / cores;
+    sfu_rate_ = chip.special_function_ops_per_s() / cores;
+    sync_mma_ = k.sync_mma ? chip.mma_sync_fraction_value() : 1.0;
     res_.name = k.name;
     res_.cores = cores;
     res_.blocks = k.grid;
@@ -301,7 +312,8 @@ class Sim {
       validate_program(k_, 0, probe, chip_.sram_bytes());
       block0_sram_ = probe.sram_bytes();
       const double need = std::max<double>(1.0, static_cast<double>(probe.sram_bytes()));
-      resident_ = static_cast<int>(std::clamp(std::floor(chip_.sram_bytes() / need), 1.0, double(kMaxResidentBlocks)));
+      const int most = k_.max_resident_blocks > 0 ? std::min(k_.max_resident_blocks, kMaxResidentBlocks) : kMaxResidentBlocks;
+      resident_ = static_cast<int>(std::clamp(std::floor(chip_.sram_bytes() / need), 1.0, double(most)));
     }
     res_.resident_blocks = resident_;
     const auto ncores = static_cast<int64_t>(cores_.size());
@@ -457,7 +469,7 @@ class Sim {
         if (!(rate > 0))
           throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
                                       chip_.name, dtype_name(dt), chip_.matrix_fp8.present ? ", fp8" : ""));
-        const double dur = flops / rate;
+        const double dur = flops / (rate * sync_mma_);
         res_.matrix_flops += 2.0 * in.rows * in.cols * in.k;
         res_.matrix_busy_s += dur;
         c.busy[0] = true;
@@ -465,7 +477,9 @@ class Sim {
         return;
       }
       default: {
-        const double dur = static_cast<double>(in.rows) * in.cols * vector_op_cost(in) / vec_rate_;
+        const VectorWork w = vector_op_work(in);
+        const double dur =
+            static_cast<double>(in.rows) * in.cols * std::max(w.lane / lane_rate_, w.sfu / sfu_rate_);
         res_.vector_busy_s += dur;
         c.busy[1] = true;
         push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
@@ -548,7 +562,8 @@ class Sim {
   Pool hbm_, l2pool_;
   L2Lru l2_;
   double mma_rate_[static_cast<int>(DType::kCount)] = {};
-  double vec_rate_ = 0;
+  double lane_rate_ = 0, sfu_rate_ = 0;  // per core: fp32 lane operations/s, special-function results/s
+  double sync_mma_ = 1.0;                 // Kernel::sync_mma: the chip's mma_sync_fraction
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
   uint64_t seq_ = 0;
   double now_ = 0;
@@ -567,7 +582,7 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
   if (k.grid < 0) throw UserError(fmt::format("kernel '{}': grid {} must not be negative", k.name, k.grid));
   std::string key;
   if (!k.timing_key.empty() && trace_limit == 0) {
-    key = k.timing_key;
+    key = k.timing_key + (k.sync_mma ? "|sync-mma" : "") + fmt::format("|res{}", k.max_resident_blocks);
     for (const TensorArg& a : k.args) key += fmt::format("|{}:{}", static_cast<int>(a.dtype), a.numel);
     // Arguments that overlap change which tiles coincide in L2: part of the key.
     for (size_t i = 0; i < k.args.size(); ++i)

@@ -75,6 +75,9 @@ HWY_INLINE V ApplyBinary(int op, V a, V b) {
     case BinaryOp::kDiv: return hn::Div(a, b);
     case BinaryOp::kMax: return hn::Max(a, b);
     case BinaryOp::kMin: return hn::Min(a, b);
+    case BinaryOp::kCmpGt: return hn::IfThenElseZero(hn::Gt(a, b), hn::Set(D(), 1.0f));
+    case BinaryOp::kCmpEq: return hn::IfThenElseZero(hn::Eq(a, b), hn::Set(D(), 1.0f));
+    case BinaryOp::kSelect:  // handled by the callers, which also read dst
     case BinaryOp::kCount: break;
   }
   return a;
@@ -95,7 +98,25 @@ void UnaryImpl(int op, const float* src, float* dst, int64_t n, float imm) {
   }
 }
 
+// dst[i] = a[i] != 0 ? b[i] (or the scalar b) : dst[i]. A plain copy decides per element, so the
+// tails need no special care.
+void SelectImpl(const float* a, const float* b, float b_scalar, float* dst, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto zero = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto bv = b ? hn::LoadU(d, b + i) : hn::Set(d, b_scalar);
+    // "a == 0 keeps dst" rather than "a != 0 takes b": x86's Ne is ordered, false for NaN.
+    const auto keep = hn::Eq(hn::LoadU(d, a + i), zero);
+    hn::StoreU(hn::IfThenElse(keep, hn::LoadU(d, dst + i), bv), d, dst + i);
+  }
+  for (; i < n; ++i)
+    if (a[i] != 0.0f) dst[i] = b ? b[i] : b_scalar;
+}
+
 void BinaryImpl(int op, const float* a, const float* b, float* dst, int64_t n) {
+  if (static_cast<BinaryOp>(op) == BinaryOp::kSelect) return SelectImpl(a, b, 0.0f, dst, n);
   const hn::ScalableTag<float> d;
   using V = hn::Vec<decltype(d)>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -110,6 +131,7 @@ void BinaryImpl(int op, const float* a, const float* b, float* dst, int64_t n) {
 }
 
 void BinaryScalarImpl(int op, const float* a, float b, float* dst, int64_t n) {
+  if (static_cast<BinaryOp>(op) == BinaryOp::kSelect) return SelectImpl(a, nullptr, b, dst, n);
   const hn::ScalableTag<float> d;
   using V = hn::Vec<decltype(d)>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
@@ -123,19 +145,50 @@ void BinaryScalarImpl(int op, const float* a, float b, float* dst, int64_t n) {
   }
 }
 
-float ReduceImpl(int op, const float* x, int64_t n) {
+// Maximum of the non-NaN values among x[0, n) (-inf if there are none). hn::Max is not used: on
+// x86 it returns its second operand when either is NaN, which would forget a lane's maximum.
+float MaxIgnoringNaN(const float* x, int64_t n) {
   const hn::ScalableTag<float> d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const bool is_max = static_cast<ReduceOp>(op) == ReduceOp::kMax;
-  auto acc = is_max ? hn::Set(d, -std::numeric_limits<float>::infinity()) : hn::Zero(d);
+  auto acc = hn::Set(d, -std::numeric_limits<float>::infinity());
   int64_t i = 0;
   for (; i + N <= n; i += N) {
     const auto v = hn::LoadU(d, x + i);
-    acc = is_max ? hn::Max(acc, v) : hn::Add(acc, v);
+    acc = hn::IfThenElse(hn::Gt(v, acc), v, acc);  // NaN compares false
   }
-  float r = is_max ? hn::GetLane(hn::MaxOfLanes(d, acc)) : hn::GetLane(hn::SumOfLanes(d, acc));
-  for (; i < n; ++i) r = is_max ? std::fmax(r, x[i]) : r + x[i];
+  float r = hn::GetLane(hn::MaxOfLanes(d, acc));
+  for (; i < n; ++i)
+    if (x[i] > r) r = x[i];
   return r;
+}
+
+float ReduceImpl(int op, const float* x, int64_t n) {
+  if (static_cast<ReduceOp>(op) == ReduceOp::kMax) return MaxIgnoringNaN(x, n);
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto acc = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) acc = hn::Add(acc, hn::LoadU(d, x + i));
+  float r = hn::GetLane(hn::SumOfLanes(d, acc));
+  for (; i < n; ++i) r += x[i];
+  return r;
+}
+
+// First index of the maximum of the non-NaN values (0 if all are NaN): the maximum, then the first
+// element equal to it (-0 and +0 are equal, as in a sequential `x[i] > best` scan).
+int64_t ArgMaxImpl(const float* x, int64_t n) {
+  const float m = MaxIgnoringNaN(x, n);
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto mv = hn::Set(d, m);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const intptr_t j = hn::FindFirstTrue(d, hn::Eq(hn::LoadU(d, x + i), mv));
+    if (j >= 0) return i + j;
+  }
+  for (; i < n; ++i)
+    if (x[i] == m) return i;
+  return 0;
 }
 
 }  // namespace HWY_NAMESPACE
@@ -148,6 +201,7 @@ HWY_EXPORT(UnaryImpl);
 HWY_EXPORT(BinaryImpl);
 HWY_EXPORT(BinaryScalarImpl);
 HWY_EXPORT(ReduceImpl);
+HWY_EXPORT(ArgMaxImpl);
 
 void vec_unary(UnaryOp op, const float* src, float* dst, int64_t n, float imm) {
   HWY_DYNAMIC_DISPATCH(UnaryImpl)(static_cast<int>(op), src, dst, n, imm);
@@ -161,5 +215,6 @@ void vec_binary_scalar(BinaryOp op, const float* a, float b, float* dst, int64_t
 float vec_reduce(ReduceOp op, const float* x, int64_t n) {
   return HWY_DYNAMIC_DISPATCH(ReduceImpl)(static_cast<int>(op), x, n);
 }
+int64_t vec_argmax(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(ArgMaxImpl)(x, n); }
 }  // namespace ppu
 #endif

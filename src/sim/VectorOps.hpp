@@ -10,6 +10,8 @@
 // accumulated in SIMD lanes, then combined: a different order from a sequential loop, within the
 // usual fp32 summation bound. Results are the same on every run on a given CPU; across CPUs with
 // different vector widths they can differ in the last bits.
+// Compares give 1.0f or 0.0f; kSelect is a masked move (dst[i] = a[i] != 0 ? b[i] : dst[i]), the
+// one op that reads dst.
 // In-place use (dst == src or dst == a) is allowed.
 #pragma once
 
@@ -23,7 +25,9 @@ void vec_unary(UnaryOp op, const float* src, float* dst, int64_t n, float imm);
 void vec_binary(BinaryOp op, const float* a, const float* b, float* dst, int64_t n);
 // dst[i] = a[i] op b (one scalar for all elements).
 void vec_binary_scalar(BinaryOp op, const float* a, float b, float* dst, int64_t n);
-// Sum or max of n >= 1 values.
+// Sum or max of n >= 1 values (max ignores NaNs: -inf if all are NaN). Not for kArgMax.
 float vec_reduce(ReduceOp op, const float* x, int64_t n);
+// Index of the first occurrence of the maximum of n >= 1 values, NaNs ignored (0 if all are NaN).
+int64_t vec_argmax(const float* x, int64_t n);
 
 }  // namespace ppu

@@ -75,21 +75,24 @@ TEST(ChipPresets, EveryPresetLoadsWithProvenanceForEveryField) {
 TEST(ChipPresets, PublishedAndAssumedMatchTheDocs) {
   const std::set<std::string> a100 = {"cores",   "clock",     "matrix_bf16",   "matrix_fp16",         "vector_fp32",
                                       "l2_size", "hbm_size",  "hbm_bandwidth", "host_link_bandwidth", "chip_links",
-                                      "chip_link_bandwidth", "power"};
+                                      "chip_link_bandwidth", "power", "special_function_rate"};
   std::set<std::string> h100 = a100;
   h100.insert("matrix_fp8");
   const std::set<std::string> a800 = {"cores",    "clock",         "matrix_bf16",         "matrix_fp16", "vector_fp32",
                                       "l2_size",  "hbm_size",      "hbm_bandwidth",       "chip_link_bandwidth",
-                                      "power"};
+                                      "power",    "special_function_rate"};
   const std::set<std::string> h800 = {"matrix_bf16", "matrix_fp16",   "matrix_fp8",          "vector_fp32", "l2_size",
-                                      "hbm_size",    "hbm_bandwidth", "chip_link_bandwidth", "power"};
+                                      "hbm_size",    "hbm_bandwidth", "chip_link_bandwidth", "power",
+                                      "special_function_rate"};
   std::set<std::string> h20 = h800;
   h20.insert("cores");
   std::set<std::string> h200 = h20;
   h200.insert("clock");
+  std::set<std::string> b200 = h200;
+  b200.erase("special_function_rate");  // the per-SM rate is assumed to carry over from Hopper
   const std::map<std::string, std::set<std::string>> published = {
       {"a100-80g", a100}, {"a800", a800}, {"h100", h100}, {"h800", h800}, {"h20", h20},
-      {"h200", h200},     {"b200", h200}, {"zhenwu-810e", {"hbm_size", "chip_links", "power"}}};
+      {"h200", h200},     {"b200", b200}, {"zhenwu-810e", {"hbm_size", "chip_links", "power"}}};
   // The 810E's link bandwidth is derived from a published total over a published link count.
   const std::set<std::pair<std::string, std::string>> ambiguous = {{"zhenwu-810e", "chip_link_bandwidth"}};
   for (const auto& [chip, pub] : published) {

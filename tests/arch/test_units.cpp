@@ -39,7 +39,8 @@ const std::vector<UnitCase>& documented_units() {
        {{"B/s", 1}, {"KB/s", 1e3}, {"MB/s", 1e6}, {"GB/s", 1e9}, {"TB/s", 1e12}, {"GiB/s", 1024.0 * 1024 * 1024},
         {"Gb/s", 1e9 / 8}}},
       {Dimension::kFrequency, {{"Hz", 1}, {"kHz", 1e3}, {"MHz", 1e6}, {"GHz", 1e9}}},
-      {Dimension::kFlops, {{"FLOPS", 1}, {"GFLOPS", 1e9}, {"TFLOPS", 1e12}, {"PFLOPS", 1e15}}},
+      {Dimension::kFlops,
+       {{"FLOPS", 1}, {"GFLOPS", 1e9}, {"TFLOPS", 1e12}, {"PFLOPS", 1e15}, {"OPS", 1}, {"GOPS", 1e9}, {"TOPS", 1e12}}},
       {Dimension::kTime, {{"s", 1}, {"ms", 1e-3}, {"us", 1e-6}, {"ns", 1e-9}}},
       {Dimension::kPower, {{"W", 1}, {"kW", 1e3}}},
   };

@@ -50,6 +50,7 @@ namespace {
 using kernels::AttentionConfig;
 using kernels::AttentionPacking;
 using kernels::AttentionShape;
+using kernels::AttentionStyle;
 
 struct Case {
   int64_t q_tokens, past_len, q_heads, kv_heads, head_dim;
@@ -57,13 +58,14 @@ struct Case {
   AttentionConfig config{};   // zero fields: chosen
   int64_t spare = 7;          // cache positions beyond kv_len (NaN-filled)
   DType v_t = DType::kCount;  // kCount: same as kv_t
+  bool causal = true;
 };
 
 std::string describe(const Case& c) {
   const DType v_t = c.v_t == DType::kCount ? c.kv_t : c.v_t;
-  return fmt::format("q_tokens {} past {} heads {}/{} d {} q {} k {} v {} out {} (config: {})", c.q_tokens, c.past_len,
-                     c.q_heads, c.kv_heads, c.head_dim, dtype_name(c.q_t), dtype_name(c.kv_t), dtype_name(v_t),
-                     dtype_name(c.out_t), c.config.describe());
+  return fmt::format("q_tokens {} past {} heads {}/{} d {} q {} k {} v {} out {}{} (config: {})", c.q_tokens,
+                     c.past_len, c.q_heads, c.kv_heads, c.head_dim, dtype_name(c.q_t), dtype_name(c.kv_t),
+                     dtype_name(v_t), dtype_name(c.out_t), c.causal ? "" : " non-causal", c.config.describe());
 }
 
 DType matrix_type(DType t) { return t == DType::kBF16 || t == DType::kF16 ? t : DType::kBF16; }
@@ -85,7 +87,7 @@ std::vector<double> attention_bound(const AttentionShape& s, const std::vector<f
   std::vector<double> sc, eta, p;
   for (int64_t t = 0; t < s.q_tokens; ++t)
     for (int64_t h = 0; h < s.q_heads; ++h) {
-      const int64_t n = s.past_len + t + 1, kvh = h / g, row = t * s.q_heads + h;
+      const int64_t n = s.causal ? s.past_len + t + 1 : s.kv_len(), kvh = h / g, row = t * s.q_heads + h;
       const float* qr = q.data() + row * d;
       sc.assign(static_cast<size_t>(n), 0.0);
       eta.assign(static_cast<size_t>(n), 0.0);
@@ -139,6 +141,7 @@ AttentionConfig check_attention(Device& dev, const kernels::AttentionWorkspace& 
   s.kv_heads = c.kv_heads;
   s.head_dim = c.head_dim;
   s.past_len = c.past_len;
+  s.causal = c.causal;
   s.kv_capacity = s.kv_len() + c.spare;
   const int64_t d = c.head_dim;
   const auto q = test::random_values(static_cast<size_t>(s.q_tokens * s.q_heads * d), c.q_t, seed, -6.0f, 6.0f);
@@ -241,6 +244,79 @@ TEST(Attention, ForcedTilesAndSplits) {
     EXPECT_EQ(ran.stages, c.config.stages);
     EXPECT_EQ(ran.splits, c.config.splits);
   }
+}
+
+// Non-causal: every q row sees all kv_len positions (a masking bug would drop the later ones, which
+// the peaked softmax of these inputs makes far larger than the bound); both packings, splits, odd tiles.
+TEST(Attention, NonCausal) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  std::vector<Case> cases = {
+      {130, 0, 4, 2, 64, kBF16, kBF16, kBF16},    // self-attention, three q tiles
+      {17, 100, 4, 2, 128, kF16, kF16, kF32},     // chunk seeing its whole context
+      {1, 599, 8, 1, 128, kBF16, kBF16, kBF16},   // one token (kHeads, split)
+      {37, 11, 2, 2, 64, kF32, kF32, kF32},       // fp32
+  };
+  for (Case& c : cases) c.causal = false;
+  Case odd = cases[0];
+  odd.config.packing = AttentionPacking::kTokens;
+  odd.config.tile_q = 7;
+  odd.config.tile_kv = 9;
+  odd.config.stages = 2;
+  odd.config.splits = 3;
+  cases.push_back(odd);
+  uint64_t seed = 7300;
+  for (const Case& c : cases) check_attention(dev, ws, c, seed += 10);
+}
+
+// The FlashAttention-2 style orders the same instructions differently (scores step by step) and
+// marks the kernel for synchronous MMAs, one block per core: the same numbers, a longer time on h100.
+TEST(Attention, FlashAttention2StyleComputesTheSame) {
+  Device dev(load_chip("h100"));
+  auto ws = kernels::make_attention_workspace(dev);
+  std::vector<Case> cases = {
+      {130, 0, 4, 2, 64, kBF16, kBF16, kBF16},
+      {17, 100, 4, 2, 128, kF16, kF16, kF32},
+      {1, 599, 8, 1, 128, kBF16, kBF16, kBF16},
+  };
+  Case full = cases[0];
+  full.causal = false;
+  cases.push_back(full);
+  uint64_t seed = 7400;
+  for (Case& c : cases) {
+    c.config.style = AttentionStyle::kFlashAttention2;
+    EXPECT_EQ(check_attention(dev, ws, c, seed += 10).style, AttentionStyle::kFlashAttention2);
+  }
+  Device timed(load_chip("h100"), ExecMode::kTimingOnly);
+  auto tws = kernels::make_attention_workspace(timed);
+  AttentionShape s{.q_tokens = 2048, .q_heads = 16, .kv_heads = 16, .head_dim = 128, .kv_capacity = 2048};
+  Buffer q = timed.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "q");
+  Buffer k = timed.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "k");
+  AttentionConfig fa2;
+  fa2.style = AttentionStyle::kFlashAttention2;
+  const auto native = kernels::attention(timed, tws, s, q, k, k, q);
+  const auto old = kernels::attention(timed, tws, s, q, k, k, q, nullptr, &fa2);
+  EXPECT_EQ(old.attention.resident_blocks, 1);
+  EXPECT_GT(old.attention.time_s, 1.3 * native.attention.time_s);
+}
+
+// Timing-only: the non-causal call counts every (row, position) pair in its FLOPs and takes longer
+// than the causal one, at most about twice as long.
+TEST(Attention, NonCausalFlopsAndTime) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  auto ws = kernels::make_attention_workspace(dev);
+  AttentionShape s{.q_tokens = 4096, .q_heads = 16, .kv_heads = 16, .head_dim = 128, .kv_capacity = 4096};
+  Buffer q = dev.alloc(kBF16, s.q_tokens * s.q_heads * s.head_dim, "q");
+  Buffer k = dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "k");
+  Buffer v = dev.alloc(kBF16, s.kv_capacity * s.kv_heads * s.head_dim, "v");
+  const auto causal = kernels::attention(dev, ws, s, q, k, v, q);
+  s.causal = false;
+  const auto full = kernels::attention(dev, ws, s, q, k, v, q);
+  EXPECT_DOUBLE_EQ(full.attention.useful_flops, 4.0 * 128 * 16 * 4096.0 * 4096.0);
+  EXPECT_NEAR(causal.attention.useful_flops / full.attention.useful_flops, 0.5, 0.001);
+  // Twice the work, but without the causal case's diagonal masking and its uneven tiles.
+  EXPECT_GT(full.attention.time_s, 1.1 * causal.attention.time_s);
+  EXPECT_LT(full.attention.time_s, 2.2 * causal.attention.time_s);
 }
 
 // out = q: with and without splits, in both packings.

@@ -336,6 +336,43 @@ TEST(TileProgramErrors, SameBufferWhereDistinctAreRequired) {
   test::expect_error([&] { p.cast(f, f, 8, 8); }, {"cast destination must differ"});
 }
 
+TEST(TileProgramErrors, ArgMaxAndIotaIndexRules) {
+  TileProgram p;
+  const auto x = p.alloc(DType::kF32, 4, 64, "x");
+  const auto d = p.alloc(DType::kF32, 4, 1, "d");
+  const auto h = p.alloc(DType::kBF16, 4, 64, "h");
+  p.reduce(ReduceOp::kArgMax, d, x, 4, 64, false, static_cast<int32_t>(kMaxExactIndex - 64));  // last exact index
+  p.iota(x, 4, 64, static_cast<int32_t>(-kMaxExactIndex));
+  test::expect_error([&] { p.reduce(ReduceOp::kArgMax, d, x, 4, 64, /*accumulate=*/true); },
+                     {"argmax cannot accumulate", "cmp_gt", "select"});
+  test::expect_error([&] { p.reduce(ReduceOp::kArgMax, d, x, 4, 64, false, static_cast<int32_t>(kMaxExactIndex - 63)); },
+                     {"argmax indices", "16777153 .. 16777216", "2^24", "exactly"});
+  test::expect_error([&] { p.reduce(ReduceOp::kSum, d, x, 4, 64, false, 5); }, {"reduce sum takes no index base", "5"});
+  test::expect_error([&] { p.iota(x, 4, 64, static_cast<int32_t>(-kMaxExactIndex - 1)); }, {"iota indices", "-16777217"});
+  test::expect_error([&] { p.iota(h, 4, 64, 0); }, {"iota destination", "'h'", "bf16"});
+  test::expect_error([&] { p.iota(x, 4, 65, 0); }, {"iota destination", "[4, 65]"});
+  test::expect_error([&] { p.reduce(ReduceOp::kArgMax, d, x, 5, 64); }, {"reduce source", "[5, 64]"});
+  test::expect_error([&] { p.reduce(static_cast<ReduceOp>(9), d, x, 4, 64); }, {"invalid reduce op 9"});
+  test::expect_error([&] { p.binary(static_cast<BinaryOp>(42), x, x, x, 4, 64); }, {"invalid binary op 42"});
+  EXPECT_EQ(p.instrs()[0].k, kMaxExactIndex - 64) << "the index base travels in Instr::k";
+  EXPECT_EQ(static_cast<FillOp>(p.instrs()[1].sub), FillOp::kIota);
+}
+
+TEST(TileProgramDeps, SelectAlsoReadsItsDestination) {
+  TileProgram p;
+  const auto m = p.alloc(DType::kF32, 1, 8, "mask");
+  const auto v = p.alloc(DType::kF32, 1, 1, "value");
+  const auto d = p.alloc(DType::kF32, 1, 8, "dst");
+  p.fill(d, 1, 8, 0.0f);                                       // 0
+  p.iota(m, 1, 8, 0);                                          // 1
+  p.fill(v, 1, 1, 3.0f);                                       // 2
+  p.binary(BinaryOp::kCmpEq, m, m, v, 1, 8, Broadcast::kRow);  // 3
+  p.binary(BinaryOp::kSelect, d, m, v, 1, 8, Broadcast::kRow);  // 4: RAW on d (0), m (3), v (2)
+  p.binary(BinaryOp::kAdd, d, m, m, 1, 8);                      // 5: a plain op overwrites d: WAW only
+  EXPECT_EQ(deps_of(p, 4), (std::set<uint32_t>{0, 2, 3}));
+  EXPECT_EQ(deps_of(p, 5), (std::set<uint32_t>{3, 4}));
+}
+
 TEST(TileProgramErrors, UnknownBufferId) {
   TileProgram p;
   const auto f = p.alloc(DType::kF32, 8, 8, "f");

@@ -72,6 +72,7 @@ TEST(Elementwise, EveryBinaryOpIsExact) {
   uint64_t seed = 3100;
   for (size_t o = 0; o < static_cast<size_t>(BinaryOp::kCount); ++o) {
     const auto op = static_cast<BinaryOp>(o);
+    if (op == BinaryOp::kSelect) continue;  // no flat-map kernel (see RejectsSelect)
     for (DType t : test::kFloatTypes)
       for (int64_t n : t == DType::kF32 ? kSizes : std::vector<int64_t>{7, kernels::kMapTile + 1}) {
         const auto un = static_cast<size_t>(n);
@@ -201,6 +202,13 @@ TEST(Elementwise, RejectsMismatchedNumel) {
   test::expect_error([&] { kernels::binary(dev, BinaryOp::kAdd, a, b, y); },
                      {"add", "input 'b'", "101 elements", "[100] of the output", "needs 100"});
   test::expect_error([&] { kernels::copy(dev, b, y); }, {"copy fp32->fp32", "input 'b'", "101 elements"});
+}
+
+TEST(Elementwise, RejectsSelect) {
+  Device dev(load_chip("h100"));
+  Buffer a = dev.alloc(DType::kF32, 100, "a"), y = dev.alloc(DType::kF32, 100, "y");
+  test::expect_error([&] { kernels::binary(dev, BinaryOp::kSelect, a, a, y); },
+                     {"binary", "select", "reads its output"});
 }
 
 }  // namespace

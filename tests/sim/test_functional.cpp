@@ -185,6 +185,9 @@ double binary_ref(BinaryOp op, double a, double b) {
     case BinaryOp::kDiv: return a / b;
     case BinaryOp::kMax: return a > b ? a : b;
     case BinaryOp::kMin: return a < b ? a : b;
+    case BinaryOp::kCmpGt: return a > b ? 1.0 : 0.0;
+    case BinaryOp::kCmpEq: return a == b ? 1.0 : 0.0;
+    case BinaryOp::kSelect:  // reads the destination: checked by the caller
     case BinaryOp::kCount: break;
   }
   return 0;
@@ -200,7 +203,9 @@ TEST(FunctionalVector, EveryBinaryOpWithEveryBroadcast) {
       // a: [6, 8] buffer; b: [6, 9] (none), [6, 3] (row: column 0 is used), [2, 7] (col: row 0).
       const int b_rows = bc == Broadcast::kCol ? 2 : 6;
       const int b_cols = bc == Broadcast::kNone ? 9 : bc == Broadcast::kRow ? 3 : 7;
-      HostTensor a(DType::kF32, test::random_values(48, DType::kF32, 200 + oi, -2.0f, 2.0f));
+      std::vector<float> av = test::random_values(48, DType::kF32, 200 + oi, -2.0f, 2.0f);
+      for (size_t i = 0; i < av.size(); i += 3) av[i] = 0.0f;  // select keeps dst where a is 0
+      HostTensor a(DType::kF32, av);
       std::vector<float> bv = test::random_values(static_cast<size_t>(b_rows * b_cols), DType::kF32, 300 + bi, 0.25f, 2.0f);
       for (size_t i = 0; i < bv.size(); i += 2) bv[i] = -bv[i];  // both signs, never near zero (div)
       HostTensor b(DType::kF32, bv);
@@ -226,7 +231,8 @@ TEST(FunctionalVector, EveryBinaryOpWithEveryBroadcast) {
           }
           const int br = bc == Broadcast::kCol ? 0 : r;
           const int bcol = bc == Broadcast::kRow ? 0 : c;
-          const double want = binary_ref(op, a.get(r * 8 + c), b.get(br * b_cols + bcol));
+          const double av = a.get(r * 8 + c), bv = b.get(br * b_cols + bcol);
+          const double want = op == BinaryOp::kSelect ? (av != 0 ? bv : kSentinel) : binary_ref(op, av, bv);
           EXPECT_EQ(f32_bits(got), f32_bits(static_cast<float>(want))) << r << "," << c;
         }
     }
@@ -252,6 +258,7 @@ TEST(FunctionalVector, ReduceSumAndMaxWithAndWithoutAccumulate) {
   for (int oi = 0; oi < static_cast<int>(ReduceOp::kCount); ++oi)
     for (bool acc : {false, true}) {
       const auto op = static_cast<ReduceOp>(oi);
+      if (op == ReduceOp::kArgMax && acc) continue;  // rejected at build time (TileProgram tests)
       SCOPED_TRACE(std::string(kReduceOpNames[oi]) + (acc ? " accumulate" : ""));
       HostTensor out(DType::kF32, 10, 0.0f);  // [5, 2]: column 1 must keep the sentinel
       Kernel k = one_block_kernel("reduce", {in.arg("in"), init.arg("init", 0x40000), out.arg("out", 0x90000)},
@@ -273,13 +280,17 @@ TEST(FunctionalVector, ReduceSumAndMaxWithAndWithoutAccumulate) {
           continue;
         }
         double sum = 0, sum_abs = 0, mx = -INFINITY;
+        int arg = 0;
         for (int c = 0; c < C; ++c) {
           const double v = in.get(r * 40 + c);
           sum += v;
           sum_abs += std::fabs(v);
+          if (v > mx) arg = c;
           mx = std::max(mx, v);
         }
-        if (op == ReduceOp::kSum) {
+        if (op == ReduceOp::kArgMax) {
+          EXPECT_EQ(got, static_cast<float>(arg)) << "row " << r;
+        } else if (op == ReduceOp::kSum) {
           const double want = sum + (acc ? init.get(r) : 0.0);
           EXPECT_NEAR(got, want, fp32_sum_tolerance(C + 1, sum_abs + std::fabs(init.get(r)))) << "row " << r;
         } else {
@@ -301,6 +312,99 @@ TEST(FunctionalVector, FillCoversOnlyItsExtent) {
   run1(k);
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 5; ++c) EXPECT_EQ(out.get(r * 5 + c), (r < 2 && c < 3) ? -2.0f : 1.5f) << r << "," << c;
+}
+
+TEST(FunctionalVector, IotaWritesColumnIndexPlusBaseInItsExtent) {
+  for (int32_t base : {0, 7, -3, static_cast<int32_t>(kMaxExactIndex - 5)}) {
+    SCOPED_TRACE(base);
+    HostTensor out(DType::kF32, 20, 0.0f);
+    Kernel k = one_block_kernel("iota", {out.arg("out")}, [&](int64_t, TileProgram& p) {
+      const auto x = p.alloc(DType::kF32, 4, 5, "x");
+      p.fill(x, 4, 5, kSentinel);
+      p.iota(x, 3, 5, base);
+      p.store({.arg = 0, .offset = 0, .row_stride = 5, .rows = 4, .cols = 5}, x);
+    });
+    run1(k);
+    for (int r = 0; r < 4; ++r)
+      for (int c = 0; c < 5; ++c)
+        EXPECT_EQ(out.get(r * 5 + c), r < 3 ? static_cast<float>(base + c) : kSentinel) << r << "," << c;
+  }
+}
+
+// Runs `op` on one-row operands a and b (no broadcast) into a destination pre-filled with `dst0`.
+std::vector<float> run_binary_row(BinaryOp op, const std::vector<float>& av, const std::vector<float>& bv, float dst0) {
+  const int n = static_cast<int>(av.size());
+  HostTensor a(DType::kF32, av), b(DType::kF32, bv), out(DType::kF32, n, 0.0f);
+  Kernel k = one_block_kernel("binary_row", {a.arg("a"), b.arg("b", 0x50000), out.arg("out", 0x90000)},
+                              [&](int64_t, TileProgram& p) {
+                                const auto xa = p.alloc(DType::kF32, 1, n, "a");
+                                const auto xb = p.alloc(DType::kF32, 1, n, "b");
+                                const auto y = p.alloc(DType::kF32, 1, n, "y");
+                                p.load(xa, {.arg = 0, .offset = 0, .row_stride = n, .rows = 1, .cols = n});
+                                p.load(xb, {.arg = 1, .offset = 0, .row_stride = n, .rows = 1, .cols = n});
+                                p.fill(y, 1, n, dst0);
+                                p.binary(op, y, xa, xb, 1, n);
+                                p.store({.arg = 2, .offset = 0, .row_stride = n, .rows = 1, .cols = n}, y);
+                              });
+  run1(k);
+  std::vector<float> r(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) r[static_cast<size_t>(i)] = out.get(i);
+  return r;
+}
+
+TEST(FunctionalVector, ComparesAndSelectOnEdgeValues) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  // 19 elements: one full vector on every target plus a tail.
+  const std::vector<float> a = {1, 2, 2, -0.0f, 0.0f, nan, 1, nan, inf, -inf, inf, 3, 0, 0, 5, -5, 1e-45f, 7, 0};
+  const std::vector<float> b = {2, 2, 1, 0.0f, -0.0f, 1, nan, nan, inf, -inf, 1, 3, 4, 0, 4, -5, 0, 8, nan};
+  const auto gt = run_binary_row(BinaryOp::kCmpGt, a, b, kSentinel);
+  const auto eq = run_binary_row(BinaryOp::kCmpEq, a, b, kSentinel);
+  const auto sel = run_binary_row(BinaryOp::kSelect, a, b, kSentinel);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(f32_bits(gt[i]), f32_bits(a[i] > b[i] ? 1.0f : 0.0f)) << i;
+    EXPECT_EQ(f32_bits(eq[i]), f32_bits(a[i] == b[i] ? 1.0f : 0.0f)) << i;
+    // Every nonzero a selects b, NaN included (NaN != 0); zeros of either sign keep the destination.
+    const float want = a[i] != 0.0f ? b[i] : kSentinel;
+    EXPECT_EQ(f32_bits(sel[i]), f32_bits(want)) << i;
+  }
+}
+
+// Reduces one row of `values` with `op` (index base `base` for argmax); returns dst[0, 0].
+float reduce_row(ReduceOp op, const std::vector<float>& values, int32_t base = 0) {
+  const int n = static_cast<int>(values.size());
+  HostTensor in(DType::kF32, values), out(DType::kF32, 1, 0.0f);
+  Kernel k = one_block_kernel("reduce_row", {in.arg("in"), out.arg("out", 0x90000)}, [&](int64_t, TileProgram& p) {
+    const auto x = p.alloc(DType::kF32, 1, n, "x");
+    const auto d = p.alloc(DType::kF32, 1, 1, "d");
+    p.load(x, {.arg = 0, .offset = 0, .row_stride = n, .rows = 1, .cols = n});
+    p.reduce(op, d, x, 1, n, false, base);
+    p.store({.arg = 1, .offset = 0, .row_stride = 1, .rows = 1, .cols = 1}, d);
+  });
+  run1(k);
+  return out.get(0);
+}
+
+TEST(FunctionalVector, ArgMaxTakesTheFirstMaximumAndIgnoresNaN) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  // The maximum at every position of rows of several lengths (vector bodies and tails), with ties
+  // after it and NaNs before and after it.
+  for (int n : {1, 2, 7, 16, 17, 33, 100}) {
+    for (int at = 0; at < n; ++at) {
+      std::vector<float> v = test::random_values(static_cast<size_t>(n), DType::kF32, 600 + n, -1.0f, 1.0f);
+      v[static_cast<size_t>(at)] = 5.0f;
+      for (int j = at + 1; j < n; j += 3) v[static_cast<size_t>(j)] = 5.0f;
+      for (int j = at + 2; j < n; j += 5) v[static_cast<size_t>(j)] = nan;
+      if (at > 0) v[static_cast<size_t>(at - 1)] = nan;
+      ASSERT_EQ(reduce_row(ReduceOp::kArgMax, v), static_cast<float>(at)) << "n " << n << " at " << at;
+      ASSERT_EQ(reduce_row(ReduceOp::kArgMax, v, 1000), static_cast<float>(1000 + at)) << "n " << n << " at " << at;
+      ASSERT_EQ(reduce_row(ReduceOp::kMax, v), 5.0f) << "max ignores NaN; n " << n << " at " << at;
+    }
+  }
+  EXPECT_EQ(reduce_row(ReduceOp::kArgMax, {nan, -inf, -inf}), 1.0f) << "-inf is a value; NaN is not";
+  EXPECT_EQ(reduce_row(ReduceOp::kArgMax, std::vector<float>(20, nan), 3), 3.0f) << "all NaN: the first column";
+  EXPECT_EQ(reduce_row(ReduceOp::kMax, std::vector<float>(20, nan)), -inf) << "all NaN: no value";
+  EXPECT_EQ(reduce_row(ReduceOp::kArgMax, {-0.0f, 0.0f, 0.0f}), 0.0f) << "-0 ties with +0";
+  EXPECT_EQ(reduce_row(ReduceOp::kArgMax, {1.0f, inf, inf}), 1.0f);
 }
 
 TEST(FunctionalVector, CastToEveryDtypeAndBetweenThem) {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -452,9 +453,85 @@ TEST(TimingEngine, VectorKernelRespectsVectorPeak) {
     for (int i = 0; i < 64; ++i) p.binary(BinaryOp::kAdd, y, x, y, 128, 256);
   };
   const KernelTiming t = TimingEngine(chip).run(k);
-  const double elem_ops = 4.0 * C * 64 * 128 * 256;  // at least one operation per element
-  EXPECT_GE(t.time_s, launch(chip) + elem_ops / chip.vector_fp32.value);
+  // One lane operation per element; vector_fp32 counts an FMA as two FLOPs per lane and clock.
+  const double elem_ops = 4.0 * C * 64 * 128 * 256;
+  EXPECT_GE(t.time_s, launch(chip) + elem_ops / (chip.vector_fp32.value / 2));
   EXPECT_EQ(t.bound(chip), "vector unit");
+}
+
+// Transcendentals run at the chip's special-function rate, simple ops at its lane rate; an
+// instruction needing both takes the longer (exp: a multiply on the lanes, exp2 on the SFU).
+TEST(TimingEngine, SpecialFunctionsRunAtTheirOwnRate) {
+  for (const char* name : {"h100", "a100-80g", "zhenwu-810e"}) {
+    const ChipSpec chip = load_chip(name);
+    auto busy = [&](UnaryOp op) {
+      Kernel k;
+      k.name = "unary";
+      k.grid = 1;
+      k.build = [op](int64_t, TileProgram& p) {
+        const auto x = p.alloc(DType::kF32, 64, 512, "x");
+        for (int i = 0; i < 8; ++i) p.unary(op, x, x, 64, 512);
+      };
+      return TimingEngine(chip).run(k).vector_busy_s;
+    };
+    const double cores = chip.num_cores(), elems = 8.0 * 64 * 512;
+    const double lane = chip.vector_fp32.value / 2 / cores, sfu = chip.special_function_ops_per_s() / cores;
+    EXPECT_NEAR(busy(UnaryOp::kNeg), elems / lane, 1e-12) << name;
+    EXPECT_NEAR(busy(UnaryOp::kExp), elems * std::max(1 / lane, 1 / sfu), 1e-12) << name;
+    EXPECT_NEAR(busy(UnaryOp::kRsqrt), elems / sfu, 1e-12) << name;
+  }
+  // Presets without the field: a quarter of the lane rate.
+  const ChipSpec z = load_chip("zhenwu-810e");
+  EXPECT_FALSE(z.special_function_rate.present);
+  EXPECT_DOUBLE_EQ(z.special_function_ops_per_s(), z.vector_fp32.value / 8);
+}
+
+// Kernels marked sync_mma run their MMAs at mma_sync_fraction of the rate (Hopper: ~2/3; chips
+// without the field: unchanged); max_resident_blocks caps the blocks a core holds.
+TEST(TimingEngine, SyncMmaAndResidencyCap) {
+  for (const char* name : {"h100", "a100-80g"}) {
+    const ChipSpec chip = load_chip(name);
+    Kernel k = mma_kernel(4 * chip.num_cores(), 64, 128, 128, 64);
+    const KernelTiming base = TimingEngine(chip).run(k);
+    k.sync_mma = true;
+    const KernelTiming sync = TimingEngine(chip).run(k);
+    EXPECT_NEAR(sync.matrix_busy_s, base.matrix_busy_s / chip.mma_sync_fraction_value(), 1e-9 * base.matrix_busy_s)
+        << name;
+    EXPECT_EQ(chip.mma_sync_fraction.present, std::string(name) == "h100") << name;
+    k.sync_mma = false;
+    EXPECT_EQ(base.resident_blocks, 2) << name;
+    k.max_resident_blocks = 1;
+    const KernelTiming one = TimingEngine(chip).run(k);
+    EXPECT_EQ(one.resident_blocks, 1) << name;
+    EXPECT_NEAR(one.matrix_busy_s, base.matrix_busy_s, 1e-9 * base.matrix_busy_s) << name;
+  }
+}
+
+// The sampling ops: compares, select and iota cost one lane operation per element like an add;
+// argmax two (a compare and an index blend), as documented in docs/architecture.md.
+TEST(TimingEngine, SamplingOpsCostAsDocumented) {
+  const ChipSpec& chip = h100();
+  auto busy = [&](const std::function<void(TileProgram&, BufferId, BufferId, BufferId)>& op) {
+    Kernel k;
+    k.name = "vector_op";
+    k.grid = 1;
+    k.build = [&](int64_t, TileProgram& p) {
+      const auto x = p.alloc(DType::kF32, 64, 512, "x");
+      const auto y = p.alloc(DType::kF32, 64, 512, "y");
+      const auto r = p.alloc(DType::kF32, 64, 1, "r");
+      for (int i = 0; i < 16; ++i) op(p, x, y, r);
+    };
+    return TimingEngine(chip).run(k).vector_busy_s;
+  };
+  const double add = busy([](TileProgram& p, BufferId x, BufferId y, BufferId) { p.binary(BinaryOp::kAdd, y, x, y, 64, 512); });
+  EXPECT_GT(add, 0.0);
+  for (BinaryOp op : {BinaryOp::kCmpGt, BinaryOp::kCmpEq, BinaryOp::kSelect})
+    EXPECT_EQ(busy([op](TileProgram& p, BufferId x, BufferId y, BufferId) { p.binary(op, y, x, y, 64, 512); }), add)
+        << kBinaryOpNames[static_cast<size_t>(op)];
+  EXPECT_EQ(busy([](TileProgram& p, BufferId, BufferId y, BufferId) { p.iota(y, 64, 512, 0); }), add);
+  EXPECT_EQ(busy([](TileProgram& p, BufferId x, BufferId, BufferId r) { p.reduce(ReduceOp::kMax, r, x, 64, 512); }), add);
+  EXPECT_EQ(busy([](TileProgram& p, BufferId x, BufferId, BufferId r) { p.reduce(ReduceOp::kArgMax, r, x, 64, 512); }),
+            2 * add);
 }
 
 TEST(TimingEngine, TraceEventsAreConsistent) {

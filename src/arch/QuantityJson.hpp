@@ -1,0 +1,21 @@
+// One preset quantity object, {"value": 3.35, "unit": "TB/s", "source": "..."} (or "assumed"), parsed
+// and checked the same way for every kind of preset file (chips, nodes).
+//
+//   Quantity q = parse_quantity(j.at("link_bandwidth"), "link_bandwidth", Dimension::kBandwidth, "x.json");
+//
+// Not here: which fields a file must have (each loader's own field table).
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+#include <string_view>
+
+#include "arch/ChipSpec.hpp"
+
+namespace ppu {
+
+// Parses field `key` of dimension `dim`; throws UserError "<origin>: field '<key>': ..." on a wrong
+// shape, unknown key, non-number, wrong unit, non-positive value, fraction above 1, non-whole count,
+// or a missing source/assumed (docs/presets.md, "Errors").
+Quantity parse_quantity(const nlohmann::json& j, std::string_view key, Dimension dim, std::string_view origin);
+
+}  // namespace ppu

@@ -1,0 +1,41 @@
+#include "ccl/Collective.hpp"
+
+#include <fmt/format.h>
+
+namespace ppu::ccl {
+
+namespace {
+template <class E, class Table>
+std::optional<E> find_name(const Table& names, std::string_view s) {
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == s) return static_cast<E>(i);
+  return std::nullopt;
+}
+template <class Table>
+std::string join_names(const Table& names) {
+  std::string out;
+  for (auto n : names) out += fmt::format("{}{}", out.empty() ? "" : ", ", n);
+  return out;
+}
+}  // namespace
+
+std::optional<Collective> collective_from_name(std::string_view s) { return find_name<Collective>(kCollectiveNames, s); }
+std::optional<Algorithm> algorithm_from_name(std::string_view s) { return find_name<Algorithm>(kAlgorithmNames, s); }
+std::optional<Protocol> protocol_from_name(std::string_view s) { return find_name<Protocol>(kProtocolNames, s); }
+std::optional<ReduceOp> reduce_op_from_name(std::string_view s) { return find_name<ReduceOp>(kReduceOpNames, s); }
+std::string algorithm_valid_names() { return join_names(kAlgorithmNames); }
+std::string collective_valid_names() { return join_names(kCollectiveNames); }
+
+double bus_factor(Collective c, int ranks) {
+  const double n = ranks;
+  switch (c) {
+    case Collective::kAllReduce: return 2.0 * (n - 1) / n;
+    case Collective::kReduceScatter:
+    case Collective::kAllGather:
+    case Collective::kAllToAll:
+    case Collective::kAllToAllV: return (n - 1) / n;
+    default: return 1.0;
+  }
+}
+
+}  // namespace ppu::ccl

@@ -1,0 +1,115 @@
+#include "ccl/FlowSim.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "arch/Error.hpp"
+
+namespace ppu::ccl {
+
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+}  // namespace
+
+int FlowSim::add_resource(std::string name, double capacity_bytes_per_s) {
+  PPU_CHECK(capacity_bytes_per_s > 0 && std::isfinite(capacity_bytes_per_s), "resource capacity must be positive");
+  names_.push_back(std::move(name));
+  capacity_.push_back(capacity_bytes_per_s);
+  return static_cast<int>(capacity_.size()) - 1;
+}
+
+void FlowSim::start(double at_s, std::vector<int> resources, double bytes, double latency_s, uint64_t tag) {
+  PPU_CHECK(bytes >= 0 && latency_s >= 0, "flow bytes and latency must be non-negative");
+  PPU_CHECK(bytes == 0 || !resources.empty(), "a flow that moves bytes needs a resource");
+  std::sort(resources.begin(), resources.end());
+  resources.erase(std::unique(resources.begin(), resources.end()), resources.end());
+  for (int r : resources) PPU_CHECK(r >= 0 && r < num_resources(), "unknown resource");
+  Flow f{std::move(resources), bytes, bytes, 0.0, 0.0, tag, seq_++};
+  const double t = std::max(at_s, now_) + latency_s;
+  pending_.push_back({{t, f.seq}, std::move(f)});
+  std::push_heap(pending_.begin(), pending_.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+}
+
+void FlowSim::advance(double t) {
+  const double dt = t - now_;
+  if (dt > 0)
+    for (Flow& f : active_) f.remaining = std::max(0.0, f.remaining - f.rate * dt);
+  now_ = std::max(now_, t);
+}
+
+void FlowSim::recompute_rates() {
+  rates_dirty_ = false;
+  const size_t nr = capacity_.size();
+  std::vector<double> cap(capacity_);
+  std::vector<int> count(nr, 0);
+  std::vector<char> frozen(active_.size(), 0);
+  size_t left = 0;
+  for (size_t i = 0; i < active_.size(); ++i) {
+    if (active_[i].resources.empty()) {
+      active_[i].rate = kInf;
+      frozen[i] = 1;
+      continue;
+    }
+    ++left;
+    for (int r : active_[i].resources) ++count[static_cast<size_t>(r)];
+  }
+  while (left > 0) {
+    // The tightest resource fixes the rate of every unfrozen flow crossing it.
+    double share = kInf;
+    int tight = -1;
+    for (size_t r = 0; r < nr; ++r)
+      if (count[r] > 0 && cap[r] / count[r] < share) share = cap[r] / count[r], tight = static_cast<int>(r);
+    PPU_CHECK(tight >= 0, "progressive filling found no resource");
+    share = std::max(share, 0.0);
+    for (size_t i = 0; i < active_.size(); ++i) {
+      if (frozen[i]) continue;
+      const auto& rs = active_[i].resources;
+      if (!std::binary_search(rs.begin(), rs.end(), tight)) continue;
+      frozen[i] = 1;
+      --left;
+      active_[i].rate = share;
+      for (int r : rs) {
+        cap[static_cast<size_t>(r)] -= share;
+        --count[static_cast<size_t>(r)];
+      }
+    }
+  }
+}
+
+std::optional<FlowSim::Completion> FlowSim::next() {
+  auto heap_cmp = [](const auto& a, const auto& b) { return a.first > b.first; };
+  for (;;) {
+    if (rates_dirty_) recompute_rates();
+    const double t_pending = pending_.empty() ? kInf : pending_.front().first.first;
+    double t_done = kInf;
+    size_t best = 0;
+    for (size_t i = 0; i < active_.size(); ++i) {
+      const Flow& f = active_[i];
+      const double t = f.remaining <= 0 ? now_ : (f.rate > 0 ? now_ + f.remaining / f.rate : kInf);
+      if (t < t_done || (t == t_done && f.seq < active_[best].seq)) t_done = t, best = i;
+    }
+    if (t_done == kInf && t_pending == kInf) {
+      PPU_CHECK(active_.empty(), "flows that can never finish (a resource with no capacity left)");
+      return std::nullopt;
+    }
+    if (t_done <= t_pending) {
+      advance(t_done);
+      Flow f = std::move(active_[best]);
+      active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(best));
+      rates_dirty_ = true;
+      if (recording_ && !f.resources.empty())
+        records_.push_back({std::move(f.resources), f.bytes_total, f.start_s, now_, f.tag});
+      return Completion{f.tag, now_};
+    }
+    advance(t_pending);
+    std::pop_heap(pending_.begin(), pending_.end(), heap_cmp);
+    Flow f = std::move(pending_.back().second);
+    pending_.pop_back();
+    f.start_s = now_;
+    active_.push_back(std::move(f));
+    rates_dirty_ = true;
+  }
+}
+
+}  // namespace ppu::ccl

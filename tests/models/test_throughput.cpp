@@ -1,0 +1,148 @@
+// KV slots of chosen capacities, assume_past (timing-only) and the offline throughput estimate
+// (models/Throughput.hpp): numbers equal to the default layout, the documented formula, monotonic
+// in what should raise or lower throughput, and every bad input an error.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "TestUtil.hpp"
+#include "models/Qwen3.hpp"
+#include "models/Throughput.hpp"
+
+namespace ppu {
+namespace {
+
+std::string fixture(const char* name) {
+  const char* env = std::getenv("PPU_SOURCE_DIR");
+  return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
+}
+
+// Prefill three prompts and decode two greedy steps; the last logits of every sequence.
+std::vector<float> run_three(const Qwen3Options& opt) {
+  const std::string dir = fixture("qwen3-tiny");
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42, 9, 77, 1}, {200, 3}, {11, 12, 13, 14}};
+  Device dev(load_chip("zhenwu-810e"));
+  Qwen3Model m(dev, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
+  ForwardResult r = m.forward_batch(prompts);
+  const auto vocab = static_cast<size_t>(m.config().vocab_size);
+  for (int step = 0; step < 2; ++step) {
+    std::vector<std::vector<int32_t>> next;
+    for (size_t b = 0; b < 3; ++b) {
+      const auto row = r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab);
+      next.push_back({static_cast<int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(vocab)) - row)});
+    }
+    r = m.forward_batch(next);
+  }
+  return r.logits;
+}
+
+TEST(Qwen3Slots, ChosenCapacitiesGiveTheSameNumbers) {
+  Qwen3Options wide;
+  wide.max_context = 16;
+  wide.max_batch = 3;
+  Qwen3Options tight = wide;
+  tight.slot_capacity = {9, 4, 6};  // exactly what each sequence needs (prompt + 2 steps)
+  // The same kernels on the same values; only the cache addresses differ.
+  EXPECT_EQ(run_three(wide), run_three(tight));
+}
+
+TEST(Qwen3Slots, BadCapacitiesAndOverflowAreErrors) {
+  const std::string dir = fixture("qwen3-tiny");
+  Device dev(load_chip("h100"));
+  Qwen3Options opt;
+  opt.max_context = 8;
+  opt.max_batch = 2;
+  opt.slot_capacity = {8};
+  test::expect_error([&] { Qwen3Model(dev, load_model_config(dir), Qwen3Weights::random(1), opt); },
+                     {"slot_capacity has 1 entries", "max_batch = 2"});
+  opt.slot_capacity = {8, 0};
+  test::expect_error([&] { Qwen3Model(dev, load_model_config(dir), Qwen3Weights::random(1), opt); },
+                     {"slot_capacity[1] = 0", "1 to the context of 8"});
+  opt.slot_capacity = {9, 2};
+  test::expect_error([&] { Qwen3Model(dev, load_model_config(dir), Qwen3Weights::random(1), opt); },
+                     {"slot_capacity[0] = 9"});
+  opt.slot_capacity = {8, 2};
+  Qwen3Model m(dev, load_model_config(dir), Qwen3Weights::random(1), opt);
+  EXPECT_NO_THROW(m.forward_batch({{1, 2, 3}, {4, 5}}));
+  test::expect_error([&] { m.forward_batch({{1}, {2}}); }, {"1 tokens after 2", "slot's capacity"});
+}
+
+TEST(Qwen3Slots, AssumePastIsTimingOnlyAndCostsWhatTheContextCosts) {
+  const std::string dir = fixture("qwen3-tiny");
+  Device dev(load_chip("h100"));
+  Qwen3Model functional(dev, load_model_config(dir), Qwen3Weights::random(1));
+  test::expect_error([&] { functional.assume_past(0, 3); }, {"timing-only mode only"});
+
+  Device timed(load_chip("h100"), ExecMode::kTimingOnly);
+  Qwen3Options opt;
+  opt.max_context = 32768;
+  Qwen3Model m(timed, load_model_config("qwen3-0.6b"), Qwen3Weights::random(1), opt);
+  test::expect_error([&] { m.assume_past(1, 3); }, {"assume_past(1, 3)", "a slot below 1"});
+  test::expect_error([&] { m.assume_past(0, 40000); }, {"assume_past(0, 40000)", "(32768)"});
+  m.assume_past(0, 16);
+  const double short_ctx = m.forward({0}).sim_time_s;
+  EXPECT_EQ(m.past_len(), 17);
+  m.assume_past(0, 32000);
+  const double long_ctx = m.forward({0}).sim_time_s;
+  EXPECT_GT(long_ctx, 1.2 * short_ctx);  // the step now reads 32k positions of K and V per layer
+}
+
+TEST(Throughput, FollowsItsFormulaAndRespondsToBatchAndLengths) {
+  const ChipSpec chip = load_chip("h100");
+  const ModelConfig cfg = load_model_config("qwen3-0.6b");
+  ThroughputOptions opt;
+  opt.max_batch = 16;
+  const ThroughputEstimate e = estimate_offline_throughput(chip, cfg, 64, 128, opt);
+  EXPECT_EQ(e.batch, 16);
+  EXPECT_EQ(e.batch_limit, "max_batch");
+  EXPECT_EQ(e.prefill_batch, 1);
+  EXPECT_NEAR(e.mean_context, 64 + 64, 1.0);
+  EXPECT_NEAR(e.output_tokens_per_s, 16 / (e.decode_step_s + 16.0 / 128 * e.prefill_s_per_request),
+              1e-9 * e.output_tokens_per_s);
+  double sum = 0;
+  for (const auto& [kind, s] : e.decode_op_s) sum += s;
+  EXPECT_NEAR(sum, e.decode_step_s, 1e-6 * e.decode_step_s);
+  EXPECT_GT(e.weight_bytes, 0.5e9);  // bf16 embeddings (tied) + fp8 layers of a 0.6B model: 0.75 GB
+  // A larger batch amortises the weights: more tokens per second.
+  opt.max_batch = 64;
+  const ThroughputEstimate big = estimate_offline_throughput(chip, cfg, 64, 128, opt);
+  EXPECT_GT(big.output_tokens_per_s, 1.5 * e.output_tokens_per_s);
+  // Longer prompts per output token cost more prefill per token.
+  const ThroughputEstimate longer = estimate_offline_throughput(chip, cfg, 1024, 128, opt);
+  EXPECT_LT(longer.output_tokens_per_s, big.output_tokens_per_s);
+}
+
+TEST(Throughput, TheKvCacheLimitsTheBatch) {
+  // 0.6B with bf16 KV on a 96 GB chip: 114688 bytes per token, 4096-token requests.
+  ThroughputOptions opt;
+  opt.matmul_dtype = DType::kBF16;
+  opt.kv_dtype = DType::kBF16;
+  opt.max_batch = 100000;
+  const ChipSpec chip = load_chip("zhenwu-810e");
+  const ThroughputEstimate e = estimate_offline_throughput(chip, load_model_config("qwen3-0.6b"), 2048, 2048, opt);
+  EXPECT_EQ(e.batch_limit, "KV cache memory");
+  EXPECT_EQ(e.batch, static_cast<int64_t>(std::floor(e.kv_budget_bytes / (4096 * e.kv_bytes_per_token))));
+  EXPECT_NEAR(e.kv_budget_bytes, 0.9 * (chip.hbm_bytes() - e.weight_bytes - e.activation_bytes), 1.0);
+}
+
+TEST(Throughput, BadInputIsAnError) {
+  const ChipSpec chip = load_chip("h100");
+  const ModelConfig cfg = load_model_config("qwen3-0.6b");
+  test::expect_error([&] { estimate_offline_throughput(chip, cfg, 0, 10); }, {"input length 0"});
+  test::expect_error([&] { estimate_offline_throughput(chip, cfg, 10, 0); }, {"output length 0"});
+  ThroughputOptions opt;
+  opt.kv_memory_fraction = 0;
+  test::expect_error([&] { estimate_offline_throughput(chip, cfg, 10, 10, opt); }, {"kv_memory_fraction 0"});
+  opt = {};
+  opt.max_batch = 0;
+  test::expect_error([&] { estimate_offline_throughput(chip, cfg, 10, 10, opt); }, {"max_batch 0"});
+  test::expect_error([&] { estimate_offline_throughput(chip, cfg, 41000, 10); }, {"exceeds max_position_embeddings"});
+  test::expect_error([&] { estimate_offline_throughput(load_chip("a100-80g"), cfg, 10, 10); },
+                     {"no fp8e4m3 matrix unit"});
+  EXPECT_THROW(estimate_offline_throughput(chip, load_model_config("qwen3-235b-a22b"), 10, 10), DeviceOutOfMemory);
+}
+
+}  // namespace
+}  // namespace ppu
