@@ -37,6 +37,28 @@ KernelTiming linear(Device& dev, const Buffer& x, const Buffer& w, const Buffer&
   return kernels::gemm(dev, GemmShape{T, n, k, 1, false, true}, x, w, out);
 }
 
+// The linear layer's kernel: out [T, n] = x [T, k] . W^T.
+Kernel make_linear(const ChipSpec& chip, const Buffer& x, const Buffer& w, const Buffer& out, int64_t T, int64_t n,
+                   int64_t k) {
+  return kernels::make_gemm(chip, GemmShape{T, n, k, 1, false, true}, x, w, out);
+}
+
+// One launch for independent kernels (a grouped GEMM: every expert's GEMM in one grid). The parts
+// go largest SRAM need first, as concat_kernels requires of block 0.
+KernelTiming launch_grouped(Device& dev, const std::string& name, std::vector<Kernel> parts) {
+  if (parts.size() == 1) return dev.launch(parts.front());
+  std::vector<std::pair<int64_t, size_t>> need;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    TileProgram probe;
+    parts[i].build(0, probe);
+    need.emplace_back(-probe.sram_bytes(), i);
+  }
+  std::stable_sort(need.begin(), need.end());
+  std::vector<Kernel> ordered;
+  for (const auto& [bytes, i] : need) ordered.push_back(std::move(parts[i]));
+  return dev.launch(concat_kernels(name, std::move(ordered)));
+}
+
 // splitmix64: a per-tensor seed stream for reproducible random weights.
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -425,29 +447,40 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
   std::vector<int32_t> slot(static_cast<size_t>(T * K));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < K; ++j) rows[static_cast<size_t>(choice[static_cast<size_t>(t * K + j)])].push_back(static_cast<int32_t>(t));
-  Buffer out = alloc_act(T * K * H, "expert_out", at);
-  int64_t offset = 0;
+  // Grouped experts: the routed rows of every expert one after another (expert e's at first_row[e]),
+  // then one launch per stage for all experts - gather, gate and up GEMMs, activation, down GEMM -
+  // as grouped-GEMM MoE kernels run.
+  const int64_t R = T * K;
+  std::vector<int32_t> src_rows;
   std::vector<int64_t> first_row(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
+    first_row[static_cast<size_t>(e)] = static_cast<int64_t>(src_rows.size());
     const auto& r = rows[static_cast<size_t>(e)];
-    first_row[static_cast<size_t>(e)] = offset;
-    if (r.empty()) continue;
-    const auto n = static_cast<int64_t>(r.size());
-    Buffer xin = alloc_act(n * H, "expert_in", opt_.matmul_dtype), g = alloc_act(n * Fe, "expert_gate", at),
-           u = alloc_act(n * Fe, "expert_up", at), gu = alloc_act(n * Fe, "expert_gate_up", opt_.matmul_dtype);
-    op("moe dispatch", [&] { kernels::gather_rows(dev_, h, H, r, xin); });
-    op("moe expert gemm", [&] {
-      linear(dev_, xin, L.e_gate[static_cast<size_t>(e)], g, n, Fe, H);
-      linear(dev_, xin, L.e_up[static_cast<size_t>(e)], u, n, Fe, H);
-    });
-    op("mlp activation", [&] {
-      kernels::unary(dev_, UnaryOp::kSilu, g, g);
-      kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
-    });
-    op("moe expert gemm", [&] { linear(dev_, gu, L.e_down[static_cast<size_t>(e)], out.view(offset * H, n * H), n, H, Fe); });
-    for (Buffer* b : {&xin, &g, &u, &gu}) dev_.free(*b);
-    offset += n;
+    src_rows.insert(src_rows.end(), r.begin(), r.end());
   }
+  Buffer out = alloc_act(R * H, "expert_out", at);
+  Buffer xin = alloc_act(R * H, "expert_in", opt_.matmul_dtype), g = alloc_act(R * Fe, "expert_gate", at),
+         u = alloc_act(R * Fe, "expert_up", at), gu = alloc_act(R * Fe, "expert_gate_up", opt_.matmul_dtype);
+  op("moe dispatch", [&] { kernels::gather_rows(dev_, h, H, src_rows, xin); });
+  const ChipSpec& chip = dev_.chip();
+  std::vector<Kernel> gate_up, down;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto n = static_cast<int64_t>(rows[static_cast<size_t>(e)].size());
+    if (n == 0) continue;
+    const int64_t r0 = first_row[static_cast<size_t>(e)];
+    const Buffer xe = xin.view(r0 * H, n * H), ge = g.view(r0 * Fe, n * Fe), ue = u.view(r0 * Fe, n * Fe);
+    gate_up.push_back(make_linear(chip, xe, L.e_gate[static_cast<size_t>(e)], ge, n, Fe, H));
+    gate_up.push_back(make_linear(chip, xe, L.e_up[static_cast<size_t>(e)], ue, n, Fe, H));
+    down.push_back(make_linear(chip, gu.view(r0 * Fe, n * Fe), L.e_down[static_cast<size_t>(e)],
+                               out.view(r0 * H, n * H), n, H, Fe));
+  }
+  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up)); });
+  op("mlp activation", [&] {
+    kernels::unary(dev_, UnaryOp::kSilu, g, g);
+    kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
+  });
+  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe down grouped gemm {} experts", E), std::move(down)); });
+  for (Buffer* b : {&xin, &g, &u, &gu}) dev_.free(*b);
   std::vector<int64_t> next(first_row);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < K; ++j) {
