@@ -126,28 +126,24 @@ int run_batches(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
         seqs[static_cast<size_t>(b)].push_back(static_cast<int32_t>((1000 + 7 * b + i) % cfg.vocab_size));
     Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
     const int64_t per_pass = std::max<int64_t>(1, kMaxPrefillTokens / prompt_len);
-    ForwardResult r;
-    std::vector<float> logits;
+    // Each step samples on the device (Qwen3Model::forward_sampled), as serving engines do.
+    std::vector<int32_t> tokens;
     double ttft = 0;
     for (int64_t b0 = 0; b0 < B; b0 += per_pass) {
       const int64_t n = std::min(per_pass, B - b0);
       const std::vector<std::vector<int32_t>> part(seqs.begin() + b0, seqs.begin() + b0 + n);
-      r = m.forward_batch(part, b0);
+      const ForwardResult r = m.forward_sampled(part, sampler, b0);
       ttft += r.sim_time_s;
-      logits.insert(logits.end(), r.logits.begin(), r.logits.end());
+      tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
     }
-    r.logits = std::move(logits);
     double decode = 0;
-    const auto vocab = static_cast<size_t>(cfg.vocab_size);
     for (int64_t step = 1; step < o.gen; ++step) {
       std::vector<std::vector<int32_t>> next(static_cast<size_t>(B));
-      for (int64_t b = 0; b < B; ++b) {
-        int32_t id = static_cast<int32_t>(1000 % cfg.vocab_size);
-        if (dev.functional())
-          id = sampler.sample(std::span<const float>(r.logits.data() + static_cast<size_t>(b) * vocab, vocab));
-        next[static_cast<size_t>(b)] = {id};
-      }
-      r = m.forward_batch(next);
+      for (int64_t b = 0; b < B; ++b)
+        next[static_cast<size_t>(b)] = {dev.functional() ? tokens[static_cast<size_t>(b)]
+                                                         : static_cast<int32_t>(1000 % cfg.vocab_size)};
+      const ForwardResult r = m.forward_sampled(next, sampler);
+      tokens = r.tokens;
       decode += r.sim_time_s;
     }
     const double tpot = o.gen > 1 ? decode / static_cast<double>(o.gen - 1) : 0.0;
@@ -220,7 +216,7 @@ int cmd_run(const RunOptions& o) {
 
   Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
   const auto wall0 = std::chrono::steady_clock::now();
-  ForwardResult r = model.forward(prompt);
+  ForwardResult r = model.forward_sampled({prompt}, sampler);
   const double prefill_sim = r.sim_time_s;
   const double prefill_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   std::vector<int32_t> out;
@@ -230,7 +226,7 @@ int cmd_run(const RunOptions& o) {
   const int32_t eot = tok ? tok->special_ids().endoftext : -1;
   std::string shown;
   for (int64_t i = 0; i < gen; ++i) {
-    const int32_t next = dev.functional() ? sampler.sample(r.logits) : static_cast<int32_t>(1000 % cfg.vocab_size);
+    const int32_t next = dev.functional() ? r.tokens.at(0) : static_cast<int32_t>(1000 % cfg.vocab_size);
     out.push_back(next);
     if (tok && !o.json) {
       const std::string text = tok->decode(out, /*skip_special=*/true);
@@ -239,7 +235,7 @@ int cmd_run(const RunOptions& o) {
     }
     if (next == eos || next == eot) break;
     if (i + 1 == gen) break;
-    r = model.forward({next});
+    r = model.forward_sampled({{next}}, sampler);
     decode_sim += r.sim_time_s;
   }
   const double decode_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall1).count();

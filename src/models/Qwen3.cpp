@@ -13,6 +13,7 @@
 #include "kernels/Gemm.hpp"
 #include "kernels/RmsNorm.hpp"
 #include "kernels/Rope.hpp"
+#include "kernels/Sampling.hpp"
 #include "kernels/Softmax.hpp"
 #include "models/Safetensors.hpp"
 
@@ -249,8 +250,52 @@ ForwardResult Qwen3Model::forward_batch(const std::vector<std::vector<int32_t>>&
   return run(seqs, first_slot, false, nullptr);
 }
 
+ForwardResult Qwen3Model::forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler,
+                                         int64_t first_slot) {
+  return run(seqs, first_slot, false, nullptr, &sampler);
+}
+
+void Qwen3Model::sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r) {
+  const int64_t vocab = cfg_.vocab_size;
+  const SamplerOptions& so = sampler.options();
+  if (!sampler.device_capable()) {  // the whole row is needed: download it, sample on the host
+    if (!dev_.functional()) {
+      dev_.copy_to_host_timed(logits);
+      return;
+    }
+    const std::vector<float> l = dev_.download(logits);
+    for (int64_t b = 0; b < rows; ++b)
+      r.tokens.push_back(sampler.sample(std::span<const float>(l).subspan(static_cast<size_t>(b * vocab),
+                                                                          static_cast<size_t>(vocab))));
+    return;
+  }
+  const kernels::SamplingParams params{so.temperature, std::min<int64_t>(so.top_k, vocab), so.top_p};
+  if (dev_.functional()) {
+    std::vector<double> uniforms;
+    if (so.temperature > 0)
+      for (int64_t b = 0; b < rows; ++b) uniforms.push_back(sampler.next_uniform());
+    r.tokens = kernels::sample_tokens(dev_, logits, rows, vocab, params, uniforms);
+    return;
+  }
+  // Timing only: the same kernels and downloads, no values.
+  if (so.temperature == 0) {
+    Buffer ids = dev_.alloc(DType::kF32, rows, "sampled ids");
+    kernels::argmax(dev_, logits, ids, rows, vocab);
+    dev_.copy_to_host_timed(ids);
+    dev_.free(ids);
+  } else {
+    Buffer vals = dev_.alloc(DType::kF32, rows * params.top_k, "top-k values"),
+           ids = dev_.alloc(DType::kF32, rows * params.top_k, "top-k ids");
+    kernels::top_k(dev_, logits, vals, ids, rows, vocab, params.top_k);
+    dev_.copy_to_host_timed(vals);
+    dev_.copy_to_host_timed(ids);
+    dev_.free(vals);
+    dev_.free(ids);
+  }
+}
+
 ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
-                               ForwardTaps* taps) {
+                               ForwardTaps* taps, Sampler* sampler) {
   const auto B = static_cast<int64_t>(seqs.size());
   if (B == 0 || first_slot < 0 || first_slot + B > opt_.max_batch)
     throw UserError(fmt::format("forward: {} sequences from slot {}; this model was built for 1 to {} "
@@ -397,7 +442,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, cfg_.vocab_size, H); });
   ForwardResult r;
   r.rows = rows;
-  if (dev_.functional()) r.logits = dev_.download(logits);
+  if (sampler) op("sampling", [&] { sample_on_device(logits, rows, *sampler, r); });
+  else if (dev_.functional()) r.logits = dev_.download(logits);
   if (last_rows.valid()) dev_.free(last_rows);
   for (Buffer* b : {&x, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
   for (int64_t b = 0; b < B; ++b) past(b) += seq_len[static_cast<size_t>(b)];

@@ -42,6 +42,7 @@
 #include "kernels/Attention.hpp"
 #include "kernels/Rope.hpp"
 #include "models/ModelConfig.hpp"
+#include "models/Sampler.hpp"
 #include "runtime/Device.hpp"
 
 namespace ppu {
@@ -71,7 +72,9 @@ struct Qwen3Options {
 };
 
 struct ForwardResult {
-  std::vector<float> logits;  // [rows, vocab]: the last token's, or every token's with all_logits (empty in timing-only mode)
+  std::vector<float> logits;  // [rows, vocab]: the last token's, or every token's with all_logits (empty in timing-only mode
+                              // and after forward_sampled)
+  std::vector<int32_t> tokens;  // forward_sampled: each sequence's next token (empty in timing-only mode)
   int64_t rows = 0;
   double sim_time_s = 0;      // simulated time of this forward on the device
 };
@@ -101,6 +104,13 @@ class Qwen3Model {
   // first_slot: seqs[i] continues the cache of sequence first_slot + i (e.g. prefilling a batch in
   // chunks of sequences).
   ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot = 0);
+  // forward_batch, then each sequence's next token chosen on the device (kernels/Sampling: arg-max,
+  // or top-k with the draw on the host from `sampler`'s stream), as serving engines sample: the
+  // logits stay on the chip and only ids (or k candidates) cross the host link, and the simulated
+  // time includes the sampling kernels ("sampling" in op_times). Same tokens as sampler.sample() on
+  // the downloaded logits; options the device cannot do (top_k 0 or > kTopKMax with temperature
+  // > 0) download the logits and use sampler.sample(). Timing-only: the kernels are timed, no tokens.
+  ForwardResult forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler, int64_t first_slot = 0);
 
   void reset() { std::fill(past_.begin(), past_.end(), 0); }
   // Timing-only mode: treat slot `seq` as holding `n` cached positions (their contents do not
@@ -126,7 +136,8 @@ class Qwen3Model {
   void load_weights(const Qwen3Weights& w);
   void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
   ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
-                    ForwardTaps* taps);
+                    ForwardTaps* taps, Sampler* sampler = nullptr);
+  void sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r);
 
   Device& dev_;
   ModelConfig cfg_;

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "arch/Error.hpp"
+#include "kernels/Sampling.hpp"
 
 namespace ppu {
 
@@ -18,7 +19,11 @@ Sampler::Sampler(SamplerOptions opt) : opt_(opt), state_(opt.seed) {
     throw UserError(fmt::format("sampling: top_p {} must be in (0, 1]", opt_.top_p));
 }
 
-double Sampler::uniform() {
+bool Sampler::device_capable() const {
+  return opt_.temperature == 0.0 || (opt_.top_k >= 1 && opt_.top_k <= kernels::kTopKMax);
+}
+
+double Sampler::next_uniform() {
   uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -44,29 +49,10 @@ int32_t Sampler::sample(std::span<const float> logits) {
   const auto k = static_cast<size_t>(opt_.top_k > 0 ? std::min<int64_t>(opt_.top_k, n) : n);
   std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), by_logit);
   ids.resize(k);
-  const double maxl = logits[static_cast<size_t>(ids[0])];
-  std::vector<double> p(k);
-  double sum = 0;
-  for (size_t i = 0; i < k; ++i) sum += p[i] = std::exp((logits[static_cast<size_t>(ids[i])] - maxl) / opt_.temperature);
-  size_t keep = k;
-  if (opt_.top_p < 1.0) {
-    double mass = 0;
-    for (size_t i = 0; i < k; ++i) {
-      mass += p[i] / sum;
-      if (mass >= opt_.top_p) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  double kept = 0;
-  for (size_t i = 0; i < keep; ++i) kept += p[i];
-  double r = uniform() * kept;
-  for (size_t i = 0; i < keep; ++i) {
-    r -= p[i];
-    if (r < 0) return ids[i];
-  }
-  return ids[keep - 1];
+  std::vector<float> values(k);
+  for (size_t i = 0; i < k; ++i) values[i] = logits[static_cast<size_t>(ids[i])];
+  // The draw over the candidates is the device path's own (kernels/Sampling), so both give the same token.
+  return kernels::sample_from_candidates(values, ids, opt_.temperature, opt_.top_p, next_uniform());
 }
 
 }  // namespace ppu

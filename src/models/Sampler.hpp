@@ -9,8 +9,10 @@
 // the top_k largest (0: all), softmax, keep the smallest prefix (by descending probability, ties by id)
 // whose mass reaches top_p, renormalise and draw.
 //
-// Runs on the host, on the logits the device produced: the last step of a generation loop, not
-// part of the simulated chip's time (see docs/models.md).
+// sample() runs on the host, on logits downloaded from the device. Qwen3Model::forward_sampled runs
+// the same choice on the device instead (kernels/Sampling: arg-max or top-k on the chip, the draw
+// on the host with this sampler's uniforms), giving the same tokens; it falls back to sample() when
+// the options need the whole row (temperature > 0 with top_k 0 or above kernels::kTopKMax).
 #pragma once
 
 #include <cstdint>
@@ -31,9 +33,14 @@ class Sampler {
   // Throws UserError for a negative temperature or top_k, or top_p outside (0, 1].
   explicit Sampler(SamplerOptions opt);
   int32_t sample(std::span<const float> logits);
+  // The next uniform draw in [0, 1) of this sampler's stream (sample() takes one per call when
+  // temperature > 0; the device path takes one per row in row order, the same sequence).
+  double next_uniform();
+  const SamplerOptions& options() const { return opt_; }
+  // Whether kernels::sample_tokens can make this sampler's choice on the device.
+  bool device_capable() const;
 
  private:
-  double uniform();  // [0, 1)
   SamplerOptions opt_;
   uint64_t state_;
 };

@@ -143,6 +143,11 @@ void Device::copy_to_host(void* dst, const Buffer& src, Stream* sp) {
   record_d2h(src, sp);
 }
 
+void Device::copy_to_host_timed(const Buffer& src, Stream* sp) {
+  check_buffer(src, "copy to host");
+  record_d2h(src, sp);
+}
+
 void Device::record_d2h(const Buffer& src, Stream* sp) {
   Stream& s = pick(sp);
   const double start = std::max(s.ready_s, d2h_free_s_);

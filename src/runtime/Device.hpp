@@ -122,6 +122,7 @@ class Device {
   std::vector<float> download(const Buffer& src, Stream* s = nullptr);
   // Timing-only copies (no data) for timing-only mode workflows.
   void copy_to_device_timed(const Buffer& dst, Stream* s = nullptr);
+  void copy_to_host_timed(const Buffer& src, Stream* s = nullptr);
 
   // --- kernels
   // Runs `k` (functional mode: real numbers on host threads) and times it; returns its timing.

@@ -146,3 +146,48 @@ TEST(Throughput, BadInputIsAnError) {
 
 }  // namespace
 }  // namespace ppu
+
+namespace ppu {
+namespace {
+
+// forward_sampled (sampling on the device) gives the tokens the host sampler gives on the
+// downloaded logits, with the same seed: greedy, top-k with temperature and top-p, and an option
+// the device cannot do (top_k 0: falls back to the host). Timing-only runs time the kernels.
+TEST(Qwen3Sampling, DeviceSamplingMatchesTheHostSampler) {
+  const std::string dir = fixture("qwen3-tiny");
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42}, {200, 3, 9}};
+  for (const SamplerOptions so : {SamplerOptions{0.0, 0, 1.0, 1}, SamplerOptions{0.8, 20, 0.9, 7},
+                                  SamplerOptions{1.5, 0, 1.0, 3}}) {
+    Qwen3Options opt;
+    opt.max_context = 16;
+    opt.max_batch = 2;
+    Device d1(load_chip("h100")), d2(load_chip("h100"));
+    Qwen3Model on_device(d1, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
+    Qwen3Model on_host(d2, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
+    Sampler s1(so), s2(so);
+    std::vector<std::vector<int32_t>> a = prompts, b = prompts;
+    for (int step = 0; step < 4; ++step) {
+      const ForwardResult rd = on_device.forward_sampled(a, s1);
+      const ForwardResult rh = on_host.forward_batch(b);
+      ASSERT_EQ(rd.tokens.size(), 2u);
+      EXPECT_TRUE(rd.logits.empty());
+      const auto vocab = static_cast<size_t>(on_host.config().vocab_size);
+      for (size_t r = 0; r < 2; ++r) {
+        const int32_t host = s2.sample(std::span<const float>(rh.logits).subspan(r * vocab, vocab));
+        EXPECT_EQ(rd.tokens[r], host) << "temperature " << so.temperature << " top_k " << so.top_k << " step " << step;
+        a[r] = {rd.tokens[r]};
+        b[r] = {host};
+      }
+    }
+    EXPECT_GT(on_device.op_times().at("sampling"), 0.0);
+  }
+  Device timed(load_chip("h100"), ExecMode::kTimingOnly);
+  Qwen3Model m(timed, load_model_config("qwen3-0.6b"), Qwen3Weights::random(1));
+  Sampler greedy({});
+  const ForwardResult r = m.forward_sampled({{1, 2, 3}}, greedy);
+  EXPECT_TRUE(r.tokens.empty());
+  EXPECT_GT(m.op_times().at("sampling"), 0.0);
+}
+
+}  // namespace
+}  // namespace ppu
