@@ -10,10 +10,6 @@ namespace ppu::kernels {
 
 namespace {
 
-// Angle of frequency i at position p, in double: p * theta^(-2i/d).
-double rope_angle(double theta, int64_t head_dim, int64_t i, int64_t p) {
-  return static_cast<double>(p) * std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-}
 
 // One block's work. Head-major (tokens > 1): tokens [token0, token0 + tokens) at positions pos0 +
 // j * pos_step, heads [head0, head0 + heads) one per step, rows = tokens. Token-major (tokens == 1):
@@ -27,18 +23,48 @@ struct RopeItem {
 
 }  // namespace
 
-std::vector<float> rope_table_values(double theta, int64_t head_dim, int64_t max_positions, bool sine) {
+std::vector<double> rope_inv_freq(double theta, int64_t head_dim, const RopeScaling* scaling) {
   const int64_t half = head_dim / 2;
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    f[static_cast<size_t>(i)] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+  if (!scaling) return f;
+  const RopeScaling& sc = *scaling;
+  if (!(sc.factor >= 1.0) || !(sc.low_freq_factor > 0) || !(sc.high_freq_factor > sc.low_freq_factor) ||
+      sc.original_max_positions <= 0)
+    throw UserError(fmt::format("rope scaling: factor {} (valid: >= 1), low_freq_factor {} and high_freq_factor {} "
+                                "(valid: 0 < low < high), original_max_position_embeddings {} (valid: > 0)",
+                                sc.factor, sc.low_freq_factor, sc.high_freq_factor, sc.original_max_positions));
+  const double old_len = static_cast<double>(sc.original_max_positions);
+  const double low_wavelen = old_len / sc.low_freq_factor, high_wavelen = old_len / sc.high_freq_factor;
+  for (double& x : f) {
+    const double wavelen = 2.0 * M_PI / x;
+    if (wavelen < high_wavelen) continue;
+    if (wavelen > low_wavelen) {
+      x /= sc.factor;
+      continue;
+    }
+    const double s = (old_len / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
+    x = (1.0 - s) * x / sc.factor + s * x;
+  }
+  return f;
+}
+
+std::vector<float> rope_table_values(double theta, int64_t head_dim, int64_t max_positions, bool sine,
+                                     const RopeScaling* scaling) {
+  const int64_t half = head_dim / 2;
+  const std::vector<double> inv_freq = rope_inv_freq(theta, head_dim, scaling);
   std::vector<float> v(static_cast<size_t>(max_positions * half));
   for (int64_t p = 0; p < max_positions; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      const double a = rope_angle(theta, head_dim, i, p);
+      const double a = static_cast<double>(p) * inv_freq[static_cast<size_t>(i)];
       v[static_cast<size_t>(p * half + i)] = static_cast<float>(sine ? std::sin(a) : std::cos(a));
     }
   return v;
 }
 
-RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t max_positions, Stream* s) {
+RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t max_positions, Stream* s,
+                          const RopeScaling* scaling) {
   if (head_dim <= 0 || head_dim % 2 != 0)
     throw UserError(fmt::format("rope table: head_dim = {}; it must be positive and even", head_dim));
   if (!std::isfinite(theta) || theta <= 0.0)
@@ -54,8 +80,8 @@ RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t m
   t.cos = dev.alloc(DType::kF32, numel, "rope.cos");
   t.sin = dev.alloc(DType::kF32, numel, "rope.sin");
   if (dev.functional()) {
-    dev.upload(t.cos, rope_table_values(theta, head_dim, max_positions, false), s);
-    dev.upload(t.sin, rope_table_values(theta, head_dim, max_positions, true), s);
+    dev.upload(t.cos, rope_table_values(theta, head_dim, max_positions, false, scaling), s);
+    dev.upload(t.sin, rope_table_values(theta, head_dim, max_positions, true, scaling), s);
   } else {
     dev.copy_to_device_timed(t.cos, s);
     dev.copy_to_device_timed(t.sin, s);
@@ -212,7 +238,8 @@ std::vector<double> rope_reference(const std::vector<float>& x, int64_t tokens, 
   std::vector<double> out(x.size());
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const double a = rope_angle(theta, head_dim, i, positions[static_cast<size_t>(t)]);
+      const double a = static_cast<double>(positions[static_cast<size_t>(t)]) *
+                       std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
       const double c = std::cos(a), s = std::sin(a);
       for (int64_t h = 0; h < heads; ++h) {
         const auto base = static_cast<size_t>((t * heads + h) * head_dim);

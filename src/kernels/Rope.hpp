@@ -27,8 +27,10 @@
 // cos/sin as a one-row broadcast. In-place use (out = x, or views of the same elements) is allowed;
 // any other overlap of x and out is not (a block could overwrite tokens another still reads).
 //
+// Llama 3.1 frequency scaling (RopeScaling) changes the table's frequencies, not the kernel.
+//
 // Not here: partial rotary (rotating only part of head_dim), the interleaved (GPT-J) pair layout,
-// or scaled RoPE variants (YaRN, NTK, Llama 3.1 frequency scaling): build another table for those.
+// or other scaled RoPE variants (YaRN, NTK): build another table for those.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +49,24 @@ inline constexpr int kRopeStages = 2;
 // Blocks the planner aims for when splitting heads into groups (a few waves on every preset).
 inline constexpr int64_t kRopeTargetBlocks = 512;
 
+// Llama 3.1's RoPE frequency scaling ("rope_scaling": {"rope_type": "llama3", ...} in config.json):
+// with inv_freq_i = theta^(-2i/d) and wavelength w_i = 2 pi / inv_freq_i, frequencies whose
+// wavelength is below original_max_positions / high_freq_factor are kept, those above
+// original_max_positions / low_freq_factor are divided by factor, and those between are blended:
+// s = (original_max_positions / w_i - low_freq_factor) / (high_freq_factor - low_freq_factor),
+// inv_freq_i' = (1 - s) inv_freq_i / factor + s inv_freq_i (as Hugging Face transformers computes it).
+struct RopeScaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_positions = 8192;
+};
+
+// The inverse frequencies theta^(-2i/d), i < head_dim / 2, scaled if `scaling` is given. Throws
+// UserError naming "rope scaling" for factor < 1, low_freq_factor >= high_freq_factor, or
+// non-positive values.
+std::vector<double> rope_inv_freq(double theta, int64_t head_dim, const RopeScaling* scaling = nullptr);
+
 // cos/sin of every (position, frequency) pair on the device, and the parameters they came from.
 struct RopeTable {
   Buffer cos, sin;  // [max_positions, head_dim / 2] fp32
@@ -58,11 +78,13 @@ struct RopeTable {
 // Builds the table on the host (double) and uploads it (timed over the host link on stream `s`).
 // Throws UserError naming "rope table" if head_dim is not positive and even, theta is not finite
 // and > 0, or max_positions is not positive; DeviceOutOfMemory if the device cannot hold it.
-RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t max_positions, Stream* s = nullptr);
+RopeTable make_rope_table(Device& dev, double theta, int64_t head_dim, int64_t max_positions, Stream* s = nullptr,
+                          const RopeScaling* scaling = nullptr);
 void free_rope_table(Device& dev, RopeTable& table);
 
 // The table's values as uploaded: cos (sin if `sine`) [max_positions, head_dim / 2], fp32.
-std::vector<float> rope_table_values(double theta, int64_t head_dim, int64_t max_positions, bool sine);
+std::vector<float> rope_table_values(double theta, int64_t head_dim, int64_t max_positions, bool sine,
+                                     const RopeScaling* scaling = nullptr);
 
 // Builds RoPE of x [tokens, heads, head_dim] (head_dim = table.head_dim) into out at token
 // out_token0, with positions[t] the position of token t. Throws UserError naming "rope" if tokens

@@ -232,6 +232,20 @@ ModelConfig parse_model_config(std::string_view text, std::string_view origin, b
           throw f.error("rope_scaling", fmt::format("\"factor\" must be a positive number, got {}", rs.dump()));
         m.rope_scaling_factor = rs.at("factor").get<double>();
       }
+      auto positive = [&](const char* key, double& out) {
+        if (!rs.contains(key)) return;
+        if (!rs.at(key).is_number() || rs.at(key).get<double>() <= 0.0)
+          throw f.error("rope_scaling", fmt::format("\"{}\" must be a positive number, got {}", key, rs.dump()));
+        out = rs.at(key).get<double>();
+      };
+      positive("low_freq_factor", m.rope_low_freq_factor);
+      positive("high_freq_factor", m.rope_high_freq_factor);
+      double orig = static_cast<double>(m.rope_original_max_positions);
+      positive("original_max_position_embeddings", orig);
+      m.rope_original_max_positions = static_cast<int64_t>(orig);
+      if (m.rope_scaling_type == "llama3" && !(m.rope_high_freq_factor > m.rope_low_freq_factor))
+        throw f.error("rope_scaling", fmt::format("high_freq_factor {} must exceed low_freq_factor {}",
+                                                  m.rope_high_freq_factor, m.rope_low_freq_factor));
     }
   }
   const char* eps_key = gpt ? "layer_norm_eps" : "rms_norm_eps";

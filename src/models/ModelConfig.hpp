@@ -97,6 +97,9 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   std::string rope_scaling_type;  // config "rope_scaling" type ("llama3", "yarn", ...); empty: none
   double rope_scaling_factor = 1.0;
+  double rope_low_freq_factor = 1.0;       // llama3 scaling
+  double rope_high_freq_factor = 4.0;      // llama3 scaling
+  int64_t rope_original_max_positions = 8192;  // llama3 scaling: "original_max_position_embeddings"
   double norm_eps = 1e-6;  // rms_norm_eps or layer_norm_eps
 
   // --- mixture of experts (num_experts == 0: dense). Every layer is MoE.

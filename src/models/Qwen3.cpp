@@ -90,9 +90,10 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   if (cfg_.norm != NormType::kRmsNorm || cfg_.activation != Activation::kSwiGlu || cfg_.attention_bias ||
       cfg_.mlp_bias || cfg_.num_shared_experts > 0)
     throw UserError(fmt::format("model '{}': needs RMSNorm, SwiGLU, no biases and no shared experts", cfg_.name));
-  if (!cfg_.rope_scaling_type.empty() && dev_.functional())
-    throw UserError(fmt::format("model '{}': rope scaling '{}' is not implemented in the functional path yet (the RoPE "
-                                "table would be wrong); run with timing only, where it does not change the time",
+  if (!cfg_.rope_scaling_type.empty() && cfg_.rope_scaling_type != "llama3" && cfg_.rope_scaling_type != "default" &&
+      dev_.functional())
+    throw UserError(fmt::format("model '{}': rope scaling '{}' is not implemented in the functional path (supported: "
+                                "llama3); run with timing only, where it does not change the time",
                                 cfg_.name, cfg_.rope_scaling_type));
   max_context_ = opt_.max_context > 0 ? opt_.max_context : std::min<int64_t>(cfg_.max_position_embeddings, 4096);
   if (max_context_ > cfg_.max_position_embeddings)
@@ -163,7 +164,10 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     L->v_cache = dev_.alloc(opt_.kv_dtype, positions * cfg_.kv_width(), "v_cache");
     kv_bytes_ += 2 * L->k_cache.bytes;
   }
-  rope_ = kernels::make_rope_table(dev_, cfg_.rope_theta, d, max_context_);
+  kernels::RopeScaling scaling{cfg_.rope_scaling_factor, cfg_.rope_low_freq_factor, cfg_.rope_high_freq_factor,
+                              cfg_.rope_original_max_positions};
+  rope_ = kernels::make_rope_table(dev_, cfg_.rope_theta, d, max_context_, nullptr,
+                                   cfg_.rope_scaling_type == "llama3" ? &scaling : nullptr);
   attn_ws_ = kernels::make_attention_workspace(dev_);
   if (dev_.functional()) load_weights(weights);
 }

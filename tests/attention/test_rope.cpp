@@ -137,6 +137,39 @@ TEST(Rope, TableValues) {
   EXPECT_EQ(s[2 * 64 + 10], static_cast<float>(std::sin(2.0 * std::pow(1e6, -20.0 / 128))));
 }
 
+// Llama 3.1 scaling, recomputed here from the published rule (Hugging Face transformers'
+// llama3 rope init): keep short wavelengths, divide long ones by the factor, blend in between.
+TEST(Rope, Llama3ScaledFrequencies) {
+  const kernels::RopeScaling sc{8.0, 1.0, 4.0, 8192};
+  const auto f = kernels::rope_inv_freq(500000.0, 128, &sc);
+  const auto plain = kernels::rope_inv_freq(500000.0, 128);
+  ASSERT_EQ(f.size(), 64u);
+  int kept = 0, divided = 0, blended = 0;
+  for (size_t i = 0; i < 64; ++i) {
+    const double base = std::pow(500000.0, -2.0 * double(i) / 128), wavelen = 2 * M_PI / base;
+    EXPECT_DOUBLE_EQ(plain[i], base);
+    double want = base;
+    if (wavelen > 8192.0) {
+      want = base / 8, ++divided;
+    } else if (wavelen >= 8192.0 / 4) {
+      const double s = (8192.0 / wavelen - 1.0) / (4.0 - 1.0);
+      want = (1 - s) * base / 8 + s * base, ++blended;
+    } else {
+      ++kept;
+    }
+    EXPECT_NEAR(f[i], want, 1e-15 * base) << "frequency " << i;
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(blended, 0);
+  // The table uses the scaled frequencies.
+  const auto c = kernels::rope_table_values(500000.0, 128, 101, false, &sc);
+  EXPECT_EQ(c[100 * 64 + 63], static_cast<float>(std::cos(100 * f[63])));
+  for (const kernels::RopeScaling bad : {kernels::RopeScaling{0.5, 1, 4, 8192}, kernels::RopeScaling{8, 4, 4, 8192},
+                                         kernels::RopeScaling{8, 1, 4, 0}})
+    test::expect_error([&] { kernels::rope_inv_freq(500000.0, 128, &bad); }, {"rope scaling"});
+}
+
 TEST(Rope, RejectsPositionOutsideTable) {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   auto table = kernels::make_rope_table(dev, 1e6, 64, 4096);

@@ -149,6 +149,9 @@ TEST(ModelPresets, FamilyStructure) {
   EXPECT_EQ(l.vocab_size, 128256);
   EXPECT_EQ(l.rope_scaling_type, "llama3");
   EXPECT_EQ(l.rope_scaling_factor, 8.0);
+  EXPECT_EQ(l.rope_low_freq_factor, 1.0);
+  EXPECT_EQ(l.rope_high_freq_factor, 4.0);
+  EXPECT_EQ(l.rope_original_max_positions, 8192);
   const ModelConfig g = load_model_config("gpt-39.1b");
   EXPECT_EQ(g.norm, NormType::kLayerNorm);
   EXPECT_EQ(g.activation, Activation::kGelu);
