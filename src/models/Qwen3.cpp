@@ -10,7 +10,9 @@
 #include "kernels/Elementwise.hpp"
 #include "kernels/Embedding.hpp"
 #include "kernels/Gather.hpp"
+#include "kernels/BiasActivation.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/LayerNorm.hpp"
 #include "kernels/RmsNorm.hpp"
 #include "kernels/Rope.hpp"
 #include "kernels/Sampling.hpp"
@@ -21,6 +23,9 @@ namespace ppu {
 
 struct Qwen3Model::Layer {
   Buffer in_norm, post_norm;      // [hidden]
+  Buffer in_norm_b, post_norm_b;  // [hidden] (LayerNorm biases, GPT)
+  Buffer bq, bk, bv, bo;          // attention biases (attention_bias): [heads*d], [kv*d] x2, [hidden]
+  Buffer b_up, b_down;            // MLP biases (mlp_bias): [ffn], [hidden]
   Buffer wq, wk, wv, wo;          // [heads*d, hidden], [kv*d, hidden] x2, [hidden, heads*d]
   Buffer q_norm, k_norm;          // [head_dim] (qk_norm)
   Buffer w_gate, w_up, w_down;    // dense: [ffn, hidden] x2, [hidden, ffn]
@@ -83,13 +88,19 @@ Buffer Qwen3Model::alloc_act(int64_t numel, const std::string& name, DType t) { 
 
 Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights, Qwen3Options opt)
     : dev_(dev), cfg_(std::move(cfg)), opt_(opt) {
-  if (cfg_.family != ModelFamily::kQwen3 && cfg_.family != ModelFamily::kQwen3Moe && cfg_.family != ModelFamily::kLlama)
-    throw UserError(fmt::format("model '{}': family {} is not supported by the Qwen3 forward yet (supported: qwen3, "
-                                "qwen3_moe, llama)",
-                                cfg_.name, family_name(cfg_.family)));
-  if (cfg_.norm != NormType::kRmsNorm || cfg_.activation != Activation::kSwiGlu || cfg_.attention_bias ||
-      cfg_.mlp_bias || cfg_.num_shared_experts > 0)
-    throw UserError(fmt::format("model '{}': needs RMSNorm, SwiGLU, no biases and no shared experts", cfg_.name));
+  if (cfg_.num_shared_experts > 0)
+    throw UserError(fmt::format("model '{}': shared experts are not supported", cfg_.name));
+  if (cfg_.activation != Activation::kSwiGlu && cfg_.activation != Activation::kGelu)
+    throw UserError(fmt::format("model '{}': activation {} is not supported (valid: swiglu, gelu)", cfg_.name,
+                                activation_name(cfg_.activation)));
+  if (cfg_.is_moe() && cfg_.activation != Activation::kSwiGlu)
+    throw UserError(fmt::format("model '{}': MoE experts must be SwiGLU", cfg_.name));
+  if (cfg_.mlp_bias && cfg_.activation == Activation::kSwiGlu)
+    throw UserError(fmt::format("model '{}': MLP biases are supported with the GELU MLP only", cfg_.name));
+  if (cfg_.family == ModelFamily::kGpt && !weights.checkpoint.empty())
+    throw UserError(fmt::format("model '{}': reading GPT checkpoints is not supported yet (their layout differs: fused "
+                                "QKV, Conv1D weights); use random weights or timing only",
+                                cfg_.name));
   if (!cfg_.rope_scaling_type.empty() && cfg_.rope_scaling_type != "llama3" && cfg_.rope_scaling_type != "default" &&
       dev_.functional())
     throw UserError(fmt::format("model '{}': rope scaling '{}' is not implemented in the functional path (supported: "
@@ -111,16 +122,29 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     weight_bytes_ += numel * dtype_size_bytes(t);
     return dev_.alloc(t, numel, name);
   };
+  const bool ln = cfg_.norm == NormType::kLayerNorm;
   embed_ = w(cfg_.vocab_size * H, "model.embed_tokens.weight");
+  if (cfg_.positions == PositionEncoding::kLearned)
+    pos_embed_ = w(cfg_.max_position_embeddings * H, "model.embed_positions.weight");
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     auto L = std::make_unique<Layer>();
     const std::string p = fmt::format("model.layers.{}.", l);
     L->in_norm = w(H, p + "input_layernorm.weight");
     L->post_norm = w(H, p + "post_attention_layernorm.weight");
+    if (ln) {
+      L->in_norm_b = w(H, p + "input_layernorm.bias");
+      L->post_norm_b = w(H, p + "post_attention_layernorm.bias");
+    }
     L->wq = w(cfg_.q_width() * H, p + "self_attn.q_proj.weight", mm);
     L->wk = w(cfg_.kv_width() * H, p + "self_attn.k_proj.weight", mm);
     L->wv = w(cfg_.kv_width() * H, p + "self_attn.v_proj.weight", mm);
     L->wo = w(H * cfg_.q_width(), p + "self_attn.o_proj.weight", mm);
+    if (cfg_.attention_bias) {
+      L->bq = w(cfg_.q_width(), p + "self_attn.q_proj.bias");
+      L->bk = w(cfg_.kv_width(), p + "self_attn.k_proj.bias");
+      L->bv = w(cfg_.kv_width(), p + "self_attn.v_proj.bias");
+      L->bo = w(H, p + "self_attn.o_proj.bias");
+    }
     if (cfg_.qk_norm) {
       L->q_norm = w(d, p + "self_attn.q_norm.weight");
       L->k_norm = w(d, p + "self_attn.k_norm.weight");
@@ -136,13 +160,18 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
       }
     } else {
       const int64_t F = cfg_.intermediate_size;
-      L->w_gate = w(F * H, p + "mlp.gate_proj.weight", mm);
+      if (cfg_.activation == Activation::kSwiGlu) L->w_gate = w(F * H, p + "mlp.gate_proj.weight", mm);
       L->w_up = w(F * H, p + "mlp.up_proj.weight", mm);
       L->w_down = w(H * F, p + "mlp.down_proj.weight", mm);
+      if (cfg_.mlp_bias) {
+        L->b_up = w(F, p + "mlp.up_proj.bias");
+        L->b_down = w(H, p + "mlp.down_proj.bias");
+      }
     }
     layers_.push_back(std::move(L));
   }
   final_norm_ = w(H, "model.norm.weight");
+  if (ln) final_norm_b_ = w(H, "model.norm.bias");
   lm_head_ = cfg_.tie_word_embeddings ? embed_ : w(cfg_.vocab_size * H, "lm_head.weight");
   if (opt_.max_batch < 1) throw UserError(fmt::format("model '{}': max_batch {} must be at least 1", cfg_.name, opt_.max_batch));
   past_.assign(static_cast<size_t>(opt_.max_batch), 0);
@@ -184,13 +213,24 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
   std::vector<Entry> all;
   const int64_t H = cfg_.hidden_size;
   all.push_back({&embed_, {cfg_.vocab_size, H}, false});
+  if (pos_embed_.valid()) all.push_back({&pos_embed_, {cfg_.max_position_embeddings, H}, false});
   for (auto& L : layers_) {
     all.push_back({&L->in_norm, {H}, true});
     all.push_back({&L->post_norm, {H}, true});
+    if (L->in_norm_b.valid()) {
+      all.push_back({&L->in_norm_b, {H}, false});
+      all.push_back({&L->post_norm_b, {H}, false});
+    }
     all.push_back({&L->wq, {cfg_.q_width(), H}, false});
     all.push_back({&L->wk, {cfg_.kv_width(), H}, false});
     all.push_back({&L->wv, {cfg_.kv_width(), H}, false});
     all.push_back({&L->wo, {H, cfg_.q_width()}, false});
+    if (L->bq.valid()) {
+      all.push_back({&L->bq, {cfg_.q_width()}, false});
+      all.push_back({&L->bk, {cfg_.kv_width()}, false});
+      all.push_back({&L->bv, {cfg_.kv_width()}, false});
+      all.push_back({&L->bo, {H}, false});
+    }
     if (cfg_.qk_norm) {
       all.push_back({&L->q_norm, {cfg_.head_dim}, true});
       all.push_back({&L->k_norm, {cfg_.head_dim}, true});
@@ -203,12 +243,17 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
         all.push_back({&L->e_down[e], {H, cfg_.moe_intermediate_size}, false});
       }
     } else {
-      all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false});
+      if (L->w_gate.valid()) all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false});
       all.push_back({&L->w_up, {cfg_.intermediate_size, H}, false});
       all.push_back({&L->w_down, {H, cfg_.intermediate_size}, false});
+      if (L->b_up.valid()) {
+        all.push_back({&L->b_up, {cfg_.intermediate_size}, false});
+        all.push_back({&L->b_down, {H}, false});
+      }
     }
   }
   all.push_back({&final_norm_, {H}, true});
+  if (final_norm_b_.valid()) all.push_back({&final_norm_b_, {H}, false});
   if (!cfg_.tie_word_embeddings) all.push_back({&lm_head_, {cfg_.vocab_size, H}, false});
 
   if (!src.checkpoint.empty()) {
@@ -219,7 +264,7 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     for (const auto& e : all) dev_.upload(*e.b, ck.read_f32(e.b->name, e.shape));
     return;
   }
-  // Random weights: matrices uniform with std 0.02 (Qwen's initializer_range), norms 1.
+  // Random weights: matrices (and biases) uniform with std 0.02 (Qwen's initializer_range), norms 1.
   uint64_t state = src.seed;
   for (const auto& e : all) {
     std::vector<float> v(static_cast<size_t>(e.b->numel));
@@ -232,6 +277,23 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     }
     dev_.upload(*e.b, v);
   }
+}
+
+std::vector<float> Qwen3Model::read_weight(const std::string& name) {
+  if (!dev_.functional())
+    throw UserError(fmt::format("model '{}': read_weight needs real numbers (functional mode)", cfg_.name));
+  std::vector<const Buffer*> all = {&embed_, &pos_embed_, &final_norm_, &final_norm_b_, &lm_head_};
+  for (const auto& L : layers_) {
+    for (const Buffer* b : {&L->in_norm, &L->post_norm, &L->in_norm_b, &L->post_norm_b, &L->wq, &L->wk, &L->wv, &L->wo,
+                            &L->bq, &L->bk, &L->bv, &L->bo, &L->q_norm, &L->k_norm, &L->w_gate, &L->w_up, &L->w_down,
+                            &L->b_up, &L->b_down, &L->router})
+      all.push_back(b);
+    for (const auto* v : {&L->e_gate, &L->e_up, &L->e_down})
+      for (const Buffer& b : *v) all.push_back(&b);
+  }
+  for (const Buffer* b : all)
+    if (b->valid() && b->name == name) return dev_.download(*b);
+  throw UserError(fmt::format("model '{}': no weight named '{}'", cfg_.name, name));
 }
 
 void Qwen3Model::assume_past(size_t seq, int64_t n) {
@@ -339,7 +401,24 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   Buffer q = alloc_act(T * qw, "q", at), qn = alloc_act(T * qw, "qn", at);
   Buffer k = alloc_act(T * kvw, "k", at), kn = alloc_act(T * kvw, "kn", at);
   Buffer v = alloc_act(T * kvw, "v", at), a = alloc_act(T * qw, "attn", mm);
-  op("embedding", [&] { kernels::embedding(dev_, embed_, x, cfg_.vocab_size, H, tokens); });
+  op("embedding", [&] {
+    kernels::embedding(dev_, embed_, x, cfg_.vocab_size, H, tokens);
+    if (pos_embed_.valid()) {  // learned positions (GPT): x += wpe[position]
+      Buffer pe = alloc_act(T * H, "position_embedding", DType::kF32);
+      kernels::gather_rows(dev_, pos_embed_, H, pos, pe);
+      kernels::binary(dev_, BinaryOp::kAdd, x, pe, x);
+      dev_.free(pe);
+    }
+  });
+  // RMSNorm, or LayerNorm with its bias (GPT).
+  auto norm = [&](const Buffer& in, const Buffer& w, const Buffer& b, const Buffer& out, int64_t rows) {
+    if (b.valid()) kernels::layer_norm(dev_, in, w, b, out, rows, H, eps);
+    else kernels::rms_norm(dev_, in, w, out, rows, H, eps);
+  };
+  auto bias = [&](const Buffer& y, const Buffer& b, int64_t rows, int64_t cols) {
+    if (b.valid()) kernels::bias_activation(dev_, y, b, y, rows, cols);
+  };
+  const bool rope = cfg_.positions == PositionEncoding::kRope;
   tap("embed", x);
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
@@ -349,19 +428,22 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       const auto s = static_cast<size_t>(first_slot + b);
       return c.view(slot_off_[s] * kvw, slot_cap_[s] * kvw);
     };
-    op("norm", [&] { kernels::rms_norm(dev_, x, L.in_norm, h, T, H, eps); });
+    op("norm", [&] { norm(x, L.in_norm, L.in_norm_b, h, T); });
     if (first) tap("layer0.attn_norm", h);
     op("attention gemm", [&] {
       linear(dev_, h, L.wq, q, T, qw, H);
       linear(dev_, h, L.wk, k, T, kvw, H);
       linear(dev_, h, L.wv, v, T, kvw, H);
+      bias(q, L.bq, T, qw);
+      bias(k, L.bk, T, kvw);
+      bias(v, L.bv, T, kvw);
     });
     if (first) {
       tap("layer0.q", q);
       tap("layer0.k", k);
       tap("layer0.v", v);
     }
-    op("qk-norm and rope", [&] {
+    op(cfg_.qk_norm || rope ? "qk-norm and rope" : "kv cache write", [&] {
       if (cfg_.qk_norm) {
         kernels::rms_norm(dev_, q, L.q_norm, qn, T * nh, d, eps);
         kernels::rms_norm(dev_, k, L.k_norm, kn, T * nkv, d, eps);
@@ -369,7 +451,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
         kernels::copy(dev_, q, qn);
         kernels::copy(dev_, k, kn);
       }
-      kernels::rope(dev_, rope_, qn, qn, T, nh, pos);
+      if (rope) kernels::rope(dev_, rope_, qn, qn, T, nh, pos);
       // Each sequence's rotated keys and its values go to its own cache rows: one launch each for
       // the batch.
       std::vector<Kernel> kr, vc;
@@ -378,7 +460,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
         const int64_t pb0 = past(b);
         const std::vector<int32_t> pb(pos.begin() + r0, pos.begin() + r0 + n);
         const Buffer kc = cache_of(L.k_cache, b), vcache = cache_of(L.v_cache, b);
-        kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, pb0));
+        if (rope) kr.push_back(kernels::make_rope(rope_, kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, pb0));
+        else kr.push_back(kernels::make_copy(dev_.chip(), kn.view(r0 * kvw, n * kvw), kc.view(pb0 * kvw, n * kvw)));
         vc.push_back(kernels::make_copy(dev_.chip(), v.view(r0 * kvw, n * kvw), vcache.view(pb0 * kvw, n * kvw)));
       }
       dev_.launch(B == 1 ? std::move(kr[0]) : concat_kernels(fmt::format("rope k batch {}", B), std::move(kr)));
@@ -403,12 +486,30 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       kernels::attention_batch(dev_, attn_ws_, items);
     });
     if (first) tap("layer0.attn_out", a);
-    op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, qw); });
+    op("attention gemm", [&] {
+      linear(dev_, a, L.wo, o, T, H, qw);
+      bias(o, L.bo, T, H);
+    });
     op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
     if (first) tap("layer0.attn_block", x);
-    op("norm", [&] { kernels::rms_norm(dev_, x, L.post_norm, h, T, H, eps); });
+    op("norm", [&] { norm(x, L.post_norm, L.post_norm_b, h, T); });
     if (cfg_.is_moe()) {
       moe(L, h, x, T, first ? taps : nullptr);
+    } else if (cfg_.activation == Activation::kGelu) {  // GPT: fc2(gelu(fc1 h + b1)) + b2
+      const int64_t F = cfg_.intermediate_size;
+      Buffer u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gelu", mm);
+      op("mlp gemm", [&] { linear(dev_, h, L.w_up, u, T, F, H); });
+      op("mlp activation", [&] {
+        if (L.b_up.valid()) kernels::bias_activation(dev_, u, L.b_up, gu, T, F, UnaryOp::kGelu);
+        else kernels::unary(dev_, UnaryOp::kGelu, u, gu);
+      });
+      op("mlp gemm", [&] {
+        linear(dev_, gu, L.w_down, o, T, H, F);
+        bias(o, L.b_down, T, H);
+      });
+      if (first) tap("layer0.mlp_out", o);
+      op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
+      for (Buffer* b : {&u, &gu}) dev_.free(*b);
     } else {
       const int64_t F = cfg_.intermediate_size;
       Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gate_up", mm);
@@ -441,7 +542,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   const Buffer& xs = rows == T ? x : last_rows;
   Buffer hn = alloc_act(rows * H, "final_norm", at);
   Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
-  op("norm", [&] { kernels::rms_norm(dev_, xs, final_norm_, hn, rows, H, eps); });
+  op("norm", [&] { norm(xs, final_norm_, final_norm_b_, hn, rows); });
   tap("final_norm", hn);
   op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, cfg_.vocab_size, H); });
   ForwardResult r;

@@ -1,7 +1,9 @@
 // Qwen3 (dense and MoE) on one simulated chip: weights on the device, a KV cache, and a forward pass
 // in which every operation is a PPU kernel (tile programs: real numbers in functional mode, time in
-// both). The same code expresses Llama-style models without QK-norm; GPT (LayerNorm, GELU) is not
-// wired in yet and is rejected with a clear error.
+// both). The same code expresses Llama-style models (no QK-norm, Llama 3.1 RoPE scaling) and GPT
+// (ModelFamily::kGpt: learned positions added to the embedding, LayerNorm with bias, biases on every
+// projection, full multi-head attention, MLP fc2(gelu(fc1 h + b1)) + b2, no RoPE); GPT runs on
+// random weights or timing only (its checkpoint layout is not read).
 //
 //   Device dev(load_chip("zhenwu-810e"));
 //   Qwen3Model m(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(42));   // or ::from_checkpoint(dir)
@@ -21,6 +23,8 @@
 //          per expert e: rows of h routed to e -> SwiGLU_e -> rows of an [T*k, hidden] buffer;
 //          x += sum_j p_tj * that row (gather_combine)
 // then logits = rms_norm(x, norm) . lm_head^T (lm_head = embed_tokens when tied), fp32.
+// GPT differs only where the config says: x = wte[tokens] + wpe[positions]; LayerNorm(w, b) for
+// every norm; + bias after each projection; no QK-norm and no RoPE; the MLP above with GELU (tanh).
 //
 // Routing: the top-k choice is made on the host from the router probabilities read back (so the
 // expert programs know their rows, as embedding lookups know their token ids); that read-back is
@@ -126,6 +130,9 @@ class Qwen3Model {
   int64_t kv_cache_bytes() const { return kv_bytes_; }
   // Simulated time per operation kind ("attention", "mlp gemm", ...) accumulated since construction.
   const std::map<std::string, double>& op_times() const { return op_times_; }
+  // A weight by its checkpoint name (e.g. "model.layers.0.self_attn.q_proj.weight"), as fp32 host
+  // values. UserError in timing-only mode or for a name the model does not have.
+  std::vector<float> read_weight(const std::string& name);
   bool balanced_routing() const { return !dev_.functional(); }
 
  private:
@@ -148,6 +155,7 @@ class Qwen3Model {
   std::vector<int64_t> slot_off_;  // first position of each slot in the cache
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
   Buffer embed_, final_norm_, lm_head_;
+  Buffer pos_embed_, final_norm_b_;  // learned positions [max_positions, hidden]; LayerNorm bias (GPT)
   std::vector<std::unique_ptr<Layer>> layers_;
   kernels::RopeTable rope_;
   kernels::AttentionWorkspace attn_ws_;
