@@ -19,6 +19,10 @@ out=docs/validation.md
   echo
   build/bench/bench_serving --markdown
   echo
+  echo "## Collectives"
+  echo
+  build/bench/bench_collectives --markdown
+  echo
   echo "## Speed of the simulator (this machine: $(nproc) cores)"
   echo
   echo "Timing-only simulation (target: 8192^3 under 0.1 s):"

@@ -33,11 +33,15 @@ class Builder {
     return add(std::move(o));
   }
   int32_t reduce(std::vector<Region> srcs, Region dst, int64_t count, std::vector<int32_t> deps, bool via_switch = false) {
+    return reduce(std::move(srcs), std::vector<Region>{dst}, count, std::move(deps), via_switch);
+  }
+  int32_t reduce(std::vector<Region> srcs, std::vector<Region> dsts, int64_t count, std::vector<int32_t> deps,
+                 bool via_switch) {
     Op o;
     o.type = OpType::kReduce;
     o.count = count;
     o.srcs = std::move(srcs);
-    o.dsts = {dst};
+    o.dsts = std::move(dsts);
     o.deps = std::move(deps);
     o.via_switch = via_switch;
     return add(std::move(o));
@@ -279,19 +283,32 @@ void allreduce_direct(Builder& b, const ScheduleSpec& sp, bool via_switch) {
   // Chunks of the whole buffer, each split into one shard per rank (so every chunk keeps every link busy).
   const int64_t k = num_chunks(sp.count, sp.chunk_elems * m);
   for (int64_t j = 0; j < k && (b.chunk(j), true); ++j)
-    for (int q = 0; q < m; ++q) {
+    for (int qq = 0; qq < m; ++qq) {
+      // Rotate the shard order by chunk, so that the chunks in flight on different channels belong
+      // to different ranks (every rank works on its shard at once, as NVLS and direct do).
+      const int q = static_cast<int>((qq + j) % m);
+      b.chunk(j * m + qq);  // and spread one chunk's shards over the channels
       const Span c = chunk_of(slices[static_cast<size_t>(q)].len, k, j);
       if (c.len == 0) continue;
       const int64_t off = slices[static_cast<size_t>(q)].off + c.off;
       std::vector<Region> srcs;
       for (int i = 0; i < m; ++i) srcs.push_back(R(i, BufferRole::kSend, off));
-      int32_t red;
-      if (m == 1) red = sp.in_place[0] ? -1 : b.copy(srcs[0], {R(0, BufferRole::kRecv, off)}, c.len, {});
-      else red = b.reduce(std::move(srcs), R(q, BufferRole::kRecv, off), c.len, {}, via_switch);
+      if (m == 1) {
+        if (!sp.in_place[0]) b.copy(srcs[0], {R(0, BufferRole::kRecv, off)}, c.len, {});
+        continue;
+      }
+      if (via_switch) {  // reduce in the switch and multicast the result to every rank, one op
+        std::vector<Region> all = {R(q, BufferRole::kRecv, off)};
+        for (int i = 0; i < m; ++i)
+          if (i != q) all.push_back(R(i, BufferRole::kRecv, off));
+        b.reduce(std::move(srcs), all, c.len, {}, true);
+        continue;
+      }
+      const int32_t red = b.reduce(std::move(srcs), R(q, BufferRole::kRecv, off), c.len, {});
       std::vector<Region> dsts;
       for (int i = 0; i < m; ++i)
         if (i != q) dsts.push_back(R(i, BufferRole::kRecv, off));
-      if (!dsts.empty()) b.copy(R(q, BufferRole::kRecv, off), std::move(dsts), c.len, {red}, via_switch);
+      b.copy(R(q, BufferRole::kRecv, off), std::move(dsts), c.len, {red});
     }
 }
 

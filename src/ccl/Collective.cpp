@@ -22,7 +22,7 @@ std::string join_names(const Table& names) {
 std::optional<Collective> collective_from_name(std::string_view s) { return find_name<Collective>(kCollectiveNames, s); }
 std::optional<Algorithm> algorithm_from_name(std::string_view s) { return find_name<Algorithm>(kAlgorithmNames, s); }
 std::optional<Protocol> protocol_from_name(std::string_view s) { return find_name<Protocol>(kProtocolNames, s); }
-std::optional<ReduceOp> reduce_op_from_name(std::string_view s) { return find_name<ReduceOp>(kReduceOpNames, s); }
+std::optional<ReductionOp> reduction_op_from_name(std::string_view s) { return find_name<ReductionOp>(kReductionOpNames, s); }
 std::string algorithm_valid_names() { return join_names(kAlgorithmNames); }
 std::string collective_valid_names() { return join_names(kCollectiveNames); }
 

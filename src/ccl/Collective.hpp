@@ -45,19 +45,19 @@ static_assert(kProtocolNames.size() == static_cast<size_t>(Protocol::kCount));
 constexpr std::string_view protocol_name(Protocol p) { return kProtocolNames[static_cast<size_t>(p)]; }
 std::optional<Protocol> protocol_from_name(std::string_view s);
 
-enum class ReduceOp : uint8_t { kSum, kMax, kMin, kCount };
-inline constexpr std::array<std::string_view, static_cast<size_t>(ReduceOp::kCount)> kReduceOpNames = {"sum", "max",
+enum class ReductionOp : uint8_t { kSum, kMax, kMin, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(ReductionOp::kCount)> kReductionOpNames = {"sum", "max",
                                                                                                        "min"};
-static_assert(kReduceOpNames.size() == static_cast<size_t>(ReduceOp::kCount));
+static_assert(kReductionOpNames.size() == static_cast<size_t>(ReductionOp::kCount));
 
 constexpr std::string_view collective_name(Collective c) { return kCollectiveNames[static_cast<size_t>(c)]; }
 constexpr std::string_view algorithm_name(Algorithm a) { return kAlgorithmNames[static_cast<size_t>(a)]; }
 constexpr std::string_view algorithm_description(Algorithm a) { return kAlgorithmDescriptions[static_cast<size_t>(a)]; }
-constexpr std::string_view reduce_op_name(ReduceOp o) { return kReduceOpNames[static_cast<size_t>(o)]; }
+constexpr std::string_view reduction_op_name(ReductionOp o) { return kReductionOpNames[static_cast<size_t>(o)]; }
 
 std::optional<Collective> collective_from_name(std::string_view s);
 std::optional<Algorithm> algorithm_from_name(std::string_view s);
-std::optional<ReduceOp> reduce_op_from_name(std::string_view s);
+std::optional<ReductionOp> reduction_op_from_name(std::string_view s);
 // "ring, tree, ..." for error messages.
 std::string algorithm_valid_names();
 std::string collective_valid_names();
@@ -69,7 +69,7 @@ double bus_factor(Collective c, int ranks);
 struct CollectiveOptions {
   std::optional<Algorithm> algorithm;  // nullopt: the selector decides
   std::optional<Protocol> protocol;    // nullopt: the selector decides
-  ReduceOp op = ReduceOp::kSum;
+  ReductionOp op = ReductionOp::kSum;
   int root = 0;  // broadcast, reduce
 };
 

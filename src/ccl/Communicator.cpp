@@ -22,6 +22,8 @@ std::string rank_list(const std::vector<int>& ranks) {
 
 std::string bytes_text(double b) { return format_quantity(Dimension::kBytes, b); }
 
+constexpr int64_t kSelectCapBytes = int64_t{256} << 20;
+
 }  // namespace
 
 // One per-rank collective in the making: what each rank brought, and the outcome.
@@ -31,6 +33,7 @@ struct Communicator::Round {
   std::vector<std::optional<RankCall>> calls;
   int arrived = 0;
   bool running = false, done = false;
+  std::string failure;  // set when a waiting rank timed out: every waiting rank throws it
   CollectiveResult result;
   std::exception_ptr error;
 };
@@ -77,6 +80,19 @@ std::vector<Algorithm> Communicator::candidates(Collective c) const {
   return out;
 }
 
+std::vector<Algorithm> Communicator::auto_candidates(Collective c) const {
+  // On a switch the selector keeps to NCCL's algorithms (ring, tree, NVLS; all-to-all point to
+  // point), so that predictions compare with NCCL measurements; direct and halving-doubling remain
+  // available by name. Meshes and PCIe nodes consider every algorithm that applies.
+  std::vector<Algorithm> out;
+  for (Algorithm a : candidates(c)) {
+    const bool reduction_like = c != Collective::kAllToAll && c != Collective::kAllToAllV && c != Collective::kSendRecv;
+    if (fabric_.has_switch() && reduction_like && (a == Algorithm::kDirect || a == Algorithm::kHalvingDoubling)) continue;
+    out.push_back(a);
+  }
+  return out;
+}
+
 ScheduleSpec Communicator::spec_for(Collective c, Algorithm a, int64_t count, int64_t elem_bytes,
                                     const CollectiveOptions& o) const {
   ScheduleSpec sp;
@@ -104,7 +120,7 @@ Communicator::Choice Communicator::select(Collective c, int64_t count, DType dty
   const auto key = std::make_tuple(static_cast<int>(c), count, es, o.root, o.algorithm ? static_cast<int>(*o.algorithm) : -1,
                                    o.protocol ? static_cast<int>(*o.protocol) : -1);
   if (auto it = selected_.find(key); it != selected_.end()) return it->second;
-  std::vector<Algorithm> algos = o.algorithm ? std::vector<Algorithm>{*o.algorithm} : candidates(c);
+  std::vector<Algorithm> algos = o.algorithm ? std::vector<Algorithm>{*o.algorithm} : auto_candidates(c);
   PPU_CHECK(!algos.empty(), "a collective without algorithms");
   Choice best{algos[0], Protocol::kSimple, ""};
   std::vector<std::pair<Algorithm, Protocol>> options;
@@ -124,9 +140,21 @@ Communicator::Choice Communicator::select(Collective c, int64_t count, DType dty
     double best_t = 1e300;
     std::string all;
     for (auto [a, p] : options) {
-      ScheduleSpec sp = spec_for(c, a, count, es, o);
-      if (c == Collective::kAllToAllV) sp.collective = Collective::kAllToAll;  // compared on equal blocks
-      const double t = time_schedule(build_schedule(sp), fabric_, chips_, es, 0.0, p).end_s;
+      auto time_of = [&](int64_t elems) {
+        ScheduleSpec sp = spec_for(c, a, elems, es, o);
+        if (c == Collective::kAllToAllV) sp.collective = Collective::kAllToAll;  // compared on equal blocks
+        return time_schedule(build_schedule(sp), fabric_, chips_, es, 0.0, p).end_s;
+      };
+      // Past kSelectCapBytes every algorithm is in its steady state: time grows linearly with size, so
+      // two simulations at the cap and half of it extrapolate (keeps selection fast for GB messages).
+      const int64_t cap = std::max<int64_t>(2, kSelectCapBytes / es);
+      double t;
+      if (count <= cap) {
+        t = time_of(count);
+      } else {
+        const double hi = time_of(cap), lo = time_of(cap / 2);
+        t = hi + (hi - lo) * static_cast<double>(count - cap) / static_cast<double>(cap - cap / 2);
+      }
       all += fmt::format("{}{}/{} {:.1f} us", all.empty() ? "" : ", ", algorithm_name(a), protocol_name(p), t * 1e6);
       if (t < best_t) best_t = t, best.algorithm = a, best.protocol = p;
     }
@@ -481,15 +509,17 @@ CollectiveResult Communicator::join(int rank, Collective c, RankCall call, const
     cv_.notify_all();
   } else {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(options_.rendezvous_timeout_s);
-    if (!cv_.wait_until(lk, deadline, [&] { return round->running || round->done; })) {
+    if (!cv_.wait_until(lk, deadline, [&] { return round->running || round->done || !round->failure.empty(); })) {
+      // The first rank to time out fails the round for every rank waiting in it; later calls start afresh.
       std::vector<int> missing, joined;
       for (int r = 0; r < n; ++r) (round->calls[static_cast<size_t>(r)] ? joined : missing).push_back(r);
-      round->calls[static_cast<size_t>(rank)].reset();
-      if (--round->arrived == 0 && round_ == round) round_.reset();
-      throw UserError(fmt::format("{}: rank(s) {} of {} did not join within {:g} s (joined: {}); every rank must call "
-                                  "the collective (CommOptions::rendezvous_timeout_s)",
-                                  what, rank_list(missing), n, options_.rendezvous_timeout_s, rank_list(joined)));
+      round->failure = fmt::format("{}: rank(s) {} of {} did not join within {:g} s (joined: {}); every rank must call "
+                                   "the collective (CommOptions::rendezvous_timeout_s)",
+                                   what, rank_list(missing), n, options_.rendezvous_timeout_s, rank_list(joined));
+      if (round_ == round) round_.reset();
+      cv_.notify_all();
     }
+    if (!round->failure.empty()) throw UserError(round->failure);
     cv_.wait(lk, [&] { return round->done; });
   }
   if (round->error) std::rethrow_exception(round->error);

@@ -12,8 +12,9 @@
 //   // or one host thread per rank, each with its own buffers; the last to arrive runs it
 //   comm.all_reduce(rank, send, recv);                               // UserError after the timeout
 //                                                                    // names ranks that never came
-// Algorithms are chosen by simulating every one that applies and taking the fastest (cached per
-// collective, size, dtype and root), or given by name in CollectiveOptions::algorithm.
+// Algorithms (and protocols) are chosen by simulating every one that applies and taking the fastest
+// (cached per collective, size, dtype and root; on switch nodes among NCCL's algorithms), or given by
+// name in CollectiveOptions::algorithm / protocol.
 //
 // Not thread-safe except for the per-rank calls, which are meant to be called concurrently.
 // Not here: several nodes (the cluster layer), stragglers, link failures.
@@ -140,6 +141,7 @@ class Communicator {
   ScheduleSpec spec_for(Collective c, Algorithm a, int64_t count, int64_t elem_bytes, const CollectiveOptions& o) const;
   std::vector<Algorithm> candidates(Collective c) const;
   std::vector<Protocol> protocols(Algorithm a) const;
+  std::vector<Algorithm> auto_candidates(Collective c) const;
 
   Fabric fabric_;
   std::vector<Device*> devices_;

@@ -38,9 +38,7 @@ Fabric::Fabric(const NodeSpec& node) : node_(node) {
       up_.push_back(add(fmt::format("c{}->sw", c), node.link_bandwidth.value, eff));
       down_.push_back(add(fmt::format("sw->c{}", c), node.link_bandwidth.value, eff));
     }
-    if (node.has_switch_reduction())
-      for (int c = 0; c < n; ++c)
-        nvls_.push_back(add(fmt::format("nvls c{}", c), node.switch_reduction_bandwidth.value, 1.0));
+    if (node.has_switch_reduction()) nvls_ = add("nvls", node.switch_reduction_bandwidth.value, 1.0);
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b)
         if (a != b) {

@@ -8,7 +8,7 @@
 // Resources, each one direction of a full-duplex connection, at line rate x link_efficiency:
 //   full mesh        "c0->c1" for every ordered chip pair
 //   switch           "c0->sw" (port up) and "sw->c0" (port down) per chip; with in-switch reduction
-//                    also "nvls c0" (the rate at which chip 0's contributions are reduced in the switch)
+//                    also "nvls" (the rate at which the switch produces reduced data, all ports together)
 //   pcie             "c0->pcie0" and "pcie0->c0" per chip, "pcie0->host" and "host->pcie0" per switch
 //   meshes_over_pcie the mesh links within each mesh, plus the pcie resources between meshes
 // and "hbm c0" per chip (local copies and reductions, at the chip's HBM read rate).
@@ -44,13 +44,13 @@ class Fabric {
   double path_latency_s(int a, int b) const;
   // Chip c's memory (HBM) resource.
   int memory(int c) const { return memory_[static_cast<size_t>(c)]; }
-  // Switch ports of chip c (switch topology only; -1 otherwise) and its in-switch reduction
-  // resource (-1 without in-switch reduction).
+  // Switch ports of chip c (switch topology only; -1 otherwise) and the switch's reduction resource
+  // (-1 without in-switch reduction).
   int switch_up(int c) const { return up_.empty() ? -1 : up_[static_cast<size_t>(c)]; }
   int switch_down(int c) const { return down_.empty() ? -1 : down_[static_cast<size_t>(c)]; }
-  int switch_reduction(int c) const { return nvls_.empty() ? -1 : nvls_[static_cast<size_t>(c)]; }
+  int switch_reduction() const { return nvls_; }
   bool has_switch() const { return !up_.empty(); }
-  bool has_switch_reduction() const { return !nvls_.empty(); }
+  bool has_switch_reduction() const { return nvls_ >= 0; }
   // The group (mesh or PCIe switch) chip c belongs to; groups are contiguous runs of chips.
   int group_of(int c) const { return c / node_.group_chips(); }
   // The slowest per-direction payload bandwidth on the path from a to b (B/s).
@@ -63,7 +63,8 @@ class Fabric {
   std::vector<Resource> resources_;
   std::vector<std::vector<int>> paths_;  // [a * n + b]
   std::vector<double> latency_;          // [a * n + b]
-  std::vector<int> memory_, up_, down_, nvls_;
+  std::vector<int> memory_, up_, down_;
+  int nvls_ = -1;
 };
 
 }  // namespace ppu::ccl

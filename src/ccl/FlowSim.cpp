@@ -20,12 +20,29 @@ int FlowSim::add_resource(std::string name, double capacity_bytes_per_s) {
 }
 
 void FlowSim::start(double at_s, std::vector<int> resources, double bytes, double latency_s, uint64_t tag) {
+  std::vector<std::pair<int, double>> rw;
+  for (int r : resources) rw.push_back({r, 1.0});
+  start_weighted(at_s, std::move(rw), bytes, latency_s, tag);
+}
+
+void FlowSim::start_weighted(double at_s, std::vector<std::pair<int, double>> resources, double bytes, double latency_s,
+                             uint64_t tag) {
   PPU_CHECK(bytes >= 0 && latency_s >= 0, "flow bytes and latency must be non-negative");
   PPU_CHECK(bytes == 0 || !resources.empty(), "a flow that moves bytes needs a resource");
   std::sort(resources.begin(), resources.end());
-  resources.erase(std::unique(resources.begin(), resources.end()), resources.end());
-  for (int r : resources) PPU_CHECK(r >= 0 && r < num_resources(), "unknown resource");
-  Flow f{std::move(resources), bytes, bytes, 0.0, 0.0, tag, seq_++};
+  Flow f;
+  for (auto [r, w] : resources) {
+    PPU_CHECK(r >= 0 && r < num_resources() && w > 0, "unknown resource or non-positive weight");
+    if (!f.resources.empty() && f.resources.back() == r) {
+      f.weights.back() += w;
+    } else {
+      f.resources.push_back(r);
+      f.weights.push_back(w);
+    }
+  }
+  f.bytes_total = f.remaining = bytes;
+  f.tag = tag;
+  f.seq = seq_++;
   const double t = std::max(at_s, now_) + latency_s;
   pending_.push_back({{t, f.seq}, std::move(f)});
   std::push_heap(pending_.begin(), pending_.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
@@ -39,9 +56,12 @@ void FlowSim::advance(double t) {
 }
 
 void FlowSim::recompute_rates() {
+  // Progressive filling: raise every unfrozen flow's rate together until a resource is full; the
+  // flows crossing it freeze at that rate; repeat. Weighted: a resource r with capacity c_r and
+  // unfrozen weight W_r fills at rate c_r / W_r.
   rates_dirty_ = false;
   const size_t nr = capacity_.size();
-  std::vector<double> cap(capacity_);
+  std::vector<double> cap(capacity_), weight(nr, 0.0);
   std::vector<int> count(nr, 0);
   std::vector<char> frozen(active_.size(), 0);
   size_t left = 0;
@@ -52,14 +72,17 @@ void FlowSim::recompute_rates() {
       continue;
     }
     ++left;
-    for (int r : active_[i].resources) ++count[static_cast<size_t>(r)];
+    for (size_t k = 0; k < active_[i].resources.size(); ++k) {
+      const auto r = static_cast<size_t>(active_[i].resources[k]);
+      ++count[r];
+      weight[r] += active_[i].weights[k];
+    }
   }
   while (left > 0) {
-    // The tightest resource fixes the rate of every unfrozen flow crossing it.
     double share = kInf;
     int tight = -1;
     for (size_t r = 0; r < nr; ++r)
-      if (count[r] > 0 && cap[r] / count[r] < share) share = cap[r] / count[r], tight = static_cast<int>(r);
+      if (count[r] > 0 && cap[r] / weight[r] < share) share = cap[r] / weight[r], tight = static_cast<int>(r);
     PPU_CHECK(tight >= 0, "progressive filling found no resource");
     share = std::max(share, 0.0);
     for (size_t i = 0; i < active_.size(); ++i) {
@@ -69,9 +92,11 @@ void FlowSim::recompute_rates() {
       frozen[i] = 1;
       --left;
       active_[i].rate = share;
-      for (int r : rs) {
-        cap[static_cast<size_t>(r)] -= share;
-        --count[static_cast<size_t>(r)];
+      for (size_t k = 0; k < rs.size(); ++k) {
+        const auto r = static_cast<size_t>(rs[k]);
+        cap[r] -= share * active_[i].weights[k];
+        weight[r] -= active_[i].weights[k];
+        --count[r];
       }
     }
   }

@@ -43,6 +43,11 @@ class FlowSim {
   // Starts a flow at `at_s` (not before now()): after `latency_s` it moves `bytes` (>= 0) over
   // `resources` (may be empty: then it is a pure delay). `tag` comes back with its completion.
   void start(double at_s, std::vector<int> resources, double bytes, double latency_s, uint64_t tag);
+  // The same with a weight per resource: moving one byte of the flow uses `weight` bytes of that
+  // resource's capacity (a reduction that reads two operands and writes one uses its chip's memory
+  // at weight 3). Weights must be positive; a resource listed twice adds its weights.
+  void start_weighted(double at_s, std::vector<std::pair<int, double>> resources, double bytes, double latency_s,
+                      uint64_t tag);
   // Advances to the next completion and returns it; nullopt when nothing is left.
   std::optional<Completion> next();
   double now() const { return now_; }
@@ -54,7 +59,8 @@ class FlowSim {
 
  private:
   struct Flow {
-    std::vector<int> resources;
+    std::vector<int> resources;  // sorted, unique
+    std::vector<double> weights;  // per resource
     double bytes_total, remaining, rate = 0, start_s = 0;
     uint64_t tag, seq;
   };

@@ -45,72 +45,81 @@ ScheduleTiming time_schedule(const Schedule& s, const Fabric& fabric, const std:
   std::vector<int32_t> flows_left(n, 0);
   auto chip = [&](const Region& r) { return chips[static_cast<size_t>(r.rank)]; };
 
-  auto local_phase = [&](size_t i, double t) {
-    const Op& o = s.ops[i];
-    const double bytes = static_cast<double>(o.count * elem_bytes);
-    double local_bytes = 0;
-    if (o.type == OpType::kReduce) {
-      if (!o.via_switch) local_bytes = bytes * static_cast<double>(o.srcs.size() + 1);
-    } else {
-      for (const Region& d : o.dsts)
-        if (chip(d) == chip(o.srcs[0]) && (d.buf != o.srcs[0].buf || d.offset != o.srcs[0].offset || d.rank != o.srcs[0].rank))
-          local_bytes += 2 * bytes;
-    }
-    const int mem = fabric.memory(chip(o.dsts[0]));
-    sim.start(t, local_bytes > 0 ? std::vector<int>{mem} : std::vector<int>{}, local_bytes, 0.0, i * 2 + 1);
-  };
+  // Memory traffic of an op on its destination chip, in units of its bytes: a reduction reads every
+  // source and writes the result (an in-switch reduction only writes), a copy reads and writes
+  // locally or only writes what arrives.
   auto launch = [&](size_t i, double t) {
     const Op& o = s.ops[i];
-    const double bytes = static_cast<double>(o.count * elem_bytes) * wire;
+    const double payload = static_cast<double>(o.count * elem_bytes);
+    const double bytes = payload * wire;
     int flows = 0;
+    auto start = [&](std::vector<std::pair<int, double>> res, double b, double lat) {
+      sim.start_weighted(t, std::move(res), b, lat, i);
+      ++flows;
+    };
+    auto on_path = [&](int a, int b2, double mem_weight) {
+      std::vector<std::pair<int, double>> res;
+      for (int r : fabric.path(a, b2)) res.push_back({r, 1.0});
+      // The destination's memory sees the payload (not the protocol's extra wire bytes).
+      res.push_back({fabric.memory(b2), mem_weight / wire});
+      return res;
+    };
     if (o.via_switch) {
       PPU_CHECK(fabric.has_switch(), "a switch op on a node without a switch");
-      std::vector<int> res;
+      std::vector<std::pair<int, double>> res;
       double lat = node.link_latency.value + step;
       if (o.type == OpType::kReduce) {
+        // Every source's contribution goes up its port, the switch reduces it (one resource for the
+        // whole switch), the result comes down to every destination. With several destinations the
+        // first one also stores the result back for the switch to multicast (NVLS all-reduce: a
+        // reduce-load then a multicast store), one more pass over its up and down port.
         PPU_CHECK(fabric.has_switch_reduction(), "an in-switch reduction on a switch that does not reduce");
-        for (const Region& r : o.srcs) {
-          res.push_back(fabric.switch_up(chip(r)));
-          res.push_back(fabric.switch_reduction(chip(r)));
+        for (const Region& r : o.srcs) res.push_back({fabric.switch_up(chip(r)), 1.0});
+        res.push_back({fabric.switch_reduction(), 1.0});
+        for (const Region& d : o.dsts) res.push_back({fabric.switch_down(chip(d)), 1.0});
+        if (o.dsts.size() > 1) {
+          res.push_back({fabric.switch_up(chip(o.dsts[0])), 1.0});
+          res.push_back({fabric.switch_down(chip(o.dsts[0])), 1.0});
         }
-        res.push_back(fabric.switch_down(chip(o.dsts[0])));
         lat += node.switch_reduction_latency.value;
       } else {
-        res.push_back(fabric.switch_up(chip(o.srcs[0])));
+        res.push_back({fabric.switch_up(chip(o.srcs[0])), 1.0});
         for (const Region& d : o.dsts)
-          if (chip(d) != chip(o.srcs[0])) res.push_back(fabric.switch_down(chip(d)));
+          if (chip(d) != chip(o.srcs[0])) res.push_back({fabric.switch_down(chip(d)), 1.0});
       }
-      sim.start(t, std::move(res), bytes, lat, i * 2);
-      flows = 1;
+      start(std::move(res), bytes, lat);
     } else if (o.type == OpType::kCopy) {
       const int a = chip(o.srcs[0]);
-      for (const Region& d : o.dsts)
-        if (chip(d) != a) {
-          sim.start(t, fabric.path(a, chip(d)), bytes, fabric.path_latency_s(a, chip(d)) + step, i * 2);
-          ++flows;
-        }
+      for (const Region& d : o.dsts) {
+        if (chip(d) != a) start(on_path(a, chip(d), 1.0), bytes, fabric.path_latency_s(a, chip(d)) + step);
+        else if (d.rank != o.srcs[0].rank || d.buf != o.srcs[0].buf || d.offset != o.srcs[0].offset)
+          start({{fabric.memory(a), 2.0}}, payload, 0.0);
+      }
     } else {
-      const int b = chip(o.dsts[0]);
+      const int b2 = chip(o.dsts[0]);
+      int remote = 0;
+      for (const Region& r : o.srcs) remote += chip(r) != b2;
+      const double mem = static_cast<double>(o.srcs.size() + 1);
       for (const Region& r : o.srcs)
-        if (chip(r) != b) {
-          sim.start(t, fabric.path(chip(r), b), bytes, fabric.path_latency_s(chip(r), b) + step, i * 2);
-          ++flows;
-        }
+        if (chip(r) != b2) start(on_path(chip(r), b2, mem / remote), bytes, fabric.path_latency_s(chip(r), b2) + step);
+      if (remote == 0) start({{fabric.memory(b2), mem}}, payload, 0.0);
     }
     flows_left[i] = flows;
-    if (flows == 0) local_phase(i, t);
+    if (flows == 0) sim.start(t, {}, 0.0, 0.0, i);  // nothing to move: done at once
   };
 
   for (size_t i = 0; i < n; ++i)
     if (waiting[i] == 0) launch(i, t0);
   size_t done = 0;
+  std::vector<char> finished(n, 0);
   while (auto c = sim.next()) {
-    const size_t i = static_cast<size_t>(c->tag / 2);
-    if (i >= n) continue;  // a flow of an earlier schedule on a shared trace FlowSim
-    if (c->tag % 2 == 0) {
-      if (--flows_left[i] == 0) local_phase(i, c->time_s);
+    const size_t i = static_cast<size_t>(c->tag);
+    if (i >= n || finished[i]) continue;  // a flow of an earlier schedule on a shared trace FlowSim
+    if (flows_left[i] > 1) {
+      --flows_left[i];
       continue;
     }
+    finished[i] = 1;
     ++done;
     const Op& o = s.ops[i];
     for (const Region& r : o.srcs) out.rank_end_s[static_cast<size_t>(r.rank)] = std::max(out.rank_end_s[static_cast<size_t>(r.rank)], c->time_s);
@@ -129,8 +138,10 @@ namespace {
 
 constexpr int64_t kBlock = 2048;
 
-// dst[0:count] = srcs[0] (op) srcs[1] (op) ... computed in fp32, rounded once to `t`.
-void reduce_into(DType t, ReduceOp op, const std::vector<const unsigned char*>& srcs, unsigned char* dst, int64_t count) {
+// dsts[*][0:count] = srcs[0] (op) srcs[1] (op) ... computed in fp32, rounded once to `t`. Block by
+// block every source is read before any destination is written, so destinations may be sources.
+void reduce_into(DType t, ReductionOp op, const std::vector<const unsigned char*>& srcs,
+                 const std::vector<unsigned char*>& dsts, int64_t count) {
   const int64_t es = dtype_size_bytes(t);
   float acc[kBlock], tmp[kBlock];
   for (int64_t base = 0; base < count; base += kBlock) {
@@ -149,20 +160,22 @@ void reduce_into(DType t, ReduceOp op, const std::vector<const unsigned char*>& 
         a = tmp;
       }
       switch (op) {
-        case ReduceOp::kSum: for (int64_t e = 0; e < m; ++e) acc[e] += a[e]; break;
-        case ReduceOp::kMax: for (int64_t e = 0; e < m; ++e) acc[e] = std::max(acc[e], a[e]); break;
-        case ReduceOp::kMin: for (int64_t e = 0; e < m; ++e) acc[e] = std::min(acc[e], a[e]); break;
+        case ReductionOp::kSum: for (int64_t e = 0; e < m; ++e) acc[e] += a[e]; break;
+        case ReductionOp::kMax: for (int64_t e = 0; e < m; ++e) acc[e] = std::max(acc[e], a[e]); break;
+        case ReductionOp::kMin: for (int64_t e = 0; e < m; ++e) acc[e] = std::min(acc[e], a[e]); break;
         default: PPU_CHECK(false, "reduce op");
       }
     }
-    if (t == DType::kF32) std::memcpy(dst + base * es, acc, static_cast<size_t>(m) * sizeof(float));
-    else convert_from_f32(t, acc, dst + base * es, m);
+    for (unsigned char* dst : dsts) {
+      if (t == DType::kF32) std::memcpy(dst + base * es, acc, static_cast<size_t>(m) * sizeof(float));
+      else convert_from_f32(t, acc, dst + base * es, m);
+    }
   }
 }
 
 }  // namespace
 
-void run_schedule(const Schedule& s, const std::vector<RankData>& data, DType dtype, ReduceOp op, int threads) {
+void run_schedule(const Schedule& s, const std::vector<RankData>& data, DType dtype, ReductionOp op, int threads) {
   const int64_t es = dtype_size_bytes(dtype);
   auto ptr = [&](const Region& r) {
     const RankData& d = data[static_cast<size_t>(r.rank)];
@@ -174,16 +187,23 @@ void run_schedule(const Schedule& s, const std::vector<RankData>& data, DType dt
     if (o.count == 0) return;
     const size_t bytes = static_cast<size_t>(o.count * es);
     if (o.type == OpType::kCopy) {
+      // Block by block to every destination, so each source block is read from cache after the first.
       const unsigned char* src = ptr(o.srcs[0]);
-      for (const Region& d : o.dsts) {
-        unsigned char* dst = ptr(d);
-        if (dst != src) std::memcpy(dst, src, bytes);
+      constexpr size_t kCopyBlock = size_t{64} << 10;
+      for (size_t base = 0; base < bytes; base += kCopyBlock) {
+        const size_t m = std::min(kCopyBlock, bytes - base);
+        for (const Region& d : o.dsts) {
+          unsigned char* dst = ptr(d);
+          if (dst != src) std::memcpy(dst + base, src + base, m);
+        }
       }
       return;
     }
     std::vector<const unsigned char*> srcs;
+    std::vector<unsigned char*> dsts;
     for (const Region& r : o.srcs) srcs.push_back(ptr(r));
-    reduce_into(dtype, op, srcs, ptr(o.dsts[0]), o.count);
+    for (const Region& r : o.dsts) dsts.push_back(ptr(r));
+    reduce_into(dtype, op, srcs, dsts, o.count);
   };
   // Kahn's algorithm by levels: ops of one level are independent of each other.
   const size_t n = s.ops.size();

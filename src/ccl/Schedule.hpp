@@ -4,17 +4,20 @@
 //
 //   Schedule s = build_schedule(spec);                       // e.g. ring all-reduce, 8 ranks
 //   ScheduleTiming t = time_schedule(s, fabric, chips, 0.0); // simulated seconds per rank
-//   run_schedule(s, buffers, DType::kBF16, ReduceOp::kSum, threads);   // the numbers
+//   run_schedule(s, buffers, DType::kBF16, ReductionOp::kSum, threads);   // the numbers
 //
 // An op reads regions (rank, buffer, element offset) and writes others; `deps` are ops that must
 // finish first (data, reuse of a region, and the pipeline's limit of chunks in flight). Ops with no
 // path between them never touch overlapping regions, so any topological order gives the same bits.
 //
 // Timing of one op: each remote source crosses the fabric as one flow (latency = path latency +
-// step latency; see the protocol below); through a switch (`via_switch`) a reduction is one flow over every source's port
-// and in-switch reduction unit and the destination's port, a multicast one flow over the source's
-// port and every destination's port. A reduction then costs (sources + 1) x bytes on the
-// destination chip's HBM, a local copy 2 x bytes; an in-switch reduction costs no HBM time.
+// step latency; see the protocol below) that also loads the destination chip's HBM while it arrives
+// (a reduction reads every source and writes the result: (sources + 1) x bytes; a copy writes its
+// bytes), since chips reduce data as it streams in. Through a switch (`via_switch`) a reduction is one
+// flow over every source's port, the switch's reduction unit and every destination's port (with
+// several destinations, plus a multicast store by the first), a multicast one flow over the source's
+// port and every destination's port. A local copy moves 2 x bytes, a local
+// reduction (sources + 1) x bytes through the chip's HBM.
 // Numerics: a reduction computes in fp32 in the order of `srcs` and rounds once to the dtype.
 #pragma once
 
@@ -42,7 +45,7 @@ struct Op {
   bool via_switch = false;
   int64_t count = 0;            // elements
   std::vector<Region> srcs;     // copy: 1; reduce: >= 2, combined in this order
-  std::vector<Region> dsts;     // reduce: 1; copy: >= 1 (several: the same data to each)
+  std::vector<Region> dsts;     // >= 1 (several: the same result to each)
   std::vector<int32_t> deps;    // earlier ops
 };
 
@@ -73,6 +76,6 @@ struct RankData {
 };
 // Moves and reduces the real data. `threads` <= 1 runs on the calling thread; independent ops
 // otherwise run on up to `threads` host threads.
-void run_schedule(const Schedule& s, const std::vector<RankData>& data, DType dtype, ReduceOp op, int threads);
+void run_schedule(const Schedule& s, const std::vector<RankData>& data, DType dtype, ReductionOp op, int threads);
 
 }  // namespace ppu::ccl

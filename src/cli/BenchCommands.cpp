@@ -15,15 +15,15 @@
 
 namespace ppu::cli {
 
-namespace {
-
-using nlohmann::json;
-
 DType parse_dtype_option(const std::string& s, const char* option) {
   auto d = dtype_from_name(s);
   if (!d) throw UserError(fmt::format("{} '{}' is not a dtype; valid: {}", option, s, dtype_valid_names()));
   return *d;
 }
+
+namespace {
+
+using nlohmann::json;
 
 std::vector<float> random_values(int64_t n, DType t, uint64_t seed) {
   std::mt19937_64 rng(seed);

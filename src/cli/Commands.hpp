@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "arch/DType.hpp"
+
 namespace ppu::cli {
 
 int cmd_chips_list(bool json);
@@ -59,7 +61,41 @@ struct RunOptions {
 };
 int cmd_run(const RunOptions& o);
 
+struct ThroughputCliOptions {
+  std::string model = "llama3-8b";
+  std::string chip = "h100";
+  std::string io = "128/2048";  // input/output tokens per request, comma-separated pairs
+  std::string matmul_dtype = "fp8e4m3";
+  std::string kv_dtype = "fp8e4m3";
+  int64_t max_batch = 2048;
+  double kv_fraction = 0.9;
+  bool json = false;
+};
+int cmd_throughput(const ThroughputCliOptions& o);
+
 // "all" -> every preset name; otherwise the single name or path.
 std::vector<std::string> expand_chips(const std::string& chip);
+// A dtype named on the command line; UserError naming `option` and the valid names otherwise.
+DType parse_dtype_option(const std::string& s, const char* option);
+
+int cmd_nodes_list(bool json);
+int cmd_nodes_show(const std::string& name_or_path, bool json);
+
+// `ppu bench <collective>`: an nccl-tests style sweep of one collective on a node.
+struct CollectiveBenchOptions {
+  std::string collective = "allreduce";  // allreduce, reducescatter, allgather, broadcast, reduce, alltoall, sendrecv
+  std::string node = "zhenwu-8";
+  int ranks = 0;                         // 0: every chip of the node
+  std::string sizes = "1M:1G";           // MIN:MAX doubling, or one size; K/M/G are powers of 2 (nccl-tests)
+  std::string algo;                      // "" = the selector's choice
+  std::string protocol;                  // "" = the selector's choice; simple, ll
+  std::string dtype = "fp32";
+  std::string op = "sum";
+  int root = 0;
+  bool check = false;                    // functional devices; check every output element
+  std::string trace;
+  bool json = false;
+};
+int cmd_bench_collective(const CollectiveBenchOptions& o);
 
 }  // namespace ppu::cli

@@ -12,6 +12,7 @@
 #include "models/ChatTemplate.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Sampler.hpp"
+#include "models/Throughput.hpp"
 #include "models/Tokenizer.hpp"
 #include "report/Table.hpp"
 #include "report/TraceWriter.hpp"
@@ -285,6 +286,66 @@ int cmd_run(const RunOptions& o) {
     w.write_file(o.trace);
     if (!o.json) std::cout << fmt::format("trace: {}\n", o.trace);
   }
+  return 0;
+}
+
+int cmd_throughput(const ThroughputCliOptions& o) {
+  const ChipSpec chip = load_chip(o.chip);
+  const ModelConfig cfg = load_model_config(o.model);
+  auto dtype = [](const std::string& flag, const std::string& v) {
+    const auto t = dtype_from_name(v);
+    if (!t || *t == DType::kF32)
+      throw UserError(fmt::format("{} '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", flag, v));
+    return *t;
+  };
+  ThroughputOptions to;
+  to.matmul_dtype = dtype("--matmul-dtype", o.matmul_dtype);
+  to.kv_dtype = dtype("--kv-dtype", o.kv_dtype);
+  to.max_batch = o.max_batch;
+  to.kv_memory_fraction = o.kv_fraction;
+  std::vector<std::pair<int64_t, int64_t>> cases;
+  for (size_t i = 0; i <= o.io.size();) {
+    const size_t j = std::min(o.io.find(',', i), o.io.size());
+    const std::string part = o.io.substr(i, j - i);
+    const size_t slash = part.find('/');
+    int64_t in = 0, out = 0;
+    try {
+      if (slash == std::string::npos) throw std::invalid_argument("no slash");
+      size_t a = 0, b = 0;
+      in = std::stoll(part.substr(0, slash), &a);
+      out = std::stoll(part.substr(slash + 1), &b);
+      if (a != slash || b != part.size() - slash - 1) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      throw UserError(fmt::format("--io '{}': '{}' is not input/output token counts (e.g. 128/2048)", o.io, part));
+    }
+    cases.emplace_back(in, out);
+    i = j + 1;
+  }
+  Table t({"input/output", "batch (limit)", "mean context", "decode step", "prefill per request", "output tokens/s"});
+  json rows = json::array();
+  for (const auto& [in, out] : cases) {
+    const ThroughputEstimate e = estimate_offline_throughput(chip, cfg, in, out, to);
+    t.add_row({fmt::format("{}/{}", in, out), fmt::format("{} ({})", e.batch, e.batch_limit),
+               fmt::format("{:.0f}", e.mean_context), format_quantity(Dimension::kTime, e.decode_step_s),
+               format_quantity(Dimension::kTime, e.prefill_s_per_request), fmt::format("{:.0f}", e.output_tokens_per_s)});
+    rows.push_back({{"input_tokens", in}, {"output_tokens", out}, {"batch", e.batch}, {"batch_limit", e.batch_limit},
+                    {"mean_context", e.mean_context}, {"decode_step_s", e.decode_step_s},
+                    {"prefill_s_per_request", e.prefill_s_per_request}, {"output_tokens_per_s", e.output_tokens_per_s},
+                    {"weight_bytes", e.weight_bytes}, {"kv_budget_bytes", e.kv_budget_bytes},
+                    {"kv_bytes_per_token", e.kv_bytes_per_token}, {"decode_op_s", e.decode_op_s}});
+  }
+  if (o.json) {
+    std::cout << json{{"model", cfg.name}, {"chip", chip.name}, {"matmul_dtype", o.matmul_dtype},
+                      {"kv_dtype", o.kv_dtype}, {"cases", rows}}.dump(2)
+              << '\n';
+    return 0;
+  }
+  std::cout << fmt::format("{} on {} - offline throughput at full load ({} weights and GEMMs, {} KV cache)\n\n", cfg.name,
+                           chip.display_name, o.matmul_dtype, o.kv_dtype)
+            << t.render()
+            << "\nBatch: requests whose whole sequence fits the KV cache (90% of the memory left after weights and\n"
+               "activations) or --max-batch; each step decodes the batch with contexts spread over the generation,\n"
+               "and the prompts of the requests that replace finished ones are prefilled pro rata.\n";
   return 0;
 }
 

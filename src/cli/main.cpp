@@ -51,6 +51,33 @@ int main(int argc, char** argv) {
   bc->add_option("--trace", c.trace, "Write a Perfetto/Chrome trace to this file");
   bc->add_flag("--json", c.json, "One JSON document on stdout");
 
+  bool nodes_json = false;
+  auto* nodes = app.add_subcommand("nodes", "Node presets (chips and how they are linked): a table, or one node's links");
+  nodes->add_flag("--json", nodes_json, "One JSON document on stdout");
+  std::string node_show_name;
+  auto* node_show = nodes->add_subcommand("show", "Every field of a node with its source, and its link graph");
+  node_show->add_option("node", node_show_name, "Preset name or path to a node .json file")->required();
+  node_show->add_flag("--json", nodes_json, "One JSON document on stdout");
+
+  CollectiveBenchOptions cb;
+  std::vector<CLI::App*> coll_cmds;
+  for (const char* name : {"allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall", "sendrecv"}) {
+    auto* sc = bench->add_subcommand(name, fmt::format("nccl-tests style {} sweep on a node: time, algbw, busbw, algorithm", name));
+    sc->add_option("--node", cb.node, "Node preset or node .json file")->capture_default_str();
+    sc->add_option("--ranks", cb.ranks, "Ranks (default: every chip of the node)")->check(CLI::PositiveNumber);
+    sc->add_option("--sizes", cb.sizes, "MIN:MAX doubling (as nccl-tests -f 2) or one size; K/M/G are powers of 2")
+        ->capture_default_str();
+    sc->add_option("--algo", cb.algo, "ring, tree, direct, halving_doubling, nvls, hierarchical, pairwise (default: fastest)");
+    sc->add_option("--protocol", cb.protocol, "simple or ll (default: fastest)");
+    sc->add_option("--dtype", cb.dtype, "Element dtype")->capture_default_str();
+    sc->add_option("--op", cb.op, "Reduction: sum, max, min")->capture_default_str();
+    sc->add_option("--root", cb.root, "Root rank (broadcast, reduce)")->capture_default_str();
+    sc->add_flag("--check", cb.check, "Run functionally and check every output element");
+    sc->add_option("--trace", cb.trace, "Write a Perfetto trace (per-chip lanes, one lane per link direction)");
+    sc->add_flag("--json", cb.json, "One JSON document on stdout");
+    coll_cmds.push_back(sc);
+  }
+
   bool models_json = false;
   auto* models = app.add_subcommand("models", "Model presets: Qwen3 family, Llama 3, GPT, tiny test models");
   models->add_flag("--json", models_json, "One JSON document on stdout");
@@ -78,6 +105,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
+  ThroughputCliOptions tp;
+  auto* thr = app.add_subcommand(
+      "throughput", "Offline serving throughput at full load (in-flight batching, as trtllm-bench measures it)");
+  thr->add_option("--model", tp.model, "Model preset or config.json")->capture_default_str();
+  thr->add_option("--chip", tp.chip, "Chip preset or chip .json file")->capture_default_str();
+  thr->add_option("--io", tp.io, "Input/output tokens per request, e.g. 128/2048,1000/1000")->capture_default_str();
+  thr->add_option("--matmul-dtype", tp.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3")->capture_default_str();
+  thr->add_option("--kv-dtype", tp.kv_dtype, "KV cache dtype: bf16, fp16, fp8e4m3")->capture_default_str();
+  thr->add_option("--max-batch", tp.max_batch, "Most requests in flight")->capture_default_str();
+  thr->add_option("--kv-fraction", tp.kv_fraction, "Share of the free memory given to the KV cache")->capture_default_str();
+  thr->add_flag("--json", tp.json, "One JSON document on stdout");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -88,8 +127,18 @@ int main(int argc, char** argv) {
       if (show->parsed()) return cmd_chips_show(show_name, json);
       return cmd_chips_list(json);
     }
+    if (nodes->parsed()) {
+      if (node_show->parsed()) return cmd_nodes_show(node_show_name, nodes_json);
+      return cmd_nodes_list(nodes_json);
+    }
+    for (auto* sc : coll_cmds)
+      if (sc->parsed()) {
+        cb.collective = sc->get_name();
+        return cmd_bench_collective(cb);
+      }
     if (models->parsed()) return cmd_models(models_json);
     if (run->parsed()) return cmd_run(r);
+    if (thr->parsed()) return cmd_throughput(tp);
     if (bg->parsed()) return cmd_bench_gemm(g);
     if (bc->parsed()) return cmd_bench_copy(c);
   } catch (const ppu::UserError& e) {

@@ -1,6 +1,7 @@
 #include "kernels/Gemm.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -84,22 +85,35 @@ constexpr double kAutotuneSlack = 0.03;
 }  // namespace
 
 GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type) {
-  const auto cands = gemm_candidates(chip, s, in_type);
-  const int tk = dtype_size_bytes(in_type) == 1 ? 128 : 64;
-  if (cands.empty()) return GemmConfig{64, 64, tk, 2, 8};  // does not fit: validation reports it
-  const GemmConfig& first = cands.front().cfg;
-  const double instrs = static_cast<double>(s.batch) * std::ceil(double(s.m) / first.tile_m) *
-                        std::ceil(double(s.n) / first.tile_n) * (2.0 * std::ceil(double(s.k) / first.tile_k) + 2);
-  if (instrs > kAutotuneInstructions || !chip.supports(in_type)) return first;
-
+  // Every answer is cached: a decode loop asks for the same few shapes hundreds of times per step,
+  // and ranking the candidates costs more than running a small GEMM's host numbers.
+  // The key holds the heuristic's chip inputs too, so that a ChipSpec changed in code (a sweep) is
+  // not answered from an entry of the preset it was loaded from.
   static std::mutex mu;
-  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int, int, int>, GemmConfig> cache;
+  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int, int, int, std::array<double, 5>>,
+                  GemmConfig>
+      cache;
+  const std::array<double, 5> chip_inputs{chip.sram_bytes(), static_cast<double>(chip.num_cores()),
+                                          chip.matrix_flops_per_s(in_type), chip.l2_bandwidth.value,
+                                          chip.dma_latency.value};
   const auto key = std::make_tuple(chip.name + "|" + chip.file, s.m, s.n, s.k, s.batch, int(s.trans_a), int(s.trans_b),
-                                   static_cast<int>(in_type));
+                                   static_cast<int>(in_type), chip_inputs);
   {
     std::lock_guard<std::mutex> lk(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
+  auto remember = [&](const GemmConfig& c) {
+    std::lock_guard<std::mutex> lk(mu);
+    cache.emplace(key, c);
+    return c;
+  };
+  const auto cands = gemm_candidates(chip, s, in_type);
+  const int tk = dtype_size_bytes(in_type) == 1 ? 128 : 64;
+  if (cands.empty()) return remember(GemmConfig{64, 64, tk, 2, 8});  // does not fit: validation reports it
+  const GemmConfig& first = cands.front().cfg;
+  const double instrs = static_cast<double>(s.batch) * std::ceil(double(s.m) / first.tile_m) *
+                        std::ceil(double(s.n) / first.tile_n) * (2.0 * std::ceil(double(s.k) / first.tile_k) + 2);
+  if (instrs > kAutotuneInstructions || !chip.supports(in_type)) return remember(first);
   // Timing-only buffers with plausible addresses: the L2 model only needs distinct ranges.
   auto arg = [](DType t, int64_t numel, uint64_t addr, const char* name) {
     return Buffer{0, addr, t, numel, numel * dtype_size_bytes(t), nullptr, name};
@@ -135,9 +149,7 @@ GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in
       best = cfg;
     }
   }
-  std::lock_guard<std::mutex> lk(mu);
-  cache.emplace(key, best);
-  return best;
+  return remember(best);
 }
 
 Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -175,14 +177,15 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const DType t = bufs[in.a].dtype;
         if (va.alias && vb.alias && mma_streams_long_k(t, in.rows, ta, tb)) {
           const int64_t step = int64_t{pend.k} * dtype_size_bytes(t);
-          if (pend.active && pend.dst == in.dst && (in.flags & kFlagAccumulate) && pend.type == t && pend.m == in.rows &&
-              pend.n == in.cols && pend.lda == va.ld && pend.ldb == vb.ld && va.ptr == pend.a + step &&
-              vb.ptr == pend.b + step) {
+          if (pend.active && pend.dst == in.dst && (in.flags & kFlagAccumulate) && pend.type == t &&
+              pend.m == in.rows && pend.n == in.cols && pend.lda == va.ld && pend.ldb == vb.ld &&
+              va.ptr == pend.a + step && vb.ptr == pend.b + step) {
             pend.k += in.k;
             break;
           }
           flush();
-          pend = {true, in.dst, t, va.ptr, vb.ptr, va.ld, vb.ld, in.rows, in.cols, in.k, (in.flags & kFlagAccumulate) != 0};
+          pend = PendingMma{true, in.dst, t, va.ptr, vb.ptr, va.ld, vb.ld, in.rows, in.cols, in.k,
+                            (in.flags & kFlagAccumulate) != 0};
           break;
         }
         flush();
@@ -260,61 +263,93 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
   flush();
 }
 
+// Spins on `done` for up to about `limit_us` microseconds (pause instructions, the clock read every
+// 64 rounds); true if it returned true in time. Used where the wait is usually a few microseconds
+// (the next kernel of a decode loop, the other thread's last block), so that two threads do not
+// pay a futex sleep and wake-up on every one of the hundreds of kernels of a step.
+template <class F>
+bool spin_until(F&& done, int limit_us) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(limit_us);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#else
+      std::this_thread::yield();
+#endif
+    }
+    if (std::chrono::steady_clock::now() >= until) return done();
+  }
+}
+
 struct FunctionalExecutor::Impl {
+  // One run() call. Workers hold it by shared_ptr, so one that wakes up late still sees its own
+  // (closed) job, never the next one's counters.
+  struct Job {
+    const Kernel* k = nullptr;  // dereferenced only after a successful claim (it dies when run() returns)
+    int64_t grid = 0;
+    double sram = 0;
+    std::atomic<int64_t> next{0};   // next block to claim; set far beyond the grid when closed
+    std::atomic<int64_t> done{0};   // claimed blocks finished (successfully or not)
+    std::atomic<bool> failed{false};
+  };
+  static constexpr int64_t kClosed = INT64_MAX / 2;
+  static constexpr int kSpinNextJobUs = 50;   // a worker's wait for the next kernel before it sleeps
+  static constexpr int kSpinLastBlockUs = 50; // run()'s wait for the other threads' last blocks
+
   int nthreads = 1;
   std::vector<std::thread> workers;
   std::mutex mu;
   std::condition_variable cv_work, cv_done;
-  const Kernel* job = nullptr;
-  double job_sram = 0;
-  uint64_t generation = 0;
-  int running = 0;
-  bool quit = false;
-  std::atomic<int64_t> next{0};
-  std::exception_ptr error;
+  std::shared_ptr<Job> job;             // guarded by mu
+  uint64_t generation = 0;              // guarded by mu
+  std::atomic<uint64_t> published{0};   // = generation, for spinning without the lock
+  bool quit = false;                    // guarded by mu
+  std::exception_ptr error;             // guarded by mu
 
-  void work_on(const Kernel& k, double sram) {
+  // Runs blocks of `j` until none is left to claim or one failed; returns how many it ran.
+  int64_t work_on(Job& j) {
     // Per-thread program and SRAM arena, kept across kernels: a decode step launches hundreds of
     // kernels, and fresh arenas of several hundred KiB would be mapped and unmapped each time.
     thread_local TileProgram prog;
     thread_local AlignedArena arena;
-    for (;;) {
-      const int64_t b = next.fetch_add(1);
-      if (b >= k.grid) break;
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        if (error) break;
-      }
+    int64_t ran = 0;
+    while (!j.failed.load(std::memory_order_relaxed)) {
+      const int64_t b = j.next.fetch_add(1);
+      if (b >= j.grid) break;
+      ++ran;
       try {
+        const Kernel& k = *j.k;
         prog.clear();
         k.build(b, prog);
-        validate_program(k, b, prog, sram);
+        validate_program(k, b, prog, j.sram);
         execute_program(k, prog, arena.ensure(prog.sram_bytes()));
       } catch (...) {
         std::lock_guard<std::mutex> lk(mu);
         if (!error) error = std::current_exception();
-        break;
+        j.failed = true;
       }
+      j.done.fetch_add(1);
     }
+    return ran;
   }
 
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
-      const Kernel* k;
-      double sram;
+      spin_until([&] { return published.load(std::memory_order_acquire) != seen; }, kSpinNextJobUs);
+      std::shared_ptr<Job> j;
       {
         std::unique_lock<std::mutex> lk(mu);
         cv_work.wait(lk, [&] { return quit || generation != seen; });
         if (quit) return;
         seen = generation;
-        k = job;
-        sram = job_sram;
+        j = job;
       }
-      work_on(*k, sram);
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        if (--running == 0) cv_done.notify_all();
+      if (work_on(*j) > 0) {
+        { std::lock_guard<std::mutex> lk(mu); }  // run() checks `done` under the lock: no lost wake-up
+        cv_done.notify_all();
       }
     }
   }
@@ -346,23 +381,38 @@ void FunctionalExecutor::run(const Kernel& k, double sram_bytes) {
     if (a.data == nullptr && a.numel > 0)
       throw UserError(fmt::format("kernel '{}': argument '{}' has no host data (timing-only device?)", k.name, a.name));
   Impl& s = *impl_;
-  s.next = 0;
-  s.error = nullptr;
-  const int helpers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(s.workers.size()), k.grid - 1));
-  if (helpers > 0) {
+  auto j = std::make_shared<Impl::Job>();
+  j->k = &k;
+  j->grid = k.grid;
+  j->sram = sram_bytes;
+  const bool helpers = !s.workers.empty() && k.grid > 1;
+  {
     std::lock_guard<std::mutex> lk(s.mu);
-    s.job = &k;
-    s.job_sram = sram_bytes;
-    s.running = static_cast<int>(s.workers.size());
-    ++s.generation;
-    s.cv_work.notify_all();
+    s.error = nullptr;
+    if (helpers) {
+      s.job = j;
+      ++s.generation;
+      s.published.store(s.generation, std::memory_order_release);
+    }
   }
-  s.work_on(k, sram_bytes);
-  if (helpers > 0) {
-    std::unique_lock<std::mutex> lk(s.mu);
-    s.cv_done.wait(lk, [&] { return s.running == 0; });
+  if (helpers) s.cv_work.notify_all();
+  s.work_on(*j);
+  if (helpers) {
+    // Close the job: a worker that has not claimed a block yet will claim none; the blocks claimed
+    // before this point are what remains to wait for.
+    const int64_t claimed = std::min(j->next.exchange(Impl::kClosed), k.grid);
+    auto finished = [&] { return j->done.load() >= claimed; };
+    if (!spin_until(finished, Impl::kSpinLastBlockUs)) {
+      std::unique_lock<std::mutex> lk(s.mu);
+      s.cv_done.wait(lk, finished);
+    }
   }
-  if (s.error) std::rethrow_exception(s.error);
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    error = s.error;
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace ppu

@@ -103,7 +103,7 @@ namespace ppu::detail {
 namespace {
 
 inline constexpr int kDotRows = 4;
-inline constexpr int kDotPrefetchRows = 16;
+inline constexpr int kDotPrefetchRows = 8;
 
 
 template <int M, int J>
@@ -130,7 +130,7 @@ PPU_AVX512_TARGET inline void dot_rows(const uint16_t* a, int lda, const uint16_
 #pragma GCC unroll 4
     for (int jj = 0; jj < J; ++jj) {
       bv[jj] = (__m512bh)_mm512_loadu_si512(brow[jj] + 32 * q);
-      _mm_prefetch(pf[jj] + 64 * q, _MM_HINT_T1);
+      _mm_prefetch(pf[jj] + 64 * q, _MM_HINT_T0);
     }
 #pragma GCC unroll 4
     for (int r = 0; r < M; ++r) {

@@ -229,3 +229,70 @@ TEST(Cli, RunBatchesTable) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, NodesTableShowAndErrors) {
+  CmdResult r = ppu("nodes");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* n : {"zhenwu-8", "zhenwu-16", "zhenwu-8-pcie", "a100-dgx", "h100-dgx", "h20-hgx"})
+    EXPECT_NE(r.out.find(n), std::string::npos) << n;
+  r = ppu("nodes show zhenwu-8 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["topology"], "full_mesh");
+  EXPECT_EQ(j["fields"]["link_bandwidth"]["basis"], "assumed");
+  EXPECT_GE(j["resources"].size(), 8u * 7u);  // one resource per direction of every chip pair
+  r = ppu("nodes show nope");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown node 'nope'"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BenchCollectives) {
+  CmdResult r = ppu("bench allreduce --node h100-dgx --sizes 1M:4M --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["results"].size(), 3u);
+  EXPECT_GT(j["results"][2]["busbw_bytes_per_s"].get<double>(), j["results"][0]["busbw_bytes_per_s"].get<double>());
+  r = ppu("bench alltoall --node zhenwu-8 --ranks 3 --sizes 96K --check --dtype bf16");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("#wrong"), std::string::npos) << r.out;
+  r = ppu("bench reducescatter --node zhenwu-16 --sizes 1M --algo ring --check");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("ring"), std::string::npos) << r.out;
+  r = ppu("bench allreduce --node zhenwu-8 --ranks 9 --sizes 1M");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("9 ranks do not fit node 'zhenwu-8'"), std::string::npos) << r.out;
+  r = ppu("bench allreduce --node zhenwu-8 --algo nvls --sizes 1M");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("'nvls' needs a switch"), std::string::npos) << r.out;
+  r = ppu("bench broadcast --node zhenwu-8 --sizes 8G:1G");
+  EXPECT_EQ(r.status, 2);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Cli, ThroughputTableJsonAndBadInput) {
+  CmdResult r = ppu("throughput --model qwen3-0.6b --chip h100 --io 64/128,256/128 --max-batch 16 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["cases"].size(), 2u);
+  EXPECT_EQ(j["cases"][0]["batch"].get<int>(), 16);
+  EXPECT_GT(j["cases"][0]["output_tokens_per_s"].get<double>(), j["cases"][1]["output_tokens_per_s"].get<double>());
+  r = ppu("throughput --model qwen3-0.6b --chip h100 --io 64/128 --max-batch 4");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("output tokens/s"), std::string::npos) << r.out;
+  r = ppu("throughput --io 128-2048");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("'128-2048' is not input/output token counts"), std::string::npos) << r.out;
+  r = ppu("throughput --chip a100-80g");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("no fp8e4m3 matrix unit"), std::string::npos) << r.out;
+  r = ppu("throughput --kv-dtype int4");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--kv-dtype 'int4'"), std::string::npos) << r.out;
+}
+
+}  // namespace
