@@ -28,14 +28,24 @@ uint64_t sum_words_avx512(const uint64_t* p, size_t n);  // read_bandwidth_avx51
 
 // Read bandwidth of this host: `threads` threads summing their shares of a 1 GiB buffer (larger than
 // any cache here), with 64-byte loads where the CPU has AVX-512 (the width the decode kernels read
-// with) and a portable loop otherwise. The buffer is filled once; measure() is called once per round
-// and the best is kept, as for the two decoders, since other work on a shared host only lowers it.
+// with) and a portable loop otherwise. The buffer is filled once; each round takes the median of a
+// few passes, and the best round is kept, as for the two decoders, since other work on a shared host
+// only lowers it.
 class ReadBandwidth {
  public:
   explicit ReadBandwidth(int threads) : threads_(std::max(1, threads)), lines_(size_t{1} << 24) {
     for (Line& l : lines_) std::fill(std::begin(l.w), std::end(l.w), 1);
     __builtin_cpu_init();
     wide_ = __builtin_cpu_supports("avx512f");
+  }
+
+  // Median of `passes` measurements (one pass over 1 GiB takes ~30 ms): a round's value, robust to
+  // a single pass disturbed either way.
+  double median_of(int passes) {
+    std::vector<double> v;
+    for (int i = 0; i < passes; ++i) v.push_back(measure());
+    std::nth_element(v.begin(), v.begin() + passes / 2, v.end());
+    return v[static_cast<size_t>(passes / 2)];
   }
 
   double measure() {
@@ -110,7 +120,7 @@ int main(int argc, char** argv) {
   ReadBandwidth read_bw(host_threads);
   std::vector<double> ours, torch_n, torch1, bws;
   for (int r = 0; r < rounds; ++r) {
-    bws.push_back(read_bw.measure());
+    bws.push_back(read_bw.median_of(5));
     ours.push_back(ours_tokens_per_s(m, context, steps));
     if (ours_only) continue;
     torch_n.push_back(torch_tokens_per_s(host_threads, context, steps));

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "arch/Error.hpp"
+#include "ccl/Communicator.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Embedding.hpp"
 #include "kernels/Gather.hpp"
@@ -122,6 +123,26 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     weight_bytes_ += numel * dtype_size_bytes(t);
     return dev_.alloc(t, numel, name);
   };
+  const int tp = opt_.tp_size;
+  if (tp < 1 || opt_.tp_rank < 0 || opt_.tp_rank >= tp)
+    throw UserError(fmt::format("model '{}': tensor-parallel rank {} of {}; valid: size >= 1, rank 0 to size - 1",
+                                cfg_.name, opt_.tp_rank, tp));
+  if (tp > 1 && (!opt_.tp_comm || opt_.tp_comm->size() != tp))
+    throw UserError(fmt::format("model '{}': tensor parallelism over {} chips needs a communicator of {} ranks", cfg_.name,
+                                tp, tp));
+  auto divides = [&](const char* what, int64_t n) {
+    if (n % tp == 0) return n / tp;
+    std::string valid;
+    for (int64_t t = 1; t <= n; ++t)
+      if (n % t == 0) valid += (valid.empty() ? "" : ", ") + std::to_string(t);
+    throw UserError(fmt::format("model '{}': a TP degree of {} does not divide the {} {}; valid degrees: {}", cfg_.name,
+                                tp, n, what, valid));
+  };
+  nh_ = divides("attention heads", cfg_.num_heads);
+  nkv_ = divides("key/value heads", cfg_.num_kv_heads);
+  if (cfg_.is_moe()) ffn_expert_ = divides("expert MLP width", cfg_.moe_intermediate_size);
+  else ffn_ = divides("MLP width", cfg_.intermediate_size);
+  const int64_t qw_l = nh_ * d, kvw_l = nkv_ * d;
   const bool ln = cfg_.norm == NormType::kLayerNorm;
   embed_ = w(cfg_.vocab_size * H, "model.embed_tokens.weight");
   if (cfg_.positions == PositionEncoding::kLearned)
@@ -135,14 +156,14 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
       L->in_norm_b = w(H, p + "input_layernorm.bias");
       L->post_norm_b = w(H, p + "post_attention_layernorm.bias");
     }
-    L->wq = w(cfg_.q_width() * H, p + "self_attn.q_proj.weight", mm);
-    L->wk = w(cfg_.kv_width() * H, p + "self_attn.k_proj.weight", mm);
-    L->wv = w(cfg_.kv_width() * H, p + "self_attn.v_proj.weight", mm);
-    L->wo = w(H * cfg_.q_width(), p + "self_attn.o_proj.weight", mm);
+    L->wq = w(qw_l * H, p + "self_attn.q_proj.weight", mm);
+    L->wk = w(kvw_l * H, p + "self_attn.k_proj.weight", mm);
+    L->wv = w(kvw_l * H, p + "self_attn.v_proj.weight", mm);
+    L->wo = w(H * qw_l, p + "self_attn.o_proj.weight", mm);
     if (cfg_.attention_bias) {
-      L->bq = w(cfg_.q_width(), p + "self_attn.q_proj.bias");
-      L->bk = w(cfg_.kv_width(), p + "self_attn.k_proj.bias");
-      L->bv = w(cfg_.kv_width(), p + "self_attn.v_proj.bias");
+      L->bq = w(qw_l, p + "self_attn.q_proj.bias");
+      L->bk = w(kvw_l, p + "self_attn.k_proj.bias");
+      L->bv = w(kvw_l, p + "self_attn.v_proj.bias");
       L->bo = w(H, p + "self_attn.o_proj.bias");
     }
     if (cfg_.qk_norm) {
@@ -151,7 +172,7 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     }
     if (cfg_.is_moe()) {
       L->router = w(cfg_.num_experts * H, p + "mlp.gate.weight", mm);
-      const int64_t fe = cfg_.moe_intermediate_size;
+      const int64_t fe = ffn_expert_;
       for (int64_t e = 0; e < cfg_.num_experts; ++e) {
         const std::string q = fmt::format("{}mlp.experts.{}.", p, e);
         L->e_gate.push_back(w(fe * H, q + "gate_proj.weight", mm));
@@ -159,7 +180,7 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
         L->e_down.push_back(w(H * fe, q + "down_proj.weight", mm));
       }
     } else {
-      const int64_t F = cfg_.intermediate_size;
+      const int64_t F = ffn_;
       if (cfg_.activation == Activation::kSwiGlu) L->w_gate = w(F * H, p + "mlp.gate_proj.weight", mm);
       L->w_up = w(F * H, p + "mlp.up_proj.weight", mm);
       L->w_down = w(H * F, p + "mlp.down_proj.weight", mm);
@@ -189,8 +210,8 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     positions += cap;
   }
   for (auto& L : layers_) {
-    L->k_cache = dev_.alloc(opt_.kv_dtype, positions * cfg_.kv_width(), "k_cache");
-    L->v_cache = dev_.alloc(opt_.kv_dtype, positions * cfg_.kv_width(), "v_cache");
+    L->k_cache = dev_.alloc(opt_.kv_dtype, positions * kvw_l, "k_cache");
+    L->v_cache = dev_.alloc(opt_.kv_dtype, positions * kvw_l, "v_cache");
     kv_bytes_ += 2 * L->k_cache.bytes;
   }
   kernels::RopeScaling scaling{cfg_.rope_scaling_factor, cfg_.rope_low_freq_factor, cfg_.rope_high_freq_factor,
@@ -205,10 +226,13 @@ Qwen3Model::~Qwen3Model() = default;
 
 void Qwen3Model::load_weights(const Qwen3Weights& src) {
   // Every weight buffer, with its name and shape, in one list.
+  // shape: the whole (single-chip) tensor's; split_dim >= 0: this shard holds part tp_rank of
+  // tp_size equal blocks along that dimension (tensor parallelism).
   struct Entry {
     const Buffer* b;
     TensorShape shape;
     bool norm;
+    int split_dim = -1;
   };
   std::vector<Entry> all;
   const int64_t H = cfg_.hidden_size;
@@ -221,14 +245,14 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
       all.push_back({&L->in_norm_b, {H}, false});
       all.push_back({&L->post_norm_b, {H}, false});
     }
-    all.push_back({&L->wq, {cfg_.q_width(), H}, false});
-    all.push_back({&L->wk, {cfg_.kv_width(), H}, false});
-    all.push_back({&L->wv, {cfg_.kv_width(), H}, false});
-    all.push_back({&L->wo, {H, cfg_.q_width()}, false});
+    all.push_back({&L->wq, {cfg_.q_width(), H}, false, 0});
+    all.push_back({&L->wk, {cfg_.kv_width(), H}, false, 0});
+    all.push_back({&L->wv, {cfg_.kv_width(), H}, false, 0});
+    all.push_back({&L->wo, {H, cfg_.q_width()}, false, 1});
     if (L->bq.valid()) {
-      all.push_back({&L->bq, {cfg_.q_width()}, false});
-      all.push_back({&L->bk, {cfg_.kv_width()}, false});
-      all.push_back({&L->bv, {cfg_.kv_width()}, false});
+      all.push_back({&L->bq, {cfg_.q_width()}, false, 0});
+      all.push_back({&L->bk, {cfg_.kv_width()}, false, 0});
+      all.push_back({&L->bv, {cfg_.kv_width()}, false, 0});
       all.push_back({&L->bo, {H}, false});
     }
     if (cfg_.qk_norm) {
@@ -238,16 +262,16 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     if (cfg_.is_moe()) {
       all.push_back({&L->router, {cfg_.num_experts, H}, false});
       for (size_t e = 0; e < L->e_gate.size(); ++e) {
-        all.push_back({&L->e_gate[e], {cfg_.moe_intermediate_size, H}, false});
-        all.push_back({&L->e_up[e], {cfg_.moe_intermediate_size, H}, false});
-        all.push_back({&L->e_down[e], {H, cfg_.moe_intermediate_size}, false});
+        all.push_back({&L->e_gate[e], {cfg_.moe_intermediate_size, H}, false, 0});
+        all.push_back({&L->e_up[e], {cfg_.moe_intermediate_size, H}, false, 0});
+        all.push_back({&L->e_down[e], {H, cfg_.moe_intermediate_size}, false, 1});
       }
     } else {
-      if (L->w_gate.valid()) all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false});
-      all.push_back({&L->w_up, {cfg_.intermediate_size, H}, false});
-      all.push_back({&L->w_down, {H, cfg_.intermediate_size}, false});
+      if (L->w_gate.valid()) all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false, 0});
+      all.push_back({&L->w_up, {cfg_.intermediate_size, H}, false, 0});
+      all.push_back({&L->w_down, {H, cfg_.intermediate_size}, false, 1});
       if (L->b_up.valid()) {
-        all.push_back({&L->b_up, {cfg_.intermediate_size}, false});
+        all.push_back({&L->b_up, {cfg_.intermediate_size}, false, 0});
         all.push_back({&L->b_down, {H}, false});
       }
     }
@@ -256,18 +280,36 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
   if (final_norm_b_.valid()) all.push_back({&final_norm_b_, {H}, false});
   if (!cfg_.tie_word_embeddings) all.push_back({&lm_head_, {cfg_.vocab_size, H}, false});
 
+  // This shard's block of a whole tensor (rows for split_dim 0, columns for 1; row-major).
+  auto shard = [&](const Entry& e, std::vector<float> v) {
+    const int tp = opt_.tp_size, r = opt_.tp_rank;
+    if (tp == 1 || e.split_dim < 0) return v;
+    const int64_t rows = e.shape[0], cols = e.shape.size() > 1 ? e.shape[1] : 1;
+    std::vector<float> out;
+    out.reserve(v.size() / static_cast<size_t>(tp));
+    if (e.split_dim == 0) {
+      const int64_t r0 = rows / tp * r, r1 = rows / tp * (r + 1);
+      out.assign(v.begin() + r0 * cols, v.begin() + r1 * cols);
+    } else {
+      const int64_t c0 = cols / tp * r, c1 = cols / tp * (r + 1);
+      for (int64_t i = 0; i < rows; ++i) out.insert(out.end(), v.begin() + i * cols + c0, v.begin() + i * cols + c1);
+    }
+    return out;
+  };
   if (!src.checkpoint.empty()) {
     CheckpointSet ck(src.checkpoint);
     std::vector<std::string> names;
     for (const auto& e : all) names.push_back(e.b->name);
     ck.require_names(names);
-    for (const auto& e : all) dev_.upload(*e.b, ck.read_f32(e.b->name, e.shape));
+    for (const auto& e : all) dev_.upload(*e.b, shard(e, ck.read_f32(e.b->name, e.shape)));
     return;
   }
   // Random weights: matrices (and biases) uniform with std 0.02 (Qwen's initializer_range), norms 1.
   uint64_t state = src.seed;
   for (const auto& e : all) {
-    std::vector<float> v(static_cast<size_t>(e.b->numel));
+    int64_t full = 1;
+    for (int64_t n : e.shape) full *= n;
+    std::vector<float> v(static_cast<size_t>(full));
     if (e.norm) {
       std::fill(v.begin(), v.end(), 1.0f);
     } else {
@@ -275,7 +317,7 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
       const float a = 0.02f * std::sqrt(3.0f);
       for (auto& x : v) x = a * (static_cast<float>(splitmix(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
     }
-    dev_.upload(*e.b, v);
+    dev_.upload(*e.b, shard(e, std::move(v)));
   }
 }
 
@@ -294,6 +336,11 @@ std::vector<float> Qwen3Model::read_weight(const std::string& name) {
   for (const Buffer* b : all)
     if (b->valid() && b->name == name) return dev_.download(*b);
   throw UserError(fmt::format("model '{}': no weight named '{}'", cfg_.name, name));
+}
+
+void Qwen3Model::tp_all_reduce(const Buffer& b) {
+  if (opt_.tp_size == 1) return;
+  op("tp all-reduce", [&] { opt_.tp_comm->all_reduce(opt_.tp_rank, b, b); });
 }
 
 void Qwen3Model::assume_past(size_t seq, int64_t n) {
@@ -387,8 +434,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   }
   const auto T = static_cast<int64_t>(tokens.size());
   const double t0 = dev_.synchronize();
-  const int64_t H = cfg_.hidden_size, d = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
-  const int64_t qw = cfg_.q_width(), kvw = cfg_.kv_width();
+  const int64_t H = cfg_.hidden_size, d = cfg_.head_dim, nh = nh_, nkv = nkv_;  // this shard's heads
+  const int64_t qw = nh * d, kvw = nkv * d;
   const float eps = static_cast<float>(cfg_.norm_eps);
   const DType at = opt_.act_dtype;
   auto tap = [&](const std::string& name, const Buffer& b) {
@@ -486,32 +533,30 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       kernels::attention_batch(dev_, attn_ws_, items);
     });
     if (first) tap("layer0.attn_out", a);
-    op("attention gemm", [&] {
-      linear(dev_, a, L.wo, o, T, H, qw);
-      bias(o, L.bo, T, H);
-    });
+    op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, qw); });
+    tp_all_reduce(o);  // partial sums over this shard's heads
+    op("attention gemm", [&] { bias(o, L.bo, T, H); });
     op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
     if (first) tap("layer0.attn_block", x);
     op("norm", [&] { norm(x, L.post_norm, L.post_norm_b, h, T); });
     if (cfg_.is_moe()) {
       moe(L, h, x, T, first ? taps : nullptr);
     } else if (cfg_.activation == Activation::kGelu) {  // GPT: fc2(gelu(fc1 h + b1)) + b2
-      const int64_t F = cfg_.intermediate_size;
+      const int64_t F = ffn_;
       Buffer u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gelu", mm);
       op("mlp gemm", [&] { linear(dev_, h, L.w_up, u, T, F, H); });
       op("mlp activation", [&] {
         if (L.b_up.valid()) kernels::bias_activation(dev_, u, L.b_up, gu, T, F, UnaryOp::kGelu);
         else kernels::unary(dev_, UnaryOp::kGelu, u, gu);
       });
-      op("mlp gemm", [&] {
-        linear(dev_, gu, L.w_down, o, T, H, F);
-        bias(o, L.b_down, T, H);
-      });
+      op("mlp gemm", [&] { linear(dev_, gu, L.w_down, o, T, H, F); });
+      tp_all_reduce(o);
+      op("mlp gemm", [&] { bias(o, L.b_down, T, H); });
       if (first) tap("layer0.mlp_out", o);
       op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
       for (Buffer* b : {&u, &gu}) dev_.free(*b);
     } else {
-      const int64_t F = cfg_.intermediate_size;
+      const int64_t F = ffn_;
       Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gate_up", mm);
       op("mlp gemm", [&] {
         linear(dev_, h, L.w_gate, g, T, F, H);
@@ -522,6 +567,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
         kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
       });
       op("mlp gemm", [&] { linear(dev_, gu, L.w_down, o, T, H, F); });
+      tp_all_reduce(o);
       if (first) tap("layer0.mlp_out", o);
       op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
       for (Buffer* b : {&g, &u, &gu}) dev_.free(*b);
@@ -557,7 +603,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
 }
 
 void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps) {
-  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok, Fe = cfg_.moe_intermediate_size;
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok, Fe = ffn_expert_;
   const DType at = opt_.act_dtype;
   Buffer logits = dev_.alloc(DType::kF32, T * E, "router_logits"), probs = dev_.alloc(DType::kF32, T * E, "router_probs");
   op("moe router", [&] {
@@ -638,7 +684,15 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
       const auto e = static_cast<size_t>(choice[static_cast<size_t>(t * K + j)]);
       slot[static_cast<size_t>(t * K + j)] = static_cast<int32_t>(next[e]++);
     }
-  op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, x, /*accumulate=*/true); });
+  if (opt_.tp_size == 1) {
+    op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, x, /*accumulate=*/true); });
+  } else {  // each shard holds part of every expert's width: combine, sum over the shards, then add
+    Buffer y = alloc_act(T * H, "moe_out", at);
+    op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, y); });
+    tp_all_reduce(y);
+    op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, y, x); });
+    dev_.free(y);
+  }
   for (Buffer* b : {&logits, &probs, &w, &out}) dev_.free(*b);
 }
 

@@ -50,6 +50,9 @@
 #include "runtime/Device.hpp"
 
 namespace ppu {
+namespace ccl {
+class Communicator;
+}
 
 // Where the weights come from.
 struct Qwen3Weights {
@@ -73,6 +76,16 @@ struct Qwen3Options {
   // another in one cache, as a paged cache holds only what each sequence reserved. Empty: every
   // slot holds max_context positions.
   std::vector<int64_t> slot_capacity;
+  // Tensor parallelism (Megatron-style): this model is shard tp_rank of tp_size. Attention heads (q
+  // and kv), the dense MLP width and every expert's width are split; the output and down
+  // projections give partial sums, all-reduced over tp_comm (rank r of the communicator is shard
+  // r). Every shard's forward must run at the same time, one host thread per shard, since the
+  // per-rank collective calls meet; embeddings, norms and the LM head are replicated. Weights (from
+  // a checkpoint or random) are the single-chip model's, sliced, so the shards together compute
+  // what one chip does. tp_size 1: no communicator.
+  int tp_size = 1;
+  int tp_rank = 0;
+  ccl::Communicator* tp_comm = nullptr;
 };
 
 struct ForwardResult {
@@ -154,6 +167,9 @@ class Qwen3Model {
   std::vector<int64_t> slot_cap_;  // KV positions of each slot
   std::vector<int64_t> slot_off_;  // first position of each slot in the cache
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
+  // This shard's widths (the whole model's when tp_size is 1).
+  int64_t nh_ = 0, nkv_ = 0, ffn_ = 0, ffn_expert_ = 0;
+  void tp_all_reduce(const Buffer& b);
   Buffer embed_, final_norm_, lm_head_;
   Buffer pos_embed_, final_norm_b_;  // learned positions [max_positions, hidden]; LayerNorm bias (GPT)
   std::vector<std::unique_ptr<Layer>> layers_;
