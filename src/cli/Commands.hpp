@@ -57,6 +57,8 @@ struct RunOptions {
   bool json = false;
   std::string trace;
   std::string batch = "1";
+  std::string node;  // --node: a node preset; with --tp the model is split over that many of its chips
+  int tp = 1;
   std::string matmul_dtype = "bf16";  // weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)  // comma-separated batch sizes; more than one value (or > 1): a table
 };
 int cmd_run(const RunOptions& o);

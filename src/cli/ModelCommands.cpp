@@ -5,9 +5,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <optional>
+#include <thread>
 #include <nlohmann/json.hpp>
 
+#include "arch/NodeSpec.hpp"
 #include "arch/Units.hpp"
+#include "ccl/Communicator.hpp"
 #include "cli/Commands.hpp"
 #include "models/ChatTemplate.hpp"
 #include "models/Qwen3.hpp"
@@ -190,8 +194,31 @@ int cmd_run(const RunOptions& o) {
     if (!o.trace.empty()) throw UserError("--trace works with a single sequence (--batch 1)");
     return run_batches(o, chip, cfg, batches, has_checkpoint);
   }
-  Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
+  // --node/--tp: the model split over tp chips of the node; this thread drives rank 0 (and prints),
+  // one more host thread per other rank runs the same generation (their logits, hence their sampled
+  // tokens, equal rank 0's: every rank holds the all-reduced activations).
+  const ExecMode mode = o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional;
+  std::optional<NodeSpec> node;
+  if (!o.node.empty()) node = load_node(o.node);
+  if (o.tp > 1 && !node) throw UserError(fmt::format("--tp {}: give the node whose chips run the shards (--node; see ppu nodes)", o.tp));
+  if (node && o.tp > node->num_chips())
+    throw UserError(fmt::format("--tp {}: node '{}' has {} chips", o.tp, node->name, node->num_chips()));
+  if (node && o.chip != RunOptions{}.chip && o.chip != node->chip.name)
+    throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip, node->name,
+                                node->chip.name));
+  const ChipSpec run_chip = node ? node->chip : chip;
+  Device dev(run_chip, mode);
   if (!o.trace.empty()) dev.set_kernel_trace_limit(200000);
+  std::vector<std::unique_ptr<Device>> peers;
+  std::unique_ptr<ccl::Communicator> comm;
+  if (o.tp > 1) {
+    std::vector<Device*> ranks = {&dev};
+    for (int r = 1; r < o.tp; ++r) {
+      peers.push_back(std::make_unique<Device>(run_chip, mode));
+      ranks.push_back(peers.back().get());
+    }
+    comm = std::make_unique<ccl::Communicator>(*node, ranks);
+  }
 
   // Prompt tokens: the chat template through the tokenizer, or --prompt-len dummy tokens (timing).
   std::vector<int32_t> prompt;
@@ -213,7 +240,38 @@ int cmd_run(const RunOptions& o) {
   Qwen3Options qo;
   qo.matmul_dtype = matmul_dtype_of(o);
   qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, static_cast<int64_t>(prompt.size()) + gen + 1);
-  Qwen3Model model(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+  qo.tp_size = o.tp;
+  qo.tp_comm = comm.get();
+  const Qwen3Weights weights = has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
+  const int32_t eos_id = tok ? tok->special_ids().im_end : -1, eot_id = tok ? tok->special_ids().endoftext : -1;
+  // The other ranks: the same loop as below, without output.
+  std::vector<std::thread> rank_threads;
+  std::vector<std::string> rank_errors(static_cast<size_t>(o.tp));
+  for (int r = 1; r < o.tp; ++r)
+    rank_threads.emplace_back([&, r] {
+      try {
+        Qwen3Options ro = qo;
+        ro.tp_rank = r;
+        Device& d = *peers[static_cast<size_t>(r - 1)];
+        Qwen3Model m(d, cfg, weights, ro);
+        Sampler s({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
+        ForwardResult f = m.forward_sampled({prompt}, s);
+        for (int64_t i = 0; i + 1 < gen; ++i) {
+          const int32_t next = d.functional() ? f.tokens.at(0) : static_cast<int32_t>(1000 % cfg.vocab_size);
+          if (next == eos_id || next == eot_id) break;
+          f = m.forward_sampled({{next}}, s);
+        }
+      } catch (const std::exception& e) {
+        rank_errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  struct JoinRanks {  // joins the rank threads however this function leaves
+    std::vector<std::thread>& t;
+    ~JoinRanks() {
+      for (auto& x : t) x.join();
+    }
+  } join_ranks{rank_threads};
+  Qwen3Model model(dev, cfg, weights, qo);
 
   Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
   const auto wall0 = std::chrono::steady_clock::now();
@@ -240,6 +298,10 @@ int cmd_run(const RunOptions& o) {
     decode_sim += r.sim_time_s;
   }
   const double decode_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall1).count();
+  for (auto& t : rank_threads) t.join();
+  rank_threads.clear();
+  for (const std::string& e : rank_errors)
+    if (!e.empty()) throw UserError(fmt::format("tensor-parallel rank failed: {}", e));
   const int64_t steps = std::max<int64_t>(1, static_cast<int64_t>(out.size()) - 1);
   const double tpot = decode_sim / static_cast<double>(steps);
 
@@ -248,7 +310,8 @@ int cmd_run(const RunOptions& o) {
   double total_ops = 0;
   for (auto& [k, v] : ops) total_ops += v;
   if (o.json) {
-    json j = {{"model", cfg.name}, {"chip", chip.name}, {"timing_only", o.timing_only},
+    json j = {{"model", cfg.name}, {"chip", run_chip.name}, {"timing_only", o.timing_only},
+              {"node", node ? node->name : ""}, {"tp", o.tp},
               {"prompt_tokens", prompt.size()}, {"generated_tokens", out.size()},
               {"prefill_time_s", prefill_sim}, {"decode_time_per_token_s", tpot},
               {"decode_tokens_per_s", 1.0 / tpot}, {"weight_bytes", model.weight_bytes()},
@@ -263,8 +326,14 @@ int cmd_run(const RunOptions& o) {
     std::cout << j.dump(2) << '\n';
   } else {
     std::cout << "\n\n"
-              << fmt::format("{} on {} ({}){}\n", cfg.name, chip.display_name,
+              << fmt::format("{} on {}{} ({}){}\n", cfg.name,
+                             o.tp > 1 ? fmt::format("{} chips of ", o.tp) : std::string(),
+                             node ? node->display_name : run_chip.display_name,
                              o.timing_only ? "timing only" : "functional: real numbers", has_checkpoint ? "" : ", random weights")
+              << (o.tp > 1 ? fmt::format("  tensor parallel over {} chips: each holds 1/{} of the heads and MLP; memory below "
+                                         "is one chip's\n",
+                                         o.tp, o.tp)
+                           : std::string())
               << fmt::format("  prompt {} tokens, generated {}\n", prompt.size(), out.size())
               << fmt::format("  simulated: prefill {} (time to first token), decode {} per token ({:.1f} tokens/s)\n",
                              format_quantity(Dimension::kTime, prefill_sim), format_quantity(Dimension::kTime, tpot),
@@ -282,7 +351,11 @@ int cmd_run(const RunOptions& o) {
   }
   if (!o.trace.empty()) {
     TraceWriter w;
-    dev.write_trace(w);
+    if (comm) {
+      comm->write_trace(w);
+    } else {
+      dev.write_trace(w);
+    }
     w.write_file(o.trace);
     if (!o.json) std::cout << fmt::format("trace: {}\n", o.trace);
   }

@@ -103,6 +103,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_option("--batch", r.batch, "Batch sizes, e.g. 1,8,64: sequences decoded together (a table per size)")
       ->capture_default_str();
+  run->add_option("--node", r.node, "Node preset (ppu nodes) whose chips run the split model (with --tp)");
+  run->add_option("--tp", r.tp, "Tensor-parallel degree: the model split over this many chips of --node")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
   ThroughputCliOptions tp;

@@ -296,3 +296,31 @@ TEST(Cli, ThroughputTableJsonAndBadInput) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, RunTensorParallelOnANode) {
+  CmdResult r = ppu("run --model tiny --node zhenwu-8 --tp 2 --prompt hello --gen 4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tp"].get<int>(), 2);
+  EXPECT_EQ(j["node"].get<std::string>(), "zhenwu-8");
+  EXPECT_GT(j["op_times"]["tp all-reduce_s"].get<double>(), 0.0);
+  // The same tokens as on one chip (greedy; shards compute the same logits within bf16 rounding).
+  const auto one = nlohmann::json::parse(ppu("run --model tiny --prompt hello --gen 4 --json").out);
+  EXPECT_EQ(j["tokens"], one["tokens"]);
+  r = ppu("run --model tiny --node zhenwu-8 --tp 3 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("TP degree of 3 does not divide the 4 attention heads"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --tp 2 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--node"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --node zhenwu-8 --tp 16 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("has 8 chips"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --node zhenwu-8 --chip h100 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("disagree"), std::string::npos) << r.out;
+}
+
+}  // namespace
