@@ -194,15 +194,23 @@ int cmd_run(const RunOptions& o) {
     if (!o.trace.empty()) throw UserError("--trace works with a single sequence (--batch 1)");
     return run_batches(o, chip, cfg, batches, has_checkpoint);
   }
-  // --node/--tp: the model split over tp chips of the node; this thread drives rank 0 (and prints),
-  // one more host thread per other rank runs the same generation (their logits, hence their sampled
-  // tokens, equal rank 0's: every rank holds the all-reduced activations).
+  // --node/--tp/--ep: the model split over world = max(tp, ep) chips of the node; this thread drives
+  // rank 0 (and prints), one more host thread per other rank runs the same generation (within a TP
+  // group every rank holds the all-reduced activations, so its sampled tokens equal rank 0's; with
+  // --ep, each of the ep / tp data-parallel groups runs the same prompt).
   const ExecMode mode = o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional;
   std::optional<NodeSpec> node;
   if (!o.node.empty()) node = load_node(o.node);
-  if (o.tp > 1 && !node) throw UserError(fmt::format("--tp {}: give the node whose chips run the shards (--node; see ppu nodes)", o.tp));
-  if (node && o.tp > node->num_chips())
-    throw UserError(fmt::format("--tp {}: node '{}' has {} chips", o.tp, node->name, node->num_chips()));
+  if ((o.tp > 1 || o.ep > 1) && !node)
+    throw UserError(fmt::format("--tp {} --ep {}: give the node whose chips run the shards (--node; see ppu nodes)", o.tp,
+                                o.ep));
+  if (o.ep > 1 && o.ep % o.tp != 0)
+    throw UserError(fmt::format("--ep {} must be a multiple of --tp {} (attention runs in ep / tp groups of tp chips)",
+                                o.ep, o.tp));
+  const int world = std::max(o.tp, o.ep);
+  if (node && world > node->num_chips())
+    throw UserError(fmt::format("--tp {} --ep {}: {} chips asked for; node '{}' has {}", o.tp, o.ep, world, node->name,
+                                node->num_chips()));
   if (node && o.chip != RunOptions{}.chip && o.chip != node->chip.name)
     throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip, node->name,
                                 node->chip.name));
@@ -210,15 +218,33 @@ int cmd_run(const RunOptions& o) {
   Device dev(run_chip, mode);
   if (!o.trace.empty()) dev.set_kernel_trace_limit(200000);
   std::vector<std::unique_ptr<Device>> peers;
-  std::unique_ptr<ccl::Communicator> comm;
-  if (o.tp > 1) {
-    std::vector<Device*> ranks = {&dev};
-    for (int r = 1; r < o.tp; ++r) {
+  std::unique_ptr<ccl::Communicator> comm;                   // all ranks
+  std::vector<std::unique_ptr<ccl::Communicator>> tp_groups;  // with --ep: each data-parallel group's TP ranks
+  std::vector<Device*> ranks = {&dev};
+  if (world > 1) {
+    for (int r = 1; r < world; ++r) {
       peers.push_back(std::make_unique<Device>(run_chip, mode));
       ranks.push_back(peers.back().get());
     }
     comm = std::make_unique<ccl::Communicator>(*node, ranks);
+    if (o.ep > 1 && o.tp > 1)
+      for (int g = 0; g < o.ep / o.tp; ++g) {
+        ccl::CommOptions co;
+        for (int t = 0; t < o.tp; ++t) co.chips.push_back(g * o.tp + t);
+        tp_groups.push_back(std::make_unique<ccl::Communicator>(
+            *node, std::vector<Device*>(ranks.begin() + g * o.tp, ranks.begin() + (g + 1) * o.tp), co));
+      }
   }
+  // Rank r's options: its TP rank and group, its EP rank.
+  auto rank_options = [&](Qwen3Options ro, int r) {
+    ro.tp_size = o.tp;
+    ro.tp_rank = r % o.tp;
+    ro.tp_comm = o.tp == 1 ? nullptr : o.ep > 1 ? tp_groups[static_cast<size_t>(r / o.tp)].get() : comm.get();
+    ro.ep_size = o.ep;
+    ro.ep_rank = o.ep > 1 ? r : 0;
+    ro.ep_comm = o.ep > 1 ? comm.get() : nullptr;
+    return ro;
+  };
 
   // Prompt tokens: the chat template through the tokenizer, or --prompt-len dummy tokens (timing).
   std::vector<int32_t> prompt;
@@ -240,18 +266,16 @@ int cmd_run(const RunOptions& o) {
   Qwen3Options qo;
   qo.matmul_dtype = matmul_dtype_of(o);
   qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, static_cast<int64_t>(prompt.size()) + gen + 1);
-  qo.tp_size = o.tp;
-  qo.tp_comm = comm.get();
+  qo = rank_options(qo, 0);
   const Qwen3Weights weights = has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
   const int32_t eos_id = tok ? tok->special_ids().im_end : -1, eot_id = tok ? tok->special_ids().endoftext : -1;
   // The other ranks: the same loop as below, without output.
   std::vector<std::thread> rank_threads;
-  std::vector<std::string> rank_errors(static_cast<size_t>(o.tp));
-  for (int r = 1; r < o.tp; ++r)
+  std::vector<std::string> rank_errors(static_cast<size_t>(world));
+  for (int r = 1; r < world; ++r)
     rank_threads.emplace_back([&, r] {
       try {
-        Qwen3Options ro = qo;
-        ro.tp_rank = r;
+        const Qwen3Options ro = rank_options(qo, r);
         Device& d = *peers[static_cast<size_t>(r - 1)];
         Qwen3Model m(d, cfg, weights, ro);
         Sampler s({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
@@ -301,7 +325,7 @@ int cmd_run(const RunOptions& o) {
   for (auto& t : rank_threads) t.join();
   rank_threads.clear();
   for (const std::string& e : rank_errors)
-    if (!e.empty()) throw UserError(fmt::format("tensor-parallel rank failed: {}", e));
+    if (!e.empty()) throw UserError(fmt::format("a parallel rank failed: {}", e));
   const int64_t steps = std::max<int64_t>(1, static_cast<int64_t>(out.size()) - 1);
   const double tpot = decode_sim / static_cast<double>(steps);
 
@@ -311,7 +335,7 @@ int cmd_run(const RunOptions& o) {
   for (auto& [k, v] : ops) total_ops += v;
   if (o.json) {
     json j = {{"model", cfg.name}, {"chip", run_chip.name}, {"timing_only", o.timing_only},
-              {"node", node ? node->name : ""}, {"tp", o.tp},
+              {"node", node ? node->name : ""}, {"tp", o.tp}, {"ep", o.ep},
               {"prompt_tokens", prompt.size()}, {"generated_tokens", out.size()},
               {"prefill_time_s", prefill_sim}, {"decode_time_per_token_s", tpot},
               {"decode_tokens_per_s", 1.0 / tpot}, {"weight_bytes", model.weight_bytes()},
@@ -327,12 +351,16 @@ int cmd_run(const RunOptions& o) {
   } else {
     std::cout << "\n\n"
               << fmt::format("{} on {}{} ({}){}\n", cfg.name,
-                             o.tp > 1 ? fmt::format("{} chips of ", o.tp) : std::string(),
+                             world > 1 ? fmt::format("{} chips of ", world) : std::string(),
                              node ? node->display_name : run_chip.display_name,
                              o.timing_only ? "timing only" : "functional: real numbers", has_checkpoint ? "" : ", random weights")
               << (o.tp > 1 ? fmt::format("  tensor parallel over {} chips: each holds 1/{} of the heads and MLP; memory below "
                                          "is one chip's\n",
                                          o.tp, o.tp)
+                           : std::string())
+              << (o.ep > 1 ? fmt::format("  expert parallel over {} chips ({} experts each, all-to-all dispatch and combine); "
+                                         "{} data-parallel attention groups, each running this prompt\n",
+                                         o.ep, cfg.num_experts / std::max<int64_t>(1, o.ep), o.ep / o.tp)
                            : std::string())
               << fmt::format("  prompt {} tokens, generated {}\n", prompt.size(), out.size())
               << fmt::format("  simulated: prefill {} (time to first token), decode {} per token ({:.1f} tokens/s)\n",

@@ -107,6 +107,11 @@ int main(int argc, char** argv) {
   run->add_option("--tp", r.tp, "Tensor-parallel degree: the model split over this many chips of --node")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  run->add_option("--ep", r.ep,
+                  "Expert-parallel degree (MoE): experts spread over this many chips of --node, attention in "
+                  "ep / tp data-parallel groups of --tp chips")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
   ThroughputCliOptions tp;

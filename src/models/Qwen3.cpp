@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "arch/Error.hpp"
@@ -140,7 +141,31 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   };
   nh_ = divides("attention heads", cfg_.num_heads);
   nkv_ = divides("key/value heads", cfg_.num_kv_heads);
-  if (cfg_.is_moe()) ffn_expert_ = divides("expert MLP width", cfg_.moe_intermediate_size);
+  const int ep = opt_.ep_size;
+  if (ep < 1 || opt_.ep_rank < 0 || opt_.ep_rank >= ep)
+    throw UserError(fmt::format("model '{}': expert-parallel rank {} of {}; valid: size >= 1, rank 0 to size - 1",
+                                cfg_.name, opt_.ep_rank, ep));
+  if (ep > 1) {
+    if (!cfg_.is_moe())
+      throw UserError(fmt::format("model '{}': expert parallelism needs an MoE model; this one is dense", cfg_.name));
+    if (!opt_.ep_comm || opt_.ep_comm->size() != ep)
+      throw UserError(fmt::format("model '{}': expert parallelism over {} chips needs a communicator of {} ranks",
+                                  cfg_.name, ep, ep));
+    if (ep % tp != 0 || opt_.ep_rank % tp != opt_.tp_rank)
+      throw UserError(fmt::format("model '{}': EP degree {} must be a multiple of the TP degree {} (ep_rank = data-parallel "
+                                  "group x TP degree + tp_rank; got ep_rank {} with tp_rank {})",
+                                  cfg_.name, ep, tp, opt_.ep_rank, opt_.tp_rank));
+    if (cfg_.num_experts % ep != 0) {
+      std::string valid;
+      for (int64_t t = 1; t <= cfg_.num_experts; ++t)
+        if (cfg_.num_experts % t == 0) valid += (valid.empty() ? "" : ", ") + std::to_string(t);
+      throw UserError(fmt::format("model '{}': an EP degree of {} does not divide the {} experts; valid degrees: {}",
+                                  cfg_.name, ep, cfg_.num_experts, valid));
+    }
+  }
+  experts_ = cfg_.num_experts / ep;
+  expert0_ = experts_ * opt_.ep_rank;
+  if (cfg_.is_moe()) ffn_expert_ = ep > 1 ? cfg_.moe_intermediate_size : divides("expert MLP width", cfg_.moe_intermediate_size);
   else ffn_ = divides("MLP width", cfg_.intermediate_size);
   const int64_t qw_l = nh_ * d, kvw_l = nkv_ * d;
   const bool ln = cfg_.norm == NormType::kLayerNorm;
@@ -173,7 +198,7 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     if (cfg_.is_moe()) {
       L->router = w(cfg_.num_experts * H, p + "mlp.gate.weight", mm);
       const int64_t fe = ffn_expert_;
-      for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+      for (int64_t e = expert0_; e < expert0_ + experts_; ++e) {
         const std::string q = fmt::format("{}mlp.experts.{}.", p, e);
         L->e_gate.push_back(w(fe * H, q + "gate_proj.weight", mm));
         L->e_up.push_back(w(fe * H, q + "up_proj.weight", mm));
@@ -233,6 +258,7 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     TensorShape shape;
     bool norm;
     int split_dim = -1;
+    std::string held_elsewhere;  // b == nullptr: the tensor's name (another rank holds it)
   };
   std::vector<Entry> all;
   const int64_t H = cfg_.hidden_size;
@@ -261,10 +287,16 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     }
     if (cfg_.is_moe()) {
       all.push_back({&L->router, {cfg_.num_experts, H}, false});
-      for (size_t e = 0; e < L->e_gate.size(); ++e) {
-        all.push_back({&L->e_gate[e], {cfg_.moe_intermediate_size, H}, false, 0});
-        all.push_back({&L->e_up[e], {cfg_.moe_intermediate_size, H}, false, 0});
-        all.push_back({&L->e_down[e], {H, cfg_.moe_intermediate_size}, false, 1});
+      // Experts another rank holds (expert parallelism) keep their place in the list (no buffer), so
+      // that random weights are the same on every layout.
+      const int split0 = opt_.ep_size > 1 ? -1 : 0, split1 = opt_.ep_size > 1 ? -1 : 1;
+      for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+        const bool mine = e >= expert0_ && e < expert0_ + experts_;
+        const auto i = static_cast<size_t>(e - expert0_);
+        const std::string q = fmt::format("{}mlp.experts.{}.", L->in_norm.name.substr(0, L->in_norm.name.find("input_layernorm")), e);
+        all.push_back({mine ? &L->e_gate[i] : nullptr, {cfg_.moe_intermediate_size, H}, false, split0, q + "gate_proj.weight"});
+        all.push_back({mine ? &L->e_up[i] : nullptr, {cfg_.moe_intermediate_size, H}, false, split0, q + "up_proj.weight"});
+        all.push_back({mine ? &L->e_down[i] : nullptr, {H, cfg_.moe_intermediate_size}, false, split1, q + "down_proj.weight"});
       }
     } else {
       if (L->w_gate.valid()) all.push_back({&L->w_gate, {cfg_.intermediate_size, H}, false, 0});
@@ -299,14 +331,19 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
   if (!src.checkpoint.empty()) {
     CheckpointSet ck(src.checkpoint);
     std::vector<std::string> names;
-    for (const auto& e : all) names.push_back(e.b->name);
+    for (const auto& e : all) names.push_back(e.b ? e.b->name : e.held_elsewhere);
     ck.require_names(names);
-    for (const auto& e : all) dev_.upload(*e.b, shard(e, ck.read_f32(e.b->name, e.shape)));
+    for (const auto& e : all)
+      if (e.b) dev_.upload(*e.b, shard(e, ck.read_f32(e.b->name, e.shape)));
     return;
   }
   // Random weights: matrices (and biases) uniform with std 0.02 (Qwen's initializer_range), norms 1.
   uint64_t state = src.seed;
   for (const auto& e : all) {
+    if (!e.b) {  // held by another rank: its seed is drawn all the same
+      splitmix(state);
+      continue;
+    }
     int64_t full = 1;
     for (int64_t n : e.shape) full *= n;
     std::vector<float> v(static_cast<size_t>(full));
@@ -603,7 +640,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
 }
 
 void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps) {
-  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok, Fe = ffn_expert_;
+  const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok;
   const DType at = opt_.act_dtype;
   Buffer logits = dev_.alloc(DType::kF32, T * E, "router_logits"), probs = dev_.alloc(DType::kF32, T * E, "router_probs");
   op("moe router", [&] {
@@ -639,6 +676,13 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
   }
   Buffer w = dev_.alloc(DType::kF32, T * K, "router_weights");
   dev_.upload(w, weight);
+  if (opt_.ep_size > 1) {
+    Buffer y = alloc_act(T * H, "moe_out", at);
+    moe_expert_parallel(L, h, y, T, choice, w);
+    op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, y, x); });
+    for (Buffer* b : {&logits, &probs, &w, &y}) dev_.free(*b);
+    return;
+  }
   // Rows routed to each expert, in token order; `slot` maps (t, j) to its row of the outputs.
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
   std::vector<int32_t> slot(static_cast<size_t>(T * K));
@@ -656,28 +700,12 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
     src_rows.insert(src_rows.end(), r.begin(), r.end());
   }
   Buffer out = alloc_act(R * H, "expert_out", at);
-  Buffer xin = alloc_act(R * H, "expert_in", opt_.matmul_dtype), g = alloc_act(R * Fe, "expert_gate", at),
-         u = alloc_act(R * Fe, "expert_up", at), gu = alloc_act(R * Fe, "expert_gate_up", opt_.matmul_dtype);
+  Buffer xin = alloc_act(R * H, "expert_in", opt_.matmul_dtype);
   op("moe dispatch", [&] { kernels::gather_rows(dev_, h, H, src_rows, xin); });
-  const ChipSpec& chip = dev_.chip();
-  std::vector<Kernel> gate_up, down;
-  for (int64_t e = 0; e < E; ++e) {
-    const auto n = static_cast<int64_t>(rows[static_cast<size_t>(e)].size());
-    if (n == 0) continue;
-    const int64_t r0 = first_row[static_cast<size_t>(e)];
-    const Buffer xe = xin.view(r0 * H, n * H), ge = g.view(r0 * Fe, n * Fe), ue = u.view(r0 * Fe, n * Fe);
-    gate_up.push_back(make_linear(chip, xe, L.e_gate[static_cast<size_t>(e)], ge, n, Fe, H));
-    gate_up.push_back(make_linear(chip, xe, L.e_up[static_cast<size_t>(e)], ue, n, Fe, H));
-    down.push_back(make_linear(chip, gu.view(r0 * Fe, n * Fe), L.e_down[static_cast<size_t>(e)],
-                               out.view(r0 * H, n * H), n, H, Fe));
-  }
-  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up)); });
-  op("mlp activation", [&] {
-    kernels::unary(dev_, UnaryOp::kSilu, g, g);
-    kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
-  });
-  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe down grouped gemm {} experts", E), std::move(down)); });
-  for (Buffer* b : {&xin, &g, &u, &gu}) dev_.free(*b);
+  std::vector<int64_t> counts(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) counts[static_cast<size_t>(e)] = static_cast<int64_t>(rows[static_cast<size_t>(e)].size());
+  expert_ffn(L, xin, counts, out);
+  dev_.free(xin);
   std::vector<int64_t> next(first_row);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < K; ++j) {
@@ -694,6 +722,176 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
     dev_.free(y);
   }
   for (Buffer* b : {&logits, &probs, &w, &out}) dev_.free(*b);
+}
+
+void Qwen3Model::expert_ffn(Layer& L, const Buffer& xin, const std::vector<int64_t>& counts, const Buffer& out) {
+  // Grouped experts: one launch per stage for all of this model's experts - gate and up GEMMs,
+  // activation, down GEMM - as grouped-GEMM MoE kernels run.
+  const int64_t H = cfg_.hidden_size, Fe = ffn_expert_, E = static_cast<int64_t>(counts.size());
+  int64_t R = 0;
+  for (int64_t n : counts) R += n;
+  if (R == 0) return;
+  const DType at = opt_.act_dtype;
+  Buffer g = alloc_act(R * Fe, "expert_gate", at), u = alloc_act(R * Fe, "expert_up", at),
+         gu = alloc_act(R * Fe, "expert_gate_up", opt_.matmul_dtype);
+  const ChipSpec& chip = dev_.chip();
+  std::vector<Kernel> gate_up, down;
+  int64_t r0 = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = counts[static_cast<size_t>(e)];
+    if (n == 0) continue;
+    const Buffer xe = xin.view(r0 * H, n * H), ge = g.view(r0 * Fe, n * Fe), ue = u.view(r0 * Fe, n * Fe);
+    gate_up.push_back(make_linear(chip, xe, L.e_gate[static_cast<size_t>(e)], ge, n, Fe, H));
+    gate_up.push_back(make_linear(chip, xe, L.e_up[static_cast<size_t>(e)], ue, n, Fe, H));
+    down.push_back(make_linear(chip, gu.view(r0 * Fe, n * Fe), L.e_down[static_cast<size_t>(e)],
+                               out.view(r0 * H, n * H), n, H, Fe));
+    r0 += n;
+  }
+  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up)); });
+  op("mlp activation", [&] {
+    kernels::unary(dev_, UnaryOp::kSilu, g.view(0, R * Fe), g.view(0, R * Fe));
+    kernels::binary(dev_, BinaryOp::kMul, g.view(0, R * Fe), u.view(0, R * Fe), gu.view(0, R * Fe));
+  });
+  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe down grouped gemm {} experts", E), std::move(down)); });
+  for (Buffer* b : {&g, &u, &gu}) dev_.free(*b);
+}
+
+void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y, int64_t T,
+                                     const std::vector<int32_t>& choice, const Buffer& w) {
+  const int64_t H = cfg_.hidden_size, K = cfg_.num_experts_per_tok, E = cfg_.num_experts;
+  const int ep = opt_.ep_size, tp = opt_.tp_size, me = opt_.ep_rank;
+  const DType at = opt_.act_dtype;
+  ccl::Communicator& comm = *opt_.ep_comm;
+  const bool real = dev_.functional();
+  // The tokens of rank r's share of its group: [chunk * (r % tp), ...), clipped to T.
+  const int64_t chunk = (T + tp - 1) / tp;
+  auto share = [&](int r) {
+    const int64_t a = std::min(T, chunk * (r % tp));
+    return std::pair<int64_t, int64_t>{a, std::min(T, a + chunk)};
+  };
+  auto owner = [&](int64_t e) { return static_cast<int>(e / experts_); };
+  // Rank r's pairs (t, j) by destination, in (t, j) order; from `route` (choice of pair t*K+j).
+  auto pairs_of = [&](int r, const std::function<int64_t(int64_t)>& route) {
+    std::vector<std::vector<int64_t>> by(static_cast<size_t>(ep));
+    const auto [a, b] = share(r);
+    for (int64_t t = a; t < b; ++t)
+      for (int64_t j = 0; j < K; ++j) by[static_cast<size_t>(owner(route(t * K + j)))].push_back(t * K + j);
+    return by;
+  };
+  const auto mine = pairs_of(me, [&](int64_t i) { return choice[static_cast<size_t>(i)]; });
+  // Timing only: every rank routes like this one would (balanced: pair i -> expert i mod E).
+  auto balanced = [&](int64_t i) { return i % E; };
+  std::vector<int64_t> send_counts(static_cast<size_t>(ep));
+  for (int p = 0; p < ep; ++p) send_counts[static_cast<size_t>(p)] = static_cast<int64_t>(mine[static_cast<size_t>(p)].size());
+
+  // 1. Counts: every rank learns how many rows each sends to each (all-gather).
+  std::vector<int64_t> recv_counts(static_cast<size_t>(ep));
+  {
+    Buffer c1 = dev_.alloc(DType::kF32, ep, "ep_counts"), call = dev_.alloc(DType::kF32, int64_t{ep} * ep, "ep_count_matrix");
+    if (real) dev_.upload(c1, std::vector<float>(send_counts.begin(), send_counts.end()));
+    op("moe dispatch", [&] { comm.all_gather(me, c1, call); });
+    if (real) {
+      const std::vector<float> m = dev_.download(call);
+      for (int p = 0; p < ep; ++p) recv_counts[static_cast<size_t>(p)] = static_cast<int64_t>(m[static_cast<size_t>(p * ep + me)]);
+    } else {
+      for (int p = 0; p < ep; ++p)
+        recv_counts[static_cast<size_t>(p)] = static_cast<int64_t>(pairs_of(p, balanced)[static_cast<size_t>(me)].size());
+    }
+    dev_.free(c1);
+    dev_.free(call);
+  }
+  int64_t n_send = 0, n_recv = 0;
+  for (int p = 0; p < ep; ++p) n_send += send_counts[static_cast<size_t>(p)], n_recv += recv_counts[static_cast<size_t>(p)];
+  auto scaled = [&](const std::vector<int64_t>& c, int64_t f) {
+    std::vector<int64_t> v(c);
+    for (auto& x : v) x *= f;
+    return v;
+  };
+  // 2. Dispatch: the rows and their experts' local indices, grouped by destination.
+  std::vector<int32_t> send_rows;
+  std::vector<float> send_ids;
+  for (int p = 0; p < ep; ++p)
+    for (int64_t i : mine[static_cast<size_t>(p)]) {
+      send_rows.push_back(static_cast<int32_t>(i / K));
+      send_ids.push_back(static_cast<float>(choice[static_cast<size_t>(i)] - int64_t{p} * experts_));
+    }
+  Buffer send = alloc_act(std::max<int64_t>(1, n_send) * H, "ep_send", at);
+  Buffer ids_send = dev_.alloc(DType::kF32, std::max<int64_t>(1, n_send), "ep_send_ids");
+  Buffer recv = alloc_act(std::max<int64_t>(1, n_recv) * H, "ep_recv", at);
+  Buffer ids_recv = dev_.alloc(DType::kF32, std::max<int64_t>(1, n_recv), "ep_recv_ids");
+  op("moe dispatch", [&] {
+    if (n_send > 0) kernels::gather_rows(dev_, h, H, send_rows, send.view(0, n_send * H));
+    if (real) {
+      send_ids.resize(static_cast<size_t>(ids_send.numel), 0.0f);
+      dev_.upload(ids_send, send_ids);
+    } else {
+      dev_.copy_to_device_timed(ids_send);
+    }
+    comm.all_to_all_v(me, send, recv, scaled(send_counts, H));
+    comm.all_to_all_v(me, ids_send, ids_recv, send_counts);
+  });
+  // 3. This rank's experts on the rows it received, grouped by expert; results back in arrival order.
+  std::vector<int64_t> expert_of(static_cast<size_t>(n_recv));
+  if (real) {
+    const std::vector<float> v = dev_.download(ids_recv);
+    for (int64_t i = 0; i < n_recv; ++i) expert_of[static_cast<size_t>(i)] = static_cast<int64_t>(v[static_cast<size_t>(i)]);
+  } else {
+    int64_t i = 0;
+    for (int p = 0; p < ep; ++p) {
+      const auto theirs = pairs_of(p, balanced);  // (a named copy: the loop must not walk a temporary's element)
+      for (int64_t pi : theirs[static_cast<size_t>(me)]) expert_of[static_cast<size_t>(i++)] = balanced(pi) - expert0_;
+    }
+  }
+  std::vector<int64_t> counts(static_cast<size_t>(experts_));
+  for (int64_t e : expert_of) ++counts[static_cast<size_t>(e)];
+  std::vector<int64_t> start(static_cast<size_t>(experts_));
+  for (int64_t e = 1; e < experts_; ++e) start[static_cast<size_t>(e)] = start[static_cast<size_t>(e - 1)] + counts[static_cast<size_t>(e - 1)];
+  std::vector<int32_t> sorted(static_cast<size_t>(n_recv)), position(static_cast<size_t>(n_recv));
+  {
+    std::vector<int64_t> next(start);
+    for (int64_t i = 0; i < n_recv; ++i) {
+      const int64_t pos = next[static_cast<size_t>(expert_of[static_cast<size_t>(i)])]++;
+      sorted[static_cast<size_t>(pos)] = static_cast<int32_t>(i);
+      position[static_cast<size_t>(i)] = static_cast<int32_t>(pos);
+    }
+  }
+  Buffer back = alloc_act(std::max<int64_t>(1, n_recv) * H, "ep_back", at);
+  if (n_recv > 0) {
+    Buffer xin = alloc_act(n_recv * H, "expert_in", opt_.matmul_dtype), out = alloc_act(n_recv * H, "expert_out", at);
+    op("moe dispatch", [&] { kernels::gather_rows(dev_, recv, H, sorted, xin); });
+    expert_ffn(L, xin, counts, out);
+    op("moe combine", [&] { kernels::gather_rows(dev_, out, H, position, back.view(0, n_recv * H)); });
+    dev_.free(xin);
+    dev_.free(out);
+  }
+  // 4. Return: every row to the rank that sent it, in the order it was sent.
+  Buffer ret = alloc_act(std::max<int64_t>(1, n_send) * H, "ep_return", at);
+  op("moe combine", [&] { comm.all_to_all_v(me, back, ret, scaled(recv_counts, H)); });
+  // 5. Combine this rank's tokens; the group gathers every rank's share.
+  const auto [t0, t1] = share(me);
+  std::vector<int32_t> slot(static_cast<size_t>((t1 - t0) * K));
+  {
+    int64_t pos = 0;
+    for (int p = 0; p < ep; ++p)
+      for (int64_t i : mine[static_cast<size_t>(p)]) slot[static_cast<size_t>(i - t0 * K)] = static_cast<int32_t>(pos++);
+  }
+  if (tp == 1) {
+    op("moe combine", [&] { kernels::gather_combine(dev_, ret, H, slot, K, w, y); });
+  } else {
+    Buffer part = alloc_act(chunk * H, "ep_part", at), all = alloc_act(tp * chunk * H, "ep_group", at);
+    if (real && t1 - t0 < chunk)  // rows past the end of the group's tokens: defined, never read
+      dev_.upload(part.view((t1 - t0) * H, (chunk - (t1 - t0)) * H),
+                  std::vector<float>(static_cast<size_t>((chunk - (t1 - t0)) * H), 0.0f));
+    op("moe combine", [&] {
+      if (t1 > t0)
+        kernels::gather_combine(dev_, ret, H, slot, K, w.view(t0 * K, (t1 - t0) * K), part.view(0, (t1 - t0) * H));
+    });
+    op("moe combine", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, part, all); });
+    op("moe combine", [&] { kernels::copy(dev_, all.view(0, T * H), y); });
+    dev_.free(part);
+    dev_.free(all);
+  }
+  for (Buffer* b : {&send, &ids_send, &recv, &ids_recv, &back, &ret}) dev_.free(*b);
 }
 
 }  // namespace ppu

@@ -86,6 +86,17 @@ struct Qwen3Options {
   int tp_size = 1;
   int tp_rank = 0;
   ccl::Communicator* tp_comm = nullptr;
+  // Expert parallelism (MoE models): ep_size ranks in ep_comm, this one ep_rank = dp * tp_size +
+  // tp_rank. Each rank owns num_experts / ep_size whole experts (expert e on rank e / (E / ep));
+  // attention runs data-parallel in ep_size / tp_size groups of tp_size ranks (tp_comm), each group on
+  // its own sequences. In every MoE layer each rank of a group dispatches its share of the group's
+  // tokens to the experts' owners (all-to-all-v, after an all-gather of the counts), the owners run
+  // their experts as grouped GEMMs and send the rows back (all-to-all-v), the sender combines, and
+  // the group all-gathers the combined rows. ep_size 1: experts live with their model (split by
+  // width under TP). Timing-only runs assume every group has as many tokens as this one.
+  int ep_size = 1;
+  int ep_rank = 0;
+  ccl::Communicator* ep_comm = nullptr;
 };
 
 struct ForwardResult {
@@ -155,6 +166,13 @@ class Qwen3Model {
   Buffer alloc_act(int64_t numel, const std::string& name, DType t);
   void load_weights(const Qwen3Weights& w);
   void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
+  // The experts of an expert-parallel MoE layer: rows (t, j) of this rank's token chunk routed to
+  // choice[t * K + j], weighted by w; returns the combined [T, hidden] rows replicated over the group.
+  // Every expert of this model on rows grouped by expert (counts[e] rows of local expert e): xin
+  // [sum counts, hidden] -> out [sum counts, hidden], one grouped launch per stage.
+  void expert_ffn(Layer& L, const Buffer& xin, const std::vector<int64_t>& counts, const Buffer& out);
+  void moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y, int64_t T, const std::vector<int32_t>& choice,
+                           const Buffer& w);
   ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
                     ForwardTaps* taps, Sampler* sampler = nullptr);
   void sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r);
@@ -169,6 +187,7 @@ class Qwen3Model {
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
   // This shard's widths (the whole model's when tp_size is 1).
   int64_t nh_ = 0, nkv_ = 0, ffn_ = 0, ffn_expert_ = 0;
+  int64_t expert0_ = 0, experts_ = 0;  // the experts this rank holds: [expert0_, expert0_ + experts_)
   void tp_all_reduce(const Buffer& b);
   Buffer embed_, final_norm_, lm_head_;
   Buffer pos_embed_, final_norm_b_;  // learned positions [max_positions, hidden]; LayerNorm bias (GPT)

@@ -2,8 +2,11 @@
 //
 // Each block's program is built and executed on one worker thread against a private SRAM arena,
 // instruction by instruction in program order (program order already satisfies every derived
-// dependency). Blocks are independent, so workers take them from a shared counter; results do not
-// depend on the number of threads (each block writes its own output region).
+// dependency; the one liberty taken: consecutive k-steps of a decode-shaped MMA that read one
+// continuing stretch of global memory run as one call, see mma_streams_long_k). Blocks are
+// independent, so workers take them from a shared counter; results do not depend on the number of
+// threads (each block writes its own output region). Between kernels the helper threads spin for a
+// few tens of microseconds before they sleep, since a decode step launches hundreds of small kernels.
 //
 //   FunctionalExecutor ex(/*threads=*/0);   // 0: PPU_THREADS or the host's core count
 //   ex.run(kernel, chip.sram_bytes());

@@ -317,7 +317,19 @@ TEST(Cli, RunTensorParallelOnANode) {
   EXPECT_NE(r.out.find("--node"), std::string::npos) << r.out;
   r = ppu("run --model tiny --node zhenwu-8 --tp 16 --prompt x");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.out.find("has 8 chips"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("node 'zhenwu-8' has 8"), std::string::npos) << r.out;
+  // Expert parallelism: 4 chips, 2 attention groups of 2; the same greedy tokens as one chip.
+  r = ppu("run --model tiny-moe --node zhenwu-8 --tp 2 --ep 4 --prompt hello --gen 4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto e = nlohmann::json::parse(r.out);
+  EXPECT_GT(e["op_times"]["moe dispatch_s"].get<double>(), 0.0);
+  EXPECT_EQ(e["tokens"], nlohmann::json::parse(ppu("run --model tiny-moe --prompt hello --gen 4 --json").out)["tokens"]);
+  r = ppu("run --model tiny-moe --node zhenwu-8 --tp 2 --ep 3 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--ep 3 must be a multiple of --tp 2"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --node zhenwu-8 --ep 2 --prompt x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("needs an MoE model"), std::string::npos) << r.out;
   r = ppu("run --model tiny --node zhenwu-8 --chip h100 --prompt x");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("disagree"), std::string::npos) << r.out;

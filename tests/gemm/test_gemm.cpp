@@ -99,6 +99,17 @@ TEST(Gemm, ForcedTileConfigurationsAndKTails) {
     }
 }
 
+TEST(Gemm, DecodeShapedManyKStepsRunAsOneDotProductOnTheHost) {
+  // A few rows times B^T over many k-steps: the executor runs a block's k-steps as one dot product
+  // over whole weight rows (mma_streams_long_k), a different summation order, still within the bound.
+  const GemmConfig cfg{16, 64, 64, 4, 8};
+  for (int64_t m : {1, 2, 3, 4})
+    for (int64_t k : {64, 1000, 1031}) {
+      GemmShape s{m, 131, k, 1, false, true};
+      EXPECT_LE(run_and_compare("zhenwu-810e", s, DType::kBF16, DType::kF32, &cfg).max_ratio, 1.0) << m << "x131x" << k;
+    }
+}
+
 TEST(Gemm, AlphaScalesTheProduct) {
   GemmShape s{33, 65, 40};
   s.alpha = -0.375f;

@@ -168,3 +168,117 @@ TEST(TensorParallel, BadDegreesAreErrors) {
 
 }  // namespace
 }  // namespace ppu
+
+namespace ppu {
+namespace {
+
+// tp x dp ranks on zhenwu-8 with expert parallelism over all of them: group g (ranks g*tp ..) runs
+// prompts[g]; returns each group's first rank's run.
+std::vector<Run> run_expert_parallel(const ModelConfig& cfg, const Qwen3Weights& w, int tp, int ep,
+                                     const std::vector<std::vector<int32_t>>& prompts, const std::vector<int32_t>& forced,
+                                     ExecMode mode = ExecMode::kFunctional) {
+  const NodeSpec node = load_node("zhenwu-8");
+  std::vector<std::unique_ptr<Device>> devs;
+  std::vector<Device*> ptrs;
+  for (int r = 0; r < ep; ++r) {
+    devs.push_back(std::make_unique<Device>(node.chip, mode, 1));
+    ptrs.push_back(devs.back().get());
+  }
+  ccl::Communicator world(node, ptrs);
+  std::vector<std::unique_ptr<ccl::Communicator>> groups;
+  for (int g = 0; g < ep / tp; ++g) {
+    ccl::CommOptions co;
+    for (int t = 0; t < tp; ++t) co.chips.push_back(g * tp + t);
+    groups.push_back(std::make_unique<ccl::Communicator>(
+        node, std::vector<Device*>(ptrs.begin() + g * tp, ptrs.begin() + (g + 1) * tp), co));
+  }
+  std::vector<Run> runs(static_cast<size_t>(ep));
+  std::vector<std::string> errors(static_cast<size_t>(ep));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ep; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        Qwen3Options o;
+        o.max_context = 128;
+        o.tp_size = tp;
+        o.tp_rank = r % tp;
+        o.tp_comm = groups[static_cast<size_t>(r / tp)].get();
+        o.ep_size = ep;
+        o.ep_rank = r;
+        o.ep_comm = &world;
+        Qwen3Model m(*devs[static_cast<size_t>(r)], cfg, w, o);
+        runs[static_cast<size_t>(r)] = run_model(m, prompts[static_cast<size_t>(r / tp)], forced);
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+  std::vector<Run> firsts;
+  for (int g = 0; g < ep / tp; ++g) firsts.push_back(runs[static_cast<size_t>(g * tp)]);
+  return firsts;
+}
+
+void check_expert_parallel(int tp, int ep) {
+  const std::string dir = fixture("qwen3-tiny-moe");
+  const ModelConfig cfg = load_model_config(dir);
+  const Qwen3Weights w = Qwen3Weights::from_checkpoint(dir);
+  // Different prompts (and lengths) per data-parallel group.
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42, 9, 77, 1}, {200, 3, 11}, {8, 8, 8, 8, 8}, {1}};
+  const std::vector<int32_t> forced = {3, 140, 77};
+  const std::vector<Run> split = run_expert_parallel(cfg, w, tp, ep, prompts, forced);
+  for (int g = 0; g < ep / tp; ++g) {
+    Device one(load_chip("zhenwu-810e"));
+    Qwen3Options o;
+    o.max_context = 128;
+    Qwen3Model m(one, cfg, w, o);
+    const Run ref = run_model(m, prompts[static_cast<size_t>(g)], forced);
+    const Run& r = split[static_cast<size_t>(g)];
+    ASSERT_EQ(r.logits.size(), ref.logits.size());
+    for (size_t i = 0; i < ref.logits.size(); ++i) {
+      const double e = rel_rms(r.logits[i], ref.logits[i]);
+      if (std::getenv("PPU_VERBOSE")) std::printf("ep %d tp %d group %d call %zu rel RMS %.3e\n", ep, tp, g, i, e);
+      EXPECT_LE(e, 2.5e-2) << "ep " << ep << " tp " << tp << " group " << g << " call " << i;
+    }
+    EXPECT_GT(r.ops.at("moe dispatch"), 0.0);
+  }
+}
+
+TEST(ExpertParallel, TwoRanksMatchOneChip) { check_expert_parallel(1, 2); }
+TEST(ExpertParallel, TwoGroupsOfTwoMatchOneChip) { check_expert_parallel(2, 4); }
+TEST(ExpertParallel, OneExpertPerRank) { check_expert_parallel(2, 8); }
+
+TEST(ExpertParallel, TimingOnlyLargeMoe) {
+  const ModelConfig cfg = load_model_config("qwen3-30b-a3b");
+  const auto runs = run_expert_parallel(cfg, Qwen3Weights::random(1), 2, 8, {std::vector<int32_t>(64, 7),
+                                        std::vector<int32_t>(64, 7), std::vector<int32_t>(64, 7),
+                                        std::vector<int32_t>(64, 7)}, {1}, ExecMode::kTimingOnly);
+  ASSERT_EQ(runs.size(), 4u);
+  EXPECT_GT(runs[0].sim_s, 0.0);
+  EXPECT_GT(runs[0].ops.at("moe dispatch"), 0.0);
+}
+
+TEST(ExpertParallel, BadDegreesAreErrors) {
+  const std::string dir = fixture("qwen3-tiny-moe");  // 8 experts
+  const NodeSpec node = load_node("zhenwu-8");
+  std::vector<std::unique_ptr<Device>> devs;
+  std::vector<Device*> ptrs;
+  for (int r = 0; r < 3; ++r) {
+    devs.push_back(std::make_unique<Device>(node.chip));
+    ptrs.push_back(devs.back().get());
+  }
+  ccl::Communicator comm(node, ptrs);
+  Qwen3Options o;
+  o.ep_size = 3;
+  o.ep_comm = &comm;
+  test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(dir), Qwen3Weights::random(1), o); },
+                     {"EP degree of 3 does not divide the 8 experts", "valid degrees: 1, 2, 4, 8"});
+  test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(fixture("qwen3-tiny")), Qwen3Weights::random(1), o); },
+                     {"needs an MoE model"});
+  o.ep_comm = nullptr;
+  test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(dir), Qwen3Weights::random(1), o); },
+                     {"needs a communicator of 3 ranks"});
+}
+
+}  // namespace
+}  // namespace ppu
