@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <fstream>
@@ -55,6 +57,25 @@ inline void write_file(const std::string& path, const std::string& text) {
   ASSERT_TRUE(out.good()) << "cannot write " << path;
   out << text;
   ASSERT_TRUE(out.good()) << "cannot write " << path;
+}
+
+// A fixture under tests/data (PPU_SOURCE_DIR at run time, else the source tree it was built from).
+inline std::string fixture(const char* name) {
+  const char* env = std::getenv("PPU_SOURCE_DIR");
+  return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
+}
+
+// Relative RMS error ||got - want|| / ||want|| (want.size() elements of got are compared).
+template <class A, class B>
+double rel_rms(const std::vector<A>& got, const std::vector<B>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
+    num += d * d;
+    den += static_cast<double>(want[i]) * static_cast<double>(want[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 }  // namespace ppu::test

@@ -297,6 +297,10 @@ struct FunctionalExecutor::Impl {
   static constexpr int64_t kClosed = INT64_MAX / 2;
   static constexpr int kSpinNextJobUs = 50;   // a worker's wait for the next kernel before it sleeps
   static constexpr int kSpinLastBlockUs = 50; // run()'s wait for the other threads' last blocks
+  // Kernels whose arguments span less than this run on the calling thread alone: splitting a few
+  // kilobytes of norm, RoPE or residual work costs more in hand-offs than it saves, and a helper
+  // that the OS preempts while it holds a block stalls the whole kernel (a busy shared host).
+  static constexpr double kMinParallelBytes = 256 * 1024;
 
   int nthreads = 1;
   std::vector<std::thread> workers;
@@ -385,7 +389,9 @@ void FunctionalExecutor::run(const Kernel& k, double sram_bytes) {
   j->k = &k;
   j->grid = k.grid;
   j->sram = sram_bytes;
-  const bool helpers = !s.workers.empty() && k.grid > 1;
+  double arg_bytes = 0;
+  for (const auto& a : k.args) arg_bytes += static_cast<double>(a.numel) * dtype_size_bytes(a.dtype);
+  const bool helpers = !s.workers.empty() && k.grid > 1 && arg_bytes >= Impl::kMinParallelBytes;
   {
     std::lock_guard<std::mutex> lk(s.mu);
     s.error = nullptr;

@@ -20,6 +20,9 @@
 namespace ppu {
 namespace {
 
+using test::fixture;
+using test::rel_rms;
+
 ModelConfig tiny_gpt() {
   return parse_model_config(R"({"model_type": "gpt", "hidden_size": 64, "num_hidden_layers": 2,
       "num_attention_heads": 4, "intermediate_size": 256, "vocab_size": 97, "max_position_embeddings": 32,
@@ -107,15 +110,6 @@ struct Ref {
     return linear(hn, wte, {}, T, V, H);
   }
 };
-
-double rel_rms(const std::vector<float>& got, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);
-}
 
 TEST(Gpt, MatchesTheReferenceForwardAndDecode) {
   const ModelConfig cfg = tiny_gpt();

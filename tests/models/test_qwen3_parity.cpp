@@ -24,20 +24,8 @@
 namespace ppu {
 namespace {
 
-std::string fixture(const char* name) {
-  const char* env = std::getenv("PPU_SOURCE_DIR");
-  return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
-}
-
-double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using test::fixture;
+using test::rel_rms;
 
 std::vector<float> ref(const SafetensorsFile& f, const std::string& name) {
   const SafetensorsTensor& t = f.at("ref." + name);

@@ -24,19 +24,8 @@
 namespace ppu {
 namespace {
 
-std::string fixture(const char* name) {
-  const char* env = std::getenv("PPU_SOURCE_DIR");
-  return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
-}
-
-double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::fixture;
+using test::rel_rms;
 
 // Prefill `prompt`, then decode `forced` one token at a time (the same tokens for every run, so
 // that runs compare call by call even where two logits nearly tie); the logits of every call.

@@ -14,10 +14,8 @@
 namespace ppu {
 namespace {
 
-std::string fixture(const char* name) {
-  const char* env = std::getenv("PPU_SOURCE_DIR");
-  return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
-}
+using test::fixture;
+using test::rel_rms;
 
 // Prefill three prompts and decode two greedy steps; the last logits of every sequence.
 std::vector<float> run_three(const Qwen3Options& opt) {
