@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in defaults: installs dependencies, builds, then shows the chip presets, runs
 # the same GEMM and HBM copy on every chip side by side and a checked GEMM on the PPU, generates text
-# with a tiny random Qwen3 on the PPU, and predicts Qwen3-0.6B serving on the PPU at three batch sizes.
+# with a tiny random Qwen3 on the PPU, predicts Qwen3-0.6B serving on the PPU at three batch sizes,
+# shows the 8-PPU node with an all-reduce sweep, and runs a tiny MoE split over 4 emulated PPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,3 +19,9 @@ echo
 $ppu run --model tiny --prompt "Why is the sky blue?" --gen 16
 echo
 $ppu run --model qwen3-0.6b --timing-only --chip zhenwu-810e --batch 1,8,64 --prompt-len 512 --gen 8
+echo
+$ppu nodes
+echo
+$ppu bench allreduce --node zhenwu-8 --sizes 1M:1G
+echo
+$ppu run --model tiny-moe --node zhenwu-8 --tp 2 --ep 4 --prompt "Why is the sky blue?" --gen 16
