@@ -109,19 +109,23 @@ int main(int argc, char** argv) {
   const int steps = args.size() > 0 ? std::atoi(args[0].c_str()) : 10;
   const int rounds = args.size() > 1 ? std::max(1, std::atoi(args[1].c_str())) : 3;
   const int context = 16;
-  Device dev(load_chip("zhenwu-810e"));
   Qwen3Options o;
   o.max_context = context + steps + 1;
+  // Ours at the host's thread count and at 1 thread, like PyTorch below (same weights).
+  Device dev(load_chip("zhenwu-810e")), dev1(load_chip("zhenwu-810e"), ExecMode::kFunctional, 1);
   Qwen3Model m(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(0), o);
+  Qwen3Model m1(dev1, load_model_config("qwen3-0.6b"), Qwen3Weights::random(0), o);
   const int host_threads = dev.executor().threads();
 
-  // The host is shared and noisy: rounds alternate ours and PyTorch (at as many threads as ours and
-  // at 1, since a busy core can make more threads slower), and each side is scored by its best round.
+  // The host is shared and noisy: rounds alternate ours and PyTorch, each at the host's thread count
+  // and at 1 (a thread that the OS preempts stalls the others at every synchronisation, so on a busy
+  // host one thread can be faster), and each side is scored by its best round.
   ReadBandwidth read_bw(host_threads);
-  std::vector<double> ours, torch_n, torch1, bws;
+  std::vector<double> ours_n, ours1, torch_n, torch1, bws;
   for (int r = 0; r < rounds; ++r) {
     bws.push_back(read_bw.median_of(5));
-    ours.push_back(ours_tokens_per_s(m, context, steps));
+    ours_n.push_back(ours_tokens_per_s(m, context, steps));
+    ours1.push_back(ours_tokens_per_s(m1, context, steps));
     if (ours_only) continue;
     torch_n.push_back(torch_tokens_per_s(host_threads, context, steps));
     torch1.push_back(torch_tokens_per_s(1, context, steps));
@@ -138,21 +142,23 @@ int main(int argc, char** argv) {
                                                                    static_cast<double>(m.config().hidden_size) * 2 *
                                                                    (m.config().tie_word_embeddings ? 0 : 1);
   const double roof = bw / bytes;
+  const double ours = std::max(best(ours1), best(ours_n));
   const double theirs = std::max(best(torch1), best(torch_n));
   std::cout << fmt::format("Qwen3-0.6B-shaped bf16 decode, batch 1, context {}, {} steps x {} rounds, this host "
                            "({} threads; best round of each side)\n",
                            context, steps, rounds, host_threads)
-            << fmt::format("  OpenPPU functional path : {:8.2f} tokens/s  (rounds: {})\n", best(ours), list(ours));
+            << fmt::format("  OpenPPU functional path : {:8.2f} tokens/s  ({} threads: {}; 1 thread: {})\n", ours,
+                           host_threads, list(ours_n), list(ours1));
   if (theirs > 0)
     std::cout << fmt::format("  PyTorch (Debian, bf16)  : {:8.2f} tokens/s  ({} threads: {}; 1 thread: {})\n"
                              "  ratio                   : {:8.2f}x (target >= 2x)\n",
-                             theirs, host_threads, list(torch_n), list(torch1), best(ours) / theirs);
+                             theirs, host_threads, list(torch_n), list(torch1), ours / theirs);
   else if (!ours_only)
     std::cout << "  PyTorch                 : not available (apt-get install python3-torch; run with /usr/bin/python3)\n";
   std::vector<double> bws_gb;
   for (double x : bws) bws_gb.push_back(x / 1e9);
   std::cout << fmt::format("  memory roof             : {:.1f} GB/s read (rounds: {}), {:.0f} MB per token -> {:.2f} "
                            "tokens/s; OpenPPU reaches {:.0f}% of it\n",
-                           bw / 1e9, list(bws_gb), bytes / 1e6, roof, 100 * best(ours) / roof);
+                           bw / 1e9, list(bws_gb), bytes / 1e6, roof, 100 * ours / roof);
   return 0;
 }

@@ -240,6 +240,7 @@ int cmd_run(const RunOptions& o) {
     ro.tp_size = o.tp;
     ro.tp_rank = r % o.tp;
     ro.tp_comm = o.tp == 1 ? nullptr : o.ep > 1 ? tp_groups[static_cast<size_t>(r / o.tp)].get() : comm.get();
+    ro.sequence_parallel = o.sp;
     ro.ep_size = o.ep;
     ro.ep_rank = o.ep > 1 ? r : 0;
     ro.ep_comm = o.ep > 1 ? comm.get() : nullptr;

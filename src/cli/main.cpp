@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
                   "ep / tp data-parallel groups of --tp chips")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  run->add_flag("--sp", r.sp, "Sequence parallelism with --tp: norms on 1/tp of the tokens, reduce-scatter + all-gather");
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
   ThroughputCliOptions tp;

@@ -139,6 +139,9 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     throw UserError(fmt::format("model '{}': a TP degree of {} does not divide the {} {}; valid degrees: {}", cfg_.name,
                                 tp, n, what, valid));
   };
+  if (opt_.sequence_parallel && tp > 1 && cfg_.is_moe())
+    throw UserError(fmt::format("model '{}': sequence parallelism is implemented for dense models (this one is MoE)",
+                                cfg_.name));
   nh_ = divides("attention heads", cfg_.num_heads);
   nkv_ = divides("key/value heads", cfg_.num_kv_heads);
   const int ep = opt_.ep_size;
@@ -258,7 +261,7 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     TensorShape shape;
     bool norm;
     int split_dim = -1;
-    std::string held_elsewhere;  // b == nullptr: the tensor's name (another rank holds it)
+    std::string held_elsewhere = {};  // b == nullptr: the tensor's name (another rank holds it)
   };
   std::vector<Entry> all;
   const int64_t H = cfg_.hidden_size;
@@ -481,7 +484,20 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
 
   // The residual stream stays fp32 (as inference engines keep it); what feeds the matrix unit is `at`.
   const DType mm = opt_.matmul_dtype;
-  Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", mm), o = alloc_act(T * H, "o", at);
+  // Sequence parallelism: this shard keeps residual rows [own0, own0 + own) in xs (chunk rows, the
+  // last shard's padded), and o is padded to tp x chunk rows for the reduce-scatter.
+  const bool sp = opt_.sequence_parallel && opt_.tp_size > 1;
+  const int64_t chunk = sp ? (T + opt_.tp_size - 1) / opt_.tp_size : T, Tp = sp ? chunk * opt_.tp_size : T;
+  const int64_t own0 = sp ? std::min(T, chunk * opt_.tp_rank) : 0, own = sp ? std::min(T, own0 + chunk) - own0 : T;
+  Buffer x = alloc_act(T * H, "x", DType::kF32), h = alloc_act(T * H, "h", mm), of = alloc_act(Tp * H, "o", at);
+  const Buffer o = of.view(0, T * H);
+  Buffer xs, hs, hg, os;
+  if (sp) {
+    xs = alloc_act(chunk * H, "x_shard", DType::kF32);
+    hs = alloc_act(chunk * H, "h_shard", mm);
+    hg = alloc_act(Tp * H, "h_gathered", mm);
+    os = alloc_act(chunk * H, "o_shard", at);
+  }
   Buffer q = alloc_act(T * qw, "q", at), qn = alloc_act(T * qw, "qn", at);
   Buffer k = alloc_act(T * kvw, "k", at), kn = alloc_act(T * kvw, "kn", at);
   Buffer v = alloc_act(T * kvw, "v", at), a = alloc_act(T * qw, "attn", mm);
@@ -503,6 +519,39 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     if (b.valid()) kernels::bias_activation(dev_, y, b, y, rows, cols);
   };
   const bool rope = cfg_.positions == PositionEncoding::kRope;
+  if (sp) {  // this shard's rows of the residual stream (padding rows zero)
+    op("embedding", [&] {
+      if (own > 0) kernels::copy(dev_, x.view(own0 * H, own * H), xs.view(0, own * H));
+      if (own < chunk && dev_.functional())
+        dev_.upload(xs.view(own * H, (chunk - own) * H), std::vector<float>(static_cast<size_t>((chunk - own) * H), 0.0f));
+    });
+  }
+  // The normalised residual stream, all T rows (gathered from the shards under sequence parallelism).
+  auto normed = [&](const Buffer& w, const Buffer& b) -> Buffer {
+    if (!sp) {
+      op("norm", [&] { norm(x, w, b, h, T); });
+      return h;
+    }
+    op("norm", [&] { norm(xs, w, b, hs, chunk); });
+    op("tp all-gather", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, hs, hg); });
+    return hg.view(0, T * H);
+  };
+  // Adds a row-parallel projection's partial sums o (+ bias) to the residual stream.
+  auto add_partial = [&](const Buffer& b) {
+    if (!sp) {
+      tp_all_reduce(o);
+      op("residual", [&] {
+        bias(o, b, T, H);
+        kernels::binary(dev_, BinaryOp::kAdd, x, o, x);
+      });
+      return;
+    }
+    op("tp reduce-scatter", [&] { opt_.tp_comm->reduce_scatter(opt_.tp_rank, of, os); });
+    op("residual", [&] {
+      bias(os, b, chunk, H);
+      kernels::binary(dev_, BinaryOp::kAdd, xs, os, xs);
+    });
+  };
   tap("embed", x);
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
@@ -512,12 +561,12 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       const auto s = static_cast<size_t>(first_slot + b);
       return c.view(slot_off_[s] * kvw, slot_cap_[s] * kvw);
     };
-    op("norm", [&] { norm(x, L.in_norm, L.in_norm_b, h, T); });
-    if (first) tap("layer0.attn_norm", h);
+    const Buffer hin = normed(L.in_norm, L.in_norm_b);
+    if (first) tap("layer0.attn_norm", hin);
     op("attention gemm", [&] {
-      linear(dev_, h, L.wq, q, T, qw, H);
-      linear(dev_, h, L.wk, k, T, kvw, H);
-      linear(dev_, h, L.wv, v, T, kvw, H);
+      linear(dev_, hin, L.wq, q, T, qw, H);
+      linear(dev_, hin, L.wk, k, T, kvw, H);
+      linear(dev_, hin, L.wv, v, T, kvw, H);
       bias(q, L.bq, T, qw);
       bias(k, L.bk, T, kvw);
       bias(v, L.bv, T, kvw);
@@ -571,61 +620,64 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     });
     if (first) tap("layer0.attn_out", a);
     op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, qw); });
-    tp_all_reduce(o);  // partial sums over this shard's heads
-    op("attention gemm", [&] { bias(o, L.bo, T, H); });
-    op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
+    add_partial(L.bo);  // partial sums over this shard's heads
     if (first) tap("layer0.attn_block", x);
-    op("norm", [&] { norm(x, L.post_norm, L.post_norm_b, h, T); });
+    const Buffer h2 = normed(L.post_norm, L.post_norm_b);
     if (cfg_.is_moe()) {
-      moe(L, h, x, T, first ? taps : nullptr);
+      moe(L, h2, x, T, first ? taps : nullptr);
     } else if (cfg_.activation == Activation::kGelu) {  // GPT: fc2(gelu(fc1 h + b1)) + b2
       const int64_t F = ffn_;
       Buffer u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gelu", mm);
-      op("mlp gemm", [&] { linear(dev_, h, L.w_up, u, T, F, H); });
+      op("mlp gemm", [&] { linear(dev_, h2, L.w_up, u, T, F, H); });
       op("mlp activation", [&] {
         if (L.b_up.valid()) kernels::bias_activation(dev_, u, L.b_up, gu, T, F, UnaryOp::kGelu);
         else kernels::unary(dev_, UnaryOp::kGelu, u, gu);
       });
       op("mlp gemm", [&] { linear(dev_, gu, L.w_down, o, T, H, F); });
-      tp_all_reduce(o);
-      op("mlp gemm", [&] { bias(o, L.b_down, T, H); });
+      add_partial(L.b_down);
       if (first) tap("layer0.mlp_out", o);
-      op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
       for (Buffer* b : {&u, &gu}) dev_.free(*b);
     } else {
       const int64_t F = ffn_;
       Buffer g = alloc_act(T * F, "gate", at), u = alloc_act(T * F, "up", at), gu = alloc_act(T * F, "gate_up", mm);
       op("mlp gemm", [&] {
-        linear(dev_, h, L.w_gate, g, T, F, H);
-        linear(dev_, h, L.w_up, u, T, F, H);
+        linear(dev_, h2, L.w_gate, g, T, F, H);
+        linear(dev_, h2, L.w_up, u, T, F, H);
       });
       op("mlp activation", [&] {
         kernels::unary(dev_, UnaryOp::kSilu, g, g);
         kernels::binary(dev_, BinaryOp::kMul, g, u, gu);
       });
       op("mlp gemm", [&] { linear(dev_, gu, L.w_down, o, T, H, F); });
-      tp_all_reduce(o);
+      add_partial(Buffer{});
       if (first) tap("layer0.mlp_out", o);
-      op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, o, x); });
       for (Buffer* b : {&g, &u, &gu}) dev_.free(*b);
     }
     tap(fmt::format("layer{}.out", l), x);
   }
   // Logits of every token (one sequence, all_logits) or of each sequence's last token.
   const int64_t rows = all_logits && B == 1 ? T : B;
-  // Every row is x itself; otherwise the last row of each sequence is gathered.
+  std::vector<int32_t> last;
+  for (int64_t b = 0; b < B; ++b)
+    last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
   Buffer last_rows;
-  if (rows != T) {
-    last_rows = alloc_act(rows * H, "x_last", DType::kF32);
-    std::vector<int32_t> last;
-    for (int64_t b = 0; b < B; ++b)
-      last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
-    op("logit rows", [&] { kernels::gather_rows(dev_, x, H, last, last_rows); });
-  }
-  const Buffer& xs = rows == T ? x : last_rows;
   Buffer hn = alloc_act(rows * H, "final_norm", at);
   Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
-  op("norm", [&] { norm(xs, final_norm_, final_norm_b_, hn, rows); });
+  if (sp) {  // norm every shard's rows, gather them, keep the rows that need logits
+    const Buffer all = normed(final_norm_, final_norm_b_);
+    op("logit rows", [&] {
+      if (rows != T) kernels::gather_rows(dev_, all, H, last, hn);
+      else kernels::copy(dev_, all, hn);
+    });
+  } else {
+    // Every row is x itself; otherwise the last row of each sequence is gathered.
+    if (rows != T) {
+      last_rows = alloc_act(rows * H, "x_last", DType::kF32);
+      op("logit rows", [&] { kernels::gather_rows(dev_, x, H, last, last_rows); });
+    }
+    const Buffer& xr = rows == T ? x : last_rows;
+    op("norm", [&] { norm(xr, final_norm_, final_norm_b_, hn, rows); });
+  }
   tap("final_norm", hn);
   op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, cfg_.vocab_size, H); });
   ForwardResult r;
@@ -633,7 +685,9 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   if (sampler) op("sampling", [&] { sample_on_device(logits, rows, *sampler, r); });
   else if (dev_.functional()) r.logits = dev_.download(logits);
   if (last_rows.valid()) dev_.free(last_rows);
-  for (Buffer* b : {&x, &h, &o, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
+  for (Buffer* b : {&x, &h, &of, &q, &qn, &k, &kn, &v, &a, &hn, &logits}) dev_.free(*b);
+  for (Buffer* b : {&xs, &hs, &hg, &os})
+    if (b->valid()) dev_.free(*b);
   for (int64_t b = 0; b < B; ++b) past(b) += seq_len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;

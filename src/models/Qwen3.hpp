@@ -86,6 +86,11 @@ struct Qwen3Options {
   int tp_size = 1;
   int tp_rank = 0;
   ccl::Communicator* tp_comm = nullptr;
+  // Sequence parallelism (with tp_size > 1, dense models): each shard keeps the residual stream of
+  // its 1/tp_size of the tokens; norms and residual adds run on those rows, the all-reduce after each
+  // row-parallel projection becomes a reduce-scatter and each norm's output is all-gathered for the
+  // next column-parallel projections (Megatron's sequence parallelism; the same bytes on the links).
+  bool sequence_parallel = false;
   // Expert parallelism (MoE models): ep_size ranks in ep_comm, this one ep_rank = dp * tp_size +
   // tp_rank. Each rank owns num_experts / ep_size whole experts (expert e on rank e / (E / ep));
   // attention runs data-parallel in ep_size / tp_size groups of tp_size ranks (tp_comm), each group on

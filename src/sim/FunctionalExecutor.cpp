@@ -287,20 +287,20 @@ struct FunctionalExecutor::Impl {
   // One run() call. Workers hold it by shared_ptr, so one that wakes up late still sees its own
   // (closed) job, never the next one's counters.
   struct Job {
-    const Kernel* k = nullptr;  // dereferenced only after a successful claim (it dies when run() returns)
+    const Kernel* k = nullptr;  // used only after a successful claim (it dies when run() returns)
     int64_t grid = 0;
     double sram = 0;
-    std::atomic<int64_t> next{0};   // next block to claim; set far beyond the grid when closed
-    std::atomic<int64_t> done{0};   // claimed blocks finished (successfully or not)
+    std::atomic<int64_t> next{0};  // next block to claim; set far beyond the grid when closed
+    std::atomic<int64_t> done{0};  // claimed blocks finished (successfully or not)
     std::atomic<bool> failed{false};
   };
   static constexpr int64_t kClosed = INT64_MAX / 2;
-  static constexpr int kSpinNextJobUs = 50;   // a worker's wait for the next kernel before it sleeps
-  static constexpr int kSpinLastBlockUs = 50; // run()'s wait for the other threads' last blocks
+  static constexpr int kSpinNextJobUs = 50;    // a worker's wait for the next kernel before it sleeps
+  static constexpr int kSpinLastBlockUs = 50;  // run()'s wait for the other threads' last blocks
   // Kernels whose arguments span less than this run on the calling thread alone: splitting a few
-  // kilobytes of norm, RoPE or residual work costs more in hand-offs than it saves, and a helper
+  // kilobytes of work (a decode step's QK-norms) costs more in hand-offs than it saves, and a helper
   // that the OS preempts while it holds a block stalls the whole kernel (a busy shared host).
-  static constexpr double kMinParallelBytes = 256 * 1024;
+  static constexpr double kMinParallelBytes = 64 * 1024;
 
   int nthreads = 1;
   std::vector<std::thread> workers;

@@ -309,6 +309,11 @@ TEST(Cli, RunTensorParallelOnANode) {
   // The same tokens as on one chip (greedy; shards compute the same logits within bf16 rounding).
   const auto one = nlohmann::json::parse(ppu("run --model tiny --prompt hello --gen 4 --json").out);
   EXPECT_EQ(j["tokens"], one["tokens"]);
+  r = ppu("run --model tiny --node zhenwu-8 --tp 2 --sp --prompt hello --gen 4 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto s = nlohmann::json::parse(r.out);
+  EXPECT_GT(s["op_times"]["tp reduce-scatter_s"].get<double>(), 0.0);
+  EXPECT_EQ(s["tokens"], one["tokens"]);
   r = ppu("run --model tiny --node zhenwu-8 --tp 3 --prompt x");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("TP degree of 3 does not divide the 4 attention heads"), std::string::npos) << r.out;
