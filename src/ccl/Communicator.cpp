@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <set>
 #include <thread>
@@ -117,6 +118,9 @@ std::vector<Protocol> Communicator::protocols(Algorithm a) const {
 
 Communicator::Choice Communicator::select(Collective c, int64_t count, DType dtype, const CollectiveOptions& o) {
   const int64_t es = dtype_size_bytes(dtype);
+  // All-to-all-v block sizes follow the routing and change call by call (every MoE layer): choose by
+  // size class (the next power of two), as tuning tables do, so that each class is simulated once.
+  if (c == Collective::kAllToAllV) count = int64_t{1} << static_cast<int>(std::ceil(std::log2(static_cast<double>(count))));
   const auto key = std::make_tuple(static_cast<int>(c), count, es, o.root, o.algorithm ? static_cast<int>(*o.algorithm) : -1,
                                    o.protocol ? static_cast<int>(*o.protocol) : -1);
   if (auto it = selected_.find(key); it != selected_.end()) return it->second;
