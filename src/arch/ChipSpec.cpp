@@ -152,25 +152,32 @@ Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std:
   return q;
 }
 
-ChipSpec parse_chip(std::string_view text, std::string_view origin) {
+json parse_preset_object(std::string_view text, std::string_view origin, std::string_view kind) {
   json j;
   try {
     j = json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {
     throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
   }
-  if (!j.is_object()) throw UserError(fmt::format("{}: a chip file must be a JSON object", origin));
+  if (!j.is_object()) throw UserError(fmt::format("{}: a {} file must be a JSON object", origin, kind));
+  return j;
+}
+
+std::string preset_string(const json& j, const char* key, bool required, std::string_view origin) {
+  if (!j.contains(key)) {
+    if (required) throw UserError(fmt::format("{}: missing field '{}' (a string)", origin, key));
+    return {};
+  }
+  if (!j.at(key).is_string() || j.at(key).get<std::string>().empty())
+    throw UserError(fmt::format("{}: field '{}' must be a non-empty string", origin, key));
+  return j.at(key).get<std::string>();
+}
+
+ChipSpec parse_chip(std::string_view text, std::string_view origin) {
+  const json j = parse_preset_object(text, origin, "chip");
   ChipSpec c;
   c.file = std::string(origin);
-  auto meta = [&](const char* key, bool required) -> std::string {
-    if (!j.contains(key)) {
-      if (required) throw UserError(fmt::format("{}: missing field '{}' (a string)", origin, key));
-      return {};
-    }
-    if (!j.at(key).is_string() || j.at(key).get<std::string>().empty())
-      throw UserError(fmt::format("{}: field '{}' must be a non-empty string", origin, key));
-    return j.at(key).get<std::string>();
-  };
+  auto meta = [&](const char* key, bool required) { return preset_string(j, key, required, origin); };
   c.name = meta("name", true);
   c.display_name = meta("display_name", true);
   c.vendor = meta("vendor", true);

@@ -90,24 +90,10 @@ int NodeSpec::group_chips() const {
 }
 
 NodeSpec parse_node(std::string_view text, std::string_view origin) {
-  json j;
-  try {
-    j = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
-  }
-  if (!j.is_object()) throw UserError(fmt::format("{}: a node file must be a JSON object", origin));
+  const json j = parse_preset_object(text, origin, "node");
   NodeSpec n;
   n.file = std::string(origin);
-  auto meta = [&](const char* key, bool required) -> std::string {
-    if (!j.contains(key)) {
-      if (required) throw UserError(fmt::format("{}: missing field '{}' (a string)", origin, key));
-      return {};
-    }
-    if (!j.at(key).is_string() || j.at(key).get<std::string>().empty())
-      throw UserError(fmt::format("{}: field '{}' must be a non-empty string", origin, key));
-    return j.at(key).get<std::string>();
-  };
+  auto meta = [&](const char* key, bool required) { return preset_string(j, key, required, origin); };
   n.name = meta("name", true);
   n.display_name = meta("display_name", true);
   n.notes = meta("notes", false);

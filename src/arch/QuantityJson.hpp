@@ -7,6 +7,7 @@
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
+#include <string>
 #include <string_view>
 
 #include "arch/ChipSpec.hpp"
@@ -17,5 +18,13 @@ namespace ppu {
 // shape, unknown key, non-number, wrong unit, non-positive value, fraction above 1, non-whole count,
 // or a missing source/assumed (docs/presets.md, "Errors").
 Quantity parse_quantity(const nlohmann::json& j, std::string_view key, Dimension dim, std::string_view origin);
+
+// `text` as a JSON object; UserError "<origin>: not valid JSON: ..." or "<origin>: a <kind> file must
+// be a JSON object".
+nlohmann::json parse_preset_object(std::string_view text, std::string_view origin, std::string_view kind);
+
+// A metadata field (name, notes, ...): a non-empty string; "" if absent and not required. UserError
+// "<origin>: missing field '<key>' (a string)" or "... must be a non-empty string".
+std::string preset_string(const nlohmann::json& j, const char* key, bool required, std::string_view origin);
 
 }  // namespace ppu
