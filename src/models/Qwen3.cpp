@@ -139,9 +139,6 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     throw UserError(fmt::format("model '{}': a TP degree of {} does not divide the {} {}; valid degrees: {}", cfg_.name,
                                 tp, n, what, valid));
   };
-  if (opt_.sequence_parallel && tp > 1 && cfg_.is_moe())
-    throw UserError(fmt::format("model '{}': sequence parallelism is implemented for dense models (this one is MoE)",
-                                cfg_.name));
   nh_ = divides("attention heads", cfg_.num_heads);
   nkv_ = divides("key/value heads", cfg_.num_kv_heads);
   const int ep = opt_.ep_size;
@@ -623,7 +620,15 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     add_partial(L.bo);  // partial sums over this shard's heads
     if (first) tap("layer0.attn_block", x);
     const Buffer h2 = normed(L.post_norm, L.post_norm_b);
-    if (cfg_.is_moe()) {
+    if (cfg_.is_moe() && sp) {  // the output to this shard's rows: reduce-scatter a partial sum, or keep our rows
+      if (moe(L, h2, x, T, first ? taps : nullptr, o)) {
+        add_partial(Buffer{});
+      } else if (own > 0) {
+        op("residual", [&] {
+          kernels::binary(dev_, BinaryOp::kAdd, xs.view(0, own * H), o.view(own0 * H, own * H), xs.view(0, own * H));
+        });
+      }
+    } else if (cfg_.is_moe()) {
       moe(L, h2, x, T, first ? taps : nullptr);
     } else if (cfg_.activation == Activation::kGelu) {  // GPT: fc2(gelu(fc1 h + b1)) + b2
       const int64_t F = ffn_;
@@ -693,7 +698,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   return r;
 }
 
-void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps) {
+bool Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps, const Buffer& dst) {
   const int64_t H = cfg_.hidden_size, E = cfg_.num_experts, K = cfg_.num_experts_per_tok;
   const DType at = opt_.act_dtype;
   Buffer logits = dev_.alloc(DType::kF32, T * E, "router_logits"), probs = dev_.alloc(DType::kF32, T * E, "router_probs");
@@ -731,11 +736,16 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
   Buffer w = dev_.alloc(DType::kF32, T * K, "router_weights");
   dev_.upload(w, weight);
   if (opt_.ep_size > 1) {
-    Buffer y = alloc_act(T * H, "moe_out", at);
-    moe_expert_parallel(L, h, y, T, choice, w);
-    op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, y, x); });
-    for (Buffer* b : {&logits, &probs, &w, &y}) dev_.free(*b);
-    return;
+    if (dst.valid()) {
+      moe_expert_parallel(L, h, dst, T, choice, w);
+    } else {
+      Buffer y = alloc_act(T * H, "moe_out", at);
+      moe_expert_parallel(L, h, y, T, choice, w);
+      op("residual", [&] { kernels::binary(dev_, BinaryOp::kAdd, x, y, x); });
+      dev_.free(y);
+    }
+    for (Buffer* b : {&logits, &probs, &w}) dev_.free(*b);
+    return false;
   }
   // Rows routed to each expert, in token order; `slot` maps (t, j) to its row of the outputs.
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
@@ -766,7 +776,11 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
       const auto e = static_cast<size_t>(choice[static_cast<size_t>(t * K + j)]);
       slot[static_cast<size_t>(t * K + j)] = static_cast<int32_t>(next[e]++);
     }
-  if (opt_.tp_size == 1) {
+  bool partial = false;
+  if (dst.valid()) {  // the caller adds it (sequence parallelism)
+    op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, dst); });
+    partial = opt_.tp_size > 1;
+  } else if (opt_.tp_size == 1) {
     op("moe combine", [&] { kernels::gather_combine(dev_, out, H, slot, K, w, x, /*accumulate=*/true); });
   } else {  // each shard holds part of every expert's width: combine, sum over the shards, then add
     Buffer y = alloc_act(T * H, "moe_out", at);
@@ -776,6 +790,7 @@ void Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, Forw
     dev_.free(y);
   }
   for (Buffer* b : {&logits, &probs, &w, &out}) dev_.free(*b);
+  return partial;
 }
 
 void Qwen3Model::expert_ffn(Layer& L, const Buffer& xin, const std::vector<int64_t>& counts, const Buffer& out) {

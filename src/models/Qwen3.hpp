@@ -86,7 +86,7 @@ struct Qwen3Options {
   int tp_size = 1;
   int tp_rank = 0;
   ccl::Communicator* tp_comm = nullptr;
-  // Sequence parallelism (with tp_size > 1, dense models): each shard keeps the residual stream of
+  // Sequence parallelism (with tp_size > 1): each shard keeps the residual stream of
   // its 1/tp_size of the tokens; norms and residual adds run on those rows, the all-reduce after each
   // row-parallel projection becomes a reduce-scatter and each norm's output is all-gathered for the
   // next column-parallel projections (Megatron's sequence parallelism; the same bytes on the links).
@@ -170,7 +170,10 @@ class Qwen3Model {
   void op(const std::string& kind, F&& f);
   Buffer alloc_act(int64_t numel, const std::string& name, DType t);
   void load_weights(const Qwen3Weights& w);
-  void moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps);
+  // Adds the MoE layer's output for rows h [T, hidden] to the residual x, or - if `out` is given -
+  // writes it to out [T, hidden] instead and returns whether it is a partial sum over the TP shards
+  // (to be reduced by the caller).
+  bool moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps, const Buffer& out = Buffer{});
   // The experts of an expert-parallel MoE layer: rows (t, j) of this rank's token chunk routed to
   // choice[t * K + j], weighted by w; returns the combined [T, hidden] rows replicated over the group.
   // Every expert of this model on rows grouped by expert (counts[e] rows of local expert e): xin

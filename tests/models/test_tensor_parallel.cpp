@@ -135,16 +135,8 @@ TEST(TensorParallel, SequenceParallelMatchesOneChip) {
       "tie_word_embeddings": true, "hidden_act": "gelu"})",
                                              "tiny-gpt");
   check_split_equals_one_chip(gpt, Qwen3Weights::random(5), 4, true);
-  // Not for MoE models (yet): a clear error.
-  const NodeSpec node = load_node("zhenwu-8");
-  Device d0(node.chip), d1(node.chip);
-  ccl::Communicator comm(node, {&d0, &d1});
-  Qwen3Options o;
-  o.tp_size = 2;
-  o.tp_comm = &comm;
-  o.sequence_parallel = true;
-  test::expect_error([&] { Qwen3Model(d0, load_model_config(fixture("qwen3-tiny-moe")), Qwen3Weights::random(1), o); },
-                     {"sequence parallelism is implemented for dense models"});
+  const std::string moe = fixture("qwen3-tiny-moe");  // experts split by width: a reduce-scatter of the MoE output
+  check_split_equals_one_chip(load_model_config(moe), Qwen3Weights::from_checkpoint(moe), 2, true);
 }
 
 // Timing only: a large model split 8 ways takes less time per decode step than on 4 chips, and
@@ -191,7 +183,7 @@ namespace {
 // prompts[g]; returns each group's first rank's run.
 std::vector<Run> run_expert_parallel(const ModelConfig& cfg, const Qwen3Weights& w, int tp, int ep,
                                      const std::vector<std::vector<int32_t>>& prompts, const std::vector<int32_t>& forced,
-                                     ExecMode mode = ExecMode::kFunctional) {
+                                     ExecMode mode = ExecMode::kFunctional, bool sp = false) {
   const NodeSpec node = load_node("zhenwu-8");
   std::vector<std::unique_ptr<Device>> devs;
   std::vector<Device*> ptrs;
@@ -221,6 +213,7 @@ std::vector<Run> run_expert_parallel(const ModelConfig& cfg, const Qwen3Weights&
         o.ep_size = ep;
         o.ep_rank = r;
         o.ep_comm = &world;
+        o.sequence_parallel = sp;
         Qwen3Model m(*devs[static_cast<size_t>(r)], cfg, w, o);
         runs[static_cast<size_t>(r)] = run_model(m, prompts[static_cast<size_t>(r / tp)], forced);
       } catch (const std::exception& e) {
@@ -234,14 +227,14 @@ std::vector<Run> run_expert_parallel(const ModelConfig& cfg, const Qwen3Weights&
   return firsts;
 }
 
-void check_expert_parallel(int tp, int ep) {
+void check_expert_parallel(int tp, int ep, bool sp = false) {
   const std::string dir = fixture("qwen3-tiny-moe");
   const ModelConfig cfg = load_model_config(dir);
   const Qwen3Weights w = Qwen3Weights::from_checkpoint(dir);
   // Different prompts (and lengths) per data-parallel group.
   const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42, 9, 77, 1}, {200, 3, 11}, {8, 8, 8, 8, 8}, {1}};
   const std::vector<int32_t> forced = {3, 140, 77};
-  const std::vector<Run> split = run_expert_parallel(cfg, w, tp, ep, prompts, forced);
+  const std::vector<Run> split = run_expert_parallel(cfg, w, tp, ep, prompts, forced, ExecMode::kFunctional, sp);
   for (int g = 0; g < ep / tp; ++g) {
     Device one(load_chip("zhenwu-810e"));
     Qwen3Options o;
@@ -256,12 +249,16 @@ void check_expert_parallel(int tp, int ep) {
       EXPECT_LE(e, 2.5e-2) << "ep " << ep << " tp " << tp << " group " << g << " call " << i;
     }
     EXPECT_GT(r.ops.at("moe dispatch"), 0.0);
+    if (sp) {
+      EXPECT_GT(r.ops.at("tp all-gather"), 0.0);
+    }
   }
 }
 
 TEST(ExpertParallel, TwoRanksMatchOneChip) { check_expert_parallel(1, 2); }
 TEST(ExpertParallel, TwoGroupsOfTwoMatchOneChip) { check_expert_parallel(2, 4); }
 TEST(ExpertParallel, OneExpertPerRank) { check_expert_parallel(2, 8); }
+TEST(ExpertParallel, WithSequenceParallelism) { check_expert_parallel(2, 4, true); }
 
 TEST(ExpertParallel, TimingOnlyLargeMoe) {
   const ModelConfig cfg = load_model_config("qwen3-30b-a3b");
