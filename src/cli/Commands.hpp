@@ -56,12 +56,12 @@ struct RunOptions {
   int64_t seed = 0;
   bool json = false;
   std::string trace;
-  std::string batch = "1";
-  std::string node;  // --node: a node preset; with --tp the model is split over that many of its chips
-  int tp = 1;
-  int ep = 1;
-  bool sp = false;  // --sp: sequence parallelism with --tp (dense models)  // --ep: expert parallelism over this many chips (MoE); attention runs in ep / tp groups
-  std::string matmul_dtype = "bf16";  // weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)  // comma-separated batch sizes; more than one value (or > 1): a table
+  std::string batch = "1";            // comma-separated batch sizes; more than one value (or > 1): a table
+  std::string node;                   // --node: a node preset whose chips run a split model
+  int tp = 1;                         // --tp: tensor-parallel degree
+  int ep = 1;                         // --ep: expert parallelism over this many chips (MoE); attention in ep / tp groups
+  bool sp = false;                    // --sp: sequence parallelism with --tp
+  std::string matmul_dtype = "bf16";  // weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)
 };
 int cmd_run(const RunOptions& o);
 
