@@ -207,3 +207,49 @@ TEST(Communicator, DeterministicTimes) {
 
 }  // namespace
 }  // namespace ppu::ccl
+
+namespace ppu::ccl {
+namespace {
+
+// A collective occupies the links, not the compute engine: a kernel on another stream runs at the
+// same time (as NCCL kernels on a communication stream overlap compute), while work on the same
+// stream waits for it.
+TEST(Communicator, CollectivesOverlapKernelsOnOtherStreams) {
+  Rig rig("zhenwu-8", 2, {}, ExecMode::kTimingOnly, 1 << 20);
+  auto bufs = alloc_all(rig, DType::kF32, int64_t{1} << 24);
+  Kernel k;  // matrix work long enough to span the all-reduce
+  k.name = "compute";
+  k.grid = 4 * rig.dev(0).chip().num_cores();
+  k.build = [](int64_t, TileProgram& p) {
+    const auto a = p.alloc(DType::kBF16, 128, 64, "a");
+    const auto b = p.alloc(DType::kBF16, 64, 128, "b");
+    const auto c = p.alloc(DType::kF32, 128, 128, "c");
+    for (int i = 0; i < 2000; ++i) p.mma(c, a, b, 128, 128, 64);
+  };
+  std::vector<Stream*> comm_streams;
+  for (int r = 0; r < 2; ++r) {
+    rig.dev(r).launch(k);  // default stream
+    comm_streams.push_back(&rig.dev(r).create_stream("comm"));
+  }
+  const CollectiveResult res = rig.comm->all_reduce(bufs, bufs, {}, comm_streams);
+  const auto& recs = rig.dev(0).records();
+  const OpRecord* kern = nullptr;
+  const OpRecord* coll = nullptr;
+  for (const auto& r : recs) {
+    if (r.kind == OpKind::kKernel) kern = &r;
+    if (r.kind == OpKind::kCollective) coll = &r;
+  }
+  ASSERT_TRUE(kern && coll);
+  EXPECT_LT(coll->start_s, kern->end_s) << "the all-reduce starts while the kernel runs";
+  EXPECT_GT(kern->end_s - kern->start_s, res.time_s) << "the kernel is long enough for the check to mean something";
+  // On the kernel's own stream, the collective waits for it.
+  auto same = alloc_all(rig, DType::kF32, int64_t{1} << 20, "y");
+  for (int r = 0; r < 2; ++r) rig.dev(r).launch(k);
+  rig.comm->all_reduce(same, same);
+  const OpRecord& last = rig.dev(0).records().back();
+  ASSERT_EQ(last.kind, OpKind::kCollective);
+  EXPECT_GE(last.start_s, rig.dev(0).records()[rig.dev(0).records().size() - 2].end_s);
+}
+
+}  // namespace
+}  // namespace ppu::ccl
