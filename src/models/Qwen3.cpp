@@ -41,14 +41,13 @@ namespace {
 using kernels::GemmShape;
 
 // out [T, n] = x [T, k] . W^T with W [n, k] (a linear layer's weight layout).
-KernelTiming linear(Device& dev, const Buffer& x, const Buffer& w, const Buffer& out, int64_t T, int64_t n, int64_t k) {
-  return kernels::gemm(dev, GemmShape{T, n, k, 1, false, true}, x, w, out);
-}
-
-// The linear layer's kernel: out [T, n] = x [T, k] . W^T.
 Kernel make_linear(const ChipSpec& chip, const Buffer& x, const Buffer& w, const Buffer& out, int64_t T, int64_t n,
                    int64_t k) {
   return kernels::make_gemm(chip, GemmShape{T, n, k, 1, false, true}, x, w, out);
+}
+
+KernelTiming linear(Device& dev, const Buffer& x, const Buffer& w, const Buffer& out, int64_t T, int64_t n, int64_t k) {
+  return dev.launch(make_linear(dev.chip(), x, w, out, T, n, k));
 }
 
 // One launch for independent kernels (a grouped GEMM: every expert's GEMM in one grid). The parts

@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "Qwen3TestUtil.hpp"
 #include "TestUtil.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Safetensors.hpp"
@@ -131,21 +132,13 @@ TEST(Qwen3Batch, SequencesInOneBatchMatchThemRunAlone) {
   opt.max_context = 16;
   opt.max_batch = 3;
   Qwen3Model batched(dev, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
-  ForwardResult r = batched.forward_batch(prompts);
-  ASSERT_EQ(r.rows, 3);
   const auto vocab = static_cast<size_t>(batched.config().vocab_size);
-  // Two decode steps for all three, each continuing its own cache.
+  // Prefill, then two decode steps for all three, each continuing its own cache.
+  const std::vector<float> logits = test::greedy_batch(batched, prompts, 2);
+  ASSERT_EQ(logits.size(), 3 * vocab);
   std::vector<std::vector<float>> last(3);
-  for (int step = 0; step < 2; ++step) {
-    std::vector<std::vector<int32_t>> next;
-    for (size_t b = 0; b < 3; ++b) {
-      const auto row = r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab);
-      next.push_back({static_cast<int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(vocab)) - row)});
-    }
-    r = batched.forward_batch(next);
-  }
-  for (size_t b = 0; b < 3; ++b) last[b].assign(r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
-                                                r.logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
+  for (size_t b = 0; b < 3; ++b) last[b].assign(logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
+                                                logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
   for (size_t b = 0; b < 3; ++b) {
     Device dev1(load_chip("zhenwu-810e"));
     Qwen3Options o1;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "Qwen3TestUtil.hpp"
 #include "TestUtil.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Throughput.hpp"
@@ -23,17 +24,7 @@ std::vector<float> run_three(const Qwen3Options& opt) {
   const std::vector<std::vector<int32_t>> prompts = {{5, 17, 300, 42, 9, 77, 1}, {200, 3}, {11, 12, 13, 14}};
   Device dev(load_chip("zhenwu-810e"));
   Qwen3Model m(dev, load_model_config(dir), Qwen3Weights::from_checkpoint(dir), opt);
-  ForwardResult r = m.forward_batch(prompts);
-  const auto vocab = static_cast<size_t>(m.config().vocab_size);
-  for (int step = 0; step < 2; ++step) {
-    std::vector<std::vector<int32_t>> next;
-    for (size_t b = 0; b < 3; ++b) {
-      const auto row = r.logits.begin() + static_cast<std::ptrdiff_t>(b * vocab);
-      next.push_back({static_cast<int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(vocab)) - row)});
-    }
-    r = m.forward_batch(next);
-  }
-  return r.logits;
+  return test::greedy_batch(m, prompts, 2);
 }
 
 TEST(Qwen3Slots, ChosenCapacitiesGiveTheSameNumbers) {
