@@ -1,0 +1,2 @@
+// `ppu clusters` and `ppu simulate train` (being written).
+#include "cli/Commands.hpp"
