@@ -17,6 +17,7 @@ using UnitTable = std::vector<std::pair<std::string_view, double>>;
 const UnitTable& units_of(Dimension d) {
   static const UnitTable count = {{"count", 1.0}};
   static const UnitTable fraction = {{"fraction", 1.0}, {"%", 0.01}};
+  static const UnitTable ratio = {{"ratio", 1.0}};
   static const UnitTable bytes = {{"B", 1.0},          {"KB", 1e3},         {"MB", 1e6},
                                   {"GB", 1e9},         {"TB", 1e12},        {"KiB", 1024.0},
                                   {"MiB", 1048576.0},  {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
@@ -31,6 +32,7 @@ const UnitTable& units_of(Dimension d) {
   switch (d) {
     case Dimension::kCount: return count;
     case Dimension::kFraction: return fraction;
+    case Dimension::kRatio: return ratio;
     case Dimension::kBytes: return bytes;
     case Dimension::kBandwidth: return bw;
     case Dimension::kFrequency: return freq;
@@ -76,6 +78,7 @@ std::string format_quantity(Dimension dim, double v) {
   switch (dim) {
     case Dimension::kCount: return fmt::format("{:.6g}", v);
     case Dimension::kFraction: return fmt::format("{:.3g}", v);
+    case Dimension::kRatio: return fmt::format("{:.4g}", v);
     case Dimension::kBytes: return pick({{"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}});
     case Dimension::kBandwidth: return pick({{"B/s", 1}, {"MB/s", 1e6}, {"GB/s", 1e9}, {"TB/s", 1e12}});
     case Dimension::kFrequency: return pick({{"Hz", 1}, {"MHz", 1e6}, {"GHz", 1e9}});

@@ -1,7 +1,7 @@
 // Physical quantities as they appear in preset files: {"value": 3.35, "unit": "TB/s"}.
 //
 // Each preset field has a Dimension; its value is converted to the SI base unit of that dimension
-// (bytes, bytes/s, Hz, FLOP/s, seconds, watts, plain count, fraction). Decimal prefixes (KB, MB,
+// (bytes, bytes/s, Hz, FLOP/s, seconds, watts, plain count, fraction, ratio). Decimal prefixes (KB, MB,
 // GB = 1e9) and binary ones (KiB, MiB, GiB = 2^30) are both accepted; a unit of the wrong dimension
 // is an error listing the valid ones.
 //
@@ -17,10 +17,12 @@
 
 namespace ppu {
 
-enum class Dimension : uint8_t { kCount, kFraction, kBytes, kBandwidth, kFrequency, kFlops, kTime, kPower, kNum };
+// kFraction is a share, at most 1 (an efficiency); kRatio a dimensionless quotient that may exceed 1
+// (oversubscription 7:1, PUE 1.2). Both must be positive; a loader adds its own bounds (e.g. >= 1).
+enum class Dimension : uint8_t { kCount, kFraction, kRatio, kBytes, kBandwidth, kFrequency, kFlops, kTime, kPower, kNum };
 
 inline constexpr std::array<std::string_view, static_cast<size_t>(Dimension::kNum)> kDimensionNames = {
-    "count", "fraction", "bytes", "bandwidth", "frequency", "FLOP/s", "time", "power"};
+    "count", "fraction", "ratio", "bytes", "bandwidth", "frequency", "FLOP/s", "time", "power"};
 static_assert(kDimensionNames.size() == static_cast<size_t>(Dimension::kNum));
 
 constexpr std::string_view dimension_name(Dimension d) { return kDimensionNames[static_cast<size_t>(d)]; }
@@ -29,7 +31,7 @@ constexpr std::string_view dimension_name(Dimension d) { return kDimensionNames[
 std::optional<double> parse_unit(Dimension dim, std::string_view unit);
 // "B, KB, KiB, ..." - the units accepted for `dim`, for error messages.
 std::string valid_units(Dimension dim);
-// The base unit's display name ("B", "B/s", "Hz", "FLOP/s", "s", "W", "count", "fraction").
+// The base unit's display name ("B", "B/s", "Hz", "FLOP/s", "s", "W", "count", "fraction", "ratio").
 std::string_view base_unit(Dimension dim);
 
 // Human formatting with a suitable prefix: format_quantity(Dimension::kBytes, 8.0e10) = "80 GB".

@@ -85,6 +85,11 @@ DType parse_dtype_option(const std::string& s, const char* option);
 int cmd_nodes_list(bool json);
 int cmd_nodes_show(const std::string& name_or_path, bool json);
 
+// `ppu clusters`: every cluster preset (chips, nodes, NICs, tiers); `ppu clusters show NAME|FILE`:
+// every field with its unit and source, and the network tiers bottom up.
+int cmd_clusters_list(bool json);
+int cmd_clusters_show(const std::string& name_or_path, bool json);
+
 // `ppu bench <collective>`: an nccl-tests style sweep of one collective on a node.
 struct CollectiveBenchOptions {
   std::string collective = "allreduce";  // allreduce, reducescatter, allgather, broadcast, reduce, alltoall, sendrecv
@@ -101,5 +106,31 @@ struct CollectiveBenchOptions {
   bool json = false;
 };
 int cmd_bench_collective(const CollectiveBenchOptions& o);
+
+// `ppu simulate train`: one training iteration of a model on a cluster - a given layout, or the
+// planner's best (--search: the ranked table).
+struct TrainCliOptions {
+  std::string model = "qwen3-max";
+  std::string cluster = "zhenwu-10k";
+  std::string tokens;                 // e.g. 36T: total training tokens -> days, chip-hours, energy
+  int tp = 0, pp = 0, dp = 0, cp = 0, ep = 0;  // 0: not given (any given: that layout; none: search)
+  int vp = 1;                         // interleaved chunks per chip
+  int64_t micro_batch = 1;
+  int64_t global_batch = 0;           // sequences; 0: about 4M tokens
+  int64_t seq_len = 4096;
+  int64_t chips = 0;                  // 0: the whole cluster
+  int zero = 1;
+  std::string recompute = "auto";     // none, selective, full, auto (the least that fits)
+  bool no_sp = false;
+  bool unfused_attention = false;
+  bool no_overlap = false;            // DP gradient reduction after the backward, not under it
+  std::string grad_reduce = "fp32";   // fp32 or bf16/fp16 (2 bytes)
+  std::string network = "analytical";  // analytical, flow
+  bool search = false;
+  int top = 15;
+  bool json = false;
+  std::string trace;
+};
+int cmd_simulate_train(const TrainCliOptions& o);
 
 }  // namespace ppu::cli

@@ -59,6 +59,45 @@ int main(int argc, char** argv) {
   node_show->add_option("node", node_show_name, "Preset name or path to a node .json file")->required();
   node_show->add_flag("--json", nodes_json, "One JSON document on stdout");
 
+  bool clusters_json = false;
+  auto* clusters = app.add_subcommand("clusters", "Cluster presets (nodes, scale-out NICs, network tiers): a table, or one cluster");
+  clusters->add_flag("--json", clusters_json, "One JSON document on stdout");
+  std::string cluster_show_name;
+  auto* cluster_show = clusters->add_subcommand("show", "Every field of a cluster with its unit and source, and its tiers");
+  cluster_show->add_option("cluster", cluster_show_name, "Preset name or path to a cluster .json file")->required();
+  cluster_show->add_flag("--json", clusters_json, "One JSON document on stdout");
+
+  TrainCliOptions tr;
+  auto* simulate = app.add_subcommand("simulate", "Simulate work on a cluster");
+  auto* train = simulate->add_subcommand(
+      "train", "One training iteration on a cluster: the best layout (or the one given), time breakdown, MFU, memory, "
+               "days and energy for a token budget");
+  train->add_option("--model", tr.model, "Model preset or config")->capture_default_str();
+  train->add_option("--cluster", tr.cluster, "Cluster preset or cluster .json file")->capture_default_str();
+  train->add_option("--tokens", tr.tokens, "Training tokens (e.g. 36T): days, chip-hours and energy to train");
+  train->add_option("--tp", tr.tp, "Tensor-parallel degree (giving any degree fixes the layout)");
+  train->add_option("--pp", tr.pp, "Pipeline-parallel degree");
+  train->add_option("--dp", tr.dp, "Data-parallel degree (default: the chips left)");
+  train->add_option("--cp", tr.cp, "Context-parallel degree");
+  train->add_option("--ep", tr.ep, "Expert-parallel degree (MoE)");
+  train->add_option("--vp", tr.vp, "Interleaved pipeline: model chunks per chip")->capture_default_str();
+  train->add_option("--micro-batch", tr.micro_batch, "Sequences per micro-batch")->capture_default_str();
+  train->add_option("--global-batch", tr.global_batch, "Sequences per iteration (default: about 4M tokens)");
+  train->add_option("--seq-len", tr.seq_len, "Tokens per sequence")->capture_default_str();
+  train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all)");
+  train->add_option("--zero", tr.zero, "ZeRO stage 0-3 of the data-parallel optimizer")->capture_default_str();
+  train->add_option("--recompute", tr.recompute, "Activation recomputation: auto, none, selective, full")->capture_default_str();
+  train->add_flag("--no-sp", tr.no_sp, "No sequence parallelism with TP");
+  train->add_flag("--unfused-attention", tr.unfused_attention, "Attention as separate kernels (Megatron-LM 2021)");
+  train->add_flag("--no-overlap", tr.no_overlap, "Reduce gradients after the backward instead of under it");
+  train->add_option("--grad-reduce", tr.grad_reduce, "Gradient reduction dtype: fp32, bf16, fp16")->capture_default_str();
+  train->add_option("--network", tr.network, "Network model: analytical or flow (SimGrid)")->capture_default_str();
+  train->add_flag("--search", tr.search, "Print the ranked table of layouts that fit");
+  train->add_option("--top", tr.top, "Rows of the --search table")->capture_default_str();
+  train->add_flag("--json", tr.json, "One JSON document on stdout");
+  train->add_option("--trace", tr.trace, "Write a Perfetto trace of one iteration to this file");
+  simulate->require_subcommand(1);
+
   CollectiveBenchOptions cb;
   std::vector<CLI::App*> coll_cmds;
   for (const char* name : {"allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall", "sendrecv"}) {
@@ -141,6 +180,10 @@ int main(int argc, char** argv) {
       if (node_show->parsed()) return cmd_nodes_show(node_show_name, nodes_json);
       return cmd_nodes_list(nodes_json);
     }
+    if (clusters->parsed()) {
+      if (cluster_show->parsed()) return cmd_clusters_show(cluster_show_name, clusters_json);
+      return cmd_clusters_list(clusters_json);
+    }
     for (auto* sc : coll_cmds)
       if (sc->parsed()) {
         cb.collective = sc->get_name();
@@ -148,6 +191,7 @@ int main(int argc, char** argv) {
       }
     if (models->parsed()) return cmd_models(models_json);
     if (run->parsed()) return cmd_run(r);
+    if (train->parsed()) return cmd_simulate_train(tr);
     if (thr->parsed()) return cmd_throughput(tp);
     if (bg->parsed()) return cmd_bench_gemm(g);
     if (bc->parsed()) return cmd_bench_copy(c);

@@ -28,6 +28,7 @@ Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
     k.grid += p.grid;
     k.args.insert(k.args.end(), p.args.begin(), p.args.end());
     k.flops += p.flops;
+    k.ops.insert(k.ops.end(), p.ops.begin(), p.ops.end());
     keyed = keyed && !p.timing_key.empty();
     if (keyed) k.timing_key += p.timing_key + "#";
   }

@@ -31,6 +31,16 @@ struct TensorArg {
   std::string name;
 };
 
+// What a kernel computes, in terms other layers can derive work from (the cluster layer builds a
+// training step's backward pass from the forward's kernels). Descriptive only: nothing is timed
+// from it.
+//   "gemm":      dims {M, N, K, batch, trans_a, trans_b}
+//   "attention": dims {batch, q_tokens, kv_len, heads, kv_heads, head_dim, causal, past_len}
+struct KernelOp {
+  std::string op;
+  std::vector<int64_t> dims;
+};
+
 struct Kernel {
   std::string name;
   int64_t grid = 0;
@@ -49,6 +59,8 @@ struct Kernel {
   bool sync_mma = false;
   // Most blocks one core runs at once (0: as many as SRAM allows, up to kMaxResidentBlocks).
   int max_resident_blocks = 0;
+  // What it computes (empty: not described); concat_kernels joins its parts' lists.
+  std::vector<KernelOp> ops;
 };
 
 // One launch running the blocks of several independent kernels one after another in block order

@@ -148,7 +148,7 @@ std::shared_ptr<const Plan> make_plan(const AttentionShape& s, const AttentionCo
 }
 
 // Argument indices of the main kernel.
-enum : uint16_t { kArgQ, kArgK, kArgV, kArgOut, kArgMask, kArgPartialO, kArgPartialML };
+enum : uint16_t { kArgQ, kArgK, kArgV, kArgOut, kArgMask, kArgPartialO, kArgPartialML, kArgLse };
 
 // Region of a tile's rows in a [*, rows of D] tensor laid out like q: row r of the tile is row
 // (token0 * q_heads + head0) + r * step of the [q_tokens * q_heads, D] view.
@@ -157,17 +157,26 @@ TileRegion rows_region(uint16_t arg, const Tile& t, int64_t q_heads, int64_t d, 
                     static_cast<int>(d)};
 }
 
+// Region of a tile's rows in the log-sum-exp output [q_heads, q_tokens] (one value per row, a
+// column of the tile): kTokens rows are consecutive tokens of one head, kHeads rows the heads of
+// one token.
+TileRegion lse_region(uint16_t arg, const Tile& t, int64_t q_tokens, bool by_tokens) {
+  return TileRegion{arg, int64_t{t.head0} * q_tokens + t.token0, by_tokens ? 1 : q_tokens, t.rows, 1};
+}
+
 Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> plan, const AttentionWorkspace& ws,
                         const Buffer& q, const Buffer& k, const Buffer& v, const Buffer& out,
-                        const TensorArg& partial_o, const TensorArg& partial_ml) {
+                        const TensorArg& partial_o, const TensorArg& partial_ml, const TensorArg& lse) {
   const Plan& pl = *plan;
   Kernel kern;
   kern.name = fmt::format("attention {}x{}/{}x{} past {} {}{}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim,
                           s.past_len, dtype_name(k.dtype), s.causal ? "" : " non-causal");
   kern.grid = static_cast<int64_t>(pl.items.size());
-  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
-                                dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale);
-  kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml};
+  const bool has_lse = lse.numel > 0;
+  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
+                                dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale, has_lse ? "|lse" : "");
+  kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml, lse};
+  kern.ops = {KernelOp{"attention", {1, s.q_tokens, s.kv_len(), s.q_heads, s.kv_heads, s.head_dim, s.causal, s.past_len}}};
   // FlashAttention-2 style: synchronous MMAs, and one block at a time per core, so a core's matrix
   // unit idles during the softmax (see AttentionStyle).
   kern.sync_mma = pl.cfg.style == AttentionStyle::kFlashAttention2;
@@ -181,7 +190,9 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
   const int d = static_cast<int>(s.head_dim);
   const int64_t q_heads = s.q_heads, kv_heads = s.kv_heads, g = group_size(s);
   const int64_t split_slots = std::max<int64_t>(1, static_cast<int64_t>(pl.split_tiles.size()));
-  kern.build = [plan, qk_t, pv_t, scale, d, q_heads, kv_heads, g, split_slots](int64_t block, TileProgram& p) {
+  const int64_t q_tokens = s.q_tokens;
+  kern.build = [plan, qk_t, pv_t, scale, d, q_heads, kv_heads, g, split_slots, q_tokens, has_lse](int64_t block,
+                                                                                                 TileProgram& p) {
     const Plan& pl = *plan;
     const AttentionConfig& cfg = pl.cfg;
     const Item& it = pl.items[static_cast<size_t>(block)];
@@ -262,6 +273,11 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
       if (step + stages < steps) load_kv(step + stages, static_cast<int>(step % stages));
     }
     if (tl.splits == 1) {
+      if (has_lse) {  // lse = m + log(l), before l is inverted
+        p.unary(UnaryOp::kLog, rmax, lb, n, 1);
+        p.binary(BinaryOp::kAdd, rmax, rmax, mb[cur], n, 1);
+        p.store(lse_region(kArgLse, tl, q_tokens, pl.by_tokens), rmax);
+      }
       p.unary(UnaryOp::kRecip, lb, lb, n, 1);
       p.binary(BinaryOp::kMul, ob, ob, lb, n, d, Broadcast::kRow);
       p.store(rows_region(kArgOut, tl, q_heads, d, pl.by_tokens), ob);
@@ -277,7 +293,8 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
 }
 
 Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::shared_ptr<const Plan> plan,
-                           const Buffer& out, const TensorArg& partial_o, const TensorArg& partial_ml) {
+                           const Buffer& out, const TensorArg& partial_o, const TensorArg& partial_ml,
+                           const TensorArg& lse) {
   const Plan& pl = *plan;
   // Splits in flight: all of them when they fit half the SRAM (a decode step: a few KiB each), so
   // the DMA streams every part back to back instead of paying its latency split after split.
@@ -288,12 +305,14 @@ Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::s
   Kernel kern;
   kern.name = fmt::format("attention combine {}x{}x{} {} splits", s.q_tokens, s.q_heads, s.head_dim, pl.cfg.splits);
   kern.grid = static_cast<int64_t>(pl.split_tiles.size());
-  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}", kern.name, pl.cfg.describe(), s.kv_heads, s.past_len, s.kv_len(), stages);
-  kern.args = {partial_o, partial_ml, out.arg()};
+  const bool has_lse = lse.numel > 0;
+  kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}{}", kern.name, pl.cfg.describe(), s.kv_heads, s.past_len, s.kv_len(),
+                                stages, has_lse ? "|lse" : "");
+  kern.args = {partial_o, partial_ml, out.arg(), lse};
   const int d = static_cast<int>(s.head_dim);
-  const int64_t q_heads = s.q_heads;
+  const int64_t q_heads = s.q_heads, q_tokens = s.q_tokens;
   const auto split_slots = static_cast<int64_t>(pl.split_tiles.size());
-  kern.build = [plan, d, q_heads, split_slots, stages](int64_t block, TileProgram& p) {
+  kern.build = [plan, d, q_heads, q_tokens, split_slots, stages, has_lse](int64_t block, TileProgram& p) {
     const Plan& pl = *plan;
     const Tile& tl = pl.tiles[static_cast<size_t>(pl.split_tiles[static_cast<size_t>(block)])];
     const int R = pl.rows_alloc, n = tl.rows, max_splits = pl.cfg.splits;
@@ -339,6 +358,11 @@ Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::s
           p.binary(BinaryOp::kAdd, lb, lb, ls[slot], n, 1);
           cur = 1 - cur;
         });
+    if (has_lse) {  // lse = M + log(L), into a scratch row vector
+      p.unary(UnaryOp::kLog, wa, lb, n, 1);
+      p.binary(BinaryOp::kAdd, wa, wa, mb[cur], n, 1);
+      p.store(lse_region(3, tl, q_tokens, pl.by_tokens), wa);
+    }
     p.unary(UnaryOp::kRecip, lb, lb, n, 1);
     p.binary(BinaryOp::kMul, ob, ob, lb, n, d, Broadcast::kRow);
     p.store(rows_region(2, tl, q_heads, d, pl.by_tokens), ob);
@@ -494,7 +518,7 @@ AttentionConfig choose_attention_config(const ChipSpec& chip, const AttentionSha
 
 AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const AttentionShape& s, const Buffer& q,
                           const Buffer& k_cache, const Buffer& v_cache, const Buffer& out, Stream* stream,
-                          const AttentionConfig* config) {
+                          const AttentionConfig* config, const Buffer* lse) {
   const std::string kname = "attention";
   check_shape(s);
   const auto q_shape = fmt::format("[{}, {}, {}] (q_tokens, q_heads, head_dim)", s.q_tokens, s.q_heads, s.head_dim);
@@ -504,6 +528,11 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
   expect_numel(kname, "k_cache", k_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
   expect_numel(kname, "v_cache", v_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
   expect_numel(kname, "output", out, s.q_tokens * s.q_heads * s.head_dim, q_shape);
+  if (lse) {
+    expect_numel(kname, "lse", *lse, s.q_heads * s.q_tokens,
+                 fmt::format("[{}, {}] (q_heads, q_tokens)", s.q_heads, s.q_tokens));
+    expect_dtype_in(kname, "lse", *lse, {DType::kF32});
+  }
   if (!ws.mask.valid() || ws.mask.dtype != DType::kBF16 ||
       ws.mask.numel != int64_t{kAttentionMaskRows} * kAttentionMaskCols)
     throw UserError(
@@ -526,11 +555,13 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
   }
   const TensorArg po = partial_o.valid() ? partial_o.arg() : TensorArg{};
   const TensorArg pml = partial_ml.valid() ? partial_ml.arg() : TensorArg{};
+  const TensorArg lse_arg = lse ? lse->arg() : TensorArg{};
   AttentionTiming timing;
   timing.config = cfg;
   try {
-    timing.attention = dev.launch(make_main_kernel(s, plan, ws, q, k_cache, v_cache, out, po, pml), stream);
-    if (split_tiles > 0) timing.combine = dev.launch(make_combine_kernel(dev.chip(), s, plan, out, po, pml), stream);
+    timing.attention = dev.launch(make_main_kernel(s, plan, ws, q, k_cache, v_cache, out, po, pml, lse_arg), stream);
+    if (split_tiles > 0)
+      timing.combine = dev.launch(make_combine_kernel(dev.chip(), s, plan, out, po, pml, lse_arg), stream);
   } catch (...) {
     if (partial_o.valid()) dev.free(partial_o);
     if (partial_ml.valid()) dev.free(partial_ml);
@@ -593,9 +624,9 @@ AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const
         po = scratch.back().arg();
         scratch.push_back(dev.alloc(DType::kF32, 2 * rows, "attention.partial_ml"));
         pml = scratch.back().arg();
-        combines.push_back(make_combine_kernel(dev.chip(), s, plan, it.out, po, pml));
+        combines.push_back(make_combine_kernel(dev.chip(), s, plan, it.out, po, pml, TensorArg{}));
       }
-      mains.push_back(make_main_kernel(s, plan, ws, it.q, it.k_cache, it.v_cache, it.out, po, pml));
+      mains.push_back(make_main_kernel(s, plan, ws, it.q, it.k_cache, it.v_cache, it.out, po, pml, TensorArg{}));
     }
     AttentionTiming timing;
     timing.config = cfg;

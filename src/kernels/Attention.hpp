@@ -172,9 +172,15 @@ struct AttentionTiming {
 // chip has no matrix unit for the operand dtype, or `config` is out of range. The split scratch
 // (a few hundred KiB for a decode step) is allocated for the call and freed after it; a device too
 // full for it raises DeviceOutOfMemory.
+//
+// lse (optional, for training): [q_heads, q_tokens] fp32 (FlashAttention's softmax_lse layout for
+// one sequence) receives each query row's log-sum-exp of its scaled, masked scores, lse = m +
+// log(l) in natural log - what attention_backward (AttentionBackward.hpp) needs to recompute the
+// softmax. Stored by the main kernel (unsplit tiles) or the combine (split ones); UserError naming
+// "lse" if it is not fp32 or not q_heads * q_tokens elements.
 AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const AttentionShape& s, const Buffer& q,
                           const Buffer& k_cache, const Buffer& v_cache, const Buffer& out, Stream* stream = nullptr,
-                          const AttentionConfig* config = nullptr);
+                          const AttentionConfig* config = nullptr, const Buffer* lse = nullptr);
 
 // Several independent sequences (a batch: each its own q, caches, out and past_len; same heads and
 // head_dim) in one launch of the main kernel and one of the combine, as serving engines batch decode

@@ -187,6 +187,7 @@ Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, cons
   k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
   k.args = {a.arg(), b.arg(), c.arg()};
   k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
+  k.ops = {KernelOp{"gemm", {s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b}}};
   const DType in_t = a.dtype;
   k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t](int64_t bid, TileProgram& p) {
     const int64_t batch = bid / per_batch;
@@ -251,6 +252,20 @@ void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::
         }
         c[static_cast<size_t>(bt * s.m * s.n + i * s.n + j)] = static_cast<float>(acc * s.alpha);
       }
+}
+
+KernelTiming launch_grouped(Device& dev, const std::string& name, std::vector<Kernel> parts, Stream* stream) {
+  if (parts.size() == 1) return dev.launch(parts.front(), stream);
+  std::vector<std::pair<int64_t, size_t>> need;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    TileProgram probe;
+    parts[i].build(0, probe);
+    need.emplace_back(-probe.sram_bytes(), i);
+  }
+  std::stable_sort(need.begin(), need.end());
+  std::vector<Kernel> ordered;
+  for (const auto& [bytes, i] : need) ordered.push_back(std::move(parts[i]));
+  return dev.launch(concat_kernels(name, std::move(ordered)), stream);
 }
 
 }  // namespace ppu::kernels

@@ -46,6 +46,10 @@ Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, cons
 KernelTiming gemm(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
                   Stream* stream = nullptr, const GemmConfig* config = nullptr);
 
+// One launch for independent kernels (a grouped GEMM: every expert's GEMM in one grid), ordered
+// largest SRAM need first as concat_kernels requires of block 0; a single part launches as it is.
+KernelTiming launch_grouped(Device& dev, const std::string& name, std::vector<Kernel> parts, Stream* stream = nullptr);
+
 // Scalar reference (double accumulation of fp32-converted inputs), for tests and --check.
 // a, b, c hold the values as fp32 (already rounded to their dtypes).
 void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::vector<float>& b, std::vector<float>& c);

@@ -50,22 +50,6 @@ KernelTiming linear(Device& dev, const Buffer& x, const Buffer& w, const Buffer&
   return dev.launch(make_linear(dev.chip(), x, w, out, T, n, k));
 }
 
-// One launch for independent kernels (a grouped GEMM: every expert's GEMM in one grid). The parts
-// go largest SRAM need first, as concat_kernels requires of block 0.
-KernelTiming launch_grouped(Device& dev, const std::string& name, std::vector<Kernel> parts) {
-  if (parts.size() == 1) return dev.launch(parts.front());
-  std::vector<std::pair<int64_t, size_t>> need;
-  for (size_t i = 0; i < parts.size(); ++i) {
-    TileProgram probe;
-    parts[i].build(0, probe);
-    need.emplace_back(-probe.sram_bytes(), i);
-  }
-  std::stable_sort(need.begin(), need.end());
-  std::vector<Kernel> ordered;
-  for (const auto& [bytes, i] : need) ordered.push_back(std::move(parts[i]));
-  return dev.launch(concat_kernels(name, std::move(ordered)));
-}
-
 // splitmix64: a per-tensor seed stream for reproducible random weights.
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -79,7 +63,13 @@ uint64_t splitmix(uint64_t& s) {
 template <class F>
 void Qwen3Model::op(const std::string& kind, F&& f) {
   const size_t before = dev_.records().size();
+  if (opt_.capture) {
+    dev_.set_launch_observer([this, &kind](const Kernel& k, const KernelTiming& t) {
+      opt_.capture->launches.push_back(CapturedLaunch{kind, k, t.time_s});
+    });
+  }
   f();
+  if (opt_.capture) dev_.set_launch_observer({});
   double t = 0;
   for (size_t i = before; i < dev_.records().size(); ++i) t += dev_.records()[i].end_s - dev_.records()[i].start_s;
   op_times_[kind] += t;
@@ -127,7 +117,13 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   if (tp < 1 || opt_.tp_rank < 0 || opt_.tp_rank >= tp)
     throw UserError(fmt::format("model '{}': tensor-parallel rank {} of {}; valid: size >= 1, rank 0 to size - 1",
                                 cfg_.name, opt_.tp_rank, tp));
-  if (tp > 1 && (!opt_.tp_comm || opt_.tp_comm->size() != tp))
+  if (opt_.capture && dev_.functional())
+    throw UserError(fmt::format("model '{}': capture mode (Qwen3Options::capture) is for timing-only devices", cfg_.name));
+  if (opt_.attention_impl == Qwen3Options::AttentionImpl::kUnfused && dev_.functional())
+    throw UserError(fmt::format("model '{}': unfused attention (Qwen3Options::attention_impl) is timing-only", cfg_.name));
+  if (opt_.vocab_parallel && !opt_.capture)
+    throw UserError(fmt::format("model '{}': a vocab-parallel LM head needs capture mode (its logits are sharded)", cfg_.name));
+  if (tp > 1 && !opt_.capture && (!opt_.tp_comm || opt_.tp_comm->size() != tp))
     throw UserError(fmt::format("model '{}': tensor parallelism over {} chips needs a communicator of {} ranks", cfg_.name,
                                 tp, tp));
   auto divides = [&](const char* what, int64_t n) {
@@ -147,7 +143,7 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   if (ep > 1) {
     if (!cfg_.is_moe())
       throw UserError(fmt::format("model '{}': expert parallelism needs an MoE model; this one is dense", cfg_.name));
-    if (!opt_.ep_comm || opt_.ep_comm->size() != ep)
+    if (!opt_.capture && (!opt_.ep_comm || opt_.ep_comm->size() != ep))
       throw UserError(fmt::format("model '{}': expert parallelism over {} chips needs a communicator of {} ranks",
                                   cfg_.name, ep, ep));
     if (ep % tp != 0 || opt_.ep_rank % tp != opt_.tp_rank)
@@ -217,7 +213,8 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
   }
   final_norm_ = w(H, "model.norm.weight");
   if (ln) final_norm_b_ = w(H, "model.norm.bias");
-  lm_head_ = cfg_.tie_word_embeddings ? embed_ : w(cfg_.vocab_size * H, "lm_head.weight");
+  head_vocab_ = opt_.vocab_parallel ? (cfg_.vocab_size + tp - 1) / tp : cfg_.vocab_size;
+  lm_head_ = cfg_.tie_word_embeddings && !opt_.vocab_parallel ? embed_ : w(head_vocab_ * H, "lm_head.weight");
   if (opt_.max_batch < 1) throw UserError(fmt::format("model '{}': max_batch {} must be at least 1", cfg_.name, opt_.max_batch));
   past_.assign(static_cast<size_t>(opt_.max_batch), 0);
   if (!opt_.slot_capacity.empty() && static_cast<int64_t>(opt_.slot_capacity.size()) != opt_.max_batch)
@@ -374,8 +371,15 @@ std::vector<float> Qwen3Model::read_weight(const std::string& name) {
   throw UserError(fmt::format("model '{}': no weight named '{}'", cfg_.name, name));
 }
 
+bool Qwen3Model::log_collective(const std::string& kind, const char* group, ccl::Collective c, double bytes) {
+  if (!opt_.capture) return false;
+  opt_.capture->collectives.push_back(CapturedCollective{kind, group, c, bytes});
+  return true;
+}
+
 void Qwen3Model::tp_all_reduce(const Buffer& b) {
   if (opt_.tp_size == 1) return;
+  if (log_collective("tp all-reduce", "tp", ccl::Collective::kAllReduce, static_cast<double>(b.bytes))) return;
   op("tp all-reduce", [&] { opt_.tp_comm->all_reduce(opt_.tp_rank, b, b); });
 }
 
@@ -529,7 +533,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       return h;
     }
     op("norm", [&] { norm(xs, w, b, hs, chunk); });
-    op("tp all-gather", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, hs, hg); });
+    if (!log_collective("tp all-gather", "tp", ccl::Collective::kAllGather, static_cast<double>(hg.bytes)))
+      op("tp all-gather", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, hs, hg); });
     return hg.view(0, T * H);
   };
   // Adds a row-parallel projection's partial sums o (+ bias) to the residual stream.
@@ -542,7 +547,8 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       });
       return;
     }
-    op("tp reduce-scatter", [&] { opt_.tp_comm->reduce_scatter(opt_.tp_rank, of, os); });
+    if (!log_collective("tp reduce-scatter", "tp", ccl::Collective::kReduceScatter, static_cast<double>(of.bytes)))
+      op("tp reduce-scatter", [&] { opt_.tp_comm->reduce_scatter(opt_.tp_rank, of, os); });
     op("residual", [&] {
       bias(os, b, chunk, H);
       kernels::binary(dev_, BinaryOp::kAdd, xs, os, xs);
@@ -600,7 +606,11 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
       tap("layer0.q_rope", qn);
       if (taps && dev_.functional()) taps->values["layer0.k_rope"] = dev_.download(L.k_cache.view(past(0) * kvw, T * kvw));
     }
-    op("attention", [&] {
+    if (opt_.attention_impl == Qwen3Options::AttentionImpl::kUnfused) {
+      std::vector<std::pair<int64_t, int64_t>> shapes;  // (new tokens, visible positions) per sequence
+      for (int64_t b = 0; b < B; ++b) shapes.emplace_back(seq_len[static_cast<size_t>(b)], past(b) + seq_len[static_cast<size_t>(b)]);
+      op("attention", [&] { unfused_attention(shapes); });
+    } else op("attention", [&] {
       std::vector<kernels::AttentionBatchItem> items;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t r0 = seq_row[static_cast<size_t>(b)], n = seq_len[static_cast<size_t>(b)];
@@ -660,13 +670,13 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     tap(fmt::format("layer{}.out", l), x);
   }
   // Logits of every token (one sequence, all_logits) or of each sequence's last token.
-  const int64_t rows = all_logits && B == 1 ? T : B;
+  const int64_t rows = (all_logits && B == 1) || opt_.capture ? T : B;
   std::vector<int32_t> last;
   for (int64_t b = 0; b < B; ++b)
     last.push_back(static_cast<int32_t>(seq_row[static_cast<size_t>(b)] + seq_len[static_cast<size_t>(b)] - 1));
   Buffer last_rows;
   Buffer hn = alloc_act(rows * H, "final_norm", at);
-  Buffer logits = dev_.alloc(DType::kF32, rows * cfg_.vocab_size, "logits");
+  Buffer logits = dev_.alloc(DType::kF32, rows * head_vocab_, "logits");
   if (sp) {  // norm every shard's rows, gather them, keep the rows that need logits
     const Buffer all = normed(final_norm_, final_norm_b_);
     op("logit rows", [&] {
@@ -683,7 +693,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
     op("norm", [&] { norm(xr, final_norm_, final_norm_b_, hn, rows); });
   }
   tap("final_norm", hn);
-  op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, cfg_.vocab_size, H); });
+  op("lm head", [&] { linear(dev_, hn, lm_head_, logits, rows, head_vocab_, H); });
   ForwardResult r;
   r.rows = rows;
   if (sampler) op("sampling", [&] { sample_on_device(logits, rows, *sampler, r); });
@@ -695,6 +705,22 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   for (int64_t b = 0; b < B; ++b) past(b) += seq_len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
+}
+
+void Qwen3Model::unfused_attention(const std::vector<std::pair<int64_t, int64_t>>& shapes) {
+  const int64_t d = cfg_.head_dim, nh = nh_;
+  const DType at = opt_.act_dtype;
+  for (const auto& [n, kv] : shapes) {
+    Buffer q = alloc_act(nh * n * d, "q_heads", at), k = alloc_act(nh * kv * d, "k_heads", at);
+    Buffer v = alloc_act(nh * kv * d, "v_heads", at), out = alloc_act(nh * n * d, "attn_heads", at);
+    Buffer s = alloc_act(nh * n * kv, "scores", at), p = alloc_act(nh * n * kv, "probs", at);
+    Buffer mask = alloc_act(nh * n * kv, "dropout_mask", at);
+    kernels::gemm(dev_, kernels::GemmShape{n, kv, d, nh, false, true}, q, k, s);  // Q . K^T per head
+    kernels::softmax(dev_, s, p, nh * n, kv);                                      // masked, the whole square
+    kernels::binary(dev_, BinaryOp::kMul, p, mask, s);                             // dropout
+    kernels::gemm(dev_, kernels::GemmShape{n, d, kv, nh, false, false}, s, v, out);  // P . V per head
+    for (Buffer* x : {&q, &k, &v, &out, &s, &p, &mask}) dev_.free(*x);
+  }
 }
 
 bool Qwen3Model::moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps, const Buffer& dst) {
@@ -815,12 +841,12 @@ void Qwen3Model::expert_ffn(Layer& L, const Buffer& xin, const std::vector<int64
                                out.view(r0 * H, n * H), n, H, Fe));
     r0 += n;
   }
-  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up)); });
+  op("moe expert gemm", [&] { kernels::launch_grouped(dev_, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up)); });
   op("mlp activation", [&] {
     kernels::unary(dev_, UnaryOp::kSilu, g.view(0, R * Fe), g.view(0, R * Fe));
     kernels::binary(dev_, BinaryOp::kMul, g.view(0, R * Fe), u.view(0, R * Fe), gu.view(0, R * Fe));
   });
-  op("moe expert gemm", [&] { launch_grouped(dev_, fmt::format("moe down grouped gemm {} experts", E), std::move(down)); });
+  op("moe expert gemm", [&] { kernels::launch_grouped(dev_, fmt::format("moe down grouped gemm {} experts", E), std::move(down)); });
   for (Buffer* b : {&g, &u, &gu}) dev_.free(*b);
 }
 
@@ -829,7 +855,6 @@ void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y,
   const int64_t H = cfg_.hidden_size, K = cfg_.num_experts_per_tok, E = cfg_.num_experts;
   const int ep = opt_.ep_size, tp = opt_.tp_size, me = opt_.ep_rank;
   const DType at = opt_.act_dtype;
-  ccl::Communicator& comm = *opt_.ep_comm;
   const bool real = dev_.functional();
   // The tokens of rank r's share of its group: [chunk * (r % tp), ...), clipped to T.
   const int64_t chunk = (T + tp - 1) / tp;
@@ -857,7 +882,8 @@ void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y,
   {
     Buffer c1 = dev_.alloc(DType::kF32, ep, "ep_counts"), call = dev_.alloc(DType::kF32, int64_t{ep} * ep, "ep_count_matrix");
     if (real) dev_.upload(c1, std::vector<float>(send_counts.begin(), send_counts.end()));
-    op("moe dispatch", [&] { comm.all_gather(me, c1, call); });
+    if (!log_collective("moe dispatch", "ep", ccl::Collective::kAllGather, static_cast<double>(call.bytes)))
+      op("moe dispatch", [&] { opt_.ep_comm->all_gather(me, c1, call); });
     if (real) {
       const std::vector<float> m = dev_.download(call);
       for (int p = 0; p < ep; ++p) recv_counts[static_cast<size_t>(p)] = static_cast<int64_t>(m[static_cast<size_t>(p * ep + me)]);
@@ -895,8 +921,11 @@ void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y,
     } else {
       dev_.copy_to_device_timed(ids_send);
     }
-    comm.all_to_all_v(me, send, recv, scaled(send_counts, H));
-    comm.all_to_all_v(me, ids_send, ids_recv, send_counts);
+    const double row_bytes = static_cast<double>(H * dtype_size_bytes(at) + 4);  // the row and its expert id
+    if (!log_collective("moe dispatch", "ep", ccl::Collective::kAllToAllV, static_cast<double>(n_send) * row_bytes)) {
+      opt_.ep_comm->all_to_all_v(me, send, recv, scaled(send_counts, H));
+      opt_.ep_comm->all_to_all_v(me, ids_send, ids_recv, send_counts);
+    }
   });
   // 3. This rank's experts on the rows it received, grouped by expert; results back in arrival order.
   std::vector<int64_t> expert_of(static_cast<size_t>(n_recv));
@@ -934,7 +963,8 @@ void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y,
   }
   // 4. Return: every row to the rank that sent it, in the order it was sent.
   Buffer ret = alloc_act(std::max<int64_t>(1, n_send) * H, "ep_return", at);
-  op("moe combine", [&] { comm.all_to_all_v(me, back, ret, scaled(recv_counts, H)); });
+  if (!log_collective("moe combine", "ep", ccl::Collective::kAllToAllV, static_cast<double>(n_recv * H * dtype_size_bytes(at))))
+    op("moe combine", [&] { opt_.ep_comm->all_to_all_v(me, back, ret, scaled(recv_counts, H)); });
   // 5. Combine this rank's tokens; the group gathers every rank's share.
   const auto [t0, t1] = share(me);
   std::vector<int32_t> slot(static_cast<size_t>((t1 - t0) * K));
@@ -954,7 +984,8 @@ void Qwen3Model::moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y,
       if (t1 > t0)
         kernels::gather_combine(dev_, ret, H, slot, K, w.view(t0 * K, (t1 - t0) * K), part.view(0, (t1 - t0) * H));
     });
-    op("moe combine", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, part, all); });
+    if (!log_collective("moe combine", "tp", ccl::Collective::kAllGather, static_cast<double>(all.bytes)))
+      op("moe combine", [&] { opt_.tp_comm->all_gather(opt_.tp_rank, part, all); });
     op("moe combine", [&] { kernels::copy(dev_, all.view(0, T * H), y); });
     dev_.free(part);
     dev_.free(all);

@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "ccl/Collective.hpp"
 #include "kernels/Attention.hpp"
 #include "kernels/Rope.hpp"
 #include "models/ModelConfig.hpp"
@@ -53,6 +54,27 @@ namespace ppu {
 namespace ccl {
 class Communicator;
 }
+
+// What a timing-only forward did, for the cluster layer to build a training step from: every kernel
+// launched (with the op kind it belongs to: "attention", "mlp gemm", "lm head", ...) and every
+// collective the split model asked for, which in capture mode is logged instead of run.
+struct CapturedLaunch {
+  std::string kind;
+  Kernel kernel;
+  double seconds = 0;  // simulated time of the launch
+};
+struct CapturedCollective {
+  std::string kind;      // the op kind it belongs to ("tp all-reduce", "moe dispatch", ...)
+  std::string group;     // "tp" or "ep"
+  ccl::Collective collective = ccl::Collective::kAllReduce;
+  // Bytes per rank: all-reduce the buffer; reduce-scatter the full input; all-gather the full
+  // output; all-to-all(-v) what this rank sends in total (cluster/Network.hpp's convention).
+  double bytes = 0;
+};
+struct ForwardCapture {
+  std::vector<CapturedLaunch> launches;
+  std::vector<CapturedCollective> collectives;
+};
 
 // Where the weights come from.
 struct Qwen3Weights {
@@ -102,6 +124,21 @@ struct Qwen3Options {
   int ep_size = 1;
   int ep_rank = 0;
   ccl::Communicator* ep_comm = nullptr;
+  // Timing-only capture (cluster/Workload): launches and collectives go to *capture; collectives
+  // are logged, not run, so tp_size / ep_size > 1 need no communicators (one shard stands for all:
+  // they do the same work). Every forward then computes logits for every token, as training does.
+  ForwardCapture* capture = nullptr;
+  // With tp_size > 1: the LM head holds vocab_size / tp_size rows of the output embedding (rounded
+  // up) and each shard computes its columns of the logits (Megatron's vocab-parallel head, as models
+  // are trained). Capture mode only.
+  bool vocab_parallel = false;
+  // How attention runs. kFused: the attention kernel (kernels/Attention, FlashAttention-like).
+  // kUnfused: as Megatron-LM (2021) and eager PyTorch train - scores = Q.K^T as a batched GEMM over
+  // heads, materialised [heads, T, kv_len]; softmax (masked, the whole square); dropout on the
+  // probabilities (a multiply by a mask); P.V as a second batched GEMM. Timing only (the kernels run
+  // on head-major scratch buffers; no numbers).
+  enum class AttentionImpl : uint8_t { kFused, kUnfused };
+  AttentionImpl attention_impl = AttentionImpl::kFused;
 };
 
 struct ForwardResult {
@@ -197,6 +234,12 @@ class Qwen3Model {
   int64_t nh_ = 0, nkv_ = 0, ffn_ = 0, ffn_expert_ = 0;
   int64_t expert0_ = 0, experts_ = 0;  // the experts this rank holds: [expert0_, expert0_ + experts_)
   void tp_all_reduce(const Buffer& b);
+  // Attention as separate kernels (Qwen3Options::AttentionImpl::kUnfused), timing only.
+  // shapes: (new tokens, visible positions) of each sequence.
+  void unfused_attention(const std::vector<std::pair<int64_t, int64_t>>& shapes);
+  // Logs a collective (capture mode); returns false when there is no capture (run it).
+  bool log_collective(const std::string& kind, const char* group, ccl::Collective c, double bytes);
+  int64_t head_vocab_ = 0;  // rows of the LM head on this shard
   Buffer embed_, final_norm_, lm_head_;
   Buffer pos_embed_, final_norm_b_;  // learned positions [max_positions, hidden]; LayerNorm bias (GPT)
   std::vector<std::unique_ptr<Layer>> layers_;

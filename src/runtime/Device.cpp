@@ -190,6 +190,7 @@ KernelTiming Device::launch(const Kernel& k, Stream* sp) {
   compute_free_s_ = s.ready_s = end;
   auto shared = std::make_shared<KernelTiming>(t);
   records_.push_back({OpKind::kKernel, k.name, s.id, start, end, t.hbm_read_bytes + t.hbm_write_bytes, shared});
+  if (observer_) observer_(k, t);
   return t;
 }
 

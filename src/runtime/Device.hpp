@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -127,6 +128,10 @@ class Device {
   // --- kernels
   // Runs `k` (functional mode: real numbers on host threads) and times it; returns its timing.
   KernelTiming launch(const Kernel& k, Stream* s = nullptr);
+  // Called after every launch with the kernel and its timing (empty function: none), e.g. to collect
+  // the kernels of a forward pass and derive other work from them.
+  using LaunchObserver = std::function<void(const Kernel&, const KernelTiming&)>;
+  void set_launch_observer(LaunchObserver f) { observer_ = std::move(f); }
   // Per-instruction trace events kept per kernel (0 = none; the default).
   void set_kernel_trace_limit(size_t n) { trace_limit_ = n; }
 
@@ -174,6 +179,7 @@ class Device {
   double compute_free_s_ = 0, h2d_free_s_ = 0, d2h_free_s_ = 0;
   size_t trace_limit_ = 0;
   std::vector<OpRecord> records_;
+  LaunchObserver observer_;
 };
 
 }  // namespace ppu

@@ -1,15 +1,17 @@
 // Tests of arch/Units: the unit table of every dimension (as documented in docs/presets.md),
-// valid_units listings, and parse_size_bytes.
+// valid_units listings, ratio vs fraction limits, and parse_size_bytes.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "TestUtil.hpp"
+#include "arch/QuantityJson.hpp"
 #include "arch/Units.hpp"
 
 namespace ppu {
@@ -25,6 +27,7 @@ const std::vector<UnitCase>& documented_units() {
   static const std::vector<UnitCase> t = {
       {Dimension::kCount, {{"count", 1}}},
       {Dimension::kFraction, {{"fraction", 1}, {"%", 0.01}}},
+      {Dimension::kRatio, {{"ratio", 1}}},
       {Dimension::kBytes,
        {{"B", 1},
         {"KB", 1e3},
@@ -109,6 +112,20 @@ TEST(Units, BaseUnitHasMultiplierOne) {
 
 TEST(Units, FormatQuantityExampleFromHeader) {
   EXPECT_EQ(format_quantity(Dimension::kBytes, 8.0e10), "80 GB");
+}
+
+TEST(Units, RatioMayExceedOneFractionMayNot) {
+  // Oversubscription 7:1 and PUE 1.2 are ratios; efficiencies are fractions (at most 1).
+  const auto q = [](double v, const char* unit) { return nlohmann::json{{"value", v}, {"unit", unit}, {"assumed", "t"}}; };
+  EXPECT_DOUBLE_EQ(parse_quantity(q(7, "ratio"), "oversubscription", Dimension::kRatio, "x.json").value, 7.0);
+  EXPECT_DOUBLE_EQ(parse_quantity(q(0.5, "ratio"), "r", Dimension::kRatio, "x.json").value, 0.5);
+  test::expect_error([&] { parse_quantity(q(1.2, "fraction"), "eff", Dimension::kFraction, "x.json"); }, {"at most 1"});
+  test::expect_error([&] { parse_quantity(q(0, "ratio"), "pue", Dimension::kRatio, "x.json"); },
+                     {"field 'pue'", "must be positive"});
+  test::expect_error([&] { parse_quantity(q(1.2, "%"), "pue", Dimension::kRatio, "x.json"); },
+                     {"unit '%' is not a ratio unit", "valid: ratio"});
+  EXPECT_EQ(base_unit(Dimension::kRatio), "ratio");
+  EXPECT_EQ(format_quantity(Dimension::kRatio, 1.067), "1.067");
 }
 
 TEST(ParseSizeBytes, AcceptsNumbersWithOptionalUnits) {

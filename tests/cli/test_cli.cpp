@@ -248,6 +248,60 @@ TEST(Cli, NodesTableShowAndErrors) {
   EXPECT_NE(r.out.find("unknown node 'nope'"), std::string::npos) << r.out;
 }
 
+TEST(Cli, ClustersTableShowAndErrors) {
+  CmdResult r = ppu("clusters");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* n : {"a100-selene", "h100-24k", "h800-2k", "zhenwu-10k", "a800-10k", "h20-10k", "1280 x zhenwu-8",
+                        "8 x 400 Gb/s", "pod 384 7:1"})
+    EXPECT_NE(r.out.find(n), std::string::npos) << n << "\n" << r.out;
+  r = ppu("clusters --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 6u);
+  for (const auto& c : j) EXPECT_EQ(c["chips"].get<int64_t>(), c["nodes"].get<int64_t>() * 8) << c["cluster"];
+
+  r = ppu("clusters show zhenwu-10k --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["chips"], 10240);
+  EXPECT_EQ(j["chip"], "zhenwu-810e");
+  EXPECT_EQ(j["fields"]["nic_bandwidth"]["unit"], "B/s");
+  EXPECT_DOUBLE_EQ(j["fields"]["nic_bandwidth"]["value"].get<double>(), 50e9);
+  EXPECT_EQ(j["fields"]["nic_bandwidth"]["as_written"], "400 Gb/s");
+  EXPECT_EQ(j["fields"]["nic_bandwidth"]["basis"], "assumed");
+  EXPECT_EQ(j["fields"]["pue"]["unit"], "ratio");
+  ASSERT_EQ(j["tiers"].size(), 2u);
+  EXPECT_EQ(j["tiers"][0]["fields"]["nodes"]["value"], 128);
+  EXPECT_TRUE(j["tiers"][1]["bandwidth_leaving_bytes_per_s"].is_null());  // nothing leaves the top tier
+
+  r = ppu("clusters show h100-24k");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"Llama 3 paper", "tiers[1].oversubscription (pod)", "7:1", "not rail-optimised", "aggregation"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+
+  // A user's file, and a broken one: exit 2 naming the file, the field and what is valid.
+  auto f = nlohmann::json::parse(*ppu::builtin_preset("clusters", "h800-2k"));
+  f["nodes"]["value"] = 512;
+  const std::string good = temp_path("my-cluster.json");
+  std::ofstream(good) << f.dump(2);
+  r = ppu("clusters show " + good + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["chips"], 4096);
+  f["tiers"][0]["oversubscription"]["value"] = 0.5;
+  const std::string bad = temp_path("bad-cluster.json");
+  std::ofstream(bad) << f.dump(2);
+  r = ppu("clusters show " + bad);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find(bad), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tiers[0].oversubscription"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ratio >= 1"), std::string::npos) << r.out;
+
+  r = ppu("clusters show nope");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown cluster 'nope'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("zhenwu-10k"), std::string::npos) << r.out;
+}
+
 TEST(Cli, BenchCollectives) {
   CmdResult r = ppu("bench allreduce --node h100-dgx --sizes 1M:4M --json");
   ASSERT_EQ(r.status, 0) << r.out;

@@ -1,0 +1,269 @@
+#include "cluster/Workload.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <tuple>
+#include <numeric>
+
+#include "arch/Error.hpp"
+#include "kernels/AttentionBackward.hpp"
+#include "kernels/Softmax.hpp"
+#include "kernels/Gemm.hpp"
+#include "models/Qwen3.hpp"
+#include "runtime/Device.hpp"
+
+namespace ppu::cluster {
+
+namespace {
+
+using kernels::GemmShape;
+
+// Backward time of one captured forward launch, launched on `dev` (see the header).
+double backward_of(Device& dev, const CapturedLaunch& l) {
+  const Kernel& k = l.kernel;
+  const bool all_gemm = !k.ops.empty() && std::all_of(k.ops.begin(), k.ops.end(), [](const KernelOp& o) { return o.op == "gemm"; });
+  if (all_gemm) {
+    const DType in = k.args.front().dtype;
+    std::vector<Buffer> bufs;
+    auto buf = [&](DType t, int64_t n, const char* name) {
+      bufs.push_back(dev.alloc(t, n, name));
+      return bufs.back();
+    };
+    std::vector<Kernel> dgrad, wgrad;
+    for (const KernelOp& o : k.ops) {
+      const int64_t M = o.dims[0], N = o.dims[1], K = o.dims[2], B = o.dims[3];
+      const bool ta = o.dims[4] != 0, tb = o.dims[5] != 0;
+      const Buffer dc = buf(in, B * M * N, "grad_out"), a = buf(in, B * M * K, "saved_a"), b = buf(in, B * K * N, "saved_b");
+      // dA [M, K] = dC [M, N] . op(B)^T; dB [K, N] = op(A)^T [K, M] . dC [M, N].
+      dgrad.push_back(kernels::make_gemm(dev.chip(), GemmShape{M, K, N, B, false, !tb}, dc, b, buf(in, B * M * K, "grad_a")));
+      wgrad.push_back(kernels::make_gemm(dev.chip(), GemmShape{K, N, M, B, !ta, false}, a, dc,
+                                         buf(DType::kF32, B * K * N, "grad_b")));
+    }
+    double t = kernels::launch_grouped(dev, k.name + " dgrad", std::move(dgrad)).time_s;
+    t += kernels::launch_grouped(dev, k.name + " wgrad", std::move(wgrad)).time_s;
+    for (Buffer& b : bufs) dev.free(b);
+    return t;
+  }
+  const bool attention =
+      !k.ops.empty() && std::all_of(k.ops.begin(), k.ops.end(), [](const KernelOp& o) { return o.op == "attention"; });
+  if (attention) {
+    // Sequences of one batched launch with the same shape run as one backward call.
+    std::map<std::vector<int64_t>, int64_t> groups;
+    for (const KernelOp& o : k.ops) ++groups[o.dims];
+    const DType in = k.args.front().dtype;
+    double t = 0;
+    kernels::AttentionWorkspace ws = kernels::make_attention_workspace(dev);
+    for (const auto& [d, count] : groups) {
+      kernels::AttentionBackwardShape s;
+      s.batch = count * d[0];
+      s.seq_q = d[1];
+      s.seq_k = d[2];
+      s.q_heads = d[3];
+      s.kv_heads = d[4];
+      s.head_dim = d[5];
+      s.causal = d[6] != 0;
+      const int64_t qn = s.batch * s.seq_q * s.q_heads * s.head_dim, kn = s.batch * s.seq_k * s.kv_heads * s.head_dim;
+      std::vector<Buffer> b;
+      for (auto [n, t_, name] : {std::tuple{qn, in, "q"}, {kn, in, "k"}, {kn, in, "v"}, {qn, in, "o"}, {qn, in, "d_o"},
+                                 {s.batch * s.q_heads * s.seq_q, DType::kF32, "lse"}, {qn, in, "dq"}, {kn, in, "dk"},
+                                 {kn, in, "dv"}})
+        b.push_back(dev.alloc(t_, n, name));
+      t += kernels::attention_backward(dev, ws, s, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]).time_s();
+      for (Buffer& x : b) dev.free(x);
+    }
+    kernels::free_attention_workspace(dev, ws);
+    return t;
+  }
+  return 2.0 * l.seconds;  // memory-bound: the backward moves about twice the forward's bytes
+}
+
+struct Capture {
+  ForwardCapture cap;
+  int64_t weight_bytes = 0;
+};
+
+PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_t from, size_t to) {
+  PartWork p;
+  for (size_t i = from; i < to; ++i) {
+    const CapturedLaunch& l = launches[i];
+    p.fwd_s += l.seconds;
+    p.fwd_by_kind[l.kind] += l.seconds;
+    p.flops_fwd += l.kernel.flops;
+    if (l.kind == "attention") p.attention_fwd_s += l.seconds;
+    const double b = backward_of(dev, l);
+    p.bwd_s += b;
+    p.bwd_by_kind[l.kind] += b;
+  }
+  return p;
+}
+
+// The chip with HBM enough for any one- or two-layer shard: what fits is decided by the cluster
+// layer's own accounting (cluster/Training), not by these throwaway devices.
+ChipSpec unbounded(const ChipSpec& chip) {
+  ChipSpec c = chip;
+  c.hbm_size.value = 1e16;
+  return c;
+}
+
+void check_options(const ModelConfig& m, const WorkloadOptions& o) {
+  auto divisors = [](int64_t n) {
+    std::string v;
+    for (int64_t t = 1; t <= n; ++t)
+      if (n % t == 0) v += (v.empty() ? "" : ", ") + std::to_string(t);
+    return v;
+  };
+  if (o.tp < 1 || m.num_heads % o.tp != 0 || m.num_kv_heads % o.tp != 0)
+    throw UserError(fmt::format("model '{}': TP degree {} must divide the {} attention heads and {} key/value heads; "
+                                "valid: {}",
+                                m.name, o.tp, m.num_heads, m.num_kv_heads, divisors(std::gcd(m.num_heads, m.num_kv_heads))));
+  if (o.ep < 1 || (o.ep > 1 && (!m.is_moe() || m.num_experts % o.ep != 0 || o.ep % o.tp != 0)))
+    throw UserError(fmt::format("model '{}': EP degree {} must be 1{}", m.name, o.ep,
+                                m.is_moe() ? fmt::format(", or divide the {} experts and be a multiple of the TP degree {} "
+                                                         "(divisors of the experts: {})",
+                                                         m.num_experts, o.tp, divisors(m.num_experts))
+                                           : " (the model is dense)"));
+  if (o.cp < 1 || o.seq_len < 1 || (o.cp > 1 && o.seq_len % (2 * o.cp) != 0))
+    throw UserError(fmt::format("context parallelism {} over sequences of {} tokens: CP must be >= 1 and split each sequence "
+                                "into 2 x CP equal chunks (seq_len a multiple of {})",
+                                o.cp, o.seq_len, 2 * o.cp));
+  if (o.micro_batch < 1) throw UserError(fmt::format("micro-batch of {} sequences; must be >= 1", o.micro_batch));
+  if (o.seq_len > m.max_position_embeddings)
+    throw UserError(fmt::format("model '{}': sequences of {} tokens exceed its {} positions", m.name, o.seq_len,
+                                m.max_position_embeddings));
+}
+
+}  // namespace
+
+std::string WorkloadOptions::key() const {
+  return fmt::format("tp{} sp{} ep{} cp{} mb{} s{} u{}", tp, sp, ep, cp, micro_batch, seq_len, unfused_attention);
+}
+
+Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o) {
+  check_options(model, o);
+  const auto wall0 = std::chrono::steady_clock::now();
+  Workload w;
+  w.options = o;
+  w.chip = chip.name;
+  w.model = model.name;
+  // Each chip's share of a sequence (context parallelism: chunk c and 2cp-1-c of it, so every chip
+  // sees on average half the causal context), as `past` positions before T new tokens.
+  const int64_t T = o.seq_len / o.cp;
+  const int64_t past = o.cp > 1 ? o.seq_len / 2 - T / 2 : 0;
+  Device dev(unbounded(chip), ExecMode::kTimingOnly);
+  std::vector<ForwardCapture> caps(2);
+  for (int layers = 1; layers <= 2; ++layers) {
+    ModelConfig c = model;
+    c.num_layers = layers;
+    Qwen3Options q;
+    q.tp_size = o.tp;
+    q.sequence_parallel = o.sp && o.tp > 1;
+    q.ep_size = o.ep;
+    q.capture = &caps[static_cast<size_t>(layers - 1)];
+    q.vocab_parallel = o.tp > 1;
+    q.max_batch = o.micro_batch;
+    q.max_context = past + T;
+    if (o.unfused_attention) q.attention_impl = Qwen3Options::AttentionImpl::kUnfused;
+    Qwen3Model m(dev, c, Qwen3Weights::random(1), q);
+    for (int64_t b = 0; b < o.micro_batch; ++b) m.assume_past(static_cast<size_t>(b), past);
+    m.forward_batch(std::vector<std::vector<int32_t>>(static_cast<size_t>(o.micro_batch), std::vector<int32_t>(T, 0)));
+    w.balanced_routing = m.balanced_routing() && model.is_moe();
+  }
+  const auto& one = caps[0].launches;
+  const auto& two = caps[1].launches;
+  size_t e = 0;
+  while (e < one.size() && one[e].kind == "embedding") ++e;
+  const size_t per_layer = two.size() - one.size();
+  PPU_CHECK(e + per_layer <= one.size(), "a one-layer forward launches fewer kernels than its layer");
+  w.embed = part_of(dev, one, 0, e);
+  w.layer = part_of(dev, one, e, e + per_layer);
+  w.head = part_of(dev, one, e + per_layer, one.size());
+  // The loss: softmax cross-entropy over this shard's logits, a softmax over [tokens, vocab / tp]
+  // (its backward: the probabilities minus the one-hot target, memory-bound as above).
+  {
+    const int64_t rows = o.micro_batch * T, cols = (model.vocab_size + o.tp - 1) / o.tp;
+    Buffer logits = dev.alloc(DType::kF32, rows * cols, "logits"), probs = dev.alloc(DType::kF32, rows * cols, "probs");
+    const double t = kernels::softmax(dev, logits, probs, rows, cols).time_s;
+    w.head.fwd_s += t;
+    w.head.fwd_by_kind["loss"] += t;
+    w.head.bwd_s += 2 * t;
+    w.head.bwd_by_kind["loss"] += 2 * t;
+    dev.free(logits);
+    dev.free(probs);
+  }
+  const auto& c1 = caps[0].collectives;
+  const size_t layer_comms = caps[1].collectives.size() - c1.size();
+  for (size_t i = 0; i < c1.size(); ++i) {
+    LayerComm lc{c1[i].kind, c1[i].group, c1[i].collective, c1[i].bytes};
+    (i < layer_comms ? w.layer : w.head).comms.push_back(lc);
+  }
+  if (o.cp > 1) {  // keys and values of the whole sequence gathered before attention (Llama 3's CP)
+    const double kv = 2.0 * static_cast<double>(o.micro_batch * o.seq_len * (model.num_kv_heads / o.tp) * model.head_dim) *
+                      dtype_size_bytes(DType::kBF16);
+    w.layer.comms.push_back(LayerComm{"cp all-gather kv", "cp", ccl::Collective::kAllGather, kv});
+  }
+  const WeightShares ws = weight_shares(model, chip, o.tp, o.ep);
+  w.layer.weight_bytes = ws.layer_bytes;
+  w.embed.weight_bytes = ws.embed_bytes;
+  w.head.weight_bytes = ws.head_bytes;
+  w.layer.params = ws.layer_bytes / 2;
+  w.embed.params = ws.embed_bytes / 2;
+  w.head.params = ws.head_bytes / 2;
+  w.expert_params_per_layer = ws.expert_params_per_layer;
+  w.kernel_sim_wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  return w;
+}
+
+WeightShares weight_shares(const ModelConfig& model, const ChipSpec& chip, int tp, int ep) {
+  WorkloadOptions o;
+  o.tp = tp;
+  o.ep = ep;
+  o.seq_len = 2;
+  check_options(model, o);
+  int64_t bytes[2] = {0, 0};
+  Device dev(unbounded(chip), ExecMode::kTimingOnly);
+  for (int layers = 1; layers <= 2; ++layers) {
+    ModelConfig c = model;
+    c.num_layers = layers;
+    ForwardCapture cap;
+    Qwen3Options q;
+    q.tp_size = tp;
+    q.ep_size = ep;
+    q.capture = &cap;
+    q.vocab_parallel = tp > 1;
+    q.max_context = 2;
+    Qwen3Model m(dev, c, Qwen3Weights::random(1), q);
+    bytes[layers - 1] = m.weight_bytes();
+  }
+  WeightShares s;
+  s.layer_bytes = bytes[1] - bytes[0];
+  const int64_t rest = bytes[0] - s.layer_bytes;
+  const int64_t head = ((model.vocab_size + tp - 1) / tp) * model.hidden_size * 2 + model.hidden_size * 2;
+  s.head_bytes = std::min(rest, head);
+  s.embed_bytes = rest - s.head_bytes;
+  if (model.is_moe())
+    s.expert_params_per_layer = 3 * model.hidden_size * model.moe_intermediate_size * model.num_experts / ep / (ep > 1 ? 1 : tp);
+  return s;
+}
+
+const Workload& WorkloadCache::get(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o) {
+  const std::string key = chip.name + "|" + model.name + "|" + o.key();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return *it->second;
+  }
+  auto w = std::make_unique<Workload>(extract_workload(model, chip, o));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = cache_.emplace(key, std::move(w));
+  return *it->second;
+}
+
+size_t WorkloadCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cache_.size();
+}
+
+}  // namespace ppu::cluster

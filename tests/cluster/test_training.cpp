@@ -1,0 +1,339 @@
+// Training-step simulation: the workload taken from the model's forward (and its derived backward),
+// the step composition (pipeline, data parallelism, optimizer) against hand-computed references on
+// a fixed-cost network, memory accounting, the 1F1B schedule against the closed form, the planner,
+// and one test per kind of bad layout.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "arch/Error.hpp"
+#include "cluster/Planner.hpp"
+#include "kernels/Gemm.hpp"
+#include "runtime/Device.hpp"
+
+namespace ppu::cluster {
+namespace {
+
+// Every collective costs `seconds`, whatever it is: the step's arithmetic can then be checked exactly.
+class FixedNetwork : public NetworkModel {
+ public:
+  explicit FixedNetwork(double seconds) : seconds_(seconds) {}
+  CollectiveCost cost(const CollectiveRequest& r) override {
+    ++calls;
+    last = r;
+    return {seconds_, "fixed"};
+  }
+  std::string name() const override { return "fixed"; }
+  int calls = 0;
+  CollectiveRequest last;
+
+ private:
+  double seconds_;
+};
+
+ModelConfig small_dense(int layers = 8) {
+  ModelConfig m = load_model_config("tiny");
+  m.num_layers = layers;
+  m.hidden_size = 256;
+  m.num_heads = 8;
+  m.num_kv_heads = 4;
+  m.head_dim = 32;
+  m.intermediate_size = 512;
+  m.vocab_size = 4096;
+  m.tie_word_embeddings = false;
+  return m;
+}
+
+ClusterSpec small_cluster(int nodes = 4) {
+  ClusterSpec c = load_cluster("h800-2k");
+  c.nodes.value = nodes;
+  c.tiers.front().nodes.value = nodes;
+  c.tiers.resize(1);
+  c.tiers.front().oversubscription.value = 1;
+  return c;
+}
+
+Layout base_layout() {
+  Layout l;
+  l.tp = 2, l.pp = 2, l.dp = 8, l.micro_batch = 1, l.global_batch = 64, l.seq_len = 256;
+  return l;
+}
+
+double layer_gemm_flops(const ModelConfig& m, int tp, int64_t tokens) {
+  const double h = m.hidden_size;
+  return 2.0 * tokens * (h * m.q_width() * 2 + 2 * h * m.kv_width() + 3 * h * m.intermediate_size) / tp;
+}
+
+TEST(ClusterWorkload, ForwardKernelsComeFromTheModelAndBackwardDoublesTheGemms) {
+  const ModelConfig m = small_dense();
+  const ChipSpec chip = load_chip("h100");
+  WorkloadOptions o;
+  o.tp = 2;
+  o.seq_len = 512;
+  o.micro_batch = 2;
+  const Workload w = extract_workload(m, chip, o);
+  // The layer's forward FLOPs are its projections' GEMMs plus attention (causal, both products).
+  const double gemm = layer_gemm_flops(m, 2, 1024);
+  EXPECT_GT(w.layer.flops_fwd, gemm);
+  EXPECT_LT(w.layer.flops_fwd, gemm * 1.5);
+  // Backward of a GEMM is two GEMMs of the same size: between 1.5x and 3x the forward's time.
+  for (const char* kind : {"attention gemm", "mlp gemm"}) {
+    ASSERT_TRUE(w.layer.fwd_by_kind.count(kind)) << kind;
+    const double ratio = w.layer.bwd_by_kind.at(kind) / w.layer.fwd_by_kind.at(kind);
+    EXPECT_GT(ratio, 1.5) << kind;
+    EXPECT_LT(ratio, 3.0) << kind;
+  }
+  // Attention's backward: the FlashAttention-2-style kernel (2.5x the FLOPs, recomputation inside).
+  EXPECT_GT(w.layer.bwd_by_kind.at("attention"), 1.5 * w.layer.fwd_by_kind.at("attention"));
+  // Tensor parallelism without SP: two all-reduces per layer of the [tokens, hidden] bf16 activations.
+  ASSERT_EQ(w.layer.comms.size(), 2u);
+  for (const auto& c : w.layer.comms) {
+    EXPECT_EQ(c.collective, ccl::Collective::kAllReduce);
+    EXPECT_EQ(c.group, "tp");
+  }
+  // The parameters this shard holds: q, k, v, o and the SwiGLU MLP split over 2, norms whole.
+  const int64_t h = m.hidden_size;
+  const int64_t expect = (h * m.q_width() * 2 + 2 * h * m.kv_width() + 3 * h * m.intermediate_size) / 2 + 2 * h +
+                         (m.qk_norm ? 2 * m.head_dim : 0);
+  EXPECT_EQ(w.layer.params, expect);
+  EXPECT_EQ(w.head.params, (m.vocab_size / 2) * h + h);  // vocab-parallel LM head + final norm
+  EXPECT_EQ(w.embed.params, m.vocab_size * h);
+}
+
+TEST(ClusterWorkload, SequenceExpertAndContextParallelCollectives) {
+  const ChipSpec chip = load_chip("h100");
+  WorkloadOptions o;
+  o.tp = 2;
+  o.sp = true;
+  o.seq_len = 256;
+  const Workload sp = extract_workload(small_dense(), chip, o);
+  int gathers = 0, scatters = 0;
+  for (const auto& c : sp.layer.comms) {
+    gathers += c.collective == ccl::Collective::kAllGather;
+    scatters += c.collective == ccl::Collective::kReduceScatter;
+  }
+  EXPECT_EQ(gathers, 2);
+  EXPECT_EQ(scatters, 2);
+  o.cp = 2;
+  const Workload cp = extract_workload(small_dense(), chip, o);
+  ASSERT_EQ(cp.layer.comms.back().group, "cp");
+  // Keys and values of the whole sequence for this TP shard's kv heads, bf16.
+  EXPECT_DOUBLE_EQ(cp.layer.comms.back().bytes, 2.0 * 256 * (4 / 2) * 32 * 2);
+  WorkloadOptions e;
+  e.tp = 1;
+  e.ep = 4;
+  e.seq_len = 64;
+  e.micro_batch = 2;
+  const Workload moe = extract_workload(load_model_config("tiny-moe"), chip, e);
+  int a2a = 0;
+  for (const auto& c : moe.layer.comms) a2a += c.collective == ccl::Collective::kAllToAllV && c.group == "ep";
+  EXPECT_EQ(a2a, 2);  // dispatch and return
+  EXPECT_GT(moe.expert_params_per_layer, 0);
+}
+
+TEST(ClusterWorkload, BadOptionsNameTheValue) {
+  const ChipSpec chip = load_chip("h100");
+  WorkloadOptions o;
+  o.tp = 3;
+  try {
+    extract_workload(small_dense(), chip, o);
+    FAIL();
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("valid: 1, 2, 4"), std::string::npos) << e.what();
+  }
+  o.tp = 1;
+  o.ep = 2;
+  EXPECT_THROW(extract_workload(small_dense(), chip, o), UserError);  // dense model
+  o.ep = 1;
+  o.cp = 3;
+  o.seq_len = 100;
+  EXPECT_THROW(extract_workload(small_dense(), chip, o), UserError);
+}
+
+TEST(ClusterTraining, BreakdownMatchesTheScheduleArithmetic) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  Layout l = base_layout();
+  FixedNetwork net(1e-4);
+  WorkloadCache cache;
+  const TrainingResult r = simulate_training(m, c, l, net, cache, 32);
+  const Workload& w = cache.get(m, c.node.chip, workload_options(l));
+  double sum = 0;
+  for (const auto& [k, v] : r.breakdown) sum += v;
+  EXPECT_NEAR(sum, r.iteration_s, 1e-12);
+  const double mb = 64.0 / 8;  // micro-batches per pipeline
+  EXPECT_EQ(r.micro_batches, 8);
+  // SP with TP 2: 4 TP collectives per layer, each 1e-4 s, forward and backward, 4 layers per stage.
+  // The last stage (the busiest: the LM head) adds the head's all-gather, forward and backward.
+  EXPECT_NEAR(r.breakdown.at("tp comm"), mb * 4 * 2 * 4 * 1e-4 + mb * 2 * 1e-4, 1e-12);
+  // The busiest stage's compute: 4 layers plus the embedding or the head, whichever is larger.
+  const double layers = 4 * (w.layer.fwd_s + w.layer.bwd_s);
+  const double extra = std::max(w.embed.fwd_s + w.embed.bwd_s, w.head.fwd_s + w.head.bwd_s);
+  EXPECT_NEAR(r.breakdown.at("compute"), mb * (layers + extra), 1e-9);
+  // Bubble of 1F1B: (pp - 1) x one micro-batch's stage time (with its transfers).
+  const double stage = std::max(r.stage_fwd_s[0] + r.stage_bwd_s[0], r.stage_fwd_s[1] + r.stage_bwd_s[1]);
+  EXPECT_NEAR(r.breakdown.at("pipeline bubble"), 1.0 * (stage + 2 * 1e-4), 1e-9);
+  EXPECT_NEAR(r.breakdown.at("pp send/recv"), mb * 2 * 1e-4, 1e-12);
+  // Model FLOPs: PaLM's 6N + 12 L H Q T per token.
+  EXPECT_NEAR(r.model_flops, model_flops_per_token(m, 256, false) * 64 * 256, 1);
+  EXPECT_GT(r.tflops_per_chip, 0);
+  EXPECT_NEAR(r.mfu, r.tflops_per_chip * 1e12 / c.node.chip.matrix_flops_per_s(DType::kBF16), 1e-12);
+}
+
+TEST(ClusterTraining, InterleavingShrinksTheBubbleAndDataParallelismKeepsComputePerChip) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  FixedNetwork net(0);
+  WorkloadCache cache;
+  Layout l = base_layout();
+  const TrainingResult plain = simulate_training(m, c, l, net, cache, 32);
+  l.virtual_stages = 2;
+  const TrainingResult inter = simulate_training(m, c, l, net, cache, 32);
+  EXPECT_NEAR(inter.breakdown.at("pipeline bubble"), plain.breakdown.at("pipeline bubble") / 2, 1e-12);
+  // Half the replicas with half the batch: the same work per chip.
+  Layout half = base_layout();
+  half.dp = 4;
+  half.global_batch = 32;
+  const TrainingResult r4 = simulate_training(m, c, half, net, cache, 16);
+  EXPECT_NEAR(r4.breakdown.at("compute"), plain.breakdown.at("compute"), 1e-12);
+}
+
+TEST(ClusterTraining, ScheduleTraceAgreesWithTheClosedForm) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  FixedNetwork net(0);
+  WorkloadCache cache;
+  Layout l = base_layout();
+  l.pp = 4;
+  l.dp = 4;
+  l.global_batch = 32;
+  const TrainingResult r = simulate_training(m, c, l, net, cache, 32);
+  TraceWriter w;
+  write_training_trace(r, w);
+  double end = 0;
+  const nlohmann::json trace = w.to_json();
+  int slices = 0;
+  for (const auto& e : trace["traceEvents"]) {
+    slices += e.value("ph", "") == "X";
+    if (e.value("ph", "") == "X" && e.value("tid", -1) < 4) end = std::max(end, (e["ts"].get<double>() + e["dur"].get<double>()) * 1e-6);
+  }
+  // Uneven stages (embedding, head) make the event schedule at most the closed form, and close to it.
+  const double closed = r.breakdown.at("compute") + r.breakdown.at("pipeline bubble") + r.breakdown.at("pp send/recv") +
+                        r.breakdown.count("tp comm") * r.breakdown.at("tp comm");
+  EXPECT_LE(end, closed * (1 + 1e-9));
+  EXPECT_GT(end, closed * 0.9);
+  EXPECT_EQ(slices, 4 * 2 * 8 + 1);  // F and B of 8 micro-batches on 4 stages, then the optimizer
+}
+
+TEST(ClusterTraining, MemoryAccountingAndShortfall) {
+  const ModelConfig m = small_dense();
+  const ChipSpec chip = load_chip("h100");
+  Layout l = base_layout();
+  const MemoryUse none = training_memory(m, chip, l);
+  l.recompute = Recompute::kFull;
+  const MemoryUse full = training_memory(m, chip, l);
+  EXPECT_LT(full.activations, none.activations);
+  EXPECT_DOUBLE_EQ(full.weights, none.weights);
+  l.zero = 0;
+  const MemoryUse z0 = training_memory(m, chip, l);
+  EXPECT_NEAR(z0.optimizer, full.optimizer * 8, 1e-6 * z0.optimizer);  // ZeRO-1 shards over DP 8
+  // Weights: bf16 of the fullest stage's parameters; gradients fp32; Adam fp32 master + 2 moments.
+  EXPECT_NEAR(z0.gradients, 2 * z0.weights, 1e-6);
+  EXPECT_NEAR(z0.optimizer, 6 * z0.weights, 1e-6);
+  // A model far too large for the chip: reported, with its shortfall, not thrown.
+  ModelConfig big = load_model_config("gpt-145.6b");
+  Layout b;
+  b.tp = 1, b.pp = 1, b.dp = 8, b.global_batch = 8, b.seq_len = 2048;
+  const MemoryUse mem = training_memory(big, chip, b);
+  EXPECT_FALSE(mem.fits());
+  EXPECT_NEAR(mem.shortfall(), mem.total() - mem.capacity, 1);
+  EXPECT_GT(mem.weights, 2 * 145e9);
+}
+
+TEST(ClusterTraining, BadLayoutsNameWhatIsValid) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  auto message = [&](Layout l, int64_t chips) {
+    try {
+      check_layout(m, c, l, chips);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  Layout l = base_layout();
+  EXPECT_NE(message(l, 16).find("DP = 4"), std::string::npos) << message(l, 16);  // product != chips
+  EXPECT_NE(message(l, 64).find("has 32"), std::string::npos) << message(l, 64);  // more than the cluster
+  l = base_layout();
+  l.tp = 3;
+  l.dp = 4;
+  EXPECT_NE(message(l, 24).find("valid TP: 1, 2, 4"), std::string::npos) << message(l, 24);
+  l = base_layout();
+  l.pp = 6;  // 8 layers: 2 per stage would need 12; the first and last may hold one fewer, not more
+  l.dp = 2;
+  l.global_batch = 64;
+  EXPECT_NE(message(l, 24).find("valid PP: 1, 2, 3, 4, 5, 8"), std::string::npos) << message(l, 24);
+  l = base_layout();
+  l.global_batch = 60;
+  EXPECT_NE(message(l, 32).find("multiple of DP x micro-batch"), std::string::npos) << message(l, 32);
+  l = base_layout();
+  l.ep = 2;
+  EXPECT_NE(message(l, 32).find("dense"), std::string::npos) << message(l, 32);
+  l = base_layout();
+  l.virtual_stages = 3;
+  EXPECT_NE(message(l, 32).find("virtual stages"), std::string::npos) << message(l, 32);
+  l = base_layout();
+  l.zero = 4;
+  EXPECT_NE(message(l, 32).find("valid: 0, 1, 2, 3"), std::string::npos) << message(l, 32);
+  // Llama 3's balance is allowed: 126 layers over 16 stages (first and last hold 7).
+  ModelConfig llama = load_model_config("llama3-405b");
+  Layout ll;
+  ll.tp = 8, ll.pp = 16, ll.dp = 1, ll.global_batch = 16, ll.seq_len = 8192;
+  ClusterSpec big = load_cluster("h100-24k");
+  EXPECT_NO_THROW(check_layout(llama, big, ll, 128));
+  {
+    ModelConfig moe = load_model_config("tiny-moe");
+    Layout e = base_layout();
+    e.pp = 1;
+    e.dp = 16;
+    e.ep = 3;
+    try {
+      check_layout(moe, c, e, 32);
+      ADD_FAILURE();
+    } catch (const UserError& err) {
+      EXPECT_NE(std::string(err.what()).find("divisors of the experts: 1, 2, 4, 8"), std::string::npos) << err.what();
+    }
+  }
+}
+
+TEST(ClusterPlanner, RanksLayoutsThatFitAndExplainsTheWinner) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster(2);
+  FixedNetwork net(2e-5);
+  WorkloadCache cache;
+  PlanOptions p;
+  p.global_batch = 32;
+  p.seq_len = 256;
+  p.threads = 2;
+  const Plan plan = plan_training(m, c, p, net, cache);
+  ASSERT_FALSE(plan.ranked.empty());
+  for (size_t i = 1; i < plan.ranked.size(); ++i) EXPECT_LE(plan.ranked[i - 1].iteration_s, plan.ranked[i].iteration_s);
+  for (const auto& r : plan.ranked) {
+    EXPECT_TRUE(r.memory.fits());
+    EXPECT_EQ(r.layout.chips(), 16);
+  }
+  EXPECT_NE(plan.explanation.find("is fastest"), std::string::npos);
+  EXPECT_NE(plan.explanation.find("runner-up"), std::string::npos);
+  // Nothing fits: the closest layout and its shortfall instead of a ranking.
+  ModelConfig huge = load_model_config("gpt-1008b");
+  PlanOptions q;
+  q.global_batch = 16;
+  q.seq_len = 2048;
+  q.chips = 8;
+  const Plan none = plan_training(huge, c, q, net, cache);
+  EXPECT_TRUE(none.ranked.empty());
+  EXPECT_NE(none.explanation.find("short by"), std::string::npos) << none.explanation;
+}
+
+}  // namespace
+}  // namespace ppu::cluster
