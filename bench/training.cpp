@@ -12,7 +12,8 @@
 // the way those teams tuned: the fastest setting that fits in memory. The software of each paper is
 // described once (not per row): Megatron-LM 2021 ran attention as separate kernels, no sequence
 // parallelism, full recomputation, fp16 gradients all-reduced after the backward; Llama 3 ran a
-// fused attention, sequence parallelism, fp32 gradient reduce-scatter overlapped with the backward.
+// fused attention in FlashAttention-2's style (the kernel of mid-2024), sequence parallelism, fp32
+// gradient reduce-scatter overlapped with the backward.
 // Exit status 0 even when a case misses its target: this prints measurements, it is not a test.
 #include <fmt/format.h>
 
@@ -37,14 +38,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 struct Software {
-  bool unfused_attention, sp, overlap;
+  bool unfused_attention;
+  kernels::AttentionStyle attention;
+  bool sp, overlap;
   int grad_bytes;
   std::vector<Recompute> recompute;
   bool megatron_flops;  // count FLOPs with Megatron's formula (recomputation included)
 };
 
-const Software kMegatron2021{true, false, false, 2, {Recompute::kFull}, true};
-const Software kLlama3{false, true, true, 4, {Recompute::kNone, Recompute::kSelective, Recompute::kFull}, false};
+const Software kMegatron2021{true, kernels::AttentionStyle::kPipelined, false, false, 2, {Recompute::kFull}, true};
+const Software kLlama3{false, kernels::AttentionStyle::kFlashAttention2, true, true, 4, {Recompute::kNone, Recompute::kSelective, Recompute::kFull}, false};
 
 struct RowResult {
   TrainingResult r;
@@ -62,12 +65,13 @@ RowResult run_case(const bench::TrainingCase& c, const Software& sw, WorkloadCac
   for (int64_t mb : {1, 2, 4, 8}) {
     if (per_replica % mb != 0) continue;
     for (int v = 1; v <= 8; ++v) {
-      if (v > 1 && (c.pp == 1 || (m.num_layers / c.pp) % v != 0 || m.num_layers / c.pp < v)) continue;
+      const long stage_layers = (m.num_layers + c.pp - 1) / c.pp;  // the fullest stage (check_layout's rule)
+      if (v > 1 && (c.pp == 1 || stage_layers % v != 0)) continue;
       for (Recompute rc : sw.recompute) {
         Layout l;
         l.tp = c.tp, l.pp = c.pp, l.cp = c.cp, l.dp = dp, l.micro_batch = mb, l.virtual_stages = v;
         l.global_batch = c.global_batch, l.seq_len = c.seq_len, l.sp = sw.sp, l.recompute = rc;
-        l.unfused_attention = sw.unfused_attention, l.overlap_grad_reduce = sw.overlap, l.grad_reduce_bytes = sw.grad_bytes;
+        l.unfused_attention = sw.unfused_attention, l.attention_style = sw.attention, l.overlap_grad_reduce = sw.overlap, l.grad_reduce_bytes = sw.grad_bytes;
         l.zero = sw.megatron_flops ? 0 : 1;
         try {
           check_layout(m, cl, l, c.gpus);
@@ -94,11 +98,12 @@ RowResult run_case(const bench::TrainingCase& c, const Software& sw, WorkloadCac
   return best;
 }
 
-void fidelity(bool markdown) {
+void fidelity(bool markdown, const std::string& only) {
   WorkloadCache cache;
   Table t({"run", "GPUs", "layout (paper)", "chosen", "predicted TFLOPS/GPU", "published", "error"});
   std::vector<double> errors;
   auto row = [&](const bench::TrainingCase& c, const Software& sw) {
+    if (!only.empty() && c.model.find(only) == std::string::npos) return;
     const auto t0 = std::chrono::steady_clock::now();
     const RowResult rr = run_case(c, sw, cache);
     const std::string paper = fmt::format("TP{} PP{}{} DP{}", c.tp, c.pp, c.cp > 1 ? fmt::format(" CP{}", c.cp) : "",
@@ -181,6 +186,7 @@ void headline(bool markdown) {
   const ModelConfig m = load_model_config("qwen3-max");
   const double tokens = 36e12;
   Table t({"cluster", "chips", "best layout", "iteration s", "MFU", "days", "chip-hours (M)", "energy MWh"});
+  RowResult zhenwu_best;
   for (const char* name : {"zhenwu-10k", "h20-10k", "a800-10k"}) {
     const ClusterSpec c = load_cluster(name);
     auto net = make_network(c, NetworkKind::kAnalytical);
@@ -193,6 +199,7 @@ void headline(bool markdown) {
       continue;
     }
     const TrainingResult& r = plan.ranked.front();
+    if (std::string(name) == "zhenwu-10k") zhenwu_best.r = r, zhenwu_best.found = true;
     const double iters = std::ceil(tokens / static_cast<double>(r.layout.global_batch * r.layout.seq_len));
     const double secs = iters * r.iteration_s;
     const double power = (static_cast<double>(c.num_chips()) * c.node.chip.power.value + c.num_nodes() * c.node_power.value) * c.pue.value;
@@ -200,28 +207,62 @@ void headline(bool markdown) {
                fmt::format("{:.1f}%", 100 * r.mfu), fmt::format("{:.1f}", secs / 86400),
                fmt::format("{:.1f}", c.num_chips() * secs / 3600 / 1e6), fmt::format("{:.0f}", power * secs / 3.6e9)});
   }
+  // How the PPU's row moves across the plausible range of its assumed numbers, the winning layout held.
+  Table sens({"Zhenwu 810E assumption", "value", "iteration s", "days", "change"});
+  if (zhenwu_best.found) {
+    const ClusterSpec base = load_cluster("zhenwu-10k");
+    auto days_of = [&](const ClusterSpec& c) {
+      auto net = make_network(c, NetworkKind::kAnalytical);
+      WorkloadCache cache;
+      const TrainingResult r = simulate_training(m, c, zhenwu_best.r.layout, *net, cache);
+      const double iters = std::ceil(tokens / static_cast<double>(r.layout.global_batch * r.layout.seq_len));
+      return std::pair{r.iteration_s, iters * r.iteration_s / 86400};
+    };
+    const auto [it0, d0] = days_of(base);
+    sens.add_row({"as in the preset", "120 TFLOPS, 2.6 TB/s", fmt::format("{:.2f}", it0), fmt::format("{:.1f}", d0), "-"});
+    struct Variant {
+      const char* what;
+      const char* value;
+      double matrix, hbm;
+    };
+    for (const Variant& v : {Variant{"dense bf16/fp16 peak", "100 TFLOPS", 100e12, 0}, Variant{"dense bf16/fp16 peak", "148 TFLOPS (H20's)", 148e12, 0},
+                             Variant{"HBM bandwidth", "2.46 TB/s", 0, 2.46e12}, Variant{"HBM bandwidth", "2.76 TB/s", 0, 2.76e12}}) {
+      ClusterSpec c = base;
+      ChipSpec& chip = c.node.chip;
+      if (v.matrix > 0) chip.matrix_bf16.value = chip.matrix_fp16.value = v.matrix;
+      if (v.hbm > 0) chip.hbm_bandwidth.value = v.hbm;
+      chip.name += fmt::format(" ({} {})", v.what, v.value);  // a distinct workload-cache key
+      const auto [it, d] = days_of(c);
+      sens.add_row({v.what, v.value, fmt::format("{:.2f}", it), fmt::format("{:.1f}", d), fmt::format("{:+.1f}%", 100 * (d / d0 - 1))});
+    }
+  }
   std::cout << (markdown ? "### Headline: the assumed Qwen3-Max pre-trained on 36T tokens (sequence 4096, ~4M tokens per batch)\n\n"
                          : "Headline: the assumed Qwen3-Max pre-trained on 36T tokens (sequence 4096, ~4M tokens per batch)\n");
   std::cout << (markdown ? t.render_markdown() : t.render()) << "\n";
   std::cout << "assumptions: the Qwen3-Max shape (presets/models/qwen3-max.json), the Zhenwu 810E's compute and memory "
                "(presets/chips/zhenwu-810e.json), the same network for all three clusters (presets/clusters), chips at "
                "TDP for the whole run, balanced MoE routing, no failures or restarts\n\n";
+  std::cout << (markdown ? "Sensitivity of the PPU row to the preset's assumed numbers (the winning layout held):\n\n"
+                         : "Sensitivity of the PPU row to the preset's assumed numbers (the winning layout held):\n");
+  std::cout << (markdown ? sens.render_markdown() : sens.render()) << "\n";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   bool markdown = false, only_fidelity = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--markdown")) markdown = true;
     else if (!std::strcmp(argv[i], "--fidelity")) only_fidelity = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i], only_fidelity = true;
     else {
-      std::cerr << "usage: bench_training [--markdown] [--fidelity]\n";
+      std::cerr << "usage: bench_training [--markdown] [--fidelity] [--only MODEL-SUBSTRING]\n";
       return 2;
     }
   }
   try {
-    fidelity(markdown);
+    fidelity(markdown, only);
     if (only_fidelity) return 0;
     speed(markdown);
     headline(markdown);

@@ -23,6 +23,21 @@ out=docs/validation.md
   echo
   build/bench/bench_collectives --markdown
   echo
+  echo "## Training on clusters"
+  echo
+  echo "Cluster simulation (docs/training.md, docs/network.md): published training runs predicted with the paper's"
+  echo "layout as input (target: every row within 10% in TFLOPS per GPU), the simulator's speed, and the headline."
+  echo
+  build/bench/bench_training --markdown
+  echo
+  if [ -x build/bench/bench_network ]; then
+    echo "### Network models"
+    echo
+    echo '```'
+    build/bench/bench_network
+    echo '```'
+    echo
+  fi
   echo "## Speed of the simulator (this machine: $(nproc) cores)"
   echo
   echo "Timing-only simulation (target: 8192^3 under 0.1 s):"

@@ -123,6 +123,7 @@ struct TrainCliOptions {
   std::string recompute = "auto";     // none, selective, full, auto (the least that fits)
   bool no_sp = false;
   bool unfused_attention = false;
+  std::string attention = "pipelined";  // the fused attention's style: pipelined, flash-attention-2
   bool no_overlap = false;            // DP gradient reduction after the backward, not under it
   std::string grad_reduce = "fp32";   // fp32 or bf16/fp16 (2 bytes)
   std::string network = "analytical";  // analytical, flow

@@ -43,6 +43,12 @@ Recompute parse_recompute(const std::string& s) {
   throw UserError(fmt::format("--recompute '{}'; valid: auto, none, selective, full", s));
 }
 
+kernels::AttentionStyle parse_attention(const std::string& s) {
+  for (size_t i = 0; i < kernels::kAttentionStyleNames.size(); ++i)
+    if (s == kernels::kAttentionStyleNames[i]) return static_cast<kernels::AttentionStyle>(i);
+  throw UserError(fmt::format("--attention '{}'; valid: pipelined, flash-attention-2", s));
+}
+
 NetworkKind parse_network(const std::string& s) {
   if (s == "analytical") return NetworkKind::kAnalytical;
   if (s == "flow") return NetworkKind::kFlow;
@@ -174,6 +180,7 @@ int cmd_simulate_train(const TrainCliOptions& o) {
                                                     (l.dp * l.micro_batch)) * l.dp * l.micro_batch;
     l.zero = o.zero;
     l.unfused_attention = o.unfused_attention;
+    l.attention_style = parse_attention(o.attention);
     l.overlap_grad_reduce = !o.no_overlap;
     l.grad_reduce_bytes = grad_bytes;
     if (o.recompute == "auto") {
@@ -206,6 +213,7 @@ int cmd_simulate_train(const TrainCliOptions& o) {
   p.seq_len = o.seq_len;
   p.chips = o.chips;
   p.grad_reduce_bytes = grad_bytes;
+  p.attention_style = parse_attention(o.attention);
   if (!o.json) p.progress = [](const std::string& s) { std::cerr << "search: " << s << "\n"; };
   const Plan plan = plan_training(m, c, p, *net, cache);
   if (plan.ranked.empty()) {

@@ -12,21 +12,43 @@
 // g: inner = g % stride, outer = g / (stride * group_size); base = outer * stride * group_size +
 // inner). total_ranks must be a multiple of stride * group_size. TP groups are stride 1, DP groups
 // stride tp*cp, PP neighbours stride tp*cp*dp (Megatron's rank order: tp fastest, then cp, dp, pp).
+// Groups must sit on nodes evenly: inside one node (stride * group_size divides chips_per_node), one
+// member per node (stride a multiple of chips_per_node), or whole nodes (stride divides
+// chips_per_node and group_size is a multiple of chips_per_node / stride).
 //
 // Symmetry: every group does the same thing at the same time, so a model may simulate one
 // representative (or one transfer step of all groups together) and multiply; both models do.
+//
+// The models (docs/network.md has the assumptions and limits):
+//   analytical  NCCL-like ring / double-binary-tree costs; the scale-out part from the load of the most
+//               loaded NIC and tier uplink (max-min bound), closed form, microseconds per call
+//   flow        the same algorithms, but the scale-out part from a flow-level max-min simulation on
+//               SimGrid (one rail of the multi-tier Clos, built once per model in a worker process)
+// Both time intra-node parts (groups inside a node; the node hops of multi-node algorithms) with the
+// collective library's node model (ccl::Communicator in timing-only mode), cached per size.
+//
+// Not here: stragglers, failures, skewed traffic, overlap with compute (the training simulator),
+// rail-asymmetric congestion beyond the busiest rail. Not thread-safe: one thread per model.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "arch/ClusterSpec.hpp"
 
 namespace ppu::cluster {
 
 enum class CollKind : uint8_t { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kSendRecv, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(CollKind::kCount)> kCollKindNames = {
+    "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv"};
+static_assert(kCollKindNames.size() == static_cast<size_t>(CollKind::kCount));
+// "all_reduce", ...; "?" for a value outside the enum.
 const char* coll_kind_name(CollKind k);
+std::optional<CollKind> coll_kind_from_name(std::string_view s);
 
 struct CollectiveRequest {
   CollKind kind = CollKind::kAllReduce;
@@ -43,21 +65,42 @@ struct CollectiveRequest {
 // What a model found: the time and, for reports, which path/algorithm it used.
 struct CollectiveCost {
   double seconds = 0;
-  std::string how;  // e.g. "hierarchical: node ring 8 + rail ring 128 over 2 tiers"
+  std::string how;  // e.g. "ring over 1024 ranks (8 per node x 128 nodes), simple: NIC-bound ..."
+  // The parts `seconds` is made of (seconds = latency_seconds + max(network_seconds, node_seconds)):
+  double latency_seconds = 0;  // launch plus per-step latencies
+  double network_seconds = 0;  // scale-out bandwidth part (0 inside a node)
+  double node_seconds = 0;     // intra-node part (the node's own collective for groups inside a node)
 };
 
-enum class NetworkKind : uint8_t { kAnalytical, kFlow };
+enum class NetworkKind : uint8_t { kAnalytical, kFlow, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(NetworkKind::kCount)> kNetworkKindNames = {
+    "analytical", "flow"};
+inline constexpr std::array<std::string_view, static_cast<size_t>(NetworkKind::kCount)> kNetworkKindDescriptions = {
+    "closed-form NCCL-like costs; scale-out bound by the most loaded NIC or tier uplink (microseconds per call)",
+    "same algorithms, scale-out part from a flow-level max-min simulation on SimGrid (congestion-aware)"};
+static_assert(kNetworkKindNames.size() == static_cast<size_t>(NetworkKind::kCount));
+static_assert(kNetworkKindDescriptions.size() == static_cast<size_t>(NetworkKind::kCount));
+const char* network_kind_name(NetworkKind k);
+std::optional<NetworkKind> network_kind_from_name(std::string_view s);
+
+// nccl-tests' bus-bandwidth factor (busbw = bytes / seconds x factor): all-reduce 2(n-1)/n;
+// reduce-scatter, all-gather, all-to-all (n-1)/n; send/recv 1.
+double bus_factor(CollKind k, int group_size);
 
 class NetworkModel {
  public:
   virtual ~NetworkModel() = default;
+  // Throws UserError for requests that do not fit the cluster (see make_network).
   virtual CollectiveCost cost(const CollectiveRequest& r) = 0;
   double time(const CollectiveRequest& r) { return cost(r).seconds; }
   virtual std::string name() const = 0;
 };
 
-// Throws UserError for requests that do not fit the cluster (group larger than total_ranks,
-// total_ranks not a multiple of stride*group_size or above the chip count, negative bytes).
+// Throws UserError for a cluster the models cannot describe (no tiers, a top tier that does not hold
+// every node, tier domains that do not nest, non-positive NIC numbers). Its cost() throws UserError
+// for requests that do not fit the cluster (group larger than total_ranks, total_ranks not a multiple
+// of stride*group_size or above the chip count, negative bytes, groups that do not sit on nodes
+// evenly), naming the field and what would be valid.
 std::unique_ptr<NetworkModel> make_network(const ClusterSpec& cluster, NetworkKind kind);
 
 }  // namespace ppu::cluster

@@ -99,6 +99,7 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
                   l.tp = tp, l.pp = pp, l.dp = dp, l.cp = cp, l.ep = ep, l.sp = tp > 1, l.virtual_stages = v;
                   l.micro_batch = mb, l.global_batch = gb, l.seq_len = p.seq_len, l.zero = zero, l.recompute = rc;
                   l.grad_reduce_bytes = p.grad_reduce_bytes;
+                  l.attention_style = p.attention_style;
                   ++plan.considered;
                   auto it = shares.find({tp, ep});
                   if (it == shares.end()) it = shares.emplace(std::pair{tp, ep}, weight_shares(m, chip, tp, ep)).first;
@@ -125,38 +126,57 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
     plan.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
     return plan;
   }
-  // Keep the layouts with the most headroom first if there is a limit.
-  if (p.max_layouts > 0 && static_cast<int>(fitting.size()) > p.max_layouts) fitting.resize(static_cast<size_t>(p.max_layouts));
-
-  // Extract every distinct workload on all threads, then time the layouts one by one.
-  std::vector<WorkloadOptions> todo;
-  std::set<std::string> seen;
-  for (const Layout& l : fitting) {
-    WorkloadOptions o = workload_options(l);
-    if (seen.insert(o.key()).second) todo.push_back(o);
-  }
-  say(fmt::format("timing {} distinct per-chip workloads (kernels on the {} timing engine)", todo.size(), chip.name));
   const int threads = std::max(1, p.threads > 0 ? p.threads : static_cast<int>(std::thread::hardware_concurrency()));
-  std::atomic<size_t> next{0}, done{0};
-  std::exception_ptr failure;
-  std::mutex fail_mu;
-  std::vector<std::thread> pool;
-  for (int t = 0; t < std::min<int>(threads, static_cast<int>(todo.size())); ++t)
-    pool.emplace_back([&] {
-      for (size_t i; (i = next++) < todo.size();) {
-        try {
-          cache.get(m, chip, todo[i]);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(fail_mu);
-          if (!failure) failure = std::current_exception();
+  // Extracts every distinct workload of `layouts` on all threads, then times the layouts one by one.
+  auto evaluate = [&](const std::vector<Layout>& layouts) {
+    std::vector<WorkloadOptions> todo;
+    std::set<std::string> seen;
+    for (const Layout& l : layouts) {
+      WorkloadOptions o = workload_options(l);
+      if (seen.insert(o.key()).second) todo.push_back(o);
+    }
+    say(fmt::format("timing {} distinct per-chip workloads (kernels on the {} timing engine), then {} layouts", todo.size(),
+                    chip.name, layouts.size()));
+    std::atomic<size_t> next{0};
+    std::exception_ptr failure;
+    std::mutex fail_mu;
+    std::vector<std::thread> pool;
+    for (int t = 0; t < std::min<int>(threads, static_cast<int>(todo.size())); ++t)
+      pool.emplace_back([&] {
+        for (size_t i; (i = next++) < todo.size();) {
+          try {
+            cache.get(m, chip, todo[i]);
+          } catch (...) {
+            std::lock_guard<std::mutex> lock(fail_mu);
+            if (!failure) failure = std::current_exception();
+          }
         }
-        ++done;
-      }
-    });
-  for (auto& t : pool) t.join();
-  if (failure) std::rethrow_exception(failure);
-  say(fmt::format("simulating {} layouts", fitting.size()));
-  for (const Layout& l : fitting) plan.ranked.push_back(simulate_training(m, c, l, net, cache, chips));
+      });
+    for (auto& t : pool) t.join();
+    if (failure) std::rethrow_exception(failure);
+    for (const Layout& l : layouts) plan.ranked.push_back(simulate_training(m, c, l, net, cache, chips));
+  };
+  // Phase 1: every fitting layout at its smallest micro-batch. Phase 2: larger micro-batches for the
+  // three fastest, since a micro-batch's workload costs more to time the larger it is.
+  auto same_but_mb = [](const Layout& a, const Layout& b) {
+    return a.tp == b.tp && a.pp == b.pp && a.dp == b.dp && a.cp == b.cp && a.ep == b.ep && a.virtual_stages == b.virtual_stages &&
+           a.zero == b.zero;
+  };
+  std::vector<Layout> first, later;
+  for (const Layout& l : fitting) {
+    bool smaller = false;
+    for (const Layout& o : fitting) smaller = smaller || (same_but_mb(l, o) && o.micro_batch < l.micro_batch);
+    (smaller ? later : first).push_back(l);
+  }
+  if (p.max_layouts > 0 && static_cast<int>(first.size()) > p.max_layouts) first.resize(static_cast<size_t>(p.max_layouts));
+  evaluate(first);
+  std::stable_sort(plan.ranked.begin(), plan.ranked.end(),
+                   [](const TrainingResult& a, const TrainingResult& b) { return a.iteration_s < b.iteration_s; });
+  std::vector<Layout> second;
+  for (size_t i = 0; i < plan.ranked.size() && i < 3; ++i)
+    for (const Layout& l : later)
+      if (same_but_mb(l, plan.ranked[i].layout)) second.push_back(l);
+  if (!second.empty()) evaluate(second);
   std::stable_sort(plan.ranked.begin(), plan.ranked.end(),
                    [](const TrainingResult& a, const TrainingResult& b) { return a.iteration_s < b.iteration_s; });
   const TrainingResult& best = plan.ranked.front();

@@ -10,9 +10,11 @@
 // stage splits, CP for sequences of 16K tokens and more, EP (MoE) over multiples of TP that divide
 // the experts, micro-batches 1, 2, 4 (dividing the per-replica batch), interleaving 1 or 2 chunks,
 // ZeRO-1 (ZeRO-3 when nothing fits otherwise), and the least recomputation that fits (none, then
-// full; selective equals none with a fused attention). DP takes the remaining chips. Memory is checked first (cheap); only
-// layouts that fit are timed, with workloads shared between layouts of the same TP/EP/CP/micro-batch
-// and extracted on all host threads.
+// full; selective equals none with a fused attention). DP takes the remaining chips. Memory is
+// checked first (cheap); only layouts that fit are timed, with workloads shared between layouts of
+// the same TP/EP/CP/micro-batch and extracted on all host threads. Every fitting layout is timed at
+// its smallest micro-batch; larger micro-batches only for the three fastest of those (a workload
+// costs more host time the larger its micro-batch).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +33,7 @@ struct PlanOptions {
   int max_layouts = 0;        // 0: no limit; else time at most this many (the most promising by memory headroom)
   int threads = 0;            // workload extraction threads; 0: hardware concurrency
   int grad_reduce_bytes = 4;
+  kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;
   std::function<void(const std::string&)> progress;  // called with a line per stage of the search
 };
 

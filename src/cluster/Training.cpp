@@ -114,8 +114,8 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
                                 l.pp, m.name, m.num_layers, valid));
   }
   if (l.virtual_stages > 1 && (l.pp == 1 || stages[1 % stages.size()] % l.virtual_stages != 0))
-    throw UserError(fmt::format("layout: {} virtual stages need PP > 1 and must divide the {} layers of a stage", l.virtual_stages,
-                                stages[1 % stages.size()]));
+    throw UserError(fmt::format("layout: {} virtual stages need PP > 1 and must divide the {} layers of a full stage; valid: {}",
+                                l.virtual_stages, stages[1 % stages.size()], divisors_of(stages[1 % stages.size()])));
   if (l.ep > 1) {
     if (!m.is_moe()) throw UserError(fmt::format("layout: EP {} but model '{}' is dense; valid EP: 1", l.ep, m.name));
     if (m.num_experts % l.ep != 0 || l.ep % l.tp != 0 || (int64_t{l.tp} * l.dp) % l.ep != 0)
@@ -156,6 +156,7 @@ WorkloadOptions workload_options(const Layout& l) {
   wo.micro_batch = l.micro_batch;
   wo.seq_len = l.seq_len;
   wo.unfused_attention = l.unfused_attention;
+  wo.attention_style = l.attention_style;
   return wo;
 }
 

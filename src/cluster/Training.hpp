@@ -62,6 +62,7 @@ struct Layout {
   Recompute recompute = Recompute::kNone;
   bool overlap_grad_reduce = true;  // DP gradient reduction overlapped with the last backward
   bool unfused_attention = false;   // Megatron-LM 2021 attention (see WorkloadOptions)
+  kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;  // the fused attention's style
   int grad_reduce_bytes = 4;        // bytes per gradient element in the DP reduction (4: fp32, as Llama 3; 2: fp16)
   int64_t chips() const { return int64_t{tp} * pp * dp * cp; }
   std::string describe() const;

@@ -22,7 +22,7 @@ namespace {
 using kernels::GemmShape;
 
 // Backward time of one captured forward launch, launched on `dev` (see the header).
-double backward_of(Device& dev, const CapturedLaunch& l) {
+double backward_of(Device& dev, const CapturedLaunch& l, kernels::AttentionStyle style) {
   const Kernel& k = l.kernel;
   const bool all_gemm = !k.ops.empty() && std::all_of(k.ops.begin(), k.ops.end(), [](const KernelOp& o) { return o.op == "gemm"; });
   if (all_gemm) {
@@ -71,7 +71,10 @@ double backward_of(Device& dev, const CapturedLaunch& l) {
                                  {s.batch * s.q_heads * s.seq_q, DType::kF32, "lse"}, {qn, in, "dq"}, {kn, in, "dk"},
                                  {kn, in, "dv"}})
         b.push_back(dev.alloc(t_, n, name));
-      t += kernels::attention_backward(dev, ws, s, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]).time_s();
+      kernels::AttentionBackwardConfig cfg;
+      cfg.style = style;
+      cfg = kernels::choose_attention_backward_config(dev.chip(), s, in, cfg);
+      t += kernels::attention_backward(dev, ws, s, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], nullptr, &cfg).time_s();
       for (Buffer& x : b) dev.free(x);
     }
     kernels::free_attention_workspace(dev, ws);
@@ -85,7 +88,8 @@ struct Capture {
   int64_t weight_bytes = 0;
 };
 
-PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_t from, size_t to) {
+PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_t from, size_t to,
+                 kernels::AttentionStyle style) {
   PartWork p;
   for (size_t i = from; i < to; ++i) {
     const CapturedLaunch& l = launches[i];
@@ -93,7 +97,7 @@ PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_
     p.fwd_by_kind[l.kind] += l.seconds;
     p.flops_fwd += l.kernel.flops;
     if (l.kind == "attention") p.attention_fwd_s += l.seconds;
-    const double b = backward_of(dev, l);
+    const double b = backward_of(dev, l, style);
     p.bwd_s += b;
     p.bwd_by_kind[l.kind] += b;
   }
@@ -138,10 +142,12 @@ void check_options(const ModelConfig& m, const WorkloadOptions& o) {
 }  // namespace
 
 std::string WorkloadOptions::key() const {
-  return fmt::format("tp{} sp{} ep{} cp{} mb{} s{} u{}", tp, sp, ep, cp, micro_batch, seq_len, unfused_attention);
+  return fmt::format("tp{} sp{} ep{} cp{} mb{} s{} u{} a{}", tp, sp, ep, cp, micro_batch, seq_len, unfused_attention,
+                     static_cast<int>(attention_style));
 }
 
-Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o) {
+Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o,
+                          std::shared_ptr<TimingCache> timings) {
   check_options(model, o);
   const auto wall0 = std::chrono::steady_clock::now();
   Workload w;
@@ -153,6 +159,7 @@ Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const 
   const int64_t T = o.seq_len / o.cp;
   const int64_t past = o.cp > 1 ? o.seq_len / 2 - T / 2 : 0;
   Device dev(unbounded(chip), ExecMode::kTimingOnly);
+  if (timings) dev.share_timing_cache(timings);
   std::vector<ForwardCapture> caps(2);
   for (int layers = 1; layers <= 2; ++layers) {
     ModelConfig c = model;
@@ -166,6 +173,7 @@ Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const 
     q.max_batch = o.micro_batch;
     q.max_context = past + T;
     if (o.unfused_attention) q.attention_impl = Qwen3Options::AttentionImpl::kUnfused;
+    q.attention_style = o.attention_style;
     Qwen3Model m(dev, c, Qwen3Weights::random(1), q);
     for (int64_t b = 0; b < o.micro_batch; ++b) m.assume_past(static_cast<size_t>(b), past);
     m.forward_batch(std::vector<std::vector<int32_t>>(static_cast<size_t>(o.micro_batch), std::vector<int32_t>(T, 0)));
@@ -177,9 +185,9 @@ Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const 
   while (e < one.size() && one[e].kind == "embedding") ++e;
   const size_t per_layer = two.size() - one.size();
   PPU_CHECK(e + per_layer <= one.size(), "a one-layer forward launches fewer kernels than its layer");
-  w.embed = part_of(dev, one, 0, e);
-  w.layer = part_of(dev, one, e, e + per_layer);
-  w.head = part_of(dev, one, e + per_layer, one.size());
+  w.embed = part_of(dev, one, 0, e, o.attention_style);
+  w.layer = part_of(dev, one, e, e + per_layer, o.attention_style);
+  w.head = part_of(dev, one, e + per_layer, one.size(), o.attention_style);
   // The loss: softmax cross-entropy over this shard's logits, a softmax over [tokens, vocab / tp]
   // (its backward: the probabilities minus the one-hot target, memory-bound as above).
   {
@@ -250,12 +258,16 @@ WeightShares weight_shares(const ModelConfig& model, const ChipSpec& chip, int t
 
 const Workload& WorkloadCache::get(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o) {
   const std::string key = chip.name + "|" + model.name + "|" + o.key();
+  std::shared_ptr<TimingCache> timings;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(key);
     if (it != cache_.end()) return *it->second;
+    auto& t = timings_[chip.name];
+    if (!t) t = std::make_shared<TimingCache>();
+    timings = t;
   }
-  auto w = std::make_unique<Workload>(extract_workload(model, chip, o));
+  auto w = std::make_unique<Workload>(extract_workload(model, chip, o, timings));
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, fresh] = cache_.emplace(key, std::move(w));
   return *it->second;

@@ -36,7 +36,9 @@
 
 #include "arch/ChipSpec.hpp"
 #include "ccl/Collective.hpp"
+#include "kernels/Attention.hpp"
 #include "models/ModelConfig.hpp"
+#include "sim/TimingEngine.hpp"
 
 namespace ppu::cluster {
 
@@ -48,6 +50,8 @@ struct WorkloadOptions {
   int64_t micro_batch = 1;    // sequences per micro-batch
   int64_t seq_len = 2048;     // tokens per sequence
   bool unfused_attention = false;  // attention as Megatron-LM (2021) ran it (models/Qwen3 AttentionImpl::kUnfused)
+  // The fused attention's style, forward and backward (kernels::AttentionStyle).
+  kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;
   std::string key() const;
 };
 
@@ -94,9 +98,13 @@ WeightShares weight_shares(const ModelConfig& model, const ChipSpec& chip, int t
 // Throws UserError for impossible options (tp not dividing heads, ep not dividing experts or not a
 // multiple of tp, cp not dividing seq_len into even halves, non-positive sizes), naming the value and
 // what would be valid.
-Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o);
+// `timings`: kernel timings shared with other extractions on this chip (each distinct kernel is
+// then timed once per process; null: none shared).
+Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o,
+                          std::shared_ptr<TimingCache> timings = nullptr);
 
-// Thread-safe memo of extract_workload by (chip, model, options).
+// Thread-safe memo of extract_workload by (chip, model, options), with one kernel-timing cache per
+// chip shared by all its extractions.
 class WorkloadCache {
  public:
   const Workload& get(const ModelConfig& model, const ChipSpec& chip, const WorkloadOptions& o);
@@ -105,6 +113,7 @@ class WorkloadCache {
  private:
   mutable std::mutex mu_;
   std::map<std::string, std::unique_ptr<Workload>> cache_;
+  std::map<std::string, std::shared_ptr<TimingCache>> timings_;  // by chip name
 };
 
 }  // namespace ppu::cluster

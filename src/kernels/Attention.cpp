@@ -573,7 +573,7 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
 }
 
 AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionBatchItem>& items,
-                                Stream* stream) {
+                                Stream* stream, AttentionStyle style) {
   if (items.empty()) throw UserError("attention_batch: no sequences");
   if (items.size() == 1) {
     const auto& it = items[0];
@@ -593,7 +593,9 @@ AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const
   const auto B = static_cast<int64_t>(items.size());
   agg.q_heads *= B;
   agg.kv_heads *= B;
-  const AttentionConfig cfg = choose_attention_config(dev.chip(), agg, items[0].k_cache.dtype, items[0].v_cache.dtype);
+  AttentionConfig base;
+  base.style = style;
+  const AttentionConfig cfg = choose_attention_config(dev.chip(), agg, items[0].k_cache.dtype, items[0].v_cache.dtype, base);
   check_config(cfg);
   // Largest item first: block 0 must need the most SRAM.
   std::vector<size_t> order(items.size());

@@ -190,8 +190,9 @@ struct AttentionBatchItem {
   AttentionShape shape;
   Buffer q, k_cache, v_cache, out;
 };
+// `style`: how each block orders its work (AttentionStyle), for every item.
 AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionBatchItem>& items,
-                                Stream* stream = nullptr);
+                                Stream* stream = nullptr, AttentionStyle style = AttentionStyle::kPipelined);
 
 // Scalar reference in double: q [q_tokens, q_heads, head_dim] and the caches [kv_capacity, kv_heads,
 // head_dim] as fp32 values (already rounded to their dtypes); returns [q_tokens, q_heads, head_dim]

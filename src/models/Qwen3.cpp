@@ -622,7 +622,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
         it.out = a.view(r0 * qw, n * qw);
         items.push_back(it);
       }
-      kernels::attention_batch(dev_, attn_ws_, items);
+      kernels::attention_batch(dev_, attn_ws_, items, nullptr, opt_.attention_style);
     });
     if (first) tap("layer0.attn_out", a);
     op("attention gemm", [&] { linear(dev_, a, L.wo, o, T, H, qw); });

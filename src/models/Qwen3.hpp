@@ -139,6 +139,9 @@ struct Qwen3Options {
   // on head-major scratch buffers; no numbers).
   enum class AttentionImpl : uint8_t { kFused, kUnfused };
   AttentionImpl attention_impl = AttentionImpl::kFused;
+  // How the fused attention kernel orders its work (kernels::AttentionStyle): the chip's pipelined
+  // style, or FlashAttention-2's (as GPU training stacks of 2023-24 ran it).
+  kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;
 };
 
 struct ForwardResult {

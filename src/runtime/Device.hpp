@@ -132,6 +132,8 @@ class Device {
   // the kernels of a forward pass and derive other work from them.
   using LaunchObserver = std::function<void(const Kernel&, const KernelTiming&)>;
   void set_launch_observer(LaunchObserver f) { observer_ = std::move(f); }
+  // Kernel timings shared with other devices of this chip (sim/TimingEngine's TimingCache).
+  void share_timing_cache(std::shared_ptr<TimingCache> cache) { timing_.share_cache(std::move(cache)); }
   // Per-instruction trace events kept per kernel (0 = none; the default).
   void set_kernel_trace_limit(size_t n) { trace_limit_ = n; }
 

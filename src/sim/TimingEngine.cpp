@@ -576,6 +576,23 @@ class Sim {
 
 }  // namespace
 
+std::optional<KernelTiming> TimingCache::find(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) return std::nullopt;
+  return it->second;
+}
+
+void TimingCache::put(const std::string& key, const KernelTiming& t) {
+  std::lock_guard<std::mutex> lock(mu_);
+  map_.emplace(key, t);
+}
+
+size_t TimingCache::size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return map_.size();
+}
+
 TimingEngine::TimingEngine(const ChipSpec& chip) : chip_(chip) {}
 
 KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
@@ -593,7 +610,13 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
         if (a.device_addr < be && b.device_addr < ae)
           key += fmt::format("|o{}.{}@{}", i, j, static_cast<int64_t>(b.device_addr - a.device_addr));
       }
-    if (auto it = cache_.find(key); it != cache_.end()) {
+    if (shared_) {
+      if (auto hit = shared_->find(key)) {
+        ++cache_hits_;
+        hit->name = k.name;
+        return *hit;
+      }
+    } else if (auto it = cache_.find(key); it != cache_.end()) {
       ++cache_hits_;
       KernelTiming r = it->second;
       r.name = k.name;
@@ -612,7 +635,9 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
     Sim sim(chip_, k, trace_limit, cores);
     KernelTiming r = sim.run();
     if (took) t_busy = false;
-    if (!key.empty()) {
+    if (!key.empty() && shared_) {
+      shared_->put(key, r);
+    } else if (!key.empty()) {
       if (cache_.size() >= 4096) cache_.clear();
       cache_.emplace(std::move(key), r);
     }

@@ -29,6 +29,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -77,6 +80,20 @@ struct KernelTiming {
   std::string bound(const ChipSpec& chip) const;
 };
 
+// Results of keyed kernels (Kernel::timing_key) that several engines of the same chip share, so that
+// devices made one after another (the cluster layer's workload extraction) time each distinct kernel
+// once. Thread-safe. The owner keeps one cache per chip: the key does not name the chip.
+class TimingCache {
+ public:
+  std::optional<KernelTiming> find(const std::string& key) const;
+  void put(const std::string& key, const KernelTiming& t);
+  size_t size() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, KernelTiming> map_;
+};
+
 class TimingEngine {
  public:
   explicit TimingEngine(const ChipSpec& chip);
@@ -88,9 +105,12 @@ class TimingEngine {
 
   const ChipSpec& chip() const { return chip_; }
   int64_t cache_hits() const { return cache_hits_; }
+  // Use `cache` (shared with other engines of this chip) instead of this engine's own.
+  void share_cache(std::shared_ptr<TimingCache> cache) { shared_ = std::move(cache); }
 
  private:
   ChipSpec chip_;
+  std::shared_ptr<TimingCache> shared_;
   std::unordered_map<std::string, KernelTiming> cache_;
   int64_t cache_hits_ = 0;
 };
