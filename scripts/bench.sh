@@ -9,6 +9,10 @@ build/bench/bench_fidelity
 echo
 build/bench/bench_collectives
 echo
+build/bench/bench_network
+echo
+build/bench/bench_training
+echo
 build/bench/bench_sim_speed
 echo
 build/bench/bench_functional_gemm

@@ -125,6 +125,7 @@ struct TrainCliOptions {
   bool unfused_attention = false;
   std::string attention = "pipelined";  // the fused attention's style: pipelined, flash-attention-2
   bool no_overlap = false;            // DP gradient reduction after the backward, not under it
+  bool overlap_tp = false;            // TP collectives pipelined with the GEMMs
   std::string grad_reduce = "fp32";   // fp32 or bf16/fp16 (2 bytes)
   std::string network = "analytical";  // analytical, flow
   bool search = false;

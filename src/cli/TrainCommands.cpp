@@ -182,6 +182,7 @@ int cmd_simulate_train(const TrainCliOptions& o) {
     l.unfused_attention = o.unfused_attention;
     l.attention_style = parse_attention(o.attention);
     l.overlap_grad_reduce = !o.no_overlap;
+    l.overlap_tp_comm = o.overlap_tp;
     l.grad_reduce_bytes = grad_bytes;
     if (o.recompute == "auto") {
       check_layout(m, c, l, chips);

@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   train->add_flag("--unfused-attention", tr.unfused_attention, "Attention as separate kernels (Megatron-LM 2021)");
   train->add_option("--attention", tr.attention, "Fused attention style: pipelined, flash-attention-2")->capture_default_str();
   train->add_flag("--no-overlap", tr.no_overlap, "Reduce gradients after the backward instead of under it");
+  train->add_flag("--overlap-tp", tr.overlap_tp, "Overlap TP collectives with the GEMMs next to them");
   train->add_option("--grad-reduce", tr.grad_reduce, "Gradient reduction dtype: fp32, bf16, fp16")->capture_default_str();
   train->add_option("--network", tr.network, "Network model: analytical or flow (SimGrid)")->capture_default_str();
   train->add_flag("--search", tr.search, "Print the ranked table of layouts that fit");

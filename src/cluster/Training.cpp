@@ -84,17 +84,6 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
   for (auto [name, v] : {std::pair<const char*, int>{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep},
                          {"virtual stages", l.virtual_stages}})
     if (v < 1) throw UserError(fmt::format("layout: {} = {}; every degree must be >= 1", name, v));
-  if (chips == 0) chips = c.num_chips();
-  if (chips > c.num_chips())
-    throw UserError(fmt::format("layout: {} chips asked for, but cluster '{}' has {}", chips, c.name, c.num_chips()));
-  if (l.chips() != chips) {
-    const int64_t tpc = int64_t{l.tp} * l.pp * l.cp;
-    throw UserError(fmt::format("layout {}: TP x PP x DP x CP = {} chips, but the run uses {}{}; the product must equal "
-                                "the chip count{}",
-                                l.describe(), l.chips(), chips, chips == c.num_chips() ? " (all of cluster '" + c.name + "')" : "",
-                                chips % tpc == 0 ? fmt::format(" (DP = {} with these TP, PP, CP)", chips / tpc)
-                                                 : fmt::format(" (TP x PP x CP = {} does not divide {})", tpc, chips)));
-  }
   if (m.num_heads % l.tp != 0 || m.num_kv_heads % l.tp != 0)
     throw UserError(fmt::format("layout: TP {} does not divide model '{}''s {} attention heads and {} key/value heads; valid "
                                 "TP: {}",
@@ -122,6 +111,17 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
       throw UserError(fmt::format("layout: EP {} must divide model '{}''s {} experts, be a multiple of TP {} and divide "
                                   "TP x DP = {}; divisors of the experts: {}",
                                   l.ep, m.name, m.num_experts, l.tp, l.tp * l.dp, divisors_of(m.num_experts)));
+  }
+  if (chips == 0) chips = c.num_chips();
+  if (chips > c.num_chips())
+    throw UserError(fmt::format("layout: {} chips asked for, but cluster '{}' has {}", chips, c.name, c.num_chips()));
+  if (l.chips() != chips) {
+    const int64_t tpc = int64_t{l.tp} * l.pp * l.cp;
+    throw UserError(fmt::format("layout {}: TP x PP x DP x CP = {} chips, but the run uses {}{}; the product must equal "
+                                "the chip count{}",
+                                l.describe(), l.chips(), chips, chips == c.num_chips() ? " (all of cluster '" + c.name + "')" : "",
+                                chips % tpc == 0 ? fmt::format(" (DP = {} with these TP, PP, CP)", chips / tpc)
+                                                 : fmt::format(" (TP x PP x CP = {} does not divide {})", tpc, chips)));
   }
   if (l.micro_batch < 1 || l.global_batch < 1 || l.global_batch % (l.dp * l.micro_batch) != 0)
     throw UserError(fmt::format("layout: global batch {} must be a positive multiple of DP x micro-batch = {} x {} = {}",
@@ -238,6 +238,14 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   const double recompute_s = l.recompute == Recompute::kFull        ? w.layer.fwd_s
                              : l.recompute == Recompute::kSelective ? w.layer.attention_fwd_s
                                                                     : 0.0;
+  if (l.overlap_tp_comm && layer_comm.count("tp")) {
+    // TP collectives split into chunks and pipelined with the GEMMs next to them (Megatron-core's
+    // TP communication overlap): exposed only beyond the layer's GEMM time, per pass.
+    double gemm_s = 0;
+    for (const auto& [kind, t] : w.layer.fwd_by_kind)
+      if (kind.find("gemm") != std::string::npos) gemm_s += t;
+    layer_comm["tp"] = std::max(0.0, layer_comm["tp"] - gemm_s);
+  }
   double layer_comm_s = 0;
   for (const auto& [g, s] : layer_comm) layer_comm_s += s;
   const double layer_s = w.layer.fwd_s + recompute_s + w.layer.bwd_s + comm_passes * layer_comm_s;

@@ -11,7 +11,8 @@
 // the final norm, LM head and loss):
 //   compute   m micro-batches x (forward + recomputation + backward) of the stage's layers;
 //   tp/ep/cp  the layer's collectives (forward, again in recomputation, mirrored in backward) on
-//             their groups, exposed (Megatron runs them between the kernels that need them);
+//             their groups, exposed (Megatron runs them between the kernels that need them), or with
+//             overlap_tp_comm the TP part only beyond the layer's GEMM time (chunked overlap);
 //   bubble    1F1B: (pp - 1) x one micro-batch's stage time; interleaved with v chunks: / v;
 //   p2p       each micro-batch boundary sends the activations [micro_batch, seq/cp, hidden/(tp if sp)]
 //             to the next stage forward and the gradient back (2 x v per micro-batch on the
@@ -61,6 +62,7 @@ struct Layout {
   int zero = 1;                 // 0: plain DP; 1: optimizer states sharded; 2: + gradients; 3: + parameters
   Recompute recompute = Recompute::kNone;
   bool overlap_grad_reduce = true;  // DP gradient reduction overlapped with the last backward
+  bool overlap_tp_comm = false;     // TP collectives pipelined with the adjacent GEMMs (exposed beyond them only)
   bool unfused_attention = false;   // Megatron-LM 2021 attention (see WorkloadOptions)
   kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;  // the fused attention's style
   int grad_reduce_bytes = 4;        // bytes per gradient element in the DP reduction (4: fp32, as Llama 3; 2: fp16)

@@ -394,4 +394,53 @@ TEST(Cli, RunTensorParallelOnANode) {
   EXPECT_NE(r.out.find("disagree"), std::string::npos) << r.out;
 }
 
+TEST(Cli, SimulateTrainLayoutSearchJsonTraceAndErrors) {
+  // A given layout on part of a cluster: breakdown, memory, the training budget, a trace.
+  const std::string trace = temp_path("train_trace.json");
+  CmdResult r = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 --seq-len 256 "
+                    "--global-batch 32 --tokens 1B --trace " + trace);
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"TP2 PP2 DP4", "pipeline bubble", "tp comm", "memory per chip", "days", "MWh"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  std::ifstream f(trace);
+  ASSERT_TRUE(f.good());
+  const auto t = nlohmann::json::parse(f);
+  EXPECT_GT(t["traceEvents"].size(), 8u);
+  // JSON for tools; the analytical and the flow network agree on this layout.
+  r = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 --seq-len 256 --global-batch 32 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["layout"]["dp"], 4);
+  EXPECT_GT(j["iteration_s"].get<double>(), 0);
+  EXPECT_TRUE(j["memory"]["fits"].get<bool>());
+  CmdResult flow = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 --seq-len 256 "
+                       "--global-batch 32 --json --network flow");
+  ASSERT_EQ(flow.status, 0) << flow.out;
+  EXPECT_NEAR(nlohmann::json::parse(flow.out)["iteration_s"].get<double>(), j["iteration_s"].get<double>(),
+              1e-3 * j["iteration_s"].get<double>());
+  // The planner: a ranked table and an explanation.
+  r = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --seq-len 256 --global-batch 64 --search --top 5");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"rank", "is fastest", "runner-up"}) EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  // Bad input: each names the value and what is valid (exit status 2).
+  struct Bad {
+    const char* args;
+    const char* says;
+  };
+  for (const Bad& b : {Bad{"--model tiny --cluster h800-2k --tp 3", "valid TP: 1, 2"},
+                       Bad{"--model tiny --cluster h800-2k --chips 16 --tp 2 --dp 3", "must equal the chip count"},
+                       Bad{"--model tiny --cluster h800-2k --chips 16 --pp 3 --tp 2", "valid PP: 1, 2"},
+                       Bad{"--model tiny --cluster h800-2k --chips 16 --tp 2 --global-batch 7", "multiple of DP x micro-batch"},
+                       Bad{"--model tiny --cluster h800-2k --chips 16 --tp 2 --ep 2", "dense"},
+                       Bad{"--model tiny --cluster nowhere", "a100-selene"},
+                       Bad{"--model tiny --cluster h800-2k --tokens 12Q", "--tokens"},
+                       Bad{"--model tiny --cluster h800-2k --network ns3", "analytical, flow"},
+                       Bad{"--model tiny --cluster h800-2k --chips 99999 --tp 2", "has 2048"},
+                       Bad{"--model tiny --cluster h800-2k --tp 2 --search", "--search finds the layout"}}) {
+    r = ppu(std::string("simulate train ") + b.args);
+    EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;
+  }
+}
+
 }  // namespace

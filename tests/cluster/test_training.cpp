@@ -198,6 +198,26 @@ TEST(ClusterTraining, InterleavingShrinksTheBubbleAndDataParallelismKeepsCompute
   EXPECT_NEAR(r4.breakdown.at("compute"), plain.breakdown.at("compute"), 1e-12);
 }
 
+TEST(ClusterTraining, TensorParallelOverlapHidesCommunicationUnderTheGemms) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  WorkloadCache cache;
+  Layout l = base_layout();
+  const Workload& w = cache.get(m, c.node.chip, workload_options(l));
+  double gemm = 0;
+  for (const auto& [kind, t] : w.layer.fwd_by_kind)
+    if (kind.find("gemm") != std::string::npos) gemm += t;
+  // Four collectives per layer: a quarter of the GEMM time each hides entirely; twice the GEMM time
+  // each leaves 4 x 2 - 1 GEMM times exposed per pass.
+  FixedNetwork small(gemm / 4 / 4), large(2 * gemm);
+  l.overlap_tp_comm = true;
+  const TrainingResult hidden = simulate_training(m, c, l, small, cache, 32);
+  const TrainingResult exposed = simulate_training(m, c, l, large, cache, 32);
+  const double mb = 8, Ls = 4, passes = 2;
+  EXPECT_NEAR(hidden.breakdown.at("tp comm"), mb * 2 * gemm / 16, 1e-12);  // only the head's all-gather is left
+  EXPECT_NEAR(exposed.breakdown.at("tp comm"), mb * Ls * passes * (4 * 2 * gemm - gemm) + mb * 2 * 2 * gemm, 1e-9);
+}
+
 TEST(ClusterTraining, ScheduleTraceAgreesWithTheClosedForm) {
   const ModelConfig m = small_dense();
   const ClusterSpec c = small_cluster();
