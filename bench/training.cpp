@@ -13,7 +13,8 @@
 // described once (not per row): Megatron-LM 2021 ran attention as separate kernels, no sequence
 // parallelism, full recomputation, fp16 gradients all-reduced after the backward; Llama 3 ran a
 // fused attention in FlashAttention-2's style (the kernel of mid-2024), sequence parallelism, fp32
-// gradient reduce-scatter overlapped with the backward.
+// gradient reduce-scatter overlapped with the backward, ranks ordered TP, CP, PP, DP (paper section
+// 3.3.2), and the least recomputation that fits.
 // Exit status 0 even when a case misses its target: this prints measurements, it is not a test.
 #include <fmt/format.h>
 
@@ -42,12 +43,13 @@ struct Software {
   kernels::AttentionStyle attention;
   bool sp, overlap;
   int grad_bytes;
-  std::vector<Recompute> recompute;
+  bool full_recompute;  // every layer recomputed (the paper says so); else the least that fits
+  bool pp_inside_dp;    // rank order TP, CP, PP, DP (Llama 3 section 3.3.2) instead of Megatron's TP, CP, DP, PP
   bool megatron_flops;  // count FLOPs with Megatron's formula (recomputation included)
 };
 
-const Software kMegatron2021{true, kernels::AttentionStyle::kPipelined, false, false, 2, {Recompute::kFull}, true};
-const Software kLlama3{false, kernels::AttentionStyle::kFlashAttention2, true, true, 4, {Recompute::kNone, Recompute::kSelective, Recompute::kFull}, false};
+const Software kMegatron2021{true, kernels::AttentionStyle::kPipelined, false, false, 2, true, false, true};
+const Software kLlama3{false, kernels::AttentionStyle::kFlashAttention2, true, true, 4, false, true, false};
 
 struct RowResult {
   TrainingResult r;
@@ -67,24 +69,23 @@ RowResult run_case(const bench::TrainingCase& c, const Software& sw, WorkloadCac
     for (int v = 1; v <= 8; ++v) {
       const long stage_layers = (m.num_layers + c.pp - 1) / c.pp;  // the fullest stage (check_layout's rule)
       if (v > 1 && (c.pp == 1 || stage_layers % v != 0)) continue;
-      for (Recompute rc : sw.recompute) {
-        Layout l;
-        l.tp = c.tp, l.pp = c.pp, l.cp = c.cp, l.dp = dp, l.micro_batch = mb, l.virtual_stages = v;
-        l.global_batch = c.global_batch, l.seq_len = c.seq_len, l.sp = sw.sp, l.recompute = rc;
-        l.unfused_attention = sw.unfused_attention, l.attention_style = sw.attention, l.overlap_grad_reduce = sw.overlap, l.grad_reduce_bytes = sw.grad_bytes;
-        l.zero = sw.megatron_flops ? 0 : 1;
-        try {
-          check_layout(m, cl, l, c.gpus);
-        } catch (const UserError&) {
-          continue;
-        }
-        if (!training_memory(m, cl.node.chip, l).fits()) continue;
-        TrainingResult r = simulate_training(m, cl, l, *net, cache, c.gpus);
-        if (!best.found || r.iteration_s < best.r.iteration_s) {
-          best.r = r;
-          best.found = true;
-        }
-        break;  // the least recomputation that fits
+      Layout l;
+      l.tp = c.tp, l.pp = c.pp, l.cp = c.cp, l.dp = dp, l.micro_batch = mb, l.virtual_stages = v;
+      l.global_batch = c.global_batch, l.seq_len = c.seq_len, l.sp = sw.sp, l.recompute = Recompute::kFull;
+      l.unfused_attention = sw.unfused_attention, l.attention_style = sw.attention, l.overlap_grad_reduce = sw.overlap;
+      l.grad_reduce_bytes = sw.grad_bytes, l.pp_inside_dp = sw.pp_inside_dp;
+      l.zero = sw.megatron_flops ? 0 : 1;
+      try {
+        check_layout(m, cl, l, c.gpus);
+      } catch (const UserError&) {
+        continue;
+      }
+      if (!sw.full_recompute) l = least_recomputation(m, cl.node.chip, l);
+      if (!training_memory(m, cl.node.chip, l).fits()) continue;
+      TrainingResult r = simulate_training(m, cl, l, *net, cache, c.gpus);
+      if (!best.found || r.iteration_s < best.r.iteration_s) {
+        best.r = r;
+        best.found = true;
       }
     }
   }
@@ -117,7 +118,8 @@ void fidelity(bool markdown, const std::string& only) {
     errors.push_back(std::abs(err));
     const Layout& l = rr.r.layout;
     t.add_row({fmt::format("{} seq {}", c.model, c.seq_len), std::to_string(c.gpus), paper,
-               fmt::format("mb{} v{} {}", l.micro_batch, l.virtual_stages, kRecomputeNames[static_cast<size_t>(l.recompute)]),
+               fmt::format("mb{} v{} {}{}", l.micro_batch, l.virtual_stages, kRecomputeNames[static_cast<size_t>(l.recompute)],
+                           l.recompute_layers > 0 ? fmt::format(" {} layers", l.recompute_layers) : ""),
                fmt::format("{:.1f}", rr.tflops), fmt::format("{:.0f}", c.tflops_per_gpu),
                fmt::format("{:+.1f}%{}", 100 * err, std::abs(err) <= 0.10 ? "" : " (miss)")});
     std::cerr << fmt::format("  {} on {} GPUs: {:.1f} s of host time\n", c.model, c.gpus, seconds_since(t0));

@@ -121,6 +121,8 @@ struct TrainCliOptions {
   int64_t chips = 0;                  // 0: the whole cluster
   int zero = 1;
   std::string recompute = "auto";     // none, selective, full, auto (the least that fits)
+  int recompute_layers = 0;           // with full: layers per stage recomputed (0: all)
+  std::string order = "tp-cp-dp-pp";  // rank order, fastest first: Megatron's, or Llama 3's tp-cp-pp-dp
   bool no_sp = false;
   bool unfused_attention = false;
   std::string attention = "pipelined";  // the fused attention's style: pipelined, flash-attention-2

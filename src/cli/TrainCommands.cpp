@@ -184,12 +184,15 @@ int cmd_simulate_train(const TrainCliOptions& o) {
     l.overlap_grad_reduce = !o.no_overlap;
     l.overlap_tp_comm = o.overlap_tp;
     l.grad_reduce_bytes = grad_bytes;
+    if (o.order != "tp-cp-dp-pp" && o.order != "tp-cp-pp-dp")
+      throw UserError(fmt::format("--order '{}'; valid: tp-cp-dp-pp (Megatron), tp-cp-pp-dp (Llama 3)", o.order));
+    l.pp_inside_dp = o.order == "tp-cp-pp-dp";
     if (o.recompute == "auto") {
       check_layout(m, c, l, chips);
-      l.recompute = Recompute::kNone;
-      if (!training_memory(m, c.node.chip, l).fits()) l.recompute = Recompute::kFull;
+      l = least_recomputation(m, c.node.chip, l);
     } else {
       l.recompute = parse_recompute(o.recompute);
+      l.recompute_layers = o.recompute_layers;
     }
     const TrainingResult r = simulate_training(m, c, l, *net, cache, chips);
     if (!o.trace.empty()) {

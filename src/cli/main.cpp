@@ -87,6 +87,10 @@ int main(int argc, char** argv) {
   train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all)");
   train->add_option("--zero", tr.zero, "ZeRO stage 0-3 of the data-parallel optimizer")->capture_default_str();
   train->add_option("--recompute", tr.recompute, "Activation recomputation: auto, none, selective, full")->capture_default_str();
+  train->add_option("--recompute-layers", tr.recompute_layers, "With full recomputation: layers per stage (0: all)")
+      ->capture_default_str();
+  train->add_option("--order", tr.order, "Rank order, fastest first: tp-cp-dp-pp (Megatron) or tp-cp-pp-dp (Llama 3)")
+      ->capture_default_str();
   train->add_flag("--no-sp", tr.no_sp, "No sequence parallelism with TP");
   train->add_flag("--unfused-attention", tr.unfused_attention, "Attention as separate kernels (Megatron-LM 2021)");
   train->add_option("--attention", tr.attention, "Fused attention style: pipelined, flash-attention-2")->capture_default_str();

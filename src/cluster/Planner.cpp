@@ -91,26 +91,21 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
             for (int v : {1, 2}) {
               if (v > 1 && (pp == 1 || (m.num_layers / pp) % v != 0 || m.num_layers % pp != 0)) continue;
               for (int zero : {1, 3}) {
-                bool fit = false;
-                // Selective recomputation redoes the attention core, which a fused attention does not keep:
-                // for these layouts it is the same as none.
-                for (Recompute rc : {Recompute::kNone, Recompute::kFull}) {
-                  Layout l;
-                  l.tp = tp, l.pp = pp, l.dp = dp, l.cp = cp, l.ep = ep, l.sp = tp > 1, l.virtual_stages = v;
-                  l.micro_batch = mb, l.global_batch = gb, l.seq_len = p.seq_len, l.zero = zero, l.recompute = rc;
-                  l.grad_reduce_bytes = p.grad_reduce_bytes;
-                  l.attention_style = p.attention_style;
-                  ++plan.considered;
-                  auto it = shares.find({tp, ep});
-                  if (it == shares.end()) it = shares.emplace(std::pair{tp, ep}, weight_shares(m, chip, tp, ep)).first;
-                  const MemoryUse mem = training_memory(m, chip, l, it->second);
-                  if (mem.fits()) {
-                    fitting.push_back(l);
-                    fit = true;
-                    break;
-                  }
-                  if (mem.total() < closest) closest = mem.total(), plan.closest_miss = mem, plan.closest_layout = l;
-                }
+                Layout l;
+                l.tp = tp, l.pp = pp, l.dp = dp, l.cp = cp, l.ep = ep, l.sp = tp > 1, l.virtual_stages = v;
+                l.micro_batch = mb, l.global_batch = gb, l.seq_len = p.seq_len, l.zero = zero;
+                l.grad_reduce_bytes = p.grad_reduce_bytes;
+                l.attention_style = p.attention_style;
+                ++plan.considered;
+                auto it = shares.find({tp, ep});
+                if (it == shares.end()) it = shares.emplace(std::pair{tp, ep}, weight_shares(m, chip, tp, ep)).first;
+                // The least recomputation that fits: none, else full for 1, 2, ... layers per stage, else all.
+                // (Selective recomputation redoes the attention core, which a fused attention does not keep.)
+                l = least_recomputation(m, chip, l, it->second);
+                const MemoryUse mem = training_memory(m, chip, l, it->second);
+                const bool fit = mem.fits();
+                if (fit) fitting.push_back(l);
+                else if (mem.total() < closest) closest = mem.total(), plan.closest_miss = mem, plan.closest_layout = l;
                 if (fit) break;  // ZeRO-3 only where ZeRO-1 does not fit
                 ++plan.rejected_memory;
               }

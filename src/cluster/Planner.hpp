@@ -10,7 +10,8 @@
 // stage splits, CP for sequences of 16K tokens and more, EP (MoE) over multiples of TP that divide
 // the experts, micro-batches 1, 2, 4 (dividing the per-replica batch), interleaving 1 or 2 chunks,
 // ZeRO-1 (ZeRO-3 when nothing fits otherwise), and the least recomputation that fits (none, then
-// full; selective equals none with a fused attention). DP takes the remaining chips. Memory is
+// full recomputation of 1, 2, ... layers per stage, then of all; selective equals none with a fused
+// attention). DP takes the remaining chips. Memory is
 // checked first (cheap); only layouts that fit are timed, with workloads shared between layouts of
 // the same TP/EP/CP/micro-batch and extracted on all host threads. Every fitting layout is timed at
 // its smallest micro-batch; larger micro-batches only for the three fastest of those (a workload

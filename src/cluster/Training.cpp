@@ -77,6 +77,8 @@ std::string Layout::describe() const {
   if (sp && tp > 1) s += " SP";
   if (virtual_stages > 1) s += fmt::format(" v{}", virtual_stages);
   s += fmt::format(" mb{} ZeRO-{} recompute {}", micro_batch, zero, kRecomputeNames[static_cast<size_t>(recompute)]);
+  if (recompute == Recompute::kFull && recompute_layers > 0) s += fmt::format(" ({} layers per stage)", recompute_layers);
+  if (pp_inside_dp) s += " order tp-cp-pp-dp";
   return s;
 }
 
@@ -105,6 +107,15 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
   if (l.virtual_stages > 1 && (l.pp == 1 || stages[1 % stages.size()] % l.virtual_stages != 0))
     throw UserError(fmt::format("layout: {} virtual stages need PP > 1 and must divide the {} layers of a full stage; valid: {}",
                                 l.virtual_stages, stages[1 % stages.size()], divisors_of(stages[1 % stages.size()])));
+  if (l.recompute_layers < 0 || (l.recompute_layers > 0 && (l.recompute != Recompute::kFull ||
+                                                            l.recompute_layers > stages[1 % stages.size()])))
+    throw UserError(fmt::format("layout: recompute {} layers per stage; valid with full recomputation only, 1 to the {} "
+                                "layers of a stage (0: all)",
+                                l.recompute_layers, stages[1 % stages.size()]));
+  if (l.pp_inside_dp && l.ep > 1 && l.ep != l.tp)
+    throw UserError(fmt::format("layout: with the TP-CP-PP-DP rank order an expert-parallel group must be the TP group "
+                                "(EP {} with TP {}); valid EP: 1, {}; or use Megatron's order",
+                                l.ep, l.tp, l.tp));
   if (l.ep > 1) {
     if (!m.is_moe()) throw UserError(fmt::format("layout: EP {} but model '{}' is dense; valid EP: 1", l.ep, m.name));
     if (m.num_experts % l.ep != 0 || l.ep % l.tp != 0 || (int64_t{l.tp} * l.dp) % l.ep != 0)
@@ -147,6 +158,30 @@ double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_
   return 3.0 * fwd;
 }
 
+double recomputed_layers(const Layout& l, double stage_layers) {
+  if (l.recompute != Recompute::kFull) return 0;
+  return l.recompute_layers > 0 ? std::min<double>(l.recompute_layers, stage_layers) : stage_layers;
+}
+
+Layout least_recomputation(const ModelConfig& m, const ChipSpec& chip, Layout l) {
+  return least_recomputation(m, chip, l, weight_shares(m, chip, l.tp, l.ep));
+}
+
+Layout least_recomputation(const ModelConfig& m, const ChipSpec& chip, Layout l, const WeightShares& ws) {
+  l.recompute = Recompute::kNone;
+  l.recompute_layers = 0;
+  if (training_memory(m, chip, l, ws).fits()) return l;
+  const auto stages = stage_layers(m.num_layers, l.pp);
+  const int full = static_cast<int>(*std::max_element(stages.begin(), stages.end()));
+  l.recompute = Recompute::kFull;
+  for (int n = 1; n < full; ++n) {
+    l.recompute_layers = n;
+    if (training_memory(m, chip, l, ws).fits()) return l;
+  }
+  l.recompute_layers = 0;
+  return l;
+}
+
 WorkloadOptions workload_options(const Layout& l) {
   WorkloadOptions wo;
   wo.tp = l.tp;
@@ -184,11 +219,13 @@ MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layo
   const double tok = static_cast<double>(l.micro_batch * (l.seq_len / l.cp));
   const double per_layer_full = tok * (ab.sharded / l.tp + (sp ? ab.replicated / l.tp : ab.replicated));
   const double input_only = tok * 2.0 * static_cast<double>(m.hidden_size) / (sp ? l.tp : 1);
-  double per_layer = l.recompute == Recompute::kFull ? input_only : per_layer_full;
+  double per_layer = per_layer_full;
   if (l.recompute == Recompute::kSelective && l.unfused_attention)
     per_layer -= tok * 5.0 * static_cast<double>(m.num_heads) * static_cast<double>(l.seq_len) / l.tp;
   const double in_flight = std::min<double>(mb, l.pp) * (l.virtual_stages > 1 ? 1.0 + (l.pp - 1.0) / (l.pp * v) : 1.0);
-  mem.activations = Ls * per_layer * in_flight + (l.recompute == Recompute::kFull ? per_layer_full : 0.0);
+  const double recomputed = recomputed_layers(l, Ls);
+  mem.activations = (recomputed * input_only + (Ls - recomputed) * per_layer) * in_flight +
+                    (recomputed > 0 ? per_layer_full : 0.0);
   mem.buffers = tok * static_cast<double>((m.vocab_size + l.tp - 1) / l.tp) * 4.0 * 2.0;  // logits and their gradient
   mem.reserve = 2.0 * double(int64_t{1} << 30);
   return mem;
@@ -219,6 +256,8 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     r.comm_how[label] = cost.how;
     return memo[key] = cost.seconds;
   };
+  const int64_t dp_stride = l.pp_inside_dp ? int64_t{l.tp} * l.cp * l.pp : int64_t{l.tp} * l.cp;
+  const int64_t pp_stride = l.pp_inside_dp ? int64_t{l.tp} * l.cp : int64_t{l.tp} * l.cp * l.dp;
   auto group_of = [&](const std::string& g) -> std::pair<int, int64_t> {
     if (g == "tp") return {l.tp, 1};
     if (g == "ep") return {l.ep, 1};
@@ -234,8 +273,12 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     const auto [size, stride] = group_of(lc.group);
     head_comm += comm(coll_kind(lc.collective), lc.bytes, size, stride, lc.group + " " + lc.kind);
   }
-  const double comm_passes = l.recompute == Recompute::kFull ? 3.0 : 2.0;  // forward, recomputation, backward
-  const double recompute_s = l.recompute == Recompute::kFull        ? w.layer.fwd_s
+  // Recomputation, averaged over the stage's layers (block recomputation redoes only some of them).
+  const auto stage_counts = stage_layers(m.num_layers, l.pp);
+  const double full_stage = static_cast<double>(*std::max_element(stage_counts.begin(), stage_counts.end()));
+  const double share = l.recompute == Recompute::kFull ? recomputed_layers(l, full_stage) / full_stage : 0.0;
+  const double comm_passes = 2.0 + share;  // forward, recomputation, backward
+  const double recompute_s = l.recompute == Recompute::kFull        ? share * w.layer.fwd_s
                              : l.recompute == Recompute::kSelective ? w.layer.attention_fwd_s
                                                                     : 0.0;
   if (l.overlap_tp_comm && layer_comm.count("tp")) {
@@ -253,7 +296,7 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   // all it holds; without, the receiver all-gathers over the node's links, charged with the transfer).
   const double p2p_bytes = static_cast<double>(l.micro_batch * (l.seq_len / l.cp) * m.hidden_size) * 2.0 / l.tp;
   const double p2p_s =
-      l.pp > 1 ? comm(CollKind::kSendRecv, p2p_bytes, l.pp, int64_t{l.tp} * l.cp * l.dp, "pp send/recv") : 0.0;
+      l.pp > 1 ? comm(CollKind::kSendRecv, p2p_bytes, l.pp, pp_stride, "pp send/recv") : 0.0;
 
   // --- stages: time per micro-batch (compute and exposed communication)
   const auto stages = stage_layers(m.num_layers, l.pp);
@@ -301,12 +344,23 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     return comm(CollKind::kReduceScatter, grad_bytes, group, stride, label + " reduce-scatter") +
            comm(CollKind::kAllGather, 2.0 * static_cast<double>(params), group, stride, label + " all-gather");
   };
-  double dp_s = dp_time(dense_params, dp_group, l.tp, "dp grads");
-  if (expert_params > 0) dp_s += dp_time(expert_params, expert_dp, l.ep, "expert-dp grads");
+  double dp_s = 0;
+  if (l.pp_inside_dp && l.cp > 1) {  // two steps: over CP (stride TP), then the 1/CP shards over DP
+    dp_s = dp_time(dense_params, l.cp, l.tp, "cp grads") + dp_time(dense_params / l.cp, l.dp, dp_stride, "dp grads");
+  } else {
+    dp_s = dp_time(dense_params, dp_group, l.pp_inside_dp ? dp_stride : l.tp, "dp grads");
+  }
+  if (expert_params > 0)
+    dp_s += l.pp_inside_dp ? dp_time(expert_params, l.dp, dp_stride, "expert-dp grads")
+                           : dp_time(expert_params, expert_dp, l.ep, "expert-dp grads");
   const double overlap_window = l.overlap_grad_reduce ? Ls * w.layer.bwd_s : 0.0;
   r.breakdown["dp comm"] = std::max(0.0, dp_s - overlap_window);
   if (l.zero == 3) {  // parameters all-gathered per layer in forward and backward, prefetched under compute
-    const double ag = comm(CollKind::kAllGather, 2.0 * static_cast<double>(w.layer.params), dp_group, l.tp, "zero-3 all-gather");
+    const double ag = l.pp_inside_dp && l.cp > 1
+                          ? comm(CollKind::kAllGather, 2.0 * static_cast<double>(w.layer.params), l.dp, dp_stride,
+                                 "zero-3 all-gather")
+                          : comm(CollKind::kAllGather, 2.0 * static_cast<double>(w.layer.params), dp_group,
+                                 l.pp_inside_dp ? dp_stride : l.tp, "zero-3 all-gather");
     r.breakdown["dp comm"] += mb * Ls * (std::max(0.0, ag - w.layer.fwd_s) + std::max(0.0, ag - w.layer.bwd_s));
   }
 
@@ -326,7 +380,7 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   const double tokens = static_cast<double>(l.global_batch * l.seq_len);
   r.tokens_per_s = tokens / r.iteration_s;
   r.model_flops = model_flops_per_token(m, l.seq_len, false) * tokens;
-  const double passes = 3.0 + (l.recompute == Recompute::kFull ? 1.0 : 0.0);
+  const double passes = 3.0 + share;
   r.hardware_flops = (w.layer.flops_fwd * passes * static_cast<double>(m.num_layers) + w.head.flops_fwd * 3.0) *
                      static_cast<double>(int64_t{l.dp} * l.cp * l.tp) * mb;
   r.tflops_per_chip = r.model_flops / r.iteration_s / static_cast<double>(chips) / 1e12;

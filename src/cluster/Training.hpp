@@ -61,6 +61,13 @@ struct Layout {
   int64_t seq_len = 2048;
   int zero = 1;                 // 0: plain DP; 1: optimizer states sharded; 2: + gradients; 3: + parameters
   Recompute recompute = Recompute::kNone;
+  // Full recomputation of only this many layers of each stage (Megatron's --recompute-method block
+  // --recompute-num-layers); 0: every layer. Only with Recompute::kFull.
+  int recompute_layers = 0;
+  // Rank order, fastest first: Megatron's TP, CP, DP, PP (false) or Llama 3's TP, CP, PP, DP (true:
+  // pipeline neighbours close together, data-parallel replicas far apart). With CP > 1 the gradient
+  // reduction then runs over CP (near) and DP (far) in two steps.
+  bool pp_inside_dp = false;
   bool overlap_grad_reduce = true;  // DP gradient reduction overlapped with the last backward
   bool overlap_tp_comm = false;     // TP collectives pipelined with the adjacent GEMMs (exposed beyond them only)
   bool unfused_attention = false;   // Megatron-LM 2021 attention (see WorkloadOptions)
@@ -119,6 +126,12 @@ double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_
 // cheap (no kernels are timed).
 MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layout& l);
 MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layout& l, const WeightShares& ws);
+
+// `l` with the least recomputation that fits in memory: none, else full recomputation of 1, 2, ...
+// layers per stage, else of all; returned as full recomputation of all layers if even that does
+// not fit (the caller sees the shortfall in training_memory).
+Layout least_recomputation(const ModelConfig& m, const ChipSpec& chip, Layout l);
+Layout least_recomputation(const ModelConfig& m, const ChipSpec& chip, Layout l, const WeightShares& ws);
 
 // The per-chip workload a layout needs (cluster/Workload).
 WorkloadOptions workload_options(const Layout& l);
