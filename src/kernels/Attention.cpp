@@ -577,7 +577,9 @@ AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const
   if (items.empty()) throw UserError("attention_batch: no sequences");
   if (items.size() == 1) {
     const auto& it = items[0];
-    return attention(dev, ws, it.shape, it.q, it.k_cache, it.v_cache, it.out, stream);
+    AttentionConfig base;
+    base.style = style;
+    return attention(dev, ws, it.shape, it.q, it.k_cache, it.v_cache, it.out, stream, &base);
   }
   // The batch as one wide sequence for the configuration: the batch's heads side by side, the
   // longest context.

@@ -77,6 +77,31 @@ TEST(AttentionBatch, OneLaunchCostsLessThanOneCallPerSequence) {
   EXPECT_GT(batched, kv_bytes / dev.chip().hbm_bandwidth.value);
 }
 
+TEST(AttentionBatch, StyleAppliesToOneSequenceAndToSeveral) {
+  // FlashAttention-2's style (synchronous MMAs at 2/3 of the Hopper peak, no overlap in a block) is
+  // slower on a long prefill than the chip's pipelined style, whether the batch holds one sequence
+  // or several, and its kernels say so.
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  const auto ws = kernels::make_attention_workspace(dev);
+  for (int n : {1, 3}) {
+    std::vector<kernels::AttentionBatchItem> items;
+    for (int i = 0; i < n; ++i) {
+      kernels::AttentionBatchItem it;
+      it.shape = kernels::AttentionShape{2048, 16, 8, 128, 2048, 0, 0.0f};
+      it.q = dev.alloc(DType::kBF16, 2048 * 16 * 128, "q");
+      it.k_cache = dev.alloc(DType::kBF16, 2048 * 8 * 128, "k");
+      it.v_cache = dev.alloc(DType::kBF16, 2048 * 8 * 128, "v");
+      it.out = dev.alloc(DType::kBF16, 2048 * 16 * 128, "out");
+      items.push_back(it);
+    }
+    const auto pipelined = kernels::attention_batch(dev, ws, items);
+    const auto fa2 = kernels::attention_batch(dev, ws, items, nullptr, kernels::AttentionStyle::kFlashAttention2);
+    EXPECT_EQ(pipelined.config.style, kernels::AttentionStyle::kPipelined) << n;
+    EXPECT_EQ(fa2.config.style, kernels::AttentionStyle::kFlashAttention2) << n;
+    EXPECT_GT(fa2.time_s(), 1.3 * pipelined.time_s()) << n;
+  }
+}
+
 TEST(AttentionBatch, BadInput) {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   const auto ws = kernels::make_attention_workspace(dev);

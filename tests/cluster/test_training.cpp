@@ -21,11 +21,13 @@ class FixedNetwork : public NetworkModel {
   CollectiveCost cost(const CollectiveRequest& r) override {
     ++calls;
     last = r;
+    seen.push_back(r);
     return {seconds_, "fixed"};
   }
   std::string name() const override { return "fixed"; }
   int calls = 0;
   CollectiveRequest last;
+  std::vector<CollectiveRequest> seen;
 
  private:
   double seconds_;
@@ -216,6 +218,61 @@ TEST(ClusterTraining, TensorParallelOverlapHidesCommunicationUnderTheGemms) {
   const double mb = 8, Ls = 4, passes = 2;
   EXPECT_NEAR(hidden.breakdown.at("tp comm"), mb * 2 * gemm / 16, 1e-12);  // only the head's all-gather is left
   EXPECT_NEAR(exposed.breakdown.at("tp comm"), mb * Ls * passes * (4 * 2 * gemm - gemm) + mb * 2 * 2 * gemm, 1e-9);
+}
+
+TEST(ClusterTraining, RankOrderPlacesPipelineNeighboursOrReplicasClose) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  WorkloadCache cache;
+  Layout l = base_layout();  // TP 2, PP 2, DP 8
+  auto strides = [&](bool llama_order) {
+    FixedNetwork net(1e-5);
+    l.pp_inside_dp = llama_order;
+    simulate_training(m, c, l, net, cache, 32);
+    std::map<CollKind, int64_t> by_kind;
+    for (const auto& r : net.seen) by_kind[r.kind] = r.stride;
+    return by_kind;
+  };
+  const auto megatron = strides(false), llama = strides(true);
+  EXPECT_EQ(megatron.at(CollKind::kSendRecv), 2 * 8);  // PP neighbours a whole DP x TP block apart
+  EXPECT_EQ(megatron.at(CollKind::kReduceScatter), 2);  // DP replicas next to each other (the last RS asked: gradients)
+  EXPECT_EQ(llama.at(CollKind::kSendRecv), 2);          // PP neighbours next to each other
+  EXPECT_EQ(llama.at(CollKind::kReduceScatter), 2 * 2); // DP replicas a whole PP x TP block apart
+}
+
+TEST(ClusterTraining, LeastRecomputationThatFits) {
+  const ModelConfig m = small_dense();
+  ChipSpec chip = load_chip("h100");
+  Layout l = base_layout();
+  l.global_batch = 512;  // 64 micro-batches: PP 2 in flight
+  EXPECT_EQ(least_recomputation(m, chip, l).recompute, Recompute::kNone);
+  // A chip with just enough memory for all but part of the activations.
+  l.recompute = Recompute::kNone;
+  const MemoryUse none = training_memory(m, chip, l);
+  l.recompute = Recompute::kFull;
+  l.recompute_layers = 2;
+  const MemoryUse two = training_memory(m, chip, l);
+  l.recompute_layers = 1;
+  const MemoryUse one = training_memory(m, chip, l);
+  EXPECT_LT(two.activations, one.activations);
+  EXPECT_LT(one.activations, none.activations);
+  chip.hbm_size.value = (one.total() + two.total()) / 2;  // two layers fit, one does not
+  const Layout got = least_recomputation(m, chip, l);
+  EXPECT_EQ(got.recompute, Recompute::kFull);
+  EXPECT_EQ(got.recompute_layers, 2);
+  // Recomputing 2 of 4 layers costs half the forward of the stage's layers again.
+  const ClusterSpec c = small_cluster();
+  FixedNetwork net(0);
+  WorkloadCache cache;
+  Layout a = base_layout(), b = base_layout();
+  b.recompute = Recompute::kFull;
+  b.recompute_layers = 2;
+  const double t0 = simulate_training(m, c, a, net, cache, 32).breakdown.at("compute");
+  const double t2 = simulate_training(m, c, b, net, cache, 32).breakdown.at("compute");
+  const Workload& w = cache.get(m, c.node.chip, workload_options(a));
+  EXPECT_NEAR(t2 - t0, 8 * 4 * 0.5 * w.layer.fwd_s, 1e-9);
+  b.recompute = Recompute::kNone;
+  EXPECT_THROW(check_layout(m, c, b, 32), UserError);  // layers without full recomputation
 }
 
 TEST(ClusterTraining, ScheduleTraceAgreesWithTheClosedForm) {
