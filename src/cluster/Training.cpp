@@ -8,8 +8,6 @@
 #include <numeric>
 
 #include "arch/Error.hpp"
-#include "kernels/Elementwise.hpp"
-#include "runtime/Device.hpp"
 
 namespace ppu::cluster {
 
@@ -364,15 +362,9 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     r.breakdown["dp comm"] += mb * Ls * (std::max(0.0, ag - w.layer.fwd_s) + std::max(0.0, ag - w.layer.bwd_s));
   }
 
-  // --- optimizer: Adam over this chip's share, a memory-bound kernel timed on the chip
+  // --- optimizer: Adam over this chip's share, a memory-bound kernel timed on the chip (Workload)
   const double opt_params = static_cast<double>(params_chip) / (l.zero >= 1 ? dp_group : 1);
-  {
-    Device dev(chip, ExecMode::kTimingOnly);
-    const int64_t n = int64_t{1} << 24;  // timed on 16 Mi fp32 elements per array, scaled linearly
-    Buffer a = dev.alloc(DType::kF32, n, "adam_a"), b = dev.alloc(DType::kF32, n, "adam_b"), y = dev.alloc(DType::kF32, n, "adam_y");
-    const double t = kernels::binary(dev, BinaryOp::kAdd, a, b, y).time_s;  // 12 bytes per element
-    r.breakdown["optimizer"] = t * (30.0 * opt_params / 12.0) / static_cast<double>(n);
-  }
+  r.breakdown["optimizer"] = w.optimizer_s_per_param * opt_params;
   r.iteration_s = 0;
   for (const auto& [k, s] : r.breakdown) r.iteration_s += s;
 

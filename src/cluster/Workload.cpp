@@ -11,6 +11,7 @@
 #include "arch/Error.hpp"
 #include "kernels/AttentionBackward.hpp"
 #include "kernels/Softmax.hpp"
+#include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
 #include "models/Qwen3.hpp"
 #include "runtime/Device.hpp"
@@ -211,6 +212,14 @@ Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const 
     const double kv = 2.0 * static_cast<double>(o.micro_batch * o.seq_len * (model.num_kv_heads / o.tp) * model.head_dim) *
                       dtype_size_bytes(DType::kBF16);
     w.layer.comms.push_back(LayerComm{"cp all-gather kv", "cp", ccl::Collective::kAllGather, kv});
+  }
+  {
+    const int64_t n = int64_t{1} << 24;
+    Buffer a = dev.alloc(DType::kF32, n, "adam_a"), b = dev.alloc(DType::kF32, n, "adam_b"),
+           y = dev.alloc(DType::kF32, n, "adam_y");
+    const double t = kernels::binary(dev, BinaryOp::kAdd, a, b, y).time_s;  // 12 bytes per element
+    w.optimizer_s_per_param = t * (30.0 / 12.0) / static_cast<double>(n);
+    for (Buffer* x : {&a, &b, &y}) dev.free(*x);
   }
   const WeightShares ws = weight_shares(model, chip, o.tp, o.ep);
   w.layer.weight_bytes = ws.layer_bytes;

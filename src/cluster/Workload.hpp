@@ -82,6 +82,10 @@ struct Workload {
   PartWork embed;   // embedding (first pipeline stage)
   PartWork head;    // final norm + LM head (last stage); the loss is in it (a softmax over the logits)
   int64_t expert_params_per_layer = 0;  // of layer.params: routed experts (data-parallel over dp*tp/ep)
+  // Adam's update per parameter: a memory-bound elementwise kernel moving 30 bytes per parameter
+  // (fp32 master, gradient and two moments read; master, moments and a bf16 copy written), timed
+  // on 16 Mi-element arrays and taken per parameter (it scales linearly).
+  double optimizer_s_per_param = 0;
   double kernel_sim_wall_s = 0;  // host time spent timing kernels for this workload
   bool balanced_routing = false; // MoE: routing in timing-only mode is balanced
 };
