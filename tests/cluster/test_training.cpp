@@ -9,6 +9,7 @@
 #include "arch/Error.hpp"
 #include "cluster/Planner.hpp"
 #include "kernels/Gemm.hpp"
+#include "models/Qwen3.hpp"
 #include "runtime/Device.hpp"
 
 namespace ppu::cluster {
@@ -150,6 +151,39 @@ TEST(ClusterWorkload, BadOptionsNameTheValue) {
   o.cp = 3;
   o.seq_len = 100;
   EXPECT_THROW(extract_workload(small_dense(), chip, o), UserError);
+}
+
+TEST(ClusterWorkload, CaptureModeOptionsAreTimingOnly) {
+  const ModelConfig m = load_model_config("tiny");
+  Device functional(load_chip("h100"));
+  ForwardCapture cap;
+  auto error_of = [&](Device& dev, Qwen3Options o) {
+    try {
+      Qwen3Model model(dev, m, Qwen3Weights::random(1), o);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  Qwen3Options o;
+  o.capture = &cap;
+  EXPECT_NE(error_of(functional, o).find("timing-only"), std::string::npos) << error_of(functional, o);
+  Qwen3Options u;
+  u.attention_impl = Qwen3Options::AttentionImpl::kUnfused;
+  EXPECT_NE(error_of(functional, u).find("timing-only"), std::string::npos) << error_of(functional, u);
+  Device timing(load_chip("h100"), ExecMode::kTimingOnly);
+  Qwen3Options v;
+  v.vocab_parallel = true;
+  EXPECT_NE(error_of(timing, v).find("capture mode"), std::string::npos) << error_of(timing, v);
+  // Capture mode needs no communicator for TP 2 and logs the collectives instead.
+  Qwen3Options t;
+  t.tp_size = 2;
+  t.capture = &cap;
+  t.max_context = 16;
+  Qwen3Model model(timing, m, Qwen3Weights::random(1), t);
+  model.forward(std::vector<int32_t>(16, 1));
+  EXPECT_EQ(cap.collectives.size(), 2u * static_cast<size_t>(m.num_layers));  // attention and MLP all-reduce per layer
+  EXPECT_FALSE(cap.launches.empty());
 }
 
 TEST(ClusterTraining, BreakdownMatchesTheScheduleArithmetic) {
