@@ -215,7 +215,11 @@ MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layo
   mem.optimizer = 12.0 * P / (l.zero >= 1 ? dp_group : 1);
   const ActivationBytes ab = activation_bytes_per_token(m, l);
   const double tok = static_cast<double>(l.micro_batch * (l.seq_len / l.cp));
-  const double per_layer_full = tok * (ab.sharded / l.tp + (sp ? ab.replicated / l.tp : ab.replicated));
+  double per_layer_full = tok * (ab.sharded / l.tp + (sp ? ab.replicated / l.tp : ab.replicated));
+  // Context parallelism: the keys and values gathered from the other CP ranks stay for the backward.
+  if (l.cp > 1)
+    per_layer_full += 2.0 * static_cast<double>(l.micro_batch * (l.seq_len - l.seq_len / l.cp)) *
+                      static_cast<double>(m.kv_width() / l.tp) * 2.0;
   const double input_only = tok * 2.0 * static_cast<double>(m.hidden_size) / (sp ? l.tp : 1);
   double per_layer = per_layer_full;
   if (l.recompute == Recompute::kSelective && l.unfused_attention)

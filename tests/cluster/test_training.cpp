@@ -351,6 +351,12 @@ TEST(ClusterTraining, MemoryAccountingAndShortfall) {
   // Weights: bf16 of the fullest stage's parameters; gradients fp32; Adam fp32 master + 2 moments.
   EXPECT_NEAR(z0.gradients, 2 * z0.weights, 1e-6);
   EXPECT_NEAR(z0.optimizer, 6 * z0.weights, 1e-6);
+  // Context parallelism halves each chip's tokens but keeps the keys and values gathered from the other
+  // CP rank: per layer 2 x (seq - seq/cp) x kv width / tp x 2 bytes, for 4 layers x 2 micro-batches in flight.
+  Layout c1 = base_layout(), c2 = base_layout();
+  c2.cp = 2;
+  const double a1 = training_memory(m, chip, c1).activations, a2 = training_memory(m, chip, c2).activations;
+  EXPECT_NEAR(a2 - a1 / 2, 4 * 2 * (2.0 * 128 * (m.kv_width() / 2) * 2), 1e-6 * a1);
   // A model far too large for the chip: reported, with its shortfall, not thrown.
   ModelConfig big = load_model_config("gpt-145.6b");
   Layout b;
