@@ -2,22 +2,9 @@
 
 #include <fmt/format.h>
 
-namespace ppu::ccl {
+#include "arch/NameTable.hpp"
 
-namespace {
-template <class E, class Table>
-std::optional<E> find_name(const Table& names, std::string_view s) {
-  for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == s) return static_cast<E>(i);
-  return std::nullopt;
-}
-template <class Table>
-std::string join_names(const Table& names) {
-  std::string out;
-  for (auto n : names) out += fmt::format("{}{}", out.empty() ? "" : ", ", n);
-  return out;
-}
-}  // namespace
+namespace ppu::ccl {
 
 std::optional<Collective> collective_from_name(std::string_view s) { return find_name<Collective>(kCollectiveNames, s); }
 std::optional<Algorithm> algorithm_from_name(std::string_view s) { return find_name<Algorithm>(kAlgorithmNames, s); }

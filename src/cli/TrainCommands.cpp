@@ -8,6 +8,7 @@
 
 #include "arch/ClusterSpec.hpp"
 #include "arch/Error.hpp"
+#include "arch/NameTable.hpp"
 #include "cli/Commands.hpp"
 #include "cluster/Planner.hpp"
 #include "report/Table.hpp"
@@ -38,15 +39,13 @@ double parse_tokens(const std::string& text) {
 }
 
 Recompute parse_recompute(const std::string& s) {
-  for (size_t i = 0; i < static_cast<size_t>(Recompute::kCount); ++i)
-    if (s == kRecomputeNames[i]) return static_cast<Recompute>(i);
-  throw UserError(fmt::format("--recompute '{}'; valid: auto, none, selective, full", s));
+  if (auto r = find_name<Recompute>(kRecomputeNames, s)) return *r;
+  throw UserError(fmt::format("--recompute '{}'; valid: auto, {}", s, join_names(kRecomputeNames)));
 }
 
 kernels::AttentionStyle parse_attention(const std::string& s) {
-  for (size_t i = 0; i < kernels::kAttentionStyleNames.size(); ++i)
-    if (s == kernels::kAttentionStyleNames[i]) return static_cast<kernels::AttentionStyle>(i);
-  throw UserError(fmt::format("--attention '{}'; valid: pipelined, flash-attention-2", s));
+  if (auto a = find_name<kernels::AttentionStyle>(kernels::kAttentionStyleNames, s)) return *a;
+  throw UserError(fmt::format("--attention '{}'; valid: {}", s, join_names(kernels::kAttentionStyleNames)));
 }
 
 NetworkKind parse_network(const std::string& s) {

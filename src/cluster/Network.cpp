@@ -3,6 +3,8 @@
 // (algorithms, protocols, latencies). See cluster/NetworkInternal.hpp and docs/network.md.
 #include <fmt/format.h>
 
+#include "arch/NameTable.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -15,21 +17,6 @@
 #include "runtime/Device.hpp"
 
 namespace ppu::cluster {
-
-namespace {
-template <class E, class Table>
-std::optional<E> find_name(const Table& names, std::string_view s) {
-  for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == s) return static_cast<E>(i);
-  return std::nullopt;
-}
-template <class Table>
-std::string join_names(const Table& names) {
-  std::string out;
-  for (auto n : names) out += fmt::format("{}{}", out.empty() ? "" : ", ", n);
-  return out;
-}
-}  // namespace
 
 const char* coll_kind_name(CollKind k) {
   const auto i = static_cast<size_t>(k);
