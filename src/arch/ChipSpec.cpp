@@ -207,18 +207,8 @@ ChipSpec parse_chip(std::string_view text, std::string_view origin) {
 std::vector<std::string> chip_preset_names() { return builtin_preset_names("chips"); }
 
 ChipSpec load_chip(std::string_view name_or_path) {
-  const bool is_path = name_or_path.find('/') != std::string_view::npos ||
-                       (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
-  if (is_path) {
-    std::string path(name_or_path);
-    return parse_chip(read_text_file(path), path);
-  }
-  if (auto text = builtin_preset("chips", name_or_path))
-    return parse_chip(*text, fmt::format("<built-in>/chips/{}.json", name_or_path));
-  std::string known;
-  for (const auto& n : chip_preset_names()) known += (known.empty() ? "" : ", ") + n;
-  throw UserError(fmt::format("unknown chip '{}'; known chips: {} (or give a path to a chip .json file)",
-                              name_or_path, known));
+  const PresetText p = preset_text("chips", "chip", name_or_path);
+  return parse_chip(p.text, p.origin);
 }
 
 }  // namespace ppu

@@ -230,18 +230,8 @@ ClusterSpec parse_cluster(std::string_view text, std::string_view origin) {
 std::vector<std::string> cluster_preset_names() { return builtin_preset_names("clusters"); }
 
 ClusterSpec load_cluster(std::string_view name_or_path) {
-  const bool is_path = name_or_path.find('/') != std::string_view::npos ||
-                       (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
-  if (is_path) {
-    std::string path(name_or_path);
-    return parse_cluster(read_text_file(path), path);
-  }
-  if (auto text = builtin_preset("clusters", name_or_path))
-    return parse_cluster(*text, fmt::format("<built-in>/clusters/{}.json", name_or_path));
-  std::string known;
-  for (const auto& n : cluster_preset_names()) known += (known.empty() ? "" : ", ") + n;
-  throw UserError(fmt::format("unknown cluster '{}'; known clusters: {} (or give a path to a cluster .json file)",
-                              name_or_path, known));
+  const PresetText p = preset_text("clusters", "cluster", name_or_path);
+  return parse_cluster(p.text, p.origin);
 }
 
 }  // namespace ppu

@@ -160,18 +160,8 @@ NodeSpec parse_node(std::string_view text, std::string_view origin) {
 std::vector<std::string> node_preset_names() { return builtin_preset_names("nodes"); }
 
 NodeSpec load_node(std::string_view name_or_path) {
-  const bool is_path = name_or_path.find('/') != std::string_view::npos ||
-                       (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
-  if (is_path) {
-    std::string path(name_or_path);
-    return parse_node(read_text_file(path), path);
-  }
-  if (auto text = builtin_preset("nodes", name_or_path))
-    return parse_node(*text, fmt::format("<built-in>/nodes/{}.json", name_or_path));
-  std::string known;
-  for (const auto& n : node_preset_names()) known += (known.empty() ? "" : ", ") + n;
-  throw UserError(fmt::format("unknown node '{}'; known nodes: {} (or give a path to a node .json file)", name_or_path,
-                              known));
+  const PresetText p = preset_text("nodes", "node", name_or_path);
+  return parse_node(p.text, p.origin);
 }
 
 }  // namespace ppu

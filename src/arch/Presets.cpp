@@ -44,4 +44,19 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
+PresetText preset_text(std::string_view kind, std::string_view noun, std::string_view name_or_path) {
+  const bool is_path = name_or_path.find('/') != std::string_view::npos ||
+                       (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
+  if (is_path) {
+    std::string path(name_or_path);
+    return {read_text_file(path), path};
+  }
+  if (auto text = builtin_preset(kind, name_or_path))
+    return {std::string(*text), fmt::format("<built-in>/{}/{}.json", kind, name_or_path)};
+  std::string known;
+  for (const auto& n : builtin_preset_names(kind)) known += (known.empty() ? "" : ", ") + n;
+  throw UserError(fmt::format("unknown {} '{}'; known {}s: {} (or give a path to a {} .json file)", noun, name_or_path,
+                              noun, known, noun));
+}
+
 }  // namespace ppu

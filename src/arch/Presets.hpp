@@ -17,4 +17,13 @@ std::vector<std::string> builtin_preset_names(std::string_view kind);  // sorted
 // Reads a whole file; throws UserError naming `path` if it cannot be read.
 std::string read_text_file(const std::string& path);
 
+// A preset file's text and the origin to name in messages: a file if `name_or_path` ends in ".json"
+// or contains '/', else the built-in preset `kind`/`name` ("chips", "nodes", "clusters"). Throws
+// UserError for an unknown name, listing the known ones: "unknown <noun> 'x'; known <noun>s: ...".
+struct PresetText {
+  std::string text;
+  std::string origin;
+};
+PresetText preset_text(std::string_view kind, std::string_view noun, std::string_view name_or_path);
+
 }  // namespace ppu
