@@ -130,6 +130,21 @@ int main(int argc, char** argv) {
                           {"10k", 1280, {{"leaf", 32, 1}, {"spine", 256, 1}, {"core", 1280, 1}}},
                           {"100k", 12800, {{"leaf", 32, 1}, {"spine", 256, 1}, {"core", 12800, 1}}}};
   Table cost({"chips", "model", "request", "cold", "warm", "new size", "simulated time", "algorithm"});
+  // Times `r` on `net` cold, again (warm), and at a new size of the same pattern; adds a row.
+  auto time_request = [&](NetworkModel& net, CollectiveRequest r, const std::string& chips, const std::string& what) {
+    auto t0 = std::chrono::steady_clock::now();
+    const CollectiveCost first = net.cost(r);
+    const double cold = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    net.cost(r);
+    const double warm = seconds_since(t0);
+    r.bytes = 2e8;  // a new size of the same pattern
+    t0 = std::chrono::steady_clock::now();
+    net.cost(r);
+    const double fresh = seconds_since(t0);
+    cost.add_row({chips, net.name(), what, wall(cold), wall(warm), wall(fresh), fmt::format("{:.2f} ms", first.seconds * 1e3),
+                  first.how.substr(0, first.how.find(" over "))});
+  };
   for (const Scale& s : scales) {
     const ClusterSpec c = make_cluster("zhenwu-8", s.nodes, 400, s.tiers);
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
@@ -137,22 +152,7 @@ int main(int argc, char** argv) {
       const CollectiveRequest reqs[] = {{CollKind::kAllReduce, 1e9, s.nodes, 8, 0},
                                         {CollKind::kAllReduce, 1e9, 8 * s.nodes, 1, 0}};
       const char* names[] = {"DP all-reduce 1 GB (group = nodes, stride 8)", "all-reduce 1 GB over every chip"};
-      for (int i = 0; i < 2; ++i) {
-        CollectiveRequest r = reqs[i];
-        auto t0 = std::chrono::steady_clock::now();
-        const CollectiveCost first = net->cost(r);
-        const double cold = seconds_since(t0);
-        t0 = std::chrono::steady_clock::now();
-        net->cost(r);
-        const double warm = seconds_since(t0);
-        r.bytes = 2e8;  // a new size of the same pattern
-        t0 = std::chrono::steady_clock::now();
-        net->cost(r);
-        const double fresh = seconds_since(t0);
-        cost.add_row({fmt::format("{} ({})", 8 * s.nodes, s.label), net->name(), names[i], wall(cold), wall(warm),
-                      wall(fresh), fmt::format("{:.2f} ms", first.seconds * 1e3),
-                      first.how.substr(0, first.how.find(" over "))});
-      }
+      for (int i = 0; i < 2; ++i) time_request(*net, reqs[i], fmt::format("{} ({})", 8 * s.nodes, s.label), names[i]);
     }
   }
   // Every cluster preset: one DP all-reduce (TP 8 inside the node, DP over every node), both models.
@@ -161,20 +161,8 @@ int main(int argc, char** argv) {
     const int C = c.chips_per_node();
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
       auto net = make_network(c, kind);
-      CollectiveRequest r{CollKind::kAllReduce, 1e9, c.num_nodes(), C, 0};
-      auto t0 = std::chrono::steady_clock::now();
-      const CollectiveCost first = net->cost(r);
-      const double cold = seconds_since(t0);
-      t0 = std::chrono::steady_clock::now();
-      net->cost(r);
-      const double warm = seconds_since(t0);
-      r.bytes = 2e8;
-      t0 = std::chrono::steady_clock::now();
-      net->cost(r);
-      const double fresh = seconds_since(t0);
-      cost.add_row({fmt::format("{} ({})", c.num_chips(), name), net->name(), "DP all-reduce 1 GB (group = nodes)",
-                    wall(cold), wall(warm), wall(fresh), fmt::format("{:.2f} ms", first.seconds * 1e3),
-                    first.how.substr(0, first.how.find(" over "))});
+      time_request(*net, CollectiveRequest{CollKind::kAllReduce, 1e9, c.num_nodes(), C, 0},
+                   fmt::format("{} ({})", c.num_chips(), name), "DP all-reduce 1 GB (group = nodes)");
     }
   }
   std::cout << "Host wall time per request (cold: first request on a new model; warm: the same request again; "
