@@ -25,3 +25,7 @@ echo
 $ppu bench allreduce --node zhenwu-8 --sizes 1M:1G
 echo
 $ppu run --model tiny-moe --node zhenwu-8 --tp 2 --ep 4 --prompt "Why is the sky blue?" --gen 16
+echo
+$ppu clusters
+echo
+$ppu simulate train --model qwen3-max --cluster zhenwu-10k --tokens 36T
