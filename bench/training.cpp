@@ -205,12 +205,10 @@ void headline(bool markdown) {
     }
     const TrainingResult& r = plan.ranked.front();
     if (std::string(name) == "zhenwu-10k") zhenwu_best.r = r, zhenwu_best.found = true;
-    const double iters = std::ceil(tokens / static_cast<double>(r.layout.global_batch * r.layout.seq_len));
-    const double secs = iters * r.iteration_s;
-    const double power = (static_cast<double>(c.num_chips()) * c.node.chip.power.value + c.num_nodes() * c.node_power.value) * c.pue.value;
+    const TrainingBudget b = training_budget(r, c, tokens);
     t.add_row({name, std::to_string(c.num_chips()), r.layout.describe(), fmt::format("{:.2f}", r.iteration_s),
-               fmt::format("{:.1f}%", 100 * r.mfu), fmt::format("{:.1f}", secs / 86400),
-               fmt::format("{:.1f}", c.num_chips() * secs / 3600 / 1e6), fmt::format("{:.0f}", power * secs / 3.6e9)});
+               fmt::format("{:.1f}%", 100 * r.mfu), fmt::format("{:.1f}", b.days), fmt::format("{:.1f}", b.chip_hours / 1e6),
+               fmt::format("{:.0f}", b.energy_mwh)});
   }
   // How the PPU's row moves across the plausible range of its assumed numbers, the winning layout held.
   Table sens({"Zhenwu 810E assumption", "value", "iteration s", "days", "change"});
@@ -220,8 +218,7 @@ void headline(bool markdown) {
       auto net = make_network(c, NetworkKind::kAnalytical);
       WorkloadCache cache;
       const TrainingResult r = simulate_training(m, c, zhenwu_best.r.layout, *net, cache);
-      const double iters = std::ceil(tokens / static_cast<double>(r.layout.global_batch * r.layout.seq_len));
-      return std::pair{r.iteration_s, iters * r.iteration_s / 86400};
+      return std::pair{r.iteration_s, training_budget(r, c, tokens).days};
     };
     const auto [it0, d0] = days_of(base);
     sens.add_row({"as in the preset", "120 TFLOPS, 2.6 TB/s", fmt::format("{:.2f}", it0), fmt::format("{:.1f}", d0), "-"});

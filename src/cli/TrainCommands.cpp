@@ -63,25 +63,6 @@ json memory_json(const MemoryUse& m) {
           {"shortfall_bytes", m.shortfall()}};
 }
 
-struct Budget {
-  double iterations = 0, days = 0, chip_hours = 0, energy_mwh = 0, power_w = 0;
-};
-
-Budget budget(const TrainingResult& r, const ClusterSpec& c, double tokens) {
-  Budget b;
-  if (tokens <= 0) return b;
-  const double per_iter = static_cast<double>(r.layout.global_batch * r.layout.seq_len);
-  b.iterations = std::ceil(tokens / per_iter);
-  const double seconds = b.iterations * r.iteration_s;
-  b.days = seconds / 86400;
-  const double chips = static_cast<double>(r.layout.chips());
-  b.chip_hours = chips * seconds / 3600;
-  const double nodes = chips / c.chips_per_node();
-  b.power_w = (chips * c.node.chip.power.value + nodes * c.node_power.value) * c.pue.value;
-  b.energy_mwh = b.power_w * seconds / 3.6e9;
-  return b;
-}
-
 json result_json(const TrainingResult& r, const ClusterSpec& c, double tokens) {
   json j;
   const Layout& l = r.layout;
@@ -109,7 +90,7 @@ json result_json(const TrainingResult& r, const ClusterSpec& c, double tokens) {
   j["notes"] = r.notes;
   j["collectives"] = r.comm_how;
   if (tokens > 0) {
-    const Budget b = budget(r, c, tokens);
+    const TrainingBudget b = training_budget(r, c, tokens);
     j["training"] = {{"tokens", tokens},   {"iterations", b.iterations}, {"days", b.days},
                      {"chip_hours", b.chip_hours}, {"power_w", b.power_w}, {"energy_mwh", b.energy_mwh}};
   }
@@ -135,7 +116,7 @@ void print_result(const TrainingResult& r, const ModelConfig& m, const ClusterSp
                            gb(mem.reserve), gb(mem.total()), gb(mem.capacity),
                            mem.fits() ? "" : fmt::format(" - DOES NOT FIT (short by {} GB)", gb(mem.shortfall())));
   if (tokens > 0) {
-    const Budget b = budget(r, c, tokens);
+    const TrainingBudget b = training_budget(r, c, tokens);
     std::cout << fmt::format("training on {:.3g} tokens: {:.0f} iterations, {:.1f} days, {:.3g} chip-hours, {:.0f} MWh "
                              "({:.2f} MW: chips at TDP + {} W per node beyond them, PUE {})\n",
                              tokens, b.iterations, b.days, b.chip_hours, b.energy_mwh, b.power_w / 1e6,

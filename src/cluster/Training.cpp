@@ -13,13 +13,6 @@ namespace ppu::cluster {
 
 namespace {
 
-std::string divisors_of(int64_t n, int64_t limit = 1 << 30) {
-  std::string v;
-  for (int64_t t = 1; t <= n && t <= limit; ++t)
-    if (n % t == 0) v += (v.empty() ? "" : ", ") + std::to_string(t);
-  return v;
-}
-
 // Layers of each pipeline stage: even, or (Llama 3's balance) the first and last stage one fewer.
 std::vector<int64_t> stage_layers(int64_t layers, int pp) {
   std::vector<int64_t> s(static_cast<size_t>(pp), (layers + pp - 1) / pp);
@@ -88,7 +81,7 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
     throw UserError(fmt::format("layout: TP {} does not divide model '{}''s {} attention heads and {} key/value heads; valid "
                                 "TP: {}",
                                 l.tp, m.name, m.num_heads, m.num_kv_heads,
-                                divisors_of(std::gcd(m.num_heads, m.num_kv_heads))));
+                                divisors_text(std::gcd(m.num_heads, m.num_kv_heads))));
   const auto stages = stage_layers(m.num_layers, l.pp);
   if (l.pp > m.num_layers || stages.front() < 1 ||
       std::accumulate(stages.begin(), stages.end(), int64_t{0}) != m.num_layers) {
@@ -104,7 +97,7 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
   }
   if (l.virtual_stages > 1 && (l.pp == 1 || stages[1 % stages.size()] % l.virtual_stages != 0))
     throw UserError(fmt::format("layout: {} virtual stages need PP > 1 and must divide the {} layers of a full stage; valid: {}",
-                                l.virtual_stages, stages[1 % stages.size()], divisors_of(stages[1 % stages.size()])));
+                                l.virtual_stages, stages[1 % stages.size()], divisors_text(stages[1 % stages.size()])));
   if (l.recompute_layers < 0 || (l.recompute_layers > 0 && (l.recompute != Recompute::kFull ||
                                                             l.recompute_layers > stages[1 % stages.size()])))
     throw UserError(fmt::format("layout: recompute {} layers per stage; valid with full recomputation only, 1 to the {} "
@@ -119,7 +112,7 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
     if (m.num_experts % l.ep != 0 || l.ep % l.tp != 0 || (int64_t{l.tp} * l.dp) % l.ep != 0)
       throw UserError(fmt::format("layout: EP {} must divide model '{}''s {} experts, be a multiple of TP {} and divide "
                                   "TP x DP = {}; divisors of the experts: {}",
-                                  l.ep, m.name, m.num_experts, l.tp, l.tp * l.dp, divisors_of(m.num_experts)));
+                                  l.ep, m.name, m.num_experts, l.tp, l.tp * l.dp, divisors_text(m.num_experts)));
   }
   if (chips == 0) chips = c.num_chips();
   if (chips > c.num_chips())
@@ -276,8 +269,8 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     head_comm += comm(coll_kind(lc.collective), lc.bytes, size, stride, lc.group + " " + lc.kind);
   }
   // Recomputation, averaged over the stage's layers (block recomputation redoes only some of them).
-  const auto stage_counts = stage_layers(m.num_layers, l.pp);
-  const double full_stage = static_cast<double>(*std::max_element(stage_counts.begin(), stage_counts.end()));
+  const auto stages = stage_layers(m.num_layers, l.pp);
+  const double full_stage = static_cast<double>(*std::max_element(stages.begin(), stages.end()));
   const double share = l.recompute == Recompute::kFull ? recomputed_layers(l, full_stage) / full_stage : 0.0;
   const double comm_passes = 2.0 + share;  // forward, recomputation, backward
   const double recompute_s = l.recompute == Recompute::kFull        ? share * w.layer.fwd_s
@@ -301,7 +294,6 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
       l.pp > 1 ? comm(CollKind::kSendRecv, p2p_bytes, l.pp, pp_stride, "pp send/recv") : 0.0;
 
   // --- stages: time per micro-batch (compute and exposed communication)
-  const auto stages = stage_layers(m.num_layers, l.pp);
   double worst = 0;
   size_t worst_stage = 0;
   std::vector<double> stage_s(stages.size());
@@ -401,6 +393,19 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
 }  // namespace ppu::cluster
 
 namespace ppu::cluster {
+
+TrainingBudget training_budget(const TrainingResult& r, const ClusterSpec& c, double tokens) {
+  TrainingBudget b;
+  if (tokens <= 0) return b;
+  b.iterations = std::ceil(tokens / static_cast<double>(r.layout.global_batch * r.layout.seq_len));
+  const double seconds = b.iterations * r.iteration_s;
+  b.days = seconds / 86400;
+  const double chips = static_cast<double>(r.layout.chips());
+  b.chip_hours = chips * seconds / 3600;
+  b.power_w = (chips * c.node.chip.power.value + chips / c.chips_per_node() * c.node_power.value) * c.pue.value;
+  b.energy_mwh = b.power_w * seconds / 3.6e9;
+  return b;
+}
 
 void write_training_trace(const TrainingResult& r, TraceWriter& w) {
   const int p = static_cast<int>(r.stage_fwd_s.size());

@@ -139,6 +139,14 @@ WorkloadOptions workload_options(const Layout& l);
 TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, const Layout& l, NetworkModel& net,
                                  WorkloadCache& cache, int64_t chips = 0);
 
+// Training on `tokens` tokens at this iteration time: iterations (whole), days, chip-hours, and
+// energy with every chip at its TDP plus the cluster's per-node power beyond the chips, times the
+// PUE. All zero for tokens <= 0.
+struct TrainingBudget {
+  double iterations = 0, days = 0, chip_hours = 0, power_w = 0, energy_mwh = 0;
+};
+TrainingBudget training_budget(const TrainingResult& r, const ClusterSpec& c, double tokens);
+
 // One iteration as a Perfetto trace: a track per pipeline stage (one chip stands for its TP/DP/CP
 // peers) with every micro-batch's forward and backward in 1F1B order (interleaved layouts drawn as
 // plain 1F1B of whole stages), the stage transfers, then the data-parallel reduction and the

@@ -114,21 +114,15 @@ ChipSpec unbounded(const ChipSpec& chip) {
 }
 
 void check_options(const ModelConfig& m, const WorkloadOptions& o) {
-  auto divisors = [](int64_t n) {
-    std::string v;
-    for (int64_t t = 1; t <= n; ++t)
-      if (n % t == 0) v += (v.empty() ? "" : ", ") + std::to_string(t);
-    return v;
-  };
   if (o.tp < 1 || m.num_heads % o.tp != 0 || m.num_kv_heads % o.tp != 0)
     throw UserError(fmt::format("model '{}': TP degree {} must divide the {} attention heads and {} key/value heads; "
                                 "valid: {}",
-                                m.name, o.tp, m.num_heads, m.num_kv_heads, divisors(std::gcd(m.num_heads, m.num_kv_heads))));
+                                m.name, o.tp, m.num_heads, m.num_kv_heads, divisors_text(std::gcd(m.num_heads, m.num_kv_heads))));
   if (o.ep < 1 || (o.ep > 1 && (!m.is_moe() || m.num_experts % o.ep != 0 || o.ep % o.tp != 0)))
     throw UserError(fmt::format("model '{}': EP degree {} must be 1{}", m.name, o.ep,
                                 m.is_moe() ? fmt::format(", or divide the {} experts and be a multiple of the TP degree {} "
                                                          "(divisors of the experts: {})",
-                                                         m.num_experts, o.tp, divisors(m.num_experts))
+                                                         m.num_experts, o.tp, divisors_text(m.num_experts))
                                            : " (the model is dense)"));
   if (o.cp < 1 || o.seq_len < 1 || (o.cp > 1 && o.seq_len % (2 * o.cp) != 0))
     throw UserError(fmt::format("context parallelism {} over sequences of {} tokens: CP must be >= 1 and split each sequence "
@@ -141,6 +135,13 @@ void check_options(const ModelConfig& m, const WorkloadOptions& o) {
 }
 
 }  // namespace
+
+std::string divisors_text(int64_t n) {
+  std::string v;
+  for (int64_t t = 1; t <= n; ++t)
+    if (n % t == 0) v += (v.empty() ? "" : ", ") + std::to_string(t);
+  return v;
+}
 
 std::string WorkloadOptions::key() const {
   return fmt::format("tp{} sp{} ep{} cp{} mb{} s{} u{} a{}", tp, sp, ep, cp, micro_batch, seq_len, unfused_attention,

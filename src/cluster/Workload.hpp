@@ -99,6 +99,9 @@ struct WeightShares {
 };
 WeightShares weight_shares(const ModelConfig& model, const ChipSpec& chip, int tp, int ep);
 
+// "1, 2, 4, 8": the divisors of n, for "valid: ..." messages about parallel degrees.
+std::string divisors_text(int64_t n);
+
 // Throws UserError for impossible options (tp not dividing heads, ep not dividing experts or not a
 // multiple of tp, cp not dividing seq_len into even halves, non-positive sizes), naming the value and
 // what would be valid.

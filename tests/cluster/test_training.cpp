@@ -216,6 +216,21 @@ TEST(ClusterTraining, BreakdownMatchesTheScheduleArithmetic) {
   EXPECT_NEAR(r.mfu, r.tflops_per_chip * 1e12 / c.node.chip.matrix_flops_per_s(DType::kBF16), 1e-12);
 }
 
+TEST(ClusterTraining, TokenBudgetInDaysChipHoursAndEnergy) {
+  const ClusterSpec c = small_cluster();
+  TrainingResult r;
+  r.layout = base_layout();  // 32 chips, 64 x 256 tokens per iteration
+  r.iteration_s = 2.0;
+  const TrainingBudget b = training_budget(r, c, 64 * 256 * 1000.5);
+  EXPECT_EQ(b.iterations, 1001);  // whole iterations
+  EXPECT_NEAR(b.days, 1001 * 2.0 / 86400, 1e-12);
+  EXPECT_NEAR(b.chip_hours, 32 * 1001 * 2.0 / 3600, 1e-9);
+  const double watts = (32 * c.node.chip.power.value + 4 * c.node_power.value) * c.pue.value;
+  EXPECT_NEAR(b.power_w, watts, 1e-6);
+  EXPECT_NEAR(b.energy_mwh, watts * 1001 * 2.0 / 3.6e9, 1e-12);
+  EXPECT_EQ(training_budget(r, c, 0).days, 0);
+}
+
 TEST(ClusterTraining, InterleavingShrinksTheBubbleAndDataParallelismKeepsComputePerChip) {
   const ModelConfig m = small_dense();
   const ClusterSpec c = small_cluster();
