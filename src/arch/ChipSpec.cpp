@@ -52,6 +52,10 @@ const std::vector<ChipFieldInfo>& chip_fields() {
       {"dma_latency", Dimension::kTime, true, "DMA issue to first byte", &ChipSpec::dma_latency},
       {"dma_bandwidth_per_core", Dimension::kBandwidth, true, "most each of a core's two DMA engines (loads, stores) moves",
        &ChipSpec::dma_bandwidth_per_core},
+      {"atomic_bandwidth_per_core", Dimension::kBandwidth, false,
+       "fp32 atomic additions into global memory one core sustains (a GPU SM's red.add rate); absent: "
+       "dma_bandwidth_per_core",
+       &ChipSpec::atomic_bandwidth_per_core},
       {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency},
       {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency},
   };

@@ -66,6 +66,8 @@ struct ChipSpec {
   Quantity hbm_write_efficiency;  // fraction of peak HBM bandwidth for writes
   Quantity dma_latency;           // s from DMA issue to first byte
   Quantity dma_bandwidth_per_core;  // B/s: the most each DMA engine of a core (loads; stores) moves
+  Quantity atomic_bandwidth_per_core;  // B/s of fp32 atomic additions into global memory one core
+                                       // sustains (store_add; optional: dma_bandwidth_per_core)
   Quantity launch_latency;        // s: kernel launch to first block start
   Quantity block_latency;         // s: a block's dispatch onto a core (and its end)
 
@@ -82,6 +84,10 @@ struct ChipSpec {
   double special_function_ops_per_s() const;
   // Fraction of the matrix peak that kernels marked Kernel::sync_mma reach (1 unless the preset says).
   double mma_sync_fraction_value() const { return mma_sync_fraction.present ? mma_sync_fraction.value : 1.0; }
+  // Bytes per second of store_add one core sustains (atomic_bandwidth_per_core, else its DMA rate).
+  double atomic_bandwidth_per_core_value() const {
+    return atomic_bandwidth_per_core.present ? atomic_bandwidth_per_core.value : dma_bandwidth_per_core.value;
+  }
   double sram_bytes() const { return sram_per_core.value; }
   double hbm_bytes() const { return hbm_size.value; }
 };

@@ -29,6 +29,7 @@ Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
     k.args.insert(k.args.end(), p.args.begin(), p.args.end());
     k.flops += p.flops;
     k.ops.insert(k.ops.end(), p.ops.begin(), p.ops.end());
+    k.accumulates = k.accumulates || p.accumulates;
     keyed = keyed && !p.timing_key.empty();
     if (keyed) k.timing_key += p.timing_key + "#";
   }
@@ -61,6 +62,15 @@ void validate_program(const Kernel& k, int64_t block, const TileProgram& p, doub
     if (r.arg >= k.args.size())
       throw UserError(fmt::format("{}: names argument {}, but the kernel has {}", where(), r.arg, k.args.size()));
     const TensorArg& t = k.args[r.arg];
+    if (in.op == OpCode::kStore && (in.flags & kFlagAccumulate)) {
+      if (!k.accumulates)
+        throw UserError(fmt::format("{}: store_add in a kernel without Kernel::accumulates; set it so that the "
+                                    "executors order the blocks' additions",
+                                    where()));
+      if (t.dtype != DType::kF32)
+        throw UserError(fmt::format("{}: store_add into tensor '{}' of {}; atomic additions need an fp32 tensor",
+                                    where(), t.name, dtype_name(t.dtype)));
+    }
     const int64_t last = r.offset + int64_t{r.rows - 1} * r.row_stride + (r.cols - 1);
     // Loads may overlap rows (row_stride 0 broadcasts one row); stores may not.
     const bool overlap = in.op == OpCode::kStore && r.rows > 1 && r.row_stride < r.cols;

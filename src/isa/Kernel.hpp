@@ -59,6 +59,9 @@ struct Kernel {
   bool sync_mma = false;
   // Most blocks one core runs at once (0: as many as SRAM allows, up to kMaxResidentBlocks).
   int max_resident_blocks = 0;
+  // Its programs may use store_add (atomic reductions into fp32 arguments). The functional executor
+  // then applies the blocks' additions in block order, so the result does not depend on threads.
+  bool accumulates = false;
   // What it computes (empty: not described); concat_kernels joins its parts' lists.
   std::vector<KernelOp> ops;
 };

@@ -99,6 +99,12 @@ void TileProgram::store(const TileRegion& dst, BufferId src, int buffer_row) {
   push(in, {src}, {});
 }
 
+void TileProgram::store_add(const TileRegion& dst, BufferId src, int buffer_row) {
+  check_f32(src, "store_add source");
+  store(dst, src, buffer_row);
+  instrs_.back().flags = kFlagAccumulate;
+}
+
 void TileProgram::mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a, bool trans_b,
                       bool accumulate) {
   const SramBuffer& ba = buf(a, "mma operand a");

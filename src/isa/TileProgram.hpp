@@ -116,7 +116,7 @@ struct SramBuffer {
 enum InstrFlags : uint8_t {
   kFlagTransA = 1,      // mma: buffer a holds A^T, i.e. [k, m]
   kFlagTransB = 2,      // mma: buffer b holds B^T, i.e. [n, k]
-  kFlagAccumulate = 4,  // mma: c += a.b (else c = a.b); reduce: dst = op(dst, reduce(src))
+  kFlagAccumulate = 4,  // mma: c += a.b (else c = a.b); reduce: dst = op(dst, reduce(src)); store: dst += src
 };
 
 struct Instr {
@@ -150,6 +150,12 @@ class TileProgram {
   void load(BufferId dst, const TileRegion& src, int buffer_row = 0);
   // Stores rows [buffer_row, buffer_row + dst.rows) of `src` (columns from 0) into the region.
   void store(const TileRegion& dst, BufferId src, int buffer_row = 0);
+  // Adds rows [buffer_row, buffer_row + dst.rows) of fp32 `src` into the region of an fp32 tensor
+  // (a GPU's atomic reduction to global memory, red.add). Blocks of one kernel may add into the same
+  // elements; the executors apply each block's additions in block order (functional: deterministic,
+  // where a GPU's order varies from run to run), and no block of that kernel may read what it adds
+  // into. Only in kernels with Kernel::accumulates set; timed at ChipSpec::atomic_bandwidth_per_core.
+  void store_add(const TileRegion& dst, BufferId src, int buffer_row = 0);
   // c[m,n] (+)= A[m,k] . B[k,n]. a holds A ([m,k], or [k,m] if trans_a); b holds B ([k,n], or [n,k]
   // if trans_b). a and b share a 16-bit or fp8 dtype; c is fp32.
   void mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a = false, bool trans_b = false,

@@ -83,16 +83,22 @@ std::string shape_key(const AttentionBackwardShape& s) {
 constexpr int kDotTileElems = 8192;
 constexpr int kDotTilesPerBlock = 4;
 
-Kernel make_dot_kernel(const AttentionBackwardShape& s, const Buffer& o, const Buffer& d_o, const TensorArg& dvec) {
-  enum : uint16_t { kArgO, kArgDO, kArgD };
+// FlashAttention-2 style: also clears the fp32 dQ accumulator `dq_accum` (as FA2's preprocessing
+// kernel does), rows of this block's queries.
+Kernel make_dot_kernel(const AttentionBackwardShape& s, const Buffer& o, const Buffer& d_o, const TensorArg& dvec,
+                       const TensorArg& dq_accum) {
+  enum : uint16_t { kArgO, kArgDO, kArgD, kArgDQAcc };
   const int d = static_cast<int>(s.head_dim);
   const int rows = static_cast<int>(std::clamp<int64_t>(kDotTileElems / s.head_dim, 16, 128));
   const int64_t tiles = ceil_div(s.seq_q, rows), chunks = ceil_div(tiles, kDotTilesPerBlock);
   Kernel kern;
   kern.name = fmt::format("attention backward dot {}x{}x{}x{}", s.batch, s.seq_q, s.q_heads, s.head_dim);
   kern.grid = s.batch * s.q_heads * chunks;
-  kern.timing_key = fmt::format("{}|{}|{}|{}", kern.name, dtype_name(o.dtype), dtype_name(d_o.dtype), rows);
+  const bool clear = dq_accum.numel > 0;
+  kern.timing_key = fmt::format("{}|{}|{}|{}{}", kern.name, dtype_name(o.dtype), dtype_name(d_o.dtype), rows,
+                                clear ? "|clear dq" : "");
   kern.args = {o.arg(), d_o.arg(), dvec};
+  if (clear) kern.args.push_back(dq_accum);
   kern.flops = 0;  // FlashAttention's accounting counts the five matrix products only
   const int64_t seq_q = s.seq_q, heads = s.q_heads;
   kern.build = [=](int64_t block, TileProgram& p) {
@@ -104,6 +110,8 @@ Kernel make_dot_kernel(const AttentionBackwardShape& s, const Buffer& o, const B
       dob[i] = p.alloc(DType::kF32, rows, d, "do");
       db[i] = p.alloc(DType::kF32, rows, 1, "D");
     }
+    const BufferId zero = clear ? p.alloc(DType::kF32, rows, d, "zero") : BufferId{0};
+    if (clear) p.fill(zero, rows, d, 0.0f);
     auto t0 = [&](int64_t step) { return (chunk * kDotTilesPerBlock + step) * rows; };
     auto n = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(rows, seq_q - t0(step))); };
     pipeline_steps(
@@ -117,6 +125,7 @@ Kernel make_dot_kernel(const AttentionBackwardShape& s, const Buffer& o, const B
           p.binary(BinaryOp::kMul, ob[slot], ob[slot], dob[slot], n(step), d);
           p.reduce(ReduceOp::kSum, db[slot], ob[slot], n(step), d);
           p.store(TileRegion{kArgD, bh * seq_q + t0(step), 1, n(step), 1}, db[slot]);
+          if (clear) p.store(TileRegion{kArgDQAcc, ((b * seq_q + t0(step)) * heads + h) * d, heads * d, n(step), d}, zero);
         });
   };
   return kern;
@@ -187,7 +196,7 @@ struct DkdvBlock {
   int64_t st0 = 0, st1 = 0;  // steps [st0, st1) of the item
 };
 struct DkdvPlan {
-  int64_t per_part = 0;  // 0: no split
+  int64_t per_part = 0;  // 0: no split; -1: one part per q head of the group (FlashAttention-2 style)
   std::vector<DkdvItem> items;
   std::vector<DkdvBlock> blocks;
   std::vector<int32_t> split_items;
@@ -217,10 +226,14 @@ std::shared_ptr<const DkdvPlan> make_dkdv_plan(const AttentionBackwardShape& s, 
         pl.items.push_back(it);
       }
   const auto items = static_cast<int64_t>(pl.items.size());
-  if (items < 2 * int64_t{cores}) pl.per_part = std::max(kDkdvMinPartSteps, ceil_div(total, 2 * int64_t{cores}));
+  const bool fa2 = cfg.style == AttentionStyle::kFlashAttention2;
+  if (fa2) pl.per_part = g > 1 ? -1 : 0;  // one block per q head (FA2 sums each group's dK/dV after)
+  else if (items < 2 * int64_t{cores}) pl.per_part = std::max(kDkdvMinPartSteps, ceil_div(total, 2 * int64_t{cores}));
   for (size_t i = 0; i < pl.items.size(); ++i) {
     DkdvItem& it = pl.items[i];
-    it.parts = pl.per_part > 0 ? static_cast<int32_t>(std::max<int64_t>(1, ceil_div(it.steps, pl.per_part))) : 1;
+    it.parts = pl.per_part < 0   ? static_cast<int32_t>(g)
+               : pl.per_part > 0 ? static_cast<int32_t>(std::max<int64_t>(1, ceil_div(it.steps, pl.per_part)))
+                                 : 1;
     if (it.parts > 1) {
       it.slot0 = pl.slots;
       pl.slots += it.parts;
@@ -236,8 +249,8 @@ std::shared_ptr<const DkdvPlan> make_dkdv_plan(const AttentionBackwardShape& s, 
 Kernel make_dkdv_kernel(const AttentionBackwardShape& s, const AttentionBackwardConfig& cfg,
                         std::shared_ptr<const DkdvPlan> plan, const AttentionWorkspace& ws, const Buffer& q,
                         const Buffer& k, const Buffer& v, const Buffer& d_o, const Buffer& lse, const TensorArg& dvec,
-                        const Buffer& dk, const Buffer& dv, const TensorArg& partial) {
-  enum : uint16_t { kArgDK = kArgGrad0, kArgDV, kArgMask, kArgPartial };
+                        const Buffer& dk, const Buffer& dv, const TensorArg& partial, const TensorArg& dq_accum) {
+  enum : uint16_t { kArgDK = kArgGrad0, kArgDV, kArgMask, kArgPartial, kArgDQAcc };
   const Common c = make_common(s, cfg, q.dtype);
   const int tk = cfg.dkdv_tile_kv, tq = cfg.dkdv_tile_q, stages_cfg = cfg.stages;
   const int64_t q_tiles = ceil_div(s.seq_q, tq);
@@ -249,9 +262,16 @@ Kernel make_dkdv_kernel(const AttentionBackwardShape& s, const AttentionBackward
                                 dtype_name(q.dtype), dtype_name(dk.dtype), dtype_name(dv.dtype));
   kern.args = {q.arg(), k.arg(), v.arg(), d_o.arg(), lse.arg(), dvec, dk.arg(), dv.arg(), ws.mask.arg(), partial};
   set_style(kern, cfg);
-  // Four of the five products: S, dV, dP, dK; 2 d FLOPs each per (q head, visible pair).
-  kern.flops = 8.0 * double(s.head_dim) * double(s.batch) * double(s.q_heads) * s.visible_pairs();
-  kern.build = [c, plan, tk, tq, stages_cfg, q_tiles](int64_t block, TileProgram& p) {
+  // FlashAttention-2 style: the fifth product (dQ_i += dS K_j) here too, added into the fp32 dQ
+  // accumulator with atomic adds.
+  const bool atomic_dq = dq_accum.numel > 0;
+  if (atomic_dq) {
+    kern.args.push_back(dq_accum);
+    kern.accumulates = true;
+  }
+  // Four of the five products (S, dV, dP, dK), or all five; 2 d FLOPs each per (q head, visible pair).
+  kern.flops = (atomic_dq ? 10.0 : 8.0) * double(s.head_dim) * double(s.batch) * double(s.q_heads) * s.visible_pairs();
+  kern.build = [c, plan, tk, tq, stages_cfg, q_tiles, atomic_dq](int64_t block, TileProgram& p) {
     const int d = c.d;
     const DkdvBlock& blk = plan->blocks[static_cast<size_t>(block)];
     const DkdvItem& it = plan->items[static_cast<size_t>(blk.item)];
@@ -279,6 +299,7 @@ Kernel make_dkdv_kernel(const AttentionBackwardShape& s, const AttentionBackward
     }
     const BufferId pb = p.alloc(c.mt, tq, tk, "p"), dsb = p.alloc(c.mt, tq, tk, "ds");
     const BufferId maskb = c.causal ? p.alloc(DType::kF32, tq, tk, "mask") : BufferId{0};
+    const BufferId dqb = atomic_dq ? p.alloc(DType::kF32, tq, d, "dq") : BufferId{0};
 
     const TileRegion kv_rows{kArgK, c.row(b, k0, c.seq_k, c.kv_heads, kvh), c.kv_heads * d, w, d};
     p.load(kb, kv_rows);
@@ -319,6 +340,14 @@ Kernel make_dkdv_kernel(const AttentionBackwardShape& s, const AttentionBackward
       p.mma(dvb, pb, dob[slot], w, d, n, /*trans_a=*/true, false, /*accumulate=*/st > 0);
       emit_dscores(p, dpb[buf], sb[buf], db[slot], dsb, n, w);
       p.mma(dkb, dsb, qb[slot], w, d, n, /*trans_a=*/true, false, /*accumulate=*/st > 0);
+      if (atomic_dq) {
+        // dQ_i += dS K_j, unscaled (the conversion kernel scales): atomic adds into the accumulator.
+        // A fence after them: a GPU warp issues its instructions in order, so it does not start the
+        // next step until its adds have gone out, at the core's atomic rate (see the header).
+        p.mma(dqb, dsb, kb, n, d, w, false, false, /*accumulate=*/false);
+        p.store_add(TileRegion{kArgDQAcc, c.row(b, t0(st), c.seq_q, c.q_heads, head(st)), c.q_heads * d, n, d}, dqb);
+        p.sync();
+      }
       if (st + stages < steps) load_step(st + stages, slot);
     }
     p.unary(UnaryOp::kScale, dkb, dkb, w, d, c.scale);
@@ -456,6 +485,33 @@ Kernel make_dq_kernel(const AttentionBackwardShape& s, const AttentionBackwardCo
   return kern;
 }
 
+// FlashAttention-2 style, after the dK/dV kernel: dq = scale * dQ accumulator, in dq's dtype. One
+// block per (sequence, q head, chunk of query rows).
+Kernel make_dq_convert_kernel(const AttentionBackwardShape& s, const TensorArg& dq_accum, const Buffer& dq) {
+  enum : uint16_t { kArgAcc, kArgDQ };
+  const int d = static_cast<int>(s.head_dim);
+  const int rows = static_cast<int>(std::clamp<int64_t>(kDotTileElems / s.head_dim, 16, 128));
+  const int64_t chunks = ceil_div(s.seq_q, rows);
+  Kernel kern;
+  kern.name = fmt::format("attention backward dq convert {}x{}x{}x{}", s.batch, s.seq_q, s.q_heads, s.head_dim);
+  kern.grid = s.batch * s.q_heads * chunks;
+  kern.timing_key = fmt::format("{}|{}|{}", kern.name, s.scale, dtype_name(dq.dtype));
+  kern.args = {dq_accum, dq.arg()};
+  const int64_t seq_q = s.seq_q, heads = s.q_heads;
+  const float scale = resolved_scale(s);
+  kern.build = [=](int64_t block, TileProgram& p) {
+    const int64_t bh = block / chunks, chunk = block % chunks, b = bh / heads, h = bh % heads;
+    const int64_t t0 = chunk * rows;
+    const int n = static_cast<int>(std::min<int64_t>(rows, seq_q - t0));
+    const BufferId acc = p.alloc(DType::kF32, rows, d, "dq");
+    const TileRegion r{kArgAcc, ((b * seq_q + t0) * heads + h) * d, heads * d, n, d};
+    p.load(acc, r);
+    p.unary(UnaryOp::kScale, acc, acc, n, d, scale);
+    p.store(TileRegion{kArgDQ, r.offset, r.row_stride, n, d}, acc);
+  };
+  return kern;
+}
+
 }  // namespace
 
 double AttentionBackwardShape::visible_pairs() const {
@@ -480,6 +536,7 @@ int64_t attention_backward_dkdv_sram_bytes(const AttentionBackwardConfig& c, int
   b += c.stages * (2 * round64(q * d * es) + 2 * round64(q * 4));  // Q, dO, lse, D ring
   b += sets * 2 * round64(q * kv * 4) + 2 * round64(q * kv * es);  // S, dP (per set); P, dS
   if (causal) b += round64(q * kv * 4);                            // mask tile
+  if (c.style == AttentionStyle::kFlashAttention2) b += round64(q * d * 4);  // dQ_i partial (atomic adds)
   return b;
 }
 
@@ -605,10 +662,17 @@ AttentionBackwardTiming attention_backward(Device& dev, const AttentionWorkspace
                                   "attention_backward.dkdv_parts"));
       partial = scratch.back().arg();
     }
-    t.dot = dev.launch(make_dot_kernel(s, o, d_o, dvec), stream);
-    t.dkdv = dev.launch(make_dkdv_kernel(s, cfg, plan, ws, q, k, v, d_o, lse, dvec, dk, dv, partial), stream);
+    const bool fa2 = cfg.style == AttentionStyle::kFlashAttention2;
+    TensorArg dq_accum{};
+    if (fa2) {
+      scratch.push_back(dev.alloc(DType::kF32, q_numel, "attention_backward.dq_accum"));
+      dq_accum = scratch.back().arg();
+    }
+    t.dot = dev.launch(make_dot_kernel(s, o, d_o, dvec, dq_accum), stream);
+    t.dkdv = dev.launch(make_dkdv_kernel(s, cfg, plan, ws, q, k, v, d_o, lse, dvec, dk, dv, partial, dq_accum), stream);
     if (plan->slots > 0) t.dkdv_combine = dev.launch(make_dkdv_combine_kernel(s, cfg, plan, dk, dv, partial), stream);
-    t.dq = dev.launch(make_dq_kernel(s, cfg, ws, q, k, v, d_o, lse, dvec, dq), stream);
+    t.dq = fa2 ? dev.launch(make_dq_convert_kernel(s, dq_accum, dq), stream)
+               : dev.launch(make_dq_kernel(s, cfg, ws, q, k, v, d_o, lse, dvec, dq), stream);
   } catch (...) {
     for (Buffer& b : scratch) dev.free(b);
     throw;

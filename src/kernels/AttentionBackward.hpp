@@ -37,18 +37,26 @@
 //     and walks the key tiles it sees (K_j, V_j streaming ahead), recomputing S, P, dP and dS as
 //     above and accumulating dQ_i += dS K_j; at the end dQ_i *= scale.
 // FlashAttention-2 itself accumulates dQ inside kernel 2 with fp32 atomic adds to global memory,
-// whose order varies from run to run; here every output element has exactly one writer, so the
-// result does not depend on how blocks are scheduled (the functional executor runs blocks on
-// several host threads). That is FA2's alternative of a second kernel looping over the key tiles of
-// each query tile; its price is recomputing S = Q K^T and dP = dO V^T there: 7 matrix products per
-// (query tile, key tile) instead of 5, so at equal matrix-unit efficiency the predicted throughput
-// (counted, as FlashAttention does, as 2.5x the forward's FLOPs) is at most 5/7 of the atomic
-// version's (which pays instead for the atomics' read-modify-write traffic, not modelled here).
+// whose order varies from run to run; here, in the pipelined style, every output element has
+// exactly one writer, so the result does not depend on how blocks are scheduled (the functional
+// executor runs blocks on several host threads). That is FA2's alternative of a second kernel
+// looping over the key tiles of each query tile; its price is recomputing S = Q K^T and dP = dO V^T
+// there: 7 matrix products per (query tile, key tile) instead of 5.
 //
 // Style (AttentionStyle): kPipelined issues the next step's S and dP products before this step's
-// vector work, so the matrix unit overlaps the vector unit within a block; kFlashAttention2 runs
-// each step in sequence with one block per core and synchronous (mma.sync-class) MMAs, as the
-// forward's FA2 style (for comparing with FA2 measurements).
+// vector work, so the matrix unit overlaps the vector unit within a block, and runs kernels 1-3 as
+// above. kFlashAttention2 runs FlashAttention-2's own algorithm, for comparing with FA2
+// measurements: each step in sequence with one block per core and synchronous (mma.sync-class)
+// MMAs, as the forward's FA2 style; one dK/dV block per q head (a group's per-head dK/dV summed
+// by the combine kernel afterwards, as FA2 sums its expanded dK/dV); the fifth product
+// dQ_i = dS K_j in the dK/dV kernel, added with store_add (atomic adds) into an fp32 accumulator
+// that kernel 1 clears, followed by a fence (a GPU warp issues in order, so it starts the next step
+// only once its adds have gone out, at the core's atomic rate, ChipSpec::atomic_bandwidth_per_core);
+// kernel 3 is then a conversion: dq = scale * accumulator, in dq's dtype. The executors apply the
+// adds in block order, so this style is deterministic too (a GPU's is not); its dQ sums the key
+// tiles in another order than the pipelined style's, so the two agree within rounding, not bits.
+// On H100 the FA2 style predicts FA2's published backward within a few percent
+// (bench/fidelity.cpp).
 //
 // Numerics: the matrix unit takes 16-bit operands: bf16/fp16 inputs as they are, fp32 inputs
 // rounded to bf16 on load (like TF32 on GPUs). P and dS are rounded to that dtype before their
@@ -107,15 +115,16 @@ struct AttentionBackwardTiming {
   AttentionBackwardConfig config;            // as run
   KernelTiming dot, dkdv;                    // kernels 1 and 2
   std::optional<KernelTiming> dkdv_combine;  // the sum of split dK/dV parts, when items were split
-  KernelTiming dq;                           // kernel 3
+  KernelTiming dq;                           // kernel 3 (FA2 style: the dQ conversion)
   double time_s() const { return dot.time_s + dkdv.time_s + (dkdv_combine ? dkdv_combine->time_s : 0.0) + dq.time_s; }
   // FLOPs as FlashAttention counts them: the five matrix products, 2.5x the forward's 4 d per
-  // visible pair and q head (recomputation in the dQ kernel not counted).
+  // visible pair and q head (recomputation in the pipelined style's dQ kernel not counted).
   double flops() const { return dkdv.useful_flops + dq.useful_flops; }
 };
 
-// Runs the kernels on `stream` (the scratch - D, 4 bytes per query row and head, and split dK/dV
-// parts, 8 bytes per key, head_dim and part - is allocated for the call and freed after it). Throws UserError naming "attention_backward" and the offending
+// Runs the kernels on `stream` (the scratch - D, 4 bytes per query row and head; split dK/dV
+// parts, 8 bytes per key, head_dim and part; FA2 style: the fp32 dQ accumulator, 4 bytes per
+// element of dq - is allocated for the call and freed after it). Throws UserError naming "attention_backward" and the offending
 // argument if a size is not positive, q_heads is not a multiple of kv_heads, head_dim exceeds
 // kAttentionMaxHeadDim, causal with seq_q > seq_k, scale is negative or not finite, a buffer's numel
 // does not match its shape, q/k/v/o/d_o do not share one of bf16, fp16, fp32, lse is not fp32, a

@@ -80,7 +80,16 @@ thread_local std::vector<uint8_t> t_aliasable;
 
 }  // namespace
 
-void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena) {
+void PendingAdds::apply() const {
+  for (const Add& a : adds)
+    for (int r = 0; r < a.rows; ++r) {
+      float* d = a.dst + r * a.ld;
+      const float* v = values.data() + a.at + static_cast<size_t>(r) * a.cols;
+      for (int c = 0; c < a.cols; ++c) d[c] += v[c];
+    }
+}
+
+void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena, PendingAdds* adds) {
   const auto& bufs = p.buffers();
   const auto& ins = p.instrs();
   auto fptr = [&](BufferId id) { return reinterpret_cast<float*>(arena + bufs[id].offset_bytes); };
@@ -167,6 +176,17 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         auto* dst = static_cast<unsigned char*>(t.data) + in.region.offset * dtype_size_bytes(t.dtype);
         const ReadView& v = rd(in.a, in.k + in.rows, in.cols);
         const unsigned char* src = v.ptr + int64_t{in.k} * v.ld * dtype_size_bytes(b.dtype);
+        if (in.flags & kFlagAccumulate) {  // store_add: fp32 into fp32 (validate_program)
+          PendingAdds one;
+          PendingAdds& to = adds ? *adds : one;
+          to.adds.push_back({reinterpret_cast<float*>(dst), in.region.row_stride, in.rows, in.cols, to.values.size()});
+          for (int r = 0; r < in.rows; ++r) {
+            const auto* row = reinterpret_cast<const float*>(src) + r * v.ld;
+            to.values.insert(to.values.end(), row, row + in.cols);
+          }
+          if (!adds) one.apply();
+          break;
+        }
         copy_convert(b.dtype, src, v.ld, t.dtype, dst, in.region.row_stride, in.rows, in.cols);
         break;
       }
@@ -293,6 +313,7 @@ struct FunctionalExecutor::Impl {
     std::atomic<int64_t> next{0};  // next block to claim; set far beyond the grid when closed
     std::atomic<int64_t> done{0};  // claimed blocks finished (successfully or not)
     std::atomic<bool> failed{false};
+    std::atomic<int64_t> turn{0};  // Kernel::accumulates: the block whose additions go next
   };
   static constexpr int64_t kClosed = INT64_MAX / 2;
   static constexpr int kSpinNextJobUs = 50;    // a worker's wait for the next kernel before it sleeps
@@ -318,21 +339,32 @@ struct FunctionalExecutor::Impl {
     // kernels, and fresh arenas of several hundred KiB would be mapped and unmapped each time.
     thread_local TileProgram prog;
     thread_local AlignedArena arena;
+    thread_local PendingAdds adds;
     int64_t ran = 0;
     while (!j.failed.load(std::memory_order_relaxed)) {
       const int64_t b = j.next.fetch_add(1);
       if (b >= j.grid) break;
       ++ran;
+      const bool ordered = j.k->accumulates;
+      adds.clear();
       try {
         const Kernel& k = *j.k;
         prog.clear();
         k.build(b, prog);
         validate_program(k, b, prog, j.sram);
-        execute_program(k, prog, arena.ensure(prog.sram_bytes()));
+        execute_program(k, prog, arena.ensure(prog.sram_bytes()), ordered ? &adds : nullptr);
       } catch (...) {
         std::lock_guard<std::mutex> lk(mu);
         if (!error) error = std::current_exception();
         j.failed = true;
+        adds.clear();
+      }
+      if (ordered) {
+        // Blocks are claimed in order, so every earlier block is running or done and will take its
+        // turn: add in block order (a failed block passes its turn on without adding).
+        while (j.turn.load(std::memory_order_acquire) != b) std::this_thread::yield();
+        adds.apply();
+        j.turn.store(b + 1, std::memory_order_release);
       }
       j.done.fetch_add(1);
     }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "isa/Kernel.hpp"
 
@@ -38,8 +39,27 @@ class FunctionalExecutor {
   std::unique_ptr<Impl> impl_;
 };
 
+// The additions of a block's store_add instructions, held until the block's turn (run() applies
+// the blocks' additions in block order, so that results do not depend on host threads).
+struct PendingAdds {
+  struct Add {
+    float* dst;
+    int64_t ld;  // elements between rows of the destination
+    int rows, cols;
+    size_t at;  // first value in `values` (rows x cols, row-major)
+  };
+  std::vector<Add> adds;
+  std::vector<float> values;
+  void clear() {
+    adds.clear();
+    values.clear();
+  }
+  void apply() const;  // dst += values, in the order the block issued them
+};
+
 // Executes one already-built program (used by run(); exposed for tests). `arena` must hold
-// p.sram_bytes() bytes, 64-byte aligned.
-void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena);
+// p.sram_bytes() bytes, 64-byte aligned. store_add instructions go to `adds` if given, else are
+// applied at once.
+void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena, PendingAdds* adds = nullptr);
 
 }  // namespace ppu

@@ -286,6 +286,10 @@ class Sim {
     hbm_.cap = chip.dma_bandwidth_per_core.value;
     l2pool_.capacity = chip.l2_bandwidth.value;
     l2pool_.cap = chip.dma_bandwidth_per_core.value;
+    // store_add: each core's atomic reductions at most atomic_bandwidth_per_core (the limit is per
+    // core - a GPU SM's red.add throughput - so the pool's total is never the bound).
+    atomic_.cap = chip.atomic_bandwidth_per_core_value();
+    atomic_.capacity = atomic_.cap * cores_n;
     l2_.capacity = chip.l2_size.value;
     for (int t = 0; t < static_cast<int>(DType::kCount); ++t) {
       const auto dt = static_cast<DType>(t);
@@ -327,8 +331,12 @@ class Sim {
       const double tc = events_.empty() ? kInf : events_.top().time;
       const double th = hbm_.next_time();
       const double tl = l2pool_.next_time();
-      if (tc == kInf && th == kInf && tl == kInf) break;
-      if (tc <= th && tc <= tl) {
+      const double ta = atomic_.next_time();
+      if (tc == kInf && th == kInf && tl == kInf && ta == kInf) break;
+      if (ta < tc && ta < th && ta < tl) {
+        now_ = ta;
+        flow_done(atomic_.pop(now_));
+      } else if (tc <= th && tc <= tl) {
         Event e = events_.top();
         events_.pop();
         now_ = e.time;
@@ -499,8 +507,13 @@ class Sim {
                     static_cast<uint64_t>(in.rows)),
                 static_cast<uint64_t>(in.cols)),
             static_cast<uint64_t>(in.region.row_stride));
-    const bool hit = l2_.touch(key, bytes);
     c.flow_active[e] = true;
+    if (in.op == OpCode::kStore && (in.flags & kFlagAccumulate)) {  // store_add: reduced in L2
+      res_.atomic_bytes += bytes;
+      atomic_.add(now_, bytes, seq_++, ci, kAtomicEngine);
+      return;
+    }
+    const bool hit = l2_.touch(key, bytes);
     if (e == 0 && hit) {
       res_.l2_hit_bytes += bytes;
       l2pool_.add(now_, bytes, seq_++, ci, static_cast<int8_t>(2 + e));  // engine code + 2: served by L2
@@ -561,6 +574,8 @@ class Sim {
   std::vector<Core>& cores_;
   Pool hbm_, l2pool_;
   L2Lru l2_;
+  Pool atomic_;
+  static constexpr int8_t kAtomicEngine = 5;  // store engine (odd), not an HBM flow (>= 2)
   double mma_rate_[static_cast<int>(DType::kCount)] = {};
   double lane_rate_ = 0, sfu_rate_ = 0;  // per core: fp32 lane operations/s, special-function results/s
   double sync_mma_ = 1.0;                 // Kernel::sync_mma: the chip's mma_sync_fraction

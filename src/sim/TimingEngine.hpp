@@ -63,6 +63,7 @@ struct KernelTiming {
   double matrix_busy_s = 0;      // summed over cores
   double vector_busy_s = 0;
   double hbm_read_bytes = 0, hbm_write_bytes = 0, l2_hit_bytes = 0;
+  double atomic_bytes = 0;       // added by store_add (reduced in L2, at atomic_bandwidth_per_core)
   double hbm_busy_s = 0;         // time with at least one HBM flow active
   double hbm_cost_bytes = 0;     // bytes weighted by 1/efficiency (what the pool had to serve)
   double l2_busy_s = 0;

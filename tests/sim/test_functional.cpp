@@ -562,6 +562,66 @@ TEST(FunctionalThreads, ResultsAreBitIdenticalForAnyThreadCount) {
   }
 }
 
+// store_add: many blocks add into the same fp32 elements. Each block adds 1 + block * 2^-20 to
+// every element of a shared row; fp32 addition is not associative, so only adding in one fixed
+// order gives the same bits for every thread count - the executors add in block order. The sum
+// equals a sequential double-checked reference within fp32 rounding.
+TEST(FunctionalThreads, StoreAddAppliesBlocksInBlockOrder) {
+  static constexpr int kBlocks = 97, kCols = 300;
+  auto run = [&](int threads) {
+    HostTensor acc(DType::kF32, kCols, 0.5f);
+    HostTensor pad(DType::kF32, int64_t{1} << 17, 0.0f);  // enough argument bytes for the helpers
+    Kernel k;
+    k.name = "adds";
+    k.grid = kBlocks;
+    k.accumulates = true;
+    k.args = {acc.arg("acc"), pad.arg("pad", 0x900000)};
+    k.build = [](int64_t block, TileProgram& p) {
+      const auto b = p.alloc(DType::kF32, 1, kCols, "b");
+      p.fill(b, 1, kCols, 1.0f + static_cast<float>(block) * 0x1p-20f);
+      p.store_add(TileRegion{0, 0, kCols, 1, kCols}, b);
+    };
+    FunctionalExecutor ex(threads);
+    ex.run(k, kSram);
+    return acc;
+  };
+  const HostTensor one = run(1);
+  float expect = 0.5f;  // the same additions, in block order, in fp32
+  double exact = 0.5;
+  for (int b = 0; b < kBlocks; ++b) {
+    expect += 1.0f + static_cast<float>(b) * 0x1p-20f;
+    exact += 1.0 + b * 0x1p-20;
+  }
+  for (int c = 0; c < kCols; ++c) {
+    EXPECT_EQ(one.get(c), expect) << "column " << c;
+    EXPECT_NEAR(one.get(c), exact, fp32_sum_tolerance(kBlocks, exact));
+  }
+  for (int threads : {2, 3, 8})
+    for (int rep = 0; rep < 3; ++rep) EXPECT_EQ(run(threads).bytes, one.bytes) << threads << " threads, run " << rep;
+}
+
+TEST(FunctionalLoadStore, StoreAddNeedsTheKernelFlagAndFp32) {
+  HostTensor f32(DType::kF32, 64, 0.0f), bf16(DType::kBF16, 64, 0.0f);
+  auto kernel = [&](TensorArg dst, bool flag) {
+    Kernel k = one_block_kernel("adds", {dst}, [](int64_t, TileProgram& p) {
+      const auto b = p.alloc(DType::kF32, 1, 64, "b");
+      p.fill(b, 1, 64, 1.0f);
+      p.store_add(TileRegion{0, 0, 64, 1, 64}, b);
+    });
+    k.accumulates = flag;
+    return k;
+  };
+  test::expect_error([&] { run1(kernel(f32.arg("acc"), false)); }, {"'adds'", "store_add", "Kernel::accumulates"});
+  test::expect_error([&] { run1(kernel(bf16.arg("acc"), true)); }, {"store_add", "'acc'", "bf16", "fp32 tensor"});
+  run1(kernel(f32.arg("acc"), true));
+  EXPECT_EQ(f32.get(63), 1.0f);
+  run1(kernel(f32.arg("acc"), true));
+  EXPECT_EQ(f32.get(0), 2.0f) << "adds to what is there";
+  TileProgram p;
+  const auto h = p.alloc(DType::kBF16, 1, 64, "h");
+  test::expect_error([&] { p.store_add(TileRegion{0, 0, 64, 1, 64}, h); }, {"store_add source"});
+}
+
 TEST(FunctionalThreads, ZeroThreadsReadsPpuThreads) {
   const char* old = std::getenv("PPU_THREADS");
   const std::string saved = old ? old : "";

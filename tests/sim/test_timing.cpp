@@ -364,6 +364,51 @@ TEST(TimingEngine, OneCoreReadsPlusWritesAreLimitedPerDmaEngine) {
   EXPECT_GT(moved / busy, 1.2 * chip.dma_bandwidth_per_core.value);
 }
 
+TEST(TimingEngine, StoreAddRunsAtTheCoresAtomicRate) {
+  // store_add (atomic adds into global memory) goes through the store engine at
+  // atomic_bandwidth_per_core - per core, so a full chip of such blocks is no slower per block -
+  // and a plain store of the same bytes at the DMA rate. Without the preset field: the DMA rate.
+  const ChipSpec& chip = h100();
+  ASSERT_TRUE(chip.atomic_bandwidth_per_core.present);
+  ASSERT_LT(chip.atomic_bandwidth_per_core.value, chip.dma_bandwidth_per_core.value);
+  static constexpr int kTiles = 16, kElems = 16384;
+  auto kernel = [&](bool add, int64_t grid) {
+    Kernel k;
+    k.name = add ? "adds" : "stores";
+    k.grid = grid;
+    k.accumulates = add;
+    k.args = {TensorArg{DType::kF32, int64_t{kTiles} * kElems, nullptr, kDstAddr, "dst"}};
+    k.build = [add](int64_t, TileProgram& p) {
+      const auto b = p.alloc(DType::kF32, 1, kElems, "b");
+      for (int t = 0; t < kTiles; ++t) {
+        const TileRegion r{0, int64_t{t} * kElems, kElems, 1, kElems};
+        if (add) p.store_add(r, b);
+        else p.store(r, b);
+      }
+    };
+    return k;
+  };
+  const double bytes = double{kTiles} * kElems * 4;
+  const KernelTiming a = TimingEngine(chip).run(kernel(true, 1));
+  EXPECT_EQ(a.atomic_bytes, bytes);
+  EXPECT_EQ(a.hbm_write_bytes, 0.0);
+  const double body = a.time_s - launch(chip) - chip.block_latency.value;
+  const double ideal = chip.dma_latency.value + bytes / chip.atomic_bandwidth_per_core.value;
+  EXPECT_GE(body, bytes / chip.atomic_bandwidth_per_core.value);
+  EXPECT_LT(body, 1.05 * ideal);
+  const KernelTiming s = TimingEngine(chip).run(kernel(false, 1));
+  EXPECT_EQ(s.atomic_bytes, 0.0);
+  EXPECT_LT(s.time_s, 0.6 * a.time_s);
+  // Every core adding at once: the same time per wave (the limit is per core).
+  const KernelTiming full = TimingEngine(chip).run(kernel(true, chip.num_cores()));
+  EXPECT_NEAR(full.time_s, a.time_s, 1e-3 * a.time_s);
+  ChipSpec plain = chip;
+  plain.atomic_bandwidth_per_core = {};
+  const KernelTiming p = TimingEngine(plain).run(kernel(true, 1));
+  EXPECT_NEAR(p.time_s - launch(chip) - chip.block_latency.value,
+              chip.dma_latency.value + bytes / chip.dma_bandwidth_per_core.value, 0.05 * body);
+}
+
 TEST(TimingEngine, AnEngineStreamsTransfersBackToBack) {
   // Independent loads issue at once; each waits dma_latency from issue, so the latencies overlap
   // and the engine moves one transfer after another: about dma_latency + n x transfer time,
