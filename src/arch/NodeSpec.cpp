@@ -58,7 +58,7 @@ const std::vector<NodeFieldInfo>& node_fields() {
       {"host_bandwidth", Dimension::kBandwidth, kPcied, kPcied,
        "a PCIe switch's uplink into the host, per direction (traffic between switches)", &NodeSpec::host_bandwidth},
       {"switch_reduction_bandwidth", Dimension::kBandwidth, 0, bit(Topology::kSwitch),
-       "in-switch reduction (NVLS) rate per port; absent: the switch does not reduce",
+       "in-switch reduction (NVLS) rate per port; absent: the switch neither reduces nor multicasts (no NVLS)",
        &NodeSpec::switch_reduction_bandwidth},
       {"switch_reduction_latency", Dimension::kTime, 0, bit(Topology::kSwitch),
        "extra latency of an in-switch reduction (with switch_reduction_bandwidth)", &NodeSpec::switch_reduction_latency},

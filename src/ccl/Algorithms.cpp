@@ -686,12 +686,12 @@ std::optional<std::string> unsupported(Collective c, Algorithm a, const Fabric& 
     default: break;
   }
   if (!ok) return fmt::format("{} has no '{}' algorithm", collective_name(c), algorithm_name(a));
-  if (a == A::kNvls) {
-    const bool needs_reduction = c == Collective::kAllReduce || c == Collective::kReduceScatter;
-    if (!fabric.has_switch() || (needs_reduction && !fabric.has_switch_reduction()))
-      return fmt::format("'nvls' needs a switch that {} (node '{}' has none)",
-                         needs_reduction ? "reduces in the switch" : "multicasts", fabric.node().name);
-  }
+  // NVLS is one switch feature (NVLink SHARP, NVSwitch generation 3: H100 onwards): the switch
+  // both reduces and multicasts. A switch without it (A100's generation 2) does neither, so
+  // all-gather and broadcast need it as much as the reductions.
+  if (a == A::kNvls && (!fabric.has_switch() || !fabric.has_switch_reduction()))
+    return fmt::format("'nvls' needs a switch that reduces and multicasts (NVLink SHARP; node '{}' has none)",
+                       fabric.node().name);
   if (a == A::kHierarchical) {
     std::map<int, int> sizes;
     for (int g : groups) ++sizes[g];

@@ -117,7 +117,7 @@ struct TrainCliOptions {
   int vp = 1;                         // interleaved chunks per chip
   int64_t micro_batch = 1;
   int64_t global_batch = 0;           // sequences; 0: about 4M tokens
-  int64_t seq_len = 4096;
+  int64_t seq_len = 0;  // 0: 4096, or the model's context if shorter
   int64_t chips = 0;                  // 0: the whole cluster
   int zero = 1;
   std::string recompute = "auto";     // none, selective, full, auto (the least that fits)

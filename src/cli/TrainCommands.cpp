@@ -79,6 +79,7 @@ json result_json(const TrainingResult& r, const ClusterSpec& c, double tokens) {
                  {"zero", l.zero},
                  {"recompute", kRecomputeNames[static_cast<size_t>(l.recompute)]},
                  {"describe", l.describe()}};
+  j["chips"] = l.chips();
   j["micro_batches"] = r.micro_batches;
   j["iteration_s"] = r.iteration_s;
   j["breakdown_s"] = r.breakdown;
@@ -128,8 +129,10 @@ void print_result(const TrainingResult& r, const ModelConfig& m, const ClusterSp
 
 }  // namespace
 
-int cmd_simulate_train(const TrainCliOptions& o) {
-  const ModelConfig m = load_model_config(o.model);
+int cmd_simulate_train(const TrainCliOptions& opts) {
+  const ModelConfig m = load_model_config(opts.model);
+  TrainCliOptions o = opts;
+  if (o.seq_len == 0) o.seq_len = std::min<int64_t>(4096, m.max_position_embeddings);
   const ClusterSpec c = load_cluster(o.cluster);
   const double tokens = parse_tokens(o.tokens);
   const NetworkKind nk = parse_network(o.network);
@@ -147,8 +150,9 @@ int cmd_simulate_train(const TrainCliOptions& o) {
     l.pp = std::max(1, o.pp);
     l.cp = std::max(1, o.cp);
     l.ep = std::max(1, o.ep);
-    const int64_t chips = o.chips > 0 ? o.chips : c.num_chips();
     const int64_t tpc = int64_t{l.tp} * l.pp * l.cp;
+    // Every degree given (DP too): the layout says how many of the cluster's chips it uses.
+    const int64_t chips = o.chips > 0 ? o.chips : o.dp > 0 ? tpc * o.dp : c.num_chips();
     l.dp = o.dp > 0 ? o.dp : static_cast<int>(std::max<int64_t>(1, chips / tpc));
     l.sp = !o.no_sp;
     l.virtual_stages = o.vp;

@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
   train->add_option("--vp", tr.vp, "Interleaved pipeline: model chunks per chip")->capture_default_str();
   train->add_option("--micro-batch", tr.micro_batch, "Sequences per micro-batch")->capture_default_str();
   train->add_option("--global-batch", tr.global_batch, "Sequences per iteration (default: about 4M tokens)");
-  train->add_option("--seq-len", tr.seq_len, "Tokens per sequence")->capture_default_str();
-  train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all)");
+  train->add_option("--seq-len", tr.seq_len, "Tokens per sequence (default: 4096, or the model's context if shorter)");
+  train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all, or TP x PP x CP x DP when --dp is given)");
   train->add_option("--zero", tr.zero, "ZeRO stage 0-3 of the data-parallel optimizer")->capture_default_str();
   train->add_option("--recompute", tr.recompute, "Activation recomputation: auto, none, selective, full")->capture_default_str();
   train->add_option("--recompute-layers", tr.recompute_layers, "With full recomputation: layers per stage (0: all)")

@@ -109,6 +109,17 @@ TEST(Communicator, MismatchedBuffersAreClearErrors) {
   expect_error([&] { rig.comm->all_reduce(a, a, o); }, {"'hierarchical' needs ranks in at least two groups"});
   expect_error([&] { rig.comm->all_reduce({a[0], a[1], Buffer{}}, a); }, {"rank 2 passed no send buffer"});
   expect_error([&] { rig.comm->send_recv({{0, 1, a[0], a[1]}, {0, 2, a[0], a[2]}}); }, {"rank 0 sends twice"});
+  // A100's NVSwitch neither reduces nor multicasts: no NVLS, for all-gather and broadcast either;
+  // H100's does both.
+  Rig a100("a100-dgx", 4, {}, ExecMode::kTimingOnly);
+  auto x = alloc_all(a100, DType::kF32, 64), y = alloc_all(a100, DType::kF32, 256);
+  o = {};
+  o.algorithm = Algorithm::kNvls;
+  expect_error([&] { a100.comm->all_gather(x, y, o); }, {"'nvls' needs a switch that reduces and multicasts", "a100-dgx"});
+  expect_error([&] { a100.comm->broadcast(x, x, o); }, {"'nvls'", "a100-dgx"});
+  Rig h100("h100-dgx", 4, {}, ExecMode::kTimingOnly);
+  auto hx = alloc_all(h100, DType::kF32, 64), hy = alloc_all(h100, DType::kF32, 256);
+  EXPECT_EQ(h100.comm->all_gather(hx, hy, o).algorithm, Algorithm::kNvls);
 }
 
 TEST(Communicator, GroupLargerThanNodeOrWrongChip) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "arch/Presets.hpp"
+#include "models/ModelConfig.hpp"
 
 namespace {
 
@@ -418,6 +419,14 @@ TEST(Cli, SimulateTrainLayoutSearchJsonTraceAndErrors) {
   ASSERT_EQ(flow.status, 0) << flow.out;
   EXPECT_NEAR(nlohmann::json::parse(flow.out)["iteration_s"].get<double>(), j["iteration_s"].get<double>(),
               1e-3 * j["iteration_s"].get<double>());
+  // Every degree given, DP too: the layout uses TP x PP x CP x DP of the cluster's chips; the
+  // sequence defaults to 4096, or to the model's context where that is shorter.
+  r = ppu("simulate train --model tiny --cluster h800-2k --tp 2 --pp 2 --dp 4 --global-batch 32 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["layout"]["dp"], 4);
+  EXPECT_EQ(j["chips"], 16);
+  EXPECT_EQ(j["layout"]["seq_len"].get<int64_t>(), std::min<int64_t>(4096, ppu::load_model_config("tiny").max_position_embeddings));
   // The planner: a ranked table and an explanation.
   r = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --seq-len 256 --global-batch 64 --search --top 5");
   ASSERT_EQ(r.status, 0) << r.out;
@@ -436,6 +445,7 @@ TEST(Cli, SimulateTrainLayoutSearchJsonTraceAndErrors) {
                        Bad{"--model tiny --cluster h800-2k --tokens 12Q", "--tokens"},
                        Bad{"--model tiny --cluster h800-2k --network ns3", "analytical, flow"},
                        Bad{"--model tiny --cluster h800-2k --chips 99999 --tp 2", "has 2048"},
+                       Bad{"--model tiny --cluster h800-2k --tp 2 --dp 2048", "4096 chips asked for"},
                        Bad{"--model tiny --cluster h800-2k --tp 2 --search", "--search finds the layout"}}) {
     r = ppu(std::string("simulate train ") + b.args);
     EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
