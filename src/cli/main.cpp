@@ -7,6 +7,32 @@
 #include "arch/Error.hpp"
 #include "cli/Commands.hpp"
 
+namespace {
+
+// A preset family's commands: `ppu NOUNs [--json]` lists them, `ppu NOUNs show NAME [--json]` prints
+// one. CLI11 binds the flag and the name by reference, so the object must outlive parsing.
+struct PresetCommands {
+  CLI::App* list = nullptr;
+  CLI::App* show = nullptr;
+  bool json = false;
+  std::string name;
+  // Dispatch after parsing: the show or the list command.
+  int run(int (*list_fn)(bool), int (*show_fn)(const std::string&, bool)) const {
+    return show->parsed() ? show_fn(name, json) : list_fn(json);
+  }
+};
+
+void add_preset_commands(CLI::App& app, PresetCommands& pc, const std::string& noun, const std::string& list_help,
+                         const std::string& show_help) {
+  pc.list = app.add_subcommand(noun + "s", list_help);
+  pc.list->add_flag("--json", pc.json, "One JSON document on stdout");
+  pc.show = pc.list->add_subcommand("show", show_help);
+  pc.show->add_option(noun, pc.name, fmt::format("Preset name or path to a {} .json file", noun))->required();
+  pc.show->add_flag("--json", pc.json, "One JSON document on stdout");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace ppu::cli;
   CLI::App app{"OpenPPU: a software PPU (AI accelerator) - chip presets, tile programs, functional and timing "
@@ -14,13 +40,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "ppu 0.1.0");
 
-  bool json = false;
-  auto* chips = app.add_subcommand("chips", "Chip presets: a table, or every field of one chip");
-  chips->add_flag("--json", json, "One JSON document on stdout");
-  std::string show_name;
-  auto* show = chips->add_subcommand("show", "Every field of a chip with its unit and source");
-  show->add_option("chip", show_name, "Preset name or path to a chip .json file")->required();
-  show->add_flag("--json", json, "One JSON document on stdout");
+  PresetCommands chips, nodes, clusters;
+  add_preset_commands(app, chips, "chip", "Chip presets: a table, or every field of one chip",
+                      "Every field of a chip with its unit and source");
 
   auto* bench = app.add_subcommand("bench", "Run a kernel on a simulated chip and report its predicted time");
   bench->require_subcommand(1);
@@ -51,21 +73,11 @@ int main(int argc, char** argv) {
   bc->add_option("--trace", c.trace, "Write a Perfetto/Chrome trace to this file");
   bc->add_flag("--json", c.json, "One JSON document on stdout");
 
-  bool nodes_json = false;
-  auto* nodes = app.add_subcommand("nodes", "Node presets (chips and how they are linked): a table, or one node's links");
-  nodes->add_flag("--json", nodes_json, "One JSON document on stdout");
-  std::string node_show_name;
-  auto* node_show = nodes->add_subcommand("show", "Every field of a node with its source, and its link graph");
-  node_show->add_option("node", node_show_name, "Preset name or path to a node .json file")->required();
-  node_show->add_flag("--json", nodes_json, "One JSON document on stdout");
-
-  bool clusters_json = false;
-  auto* clusters = app.add_subcommand("clusters", "Cluster presets (nodes, scale-out NICs, network tiers): a table, or one cluster");
-  clusters->add_flag("--json", clusters_json, "One JSON document on stdout");
-  std::string cluster_show_name;
-  auto* cluster_show = clusters->add_subcommand("show", "Every field of a cluster with its unit and source, and its tiers");
-  cluster_show->add_option("cluster", cluster_show_name, "Preset name or path to a cluster .json file")->required();
-  cluster_show->add_flag("--json", clusters_json, "One JSON document on stdout");
+  add_preset_commands(app, nodes, "node", "Node presets (chips and how they are linked): a table, or one node's links",
+                      "Every field of a node with its source, and its link graph");
+  add_preset_commands(app, clusters, "cluster",
+                      "Cluster presets (nodes, scale-out NICs, network tiers): a table, or one cluster",
+                      "Every field of a cluster with its unit and source, and its tiers");
 
   TrainCliOptions tr;
   auto* simulate = app.add_subcommand("simulate", "Simulate work on a cluster");
@@ -178,18 +190,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (chips->parsed()) {
-      if (show->parsed()) return cmd_chips_show(show_name, json);
-      return cmd_chips_list(json);
-    }
-    if (nodes->parsed()) {
-      if (node_show->parsed()) return cmd_nodes_show(node_show_name, nodes_json);
-      return cmd_nodes_list(nodes_json);
-    }
-    if (clusters->parsed()) {
-      if (cluster_show->parsed()) return cmd_clusters_show(cluster_show_name, clusters_json);
-      return cmd_clusters_list(clusters_json);
-    }
+    if (chips.list->parsed()) return chips.run(cmd_chips_list, cmd_chips_show);
+    if (nodes.list->parsed()) return nodes.run(cmd_nodes_list, cmd_nodes_show);
+    if (clusters.list->parsed()) return clusters.run(cmd_clusters_list, cmd_clusters_show);
     for (auto* sc : coll_cmds)
       if (sc->parsed()) {
         cb.collective = sc->get_name();
