@@ -78,9 +78,13 @@ std::string shape_key(const AttentionBackwardShape& s) {
 
 // --- kernel 1: D = rowsum(dO * O) -----------------------------------------------------------------
 
-// Query rows per tile of the dot kernel: 8192 elements (32 KiB fp32 per operand), so two operands
-// in two stages take 128 KiB and two blocks fit every core.
+// Elements per tile of the dot kernel: 8192 (32 KiB fp32 per operand), so two operands in two
+// stages take 128 KiB and two blocks fit every core.
 constexpr int kDotTileElems = 8192;
+// Query rows per such tile (the dot kernel's, and the FA2 style's dQ conversion's).
+int dot_tile_rows(const AttentionBackwardShape& s) {
+  return static_cast<int>(std::clamp<int64_t>(kDotTileElems / s.head_dim, 16, 128));
+}
 constexpr int kDotTilesPerBlock = 4;
 
 // FlashAttention-2 style: also clears the fp32 dQ accumulator `dq_accum` (as FA2's preprocessing
@@ -89,7 +93,7 @@ Kernel make_dot_kernel(const AttentionBackwardShape& s, const Buffer& o, const B
                        const TensorArg& dq_accum) {
   enum : uint16_t { kArgO, kArgDO, kArgD, kArgDQAcc };
   const int d = static_cast<int>(s.head_dim);
-  const int rows = static_cast<int>(std::clamp<int64_t>(kDotTileElems / s.head_dim, 16, 128));
+  const int rows = dot_tile_rows(s);
   const int64_t tiles = ceil_div(s.seq_q, rows), chunks = ceil_div(tiles, kDotTilesPerBlock);
   Kernel kern;
   kern.name = fmt::format("attention backward dot {}x{}x{}x{}", s.batch, s.seq_q, s.q_heads, s.head_dim);
@@ -490,7 +494,7 @@ Kernel make_dq_kernel(const AttentionBackwardShape& s, const AttentionBackwardCo
 Kernel make_dq_convert_kernel(const AttentionBackwardShape& s, const TensorArg& dq_accum, const Buffer& dq) {
   enum : uint16_t { kArgAcc, kArgDQ };
   const int d = static_cast<int>(s.head_dim);
-  const int rows = static_cast<int>(std::clamp<int64_t>(kDotTileElems / s.head_dim, 16, 128));
+  const int rows = dot_tile_rows(s);
   const int64_t chunks = ceil_div(s.seq_q, rows);
   Kernel kern;
   kern.name = fmt::format("attention backward dq convert {}x{}x{}x{}", s.batch, s.seq_q, s.q_heads, s.head_dim);
