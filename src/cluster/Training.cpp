@@ -74,14 +74,16 @@ std::string Layout::describe() const {
 }
 
 void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, int64_t chips) {
-  for (auto [name, v] : {std::pair<const char*, int>{"tp", l.tp}, {"pp", l.pp}, {"dp", l.dp}, {"cp", l.cp}, {"ep", l.ep},
-                         {"virtual stages", l.virtual_stages}})
-    if (v < 1) throw UserError(fmt::format("layout: {} = {}; every degree must be >= 1", name, v));
-  if (m.num_heads % l.tp != 0 || m.num_kv_heads % l.tp != 0)
-    throw UserError(fmt::format("layout: TP {} does not divide model '{}''s {} attention heads and {} key/value heads; valid "
-                                "TP: {}",
-                                l.tp, m.name, m.num_heads, m.num_kv_heads,
-                                divisors_text(std::gcd(m.num_heads, m.num_kv_heads))));
+  if (l.virtual_stages < 1)
+    throw UserError(fmt::format("layout: virtual stages = {}; every degree must be >= 1", l.virtual_stages));
+  nn::ParallelDegrees d;
+  d.tp = l.tp;
+  d.sp = l.sp;
+  d.ep = l.ep;
+  d.cp = l.cp;
+  d.dp = l.dp;
+  d.pp = l.pp;
+  nn::check_split(split_dims(m), d, std::max<int64_t>(0, l.seq_len));  // its range is checked below
   const auto stages = stage_layers(m.num_layers, l.pp);
   if (l.pp > m.num_layers || stages.front() < 1 ||
       std::accumulate(stages.begin(), stages.end(), int64_t{0}) != m.num_layers) {
@@ -107,13 +109,6 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
     throw UserError(fmt::format("layout: with the TP-CP-PP-DP rank order an expert-parallel group must be the TP group "
                                 "(EP {} with TP {}); valid EP: 1, {}; or use Megatron's order",
                                 l.ep, l.tp, l.tp));
-  if (l.ep > 1) {
-    if (!m.is_moe()) throw UserError(fmt::format("layout: EP {} but model '{}' is dense; valid EP: 1", l.ep, m.name));
-    if (m.num_experts % l.ep != 0 || l.ep % l.tp != 0 || (int64_t{l.tp} * l.dp) % l.ep != 0)
-      throw UserError(fmt::format("layout: EP {} must divide model '{}''s {} experts, be a multiple of TP {} and divide "
-                                  "TP x DP = {}; divisors of the experts: {}",
-                                  l.ep, m.name, m.num_experts, l.tp, l.tp * l.dp, divisors_text(m.num_experts)));
-  }
   if (chips == 0) chips = c.num_chips();
   if (chips > c.num_chips())
     throw UserError(fmt::format("layout: {} chips asked for, but cluster '{}' has {}", chips, c.name, c.num_chips()));
@@ -132,9 +127,6 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
   if (l.seq_len < 1 || l.seq_len > m.max_position_embeddings)
     throw UserError(fmt::format("layout: sequence length {}; valid: 1 to model '{}''s {} positions", l.seq_len, m.name,
                                 m.max_position_embeddings));
-  if (l.cp > 1 && l.seq_len % (2 * l.cp) != 0)
-    throw UserError(fmt::format("layout: CP {} needs the sequence length ({}) to be a multiple of 2 x CP = {}", l.cp,
-                                l.seq_len, 2 * l.cp));
 }
 
 double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_half) {

@@ -9,11 +9,11 @@
 #include <numeric>
 
 #include "arch/Error.hpp"
-#include "kernels/AttentionBackward.hpp"
 #include "kernels/Softmax.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
 #include "models/Qwen3.hpp"
+#include "nn/OpBackward.hpp"
 #include "runtime/Device.hpp"
 
 namespace ppu::cluster {
@@ -21,68 +21,6 @@ namespace ppu::cluster {
 namespace {
 
 using kernels::GemmShape;
-
-// Backward time of one captured forward launch, launched on `dev` (see the header).
-double backward_of(Device& dev, const CapturedLaunch& l, kernels::AttentionStyle style) {
-  const Kernel& k = l.kernel;
-  const bool all_gemm = !k.ops.empty() && std::all_of(k.ops.begin(), k.ops.end(), [](const KernelOp& o) { return o.op == "gemm"; });
-  if (all_gemm) {
-    const DType in = k.args.front().dtype;
-    std::vector<Buffer> bufs;
-    auto buf = [&](DType t, int64_t n, const char* name) {
-      bufs.push_back(dev.alloc(t, n, name));
-      return bufs.back();
-    };
-    std::vector<Kernel> dgrad, wgrad;
-    for (const KernelOp& o : k.ops) {
-      const int64_t M = o.dims[0], N = o.dims[1], K = o.dims[2], B = o.dims[3];
-      const bool ta = o.dims[4] != 0, tb = o.dims[5] != 0;
-      const Buffer dc = buf(in, B * M * N, "grad_out"), a = buf(in, B * M * K, "saved_a"), b = buf(in, B * K * N, "saved_b");
-      // dA [M, K] = dC [M, N] . op(B)^T; dB [K, N] = op(A)^T [K, M] . dC [M, N].
-      dgrad.push_back(kernels::make_gemm(dev.chip(), GemmShape{M, K, N, B, false, !tb}, dc, b, buf(in, B * M * K, "grad_a")));
-      wgrad.push_back(kernels::make_gemm(dev.chip(), GemmShape{K, N, M, B, !ta, false}, a, dc,
-                                         buf(DType::kF32, B * K * N, "grad_b")));
-    }
-    double t = kernels::launch_grouped(dev, k.name + " dgrad", std::move(dgrad)).time_s;
-    t += kernels::launch_grouped(dev, k.name + " wgrad", std::move(wgrad)).time_s;
-    for (Buffer& b : bufs) dev.free(b);
-    return t;
-  }
-  const bool attention =
-      !k.ops.empty() && std::all_of(k.ops.begin(), k.ops.end(), [](const KernelOp& o) { return o.op == "attention"; });
-  if (attention) {
-    // Sequences of one batched launch with the same shape run as one backward call.
-    std::map<std::vector<int64_t>, int64_t> groups;
-    for (const KernelOp& o : k.ops) ++groups[o.dims];
-    const DType in = k.args.front().dtype;
-    double t = 0;
-    kernels::AttentionWorkspace ws = kernels::make_attention_workspace(dev);
-    for (const auto& [d, count] : groups) {
-      kernels::AttentionBackwardShape s;
-      s.batch = count * d[0];
-      s.seq_q = d[1];
-      s.seq_k = d[2];
-      s.q_heads = d[3];
-      s.kv_heads = d[4];
-      s.head_dim = d[5];
-      s.causal = d[6] != 0;
-      const int64_t qn = s.batch * s.seq_q * s.q_heads * s.head_dim, kn = s.batch * s.seq_k * s.kv_heads * s.head_dim;
-      std::vector<Buffer> b;
-      for (auto [n, t_, name] : {std::tuple{qn, in, "q"}, {kn, in, "k"}, {kn, in, "v"}, {qn, in, "o"}, {qn, in, "d_o"},
-                                 {s.batch * s.q_heads * s.seq_q, DType::kF32, "lse"}, {qn, in, "dq"}, {kn, in, "dk"},
-                                 {kn, in, "dv"}})
-        b.push_back(dev.alloc(t_, n, name));
-      kernels::AttentionBackwardConfig cfg;
-      cfg.style = style;
-      cfg = kernels::choose_attention_backward_config(dev.chip(), s, in, cfg);
-      t += kernels::attention_backward(dev, ws, s, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], nullptr, &cfg).time_s();
-      for (Buffer& x : b) dev.free(x);
-    }
-    kernels::free_attention_workspace(dev, ws);
-    return t;
-  }
-  return 2.0 * l.seconds;  // memory-bound: the backward moves about twice the forward's bytes
-}
 
 struct Capture {
   ForwardCapture cap;
@@ -98,7 +36,7 @@ PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_
     p.fwd_by_kind[l.kind] += l.seconds;
     p.flops_fwd += l.kernel.flops;
     if (l.kind == "attention") p.attention_fwd_s += l.seconds;
-    const double b = backward_of(dev, l, style);
+    const double b = nn::backward_seconds(dev, l.kernel, l.seconds, style);
     p.bwd_s += b;
     p.bwd_by_kind[l.kind] += b;
   }
@@ -114,20 +52,13 @@ ChipSpec unbounded(const ChipSpec& chip) {
 }
 
 void check_options(const ModelConfig& m, const WorkloadOptions& o) {
-  if (o.tp < 1 || m.num_heads % o.tp != 0 || m.num_kv_heads % o.tp != 0)
-    throw UserError(fmt::format("model '{}': TP degree {} must divide the {} attention heads and {} key/value heads; "
-                                "valid: {}",
-                                m.name, o.tp, m.num_heads, m.num_kv_heads, divisors_text(std::gcd(m.num_heads, m.num_kv_heads))));
-  if (o.ep < 1 || (o.ep > 1 && (!m.is_moe() || m.num_experts % o.ep != 0 || o.ep % o.tp != 0)))
-    throw UserError(fmt::format("model '{}': EP degree {} must be 1{}", m.name, o.ep,
-                                m.is_moe() ? fmt::format(", or divide the {} experts and be a multiple of the TP degree {} "
-                                                         "(divisors of the experts: {})",
-                                                         m.num_experts, o.tp, divisors_text(m.num_experts))
-                                           : " (the model is dense)"));
-  if (o.cp < 1 || o.seq_len < 1 || (o.cp > 1 && o.seq_len % (2 * o.cp) != 0))
-    throw UserError(fmt::format("context parallelism {} over sequences of {} tokens: CP must be >= 1 and split each sequence "
-                                "into 2 x CP equal chunks (seq_len a multiple of {})",
-                                o.cp, o.seq_len, 2 * o.cp));
+  nn::ParallelDegrees d;
+  d.tp = o.tp;
+  d.sp = o.sp;
+  d.ep = o.ep;
+  d.cp = o.cp;
+  if (o.seq_len < 1) throw UserError(fmt::format("sequences of {} tokens; must be >= 1", o.seq_len));
+  nn::check_split(split_dims(m), d, o.seq_len);
   if (o.micro_batch < 1) throw UserError(fmt::format("micro-batch of {} sequences; must be >= 1", o.micro_batch));
   if (o.seq_len > m.max_position_embeddings)
     throw UserError(fmt::format("model '{}': sequences of {} tokens exceed its {} positions", m.name, o.seq_len,
@@ -135,13 +66,6 @@ void check_options(const ModelConfig& m, const WorkloadOptions& o) {
 }
 
 }  // namespace
-
-std::string divisors_text(int64_t n) {
-  std::string v;
-  for (int64_t t = 1; t <= n; ++t)
-    if (n % t == 0) v += (v.empty() ? "" : ", ") + std::to_string(t);
-  return v;
-}
 
 std::string WorkloadOptions::key() const {
   return fmt::format("tp{} sp{} ep{} cp{} mb{} s{} u{} a{}", tp, sp, ep, cp, micro_batch, seq_len, unfused_attention,

@@ -38,6 +38,7 @@
 #include "ccl/Collective.hpp"
 #include "kernels/Attention.hpp"
 #include "models/ModelConfig.hpp"
+#include "nn/ParallelGroups.hpp"
 #include "sim/TimingEngine.hpp"
 
 namespace ppu::cluster {
@@ -99,8 +100,7 @@ struct WeightShares {
 };
 WeightShares weight_shares(const ModelConfig& model, const ChipSpec& chip, int tp, int ep);
 
-// "1, 2, 4, 8": the divisors of n, for "valid: ..." messages about parallel degrees.
-std::string divisors_text(int64_t n);
+using nn::divisors_text;  // "1, 2, 4, 8", for "valid: ..." messages about parallel degrees
 
 // Throws UserError for impossible options (tp not dividing heads, ep not dividing experts or not a
 // multiple of tp, cp not dividing seq_len into even halves, non-positive sizes), naming the value and

@@ -10,6 +10,30 @@
 
 namespace ppu {
 
+namespace {
+
+template <class D>
+const D& dims_of(const KernelOp& o, const char* what) {
+  if (const D* d = std::get_if<D>(&o.dims)) return *d;
+  throw UserError(fmt::format("kernel op: asked for {} dimensions of a '{}' op", what, op_class_name(o.op)));
+}
+
+}  // namespace
+
+KernelOp KernelOp::rows(OpClass c, const RowDims& d) {
+  if (c != OpClass::kRmsNorm && c != OpClass::kLayerNorm && c != OpClass::kSoftmax && c != OpClass::kEmbedding &&
+      c != OpClass::kGather)
+    throw UserError(fmt::format("kernel op: '{}' does not take row dimensions; valid: rms_norm, layer_norm, softmax, "
+                                "embedding, gather",
+                                static_cast<size_t>(c) < kOpClassNames.size() ? op_class_name(c) : "?"));
+  return {c, d};
+}
+const GemmDims& KernelOp::gemm_dims() const { return dims_of<GemmDims>(*this, "gemm"); }
+const AttentionDims& KernelOp::attention_dims() const { return dims_of<AttentionDims>(*this, "attention"); }
+const RowDims& KernelOp::row_dims() const { return dims_of<RowDims>(*this, "row"); }
+const ElementwiseDims& KernelOp::elementwise_dims() const { return dims_of<ElementwiseDims>(*this, "elementwise"); }
+const RopeDims& KernelOp::rope_dims() const { return dims_of<RopeDims>(*this, "rope"); }
+
 Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
   if (parts.empty()) throw UserError(fmt::format("concat_kernels '{}': no kernels to concatenate", name));
   Kernel k;

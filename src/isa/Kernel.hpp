@@ -13,9 +13,13 @@
 // device_addr (both modes) from its device buffers.
 #pragma once
 
+#include <array>
+#include <compare>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <variant>
 #include <vector>
 
 #include "arch/DType.hpp"
@@ -31,14 +35,67 @@ struct TensorArg {
   std::string name;
 };
 
-// What a kernel computes, in terms other layers can derive work from (the cluster layer builds a
-// training step's backward pass from the forward's kernels). Descriptive only: nothing is timed
-// from it.
-//   "gemm":      dims {M, N, K, batch, trans_a, trans_b}
-//   "attention": dims {batch, q_tokens, kv_len, heads, kv_heads, head_dim, causal, past_len}
+// What a kernel computes, typed, in terms other layers derive work from (nn/OpBackward builds an
+// op's backward kernels from its record; the cluster layer composes a training step from them).
+// Descriptive only: nothing is timed from it. One op class per kind of computation, each with its
+// own dimensions (shapes in the vocabulary of the kernels' headers):
+//   kGemm         GemmDims      C[batch, m, n] = op(A)[m, k] . op(B)[k, n]
+//   kAttention    AttentionDims one sequence's attention over its KV cache
+//   kRmsNorm      RowDims       rows x cols normalised per row (kLayerNorm likewise, with a bias)
+//   kSoftmax      RowDims       per-row softmax
+//   kElementwise  ElementwiseDims numel outputs from `inputs` same-sized tensors (activations, adds)
+//   kEmbedding    RowDims       rows (tokens) gathered from a table of rows of cols
+//   kGather       RowDims       rows gathered (MoE dispatch / combine, logit rows)
+//   kRope         RopeDims      rotary positions on tokens x heads x head_dim
+enum class OpClass : uint8_t {
+  kGemm, kAttention, kRmsNorm, kLayerNorm, kSoftmax, kElementwise, kEmbedding, kGather, kRope, kCount
+};
+inline constexpr std::array<std::string_view, static_cast<size_t>(OpClass::kCount)> kOpClassNames = {
+    "gemm", "attention", "rms_norm", "layer_norm", "softmax", "elementwise", "embedding", "gather", "rope"};
+static_assert(kOpClassNames.size() == static_cast<size_t>(OpClass::kCount));
+constexpr std::string_view op_class_name(OpClass c) { return kOpClassNames[static_cast<size_t>(c)]; }
+
+struct GemmDims {
+  int64_t m = 0, n = 0, k = 0, batch = 1;
+  bool trans_a = false, trans_b = false;
+  auto operator<=>(const GemmDims&) const = default;
+};
+struct AttentionDims {
+  int64_t batch = 1, q_tokens = 0, kv_len = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
+  bool causal = true;
+  int64_t past_len = 0;
+  auto operator<=>(const AttentionDims&) const = default;
+};
+struct RowDims {
+  int64_t rows = 0, cols = 0;
+  auto operator<=>(const RowDims&) const = default;
+};
+struct ElementwiseDims {
+  int64_t numel = 0;
+  int inputs = 1;
+  auto operator<=>(const ElementwiseDims&) const = default;
+};
+struct RopeDims {
+  int64_t tokens = 0, heads = 0, head_dim = 0;
+  auto operator<=>(const RopeDims&) const = default;
+};
+
 struct KernelOp {
-  std::string op;
-  std::vector<int64_t> dims;
+  OpClass op = OpClass::kElementwise;
+  std::variant<GemmDims, AttentionDims, RowDims, ElementwiseDims, RopeDims> dims = ElementwiseDims{};
+
+  static KernelOp gemm(const GemmDims& d) { return {OpClass::kGemm, d}; }
+  static KernelOp attention(const AttentionDims& d) { return {OpClass::kAttention, d}; }
+  // kRmsNorm, kLayerNorm, kSoftmax, kEmbedding or kGather (UserError for another class).
+  static KernelOp rows(OpClass c, const RowDims& d);
+  static KernelOp elementwise(const ElementwiseDims& d) { return {OpClass::kElementwise, d}; }
+  static KernelOp rope(const RopeDims& d) { return {OpClass::kRope, d}; }
+  // The dimensions of this op's class; UserError naming both classes if it is another one.
+  const GemmDims& gemm_dims() const;
+  const AttentionDims& attention_dims() const;
+  const RowDims& row_dims() const;
+  const ElementwiseDims& elementwise_dims() const;
+  const RopeDims& rope_dims() const;
 };
 
 struct Kernel {

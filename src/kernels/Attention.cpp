@@ -176,7 +176,8 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
   kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
                                 dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale, has_lse ? "|lse" : "");
   kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml, lse};
-  kern.ops = {KernelOp{"attention", {1, s.q_tokens, s.kv_len(), s.q_heads, s.kv_heads, s.head_dim, s.causal, s.past_len}}};
+  kern.ops = {KernelOp::attention(
+      AttentionDims{1, s.q_tokens, s.kv_len(), s.q_heads, s.kv_heads, s.head_dim, s.causal, s.past_len})};
   // FlashAttention-2 style: synchronous MMAs, and one block at a time per core, so a core's matrix
   // unit idles during the softmax (see AttentionStyle).
   kern.sync_mma = pl.cfg.style == AttentionStyle::kFlashAttention2;

@@ -23,6 +23,7 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
   Kernel k;
   k.name = name;
   k.timing_key = fmt::format("map {}|{}|{}", name, inputs.size(), compute);
+  k.ops = {KernelOp::elementwise(ElementwiseDims{n, static_cast<int>(inputs.size())})};
   k.grid = std::min<int64_t>(tiles, int64_t{chip.num_cores()} * kMapBlocksPerCore);
   const int64_t grid = k.grid;
   for (const Buffer& b : inputs) k.args.push_back(b.arg());

@@ -187,7 +187,7 @@ Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, cons
   k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
   k.args = {a.arg(), b.arg(), c.arg()};
   k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
-  k.ops = {KernelOp{"gemm", {s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b}}};
+  k.ops = {KernelOp::gemm(GemmDims{s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b})};
   const DType in_t = a.dtype;
   k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t](int64_t bid, TileProgram& p) {
     const int64_t batch = bid / per_batch;

@@ -22,6 +22,7 @@ Kernel make_layer_norm(const Buffer& x, const Buffer& gamma, const Buffer& beta,
   const RowTiling t = plan_row_tiling(rows, cols, kLayerNormTileElems);
   Kernel k;
   k.name = fmt::format("layer_norm {}x{} {}->{}", rows, cols, dtype_name(x.dtype), dtype_name(y.dtype));
+  k.ops = {KernelOp::rows(OpClass::kLayerNorm, RowDims{rows, cols})};
   k.timing_key = k.name;  // the tiling is a function of the shape and dtypes alone
   k.grid = t.blocks;
   k.args = {x.arg(), gamma.arg(), beta.arg(), y.arg()};

@@ -20,6 +20,7 @@ Kernel make_rms_norm(const Buffer& x, const Buffer& weight, const Buffer& y, int
   const RowTiling t = plan_row_tiling(rows, cols, kRmsNormTileElems);
   Kernel k;
   k.name = fmt::format("rms_norm {}x{} {}->{}", rows, cols, dtype_name(x.dtype), dtype_name(y.dtype));
+  k.ops = {KernelOp::rows(OpClass::kRmsNorm, RowDims{rows, cols})};
   k.timing_key = k.name;  // the tiling is a function of the shape and dtypes alone
   k.grid = t.blocks;
   k.args = {x.arg(), weight.arg(), y.arg()};

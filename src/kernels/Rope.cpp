@@ -169,6 +169,7 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
 
   Kernel k;
   k.name = fmt::format("rope {}x{}x{} {}->{}", tokens, heads, d, dtype_name(x.dtype), dtype_name(out.dtype));
+  k.ops = {KernelOp::rope(RopeDims{tokens, heads, d})};
   k.grid = static_cast<int64_t>(items->size());
   k.args = {x.arg(), table.cos.arg(), table.sin.arg(), out.arg()};
   k.flops = 3.0 * double(tokens) * double(heads) * double(d);  // 6 ops per rotated pair

@@ -18,6 +18,7 @@ Kernel make_softmax(const Buffer& x, const Buffer& y, int64_t rows, int64_t cols
   const RowTiling t = plan_row_tiling(rows, cols, kSoftmaxTileElems);
   Kernel k;
   k.name = fmt::format("softmax {}x{} {}->{}", rows, cols, dtype_name(x.dtype), dtype_name(y.dtype));
+  k.ops = {KernelOp::rows(OpClass::kSoftmax, RowDims{rows, cols})};
   k.timing_key = k.name;  // the tiling is a function of the shape and dtypes alone
   k.grid = t.blocks;
   k.args = {x.arg(), y.arg()};

@@ -327,6 +327,18 @@ ModelConfig load_model_config(std::string_view name_or_path) {
 // ---------------------------------------------------------------------------------------------
 // Derived quantities (formulas in ModelConfig.hpp)
 
+nn::SplitDims split_dims(const ModelConfig& m) {
+  nn::SplitDims d;
+  d.model = m.name;
+  d.heads = m.num_heads;
+  d.kv_heads = m.num_kv_heads;
+  d.ffn = m.is_moe() ? 0 : m.intermediate_size;
+  d.experts = m.is_moe() ? m.num_experts : 0;
+  d.expert_ffn = m.is_moe() ? m.moe_intermediate_size : 0;
+  d.layers = m.num_layers;
+  return d;
+}
+
 ModelParamCounts param_counts(const ModelConfig& m) {
   const int64_t h = m.hidden_size, q = m.q_width(), kv = m.kv_width(), L = m.num_layers;
   ModelParamCounts p;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "arch/DType.hpp"
+#include "nn/ParallelGroups.hpp"
 
 namespace ppu {
 
@@ -183,5 +184,8 @@ int64_t kv_cache_bytes_per_token(const ModelConfig& m, DType kv_dtype);
 // for a GPT preset exactly. Norms, softmax, activations, RoPE and the router's top-k are left out
 // (O(h) per token, under 0.1% for the models here).
 double forward_flops_per_token(const ModelConfig& m, double context_tokens);
+
+// The model's shape as parallel degrees see it (heads, widths, experts), for nn::check_split.
+nn::SplitDims split_dims(const ModelConfig& m);
 
 }  // namespace ppu

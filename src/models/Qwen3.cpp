@@ -113,55 +113,32 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     weight_bytes_ += numel * dtype_size_bytes(t);
     return dev_.alloc(t, numel, name);
   };
-  const int tp = opt_.tp_size;
-  if (tp < 1 || opt_.tp_rank < 0 || opt_.tp_rank >= tp)
-    throw UserError(fmt::format("model '{}': tensor-parallel rank {} of {}; valid: size >= 1, rank 0 to size - 1",
-                                cfg_.name, opt_.tp_rank, tp));
+  const int tp = opt_.tp_size, ep = opt_.ep_size;
   if (opt_.capture && dev_.functional())
     throw UserError(fmt::format("model '{}': capture mode (Qwen3Options::capture) is for timing-only devices", cfg_.name));
   if (opt_.attention_impl == Qwen3Options::AttentionImpl::kUnfused && dev_.functional())
     throw UserError(fmt::format("model '{}': unfused attention (Qwen3Options::attention_impl) is timing-only", cfg_.name));
   if (opt_.vocab_parallel && !opt_.capture)
     throw UserError(fmt::format("model '{}': a vocab-parallel LM head needs capture mode (its logits are sharded)", cfg_.name));
-  if (tp > 1 && !opt_.capture && (!opt_.tp_comm || opt_.tp_comm->size() != tp))
-    throw UserError(fmt::format("model '{}': tensor parallelism over {} chips needs a communicator of {} ranks", cfg_.name,
-                                tp, tp));
-  auto divides = [&](const char* what, int64_t n) {
-    if (n % tp == 0) return n / tp;
-    std::string valid;
-    for (int64_t t = 1; t <= n; ++t)
-      if (n % t == 0) valid += (valid.empty() ? "" : ", ") + std::to_string(t);
-    throw UserError(fmt::format("model '{}': a TP degree of {} does not divide the {} {}; valid degrees: {}", cfg_.name,
-                                tp, n, what, valid));
-  };
-  nh_ = divides("attention heads", cfg_.num_heads);
-  nkv_ = divides("key/value heads", cfg_.num_kv_heads);
-  const int ep = opt_.ep_size;
-  if (ep < 1 || opt_.ep_rank < 0 || opt_.ep_rank >= ep)
-    throw UserError(fmt::format("model '{}': expert-parallel rank {} of {}; valid: size >= 1, rank 0 to size - 1",
-                                cfg_.name, opt_.ep_rank, ep));
-  if (ep > 1) {
-    if (!cfg_.is_moe())
-      throw UserError(fmt::format("model '{}': expert parallelism needs an MoE model; this one is dense", cfg_.name));
-    if (!opt_.capture && (!opt_.ep_comm || opt_.ep_comm->size() != ep))
-      throw UserError(fmt::format("model '{}': expert parallelism over {} chips needs a communicator of {} ranks",
-                                  cfg_.name, ep, ep));
-    if (ep % tp != 0 || opt_.ep_rank % tp != opt_.tp_rank)
-      throw UserError(fmt::format("model '{}': EP degree {} must be a multiple of the TP degree {} (ep_rank = data-parallel "
-                                  "group x TP degree + tp_rank; got ep_rank {} with tp_rank {})",
-                                  cfg_.name, ep, tp, opt_.ep_rank, opt_.tp_rank));
-    if (cfg_.num_experts % ep != 0) {
-      std::string valid;
-      for (int64_t t = 1; t <= cfg_.num_experts; ++t)
-        if (cfg_.num_experts % t == 0) valid += (valid.empty() ? "" : ", ") + std::to_string(t);
-      throw UserError(fmt::format("model '{}': an EP degree of {} does not divide the {} experts; valid degrees: {}",
-                                  cfg_.name, ep, cfg_.num_experts, valid));
-    }
+  {
+    nn::ParallelGroups pg;
+    pg.degrees.tp = tp;
+    pg.degrees.sp = opt_.sequence_parallel;
+    pg.degrees.ep = ep;
+    pg.tp_rank = opt_.tp_rank;
+    pg.ep_rank = opt_.ep_rank;
+    pg.tp_comm = opt_.tp_comm;
+    pg.ep_comm = opt_.ep_comm;
+    pg.capture = opt_.capture;
+    pg.check_wiring(cfg_.name);
+    nn::check_split(split_dims(cfg_), pg.degrees);
   }
+  nh_ = cfg_.num_heads / tp;
+  nkv_ = cfg_.num_kv_heads / tp;
   experts_ = cfg_.num_experts / ep;
   expert0_ = experts_ * opt_.ep_rank;
-  if (cfg_.is_moe()) ffn_expert_ = ep > 1 ? cfg_.moe_intermediate_size : divides("expert MLP width", cfg_.moe_intermediate_size);
-  else ffn_ = divides("MLP width", cfg_.intermediate_size);
+  if (cfg_.is_moe()) ffn_expert_ = ep > 1 ? cfg_.moe_intermediate_size : cfg_.moe_intermediate_size / tp;
+  else ffn_ = cfg_.intermediate_size / tp;
   const int64_t qw_l = nh_ * d, kvw_l = nkv_ * d;
   const bool ln = cfg_.norm == NormType::kLayerNorm;
   embed_ = w(cfg_.vocab_size * H, "model.embed_tokens.weight");

@@ -55,26 +55,10 @@ namespace ccl {
 class Communicator;
 }
 
-// What a timing-only forward did, for the cluster layer to build a training step from: every kernel
-// launched (with the op kind it belongs to: "attention", "mlp gemm", "lm head", ...) and every
-// collective the split model asked for, which in capture mode is logged instead of run.
-struct CapturedLaunch {
-  std::string kind;
-  Kernel kernel;
-  double seconds = 0;  // simulated time of the launch
-};
-struct CapturedCollective {
-  std::string kind;      // the op kind it belongs to ("tp all-reduce", "moe dispatch", ...)
-  std::string group;     // "tp" or "ep"
-  ccl::Collective collective = ccl::Collective::kAllReduce;
-  // Bytes per rank: all-reduce the buffer; reduce-scatter the full input; all-gather the full
-  // output; all-to-all(-v) what this rank sends in total (cluster/Network.hpp's convention).
-  double bytes = 0;
-};
-struct ForwardCapture {
-  std::vector<CapturedLaunch> launches;
-  std::vector<CapturedCollective> collectives;
-};
+// Capture records (timing-only forwards for the cluster layer) live with the parallel groups in nn.
+using nn::CapturedCollective;
+using nn::CapturedLaunch;
+using nn::ForwardCapture;
 
 // Where the weights come from.
 struct Qwen3Weights {

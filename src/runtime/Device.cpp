@@ -85,6 +85,15 @@ void Device::check_buffer(const Buffer& b, const char* what) const {
 void Device::free(Buffer& b) {
   check_buffer(b, "free");
   if (b.is_view) throw UserError(fmt::format("free: '{}' is a view; free the buffer it was made from", b.name));
+  release(b);
+}
+
+DeviceBuffer Device::alloc_owned(DType dtype, int64_t numel, const std::string& name) {
+  return DeviceBuffer(*this, dtype, numel, name);
+}
+
+void Device::release(Buffer& b) noexcept {
+  if (b.id < 0 || b.id >= static_cast<int64_t>(allocs_.size()) || !allocs_[static_cast<size_t>(b.id)].live) return;
   Alloc& a = allocs_[static_cast<size_t>(b.id)];
   in_use_ -= a.bytes;
   a.live = false;

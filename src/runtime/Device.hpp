@@ -36,6 +36,7 @@ namespace ppu {
 
 class FunctionalExecutor;
 class TraceWriter;
+class DeviceBuffer;
 
 enum class ExecMode : uint8_t { kFunctional, kTimingOnly };
 
@@ -104,6 +105,8 @@ class Device {
   std::optional<Buffer> try_alloc(DType dtype, int64_t numel, const std::string& name);
   // As try_alloc, but throws DeviceOutOfMemory naming the request, the use and the capacity.
   Buffer alloc(DType dtype, int64_t numel, const std::string& name);
+  // As alloc, owned: freed when the returned DeviceBuffer goes out of scope.
+  DeviceBuffer alloc_owned(DType dtype, int64_t numel, const std::string& name);
   void free(Buffer& b);
   int64_t bytes_in_use() const { return in_use_; }
   int64_t peak_bytes_in_use() const { return peak_; }
@@ -153,8 +156,11 @@ class Device {
   FunctionalExecutor& executor();
 
  private:
+  friend class DeviceBuffer;
   Stream& pick(Stream* s) { return s ? *s : default_stream(); }
   void check_buffer(const Buffer& b, const char* what) const;
+  // Frees a valid, non-view buffer of this device (DeviceBuffer's path: no checks, no throw).
+  void release(Buffer& b) noexcept;
   double copy_time(double bytes) const;
   void record_d2h(const Buffer& src, Stream* s);  // times and records a device-to-host copy
 
@@ -182,6 +188,53 @@ class Device {
   size_t trace_limit_ = 0;
   std::vector<OpRecord> records_;
   LaunchObserver observer_;
+};
+
+// An owning device allocation: the memory is freed when the DeviceBuffer is destroyed, reset or
+// assigned over, so an exception thrown between allocations (a simulated out-of-memory halfway
+// through a forward pass) leaves the device's accounting exact. Move-only; converts to the plain
+// `const Buffer&` handle that kernels and copies take. The Device must outlive it.
+//
+//   DeviceBuffer x = dev.alloc_owned(DType::kF32, 4096, "x");   // DeviceOutOfMemory past HBM
+//   kernels::copy(dev, x, y);                                   // used as a Buffer
+//                                                               // freed at the end of the scope
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Device& dev, DType dtype, int64_t numel, const std::string& name)
+      : dev_(&dev), buf_(dev.alloc(dtype, numel, name)) {}
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : dev_(o.dev_), buf_(std::move(o.buf_)) { o.release(); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      dev_ = o.dev_;
+      buf_ = std::move(o.buf_);
+      o.release();
+    }
+    return *this;
+  }
+
+  bool valid() const { return buf_.valid(); }
+  const Buffer& get() const { return buf_; }
+  operator const Buffer&() const { return buf_; }  // NOLINT: used wherever a Buffer handle is taken
+  const Buffer* operator->() const { return &buf_; }
+  Buffer view(int64_t offset, int64_t count) const { return buf_.view(offset, count); }
+  // Frees the memory now (no-op when empty).
+  void reset() noexcept {
+    if (dev_ && buf_.valid()) dev_->release(buf_);
+    release();
+  }
+
+ private:
+  void release() noexcept {
+    dev_ = nullptr;
+    buf_ = Buffer{};
+  }
+  Device* dev_ = nullptr;
+  Buffer buf_;
 };
 
 }  // namespace ppu

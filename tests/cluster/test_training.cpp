@@ -142,7 +142,7 @@ TEST(ClusterWorkload, BadOptionsNameTheValue) {
     extract_workload(small_dense(), chip, o);
     FAIL();
   } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("valid: 1, 2, 4"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("valid TP: 1, 2, 4"), std::string::npos) << e.what();
   }
   o.tp = 1;
   o.ep = 2;
@@ -433,7 +433,7 @@ TEST(ClusterTraining, BadLayoutsNameWhatIsValid) {
       check_layout(moe, c, e, 32);
       ADD_FAILURE();
     } catch (const UserError& err) {
-      EXPECT_NE(std::string(err.what()).find("divisors of the experts: 1, 2, 4, 8"), std::string::npos) << err.what();
+      EXPECT_NE(std::string(err.what()).find("valid EP: 1, 2, 4, 8"), std::string::npos) << err.what();
     }
   }
 }

@@ -167,7 +167,7 @@ TEST(TensorParallel, BadDegreesAreErrors) {
   ccl::Communicator comm(node, ptrs);
   o.tp_comm = &comm;
   test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(dir), Qwen3Weights::random(1), o); },
-                     {"TP degree of 4 does not divide the 2 key/value heads", "valid degrees: 1, 2"});
+                     {"TP degree of 4 does not divide the 2 key/value heads", "valid TP: 1, 2"});
   o.tp_rank = 4;
   test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(dir), Qwen3Weights::random(1), o); },
                      {"tensor-parallel rank 4 of 4"});
@@ -284,7 +284,7 @@ TEST(ExpertParallel, BadDegreesAreErrors) {
   o.ep_size = 3;
   o.ep_comm = &comm;
   test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(dir), Qwen3Weights::random(1), o); },
-                     {"EP degree of 3 does not divide the 8 experts", "valid degrees: 1, 2, 4, 8"});
+                     {"EP degree of 3 does not divide the 8 experts", "valid EP: 1, 2, 4, 8"});
   test::expect_error([&] { Qwen3Model(*devs[0], load_model_config(fixture("qwen3-tiny")), Qwen3Weights::random(1), o); },
                      {"needs an MoE model"});
   o.ep_comm = nullptr;

@@ -100,6 +100,46 @@ TEST(DeviceMemory, AllocFreeAccounting) {
   EXPECT_EQ(dev.bytes_in_use(), 0);
 }
 
+TEST(DeviceMemory, DeviceBufferFreesOnScopeExitMoveAndReset) {
+  Device dev(h100(), ExecMode::kFunctional, 1);
+  {
+    DeviceBuffer a = dev.alloc_owned(DType::kBF16, 1000, "a");
+    EXPECT_TRUE(a.valid());
+    EXPECT_EQ(a->bytes, 2000);
+    EXPECT_EQ(dev.bytes_in_use(), 2000);
+    const Buffer& handle = a;  // usable wherever a plain handle is taken
+    EXPECT_EQ(handle.name, "a");
+    DeviceBuffer b = std::move(a);  // ownership moves, nothing is freed or allocated
+    EXPECT_FALSE(a.valid());        // NOLINT(bugprone-use-after-move): moved-from is empty by contract
+    EXPECT_EQ(dev.bytes_in_use(), 2000);
+    DeviceBuffer c = dev.alloc_owned(DType::kF32, 10, "c");
+    EXPECT_EQ(dev.bytes_in_use(), 2040);
+    c = std::move(b);  // c's own memory is freed, b's moves in
+    EXPECT_EQ(dev.bytes_in_use(), 2000);
+    EXPECT_EQ(c->name, "a");
+    c.reset();
+    EXPECT_EQ(dev.bytes_in_use(), 0);
+    c.reset();  // resetting an empty buffer is a no-op
+    DeviceBuffer d = dev.alloc_owned(DType::kF32, 4, "d");
+    Buffer copy = d;
+    dev.free(copy);  // freed through a copied handle: the owner's later free must not count twice
+    EXPECT_EQ(dev.bytes_in_use(), 0);
+  }
+  EXPECT_EQ(dev.bytes_in_use(), 0);
+  // An exception between allocations leaves the accounting exact: what was allocated before it is
+  // freed as the stack unwinds.
+  Device small(h100(), ExecMode::kTimingOnly);
+  const int64_t cap = small.capacity_bytes();
+  EXPECT_THROW(
+      {
+        DeviceBuffer x = small.alloc_owned(DType::kBF16, cap / 4, "x");
+        DeviceBuffer y = small.alloc_owned(DType::kBF16, cap / 4, "y");
+        DeviceBuffer z = small.alloc_owned(DType::kF32, cap / 4, "z");  // more than is left
+      },
+      DeviceOutOfMemory);
+  EXPECT_EQ(small.bytes_in_use(), 0);
+}
+
 TEST(DeviceMemory, TryAllocReturnsNulloptPastCapacityAndChangesNothing) {
   Device dev(h100(), ExecMode::kTimingOnly);
   const int64_t cap = dev.capacity_bytes();
