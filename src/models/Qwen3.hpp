@@ -48,6 +48,12 @@
 #include "kernels/Rope.hpp"
 #include "models/ModelConfig.hpp"
 #include "models/Sampler.hpp"
+#include "nn/Context.hpp"
+#include "nn/Embedding.hpp"
+#include "nn/Mlp.hpp"
+#include "nn/Moe.hpp"
+#include "nn/Norm.hpp"
+#include "nn/SelfAttention.hpp"
 #include "runtime/Device.hpp"
 
 namespace ppu {
@@ -182,7 +188,7 @@ class Qwen3Model {
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t kv_cache_bytes() const { return kv_bytes_; }
   // Simulated time per operation kind ("attention", "mlp gemm", ...) accumulated since construction.
-  const std::map<std::string, double>& op_times() const { return op_times_; }
+  const std::map<std::string, double>& op_times() const { return ctx_.op_times(); }
   // A weight by its checkpoint name (e.g. "model.layers.0.self_attn.q_proj.weight"), as fp32 host
   // values. UserError in timing-only mode or for a name the model does not have.
   std::vector<float> read_weight(const std::string& name);
@@ -190,21 +196,10 @@ class Qwen3Model {
 
  private:
   struct Layer;
-  template <class F>
-  void op(const std::string& kind, F&& f);
-  Buffer alloc_act(int64_t numel, const std::string& name, DType t);
   void load_weights(const Qwen3Weights& w);
-  // Adds the MoE layer's output for rows h [T, hidden] to the residual x, or - if `out` is given -
-  // writes it to out [T, hidden] instead and returns whether it is a partial sum over the TP shards
-  // (to be reduced by the caller).
-  bool moe(Layer& L, const Buffer& h, const Buffer& x, int64_t T, ForwardTaps* taps, const Buffer& out = Buffer{});
-  // The experts of an expert-parallel MoE layer: rows (t, j) of this rank's token chunk routed to
-  // choice[t * K + j], weighted by w; returns the combined [T, hidden] rows replicated over the group.
-  // Every expert of this model on rows grouped by expert (counts[e] rows of local expert e): xin
-  // [sum counts, hidden] -> out [sum counts, hidden], one grouped launch per stage.
-  void expert_ffn(Layer& L, const Buffer& xin, const std::vector<int64_t>& counts, const Buffer& out);
-  void moe_expert_parallel(Layer& L, const Buffer& h, const Buffer& y, int64_t T, const std::vector<int32_t>& choice,
-                           const Buffer& w);
+  // Every parameter in checkpoint order (the order random weights are drawn in), including those
+  // another rank holds (no buffer).
+  std::vector<const nn::Parameter*> parameters() const;
   ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
                     ForwardTaps* taps, Sampler* sampler = nullptr);
   void sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r);
@@ -212,27 +207,20 @@ class Qwen3Model {
   Device& dev_;
   ModelConfig cfg_;
   Qwen3Options opt_;
+  nn::Context ctx_;  // this rank's groups, dtypes, op times, capture
   int64_t max_context_ = 0;
   std::vector<int64_t> past_;      // positions already in each sequence's KV cache
   std::vector<int64_t> slot_cap_;  // KV positions of each slot
   std::vector<int64_t> slot_off_;  // first position of each slot in the cache
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
-  // This shard's widths (the whole model's when tp_size is 1).
-  int64_t nh_ = 0, nkv_ = 0, ffn_ = 0, ffn_expert_ = 0;
-  int64_t expert0_ = 0, experts_ = 0;  // the experts this rank holds: [expert0_, expert0_ + experts_)
-  void tp_all_reduce(const Buffer& b);
-  // Attention as separate kernels (Qwen3Options::AttentionImpl::kUnfused), timing only.
-  // shapes: (new tokens, visible positions) of each sequence.
-  void unfused_attention(const std::vector<std::pair<int64_t, int64_t>>& shapes);
-  // Logs a collective (capture mode); returns false when there is no capture (run it).
-  bool log_collective(const std::string& kind, const char* group, ccl::Collective c, double bytes);
   int64_t head_vocab_ = 0;  // rows of the LM head on this shard
-  Buffer embed_, final_norm_, lm_head_;
-  Buffer pos_embed_, final_norm_b_;  // learned positions [max_positions, hidden]; LayerNorm bias (GPT)
+  nn::Embedding embed_;
   std::vector<std::unique_ptr<Layer>> layers_;
+  nn::Norm final_norm_;
+  nn::Parameter lm_head_own_;  // untied (or vocab-parallel) heads
+  Buffer lm_head_;             // the head's weights: embed_.table when tied
   kernels::RopeTable rope_;
   kernels::AttentionWorkspace attn_ws_;
-  std::map<std::string, double> op_times_;
 };
 
 }  // namespace ppu
