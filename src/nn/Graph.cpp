@@ -1,0 +1,170 @@
+#include "nn/Graph.hpp"
+
+#include <fmt/format.h>
+
+#include "arch/Error.hpp"
+#include "kernels/Elementwise.hpp"
+#include "kernels/Gemm.hpp"
+
+namespace ppu::nn {
+
+VarPtr Graph::input(const Buffer& b, std::string name) {
+  auto v = std::make_shared<Var>();
+  v->value = b;
+  v->name = std::move(name);
+  return v;
+}
+
+VarPtr Graph::param(const Parameter& p) {
+  if (!p.held()) throw UserError(fmt::format("autograd: parameter '{}' is held by another rank", p.name));
+  auto v = std::make_shared<Var>();
+  v->value = p.value;
+  v->param = &p;
+  v->requires_grad = true;
+  v->name = p.name;
+  return v;
+}
+
+VarPtr Graph::activation(int64_t numel, DType dtype, std::string name, std::initializer_list<VarPtr> from) {
+  auto v = std::make_shared<Var>();
+  v->owned = ctx_.alloc(numel, name, dtype);
+  v->value = v->owned;
+  v->name = std::move(name);
+  for (const VarPtr& f : from) v->requires_grad = v->requires_grad || f->requires_grad;
+  return v;
+}
+
+void Graph::record(const std::string& kind, std::function<void()> backward) {
+  tape_.push_back(Entry{kind, std::move(backward)});
+}
+
+void Graph::backward(const VarPtr& loss, const Buffer& seed) {
+  if (!loss->requires_grad)
+    throw UserError(fmt::format("autograd: '{}' does not depend on anything with a gradient", loss->name));
+  if (seed.numel != loss->numel())
+    throw UserError(fmt::format("autograd: seed '{}' has {} elements; the loss '{}' has {}", seed.name, seed.numel,
+                                loss->name, loss->numel()));
+  accumulate(*loss, seed);
+  while (!tape_.empty()) {
+    Entry e = std::move(tape_.back());
+    tape_.pop_back();
+    ctx_.op(e.kind + " backward", e.backward);
+  }  // each entry's captured tensors are freed as it goes
+}
+
+void Graph::add_into(DeviceBuffer& slot, DeviceBuffer&& g) {
+  if (!slot.valid() && g->dtype == DType::kF32) {
+    slot = std::move(g);
+    return;
+  }
+  add_into(slot, g.get());
+}
+
+void Graph::add_into(DeviceBuffer& slot, const Buffer& g) {
+  Device& dev = ctx_.dev();
+  if (!slot.valid()) {
+    slot = ctx_.alloc(g.numel, g.name + ".grad", DType::kF32);
+    kernels::copy(dev, g, slot);
+    return;
+  }
+  if (g.numel != slot->numel)
+    throw UserError(fmt::format("autograd: a gradient of {} elements added to one of {}", g.numel, slot->numel));
+  kernels::binary(dev, BinaryOp::kAdd, slot, g, slot);
+}
+
+void Graph::accumulate(Var& v, const Buffer& g) {
+  if (!v.requires_grad) return;
+  if (g.numel != v.numel())
+    throw UserError(fmt::format("autograd: gradient '{}' has {} elements; '{}' has {}", g.name, g.numel, v.name,
+                                v.numel()));
+  add_into(v.param ? param_grads_[v.param] : v.grad, g);
+}
+
+DeviceBuffer Graph::grad_as(const Var& v, DType dtype, const std::string& name) {
+  if (!v.grad.valid()) throw UserError(fmt::format("autograd: '{}' has no gradient yet", v.name));
+  DeviceBuffer out = ctx_.alloc(v.numel(), name, dtype);
+  kernels::copy(ctx_.dev(), v.grad, out);
+  return out;
+}
+
+const Buffer& Graph::param_grad(const Parameter& p) const {
+  auto it = param_grads_.find(&p);
+  if (it == param_grads_.end()) throw UserError(fmt::format("autograd: parameter '{}' has no gradient", p.name));
+  return it->second;
+}
+
+std::vector<const Parameter*> Graph::params_with_grad() const {
+  std::vector<const Parameter*> v;
+  for (const auto& [p, g] : param_grads_) v.push_back(p);
+  return v;
+}
+
+VarPtr Graph::linear(const VarPtr& x, const Linear& layer, int64_t rows, DType out_dtype) {
+  if (layer.bias.held())
+    throw UserError(fmt::format("autograd: linear '{}' has a bias; training biases is not supported yet",
+                                layer.weight.name));
+  const int64_t in = layer.in_local(), out = layer.out_local();
+  if (x->numel() != rows * in)
+    throw UserError(fmt::format("autograd: linear '{}' takes [{}, {}] ({} elements); '{}' has {}", layer.weight.name,
+                                rows, in, rows * in, x->name, x->numel()));
+  VarPtr w = param(layer.weight);
+  VarPtr y = activation(rows * out, out_dtype, layer.weight.name + ".out", {x, w});
+  ctx_.op("linear", [&] { layer.forward(ctx_.dev(), x->value, y->value, rows); });
+  if (!y->requires_grad) return y;
+  const DType mm = ctx_.matmul_dtype();
+  record("linear", [this, x, w, y, rows, in, out, mm, name = layer.weight.name] {
+    Var* yv = y.get();
+    if (!yv->grad.valid()) return;  // nothing downstream needed this output
+    Device& dev = ctx_.dev();
+    DeviceBuffer dy = grad_as(*yv, mm, name + ".dy");
+    yv->grad.reset();
+    if (x->requires_grad) {  // dX [rows, in] = dY [rows, out] . W [out, in]
+      DeviceBuffer dx = ctx_.alloc(rows * in, name + ".dx", DType::kF32);
+      kernels::gemm(dev, kernels::GemmShape{rows, in, out, 1, false, false}, dy, w->value, dx);
+      add_into(x->grad, std::move(dx));
+    }
+    // dW [out, in] = dY^T . X, fp32.
+    DeviceBuffer& slot = param_grads_[w->param];
+    if (!slot.valid()) {
+      slot = ctx_.alloc(out * in, name + ".grad", DType::kF32);
+      kernels::gemm(dev, kernels::GemmShape{out, in, rows, 1, true, false}, dy, x->value, slot);
+    } else {
+      DeviceBuffer dw = ctx_.alloc(out * in, name + ".dw", DType::kF32);
+      kernels::gemm(dev, kernels::GemmShape{out, in, rows, 1, true, false}, dy, x->value, dw);
+      add_into(slot, dw.get());
+    }
+  });
+  return y;
+}
+
+VarPtr Graph::add(const VarPtr& a, const VarPtr& b, DType out_dtype) {
+  if (a->numel() != b->numel())
+    throw UserError(fmt::format("autograd: add of '{}' ({} elements) and '{}' ({})", a->name, a->numel(), b->name,
+                                b->numel()));
+  VarPtr y = activation(a->numel(), out_dtype, a->name + "+" + b->name, {a, b});
+  ctx_.op("residual", [&] { kernels::binary(ctx_.dev(), BinaryOp::kAdd, a->value, b->value, y->value); });
+  if (!y->requires_grad) return y;
+  record("residual", [this, a, b, y] {
+    Var* yv = y.get();
+    if (!yv->grad.valid()) return;
+    accumulate(*a, yv->grad);
+    accumulate(*b, yv->grad);
+    yv->grad.reset();
+  });
+  return y;
+}
+
+VarPtr Graph::cast(const VarPtr& x, DType dtype) {
+  VarPtr y = activation(x->numel(), dtype, x->name + "." + std::string(dtype_name(dtype)), {x});
+  ctx_.op("cast", [&] { kernels::copy(ctx_.dev(), x->value, y->value); });
+  if (!y->requires_grad) return y;
+  record("cast", [this, x, y] {
+    Var* yv = y.get();
+    if (!yv->grad.valid()) return;
+    accumulate(*x, yv->grad);
+    yv->grad.reset();
+  });
+  return y;
+}
+
+}  // namespace ppu::nn

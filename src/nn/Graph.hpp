@@ -1,0 +1,109 @@
+// Graph: reverse-mode automatic differentiation over nn ops - a tape of backward closures recorded
+// as the forward runs, replayed in reverse. Every op launches its forward kernels at once (real
+// numbers in functional mode, simulated time in both) and records a closure that launches its
+// backward kernels; gradients are fp32 device buffers.
+//
+//   nn::Graph g(ctx);
+//   nn::VarPtr x = g.input(x_buf, "x");                        // no gradient wanted
+//   nn::VarPtr y = g.linear(x, layer);                          // y = x . W^T, records dX and dW
+//   ...
+//   g.backward(loss, seed);                                     // seed: dLoss, fp32, loss's numel
+//   const Buffer& dw = g.param_grad(layer.weight);              // fp32, the whole step's sum
+//
+// Gradients of parameters accumulate over every backward since the last reset_param_grads() (a
+// step's micro-batches): the first contribution is written, later ones added - no zeroing pass.
+// Activation gradients live only while backward needs them: a var's gradient is freed when the
+// closure that consumes it has run. Saved tensors are the Vars a closure captures (shared
+// ownership), freed with the tape entry.
+//
+// Dtypes: activations are what the ops produce (matrix inputs in the context's matmul dtype, the
+// residual stream fp32); every gradient is fp32 and is rounded to the matmul dtype where a matrix
+// product consumes it, as bf16-autocast frameworks do.
+//
+// Not here: higher-order gradients, in-place ops, ops without a backward (they refuse to record
+// when an input wants a gradient).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/Context.hpp"
+#include "nn/Linear.hpp"
+
+namespace ppu::nn {
+
+struct Var {
+  Buffer value;          // what ops read: owned below, an input's or a parameter's buffer
+  DeviceBuffer owned;    // activations: the storage of value
+  DeviceBuffer grad;     // fp32 gradient, once backward reaches the var
+  const Parameter* param = nullptr;  // a parameter leaf: its gradient goes to Graph::param_grad
+  bool requires_grad = false;
+  std::string name;
+  int64_t numel() const { return value.numel; }
+};
+using VarPtr = std::shared_ptr<Var>;
+
+class Graph {
+ public:
+  explicit Graph(Context& ctx) : ctx_(ctx) {}
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  Context& ctx() { return ctx_; }
+
+  // Leaves. input: data without a gradient; param: a parameter whose gradient is accumulated.
+  VarPtr input(const Buffer& b, std::string name);
+  VarPtr param(const Parameter& p);
+  // A new activation var of `numel` elements (requires_grad when any of `from` does).
+  VarPtr activation(int64_t numel, DType dtype, std::string name, std::initializer_list<VarPtr> from);
+
+  // Records `backward` (run by backward() in reverse order) under op kind `kind` (its simulated time
+  // is charged to kind + " backward").
+  void record(const std::string& kind, std::function<void()> backward);
+
+  // Seeds d(loss) = seed (fp32, loss's numel) and runs the recorded closures in reverse; the tape is
+  // empty afterwards. UserError if loss does not require a gradient or seed's size differs.
+  void backward(const VarPtr& loss, const Buffer& seed);
+
+  // The gradient of v as the closures see it (empty Buffer if nothing reached v yet).
+  const Buffer& grad(const Var& v) const { return v.grad.get(); }
+  // Adds g (any float dtype, v's numel) into v's gradient (written on first use, added after);
+  // parameters' go to param_grad. Nothing if v does not require a gradient.
+  void accumulate(Var& v, const Buffer& g);
+  // The gradient of v rounded to `dtype` (a fresh buffer), e.g. the matrix input of a dgrad GEMM.
+  DeviceBuffer grad_as(const Var& v, DType dtype, const std::string& name);
+
+  // A parameter's accumulated gradient (fp32, the parameter's local numel); UserError if none.
+  const Buffer& param_grad(const Parameter& p) const;
+  bool has_param_grad(const Parameter& p) const { return param_grads_.count(&p) > 0; }
+  // Forgets every parameter gradient (the next contribution is written, not added).
+  void reset_param_grads() { param_grads_.clear(); }
+  std::vector<const Parameter*> params_with_grad() const;
+
+  // --- ops. Shapes: rows are tokens; x [rows, in]. Each returns a new var.
+  // y [rows, out_local] = x . W^T (x in the matmul dtype; y in `out_dtype`). Biases are refused here
+  // (their backward comes with the bias kernels).
+  VarPtr linear(const VarPtr& x, const Linear& layer, int64_t rows, DType out_dtype);
+  // y = a + b (same numel; y in `out_dtype`).
+  VarPtr add(const VarPtr& a, const VarPtr& b, DType out_dtype);
+  // y = x rounded to `dtype` (the gradient passes through unchanged).
+  VarPtr cast(const VarPtr& x, DType dtype);
+
+ private:
+  // Writes or adds a freshly computed fp32 gradient into `slot` (empty: takes it over).
+  void add_into(DeviceBuffer& slot, DeviceBuffer&& g);
+  void add_into(DeviceBuffer& slot, const Buffer& g);
+
+  struct Entry {
+    std::string kind;
+    std::function<void()> backward;
+  };
+  Context& ctx_;
+  std::vector<Entry> tape_;
+  std::map<const Parameter*, DeviceBuffer> param_grads_;
+};
+
+}  // namespace ppu::nn

@@ -1,0 +1,141 @@
+// Tests of nn/Graph (autograd): the gradients of linear layers, adds and casts against double
+// references, accumulation over micro-batches, a chain of ops (the gradient flows through every
+// op in reverse), the freeing of the tape, and the errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "TestUtil.hpp"
+#include "nn/Graph.hpp"
+
+namespace ppu::nn {
+namespace {
+
+const ChipSpec& chip() {
+  static const ChipSpec c = load_chip("zhenwu-810e");
+  return c;
+}
+
+double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
+  double e = 0, m = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    e = std::max(e, std::abs(got[i] - want[i]));
+    m = std::max(m, std::abs(want[i]));
+  }
+  return e / m;
+}
+
+struct Rig {
+  Device dev{chip(), ExecMode::kFunctional, 1};
+  Context ctx{dev, ParallelGroups{}, DType::kBF16, DType::kBF16};
+  DeviceBuffer upload(const std::vector<float>& v, DType t, const char* name) {
+    DeviceBuffer b = dev.alloc_owned(t, static_cast<int64_t>(v.size()), name);
+    dev.upload(b, v);
+    return b;
+  }
+};
+
+// Tolerance: products of bf16 values accumulated in fp32, and the upstream gradient rounded to bf16
+// (2^-8 relative) before each matrix product.
+constexpr double kTol = 8e-3;
+
+TEST(NnGraph, LinearGradientsMatchTheReferenceAndAccumulateOverMicroBatches) {
+  Rig r;
+  const int64_t rows = 6, in = 32, out = 16;
+  Linear layer(r.dev, "l", out, in, DType::kBF16, false, TpSplit::kReplicated);
+  const std::vector<float> w = test::random_values(static_cast<size_t>(out * in), DType::kBF16, 1);
+  r.dev.upload(layer.weight, w);
+  Graph g(r.ctx);
+  std::vector<double> dw_want(static_cast<size_t>(out * in), 0.0);
+  for (int mb = 0; mb < 2; ++mb) {
+    const std::vector<float> x = test::random_values(static_cast<size_t>(rows * in), DType::kBF16, 10 + mb);
+    const std::vector<float> seed = test::random_values(static_cast<size_t>(rows * out), DType::kBF16, 20 + mb);
+    DeviceBuffer xb = r.upload(x, DType::kBF16, "x"), sb = r.upload(seed, DType::kF32, "seed");
+    VarPtr xv = g.input(xb, "x");
+    xv->requires_grad = true;
+    VarPtr y = g.linear(xv, layer, rows, DType::kF32);
+    g.backward(y, sb);
+    // dX = seed . W; dW += seed^T . X.
+    std::vector<double> dx_want(static_cast<size_t>(rows * in), 0.0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t k = 0; k < in; ++k) {
+          const double s = seed[static_cast<size_t>(i * out + o)];
+          dx_want[static_cast<size_t>(i * in + k)] += s * w[static_cast<size_t>(o * in + k)];
+          dw_want[static_cast<size_t>(o * in + k)] += s * x[static_cast<size_t>(i * in + k)];
+        }
+    EXPECT_LT(max_rel(r.dev.download(xv->grad), dx_want), kTol) << "micro-batch " << mb;
+  }
+  EXPECT_LT(max_rel(r.dev.download(g.param_grad(layer.weight)), dw_want), kTol) << "the sum over both micro-batches";
+  g.reset_param_grads();
+  EXPECT_FALSE(g.has_param_grad(layer.weight));
+}
+
+TEST(NnGraph, GradientFlowsThroughAChainAndTheTapeFreesItsTensors) {
+  Rig r;
+  const int64_t rows = 4, h = 16;
+  Linear a(r.dev, "a", h, h, DType::kBF16, false, TpSplit::kReplicated);
+  Linear b(r.dev, "b", h, h, DType::kBF16, false, TpSplit::kReplicated);
+  const std::vector<float> wa = test::random_values(static_cast<size_t>(h * h), DType::kBF16, 3);
+  const std::vector<float> wb = test::random_values(static_cast<size_t>(h * h), DType::kBF16, 4);
+  r.dev.upload(a.weight, wa);
+  r.dev.upload(b.weight, wb);
+  const std::vector<float> x = test::random_values(static_cast<size_t>(rows * h), DType::kBF16, 5);
+  const std::vector<float> seed = test::random_values(static_cast<size_t>(rows * h), DType::kBF16, 6);
+  DeviceBuffer xb = r.upload(x, DType::kF32, "x"), sb = r.upload(seed, DType::kF32, "seed");
+  const int64_t before = r.dev.bytes_in_use();
+  Graph g(r.ctx);
+  {
+    // z = x + b(cast(a(cast(x)))): a residual block of two linear layers.
+    VarPtr xv = g.input(xb, "x");
+    xv->requires_grad = true;
+    VarPtr h1 = g.linear(g.cast(xv, DType::kBF16), a, rows, DType::kBF16);
+    VarPtr h2 = g.linear(h1, b, rows, DType::kF32);
+    VarPtr z = g.add(xv, h2, DType::kF32);
+    g.backward(z, sb);
+    // dx = seed + (seed . Wb) . Wa; dWb = seed^T h1; dWa = (seed . Wb)^T x.
+    std::vector<double> d1(static_cast<size_t>(rows * h), 0.0), dx(seed.begin(), seed.end());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t o = 0; o < h; ++o)
+        for (int64_t k = 0; k < h; ++k)
+          d1[static_cast<size_t>(i * h + k)] += double(seed[static_cast<size_t>(i * h + o)]) * wb[static_cast<size_t>(o * h + k)];
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t o = 0; o < h; ++o)
+        for (int64_t k = 0; k < h; ++k)
+          dx[static_cast<size_t>(i * h + k)] += d1[static_cast<size_t>(i * h + o)] * wa[static_cast<size_t>(o * h + k)];
+    EXPECT_LT(max_rel(r.dev.download(xv->grad), dx), 2 * kTol);
+    std::vector<double> dwa(static_cast<size_t>(h * h), 0.0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t o = 0; o < h; ++o)
+        for (int64_t k = 0; k < h; ++k)
+          dwa[static_cast<size_t>(o * h + k)] += d1[static_cast<size_t>(i * h + o)] * x[static_cast<size_t>(i * h + k)];
+    EXPECT_LT(max_rel(r.dev.download(g.param_grad(a.weight)), dwa), 2 * kTol);
+    EXPECT_TRUE(g.has_param_grad(b.weight));
+    EXPECT_FALSE(h1->grad.valid()) << "an activation's gradient is freed once its producer has run";
+  }
+  g.reset_param_grads();
+  EXPECT_EQ(r.dev.bytes_in_use(), before) << "activations, saved tensors and gradients are all freed";
+  EXPECT_GT(r.ctx.op_times().at("linear backward"), 0.0);
+}
+
+TEST(NnGraph, Errors) {
+  Rig r;
+  Graph g(r.ctx);
+  DeviceBuffer xb = r.dev.alloc_owned(DType::kBF16, 12, "x");
+  VarPtr x = g.input(xb, "x");
+  test::expect_error([&] { g.backward(x, xb); }, {"'x' does not depend on anything with a gradient"});
+  Linear l(r.dev, "l", 4, 4, DType::kBF16, false, TpSplit::kReplicated);
+  test::expect_error([&] { g.linear(x, l, 2, DType::kF32); }, {"linear 'l.weight' takes [2, 4] (8 elements)", "has 12"});
+  Linear biased(r.dev, "lb", 4, 4, DType::kBF16, true, TpSplit::kReplicated);
+  test::expect_error([&] { g.linear(x, biased, 3, DType::kF32); }, {"has a bias"});
+  VarPtr y = g.linear(x, l, 3, DType::kF32);
+  DeviceBuffer small = r.dev.alloc_owned(DType::kF32, 5, "small");
+  test::expect_error([&] { g.backward(y, small); }, {"seed 'small' has 5 elements", "the loss 'l.weight.out' has 12"});
+  test::expect_error([&] { (void)g.param_grad(biased.weight); }, {"parameter 'lb.weight' has no gradient"});
+  Parameter away = Parameter::elsewhere("e", {4, 4});
+  test::expect_error([&] { g.param(away); }, {"'e' is held by another rank"});
+}
+
+}  // namespace
+}  // namespace ppu::nn
