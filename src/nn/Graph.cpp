@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "arch/Error.hpp"
+#include "kernels/AttentionBackward.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
 
@@ -165,6 +166,55 @@ VarPtr Graph::cast(const VarPtr& x, DType dtype) {
     yv->grad.reset();
   });
   return y;
+}
+
+VarPtr Graph::attention(const VarPtr& q, const VarPtr& k, const VarPtr& v, int64_t batch, int64_t seq, int64_t heads,
+                        int64_t kv_heads, int64_t head_dim, bool causal, const kernels::AttentionWorkspace& ws,
+                        kernels::AttentionStyle style) {
+  const int64_t qw = heads * head_dim, kvw = kv_heads * head_dim, T = batch * seq;
+  if (q->numel() != T * qw || k->numel() != T * kvw || v->numel() != T * kvw)
+    throw UserError(fmt::format("autograd: attention of {} sequences of {} tokens takes q [{}, {}] and k, v [{}, {}]; got "
+                                "{}, {} and {} elements",
+                                batch, seq, T, qw, T, kvw, q->numel(), k->numel(), v->numel()));
+  VarPtr o = activation(T * qw, q->value.dtype, "attn", {q, k, v});
+  auto lse = std::make_shared<DeviceBuffer>(ctx_.alloc(batch * heads * seq, "attn.lse", DType::kF32));
+  ctx_.op("attention", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      kernels::AttentionShape s{seq, heads, kv_heads, head_dim, seq, 0, 0.0f};
+      s.causal = causal;
+      kernels::AttentionConfig cfg;
+      cfg.style = style;
+      const Buffer lse_b = lse->view(b * heads * seq, heads * seq);
+      kernels::attention(ctx_.dev(), ws, s, q->value.view(b * seq * qw, seq * qw), k->value.view(b * seq * kvw, seq * kvw),
+                         v->value.view(b * seq * kvw, seq * kvw), o->value.view(b * seq * qw, seq * qw), nullptr, &cfg,
+                         &lse_b);
+    }
+  });
+  if (!o->requires_grad) return o;
+  record("attention", [this, q, k, v, o, lse, batch, seq, heads, kv_heads, head_dim, causal, ws, style] {
+    if (!o->grad.valid()) return;
+    DeviceBuffer d_o = grad_as(*o, q->value.dtype, "attn.do");
+    o->grad.reset();
+    DeviceBuffer dq = ctx_.alloc(q->numel(), "attn.dq", DType::kF32), dk = ctx_.alloc(k->numel(), "attn.dk", DType::kF32),
+                 dv = ctx_.alloc(v->numel(), "attn.dv", DType::kF32);
+    kernels::AttentionBackwardShape s;
+    s.batch = batch;
+    s.seq_q = seq;
+    s.seq_k = seq;
+    s.q_heads = heads;
+    s.kv_heads = kv_heads;
+    s.head_dim = head_dim;
+    s.causal = causal;
+    kernels::AttentionBackwardConfig cfg;
+    cfg.style = style;
+    cfg = kernels::choose_attention_backward_config(ctx_.dev().chip(), s, q->value.dtype, cfg);
+    kernels::attention_backward(ctx_.dev(), ws, s, q->value, k->value, v->value, o->value, d_o, *lse, dq, dk, dv, nullptr,
+                                &cfg);
+    if (q->requires_grad) add_into(q->grad, std::move(dq));
+    if (k->requires_grad) add_into(k->grad, std::move(dk));
+    if (v->requires_grad) add_into(v->grad, std::move(dv));
+  });
+  return o;
 }
 
 }  // namespace ppu::nn

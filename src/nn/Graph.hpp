@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "nn/Context.hpp"
+#include "kernels/Attention.hpp"
 #include "nn/Linear.hpp"
 
 namespace ppu::nn {
@@ -91,6 +92,13 @@ class Graph {
   VarPtr add(const VarPtr& a, const VarPtr& b, DType out_dtype);
   // y = x rounded to `dtype` (the gradient passes through unchanged).
   VarPtr cast(const VarPtr& x, DType dtype);
+  // Causal (or not) self-attention of `batch` sequences of `seq` tokens each, no cache: q [batch *
+  // seq, heads * d], k and v [batch * seq, kv_heads * d], all in one 16-bit dtype; returns o like q.
+  // Forward: the attention kernel per sequence, keeping each row's log-sum-exp; backward: the
+  // attention backward kernel (kernels/AttentionBackward) in `style`.
+  VarPtr attention(const VarPtr& q, const VarPtr& k, const VarPtr& v, int64_t batch, int64_t seq, int64_t heads,
+                   int64_t kv_heads, int64_t head_dim, bool causal, const kernels::AttentionWorkspace& ws,
+                   kernels::AttentionStyle style = kernels::AttentionStyle::kPipelined);
 
  private:
   // Writes or adds a freshly computed fp32 gradient into `slot` (empty: takes it over).

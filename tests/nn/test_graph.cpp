@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "TestUtil.hpp"
+#include "kernels/AttentionBackward.hpp"
 #include "nn/Graph.hpp"
 
 namespace ppu::nn {
@@ -117,6 +118,36 @@ TEST(NnGraph, GradientFlowsThroughAChainAndTheTapeFreesItsTensors) {
   g.reset_param_grads();
   EXPECT_EQ(r.dev.bytes_in_use(), before) << "activations, saved tensors and gradients are all freed";
   EXPECT_GT(r.ctx.op_times().at("linear backward"), 0.0);
+}
+
+TEST(NnGraph, AttentionGradientsMatchTheDoubleReference) {
+  Rig r;
+  const int64_t B = 2, S = 24, nh = 4, nkv = 2, d = 32;
+  kernels::AttentionWorkspace ws = kernels::make_attention_workspace(r.dev);
+  const auto q = test::random_values(static_cast<size_t>(B * S * nh * d), DType::kBF16, 7);
+  const auto k = test::random_values(static_cast<size_t>(B * S * nkv * d), DType::kBF16, 8);
+  const auto v = test::random_values(static_cast<size_t>(B * S * nkv * d), DType::kBF16, 9);
+  const auto seed = test::random_values(static_cast<size_t>(B * S * nh * d), DType::kBF16, 10);
+  DeviceBuffer qb = r.upload(q, DType::kBF16, "q"), kb = r.upload(k, DType::kBF16, "k"), vb = r.upload(v, DType::kBF16, "v"),
+               sb = r.upload(seed, DType::kF32, "seed");
+  {
+    Graph g(r.ctx);
+    VarPtr qv = g.input(qb, "q"), kv = g.input(kb, "k"), vv = g.input(vb, "v");
+    for (const VarPtr& x : {qv, kv, vv}) x->requires_grad = true;
+    VarPtr o = g.attention(qv, kv, vv, B, S, nh, nkv, d, true, ws);
+    kernels::AttentionBackwardShape s;
+    s.batch = B, s.seq_q = S, s.seq_k = S, s.q_heads = nh, s.kv_heads = nkv, s.head_dim = d, s.causal = true;
+    const kernels::AttentionBackwardReference want = kernels::attention_backward_reference(s, q, k, v, seed);
+    // Forward: o rounded to bf16 on store.
+    EXPECT_LT(max_rel(r.dev.download(o->value), want.o), 1e-2);
+    g.backward(o, sb);
+    // P and dS are rounded to bf16 before their products (kernels/AttentionBackward), and dO is
+    // rounded to bf16: a few bf16 roundoffs relative to the largest gradient.
+    EXPECT_LT(max_rel(r.dev.download(qv->grad), want.dq), 3e-2);
+    EXPECT_LT(max_rel(r.dev.download(kv->grad), want.dk), 3e-2);
+    EXPECT_LT(max_rel(r.dev.download(vv->grad), want.dv), 3e-2);
+  }
+  kernels::free_attention_workspace(r.dev, ws);
 }
 
 TEST(NnGraph, Errors) {
