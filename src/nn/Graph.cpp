@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include "arch/Error.hpp"
+#include "kernels/ActivationBackward.hpp"
 #include "kernels/AttentionBackward.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/RopeBackward.hpp"
 
 namespace ppu::nn {
 
@@ -164,6 +166,43 @@ VarPtr Graph::cast(const VarPtr& x, DType dtype) {
     if (!yv->grad.valid()) return;
     accumulate(*x, yv->grad);
     yv->grad.reset();
+  });
+  return y;
+}
+
+VarPtr Graph::swiglu(const VarPtr& g, const VarPtr& u, DType out_dtype) {
+  if (g->numel() != u->numel())
+    throw UserError(fmt::format("autograd: swiglu of '{}' ({} elements) and '{}' ({})", g->name, g->numel(), u->name,
+                                u->numel()));
+  VarPtr y = activation(g->numel(), out_dtype, "swiglu", {g, u});
+  ctx_.op("mlp activation", [&] {
+    DeviceBuffer s = ctx_.alloc(g->numel(), "silu", ctx_.act_dtype());  // rounded as bf16 autocast rounds silu(g)
+    kernels::unary(ctx_.dev(), UnaryOp::kSilu, g->value, s);
+    kernels::binary(ctx_.dev(), BinaryOp::kMul, s, u->value, y->value);
+  });
+  if (!y->requires_grad) return y;
+  record("mlp activation", [this, g, u, y] {
+    if (!y->grad.valid()) return;
+    DeviceBuffer dg = ctx_.alloc(g->numel(), "swiglu.dg", DType::kF32), du = ctx_.alloc(u->numel(), "swiglu.du", DType::kF32);
+    kernels::swiglu_backward(ctx_.dev(), g->value, u->value, y->grad, dg, du, 1, g->numel());
+    y->grad.reset();
+    if (g->requires_grad) add_into(g->grad, std::move(dg));
+    if (u->requires_grad) add_into(u->grad, std::move(du));
+  });
+  return y;
+}
+
+VarPtr Graph::rope(const VarPtr& x, const kernels::RopeTable& table, int64_t tokens, int64_t heads,
+                   const std::vector<int32_t>& positions) {
+  VarPtr y = activation(x->numel(), x->value.dtype, x->name + ".rope", {x});
+  ctx_.op("qk-norm and rope", [&] { kernels::rope(ctx_.dev(), table, x->value, y->value, tokens, heads, positions); });
+  if (!y->requires_grad) return y;
+  record("qk-norm and rope", [this, x, y, table, tokens, heads, positions] {
+    if (!y->grad.valid()) return;
+    DeviceBuffer dx = ctx_.alloc(x->numel(), "rope.dx", DType::kF32);
+    kernels::rope_backward(ctx_.dev(), table, y->grad, dx, tokens, heads, positions);
+    y->grad.reset();
+    add_into(x->grad, std::move(dx));
   });
   return y;
 }

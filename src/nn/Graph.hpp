@@ -32,6 +32,7 @@
 
 #include "nn/Context.hpp"
 #include "kernels/Attention.hpp"
+#include "kernels/Rope.hpp"
 #include "nn/Linear.hpp"
 
 namespace ppu::nn {
@@ -92,6 +93,12 @@ class Graph {
   VarPtr add(const VarPtr& a, const VarPtr& b, DType out_dtype);
   // y = x rounded to `dtype` (the gradient passes through unchanged).
   VarPtr cast(const VarPtr& x, DType dtype);
+  // y = silu(g) * u, [rows, cols] (SwiGLU's gate; y in `out_dtype`).
+  VarPtr swiglu(const VarPtr& g, const VarPtr& u, DType out_dtype);
+  // Rotary positions on x [tokens, heads * head_dim] (head_dim = the table's), token t at
+  // positions[t]; y in x's dtype.
+  VarPtr rope(const VarPtr& x, const kernels::RopeTable& table, int64_t tokens, int64_t heads,
+              const std::vector<int32_t>& positions);
   // Causal (or not) self-attention of `batch` sequences of `seq` tokens each, no cache: q [batch *
   // seq, heads * d], k and v [batch * seq, kv_heads * d], all in one 16-bit dtype; returns o like q.
   // Forward: the attention kernel per sequence, keeping each row's log-sum-exp; backward: the
