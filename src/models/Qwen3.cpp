@@ -316,6 +316,60 @@ void Qwen3Model::sample_on_device(const Buffer& logits, int64_t rows, Sampler& s
   }
 }
 
+std::vector<const nn::Parameter*> Qwen3Model::trainable_parameters() const {
+  std::vector<const nn::Parameter*> held;
+  for (const nn::Parameter* p : parameters())
+    if (p->held()) held.push_back(p);
+  return held;
+}
+
+nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& inputs,
+                                     const std::vector<int32_t>& targets, int64_t batch, int64_t seq) {
+  const std::string what = fmt::format("training model '{}'", cfg_.name);
+  if (cfg_.is_moe()) throw UserError(what + ": mixture-of-experts training is not supported yet (dense models only)");
+  if (cfg_.family == ModelFamily::kGpt || cfg_.positions != PositionEncoding::kRope || cfg_.attention_bias)
+    throw UserError(what + ": only Qwen3/Llama-style models (RoPE, no biases, SwiGLU) can be trained yet");
+  if (opt_.tp_size > 1 || opt_.ep_size > 1)
+    throw UserError(what + ": tensor or expert parallelism in training is not supported yet");
+  if (batch < 1 || seq < 1 || static_cast<int64_t>(inputs.size()) != batch * seq ||
+      static_cast<int64_t>(targets.size()) != batch * seq)
+    throw UserError(fmt::format("{}: {} sequences of {} tokens need {} inputs and targets; got {} and {}", what, batch, seq,
+                                batch * seq, inputs.size(), targets.size()));
+  if (seq > max_context_)
+    throw UserError(fmt::format("{}: sequences of {} tokens exceed the model's context of {} positions (Qwen3Options::"
+                                "max_context)",
+                                what, seq, max_context_));
+  const int64_t T = batch * seq, d = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  const DType at = opt_.act_dtype, mm = opt_.matmul_dtype;
+  std::vector<int32_t> pos;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seq; ++t) pos.push_back(static_cast<int32_t>(t));
+  // x: the residual stream [T, hidden], fp32 (as bf16-autocast training keeps it).
+  nn::VarPtr x = g.embedding(embed_, inputs);
+  for (const auto& Lp : layers_) {
+    const Layer& L = *Lp;
+    const nn::SelfAttention& A = L.attn;
+    {
+      nn::VarPtr h = g.norm(x, L.in_norm, T, mm);
+      nn::VarPtr q = g.linear(h, A.q_proj, T, at), k = g.linear(h, A.k_proj, T, at), v = g.linear(h, A.v_proj, T, at);
+      if (cfg_.qk_norm) {  // RMSNorm per head
+        q = g.norm(q, A.q_norm, T * nh, at);
+        k = g.norm(k, A.k_norm, T * nkv, at);
+      }
+      q = g.rope(q, rope_, T, nh, pos);
+      k = g.rope(k, rope_, T, nkv, pos);
+      nn::VarPtr a = g.attention(q, k, v, batch, seq, nh, nkv, d, /*causal=*/true, attn_ws_, opt_.attention_style);
+      x = g.add(x, g.linear(a, A.o_proj, T, DType::kF32), DType::kF32);
+    }
+    nn::VarPtr h2 = g.norm(x, L.post_norm, T, mm);
+    nn::VarPtr gu = g.swiglu(g.linear(h2, L.mlp.gate_proj, T, at), g.linear(h2, L.mlp.up_proj, T, at), mm);
+    x = g.add(x, g.linear(gu, L.mlp.down_proj, T, DType::kF32), DType::kF32);
+  }
+  nn::VarPtr hn = g.norm(x, final_norm_, T, mm);
+  const nn::Parameter& head = lm_head_own_.held() ? lm_head_own_ : embed_.table;
+  return g.lm_head_cross_entropy(hn, head, T, targets);
+}
+
 ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
                                ForwardTaps* taps, Sampler* sampler) {
   const auto B = static_cast<int64_t>(seqs.size());

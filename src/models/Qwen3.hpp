@@ -50,6 +50,7 @@
 #include "models/Sampler.hpp"
 #include "nn/Context.hpp"
 #include "nn/Embedding.hpp"
+#include "nn/Graph.hpp"
 #include "nn/Mlp.hpp"
 #include "nn/Moe.hpp"
 #include "nn/Norm.hpp"
@@ -174,6 +175,18 @@ class Qwen3Model {
   // the downloaded logits; options the device cannot do (top_k 0 or > kTopKMax with temperature
   // > 0) download the logits and use sampler.sample(). Timing-only: the kernels are timed, no tokens.
   ForwardResult forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler, int64_t first_slot = 0);
+
+  // Training forward: `batch` sequences of `seq` tokens (inputs [batch * seq], sequence-major) with
+  // their next-token targets (-1: no loss on that position), causal attention without a cache. Every
+  // op's backward is recorded on `graph` (nn/Graph); returns the [batch * seq] per-token losses of
+  // Graph::lm_head_cross_entropy: graph.backward(loss, scale) then fills the parameters' gradients
+  // (graph.param_grad). Dense Qwen3 / Llama models on one chip for now: UserError for MoE, GPT
+  // (biases, GELU), tensor or expert parallelism, or seq beyond max_context().
+  nn::VarPtr training_loss(nn::Graph& graph, const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                           int64_t batch, int64_t seq);
+  // Every parameter this rank holds, in checkpoint order (what an optimizer updates).
+  std::vector<const nn::Parameter*> trainable_parameters() const;
+  nn::Context& context() { return ctx_; }
 
   void reset() { std::fill(past_.begin(), past_.end(), 0); }
   // Timing-only mode: treat slot `seq` as holding `n` cached positions (their contents do not

@@ -2,11 +2,19 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "arch/Error.hpp"
 #include "kernels/ActivationBackward.hpp"
 #include "kernels/AttentionBackward.hpp"
 #include "kernels/Elementwise.hpp"
+#include "kernels/CrossEntropy.hpp"
+#include "kernels/Embedding.hpp"
+#include "kernels/EmbeddingBackward.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/LayerNorm.hpp"
+#include "kernels/NormBackward.hpp"
+#include "kernels/RmsNorm.hpp"
 #include "kernels/RopeBackward.hpp"
 
 namespace ppu::nn {
@@ -53,6 +61,18 @@ void Graph::backward(const VarPtr& loss, const Buffer& seed) {
     tape_.pop_back();
     ctx_.op(e.kind + " backward", e.backward);
   }  // each entry's captured tensors are freed as it goes
+}
+
+void Graph::backward(const VarPtr& loss, double scale) {
+  if (!loss->is_loss)
+    throw UserError(fmt::format("autograd: '{}' is not a loss (lm_head_cross_entropy); seed it with a buffer", loss->name));
+  if (!std::isfinite(scale)) throw UserError(fmt::format("autograd: loss scale {} is not finite", scale));
+  loss->loss_scale = scale;
+  while (!tape_.empty()) {
+    Entry e = std::move(tape_.back());
+    tape_.pop_back();
+    ctx_.op(e.kind + " backward", e.backward);
+  }
 }
 
 void Graph::add_into(DeviceBuffer& slot, DeviceBuffer&& g) {
@@ -168,6 +188,115 @@ VarPtr Graph::cast(const VarPtr& x, DType dtype) {
     yv->grad.reset();
   });
   return y;
+}
+
+VarPtr Graph::embedding(const Embedding& e, const std::vector<int32_t>& tokens) {
+  VarPtr table = param(e.table);
+  const auto T = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = e.table.shape[0], hidden = e.table.shape[1];
+  VarPtr x = activation(T * hidden, DType::kF32, "embed", {table});
+  ctx_.op("embedding", [&] { kernels::embedding(ctx_.dev(), e.table, x->value, vocab, hidden, tokens); });
+  record("embedding", [this, table, x, tokens, vocab, hidden] {
+    if (!x->grad.valid()) return;
+    DeviceBuffer& slot = param_grads_[table->param];
+    if (!slot.valid()) {
+      slot = ctx_.alloc(vocab * hidden, table->name + ".grad", DType::kF32);
+      kernels::embedding_grad_zero(ctx_.dev(), slot);
+    }
+    kernels::embedding_backward(ctx_.dev(), x->grad, slot, vocab, hidden, tokens);
+    x->grad.reset();
+  });
+  return x;
+}
+
+VarPtr Graph::norm(const VarPtr& x, const Norm& n, int64_t rows, DType out_dtype) {
+  const int64_t cols = n.cols();
+  if (x->numel() != rows * cols)
+    throw UserError(fmt::format("autograd: norm '{}' takes [{}, {}]; '{}' has {} elements", n.weight.name, rows, cols,
+                                x->name, x->numel()));
+  VarPtr w = param(n.weight);
+  VarPtr b = n.bias.held() ? param(n.bias) : nullptr;
+  VarPtr y = activation(rows * cols, out_dtype, n.weight.name + ".out", {x, w});
+  ctx_.op("norm", [&] { n.forward(ctx_.dev(), x->value, y->value, rows); });
+  record("norm", [this, x, w, b, y, rows, cols, eps = n.eps()] {
+    if (!y->grad.valid()) return;
+    Device& dev = ctx_.dev();
+    DeviceBuffer dx = ctx_.alloc(rows * cols, "norm.dx", DType::kF32);
+    DeviceBuffer& dw = param_grads_[w->param];
+    const bool acc_w = dw.valid();
+    if (!acc_w) dw = ctx_.alloc(cols, w->name + ".grad", DType::kF32);
+    if (b) {
+      DeviceBuffer& db = param_grads_[b->param];
+      const bool acc = acc_w && db.valid();
+      if (!db.valid()) db = ctx_.alloc(cols, b->name + ".grad", DType::kF32);
+      if (acc != acc_w) throw UserError("autograd: a LayerNorm's weight and bias gradients must accumulate together");
+      kernels::layer_norm_backward(dev, x->value, w->value, y->grad, dx, dw, db, rows, cols, eps, acc);
+    } else {
+      kernels::rms_norm_backward(dev, x->value, w->value, y->grad, dx, dw, rows, cols, eps, acc_w);
+    }
+    y->grad.reset();
+    add_into(x->grad, std::move(dx));
+  });
+  return y;
+}
+
+VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int64_t rows,
+                                    const std::vector<int32_t>& targets, int64_t chunk_rows) {
+  const int64_t vocab = head.shape[0], hidden = head.shape[1];
+  if (h->numel() != rows * hidden || static_cast<int64_t>(targets.size()) != rows || chunk_rows < 1)
+    throw UserError(fmt::format("autograd: lm_head_cross_entropy takes h [{}, {}] and {} targets in chunks of >= 1 rows; "
+                                "got {} elements, {} targets, chunks of {}",
+                                rows, hidden, rows, h->numel(), targets.size(), chunk_rows));
+  VarPtr w = param(head);
+  VarPtr loss = activation(rows, DType::kF32, "loss", {h, w});
+  loss->is_loss = true;
+  auto lse = std::make_shared<DeviceBuffer>(ctx_.alloc(rows, "loss.lse", DType::kF32));
+  const DType mm = ctx_.matmul_dtype();
+  // Rows [r0, r0 + n) of each chunk, and its logits computed into `logits` [n, vocab].
+  auto chunk_logits = [this, h, w, hidden, vocab](int64_t r0, int64_t n, const Buffer& logits) {
+    kernels::gemm(ctx_.dev(), kernels::GemmShape{n, vocab, hidden, 1, false, true}, h->value.view(r0 * hidden, n * hidden),
+                  w->value, logits);
+  };
+  ctx_.op("lm head", [&] {
+    DeviceBuffer logits = ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, rows - r0);
+      const Buffer lc = logits.view(0, n * vocab);
+      chunk_logits(r0, n, lc);
+      const std::vector<int32_t> tc(targets.begin() + r0, targets.begin() + r0 + n);
+      kernels::cross_entropy(ctx_.dev(), lc, loss->value.view(r0, n), lse->view(r0, n), n, vocab, tc);
+    }
+  });
+  int64_t valid = 0;
+  for (int32_t t : targets) valid += t >= 0 ? 1 : 0;
+  record("lm head", [this, h, w, loss, lse, rows, hidden, vocab, targets, chunk_rows, valid, chunk_logits, mm] {
+    if (valid == 0 || loss->loss_scale == 0) return;
+    Device& dev = ctx_.dev();
+    const auto scale = static_cast<float>(loss->loss_scale / static_cast<double>(valid));
+    DeviceBuffer logits = ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
+    DeviceBuffer dh = ctx_.alloc(rows * hidden, "lm_head.dh", DType::kF32);
+    DeviceBuffer& slot = param_grads_[w->param];
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, rows - r0);
+      const Buffer lc = logits.view(0, n * vocab);
+      chunk_logits(r0, n, lc);  // recomputed: [rows, vocab] logits are never kept
+      const std::vector<int32_t> tc(targets.begin() + r0, targets.begin() + r0 + n);
+      kernels::cross_entropy_backward(dev, lc, lse->view(r0, n), lc, n, vocab, tc, scale);  // in place
+      // dH [n, hidden] = dlogits [n, vocab] . W [vocab, hidden]; dW [vocab, hidden] += dlogits^T . H.
+      kernels::gemm(dev, kernels::GemmShape{n, hidden, vocab, 1, false, false}, lc, w->value, dh.view(r0 * hidden, n * hidden));
+      const Buffer hc = h->value.view(r0 * hidden, n * hidden);
+      if (!slot.valid()) {
+        slot = ctx_.alloc(vocab * hidden, w->name + ".grad", DType::kF32);
+        kernels::gemm(dev, kernels::GemmShape{vocab, hidden, n, 1, true, false}, lc, hc, slot);
+      } else {
+        DeviceBuffer dw = ctx_.alloc(vocab * hidden, w->name + ".dw", DType::kF32);
+        kernels::gemm(dev, kernels::GemmShape{vocab, hidden, n, 1, true, false}, lc, hc, dw);
+        add_into(slot, dw.get());
+      }
+    }
+    if (h->requires_grad) add_into(h->grad, std::move(dh));
+  });
+  return loss;
 }
 
 VarPtr Graph::swiglu(const VarPtr& g, const VarPtr& u, DType out_dtype) {

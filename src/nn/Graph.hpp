@@ -33,7 +33,9 @@
 #include "nn/Context.hpp"
 #include "kernels/Attention.hpp"
 #include "kernels/Rope.hpp"
+#include "nn/Embedding.hpp"
 #include "nn/Linear.hpp"
+#include "nn/Norm.hpp"
 
 namespace ppu::nn {
 
@@ -44,6 +46,8 @@ struct Var {
   const Parameter* param = nullptr;  // a parameter leaf: its gradient goes to Graph::param_grad
   bool requires_grad = false;
   std::string name;
+  double loss_scale = 0;  // a loss var's d(scale x mean) seed, set by Graph::backward(loss, scale)
+  bool is_loss = false;   // made by lm_head_cross_entropy
   int64_t numel() const { return value.numel; }
 };
 using VarPtr = std::shared_ptr<Var>;
@@ -69,6 +73,9 @@ class Graph {
   // Seeds d(loss) = seed (fp32, loss's numel) and runs the recorded closures in reverse; the tape is
   // empty afterwards. UserError if loss does not require a gradient or seed's size differs.
   void backward(const VarPtr& loss, const Buffer& seed);
+  // For a loss from lm_head_cross_entropy: differentiates scale x its mean over the rows with a
+  // target (e.g. scale = 1 / micro-batches of the step). UserError for any other var.
+  void backward(const VarPtr& loss, double scale);
 
   // The gradient of v as the closures see it (empty Buffer if nothing reached v yet).
   const Buffer& grad(const Var& v) const { return v.grad.get(); }
@@ -93,6 +100,16 @@ class Graph {
   VarPtr add(const VarPtr& a, const VarPtr& b, DType out_dtype);
   // y = x rounded to `dtype` (the gradient passes through unchanged).
   VarPtr cast(const VarPtr& x, DType dtype);
+  // x [tokens, hidden] fp32 = the embedding's table rows at `tokens`.
+  VarPtr embedding(const Embedding& e, const std::vector<int32_t>& tokens);
+  // y [rows, cols] = norm(x) (RMSNorm or LayerNorm of `norm`), in `out_dtype`.
+  VarPtr norm(const VarPtr& x, const Norm& norm, int64_t rows, DType out_dtype);
+  // Per-row softmax cross-entropy of the logits h . W^T (W: `head` [vocab, hidden]) against
+  // `targets` (-1: ignored row), computed chunk_rows rows at a time: [chunk_rows, vocab] logits are
+  // the most ever held; the backward recomputes each chunk's logits. Returns [rows] fp32 losses (0 on
+  // ignored rows); differentiate it with backward(loss, scale).
+  VarPtr lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int64_t rows, const std::vector<int32_t>& targets,
+                               int64_t chunk_rows = 1024);
   // y = silu(g) * u, [rows, cols] (SwiGLU's gate; y in `out_dtype`).
   VarPtr swiglu(const VarPtr& g, const VarPtr& u, DType out_dtype);
   // Rotary positions on x [tokens, heads * head_dim] (head_dim = the table's), token t at

@@ -18,6 +18,7 @@ class Norm {
   Norm(Device& dev, const std::string& prefix, int64_t cols, bool layer_norm, float eps);
   void forward(Device& dev, const Buffer& in, const Buffer& out, int64_t rows) const;
   int64_t cols() const { return cols_; }
+  float eps() const { return eps_; }
 
   Parameter weight, bias;  // bias: LayerNorm only
 
