@@ -88,9 +88,9 @@ int main(int argc, char** argv) {
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
       auto net = make_network(c, kind);
       for (double bytes : {1e9, 8e9}) {
-        const CollectiveRequest r{CollKind::kAllReduce, bytes, 8 * nodes, 1, 0};
+        const CollectiveRequest r{ccl::Collective::kAllReduce, bytes, 8 * nodes, 1, 0};
         const CollectiveCost cost = net->cost(r);
-        const double busbw = bytes / cost.seconds * bus_factor(r.kind, r.group_size);
+        const double busbw = bytes / cost.seconds * ccl::bus_factor(r.collective, r.group_size);
         const double err = busbw / kReferenceBusbw - 1;
         if (bytes == 8e9) worst_error = std::max(worst_error, std::abs(err));
         bw.add_row({std::to_string(nodes), std::to_string(8 * nodes), fmt::format("{:g} GB", bytes / 1e9), net->name(),
@@ -104,9 +104,9 @@ int main(int argc, char** argv) {
   for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
     auto net = make_network(selene, kind);
     for (int nodes : {2, 16, 140, 560}) {
-      const CollectiveRequest r{CollKind::kAllReduce, 8e9, 8 * nodes, 1, 8 * nodes};
+      const CollectiveRequest r{ccl::Collective::kAllReduce, 8e9, 8 * nodes, 1, 8 * nodes};
       const CollectiveCost cost = net->cost(r);
-      const double busbw = r.bytes / cost.seconds * bus_factor(r.kind, r.group_size);
+      const double busbw = r.bytes / cost.seconds * ccl::bus_factor(r.collective, r.group_size);
       bw.add_row({std::to_string(nodes), std::to_string(8 * nodes), "8 GB", net->name() + " (a100-selene preset)",
                   fmt::format("{:.1f}", busbw / 1e9), fmt::format("{:.0f}", kReferenceBusbw / 1e9),
                   fmt::format("{:+.1f}%", 100 * (busbw / kReferenceBusbw - 1)), cost.how.substr(0, cost.how.find(" over "))});
@@ -149,8 +149,8 @@ int main(int argc, char** argv) {
     const ClusterSpec c = make_cluster("zhenwu-8", s.nodes, 400, s.tiers);
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
       auto net = make_network(c, kind);
-      const CollectiveRequest reqs[] = {{CollKind::kAllReduce, 1e9, s.nodes, 8, 0},
-                                        {CollKind::kAllReduce, 1e9, 8 * s.nodes, 1, 0}};
+      const CollectiveRequest reqs[] = {{ccl::Collective::kAllReduce, 1e9, s.nodes, 8, 0},
+                                        {ccl::Collective::kAllReduce, 1e9, 8 * s.nodes, 1, 0}};
       const char* names[] = {"DP all-reduce 1 GB (group = nodes, stride 8)", "all-reduce 1 GB over every chip"};
       for (int i = 0; i < 2; ++i) time_request(*net, reqs[i], fmt::format("{} ({})", 8 * s.nodes, s.label), names[i]);
     }
@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
     const int C = c.chips_per_node();
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
       auto net = make_network(c, kind);
-      time_request(*net, CollectiveRequest{CollKind::kAllReduce, 1e9, c.num_nodes(), C, 0},
+      time_request(*net, CollectiveRequest{ccl::Collective::kAllReduce, 1e9, c.num_nodes(), C, 0},
                    fmt::format("{} ({})", c.num_chips(), name), "DP all-reduce 1 GB (group = nodes)");
     }
   }

@@ -62,6 +62,12 @@ std::optional<ReductionOp> reduction_op_from_name(std::string_view s);
 std::string algorithm_valid_names();
 std::string collective_valid_names();
 
+// Past this many bytes per rank a collective is not simulated but extrapolated linearly from two
+// simulations, at this size and half of it (the selector here, cluster/Network's node parts). Why this
+// size: by 256 MiB every algorithm on every node preset is in its bandwidth-bound steady state - time
+// linear in size to 0.3% - while the cost of simulating keeps growing with the size.
+inline constexpr int64_t kSimulateUpToBytes = int64_t{256} << 20;
+
 // nccl-tests' bus-bandwidth factor: busbw = algbw x factor (all-reduce 2(n-1)/n; reduce-scatter,
 // all-gather, all-to-all (n-1)/n; broadcast, reduce, send/recv 1).
 double bus_factor(Collective c, int ranks);

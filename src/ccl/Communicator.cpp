@@ -23,8 +23,6 @@ std::string rank_list(const std::vector<int>& ranks) {
 
 std::string bytes_text(double b) { return format_quantity(Dimension::kBytes, b); }
 
-constexpr int64_t kSelectCapBytes = int64_t{256} << 20;
-
 }  // namespace
 
 // One per-rank collective in the making: what each rank brought, and the outcome.
@@ -149,9 +147,9 @@ Communicator::Choice Communicator::select(Collective c, int64_t count, DType dty
         if (c == Collective::kAllToAllV) sp.collective = Collective::kAllToAll;  // compared on equal blocks
         return time_schedule(build_schedule(sp), fabric_, chips_, es, 0.0, p).end_s;
       };
-      // Past kSelectCapBytes every algorithm is in its steady state: time grows linearly with size, so
-      // two simulations at the cap and half of it extrapolate (keeps selection fast for GB messages).
-      const int64_t cap = std::max<int64_t>(2, kSelectCapBytes / es);
+      // Past kSimulateUpToBytes every algorithm is in its steady state: time grows linearly with size,
+      // so two simulations at the cap and half of it extrapolate (keeps selection fast for GB messages).
+      const int64_t cap = std::max<int64_t>(2, kSimulateUpToBytes / es);
       double t;
       if (count <= cap) {
         t = time_of(count);

@@ -18,28 +18,12 @@
 
 namespace ppu::cluster {
 
-const char* coll_kind_name(CollKind k) {
-  const auto i = static_cast<size_t>(k);
-  return i < kCollKindNames.size() ? kCollKindNames[i].data() : "?";
-}
-std::optional<CollKind> coll_kind_from_name(std::string_view s) { return find_name<CollKind>(kCollKindNames, s); }
 const char* network_kind_name(NetworkKind k) {
   const auto i = static_cast<size_t>(k);
   return i < kNetworkKindNames.size() ? kNetworkKindNames[i].data() : "?";
 }
 std::optional<NetworkKind> network_kind_from_name(std::string_view s) {
   return find_name<NetworkKind>(kNetworkKindNames, s);
-}
-
-double bus_factor(CollKind k, int group_size) {
-  const double n = group_size;
-  switch (k) {
-    case CollKind::kAllReduce: return 2.0 * (n - 1) / n;
-    case CollKind::kReduceScatter:
-    case CollKind::kAllGather:
-    case CollKind::kAllToAll: return (n - 1) / n;
-    default: return 1.0;
-  }
 }
 
 std::unique_ptr<NetworkModel> make_network(const ClusterSpec& cluster, NetworkKind kind) {
@@ -107,9 +91,16 @@ void check_cluster(const ClusterSpec& c) {
 Layout layout_of(const ClusterSpec& c, const CollectiveRequest& r) {
   const int64_t chips = c.num_chips();
   const int C = c.chips_per_node();
-  if (static_cast<size_t>(r.kind) >= kCollKindNames.size())
-    throw UserError(fmt::format("request kind {} is not a collective; valid: {}", static_cast<int>(r.kind),
-                                join_names(kCollKindNames)));
+  if (std::find(kNetworkCollectives.begin(), kNetworkCollectives.end(), r.collective) == kNetworkCollectives.end()) {
+    std::string valid;
+    for (ccl::Collective v : kNetworkCollectives)
+      valid += fmt::format("{}{}", valid.empty() ? "" : ", ", ccl::collective_name(v));
+    const auto i = static_cast<size_t>(r.collective);
+    const std::string what = i < ccl::kCollectiveNames.size()
+                                 ? fmt::format("'{}' is not one the network models time", ccl::collective_name(r.collective))
+                                 : fmt::format("{} is not a collective", i);
+    throw UserError(fmt::format("request collective {}; valid: {}", what, valid));
+  }
   if (!std::isfinite(r.bytes) || r.bytes < 0)
     throw UserError(fmt::format("request bytes {} is not valid; valid: a finite number of bytes per rank >= 0", r.bytes));
   if (r.group_size < 1) throw UserError(fmt::format("request group_size {} is not valid; valid: 1 .. {}", r.group_size, chips));
@@ -238,39 +229,36 @@ double hop_latency(const ClusterSpec& c, int64_t a, int64_t b) {
 // --- NodeCollectives --------------------------------------------------------------------------------
 
 namespace {
-// Sizes above this are extrapolated (see the class comment).
-constexpr double kSimulateUpToBytes = 256e6;
 constexpr DType kDType = DType::kBF16;  // 2-byte elements, as gradients and activations travel
 
-ccl::Collective to_ccl(CollKind k) {
-  switch (k) {
-    case CollKind::kAllReduce: return ccl::Collective::kAllReduce;
-    case CollKind::kReduceScatter: return ccl::Collective::kReduceScatter;
-    case CollKind::kAllGather: return ccl::Collective::kAllGather;
-    case CollKind::kAllToAll: return ccl::Collective::kAllToAll;
-    default: return ccl::Collective::kSendRecv;
-  }
-}
+// How the reports ("how") name a collective: the spelling they have always printed ("all_reduce"),
+// not ccl's names ("allreduce"), so that reports and docs keep their text.
+constexpr std::array<std::string_view, static_cast<size_t>(ccl::Collective::kCount)> kReportNames = {
+    "all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "all_to_all", "all_to_all_v", "send_recv"};
+static_assert(kReportNames.size() == static_cast<size_t>(ccl::Collective::kCount));
+std::string_view report_name(ccl::Collective c) { return kReportNames[static_cast<size_t>(c)]; }
 }  // namespace
 
 NodeCollectives::NodeCollectives(NodeSpec node) : node_(std::move(node)) {}
 NodeCollectives::~NodeCollectives() = default;
 
-NodeCollectives::Timing NodeCollectives::time(CollKind kind, const std::vector<int>& chips, double bytes, bool ring) {
+NodeCollectives::Timing NodeCollectives::time(ccl::Collective kind, const std::vector<int>& chips, double bytes, bool ring) {
   return cached(kind, chips, {}, bytes, ring);
 }
 
 NodeCollectives::Timing NodeCollectives::send_recv(const std::vector<std::pair<int, int>>& chip_pairs, double bytes) {
-  return cached(CollKind::kSendRecv, {}, chip_pairs, bytes, false);
+  return cached(ccl::Collective::kSendRecv, {}, chip_pairs, bytes, false);
 }
 
-NodeCollectives::Timing NodeCollectives::cached(CollKind kind, const std::vector<int>& chips,
+NodeCollectives::Timing NodeCollectives::cached(ccl::Collective kind, const std::vector<int>& chips,
                                                 const std::vector<std::pair<int, int>>& pairs, double bytes, bool ring) {
-  if (bytes > kSimulateUpToBytes) {
-    const Timing hi = cached(kind, chips, pairs, kSimulateUpToBytes, ring);
-    const Timing lo = cached(kind, chips, pairs, kSimulateUpToBytes / 2, ring);
-    const double slope = (hi.seconds - lo.seconds) / (kSimulateUpToBytes / 2);
-    return {hi.seconds + (bytes - kSimulateUpToBytes) * slope, hi.how + " (extrapolated from 128 and 256 MB)"};
+  constexpr double cap = static_cast<double>(ccl::kSimulateUpToBytes);
+  if (bytes > cap) {
+    const Timing hi = cached(kind, chips, pairs, cap, ring);
+    const Timing lo = cached(kind, chips, pairs, cap / 2, ring);
+    const double slope = (hi.seconds - lo.seconds) / (cap / 2);
+    return {hi.seconds + (bytes - cap) * slope, fmt::format("{} (extrapolated from {} and {} MB)", hi.how,
+                                                            ccl::kSimulateUpToBytes >> 21, ccl::kSimulateUpToBytes >> 20)};
   }
   const auto key = std::make_tuple(static_cast<int>(kind), chips, pairs, bytes, ring);
   auto it = cache_.find(key);
@@ -278,12 +266,12 @@ NodeCollectives::Timing NodeCollectives::cached(CollKind kind, const std::vector
   return cache_[key] = simulate(kind, chips, pairs, bytes, ring);
 }
 
-NodeCollectives::Timing NodeCollectives::simulate(CollKind kind, const std::vector<int>& chips_in,
+NodeCollectives::Timing NodeCollectives::simulate(ccl::Collective kind, const std::vector<int>& chips_in,
                                                   const std::vector<std::pair<int, int>>& pairs, double bytes, bool ring) {
   const int C = node_.num_chips();
   // Send/recv: one rank per chip of the node, rank r on chip r.
   std::vector<int> chips = chips_in;
-  if (kind == CollKind::kSendRecv) {
+  if (kind == ccl::Collective::kSendRecv) {
     chips.clear();
     for (int ch = 0; ch < C; ++ch) chips.push_back(ch);
   }
@@ -303,9 +291,9 @@ NodeCollectives::Timing NodeCollectives::simulate(CollKind kind, const std::vect
   const int64_t per = std::max<int64_t>(1, std::llround(bytes / static_cast<double>(es) / n));
   int64_t send_n = count, recv_n = count;
   switch (kind) {
-    case CollKind::kReduceScatter: send_n = per * n, recv_n = per; break;
-    case CollKind::kAllGather: send_n = per, recv_n = per * n; break;
-    case CollKind::kAllToAll: send_n = recv_n = per * n; break;
+    case ccl::Collective::kReduceScatter: send_n = per * n, recv_n = per; break;
+    case ccl::Collective::kAllGather: send_n = per, recv_n = per * n; break;
+    case ccl::Collective::kAllToAll: send_n = recv_n = per * n; break;
     default: break;
   }
   std::vector<Buffer> send, recv;
@@ -314,19 +302,21 @@ NodeCollectives::Timing NodeCollectives::simulate(CollKind kind, const std::vect
     recv.push_back(devices_[static_cast<size_t>(r)]->alloc(kDType, recv_n, "recv"));
   }
   ccl::CollectiveOptions o;
-  if (ring && !ccl::unsupported(to_ccl(kind), ccl::Algorithm::kRing, comm->fabric(), std::vector<int>(static_cast<size_t>(n), 0)))
+  if (ring && !ccl::unsupported(kind, ccl::Algorithm::kRing, comm->fabric(), std::vector<int>(static_cast<size_t>(n), 0)))
     o.algorithm = ccl::Algorithm::kRing;
   ccl::CollectiveResult res;
   switch (kind) {
-    case CollKind::kAllReduce: res = comm->all_reduce(send, recv, o); break;
-    case CollKind::kReduceScatter: res = comm->reduce_scatter(send, recv, o); break;
-    case CollKind::kAllGather: res = comm->all_gather(send, recv, o); break;
-    case CollKind::kAllToAll: res = comm->all_to_all(send, recv, o); break;
-    default: {
+    case ccl::Collective::kAllReduce: res = comm->all_reduce(send, recv, o); break;
+    case ccl::Collective::kReduceScatter: res = comm->reduce_scatter(send, recv, o); break;
+    case ccl::Collective::kAllGather: res = comm->all_gather(send, recv, o); break;
+    case ccl::Collective::kAllToAll: res = comm->all_to_all(send, recv, o); break;
+    case ccl::Collective::kSendRecv: {
       std::vector<ccl::P2P> p2p;
       for (const auto& [a, b] : pairs) p2p.push_back({a, b, send[static_cast<size_t>(a)], recv[static_cast<size_t>(b)]});
       res = comm->send_recv(p2p, o);
+      break;
     }
+    default: PPU_CHECK(false, "a node collective the network models do not use");
   }
   for (int r = 0; r < n; ++r) {
     devices_[static_cast<size_t>(r)]->free(send[static_cast<size_t>(r)]);
@@ -339,8 +329,11 @@ NodeCollectives::Timing NodeCollectives::simulate(CollKind kind, const std::vect
 
 HierarchicalNetwork::HierarchicalNetwork(const ClusterSpec& c) : cluster_(c), node_(c.node) {}
 
-CollectiveCost HierarchicalNetwork::cost(const CollectiveRequest& r) {
-  const Layout l = layout_of(cluster_, r);
+CollectiveCost HierarchicalNetwork::cost(const CollectiveRequest& request) {
+  const Layout l = layout_of(cluster_, request);
+  CollectiveRequest r = request;
+  // All-to-all-v by its total bytes per rank, as an all-to-all of equal blocks (Network.hpp).
+  if (r.collective == ccl::Collective::kAllToAllV) r.collective = ccl::Collective::kAllToAll;
   if (r.group_size == 1 || r.bytes == 0) {
     CollectiveCost c;
     c.how = r.group_size == 1 ? "groups of one rank: nothing moves" : "no bytes: nothing moves";
@@ -352,7 +345,7 @@ CollectiveCost HierarchicalNetwork::cost(const CollectiveRequest& r) {
 CollectiveCost HierarchicalNetwork::in_node(const CollectiveRequest& r, const Layout& l) {
   CollectiveCost c;
   NodeCollectives::Timing t;
-  if (r.kind == CollKind::kSendRecv) {
+  if (r.collective == ccl::Collective::kSendRecv) {
     // Every group on the first node sends to its next member at once (ranks = chips of node 0).
     std::vector<std::pair<int, int>> pairs;
     const int64_t ranks = std::min<int64_t>(l.total_ranks, l.chips_per_node);
@@ -362,8 +355,8 @@ CollectiveCost HierarchicalNetwork::in_node(const CollectiveRequest& r, const La
     t = node_.send_recv(pairs, r.bytes);
     c.how = fmt::format("inside one node: {} concurrent send/recv pairs at stride {} ({})", pairs.size(), l.stride, t.how);
   } else {
-    t = node_.time(r.kind, l.chips, r.bytes, false);
-    c.how = fmt::format("inside one node: node {} over {} chips [{}] ({})", coll_kind_name(r.kind), l.chips.size(),
+    t = node_.time(r.collective, l.chips, r.bytes, false);
+    c.how = fmt::format("inside one node: node {} over {} chips [{}] ({})", report_name(r.collective), l.chips.size(),
                         chip_list(l.chips), t.how);
   }
   c.seconds = c.node_seconds = t.seconds;
@@ -437,21 +430,21 @@ CollectiveCost HierarchicalNetwork::multi_node(const CollectiveRequest& r, const
       cands.push_back({algo, &p, lat, net, node_s, lat + std::max(net, node_s), node_how});
     }
   };
-  auto node_part = [&](CollKind kind, double bytes, bool ring) -> std::pair<double, std::string> {
+  auto node_part = [&](ccl::Collective kind, double bytes, bool ring) -> std::pair<double, std::string> {
     if (k <= 1) return {0.0, ""};
     const auto t = node_.time(kind, l.chips, bytes, ring);
     return {t.seconds, t.how};
   };
 
-  switch (r.kind) {
-    case CollKind::kAllReduce: {
+  switch (r.collective) {
+    case ccl::Collective::kAllReduce: {
       // Ring through all G ranks (NCCL's ring): every node boundary carries 2(G-1)/G x S per group, spread
       // over the node's rails; the node hops carry the rest, timed as the node's ring of S(G-1)/G.
       Traffic ring = base;
       ring.shape = Shape::kRing;
       ring.bytes = groups_per_node * 2 * (G - 1) / G * S / R;
       const double ring_net = traffic_seconds(ring);
-      const auto [ring_node, ring_how] = node_part(CollKind::kAllReduce, S * (G - 1) / G, true);
+      const auto [ring_node, ring_how] = node_part(ccl::Collective::kAllReduce, S * (G - 1) / G, true);
       const double ring_alpha = edge_latency(Shape::kRing, true);
       add("ring", ring_net, ring_node, ring_how, [&](const Protocol& p) {
         return coll_lat + (2 * (G - 1) - 2 * (N - 1)) * (intra_hop + p.step_s) + 2.0 * (N - 1) * (ring_alpha + p.step_s);
@@ -468,7 +461,7 @@ CollectiveCost HierarchicalNetwork::multi_node(const CollectiveRequest& r, const
       tree.shape = Shape::kTree;
       tree.bytes = groups_per_node * (S / 2) * (4.0 / tree_shape().second) / R;
       const double tree_net = traffic_seconds(tree);
-      const auto [tree_node, tree_how] = node_part(CollKind::kAllReduce, k > 1 ? S * k / (k - 1) : 0, true);
+      const auto [tree_node, tree_how] = node_part(ccl::Collective::kAllReduce, k > 1 ? S * k / (k - 1) : 0, true);
       const double tree_alpha = edge_latency(Shape::kTree, true);
       const int depth = tree_shape().first;
       add("tree", tree_net, tree_node, tree_how, [&](const Protocol& p) {
@@ -476,32 +469,32 @@ CollectiveCost HierarchicalNetwork::multi_node(const CollectiveRequest& r, const
       });
       break;
     }
-    case CollKind::kReduceScatter:
-    case CollKind::kAllGather: {
+    case ccl::Collective::kReduceScatter:
+    case ccl::Collective::kAllGather: {
       Traffic ring = base;
       ring.shape = Shape::kRing;
       ring.bytes = groups_per_node * (G - 1) / G * S / R;
       const double net = traffic_seconds(ring);
-      const auto [node_s, node_how] = node_part(r.kind, S * (G - 1) / G, true);
+      const auto [node_s, node_how] = node_part(r.collective, S * (G - 1) / G, true);
       const double alpha = edge_latency(Shape::kRing, true);
       add("ring", net, node_s, node_how, [&](const Protocol& p) {
         return coll_lat + ((G - 1) - (N - 1)) * (intra_hop + p.step_s) + (N - 1.0) * (alpha + p.step_s);
       });
       break;
     }
-    case CollKind::kAllToAll: {
+    case ccl::Collective::kAllToAll: {
       // Every rank sends S/G to every member; what goes to another node leaves over the rails (PXN: first
       // over the node's links to the chip on the destination's rail). Node-local blocks move at once.
       Traffic a2a = base;
       a2a.shape = Shape::kAllToAll;
       a2a.bytes = groups_per_node * k * k * S / G / R;
       const double net = traffic_seconds(a2a);
-      const auto [node_s, node_how] = node_part(CollKind::kAllToAll, S * k / G, false);
+      const auto [node_s, node_how] = node_part(ccl::Collective::kAllToAll, S * k / G, false);
       const double alpha = edge_latency(Shape::kAllToAll, false);
       add("direct", net, node_s, node_how, [&](const Protocol& p) { return coll_lat + alpha + p.step_s; });
       break;
     }
-    default: {  // send/recv
+    case ccl::Collective::kSendRecv: {
       // Senders across a node boundary: every chip (one member per node), or the s chips at the top of the
       // node (whole nodes: the last member of each group on it). Each uses its own NIC(s).
       const int senders = k == 1 ? C : static_cast<int>(l.stride);
@@ -527,6 +520,7 @@ CollectiveCost HierarchicalNetwork::multi_node(const CollectiveRequest& r, const
       add("p2p", net, node_s, node_how, [&](const Protocol& p) { return coll_lat + alpha + p.step_s; });
       break;
     }
+    default: break;  // layout_of refused the others: no candidate, caught below
   }
 
   const Candidate* best = nullptr;

@@ -3,7 +3,7 @@
 //
 //   auto net = make_network(cluster, NetworkKind::kAnalytical);   // or kFlow (SimGrid)
 //   CollectiveRequest r;
-//   r.kind = CollKind::kAllReduce; r.bytes = 1e9; r.group_size = 64; r.stride = 8;
+//   r.collective = ccl::Collective::kAllReduce; r.bytes = 1e9; r.group_size = 64; r.stride = 8;
 //   double s = net->time(r);   // every one of the chips/64 data-parallel groups all-reduces 1 GB at once
 //
 // Rank numbering: global rank g lives on node g / chips_per_node, chip g % chips_per_node. A request
@@ -39,23 +39,25 @@
 #include <string_view>
 
 #include "arch/ClusterSpec.hpp"
+#include "ccl/Collective.hpp"
 
 namespace ppu::cluster {
 
-enum class CollKind : uint8_t { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kSendRecv, kCount };
-inline constexpr std::array<std::string_view, static_cast<size_t>(CollKind::kCount)> kCollKindNames = {
-    "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send_recv"};
-static_assert(kCollKindNames.size() == static_cast<size_t>(CollKind::kCount));
-// "all_reduce", ...; "?" for a value outside the enum.
-const char* coll_kind_name(CollKind k);
-std::optional<CollKind> coll_kind_from_name(std::string_view s);
+// The collectives the models time (ccl::Collective: one vocabulary from the node to the cluster).
+// All-to-all-v is timed as an all-to-all of the same bytes per rank in total: MoE dispatch and
+// combine, whose blocks follow the routing, are equal on average (skewed traffic is not modelled).
+// Broadcast and reduce are not modelled: cost() throws UserError naming the collective and these.
+inline constexpr std::array<ccl::Collective, 6> kNetworkCollectives = {
+    ccl::Collective::kAllReduce, ccl::Collective::kReduceScatter, ccl::Collective::kAllGather,
+    ccl::Collective::kAllToAll,  ccl::Collective::kAllToAllV,     ccl::Collective::kSendRecv};
 
 struct CollectiveRequest {
-  CollKind kind = CollKind::kAllReduce;
+  ccl::Collective collective = ccl::Collective::kAllReduce;  // one of kNetworkCollectives
   // Bytes per rank: all-reduce: the buffer; reduce-scatter: the full input (each rank keeps 1/n);
   // all-gather: the full output (each rank contributes 1/n); all-to-all: what each rank sends in
-  // total (1/n to each member, itself included); send/recv: what each rank sends to the member
-  // `stride` ranks above it (the last member of a group sends nothing), all pairs at once.
+  // total (1/n to each member, itself included; all-to-all-v likewise); send/recv: what each rank
+  // sends to the member `stride` ranks above it (the last member of a group sends nothing), all pairs
+  // at once.
   double bytes = 0;
   int group_size = 1;
   int64_t stride = 1;
@@ -83,10 +85,6 @@ static_assert(kNetworkKindDescriptions.size() == static_cast<size_t>(NetworkKind
 const char* network_kind_name(NetworkKind k);
 std::optional<NetworkKind> network_kind_from_name(std::string_view s);
 
-// nccl-tests' bus-bandwidth factor (busbw = bytes / seconds x factor): all-reduce 2(n-1)/n;
-// reduce-scatter, all-gather, all-to-all (n-1)/n; send/recv 1.
-double bus_factor(CollKind k, int group_size);
-
 class NetworkModel {
  public:
   virtual ~NetworkModel() = default;
@@ -98,9 +96,10 @@ class NetworkModel {
 
 // Throws UserError for a cluster the models cannot describe (no tiers, a top tier that does not hold
 // every node, tier domains that do not nest, non-positive NIC numbers). Its cost() throws UserError
-// for requests that do not fit the cluster (group larger than total_ranks, total_ranks not a multiple
-// of stride*group_size or above the chip count, negative bytes, groups that do not sit on nodes
-// evenly), naming the field and what would be valid.
+// for requests it cannot time (a collective outside kNetworkCollectives) or that do not fit the
+// cluster (group larger than total_ranks, total_ranks not a multiple of stride*group_size or above
+// the chip count, negative bytes, groups that do not sit on nodes evenly), naming the field and what
+// would be valid.
 std::unique_ptr<NetworkModel> make_network(const ClusterSpec& cluster, NetworkKind kind);
 
 }  // namespace ppu::cluster

@@ -5,7 +5,7 @@
 // flow model gives for the symmetric patterns the collectives make (docs/network.md).
 //
 //   auto net = make_network(cluster, NetworkKind::kAnalytical);
-//   net->cost({CollKind::kAllReduce, 1e9, 1024, 8});   // microseconds of host time after the first call
+//   net->cost({ccl::Collective::kAllReduce, 1e9, 1024, 8});   // microseconds of host time after the first call
 //
 // Cost: one pass over the nodes of one repeating window (NetworkInternal.hpp) per traffic geometry,
 // O(nodes x tiers), cached per geometry; every later size is a multiplication.

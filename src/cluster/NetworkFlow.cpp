@@ -2,7 +2,7 @@
 // simulation on SimGrid (max-min bandwidth sharing), everything else as in the analytical model.
 //
 //   auto net = make_network(cluster, NetworkKind::kFlow);
-//   net->cost({CollKind::kAllToAll, 64e6, 64, 1});   // first call per traffic geometry: a simulation
+//   net->cost({ccl::Collective::kAllToAll, 64e6, 64, 1});   // first call per traffic geometry: a simulation
 //
 // Platform: one rail of the multi-tier Clos, as nested SimGrid star zones - a host per node (its NIC
 // on this rail) with a split-duplex NIC link of nic_bandwidth x nic_efficiency, one zone per tier

@@ -111,9 +111,10 @@ double hop_latency(const ClusterSpec& c, int64_t a, int64_t b);
 // --- the node's own collectives ----------------------------------------------------------------------
 
 // Times collectives of ranks placed on given chips of one node with the collective library, in
-// timing-only mode, caching each (collective, chips, bytes, algorithm) result. Sizes above 256 MB
-// are extrapolated linearly from 128 and 256 MB (the bandwidth-bound regime; the library's flow
-// model grows slow there and every collective is linear in size beyond it, to 0.3% on the presets).
+// timing-only mode, caching each (collective, chips, bytes, algorithm) result. Sizes above
+// ccl::kSimulateUpToBytes (256 MB) are extrapolated linearly from 128 and 256 MB (the bandwidth-bound
+// regime; the library's flow model grows slow there and every collective is linear in size beyond
+// it, to 0.3% on the presets).
 class NodeCollectives {
  public:
   explicit NodeCollectives(NodeSpec node);
@@ -123,15 +124,15 @@ class NodeCollectives {
     std::string how;  // "ring/simple"
   };
   // bytes per rank in the request's convention; ring: force the ring algorithm (else the selector's).
-  Timing time(CollKind kind, const std::vector<int>& chips, double bytes, bool ring);
+  Timing time(ccl::Collective kind, const std::vector<int>& chips, double bytes, bool ring);
   // Concurrent point-to-point transfers of `bytes` each between chips (src, dst).
   Timing send_recv(const std::vector<std::pair<int, int>>& chip_pairs, double bytes);
   const NodeSpec& node() const { return node_; }
 
  private:
-  Timing simulate(CollKind kind, const std::vector<int>& chips, const std::vector<std::pair<int, int>>& pairs,
+  Timing simulate(ccl::Collective kind, const std::vector<int>& chips, const std::vector<std::pair<int, int>>& pairs,
                   double bytes, bool ring);
-  Timing cached(CollKind kind, const std::vector<int>& chips, const std::vector<std::pair<int, int>>& pairs,
+  Timing cached(ccl::Collective kind, const std::vector<int>& chips, const std::vector<std::pair<int, int>>& pairs,
                 double bytes, bool ring);
   NodeSpec node_;
   std::vector<std::unique_ptr<Device>> devices_;

@@ -22,16 +22,6 @@ std::vector<int64_t> stage_layers(int64_t layers, int pp) {
   return s;
 }
 
-CollKind coll_kind(ccl::Collective c) {
-  switch (c) {
-    case ccl::Collective::kAllReduce: return CollKind::kAllReduce;
-    case ccl::Collective::kReduceScatter: return CollKind::kReduceScatter;
-    case ccl::Collective::kAllGather: return CollKind::kAllGather;
-    case ccl::Collective::kSendRecv: return CollKind::kSendRecv;
-    default: return CollKind::kAllToAll;
-  }
-}
-
 // Bytes per token per layer kept for the backward pass (bf16 activations, 1-byte dropout masks),
 // Korthikanti et al. 2022 ("Reducing activation recomputation in large transformer models"), per
 // tensor, for this model's widths; `replicated` is what stays whole on every TP rank without SP.
@@ -233,7 +223,7 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
 
   // --- communication of one micro-batch, per layer and per stage boundary
   std::map<std::string, double> memo;
-  auto comm = [&](CollKind kind, double bytes, int group, int64_t stride, const std::string& label) {
+  auto comm = [&](ccl::Collective kind, double bytes, int group, int64_t stride, const std::string& label) {
     if (group <= 1 || bytes <= 0) return 0.0;
     const std::string key = fmt::format("{}|{}|{}|{}", static_cast<int>(kind), bytes, group, stride);
     auto it = memo.find(key);
@@ -253,12 +243,12 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   std::map<std::string, double> layer_comm;  // by group: forward once
   for (const LayerComm& lc : w.layer.comms) {
     const auto [size, stride] = group_of(lc.group);
-    layer_comm[lc.group] += comm(coll_kind(lc.collective), lc.bytes, size, stride, lc.group + " " + lc.kind);
+    layer_comm[lc.group] += comm(lc.collective, lc.bytes, size, stride, lc.group + " " + lc.kind);
   }
   double head_comm = 0;
   for (const LayerComm& lc : w.head.comms) {
     const auto [size, stride] = group_of(lc.group);
-    head_comm += comm(coll_kind(lc.collective), lc.bytes, size, stride, lc.group + " " + lc.kind);
+    head_comm += comm(lc.collective, lc.bytes, size, stride, lc.group + " " + lc.kind);
   }
   // Recomputation, averaged over the stage's layers (block recomputation redoes only some of them).
   const auto stages = stage_layers(m.num_layers, l.pp);
@@ -283,7 +273,7 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   // all it holds; without, the receiver all-gathers over the node's links, charged with the transfer).
   const double p2p_bytes = static_cast<double>(l.micro_batch * (l.seq_len / l.cp) * m.hidden_size) * 2.0 / l.tp;
   const double p2p_s =
-      l.pp > 1 ? comm(CollKind::kSendRecv, p2p_bytes, l.pp, pp_stride, "pp send/recv") : 0.0;
+      l.pp > 1 ? comm(ccl::Collective::kSendRecv, p2p_bytes, l.pp, pp_stride, "pp send/recv") : 0.0;
 
   // --- stages: time per micro-batch (compute and exposed communication)
   double worst = 0;
@@ -326,9 +316,9 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   const int expert_dp = static_cast<int>(int64_t{l.dp} * l.cp * l.tp / l.ep);
   auto dp_time = [&](int64_t params, int group, int64_t stride, const std::string& label) {
     const double grad_bytes = static_cast<double>(l.grad_reduce_bytes) * static_cast<double>(params);
-    if (l.zero == 0) return comm(CollKind::kAllReduce, grad_bytes, group, stride, label + " all-reduce");
-    return comm(CollKind::kReduceScatter, grad_bytes, group, stride, label + " reduce-scatter") +
-           comm(CollKind::kAllGather, 2.0 * static_cast<double>(params), group, stride, label + " all-gather");
+    if (l.zero == 0) return comm(ccl::Collective::kAllReduce, grad_bytes, group, stride, label + " all-reduce");
+    return comm(ccl::Collective::kReduceScatter, grad_bytes, group, stride, label + " reduce-scatter") +
+           comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(params), group, stride, label + " all-gather");
   };
   double dp_s = 0;
   if (l.pp_inside_dp && l.cp > 1) {  // two steps: over CP (stride TP), then the 1/CP shards over DP
@@ -343,9 +333,9 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   r.breakdown["dp comm"] = std::max(0.0, dp_s - overlap_window);
   if (l.zero == 3) {  // parameters all-gathered per layer in forward and backward, prefetched under compute
     const double ag = l.pp_inside_dp && l.cp > 1
-                          ? comm(CollKind::kAllGather, 2.0 * static_cast<double>(w.layer.params), l.dp, dp_stride,
+                          ? comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(w.layer.params), l.dp, dp_stride,
                                  "zero-3 all-gather")
-                          : comm(CollKind::kAllGather, 2.0 * static_cast<double>(w.layer.params), dp_group,
+                          : comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(w.layer.params), dp_group,
                                  l.pp_inside_dp ? dp_stride : l.tp, "zero-3 all-gather");
     r.breakdown["dp comm"] += mb * Ls * (std::max(0.0, ag - w.layer.fwd_s) + std::max(0.0, ag - w.layer.bwd_s));
   }

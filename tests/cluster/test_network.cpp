@@ -18,6 +18,8 @@
 namespace ppu::cluster {
 namespace {
 
+using ccl::Collective;
+
 Quantity q(double v, Dimension d) {
   Quantity x;
   x.value = v;
@@ -57,10 +59,12 @@ ClusterSpec make_cluster(const std::string& node_name, int nodes, double nic_gbp
   return c;
 }
 
-double busbw(const CollectiveRequest& r, double seconds) { return r.bytes / seconds * bus_factor(r.kind, r.group_size); }
+double busbw(const CollectiveRequest& r, double seconds) {
+  return r.bytes / seconds * ccl::bus_factor(r.collective, r.group_size);
+}
 
 // The collective library's own timing of one group on chips `chips` of `node` (the `ppu bench` path).
-double ccl_time(const NodeSpec& node, CollKind kind, const std::vector<int>& chips, double bytes) {
+double ccl_time(const NodeSpec& node, Collective kind, const std::vector<int>& chips, double bytes) {
   const int n = static_cast<int>(chips.size());
   std::vector<std::unique_ptr<Device>> devs;
   std::vector<Device*> ptrs;
@@ -73,29 +77,30 @@ double ccl_time(const NodeSpec& node, CollKind kind, const std::vector<int>& chi
   ccl::Communicator comm(node, ptrs, o);
   const int64_t count = std::llround(bytes / 2), per = std::llround(bytes / 2 / n);
   int64_t sn = count, rn = count;
-  if (kind == CollKind::kReduceScatter) sn = per * n, rn = per;
-  if (kind == CollKind::kAllGather) sn = per, rn = per * n;
-  if (kind == CollKind::kAllToAll) sn = rn = per * n;
+  if (kind == Collective::kReduceScatter) sn = per * n, rn = per;
+  if (kind == Collective::kAllGather) sn = per, rn = per * n;
+  if (kind == Collective::kAllToAll) sn = rn = per * n;
   std::vector<Buffer> s, v;
   for (int r = 0; r < n; ++r) {
     s.push_back(devs[static_cast<size_t>(r)]->alloc(DType::kBF16, sn, "s"));
     v.push_back(devs[static_cast<size_t>(r)]->alloc(DType::kBF16, rn, "r"));
   }
   switch (kind) {
-    case CollKind::kAllReduce: return comm.all_reduce(s, v).time_s;
-    case CollKind::kReduceScatter: return comm.reduce_scatter(s, v).time_s;
-    case CollKind::kAllGather: return comm.all_gather(s, v).time_s;
+    case Collective::kAllReduce: return comm.all_reduce(s, v).time_s;
+    case Collective::kReduceScatter: return comm.reduce_scatter(s, v).time_s;
+    case Collective::kAllGather: return comm.all_gather(s, v).time_s;
     default: return comm.all_to_all(s, v).time_s;
   }
 }
 
 TEST(ClusterNetwork, NamesEveryKind) {
-  EXPECT_STREQ(coll_kind_name(CollKind::kAllGather), "all_gather");
-  EXPECT_EQ(coll_kind_from_name("send_recv"), CollKind::kSendRecv);
-  EXPECT_FALSE(coll_kind_from_name("broadcast").has_value());
   EXPECT_STREQ(network_kind_name(NetworkKind::kFlow), "flow");
   EXPECT_EQ(network_kind_from_name("analytical"), NetworkKind::kAnalytical);
-  EXPECT_DOUBLE_EQ(bus_factor(CollKind::kAllReduce, 16), 2.0 * 15 / 16);
+  // The bus factors the cluster's reports use are ccl's (nccl-tests'), for every collective it times.
+  EXPECT_DOUBLE_EQ(ccl::bus_factor(Collective::kAllReduce, 16), 2.0 * 15 / 16);
+  for (Collective c : {Collective::kReduceScatter, Collective::kAllGather, Collective::kAllToAll, Collective::kAllToAllV})
+    EXPECT_DOUBLE_EQ(ccl::bus_factor(c, 16), 15.0 / 16) << ccl::collective_name(c);
+  EXPECT_DOUBLE_EQ(ccl::bus_factor(Collective::kSendRecv, 16), 1.0);
 }
 
 // Groups inside one node take the collective library's node timing, for both models, for
@@ -105,21 +110,21 @@ TEST(ClusterNetwork, GroupsInsideANodeEqualTheNodeCollective) {
   auto analytical = make_network(c, NetworkKind::kAnalytical);
   auto flow = make_network(c, NetworkKind::kFlow);
   struct Case {
-    CollKind kind;
+    Collective kind;
     int group;
     int64_t stride;
     std::vector<int> chips;
   };
-  const Case cases[] = {{CollKind::kAllReduce, 8, 1, {0, 1, 2, 3, 4, 5, 6, 7}},
-                        {CollKind::kAllReduce, 2, 1, {0, 1}},
-                        {CollKind::kReduceScatter, 4, 2, {0, 2, 4, 6}},
-                        {CollKind::kAllGather, 8, 1, {0, 1, 2, 3, 4, 5, 6, 7}},
-                        {CollKind::kAllToAll, 4, 1, {0, 1, 2, 3}}};
+  const Case cases[] = {{Collective::kAllReduce, 8, 1, {0, 1, 2, 3, 4, 5, 6, 7}},
+                        {Collective::kAllReduce, 2, 1, {0, 1}},
+                        {Collective::kReduceScatter, 4, 2, {0, 2, 4, 6}},
+                        {Collective::kAllGather, 8, 1, {0, 1, 2, 3, 4, 5, 6, 7}},
+                        {Collective::kAllToAll, 4, 1, {0, 1, 2, 3}}};
   for (const Case& k : cases)
     for (double bytes : {1e6, 64e6}) {
       const CollectiveRequest r{k.kind, bytes, k.group, k.stride, 0};
       const double want = ccl_time(c.node, k.kind, k.chips, bytes);
-      SCOPED_TRACE(std::string(coll_kind_name(k.kind)) + " group " + std::to_string(k.group));
+      SCOPED_TRACE(std::string(ccl::collective_name(k.kind)) + " group " + std::to_string(k.group));
       // Equal up to the rounding of the node's simulated clock (a reused device starts later).
       EXPECT_NEAR(analytical->time(r) / want, 1.0, 1e-9);
       EXPECT_NEAR(flow->time(r) / want, 1.0, 1e-9);
@@ -134,7 +139,7 @@ TEST(ClusterNetwork, GroupsInsideANodeEqualTheNodeCollective) {
 TEST(ClusterNetwork, MultiNodeAllReduceBusBandwidthMatchesDgxA100) {
   for (int nodes : {2, 16, 64}) {
     const ClusterSpec c = make_cluster("a100-dgx", nodes, 200, {{16, 1}, {64, 1}});
-    const CollectiveRequest r{CollKind::kAllReduce, 8e9, 8 * nodes, 1, 0};
+    const CollectiveRequest r{Collective::kAllReduce, 8e9, 8 * nodes, 1, 0};
     for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
       if (kind == NetworkKind::kFlow && nodes > 16) continue;
       auto net = make_network(c, kind);
@@ -150,7 +155,7 @@ TEST(ClusterNetwork, MultiNodeAllReduceBusBandwidthMatchesDgxA100) {
 TEST(ClusterNetwork, OneRankPerNodeGetsItsOwnNic) {
   const ClusterSpec c = make_cluster("h100-dgx", 32, 400, {{8, 1}, {32, 1}});
   auto net = make_network(c, NetworkKind::kAnalytical);
-  const CollectiveRequest r{CollKind::kAllReduce, 4e9, 32, 8, 0};
+  const CollectiveRequest r{Collective::kAllReduce, 4e9, 32, 8, 0};
   const double bw = busbw(r, net->time(r));
   EXPECT_NEAR(bw / (50e9 * 0.94), 1.0, 0.03) << bw / 1e9;
 }
@@ -162,19 +167,19 @@ TEST(ClusterNetwork, AnalyticalAndFlowAgreeWithoutOversubscription) {
   auto analytical = make_network(c, NetworkKind::kAnalytical);
   auto flow = make_network(c, NetworkKind::kFlow);
   const CollectiveRequest cases[] = {
-      {CollKind::kAllReduce, 1e9, 64, 8, 0},        // DP, one member per node
-      {CollKind::kAllReduce, 256e6, 512, 1, 0},     // every chip, whole nodes
-      {CollKind::kAllReduce, 1e6, 64, 8, 0},        // small: latency-bound
-      {CollKind::kReduceScatter, 1e9, 128, 4, 0},   // two members per node
-      {CollKind::kAllGather, 1e9, 16, 8, 256},      // part of the cluster
-      {CollKind::kAllToAll, 256e6, 64, 1, 0},       // EP over 8 whole nodes
-      {CollKind::kAllToAll, 64e6, 16, 8, 0},        // EP, one member per node
-      {CollKind::kSendRecv, 64e6, 4, 128, 0},       // PP neighbours 16 nodes apart
-      {CollKind::kSendRecv, 64e6, 16, 2, 0},        // whole nodes: two chips per node cross
+      {Collective::kAllReduce, 1e9, 64, 8, 0},        // DP, one member per node
+      {Collective::kAllReduce, 256e6, 512, 1, 0},     // every chip, whole nodes
+      {Collective::kAllReduce, 1e6, 64, 8, 0},        // small: latency-bound
+      {Collective::kReduceScatter, 1e9, 128, 4, 0},   // two members per node
+      {Collective::kAllGather, 1e9, 16, 8, 256},      // part of the cluster
+      {Collective::kAllToAll, 256e6, 64, 1, 0},       // EP over 8 whole nodes
+      {Collective::kAllToAll, 64e6, 16, 8, 0},        // EP, one member per node
+      {Collective::kSendRecv, 64e6, 4, 128, 0},       // PP neighbours 16 nodes apart
+      {Collective::kSendRecv, 64e6, 16, 2, 0},        // whole nodes: two chips per node cross
   };
   for (const CollectiveRequest& r : cases) {
     const CollectiveCost a = analytical->cost(r), f = flow->cost(r);
-    SCOPED_TRACE(std::string(coll_kind_name(r.kind)) + " group " + std::to_string(r.group_size) + " stride " +
+    SCOPED_TRACE(std::string(ccl::collective_name(r.collective)) + " group " + std::to_string(r.group_size) + " stride " +
                  std::to_string(r.stride) + "\n  analytical: " + a.how + "\n  flow: " + f.how);
     EXPECT_GT(a.network_seconds, 0);
     EXPECT_NEAR(f.seconds / a.seconds, 1.0, 0.01);
@@ -190,14 +195,14 @@ TEST(ClusterNetwork, OversubscribedTierSlowsCrossDomainTrafficByItsRatio) {
   const ClusterSpec over = make_cluster("h100-dgx", 16, 400, {{4, 4}, {16, 1}});
   auto flow_open = make_network(open, NetworkKind::kFlow), flow_over = make_network(over, NetworkKind::kFlow);
   auto ana_over = make_network(over, NetworkKind::kAnalytical);
-  const CollectiveRequest cross{CollKind::kSendRecv, 256e6, 4, 32, 0};  // stride 4 nodes = one leaf
+  const CollectiveRequest cross{Collective::kSendRecv, 256e6, 4, 32, 0};  // stride 4 nodes = one leaf
   const double slow = flow_over->cost(cross).network_seconds / flow_open->cost(cross).network_seconds;
   EXPECT_NEAR(slow, 4.0, 0.04 * 4);
   EXPECT_NEAR(ana_over->cost(cross).network_seconds / flow_over->cost(cross).network_seconds, 1.0, 0.01);
-  const CollectiveRequest inside{CollKind::kSendRecv, 256e6, 4, 8, 0};  // neighbours one node apart
+  const CollectiveRequest inside{Collective::kSendRecv, 256e6, 4, 8, 0};  // neighbours one node apart
   EXPECT_NEAR(flow_over->cost(inside).network_seconds / flow_open->cost(inside).network_seconds, 1.0, 0.01);
   // All-to-all over two leaves (8 nodes, one member per node).
-  const CollectiveRequest a2a{CollKind::kAllToAll, 256e6, 8, 8, 64};
+  const CollectiveRequest a2a{Collective::kAllToAll, 256e6, 8, 8, 64};
   const double a2a_slow = flow_over->cost(a2a).network_seconds / flow_open->cost(a2a).network_seconds;
   // Per node: 3 flows stay in the leaf, 4 leave it; a leaf's 4 nodes send 16 flows' worth out through
   // one NIC's worth of uplink (4 NICs / 4), against 7 per NIC: 16/7 times slower.
@@ -207,17 +212,22 @@ TEST(ClusterNetwork, OversubscribedTierSlowsCrossDomainTrafficByItsRatio) {
 TEST(ClusterNetwork, InvalidRequestsNameTheFieldAndWhatIsValid) {
   const ClusterSpec c = make_cluster("a100-dgx", 4, 200, {{4, 1}});
   auto net = make_network(c, NetworkKind::kAnalytical);
-  auto ask = [&](CollKind k, double bytes, int g, int64_t s, int64_t t) { return [=, &net] { net->cost({k, bytes, g, s, t}); }; };
-  test::expect_error(ask(CollKind::kAllReduce, -1, 8, 1, 0), {"bytes -1", "valid", ">= 0"});
-  test::expect_error(ask(CollKind::kAllReduce, NAN, 8, 1, 0), {"bytes", "finite"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 0, 1, 0), {"group_size 0", "valid: 1 .. 32"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 8, 0, 0), {"stride 0", "valid: >= 1"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 8, 1, 64), {"total_ranks 64", "0 (the whole cluster) .. 32"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 16, 1, 8), {"group_size 16", "total_ranks 8", "group_size <= total_ranks"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 8, 3, 0), {"total_ranks 32", "stride 3", "multiple of 24"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 3, 1, 24), {"group_size 3 at stride 1", "8-chip nodes", "valid"});
-  test::expect_error(ask(CollKind::kAllReduce, 1e6, 2, 12, 24), {"group_size 2 at stride 12", "multiple of 8"});
-  test::expect_error(ask(static_cast<CollKind>(9), 1e6, 8, 1, 0), {"kind 9", "all_reduce, reduce_scatter"});
+  auto ask = [&](Collective k, double bytes, int g, int64_t s, int64_t t) {
+    return [=, &net] { net->cost({k, bytes, g, s, t}); };
+  };
+  test::expect_error(ask(Collective::kAllReduce, -1, 8, 1, 0), {"bytes -1", "valid", ">= 0"});
+  test::expect_error(ask(Collective::kAllReduce, NAN, 8, 1, 0), {"bytes", "finite"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 0, 1, 0), {"group_size 0", "valid: 1 .. 32"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 8, 0, 0), {"stride 0", "valid: >= 1"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 8, 1, 64), {"total_ranks 64", "0 (the whole cluster) .. 32"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 16, 1, 8), {"group_size 16", "total_ranks 8", "group_size <= total_ranks"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 8, 3, 0), {"total_ranks 32", "stride 3", "multiple of 24"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 3, 1, 24), {"group_size 3 at stride 1", "8-chip nodes", "valid"});
+  test::expect_error(ask(Collective::kAllReduce, 1e6, 2, 12, 24), {"group_size 2 at stride 12", "multiple of 8"});
+  const std::string valid = "valid: allreduce, reducescatter, allgather, alltoall, alltoallv, sendrecv";
+  test::expect_error(ask(static_cast<Collective>(9), 1e6, 8, 1, 0), {"collective 9", "not a collective", valid});
+  test::expect_error(ask(Collective::kBroadcast, 1e6, 8, 1, 0), {"collective 'broadcast'", "not one the network", valid});
+  test::expect_error(ask(Collective::kReduce, 1e6, 64, 8, 0), {"collective 'reduce'", valid});
 }
 
 TEST(ClusterNetwork, InvalidClustersNameTheFieldAndWhatIsValid) {
@@ -239,8 +249,23 @@ TEST(ClusterNetwork, InvalidClustersNameTheFieldAndWhatIsValid) {
 TEST(ClusterNetwork, NothingToMoveTakesNoTime) {
   const ClusterSpec c = make_cluster("a100-dgx", 4, 200, {{4, 1}});
   auto net = make_network(c, NetworkKind::kFlow);
-  EXPECT_EQ(net->time({CollKind::kAllReduce, 1e9, 1, 1, 0}), 0.0);
-  EXPECT_EQ(net->time({CollKind::kAllToAll, 0, 16, 1, 0}), 0.0);
+  EXPECT_EQ(net->time({Collective::kAllReduce, 1e9, 1, 1, 0}), 0.0);
+  EXPECT_EQ(net->time({Collective::kAllToAll, 0, 16, 1, 0}), 0.0);
+}
+
+// All-to-all-v (MoE dispatch and combine) is timed as an all-to-all of its bytes per rank in total,
+// inside a node and across nodes, by both models: the same time to the bit and the same report.
+TEST(ClusterNetwork, AllToAllVIsAnAllToAllOfItsTotalBytes) {
+  const ClusterSpec c = make_cluster("h100-dgx", 8, 400, {{4, 1}, {8, 1}});
+  for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
+    auto net = make_network(c, kind);
+    for (const auto& [group, stride] : {std::pair<int, int64_t>{8, 1}, {16, 1}, {8, 8}}) {
+      const CollectiveCost v = net->cost({Collective::kAllToAllV, 64e6, group, stride, 0});
+      const CollectiveCost a = net->cost({Collective::kAllToAll, 64e6, group, stride, 0});
+      EXPECT_EQ(v.seconds, a.seconds) << net->name() << " group " << group << " stride " << stride;
+      EXPECT_EQ(v.how, a.how);
+    }
+  }
 }
 
 // Same request twice, and on a fresh model: the same time to the bit.
@@ -248,8 +273,8 @@ TEST(ClusterNetwork, Deterministic) {
   const ClusterSpec c = make_cluster("h100-dgx", 32, 400, {{8, 2}, {32, 1}});
   for (NetworkKind kind : {NetworkKind::kAnalytical, NetworkKind::kFlow}) {
     auto a = make_network(c, kind), b = make_network(c, kind);
-    for (const CollectiveRequest& r : {CollectiveRequest{CollKind::kAllReduce, 3e8, 256, 1, 0},
-                                       CollectiveRequest{CollKind::kAllToAll, 1e8, 16, 8, 0}}) {
+    for (const CollectiveRequest& r : {CollectiveRequest{Collective::kAllReduce, 3e8, 256, 1, 0},
+                                       CollectiveRequest{Collective::kAllToAll, 1e8, 16, 8, 0}}) {
       const double t = a->time(r);
       EXPECT_EQ(a->time(r), t);
       EXPECT_EQ(b->time(r), t);
@@ -262,7 +287,7 @@ TEST(ClusterNetwork, Deterministic) {
 TEST(ClusterNetwork, SeveralFlowModelsInOneProcess) {
   const ClusterSpec small = make_cluster("a100-dgx", 8, 200, {{4, 2}, {8, 1}});
   const ClusterSpec big = make_cluster("h100-dgx", 64, 400, {{16, 1}, {64, 1}});
-  const CollectiveRequest r1{CollKind::kSendRecv, 1e8, 2, 32, 0}, r2{CollKind::kAllReduce, 1e9, 64, 8, 0};
+  const CollectiveRequest r1{Collective::kSendRecv, 1e8, 2, 32, 0}, r2{Collective::kAllReduce, 1e9, 64, 8, 0};
   double alone1, alone2;
   {
     auto n1 = make_network(small, NetworkKind::kFlow);
@@ -275,10 +300,10 @@ TEST(ClusterNetwork, SeveralFlowModelsInOneProcess) {
   auto n1 = make_network(small, NetworkKind::kFlow), n2 = make_network(big, NetworkKind::kFlow);
   EXPECT_EQ(n2->time(r2), alone2);
   EXPECT_EQ(n1->time(r1), alone1);
-  EXPECT_EQ(n2->time({CollKind::kAllGather, 1e8, 64, 8, 0}) > 0, true);
+  EXPECT_EQ(n2->time({Collective::kAllGather, 1e8, 64, 8, 0}) > 0, true);
   // Time is latency plus a part proportional to bytes.
   const double lat = n1->cost(r1).latency_seconds;
-  EXPECT_NEAR(n1->time({CollKind::kSendRecv, 2e8, 2, 32, 0}), lat + 2 * (alone1 - lat), 1e-12 * alone1);
+  EXPECT_NEAR(n1->time({Collective::kSendRecv, 2e8, 2, 32, 0}), lat + 2 * (alone1 - lat), 1e-12 * alone1);
 }
 
 // Every node preset (switch, full mesh, PCIe, meshes over PCIe) x every collective x the three ways
@@ -290,11 +315,11 @@ TEST(ClusterNetwork, EveryNodePresetCollectiveAndLayout) {
     c.nics_per_node.value = 4;
     const int C = c.node.num_chips();
     auto analytical = make_network(c, NetworkKind::kAnalytical), flow = make_network(c, NetworkKind::kFlow);
-    for (int kind = 0; kind < static_cast<int>(CollKind::kCount); ++kind)
+    for (Collective kind : kNetworkCollectives)
       for (const auto& [group, stride] : {std::pair<int, int64_t>{C / 2, 2}, {4, C}, {2 * C, 1}, {8, C / 2}}) {
-        const CollectiveRequest r{static_cast<CollKind>(kind), 4e6, group, stride, 0};
+        const CollectiveRequest r{kind, 4e6, group, stride, 0};
         const CollectiveCost a = analytical->cost(r), f = flow->cost(r);
-        SCOPED_TRACE(node + " " + coll_kind_name(r.kind) + " group " + std::to_string(group) + " stride " +
+        SCOPED_TRACE(node + " " + std::string(ccl::collective_name(kind)) + " group " + std::to_string(group) + " stride " +
                      std::to_string(stride) + ": " + a.how);
         EXPECT_GT(a.seconds, 0);
         EXPECT_TRUE(std::isfinite(a.seconds));
@@ -312,10 +337,10 @@ TEST(ClusterNetwork, EveryClusterPreset) {
     const ClusterSpec c = load_cluster(name);
     auto analytical = make_network(c, NetworkKind::kAnalytical), flow = make_network(c, NetworkKind::kFlow);
     const int C = c.chips_per_node();
-    for (const CollectiveRequest& r : {CollectiveRequest{CollKind::kAllReduce, 1e8, c.num_nodes(), C, 0},
-                                       CollectiveRequest{CollKind::kSendRecv, 1e8, 2, c.num_chips() / 2, 0}}) {
+    for (const CollectiveRequest& r : {CollectiveRequest{Collective::kAllReduce, 1e8, c.num_nodes(), C, 0},
+                                       CollectiveRequest{Collective::kSendRecv, 1e8, 2, c.num_chips() / 2, 0}}) {
       const CollectiveCost a = analytical->cost(r), f = flow->cost(r);
-      SCOPED_TRACE(name + " " + coll_kind_name(r.kind) + ": " + a.how);
+      SCOPED_TRACE(name + " " + std::string(ccl::collective_name(r.collective)) + ": " + a.how);
       EXPECT_GT(a.network_seconds, 0);
       EXPECT_NEAR(f.seconds / a.seconds, 1.0, 0.01);
     }
@@ -328,7 +353,7 @@ TEST(ClusterNetwork, SingleTierAndNonRailOptimised) {
   ClusterSpec c = make_cluster("h100-dgx", 8, 400, {{8, 1}}, /*rail_optimized=*/false);
   c.nics_per_node.value = 2;
   auto analytical = make_network(c, NetworkKind::kAnalytical), flow = make_network(c, NetworkKind::kFlow);
-  const CollectiveRequest r{CollKind::kAllToAll, 1e9, 64, 1, 0};
+  const CollectiveRequest r{Collective::kAllToAll, 1e9, 64, 1, 0};
   const CollectiveCost a = analytical->cost(r), f = flow->cost(r);
   EXPECT_NEAR(f.network_seconds / a.network_seconds, 1.0, 0.01);
   // Per node: 8 ranks x 1 GB x 7/8 leaves the node over 2 NICs of 47 GB/s.
@@ -340,8 +365,8 @@ TEST(ClusterNetwork, SingleTierAndNonRailOptimised) {
 TEST(ClusterNetwork, TreeForSmallMessagesRingForLargeOnes) {
   const ClusterSpec c = make_cluster("h100-dgx", 128, 400, {{16, 1}, {128, 1}});
   auto net = make_network(c, NetworkKind::kAnalytical);
-  EXPECT_EQ(net->cost({CollKind::kAllReduce, 1e6, 128, 8, 0}).how.rfind("tree", 0), 0u);
-  EXPECT_EQ(net->cost({CollKind::kAllReduce, 4e9, 16, 8, 0}).how.rfind("ring", 0), 0u);
+  EXPECT_EQ(net->cost({Collective::kAllReduce, 1e6, 128, 8, 0}).how.rfind("tree", 0), 0u);
+  EXPECT_EQ(net->cost({Collective::kAllReduce, 4e9, 16, 8, 0}).how.rfind("ring", 0), 0u);
 }
 
 }  // namespace

@@ -278,15 +278,15 @@ TEST(ClusterTraining, RankOrderPlacesPipelineNeighboursOrReplicasClose) {
     FixedNetwork net(1e-5);
     l.pp_inside_dp = llama_order;
     simulate_training(m, c, l, net, cache, 32);
-    std::map<CollKind, int64_t> by_kind;
-    for (const auto& r : net.seen) by_kind[r.kind] = r.stride;
+    std::map<ccl::Collective, int64_t> by_kind;
+    for (const auto& r : net.seen) by_kind[r.collective] = r.stride;
     return by_kind;
   };
   const auto megatron = strides(false), llama = strides(true);
-  EXPECT_EQ(megatron.at(CollKind::kSendRecv), 2 * 8);  // PP neighbours a whole DP x TP block apart
-  EXPECT_EQ(megatron.at(CollKind::kReduceScatter), 2);  // DP replicas next to each other (the last RS asked: gradients)
-  EXPECT_EQ(llama.at(CollKind::kSendRecv), 2);          // PP neighbours next to each other
-  EXPECT_EQ(llama.at(CollKind::kReduceScatter), 2 * 2); // DP replicas a whole PP x TP block apart
+  EXPECT_EQ(megatron.at(ccl::Collective::kSendRecv), 2 * 8);  // PP neighbours a whole DP x TP block apart
+  EXPECT_EQ(megatron.at(ccl::Collective::kReduceScatter), 2);  // DP replicas next to each other (the last RS asked: gradients)
+  EXPECT_EQ(llama.at(ccl::Collective::kSendRecv), 2);          // PP neighbours next to each other
+  EXPECT_EQ(llama.at(ccl::Collective::kReduceScatter), 2 * 2); // DP replicas a whole PP x TP block apart
 }
 
 TEST(ClusterTraining, LeastRecomputationThatFits) {
