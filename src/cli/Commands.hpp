@@ -137,4 +137,32 @@ struct TrainCliOptions {
 };
 int cmd_simulate_train(const TrainCliOptions& o);
 
+// ppu train: real training on the emulated PPU (cli/TrainModelCommand.cpp).
+struct TrainRunOptions {
+  std::string model = "tiny";            // preset, config.json, or a checkpoint directory (fine-tuning)
+  std::string chip = "zhenwu-810e";
+  std::vector<std::string> data;         // corpus files or folders; empty: train::default_corpus
+  std::string tokenizer;                 // tokenizer.json; empty: find_tokenizer
+  std::string out;                       // run directory; empty: runs/<model>
+  int64_t steps = 300, seq_len = 256, batch = 8, micro_batch = 0;
+  double lr = 3e-4, min_lr = -1;         // min_lr < 0: lr / 10
+  int64_t warmup = -1;                   // -1: min(100, steps / 10)
+  double weight_decay = 0.1, clip = 1.0;
+  uint64_t seed = 1;
+  int64_t eval_every = 50, eval_batches = 4;
+  int64_t save_every = 0;                // checkpoint every N steps (0: at the end only)
+  int64_t stop_after = 0;                // stop after N steps of this invocation (0: run to --steps), checkpointed
+  std::string resume;                    // a run directory (its checkpoint/) or a checkpoint directory
+  int threads = 0;                       // host threads of the functional executor (0: all cores)
+  bool skip_nonfinite = false;
+  bool json = false;
+};
+int cmd_train(const TrainRunOptions& o);
+// `dir`/checkpoint when `dir` is a training run's directory (no config.json of its own), else `dir`.
+std::string run_checkpoint_dir(const std::string& dir);
+
+// The tokenizer.json for `model`: the model directory's, then `given`, then $PPU_TOKENIZER, then the
+// reference copy scripts/setup.sh installs beside the sources; UserError naming the model otherwise.
+std::string find_tokenizer(const std::string& model, const std::string& given);
+
 }  // namespace ppu::cli

@@ -1,12 +1,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
-#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "arch/NodeSpec.hpp"
@@ -16,6 +14,7 @@
 #include "models/ChatTemplate.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Sampler.hpp"
+#include "models/Session.hpp"
 #include "models/Throughput.hpp"
 #include "models/Tokenizer.hpp"
 #include "report/Table.hpp"
@@ -35,6 +34,8 @@ namespace fs = std::filesystem;
 
 std::string billions(int64_t n) { return fmt::format("{:.3g}B", static_cast<double>(n) / 1e9); }
 
+}  // namespace
+
 // tokenizer.json: the model directory's, then --tokenizer, then $PPU_TOKENIZER, then the reference
 // copy that scripts/setup.sh installs beside the sources.
 std::string find_tokenizer(const std::string& model, const std::string& given) {
@@ -51,8 +52,6 @@ std::string find_tokenizer(const std::string& model, const std::string& given) {
                               "PATH, set PPU_TOKENIZER, or run scripts/setup.sh to install the Qwen3 reference one",
                               model));
 }
-
-}  // namespace
 
 int cmd_models(bool as_json) {
   Table t({"model", "family", "params", "active", "layers", "hidden", "heads (q/kv)", "experts (top-k)", "bf16 weights",
@@ -88,6 +87,10 @@ DType matmul_dtype_of(const RunOptions& o) {
   return *t;
 }
 
+SamplerOptions sampler_options(const RunOptions& o) {
+  return {o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)};
+}
+
 std::vector<int64_t> parse_batches(const std::string& text) {
   std::vector<int64_t> out;
   size_t i = 0;
@@ -108,50 +111,30 @@ std::vector<int64_t> parse_batches(const std::string& text) {
 }
 
 // --batch with several sizes (or one above 1): prefill of `batch` prompts together, then decode
-// steps for all of them; one row per size.
+// steps for all of them (Session::generate_batch); one row per size.
 int run_batches(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cfg, const std::vector<int64_t>& batches,
                 bool has_checkpoint) {
   const int64_t prompt_len = o.prompt_len > 0 ? o.prompt_len : 128;
   Table t({"batch", "time to first token", "time per output token", "output tokens/s", "device memory peak"});
   json rows = json::array();
-  // Prompts are prefilled a group of sequences at a time, at most this many tokens per pass (as
-  // serving engines cap the tokens of one scheduler step), so large batches do not need activation
-  // memory for every prompt at once.
-  constexpr int64_t kMaxPrefillTokens = 8192;
   for (const int64_t B : batches) try {
     Device dev(chip, o.timing_only ? ExecMode::kTimingOnly : ExecMode::kFunctional);
     Qwen3Options qo;
     qo.matmul_dtype = matmul_dtype_of(o);
     qo.max_batch = B;
     qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, prompt_len + o.gen + 1);
-    Qwen3Model m(dev, cfg, has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+    const Qwen3Weights weights =
+        has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
+    Session session(dev, cfg, weights, qo, sampler_options(o));
     std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < prompt_len; ++i)
         seqs[static_cast<size_t>(b)].push_back(static_cast<int32_t>((1000 + 7 * b + i) % cfg.vocab_size));
-    Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
-    const int64_t per_pass = std::max<int64_t>(1, kMaxPrefillTokens / prompt_len);
-    // Each step samples on the device (Qwen3Model::forward_sampled), as serving engines do.
-    std::vector<int32_t> tokens;
-    double ttft = 0;
-    for (int64_t b0 = 0; b0 < B; b0 += per_pass) {
-      const int64_t n = std::min(per_pass, B - b0);
-      const std::vector<std::vector<int32_t>> part(seqs.begin() + b0, seqs.begin() + b0 + n);
-      const ForwardResult r = m.forward_sampled(part, sampler, b0);
-      ttft += r.sim_time_s;
-      tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
-    }
-    double decode = 0;
-    for (int64_t step = 1; step < o.gen; ++step) {
-      std::vector<std::vector<int32_t>> next(static_cast<size_t>(B));
-      for (int64_t b = 0; b < B; ++b)
-        next[static_cast<size_t>(b)] = {dev.functional() ? tokens[static_cast<size_t>(b)]
-                                                         : static_cast<int32_t>(1000 % cfg.vocab_size)};
-      const ForwardResult r = m.forward_sampled(next, sampler);
-      tokens = r.tokens;
-      decode += r.sim_time_s;
-    }
-    const double tpot = o.gen > 1 ? decode / static_cast<double>(o.gen - 1) : 0.0;
+    GenerateOptions go;
+    go.max_new_tokens = o.gen;
+    const GenerateResult g = session.generate_batch(seqs, go);
+    const double ttft = g.prefill_time_s;
+    const double tpot = g.time_per_output_token_s();
     t.add_row({fmt::format("{}", B), format_quantity(Dimension::kTime, ttft),
                tpot > 0 ? format_quantity(Dimension::kTime, tpot) : "-",
                tpot > 0 ? fmt::format("{:.0f}", static_cast<double>(B) / tpot) : "-",
@@ -267,68 +250,33 @@ int cmd_run(const RunOptions& o) {
   Qwen3Options qo;
   qo.matmul_dtype = matmul_dtype_of(o);
   qo.max_context = std::min<int64_t>(cfg.max_position_embeddings, static_cast<int64_t>(prompt.size()) + gen + 1);
-  qo = rank_options(qo, 0);
   const Qwen3Weights weights = has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
-  const int32_t eos_id = tok ? tok->special_ids().im_end : -1, eot_id = tok ? tok->special_ids().endoftext : -1;
-  // The other ranks: the same loop as below, without output.
-  std::vector<std::thread> rank_threads;
-  std::vector<std::string> rank_errors(static_cast<size_t>(world));
-  for (int r = 1; r < world; ++r)
-    rank_threads.emplace_back([&, r] {
-      try {
-        const Qwen3Options ro = rank_options(qo, r);
-        Device& d = *peers[static_cast<size_t>(r - 1)];
-        Qwen3Model m(d, cfg, weights, ro);
-        Sampler s({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
-        ForwardResult f = m.forward_sampled({prompt}, s);
-        for (int64_t i = 0; i + 1 < gen; ++i) {
-          const int32_t next = d.functional() ? f.tokens.at(0) : static_cast<int32_t>(1000 % cfg.vocab_size);
-          if (next == eos_id || next == eot_id) break;
-          f = m.forward_sampled({{next}}, s);
-        }
-      } catch (const std::exception& e) {
-        rank_errors[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  struct JoinRanks {  // joins the rank threads however this function leaves
-    std::vector<std::thread>& t;
-    ~JoinRanks() {
-      for (auto& x : t) x.join();
-    }
-  } join_ranks{rank_threads};
-  Qwen3Model model(dev, cfg, weights, qo);
-
-  Sampler sampler({o.temperature, o.top_k, o.top_p, static_cast<uint64_t>(o.seed)});
-  const auto wall0 = std::chrono::steady_clock::now();
-  ForwardResult r = model.forward_sampled({prompt}, sampler);
-  const double prefill_sim = r.sim_time_s;
-  const double prefill_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-  std::vector<int32_t> out;
-  double decode_sim = 0;
-  const auto wall1 = std::chrono::steady_clock::now();
-  const int32_t eos = tok ? tok->special_ids().im_end : -1;
-  const int32_t eot = tok ? tok->special_ids().endoftext : -1;
+  GenerateOptions go;
+  go.max_new_tokens = gen;
+  if (tok) go.stop_ids = {tok->special_ids().im_end, tok->special_ids().endoftext};
+  // Streams the text as it grows (a token may end inside a UTF-8 character: print only what is new).
+  std::vector<int32_t> streamed;
   std::string shown;
-  for (int64_t i = 0; i < gen; ++i) {
-    const int32_t next = dev.functional() ? r.tokens.at(0) : static_cast<int32_t>(1000 % cfg.vocab_size);
-    out.push_back(next);
-    if (tok && !o.json) {
-      const std::string text = tok->decode(out, /*skip_special=*/true);
+  if (tok && !o.json)
+    go.on_token = [&](size_t, int32_t id) {
+      streamed.push_back(id);
+      const std::string text = tok->decode(streamed, /*skip_special=*/true);
       std::cout << text.substr(std::min(shown.size(), text.size())) << std::flush;
       shown = text;
-    }
-    if (next == eos || next == eot) break;
-    if (i + 1 == gen) break;
-    r = model.forward_sampled({{next}}, sampler);
-    decode_sim += r.sim_time_s;
-  }
-  const double decode_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall1).count();
-  for (auto& t : rank_threads) t.join();
-  rank_threads.clear();
-  for (const std::string& e : rank_errors)
-    if (!e.empty()) throw UserError(fmt::format("a parallel rank failed: {}", e));
-  const int64_t steps = std::max<int64_t>(1, static_cast<int64_t>(out.size()) - 1);
-  const double tpot = decode_sim / static_cast<double>(steps);
+    };
+  // Rank r's session, built on its own thread; the ranks all run the same generation.
+  const auto par = generate_parallel(
+      world,
+      [&](int r) {
+        return std::make_unique<Session>(*ranks[static_cast<size_t>(r)], cfg, weights, rank_options(qo, r),
+                                         sampler_options(o));
+      },
+      prompt, go);
+  const Qwen3Model& model = par.session->model();
+  const GenerateResult& g = par.result;
+  const std::vector<int32_t>& out = g.tokens.at(0);
+  const double tpot = g.time_per_output_token_s();
+  const double host_decode_tokens_per_s = static_cast<double>(std::max<int64_t>(1, g.decode_steps)) / g.host_decode_s;
 
   std::vector<std::pair<std::string, double>> ops(model.op_times().begin(), model.op_times().end());
   std::sort(ops.begin(), ops.end(), [](auto& a, auto& b) { return a.second > b.second; });
@@ -338,10 +286,10 @@ int cmd_run(const RunOptions& o) {
     json j = {{"model", cfg.name}, {"chip", run_chip.name}, {"timing_only", o.timing_only},
               {"node", node ? node->name : ""}, {"tp", o.tp}, {"ep", o.ep},
               {"prompt_tokens", prompt.size()}, {"generated_tokens", out.size()},
-              {"prefill_time_s", prefill_sim}, {"decode_time_per_token_s", tpot},
+              {"prefill_time_s", g.prefill_time_s}, {"decode_time_per_token_s", tpot},
               {"decode_tokens_per_s", 1.0 / tpot}, {"weight_bytes", model.weight_bytes()},
               {"kv_cache_bytes", model.kv_cache_bytes()}, {"hbm_peak_bytes", dev.peak_bytes_in_use()},
-              {"host_prefill_s", prefill_wall}, {"host_decode_tokens_per_s", steps / decode_wall},
+              {"host_prefill_s", g.host_prefill_s}, {"host_decode_tokens_per_s", host_decode_tokens_per_s},
               {"balanced_moe_routing", model.balanced_routing() && cfg.is_moe()}};
     if (tok) j["text"] = tok->decode(out, true);
     j["tokens"] = out;
@@ -365,13 +313,14 @@ int cmd_run(const RunOptions& o) {
                            : std::string())
               << fmt::format("  prompt {} tokens, generated {}\n", prompt.size(), out.size())
               << fmt::format("  simulated: prefill {} (time to first token), decode {} per token ({:.1f} tokens/s)\n",
-                             format_quantity(Dimension::kTime, prefill_sim), format_quantity(Dimension::kTime, tpot),
-                             1.0 / tpot)
+                             format_quantity(Dimension::kTime, g.prefill_time_s),
+                             format_quantity(Dimension::kTime, tpot), 1.0 / tpot)
               << fmt::format("  device memory: weights {}, KV cache {}, peak {}\n",
                              format_quantity(Dimension::kBytes, double(model.weight_bytes())),
                              format_quantity(Dimension::kBytes, double(model.kv_cache_bytes())),
                              format_quantity(Dimension::kBytes, double(dev.peak_bytes_in_use())))
-              << fmt::format("  this host: prefill {:.2f} s, decode {:.2f} tokens/s\n", prefill_wall, steps / decode_wall);
+              << fmt::format("  this host: prefill {:.2f} s, decode {:.2f} tokens/s\n", g.host_prefill_s,
+                             host_decode_tokens_per_s);
     if (model.balanced_routing() && cfg.is_moe()) std::cout << "  MoE routing: balanced (timing only, no router data)\n";
     Table t({"op", "simulated time", "share"});
     for (auto& [k, v] : ops)

@@ -172,6 +172,36 @@ int main(int argc, char** argv) {
   run->add_flag("--sp", r.sp, "Sequence parallelism with --tp: norms on 1/tp of the tokens, reduce-scatter + all-gather");
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
+  TrainRunOptions tro;
+  auto* trn = app.add_subcommand("train", "Train a model for real on the emulated PPU: loss, grad norm, simulated step time and MFU");
+  trn->add_option("--model", tro.model, "Model preset, config.json, or a checkpoint directory to fine-tune")->capture_default_str();
+  trn->add_option("--chip", tro.chip, "Chip preset or chip .json file")->capture_default_str();
+  trn->add_option("--data", tro.data, "Corpus files or folders (default: the project's docs and the King James Bible)");
+  trn->add_option("--tokenizer", tro.tokenizer, "tokenizer.json to use");
+  trn->add_option("--out", tro.out, "Run directory for metrics.jsonl and loss.svg (default: runs/<model>)");
+  trn->add_option("--steps", tro.steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
+  trn->add_option("--seq-len", tro.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+  trn->add_option("--batch", tro.batch, "Sequences per optimizer step")->capture_default_str()->check(CLI::PositiveNumber);
+  trn->add_option("--micro-batch", tro.micro_batch, "Sequences per forward/backward (0: the whole batch)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  trn->add_option("--lr", tro.lr, "Peak learning rate")->capture_default_str();
+  trn->add_option("--min-lr", tro.min_lr, "Learning rate at the end of the cosine decay (default: lr / 10)");
+  trn->add_option("--warmup", tro.warmup, "Warmup steps (default: min(100, steps / 10))");
+  trn->add_option("--weight-decay", tro.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
+  trn->add_option("--clip", tro.clip, "Global gradient-norm clipping (0: none)")->capture_default_str();
+  trn->add_option("--seed", tro.seed, "Seed for the initial weights and the data order")->capture_default_str();
+  trn->add_option("--eval-every", tro.eval_every, "Validation loss every N steps (0: at the end only)")->capture_default_str();
+  trn->add_option("--eval-batches", tro.eval_batches, "Validation batches per evaluation")->capture_default_str();
+  trn->add_option("--threads", tro.threads, "Host threads (0: all cores)")->capture_default_str();
+  trn->add_option("--save-every", tro.save_every, "Checkpoint every N steps (0: at the end only), in --out/checkpoint")
+      ->capture_default_str();
+  trn->add_option("--resume", tro.resume, "Continue a run: its directory (or a checkpoint directory)");
+  trn->add_option("--stop-after", tro.stop_after, "Stop after N steps of this invocation (checkpointed; --resume continues)")
+      ->check(CLI::NonNegativeNumber);
+  trn->add_flag("--skip-nonfinite", tro.skip_nonfinite, "Skip steps whose loss or gradients are not finite instead of stopping");
+  trn->add_flag("--json", tro.json, "Progress on stderr, one JSON summary on stdout");
+
   ThroughputCliOptions tp;
   auto* thr = app.add_subcommand(
       "throughput", "Offline serving throughput at full load (in-flight batching, as trtllm-bench measures it)");
@@ -202,6 +232,7 @@ int main(int argc, char** argv) {
     if (run->parsed()) return cmd_run(r);
     if (train->parsed()) return cmd_simulate_train(tr);
     if (thr->parsed()) return cmd_throughput(tp);
+    if (trn->parsed()) return cmd_train(tro);
     if (bg->parsed()) return cmd_bench_gemm(g);
     if (bc->parsed()) return cmd_bench_copy(c);
   } catch (const ppu::UserError& e) {

@@ -1,0 +1,230 @@
+// `ppu train`: real training on the emulated PPU - the corpus through the Qwen3 tokenizer into
+// packed sequences (train/Data), optimizer steps (train/Trainer), one progress line per step (loss,
+// gradient norm, learning rate, host tokens/s, simulated step time and MFU on the chip), held-out
+// validation every --eval-every steps, and in --out: metrics.jsonl (one JSON object per step),
+// loss.svg (the loss curve) and checkpoint/ (a Hugging Face model directory with the optimizer state
+// beside it, train/Checkpoint), saved every --save-every steps and at the end. --resume DIR continues
+// a run from DIR/checkpoint (or a checkpoint directory) bit-identically.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "arch/Units.hpp"
+#include "cli/Commands.hpp"
+#include "models/Qwen3.hpp"
+#include "models/Tokenizer.hpp"
+#include "report/LineChart.hpp"
+#include "train/Checkpoint.hpp"
+#include "train/Data.hpp"
+#include "train/Trainer.hpp"
+
+namespace ppu::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out.good()) throw UserError(fmt::format("cannot write '{}'", path.string()));
+}
+
+}  // namespace
+
+std::string run_checkpoint_dir(const std::string& dir) {
+  std::error_code ec;
+  const fs::path ck = fs::path(dir) / "checkpoint";
+  if (!fs::exists(fs::path(dir) / "config.json", ec) && fs::exists(ck / "config.json", ec)) return ck.string();
+  return dir;
+}
+
+int cmd_train(const TrainRunOptions& o) {
+  const ChipSpec chip = load_chip(o.chip);
+  const ModelConfig cfg = load_model_config(o.model);
+  const fs::path out = o.out.empty() ? fs::path("runs") / cfg.name : fs::path(o.out);
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) throw UserError(fmt::format("--out '{}': cannot create the directory ({})", out.string(), ec.message()));
+  std::ostream& log = o.json ? std::cerr : std::cout;
+
+  // Data.
+  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
+  const std::vector<std::string> corpus = o.data.empty() ? train::default_corpus(PPU_SOURCE_DIR) : o.data;
+  train::DataOptions dopt;
+  dopt.seq_len = o.seq_len;
+  dopt.cache_path = (out / "corpus.tokens").string();
+  const auto wall0 = std::chrono::steady_clock::now();
+  const train::TokenDataset data = train::TokenDataset::load(corpus, tok, dopt);
+  const train::DataStats& ds = data.stats();
+  log << fmt::format("data: {} documents, {} training tokens ({} sequences of {}), {} validation tokens; token cache "
+                     "{}; unigram entropy {:.3f} nats/token\n",
+                     ds.documents, ds.train_tokens, ds.train_sequences, o.seq_len, ds.validation_tokens,
+                     train::kCacheStateNames[static_cast<size_t>(ds.cache)], ds.train_unigram_entropy_nats);
+
+  // Model and trainer (a resumed run takes its model, schedule and data position from the checkpoint).
+  Device dev(chip, ExecMode::kFunctional, o.threads);
+  Qwen3Options qo;
+  qo.max_context = o.seq_len;
+  const bool checkpoint = fs::is_directory(o.model);
+  std::optional<train::TrainerState> resumed;
+  std::string resume_dir;
+  if (!o.resume.empty()) {
+    resume_dir = run_checkpoint_dir(o.resume);
+    resumed = train::read_trainer_state(resume_dir);
+  }
+  Qwen3Model model(dev, cfg, checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+  train::TrainConfig tc;
+  tc.steps = o.steps;
+  tc.batch = o.batch;
+  tc.micro_batch = o.micro_batch;
+  tc.seq_len = o.seq_len;
+  tc.lr = o.lr;
+  tc.min_lr = o.min_lr >= 0 ? o.min_lr : o.lr / 10;
+  tc.warmup_steps = o.warmup;
+  tc.weight_decay = o.weight_decay;
+  tc.clip = o.clip;
+  tc.skip_nonfinite = o.skip_nonfinite;
+  if (resumed) {
+    if (o.steps <= resumed->step)
+      throw UserError(fmt::format("--resume {}: the run has done {} steps already; give --steps above that to continue",
+                                  o.resume, resumed->step));
+    const int64_t steps = o.steps;
+    tc = resumed->config;  // the run's own settings: the same batches and schedule as if never stopped
+    tc.steps = steps;
+  }
+  train::Trainer trainer(model, tc);
+  std::optional<train::BatchIterator> batch_it;
+  if (resumed) {
+    train::load_checkpoint(resume_dir, model, trainer);
+    if (!resumed->data)
+      throw UserError(fmt::format("--resume {}: the checkpoint has no data position to continue from", o.resume));
+    const train::DataPosition& p = *resumed->data;
+    const train::DataPosition here = train::data_position(train::BatchIterator(data, p.batch, p.seed), data);
+    if (p.seq_len != here.seq_len || p.corpus_fingerprint != here.corpus_fingerprint ||
+        p.tokenizer_fingerprint != here.tokenizer_fingerprint)
+      throw UserError(fmt::format("--resume {}: the checkpoint was trained on other data (sequence length {} vs {}, or "
+                                  "another corpus or tokenizer); give the same --data, --seq-len and --tokenizer",
+                                  o.resume, p.seq_len, here.seq_len));
+    batch_it.emplace(data, p.batch, p.seed, p.state);
+    log << fmt::format("resumed {} at step {}\n", resume_dir, trainer.steps_done());
+  } else {
+    batch_it.emplace(data, o.batch, o.seed);
+  }
+  train::BatchIterator& batches = *batch_it;
+  const fs::path ck_dir = out / "checkpoint";
+  std::vector<train::StepResult> history = resumed ? resumed->metrics : std::vector<train::StepResult>{};
+  const std::string tokenizer_path = find_tokenizer(o.model, o.tokenizer);
+  auto save = [&] {
+    train::CheckpointExtra ex;
+    ex.tokenizer_path = tokenizer_path;
+    ex.seed = o.seed;
+    ex.data = train::data_position(batches, data);
+    ex.metrics = history;
+    train::save_checkpoint(ck_dir.string(), model, trainer, ex);
+  };
+  const int64_t val_seqs = std::min<int64_t>(data.validation_sequences(), o.eval_batches * o.batch);
+  std::vector<int32_t> val_tokens;
+  for (int64_t i = 0; i < val_seqs; ++i) {
+    const auto s = data.validation_sequence(i);
+    val_tokens.insert(val_tokens.end(), s.begin(), s.end());
+  }
+  log << fmt::format("model: {} ({:.1f}M parameters, {}) on {}; {} steps of {} x {} tokens, micro-batch {}, lr {:.2g} "
+                     "(warmup {}, cosine to {:.2g}), AdamW wd {}, clip {}\n",
+                     cfg.name, static_cast<double>(param_counts(cfg).total()) / 1e6,
+                     checkpoint ? "from " + o.model : fmt::format("random, seed {}", o.seed), chip.display_name, o.steps,
+                     o.batch, o.seq_len, trainer.config().micro_batch, tc.lr, tc.warmup_steps >= 0 ? tc.warmup_steps : std::min<int64_t>(100, tc.steps / 10),
+                     tc.min_lr, tc.weight_decay, tc.clip);
+
+  std::ofstream metrics(out / "metrics.jsonl", resumed ? std::ios::binary | std::ios::app : std::ios::binary);
+  if (!metrics) throw UserError(fmt::format("cannot write '{}'", (out / "metrics.jsonl").string()));
+  LineSeries train_curve{"train", "#1f77b4", {}}, val_curve{"validation", "#d62728", {}};
+  for (const train::StepResult& r : history) train_curve.points.emplace_back(static_cast<double>(r.step), r.loss);
+  double val_loss = std::nan(""), sim_total = 0, host_total = 0, last_loss = 0;
+  int64_t skipped = 0;
+  auto evaluate = [&](int64_t step) {
+    if (val_tokens.empty()) return;
+    val_loss = trainer.evaluate(val_tokens);
+    val_curve.points.emplace_back(static_cast<double>(step), val_loss);
+    log << fmt::format("step {:>5}  validation loss {:.4f} ({} sequences)\n", step, val_loss, val_seqs);
+  };
+  const int64_t first_step = trainer.steps_done();
+  const int64_t last_step = o.stop_after > 0 ? std::min(o.steps, first_step + o.stop_after) : o.steps;
+  for (int64_t s = first_step; s < last_step; ++s) {
+    const train::StepResult r = trainer.step(batches.next());
+    sim_total += r.sim_s;
+    host_total += r.host_s;
+    last_loss = r.loss;
+    skipped += r.skipped ? 1 : 0;
+    train_curve.points.emplace_back(static_cast<double>(r.step), r.loss);
+    const double mfu = trainer.mfu(r);
+    log << fmt::format("step {:>5}/{}  loss {:.4f}  grad norm {:.3f}  lr {:.2e}  host {:.0f} tok/s  sim {} per step  "
+                       "MFU {:.1f}%{}\n",
+                       r.step, o.steps, r.loss, r.grad_norm, r.lr, static_cast<double>(r.tokens) / r.host_s,
+                       format_quantity(Dimension::kTime, r.sim_s), 100.0 * mfu, r.skipped ? "  (skipped: non-finite)" : "");
+    json m = {{"step", r.step},
+              {"loss", r.loss},
+              {"grad_norm", r.grad_norm},
+              {"lr", r.lr},
+              {"tokens", r.tokens},
+              {"host_s", r.host_s},
+              {"host_tokens_per_s", static_cast<double>(r.tokens) / r.host_s},
+              {"sim_step_s", r.sim_s},
+              {"mfu", mfu},
+              {"skipped", r.skipped}};
+    if ((o.eval_every > 0 && r.step % o.eval_every == 0) || r.step == last_step) {
+      evaluate(r.step);
+      m["validation_loss"] = val_loss;
+    }
+    metrics << m.dump() << '\n';
+    metrics.flush();
+    history.push_back(r);
+    if ((o.save_every > 0 && r.step % o.save_every == 0) || r.step == last_step) save();
+  }
+  LineChart chart{fmt::format("{} on {}: training loss", cfg.name, chip.display_name), "step", "loss (nats per token)", {}};
+  chart.series = {train_curve, val_curve};
+  if (!val_curve.points.empty() || !train_curve.points.empty()) {
+    LineSeries unigram{"unigram entropy", "#2ca02c", {}};
+    unigram.points = {{1.0, ds.train_unigram_entropy_nats}, {static_cast<double>(o.steps), ds.train_unigram_entropy_nats}};
+    chart.series.push_back(unigram);
+  }
+  write_text(out / "loss.svg", chart.svg());
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+  const int64_t ran = last_step - first_step;
+  const double tokens = static_cast<double>(ran) * static_cast<double>(tc.batch * tc.seq_len);
+  json summary = {{"model", cfg.name},
+                  {"chip", chip.name},
+                  {"steps", last_step},
+                  {"steps_this_run", ran},
+                  {"tokens", tokens},
+                  {"final_loss", last_loss},
+                  {"validation_loss", val_loss},
+                  {"unigram_entropy_nats", ds.train_unigram_entropy_nats},
+                  {"skipped_steps", skipped},
+                  {"host_s", wall},
+                  {"host_tokens_per_s", tokens / host_total},
+                  {"sim_s", sim_total},
+                  {"sim_step_s", sim_total / static_cast<double>(std::max<int64_t>(1, ran))},
+                  {"out", out.string()}};
+  if (o.json) {
+    std::cout << summary.dump(2) << '\n';
+  } else {
+    std::cout << fmt::format("done: step {}; {} steps in {:.1f} s on this host ({:.0f} tokens/s); final loss {:.4f}, validation "
+                             "loss {:.4f} (unigram entropy {:.3f}); simulated {} on the {} ({} per step)\n"
+                             "wrote {}/metrics.jsonl, {}/loss.svg and {}/checkpoint (ppu run --model {})\n",
+                             last_step, ran, wall, tokens / host_total, last_loss, val_loss, ds.train_unigram_entropy_nats,
+                             format_quantity(Dimension::kTime, sim_total), chip.display_name,
+                             format_quantity(Dimension::kTime, sim_total / static_cast<double>(std::max<int64_t>(1, ran))), out.string(),
+                             out.string(), out.string(), out.string());
+  }
+  return 0;
+}
+
+}  // namespace ppu::cli
