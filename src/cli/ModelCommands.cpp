@@ -163,7 +163,9 @@ int run_batches(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
 
 }  // namespace
 
-int cmd_run(const RunOptions& o) {
+int cmd_run(const RunOptions& given) {
+  RunOptions o = given;
+  o.model = run_checkpoint_dir(o.model);  // a `ppu train` run directory stands for its checkpoint
   const ChipSpec chip = load_chip(o.chip);
   ModelConfig cfg = load_model_config(o.model);
   const std::vector<int64_t> batches = parse_batches(o.batch);

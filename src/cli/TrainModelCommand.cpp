@@ -49,6 +49,9 @@ std::string run_checkpoint_dir(const std::string& dir) {
 int cmd_train(const TrainRunOptions& o) {
   const ChipSpec chip = load_chip(o.chip);
   const ModelConfig cfg = load_model_config(o.model);
+  if (o.seq_len < 1 || o.seq_len > cfg.max_position_embeddings)  // before the corpus is read: fail fast
+    throw UserError(fmt::format("--seq-len {}: valid 1 to model '{}''s context of {} positions", o.seq_len, cfg.name,
+                                cfg.max_position_embeddings));
   const fs::path out = o.out.empty() ? fs::path("runs") / cfg.name : fs::path(o.out);
   std::error_code ec;
   fs::create_directories(out, ec);

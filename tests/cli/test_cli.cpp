@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -448,6 +450,71 @@ TEST(Cli, SimulateTrainLayoutSearchJsonTraceAndErrors) {
                        Bad{"--model tiny --cluster h800-2k --tp 2 --dp 2048", "4096 chips asked for"},
                        Bad{"--model tiny --cluster h800-2k --tp 2 --search", "--search finds the layout"}}) {
     r = ppu(std::string("simulate train ") + b.args);
+    EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// `ppu train` end to end on a small corpus: progress lines, the run directory's files, a JSON summary,
+// resume after --stop-after giving the same final weights as one uninterrupted run, `ppu run` on the
+// run directory, and the errors for bad corpora and options.
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  ASSERT_TRUE(out.good()) << path;
+}
+
+TEST(Cli, TrainRunsResumesAndRefusesBadInput) {
+  const std::string dir = temp_path("train-cli");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/corpus");
+  std::string text;
+  for (int i = 0; i < 60; ++i) text += "In the beginning was the word, and the word was with the machine. ";
+  for (int d = 0; d < 4; ++d) write_text_file(dir + "/corpus/doc" + std::to_string(d) + ".txt", text);
+  const std::string common = " --model tiny --data " + dir + "/corpus --steps 3 --seq-len 16 --batch 2 --eval-every 0";
+  CmdResult r = ppu("train" + common + " --out " + dir + "/a --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"data: 4 documents", "step     1/3  loss", "grad norm", "MFU"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out.substr(r.out.rfind("\n{") + 1));
+  EXPECT_EQ(j["steps"].get<int>(), 3);
+  EXPECT_TRUE(std::isfinite(j["final_loss"].get<double>()));
+  EXPECT_GT(j["sim_step_s"].get<double>(), 0.0);
+  for (const char* f : {"/a/metrics.jsonl", "/a/loss.svg", "/a/checkpoint/config.json", "/a/checkpoint/model.safetensors"})
+    EXPECT_TRUE(std::filesystem::exists(dir + f)) << f;
+  // Interrupted after 2 steps, then resumed: the same weights as the uninterrupted run.
+  r = ppu("train" + common + " --out " + dir + "/b --stop-after 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = ppu("train" + common + " --out " + dir + "/b --resume " + dir + "/b");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("resumed"), std::string::npos) << r.out;
+  std::ifstream fa(dir + "/a/checkpoint/model.safetensors", std::ios::binary), fb(dir + "/b/checkpoint/model.safetensors",
+                                                                                  std::ios::binary);
+  const std::string wa((std::istreambuf_iterator<char>(fa)), {}), wb((std::istreambuf_iterator<char>(fb)), {});
+  EXPECT_TRUE(!wa.empty() && wa == wb) << "resumed weights differ from the uninterrupted run's";
+  r = ppu("run --model " + dir + "/a --prompt hi --gen 2 --json");
+  EXPECT_EQ(r.status, 0) << r.out;
+  // Bad input.
+  std::filesystem::create_directories(dir + "/empty");
+  write_text_file(dir + "/bad.txt", "caf\xe9 au lait");
+  struct Bad {
+    std::string args, says;
+  };
+  for (const Bad& b : {Bad{"--model tiny --data " + dir + "/empty --steps 1", "no file to read"},
+                       Bad{"--model tiny --data " + dir + "/nowhere --steps 1", "nowhere"},
+                       Bad{"--model tiny --data " + dir + "/bad.txt --steps 1", "not valid UTF-8"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 100000 --steps 1", "--seq-len 100000"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 4 --micro-batch 3 --steps 1",
+                           "--micro-batch 3"},
+                       Bad{"--model tiny-moe --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 4 --resume " + dir + "/a",
+                           "another model"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --resume " + dir + "/a",
+                           "done 3 steps already"}}) {
+    r = ppu("train " + b.args + " --out " + dir + "/bad");
     EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
     EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;
   }
