@@ -29,3 +29,7 @@ echo
 $ppu clusters
 echo
 $ppu simulate train --model qwen3-max --cluster zhenwu-10k --tokens 36T
+echo
+# Real training on the emulated PPU: a few steps of the tiny Qwen3 on the default corpus (the
+# project's docs and the King James Bible); metrics.jsonl, loss.svg and a checkpoint in runs/tiny.
+$ppu train --model tiny --steps 10 --seq-len 64 --batch 4 --eval-every 5 --out runs/tiny
