@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "TestUtil.hpp"
+#include "train/TrainTestUtil.hpp"
 #include "kernels/Optimizer.hpp"
 #include "Qwen3TestUtil.hpp"
 #include "models/Qwen3.hpp"
@@ -23,12 +24,7 @@ const ChipSpec& chip() {
 }
 
 // A small dense Qwen3 (tiny's shape with a 512-token vocabulary, so the tests stay fast).
-ModelConfig small() {
-  ModelConfig c = load_model_config("tiny");
-  c.vocab_size = 512;
-  c.name = "tiny-512";
-  return c;
-}
+ModelConfig small() { return test::small_model(); }
 
 std::vector<int32_t> tokens(int64_t n, int seed) {
   std::vector<int32_t> t;

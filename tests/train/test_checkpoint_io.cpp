@@ -16,6 +16,7 @@
 
 #include "FileSizeLimit.hpp"
 #include "TestUtil.hpp"
+#include "TrainTestUtil.hpp"
 #include "models/Safetensors.hpp"
 #include "models/SafetensorsWriter.hpp"
 #include "train/Checkpoint.hpp"
@@ -25,12 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelConfig small(const char* preset = "tiny") {
-  ModelConfig c = load_model_config(preset);
-  c.vocab_size = 512;
-  c.name = std::string(preset) + "-512";
-  return c;
-}
+ModelConfig small(const char* preset = "tiny") { return test::small_model(preset); }
 
 Qwen3Options options() {
   Qwen3Options o;
@@ -60,13 +56,7 @@ struct Training {
   Trainer trainer;
 };
 
-// [batch, seq + 1] ids with a learnable pattern (as test_trainer.cpp).
-std::vector<int32_t> batch_tokens(int64_t batch, int64_t seq, int offset) {
-  std::vector<int32_t> t;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i <= seq; ++i) t.push_back(static_cast<int32_t>((offset + b * 7 + i * (b + 1)) % 512));
-  return t;
-}
+using test::batch_tokens;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

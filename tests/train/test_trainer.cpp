@@ -9,25 +9,14 @@
 #include <vector>
 
 #include "TestUtil.hpp"
+#include "TrainTestUtil.hpp"
 #include "train/Trainer.hpp"
 
 namespace ppu::train {
 namespace {
 
-ModelConfig small() {
-  ModelConfig c = load_model_config("tiny");
-  c.vocab_size = 512;
-  c.name = "tiny-512";
-  return c;
-}
-
-// [batch, seq + 1] ids with a learnable pattern: each row counts up by a row-specific stride.
-std::vector<int32_t> batch_tokens(int64_t batch, int64_t seq, int offset) {
-  std::vector<int32_t> t;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i <= seq; ++i) t.push_back(static_cast<int32_t>((offset + b * 7 + i * (b + 1)) % 512));
-  return t;
-}
+ModelConfig small() { return test::small_model(); }
+using test::batch_tokens;
 
 std::vector<double> run_losses(int threads, int64_t micro, int steps) {
   Device dev(load_chip("zhenwu-810e"), ExecMode::kFunctional, threads);
