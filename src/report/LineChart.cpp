@@ -54,7 +54,7 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
 }
 
 std::string LineChart::svg() const {
-  const double left = 70, right = 20, top = 40, bottom = 50;
+  const double left = 70, right = 20, top = 56, bottom = 50;  // legend in a row above the plot
   const double pw = width - left - right, ph = height - top - bottom;
   double x0 = std::numeric_limits<double>::infinity(), x1 = -x0, y0 = x0, y1 = -x0;
   for (const LineSeries& s : series)
@@ -89,8 +89,8 @@ std::string LineChart::svg() const {
   out += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", left + pw / 2, height - 12, escape(x_label));
   out += fmt::format("<text transform=\"translate(16 {}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n", top + ph / 2,
                      escape(y_label));
-  for (size_t i = 0; i < series.size(); ++i) {
-    const LineSeries& s = series[i];
+  double legend_x = left;
+  for (const LineSeries& s : series) {
     std::string d;
     bool pen = false;
     for (const auto& [x, y] : s.points) {
@@ -105,10 +105,11 @@ std::string LineChart::svg() const {
     if (s.points.size() == 1 && pen)
       out += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(s.points[0].first),
                          py(s.points[0].second), escape(s.color));
-    const double ly = top + 16 + 16 * static_cast<double>(i);
+    const double lx = legend_x, ly = top - 14;
     out += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"{3}\" stroke-width=\"2\"/>"
                        "<text x=\"{4}\" y=\"{1}\" dominant-baseline=\"middle\">{5}</text>\n",
-                       left + pw - 120, ly, left + pw - 100, escape(s.color), left + pw - 94, escape(s.name));
+                       lx, ly, lx + 20, escape(s.color), lx + 26, escape(s.name));
+    legend_x += 40 + 7.0 * static_cast<double>(s.name.size());  // about 7 px per character at 12 px
   }
   out += "</svg>\n";
   return out;
