@@ -154,6 +154,8 @@ struct TrainRunOptions {
   int64_t stop_after = 0;                // stop after N steps of this invocation (0: run to --steps), checkpointed
   std::string resume;                    // a run directory (its checkpoint/) or a checkpoint directory
   int threads = 0;                       // host threads of the functional executor (0: all cores)
+  std::string node;                      // node preset whose chips run the data-parallel ranks
+  int dp = 1;                            // data-parallel degree (chips of --node)
   bool skip_nonfinite = false;
   bool json = false;
 };

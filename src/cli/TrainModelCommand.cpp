@@ -9,13 +9,17 @@
 
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <optional>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "arch/Units.hpp"
+#include "arch/NodeSpec.hpp"
+#include "ccl/Communicator.hpp"
 #include "cli/Commands.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Tokenizer.hpp"
@@ -47,7 +51,19 @@ std::string run_checkpoint_dir(const std::string& dir) {
 }
 
 int cmd_train(const TrainRunOptions& o) {
-  const ChipSpec chip = load_chip(o.chip);
+  // --node/--dp: data parallelism over dp emulated chips of the node (rank 0 here, one host thread per
+  // other rank running the same steps; gradients all-reduced by the collective library).
+  std::optional<NodeSpec> node;
+  if (!o.node.empty()) node = load_node(o.node);
+  if (o.dp > 1 && !node) throw UserError(fmt::format("--dp {}: give the node whose chips run the ranks (--node; see ppu nodes)", o.dp));
+  if (node && o.dp > node->num_chips())
+    throw UserError(fmt::format("--dp {}: node '{}' has {} chips", o.dp, node->name, node->num_chips()));
+  if (node && o.chip != TrainRunOptions{}.chip && o.chip != node->chip.name)
+    throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip, node->name,
+                                node->chip.name));
+  if (o.dp > 1 && !o.resume.empty())
+    throw UserError("--resume with --dp is not supported yet: resume on one chip, or start the data-parallel run afresh");
+  const ChipSpec chip = node ? node->chip : load_chip(o.chip);
   const ModelConfig cfg = load_model_config(o.model);
   if (o.seq_len < 1 || o.seq_len > cfg.max_position_embeddings)  // before the corpus is read: fail fast
     throw UserError(fmt::format("--seq-len {}: valid 1 to model '{}''s context of {} positions", o.seq_len, cfg.name,
@@ -58,9 +74,10 @@ int cmd_train(const TrainRunOptions& o) {
   if (ec) throw UserError(fmt::format("--out '{}': cannot create the directory ({})", out.string(), ec.message()));
   std::ostream& log = o.json ? std::cerr : std::cout;
 
-  // Data.
-  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
+  // Data (the corpus paths are checked before the tokenizer loads: a mistyped path fails fast).
   const std::vector<std::string> corpus = o.data.empty() ? train::default_corpus(PPU_SOURCE_DIR) : o.data;
+  train::corpus_files(corpus);
+  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
   train::DataOptions dopt;
   dopt.seq_len = o.seq_len;
   dopt.cache_path = (out / "corpus.tokens").string();
@@ -74,6 +91,18 @@ int cmd_train(const TrainRunOptions& o) {
 
   // Model and trainer (a resumed run takes its model, schedule and data position from the checkpoint).
   Device dev(chip, ExecMode::kFunctional, o.threads);
+  std::vector<std::unique_ptr<Device>> peers;
+  std::unique_ptr<ccl::Communicator> dp_comm;
+  if (o.dp > 1) {
+    std::vector<Device*> ranks = {&dev};
+    for (int r = 1; r < o.dp; ++r) {
+      peers.push_back(std::make_unique<Device>(chip, ExecMode::kFunctional, o.threads));
+      ranks.push_back(peers.back().get());
+    }
+    ccl::CommOptions co;
+    co.rendezvous_timeout_s = 600;  // ranks wait for each other's backward passes
+    dp_comm = std::make_unique<ccl::Communicator>(*node, ranks, co);
+  }
   Qwen3Options qo;
   qo.max_context = o.seq_len;
   const bool checkpoint = fs::is_directory(o.model);
@@ -103,7 +132,30 @@ int cmd_train(const TrainRunOptions& o) {
     tc = resumed->config;  // the run's own settings: the same batches and schedule as if never stopped
     tc.steps = steps;
   }
-  train::Trainer trainer(model, tc);
+  train::Trainer trainer(model, tc, dp_comm.get(), 0);
+  // The other data-parallel ranks: the same weights, batches and steps, silently.
+  std::vector<std::thread> rank_threads;
+  std::vector<std::string> rank_errors(static_cast<size_t>(std::max(1, o.dp)));
+  struct JoinRanks {  // joins the rank threads however this function leaves
+    std::vector<std::thread>& t;
+    ~JoinRanks() {
+      for (auto& x : t)
+        if (x.joinable()) x.join();
+    }
+  } join_ranks{rank_threads};
+  for (int r = 1; r < o.dp; ++r)
+    rank_threads.emplace_back([&, r] {
+      try {
+        Device& d = *peers[static_cast<size_t>(r - 1)];
+        Qwen3Model m(d, cfg, checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed), qo);
+        train::Trainer t(m, tc, dp_comm.get(), r);
+        train::BatchIterator it(data, o.batch, o.seed);
+        const int64_t last = o.stop_after > 0 ? std::min(o.steps, o.stop_after) : o.steps;
+        for (int64_t s = 0; s < last; ++s) t.step(it.next());
+      } catch (const std::exception& e) {
+        rank_errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
   std::optional<train::BatchIterator> batch_it;
   if (resumed) {
     train::load_checkpoint(resume_dir, model, trainer);
@@ -142,7 +194,9 @@ int cmd_train(const TrainRunOptions& o) {
   log << fmt::format("model: {} ({:.1f}M parameters, {}) on {}; {} steps of {} x {} tokens, micro-batch {}, lr {:.2g} "
                      "(warmup {}, cosine to {:.2g}), AdamW wd {}, clip {}\n",
                      cfg.name, static_cast<double>(param_counts(cfg).total()) / 1e6,
-                     checkpoint ? "from " + o.model : fmt::format("random, seed {}", o.seed), chip.display_name, o.steps,
+                     checkpoint ? "from " + o.model : fmt::format("random, seed {}", o.seed),
+                     o.dp > 1 ? fmt::format("{} chips of {} (data parallel)", o.dp, node->display_name) : chip.display_name,
+                     o.steps,
                      o.batch, o.seq_len, trainer.config().micro_batch, tc.lr, tc.warmup_steps >= 0 ? tc.warmup_steps : std::min<int64_t>(100, tc.steps / 10),
                      tc.min_lr, tc.weight_decay, tc.clip);
 
@@ -199,6 +253,9 @@ int cmd_train(const TrainRunOptions& o) {
     chart.series.push_back(unigram);
   }
   write_text(out / "loss.svg", chart.svg());
+  for (auto& t : rank_threads) t.join();
+  for (size_t r = 1; r < rank_errors.size(); ++r)
+    if (!rank_errors[r].empty()) throw UserError(fmt::format("data-parallel rank {} failed: {}", r, rank_errors[r]));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   const int64_t ran = last_step - first_step;
   const double tokens = static_cast<double>(ran) * static_cast<double>(tc.batch * tc.seq_len);

@@ -194,6 +194,10 @@ int main(int argc, char** argv) {
   trn->add_option("--eval-every", tro.eval_every, "Validation loss every N steps (0: at the end only)")->capture_default_str();
   trn->add_option("--eval-batches", tro.eval_batches, "Validation batches per evaluation")->capture_default_str();
   trn->add_option("--threads", tro.threads, "Host threads (0: all cores)")->capture_default_str();
+  trn->add_option("--node", tro.node, "Node preset (ppu nodes) whose chips run the data-parallel ranks (with --dp)");
+  trn->add_option("--dp", tro.dp, "Data-parallel degree: chips of --node, each on 1/dp of every batch, gradients all-reduced")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   trn->add_option("--save-every", tro.save_every, "Checkpoint every N steps (0: at the end only), in --out/checkpoint")
       ->capture_default_str();
   trn->add_option("--resume", tro.resume, "Continue a run: its directory (or a checkpoint directory)");

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "ccl/Communicator.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Optimizer.hpp"
 
@@ -40,9 +41,21 @@ bool decays(const nn::Parameter& p) {
 
 }  // namespace
 
-Trainer::Trainer(Qwen3Model& model, const TrainConfig& cfg) : model_(model), cfg_(cfg) {
+Trainer::Trainer(Qwen3Model& model, const TrainConfig& cfg) : Trainer(model, cfg, nullptr, 0) {}
+
+Trainer::Trainer(Qwen3Model& model, const TrainConfig& cfg, ccl::Communicator* dp_comm, int dp_rank)
+    : model_(model), cfg_(cfg), dp_comm_(dp_comm), dp_rank_(dp_rank), dp_(dp_comm ? dp_comm->size() : 1) {
   check_train_config(cfg_, model.config(), model.max_context());
-  if (cfg_.micro_batch == 0) cfg_.micro_batch = cfg_.batch;
+  if (dp_ > 1) {
+    const int64_t mb = cfg_.micro_batch == 0 ? cfg_.batch / dp_ : cfg_.micro_batch;
+    if (cfg_.batch % dp_ != 0 || mb < 1 || (cfg_.batch / dp_) % mb != 0)
+      throw UserError(fmt::format("--batch {} with --dp {} and --micro-batch {}: each of the {} ranks takes batch / dp "
+                                  "sequences, which the micro-batch must divide (valid batches: multiples of {})",
+                                  cfg_.batch, dp_, cfg_.micro_batch, dp_, dp_ * std::max<int64_t>(1, cfg_.micro_batch)));
+    if (dp_rank < 0 || dp_rank >= dp_)
+      throw UserError(fmt::format("data-parallel rank {} of {}; valid: 0 to {}", dp_rank, dp_, dp_ - 1));
+  }
+  if (cfg_.micro_batch == 0) cfg_.micro_batch = cfg_.batch / dp_;
   Device& dev = model.device();
   for (const nn::Parameter* p : model.trainable_parameters()) {
     const int64_t n = p->value->numel;
@@ -87,11 +100,19 @@ StepResult Trainer::step(const std::vector<int32_t>& tokens) {
   r.tokens = B * S;
   nn::Graph g(model_.context());
   double loss_sum = 0;
-  for (int64_t b0 = 0; b0 < B; b0 += mb)
+  const int64_t share = B / dp_, first = share * dp_rank_;  // this rank's sequences of the global batch
+  for (int64_t b0 = first; b0 < first + share; b0 += mb)
     loss_sum += micro_step(g, tokens, b0, mb, static_cast<double>(mb) / static_cast<double>(B));
-  r.loss = loss_sum / static_cast<double>(B * S);
   std::vector<Buffer> grads;
   for (const ParamState& s : state_) grads.push_back(g.param_grad(*s.param));
+  if (dp_ > 1) {  // sum the gradients (and the loss) over the data-parallel ranks
+    for (const Buffer& gr : grads) dp_comm_->all_reduce(dp_rank_, gr, gr);
+    DeviceBuffer l = dev.alloc_owned(DType::kF32, 1, "loss_sum");
+    if (dev.functional()) dev.upload(l, {static_cast<float>(loss_sum)});
+    dp_comm_->all_reduce(dp_rank_, l, l);
+    if (dev.functional()) loss_sum = dev.download(l)[0];
+  }
+  r.loss = loss_sum / static_cast<double>(B * S);
   const kernels::GradNorm gn = kernels::grad_norm(dev, grads);
   r.grad_norm = gn.norm;
   const kernels::WarmupCosineSchedule sched{cfg_.lr, cfg_.min_lr, warmup_of(cfg_), cfg_.steps};
@@ -144,7 +165,8 @@ double Trainer::flops_per_token() const {
 
 double Trainer::mfu(const StepResult& r) const {
   const double peak = model_.device().chip().matrix_flops_per_s(DType::kBF16);
-  return r.sim_s > 0 && peak > 0 ? flops_per_token() * static_cast<double>(r.tokens) / (r.sim_s * peak) : 0.0;
+  // Each of the dp chips does 1/dp of the step's tokens in the step's time.
+  return r.sim_s > 0 && peak > 0 ? flops_per_token() * static_cast<double>(r.tokens) / (r.sim_s * peak * dp_) : 0.0;
 }
 
 }  // namespace ppu::train

@@ -13,7 +13,14 @@
 // update and counts it (StepResult::skipped). Deterministic: the same tokens and weights give the
 // same bits for any host thread count (every kernel is).
 //
-// Not here: data (train/Data), checkpoints, parallel training over several chips, fp16 loss scaling.
+// Data parallelism: with a DP communicator (one Trainer per rank, each on its own device and host
+// thread, all built from the same weights), step() takes the same global batch on every rank, runs
+// rank r's share of it (sequences [r * batch / dp, (r + 1) * batch / dp)), sums the gradients over
+// the ranks with an all-reduce of the collective library (timed on the node's links), and every rank
+// applies the same update: the weights stay equal on all ranks.
+//
+// Not here: data (train/Data), checkpoints (train/Checkpoint), tensor parallelism, ZeRO sharding of
+// the optimizer state, fp16 loss scaling.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +29,10 @@
 
 #include "arch/Error.hpp"
 #include "models/Qwen3.hpp"
+
+namespace ppu::ccl {
+class Communicator;
+}
 
 namespace ppu::train {
 
@@ -63,6 +74,9 @@ class Trainer {
   // Allocates fp32 master copies of every parameter the model holds and zeroed moments on the
   // model's device. UserError for an invalid config.
   Trainer(Qwen3Model& model, const TrainConfig& cfg);
+  // A data-parallel rank: rank `dp_rank` of `dp_comm` (whose size is the DP degree, and must divide
+  // cfg.batch / micro-batch: UserError otherwise).
+  Trainer(Qwen3Model& model, const TrainConfig& cfg, ccl::Communicator* dp_comm, int dp_rank);
 
   // One optimizer step; tokens: [batch, seq_len + 1] ids, sequence-major.
   StepResult step(const std::vector<int32_t>& tokens);
@@ -74,7 +88,8 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
   // Training FLOPs of one token (3 x the forward's, causal attention over seq_len), for MFU.
   double flops_per_token() const;
-  // Model FLOP utilisation of a step: flops_per_token x tokens / (sim_s x the chip's bf16 peak).
+  // Model FLOP utilisation of a step: flops_per_token x tokens / (sim_s x the chip's bf16 peak x the
+  // data-parallel degree).
   double mfu(const StepResult& r) const;
 
   // The optimizer state of each parameter (checkpoints save and restore it).
@@ -92,6 +107,8 @@ class Trainer {
 
   Qwen3Model& model_;
   TrainConfig cfg_;
+  ccl::Communicator* dp_comm_ = nullptr;
+  int dp_rank_ = 0, dp_ = 1;
   std::vector<ParamState> state_;
   int64_t step_ = 0;
 };

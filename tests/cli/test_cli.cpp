@@ -468,39 +468,71 @@ void write_text_file(const std::string& path, const std::string& text) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-TEST(Cli, TrainRunsResumesAndRefusesBadInput) {
-  const std::string dir = temp_path("train-cli");
+// A small corpus in a fresh directory for one test; returns the directory.
+std::string train_dir(const std::string& name) {
+  const std::string dir = temp_path(name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir + "/corpus");
   std::string text;
   for (int i = 0; i < 60; ++i) text += "In the beginning was the word, and the word was with the machine. ";
   for (int d = 0; d < 4; ++d) write_text_file(dir + "/corpus/doc" + std::to_string(d) + ".txt", text);
-  const std::string common = " --model tiny --data " + dir + "/corpus --steps 3 --seq-len 16 --batch 2 --eval-every 0";
-  CmdResult r = ppu("train" + common + " --out " + dir + "/a --json");
+  return dir;
+}
+
+std::string train_args(const std::string& dir) {
+  return " --model tiny --data " + dir + "/corpus --steps 3 --seq-len 16 --batch 2 --eval-every 0";
+}
+
+nlohmann::json last_json(const std::string& out) { return nlohmann::json::parse(out.substr(out.rfind("\n{") + 1)); }
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// `ppu train` end to end: progress lines, the run directory's files, a JSON summary, `ppu run` on it.
+TEST(Cli, TrainWritesItsRunDirectory) {
+  const std::string dir = train_dir("train-cli-a");
+  CmdResult r = ppu("train" + train_args(dir) + " --out " + dir + "/a --json");
   ASSERT_EQ(r.status, 0) << r.out;
   for (const char* s : {"data: 4 documents", "step     1/3  loss", "grad norm", "MFU"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out.substr(r.out.rfind("\n{") + 1));
+  const nlohmann::json j = last_json(r.out);
   EXPECT_EQ(j["steps"].get<int>(), 3);
   EXPECT_TRUE(std::isfinite(j["final_loss"].get<double>()));
   EXPECT_GT(j["sim_step_s"].get<double>(), 0.0);
   for (const char* f : {"/a/metrics.jsonl", "/a/loss.svg", "/a/checkpoint/config.json", "/a/checkpoint/model.safetensors"})
     EXPECT_TRUE(std::filesystem::exists(dir + f)) << f;
-  // Interrupted after 2 steps, then resumed: the same weights as the uninterrupted run.
-  r = ppu("train" + common + " --out " + dir + "/b --stop-after 2");
-  ASSERT_EQ(r.status, 0) << r.out;
-  r = ppu("train" + common + " --out " + dir + "/b --resume " + dir + "/b");
-  ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_NE(r.out.find("resumed"), std::string::npos) << r.out;
-  std::ifstream fa(dir + "/a/checkpoint/model.safetensors", std::ios::binary), fb(dir + "/b/checkpoint/model.safetensors",
-                                                                                  std::ios::binary);
-  const std::string wa((std::istreambuf_iterator<char>(fa)), {}), wb((std::istreambuf_iterator<char>(fb)), {});
-  EXPECT_TRUE(!wa.empty() && wa == wb) << "resumed weights differ from the uninterrupted run's";
   r = ppu("run --model " + dir + "/a --prompt hi --gen 2 --json");
   EXPECT_EQ(r.status, 0) << r.out;
-  // Bad input.
+}
+
+// --stop-after then --resume gives the uninterrupted run's weights byte for byte; data parallel over
+// 2 chips of a node gives one chip's loss within rounding.
+TEST(Cli, TrainResumesBitIdenticallyAndRunsDataParallel) {
+  const std::string dir = train_dir("train-cli-b");
+  CmdResult r = ppu("train" + train_args(dir) + " --out " + dir + "/whole --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const double loss = last_json(r.out)["final_loss"].get<double>();
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --stop-after 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --resume " + dir + "/b");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("resumed"), std::string::npos) << r.out;
+  const std::string wa = file_bytes(dir + "/whole/checkpoint/model.safetensors"), wb = file_bytes(dir + "/b/checkpoint/model.safetensors");
+  EXPECT_TRUE(!wa.empty() && wa == wb) << "resumed weights differ from the uninterrupted run's";
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/dp --node zhenwu-8 --dp 2 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NEAR(last_json(r.out)["final_loss"].get<double>(), loss, 1e-3 * loss);
+  EXPECT_NE(r.out.find("2 chips of"), std::string::npos) << r.out;
+}
+
+TEST(Cli, TrainRefusesBadInput) {
+  const std::string dir = train_dir("train-cli-c");
   std::filesystem::create_directories(dir + "/empty");
   write_text_file(dir + "/bad.txt", "caf\xe9 au lait");
+  CmdResult r = ppu("train" + train_args(dir) + " --out " + dir + "/a");
+  ASSERT_EQ(r.status, 0) << r.out;  // a checkpoint of tiny with 3 steps, for the --resume cases
   struct Bad {
     std::string args, says;
   };
@@ -513,7 +545,10 @@ TEST(Cli, TrainRunsResumesAndRefusesBadInput) {
                        Bad{"--model tiny-moe --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 4 --resume " + dir + "/a",
                            "another model"},
                        Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --resume " + dir + "/a",
-                           "done 3 steps already"}}) {
+                           "done 3 steps already"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --dp 2", "give the node"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 3 --steps 2 --node zhenwu-8 --dp 2",
+                           "--batch 3 with --dp 2"}}) {
     r = ppu("train " + b.args + " --out " + dir + "/bad");
     EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
     EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;
