@@ -157,6 +157,7 @@ struct TrainRunOptions {
   std::string node;                      // node preset whose chips run the data-parallel ranks
   int dp = 1;                            // data-parallel degree (chips of --node)
   bool skip_nonfinite = false;
+  bool timing_only = false;              // one step per chip of --chip (comma-separated), simulated time only
   bool json = false;
 };
 int cmd_train(const TrainRunOptions& o);

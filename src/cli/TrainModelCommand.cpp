@@ -24,6 +24,7 @@
 #include "models/Qwen3.hpp"
 #include "models/Tokenizer.hpp"
 #include "report/LineChart.hpp"
+#include "report/Table.hpp"
 #include "train/Checkpoint.hpp"
 #include "train/Data.hpp"
 #include "train/Trainer.hpp"
@@ -43,6 +44,63 @@ void write_text(const fs::path& path, const std::string& text) {
 
 }  // namespace
 
+namespace {
+
+// --timing-only: one optimizer step of `o.batch` sequences of `o.seq_len` tokens on each chip of
+// o.chip (a comma-separated list), no numbers: simulated step time, tokens/s and MFU side by side,
+// and the device memory the step needed (or that it does not fit).
+int train_timing_only(const TrainRunOptions& o, const ModelConfig& cfg) {
+  std::vector<std::string> chips;
+  for (size_t i = 0; i <= o.chip.size();) {
+    const size_t j = std::min(o.chip.find(',', i), o.chip.size());
+    chips.push_back(o.chip.substr(i, j - i));
+    i = j + 1;
+  }
+  Table t({"chip", "step time", "tokens/s", "MFU", "device memory", "host s"});
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& name : chips) {
+    const ChipSpec chip = load_chip(name);
+    const auto wall0 = std::chrono::steady_clock::now();
+    try {
+      Device dev(chip, ExecMode::kTimingOnly);
+      Qwen3Options qo;
+      qo.max_context = o.seq_len;
+      Qwen3Model model(dev, cfg, Qwen3Weights::random(o.seed), qo);
+      train::TrainConfig tc;
+      tc.steps = 1, tc.batch = o.batch, tc.micro_batch = o.micro_batch, tc.seq_len = o.seq_len, tc.lr = o.lr, tc.min_lr = 0;
+      tc.warmup_steps = 0;
+      train::Trainer trainer(model, tc);
+      std::vector<int32_t> tokens(static_cast<size_t>(o.batch * (o.seq_len + 1)));
+      for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((1000 + 7 * i) % static_cast<size_t>(cfg.vocab_size));
+      const train::StepResult r = trainer.step(tokens);
+      const double host = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+      t.add_row({chip.name, format_quantity(Dimension::kTime, r.sim_s), fmt::format("{:.0f}", static_cast<double>(r.tokens) / r.sim_s),
+                 fmt::format("{:.1f}%", 100 * trainer.mfu(r)),
+                 format_quantity(Dimension::kBytes, static_cast<double>(dev.peak_bytes_in_use())), fmt::format("{:.1f}", host)});
+      rows.push_back({{"chip", chip.name}, {"step_s", r.sim_s}, {"tokens_per_s", static_cast<double>(r.tokens) / r.sim_s},
+                      {"mfu", trainer.mfu(r)}, {"device_memory_peak_bytes", dev.peak_bytes_in_use()}, {"host_s", host}});
+    } catch (const DeviceOutOfMemory& e) {
+      t.add_row({chip.name, "does not fit", "", "", e.what(), ""});
+      rows.push_back({{"chip", chip.name}, {"out_of_memory", e.what()}});
+    }
+  }
+  if (o.json) {
+    std::cout << nlohmann::json{{"model", cfg.name}, {"timing_only", true}, {"batch", o.batch}, {"seq_len", o.seq_len},
+                                {"chips", rows}}
+                     .dump(2)
+              << '\n';
+  } else {
+    std::cout << fmt::format("{} training step, timing only: {} sequences of {} tokens, bf16 weights with fp32 AdamW "
+                             "state, no recomputation\n",
+                             cfg.name, o.batch, o.seq_len)
+              << t.render()
+              << "MFU: 3 x forward FLOPs (causal attention) per token / (step time x the chip's dense bf16 peak).\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
 std::string run_checkpoint_dir(const std::string& dir) {
   std::error_code ec;
   const fs::path ck = fs::path(dir) / "checkpoint";
@@ -51,6 +109,7 @@ std::string run_checkpoint_dir(const std::string& dir) {
 }
 
 int cmd_train(const TrainRunOptions& o) {
+  if (o.timing_only) return train_timing_only(o, load_model_config(o.model));
   // --node/--dp: data parallelism over dp emulated chips of the node (rank 0 here, one host thread per
   // other rank running the same steps; gradients all-reduced by the collective library).
   std::optional<NodeSpec> node;

@@ -203,6 +203,8 @@ int main(int argc, char** argv) {
   trn->add_option("--resume", tro.resume, "Continue a run: its directory (or a checkpoint directory)");
   trn->add_option("--stop-after", tro.stop_after, "Stop after N steps of this invocation (checkpointed; --resume continues)")
       ->check(CLI::NonNegativeNumber);
+  trn->add_flag("--timing-only", tro.timing_only,
+                "No numbers: one step per chip of --chip (comma-separated) - simulated step time, tokens/s, MFU, memory");
   trn->add_flag("--skip-nonfinite", tro.skip_nonfinite, "Skip steps whose loss or gradients are not finite instead of stopping");
   trn->add_flag("--json", tro.json, "Progress on stderr, one JSON summary on stdout");
 

@@ -527,6 +527,22 @@ TEST(Cli, TrainResumesBitIdenticallyAndRunsDataParallel) {
   EXPECT_NE(r.out.find("2 chips of"), std::string::npos) << r.out;
 }
 
+// --timing-only: one simulated step per chip, side by side, no corpus and no numbers.
+TEST(Cli, TrainTimingOnlyComparesChips) {
+  CmdResult r = ppu("train --model tiny --timing-only --chip zhenwu-810e,h20 --seq-len 64 --batch 2 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["chips"].size(), 2u);
+  for (const auto& c : j["chips"]) {
+    EXPECT_GT(c["step_s"].get<double>(), 0.0) << c;
+    EXPECT_GT(c["mfu"].get<double>(), 0.0) << c;
+    EXPECT_LT(c["mfu"].get<double>(), 1.0) << c;
+  }
+  r = ppu("train --model tiny --timing-only --chip nochip --seq-len 64");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown chip 'nochip'"), std::string::npos) << r.out;
+}
+
 TEST(Cli, TrainRefusesBadInput) {
   const std::string dir = train_dir("train-cli-c");
   std::filesystem::create_directories(dir + "/empty");
