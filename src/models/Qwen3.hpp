@@ -5,6 +5,11 @@
 // projection, full multi-head attention, MLP fc2(gelu(fc1 h + b1)) + b2, no RoPE); GPT runs on
 // random weights or timing only (its checkpoint layout is not read).
 //
+// The model is assembled from nn modules (nn/Embedding, Norm, SelfAttention, Mlp, Moe), which own
+// their parameters and activations; this file keeps what is the model's own: the batch of sequences
+// and their KV slots, sequence parallelism's residual shards, the logits and sampling, and
+// training_loss, the training forward whose backward nn::Graph records.
+//
 //   Device dev(load_chip("zhenwu-810e"));
 //   Qwen3Model m(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(42));   // or ::from_checkpoint(dir)
 //   auto out = m.forward({9707, 1879});        // prefill: logits of the last token, KV cache filled
@@ -33,7 +38,8 @@
 //
 // The residual stream is fp32; the other activations are `act_dtype` (bf16 by default, as frameworks
 // run bf16 checkpoints; the matrix unit takes 16-bit inputs, so bf16 or fp16), the KV cache is bf16,
-// router probabilities and logits are fp32. Not here: batches of several sequences, paged KV.
+// router probabilities and logits are fp32. Not here: paged KV (the serving engine's), MoE or
+// model-parallel training.
 #pragma once
 
 #include <cstdint>

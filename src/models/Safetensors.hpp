@@ -24,7 +24,7 @@
 // overlapping; __metadata__ not an object of strings. Gaps between tensors are allowed (the format
 // does not forbid them and they are harmless to a reader).
 //
-// Not here: writing checkpoints, integer or fp64 tensors, conversions other than to fp32 (the raw
+// Not here: writing checkpoints (models/SafetensorsWriter), integer or fp64 tensors, conversions other than to fp32 (the raw
 // bytes are exposed for loaders that keep bf16/fp8), weight names of a particular model (the model
 // file says which names it expects and passes them to require_names).
 #pragma once
