@@ -393,6 +393,7 @@ TEST(NormBackward, BitIdenticalForAnyHostThreadCount) {
       const std::string what = describe(norm, s, kAllBF16);
       auto same_bits = [&](const std::vector<float>& p, const std::vector<float>& q, const char* name) {
         ASSERT_EQ(p.size(), q.size());
+        if (p.empty()) return;  // RMSNorm has no dbias (memcmp on a null pointer is undefined even for 0 bytes)
         EXPECT_EQ(std::memcmp(p.data(), q.data(), p.size() * sizeof(float)), 0) << what << ": " << name;
       };
       same_bits(a.dx, b.dx, "dx");
