@@ -257,6 +257,8 @@ VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int6
     kernels::gemm(ctx_.dev(), kernels::GemmShape{n, vocab, hidden, 1, false, true}, h->value.view(r0 * hidden, n * hidden),
                   w->value, logits);
   };
+  // One chunk (rows <= chunk_rows): its logits are kept for the backward instead of recomputed.
+  auto kept = std::make_shared<DeviceBuffer>();
   ctx_.op("lm head", [&] {
     DeviceBuffer logits = ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
@@ -266,20 +268,22 @@ VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int6
       const std::vector<int32_t> tc(targets.begin() + r0, targets.begin() + r0 + n);
       kernels::cross_entropy(ctx_.dev(), lc, loss->value.view(r0, n), lse->view(r0, n), n, vocab, tc);
     }
+    if (rows <= chunk_rows) *kept = std::move(logits);
   });
   int64_t valid = 0;
   for (int32_t t : targets) valid += t >= 0 ? 1 : 0;
-  record("lm head", [this, h, w, loss, lse, rows, hidden, vocab, targets, chunk_rows, valid, chunk_logits, mm] {
+  record("lm head", [this, h, w, loss, lse, kept, rows, hidden, vocab, targets, chunk_rows, valid, chunk_logits, mm] {
     if (valid == 0 || loss->loss_scale == 0) return;
     Device& dev = ctx_.dev();
     const auto scale = static_cast<float>(loss->loss_scale / static_cast<double>(valid));
-    DeviceBuffer logits = ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
+    DeviceBuffer logits = kept->valid() ? std::move(*kept) : ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
+    const bool recompute = rows > chunk_rows;
     DeviceBuffer dh = ctx_.alloc(rows * hidden, "lm_head.dh", DType::kF32);
     DeviceBuffer& slot = param_grads_[w->param];
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - r0);
       const Buffer lc = logits.view(0, n * vocab);
-      chunk_logits(r0, n, lc);  // recomputed: [rows, vocab] logits are never kept
+      if (recompute) chunk_logits(r0, n, lc);  // several chunks: [rows, vocab] logits are never kept whole
       const std::vector<int32_t> tc(targets.begin() + r0, targets.begin() + r0 + n);
       kernels::cross_entropy_backward(dev, lc, lse->view(r0, n), lc, n, vocab, tc, scale);  // in place
       // dH [n, hidden] = dlogits [n, vocab] . W [vocab, hidden]; dW [vocab, hidden] += dlogits^T . H.

@@ -106,7 +106,8 @@ class Graph {
   VarPtr norm(const VarPtr& x, const Norm& norm, int64_t rows, DType out_dtype);
   // Per-row softmax cross-entropy of the logits h . W^T (W: `head` [vocab, hidden]) against
   // `targets` (-1: ignored row), computed chunk_rows rows at a time: [chunk_rows, vocab] logits are
-  // the most ever held; the backward recomputes each chunk's logits. Returns [rows] fp32 losses (0 on
+  // the most ever held; with several chunks the backward recomputes each chunk's logits (with one,
+  // the forward's are kept for it). Returns [rows] fp32 losses (0 on
   // ignored rows); differentiate it with backward(loss, scale).
   VarPtr lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int64_t rows, const std::vector<int32_t>& targets,
                                int64_t chunk_rows = 1024);
