@@ -20,3 +20,5 @@ echo
 build/bench/bench_qwen3_chips
 echo
 build/bench/bench_host_decode
+echo
+build/bench/bench_host_training
