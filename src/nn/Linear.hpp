@@ -12,13 +12,18 @@
 // Parameter names: prefix + ".weight" / ".bias". The weight is in the matrix-input dtype; the bias bf16.
 #pragma once
 
+#include <array>
 #include <string>
+#include <string_view>
 
 #include "nn/Parameter.hpp"
 
 namespace ppu::nn {
 
-enum class TpSplit : uint8_t { kReplicated, kColumn, kRow };
+enum class TpSplit : uint8_t { kReplicated, kColumn, kRow, kCount };
+inline constexpr std::array<std::string_view, static_cast<size_t>(TpSplit::kCount)> kTpSplitNames = {"replicated", "column",
+                                                                                                    "row"};
+static_assert(kTpSplitNames.size() == static_cast<size_t>(TpSplit::kCount));
 
 class Linear {
  public:

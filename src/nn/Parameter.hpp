@@ -15,7 +15,9 @@
 // Not here: reading checkpoints or drawing random values (models/Weights), gradients (training).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -23,7 +25,9 @@
 
 namespace ppu::nn {
 
-enum class Init : uint8_t { kRandom, kOnes };  // uniform with std 0.02 (Qwen's initializer_range); norms 1
+enum class Init : uint8_t { kRandom, kOnes, kCount };  // uniform with std 0.02 (Qwen's initializer_range); norms 1
+inline constexpr std::array<std::string_view, static_cast<size_t>(Init::kCount)> kInitNames = {"random", "ones"};
+static_assert(kInitNames.size() == static_cast<size_t>(Init::kCount));
 
 struct Split {
   int dim = -1;
