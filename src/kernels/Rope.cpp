@@ -1,4 +1,5 @@
 #include "kernels/Rope.hpp"
+#include "kernels/RopeInternal.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -94,9 +95,8 @@ void free_rope_table(Device& dev, RopeTable& table) {
   if (table.sin.valid()) dev.free(table.sin);
 }
 
-Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int64_t tokens, int64_t heads,
-                 const std::vector<int32_t>& positions, int64_t out_token0) {
-  const std::string kname = "rope";
+void check_rope_table_and_positions(const std::string& kname, const RopeTable& table, int64_t tokens, int64_t heads,
+                                    const std::vector<int32_t>& positions) {
   expect_positive(kname, {{"tokens", tokens}, {"heads", heads}});
   const int64_t d = table.head_dim, half = d / 2;
   if (d <= 0 || d % 2 != 0 || table.max_positions <= 0)
@@ -108,13 +108,6 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
                fmt::format("[{}, {}] (max_positions, head_dim / 2)", table.max_positions, half));
   expect_numel(kname, "table sin", table.sin, table.max_positions * half,
                fmt::format("[{}, {}] (max_positions, head_dim / 2)", table.max_positions, half));
-  expect_numel(kname, "input x", x, tokens * heads * d,
-               fmt::format("[{}, {}, {}] (tokens, heads, head_dim)", tokens, heads, d));
-  if (out_token0 < 0 || out.numel % (heads * d) != 0 || out.numel / (heads * d) < out_token0 + tokens)
-    throw UserError(
-        fmt::format("{}: output '{}' has {} elements; it must be [out_tokens, {}, {}] (out_tokens, heads, "
-                    "head_dim) with out_tokens >= out_token0 + tokens = {} + {}",
-                    kname, out.name, out.numel, heads, d, out_token0, tokens));
   if (static_cast<int64_t>(positions.size()) != tokens)
     throw UserError(
         fmt::format("{}: {} positions given for {} tokens; one per token is needed", kname, positions.size(), tokens));
@@ -126,7 +119,26 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
                       "to {}); build a larger table",
                       kname, t, pos, table.max_positions, table.max_positions - 1));
   }
+}
 
+Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int64_t tokens, int64_t heads,
+                 const std::vector<int32_t>& positions, int64_t out_token0) {
+  const std::string kname = "rope";
+  check_rope_table_and_positions(kname, table, tokens, heads, positions);
+  const int64_t d = table.head_dim;
+  expect_numel(kname, "input x", x, tokens * heads * d,
+               fmt::format("[{}, {}, {}] (tokens, heads, head_dim)", tokens, heads, d));
+  if (out_token0 < 0 || out.numel % (heads * d) != 0 || out.numel / (heads * d) < out_token0 + tokens)
+    throw UserError(
+        fmt::format("{}: output '{}' has {} elements; it must be [out_tokens, {}, {}] (out_tokens, heads, "
+                    "head_dim) with out_tokens >= out_token0 + tokens = {} + {}",
+                    kname, out.name, out.numel, heads, d, out_token0, tokens));
+  return rope_kernel(kname, table, x, out, tokens, heads, positions, out_token0, /*inverse=*/false);
+}
+
+Kernel rope_kernel(const std::string& kname, const RopeTable& table, const Buffer& x, const Buffer& out, int64_t tokens,
+                   int64_t heads, const std::vector<int32_t>& positions, int64_t out_token0, bool inverse) {
+  const int64_t d = table.head_dim, half = d / 2;
   // Rows of a tile: kRopeTileRows, fewer when a row (d/2 elements) is long.
   const int tile_rows = static_cast<int>(std::clamp<int64_t>(kRopeTileElems / half, 1, kRopeTileRows));
   // Runs of tokens with a constant position step >= 0, each at most tile_rows long.
@@ -168,13 +180,13 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
   }
 
   Kernel k;
-  k.name = fmt::format("rope {}x{}x{} {}->{}", tokens, heads, d, dtype_name(x.dtype), dtype_name(out.dtype));
+  k.name = fmt::format("{} {}x{}x{} {}->{}", kname, tokens, heads, d, dtype_name(x.dtype), dtype_name(out.dtype));
   k.ops = {KernelOp::rope(RopeDims{tokens, heads, d})};
   k.grid = static_cast<int64_t>(items->size());
   k.args = {x.arg(), table.cos.arg(), table.sin.arg(), out.arg()};
   k.flops = 3.0 * double(tokens) * double(heads) * double(d);  // 6 ops per rotated pair
   const int hf = static_cast<int>(half);
-  k.build = [items, heads, d, hf, alloc_rows, out_token0](int64_t block, TileProgram& p) {
+  k.build = [items, heads, d, hf, alloc_rows, out_token0, inverse](int64_t block, TileProgram& p) {
     const RopeItem& it = (*items)[static_cast<size_t>(block)];
     const bool head_major = it.tokens > 1;
     const int64_t steps = head_major ? it.heads : 1;
@@ -214,8 +226,10 @@ Kernel make_rope(const RopeTable& table, const Buffer& x, const Buffer& out, int
           p.binary(BinaryOp::kMul, t2, b, sn, rows, hf, bc);
           p.binary(BinaryOp::kMul, a, a, cs, rows, hf, bc);
           p.binary(BinaryOp::kMul, b, b, cs, rows, hf, bc);
-          p.binary(BinaryOp::kSub, a, a, t2, rows, hf);  // x1 c - x2 s
-          p.binary(BinaryOp::kAdd, b, b, t1, rows, hf);  // x2 c + x1 s
+          // Forward: x1 c - x2 s, x2 c + x1 s. Inverse (the backward: the transposed rotation,
+          // by -angle): x1 c + x2 s, x2 c - x1 s.
+          p.binary(inverse ? BinaryOp::kAdd : BinaryOp::kSub, a, a, t2, rows, hf);
+          p.binary(inverse ? BinaryOp::kSub : BinaryOp::kAdd, b, b, t1, rows, hf);
           TileRegion r = region(s, 3, out_token0);
           p.store(r, a);
           r.offset += hf;

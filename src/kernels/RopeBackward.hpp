@@ -12,16 +12,13 @@
 //   kernels::rope(dev, rt, q, q, tokens, heads, pos);              // forward, in place
 //   kernels::rope_backward(dev, rt, dq, dq, tokens, heads, pos);   // backward, in place
 //
-// The kernel: tokens are cut into runs whose positions step by a constant >= 0 (a training
-// sequence's 0 .. S-1, packed sequences restarting at 0), at most kRopeTileRows tokens each (fewer
-// for long heads). A block takes one run and a group of heads: it loads the cos and sin rows of its
-// positions once (a strided region, the position step apart) and per head the two halves
-// [run, d/2] (row stride heads * d), with six vector ops (dy1*s, dy2*s, dy1*c, dy2*c, an addition
-// and a subtraction). In-place use (dx = dy) is allowed; other overlaps are not.
+// The kernel is the forward's (kernels/RopeInternal.hpp rope_kernel) with the rotation transposed:
+// the same tiling (runs of tokens whose positions step by a constant, head-major; scattered tokens
+// token-major), the same loads, and the sign of the cross terms flipped - so its time equals the
+// forward's. In-place use (dx = dy) is allowed; other overlaps are not.
 //
-// Not here: scattered positions at speed (each token is then a run of its own, one row per tile -
-// correct but slow; the forward's decode path covers them), writing into a token offset of a larger
-// buffer (the forward's out_token0: a cache has no gradient), partial or interleaved rotary.
+// Not here: writing into a token offset of a larger buffer (the forward's out_token0: a cache has no
+// gradient), partial or interleaved rotary.
 #pragma once
 
 #include <cstdint>
