@@ -137,22 +137,7 @@ void build_forward_chunked(const RowTiling& t, const int32_t* tgt, int64_t row, 
   pipeline_steps(
       t.chunks, stages, [&](int64_t c, int slot) { p.load(xb[slot], t.step_region(row, c, 0)); },
       [&](int64_t c, int slot) {
-        const int w = t.chunk_width(c);
-        const BufferId x = xb[slot];
-        if (c == 0) {
-          p.reduce(ReduceOp::kMax, m[cur], x, 1, w, /*accumulate=*/true);
-        } else {
-          const BufferId m_new = m[1 - cur];
-          p.reduce(ReduceOp::kMax, chunk_max, x, 1, w);
-          p.binary(BinaryOp::kMax, m_new, m[cur], chunk_max, 1, 1);
-          p.binary(BinaryOp::kSub, rescale, m[cur], m_new, 1, 1);  // <= 0: exp cannot overflow
-          p.unary(UnaryOp::kExp, rescale, rescale, 1, 1);
-          p.binary(BinaryOp::kMul, sum, sum, rescale, 1, 1);
-          cur = 1 - cur;
-        }
-        p.binary(BinaryOp::kSub, x, x, m[cur], 1, w, Broadcast::kRow);
-        p.unary(UnaryOp::kExp, x, x, 1, w);
-        p.reduce(ReduceOp::kSum, sum, x, 1, w, /*accumulate=*/c > 0);
+        online_softmax_chunk(p, c, xb[slot], t.chunk_width(c), m, cur, chunk_max, rescale, sum);
       });
   p.unary(UnaryOp::kLog, sum, sum, 1, 1);
   p.binary(BinaryOp::kAdd, sum, sum, m[cur], 1, 1);  // lse

@@ -14,12 +14,7 @@ Kernel make_embedding(const Buffer& table, const Buffer& out, int64_t vocab, int
   expect_positive(kname, {{"vocab", vocab}, {"hidden", hidden}, {"tokens (ids.size())", tokens}});
   expect_numel(kname, "table", table, vocab * hidden, fmt::format("[{}, {}] (vocab, hidden)", vocab, hidden));
   expect_numel(kname, "output", out, tokens * hidden, fmt::format("[{}, {}] (tokens, hidden)", tokens, hidden));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int32_t id = ids[static_cast<size_t>(t)];
-    if (id < 0 || id >= vocab)
-      throw UserError(fmt::format("{}: token {} has id {}, outside the table's vocab size of {} (valid ids: 0 to {})",
-                                  kname, t, id, vocab, vocab - 1));
-  }
+  expect_token_ids(kname, ids, vocab);
 
   const int chunk = static_cast<int>(std::min<int64_t>(hidden, kEmbeddingChunkElems));
   const int64_t chunks = ceil_div(hidden, chunk);

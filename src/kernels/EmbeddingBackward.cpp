@@ -71,12 +71,7 @@ Kernel make_embedding_backward(const Buffer& dx, const Buffer& dtable, int64_t v
   expect_dtype_in(kname, "dx", dx, {DType::kF32, DType::kBF16, DType::kF16});
   expect_numel(kname, "dtable", dtable, vocab * hidden, fmt::format("[{}, {}] (vocab, hidden)", vocab, hidden));
   expect_numel(kname, "dx", dx, tokens * hidden, fmt::format("[{}, {}] (tokens, hidden)", tokens, hidden));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int32_t id = ids[static_cast<size_t>(t)];
-    if (id < 0 || id >= vocab)
-      throw UserError(fmt::format("{}: token {} has id {}, outside the table's vocab size of {} (valid ids: 0 to {})",
-                                  kname, t, id, vocab, vocab - 1));
-  }
+  expect_token_ids(kname, ids, vocab);
 
   const int chunk = static_cast<int>(std::min<int64_t>(hidden, kEmbeddingBackwardChunkElems));
   const int64_t chunks = ceil_div(hidden, chunk);

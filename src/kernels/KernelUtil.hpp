@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "arch/Error.hpp"
 #include "runtime/Device.hpp"
@@ -37,7 +38,39 @@ inline void expect_dtype_in(const std::string& kernel, const char* role, const B
   throw UserError(fmt::format("{}: {} '{}' is {}; valid: {}", kernel, role, b.name, dtype_name(b.dtype), names));
 }
 
+// Token ids as an embedding table's row indices: UserError naming the token, its id and the valid
+// range for an id outside [0, vocab).
+inline void expect_token_ids(const std::string& kernel, const std::vector<int32_t>& ids, int64_t vocab) {
+  for (size_t t = 0; t < ids.size(); ++t)
+    if (ids[t] < 0 || ids[t] >= vocab)
+      throw UserError(fmt::format("{}: token {} has id {}, outside the table's vocab size of {} (valid ids: 0 to {})",
+                                  kernel, t, ids[t], vocab, vocab - 1));
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One chunk of a row's online softmax (softmax and cross-entropy over long rows): folds chunk c of
+// the row, x [1, w], into the running max m[cur] and the running sum of exp(x - max) in `sum`
+// (rescaling the sum when the max grows; cur flips to the buffer holding the new max), and leaves
+// x = exp(x - max). chunk_max and rescale are [1, 1] scratch. Chunk 0 accumulates into m[cur], so the
+// caller fills it first (-FLT_MAX).
+inline void online_softmax_chunk(TileProgram& p, int64_t c, BufferId x, int w, const BufferId m[2], int& cur,
+                                 BufferId chunk_max, BufferId rescale, BufferId sum) {
+  if (c == 0) {
+    p.reduce(ReduceOp::kMax, m[cur], x, 1, w, /*accumulate=*/true);
+  } else {
+    const BufferId m_new = m[1 - cur];
+    p.reduce(ReduceOp::kMax, chunk_max, x, 1, w);
+    p.binary(BinaryOp::kMax, m_new, m[cur], chunk_max, 1, 1);
+    p.binary(BinaryOp::kSub, rescale, m[cur], m_new, 1, 1);  // <= 0, so exp cannot overflow
+    p.unary(UnaryOp::kExp, rescale, rescale, 1, 1);
+    p.binary(BinaryOp::kMul, sum, sum, rescale, 1, 1);
+    cur = 1 - cur;
+  }
+  p.binary(BinaryOp::kSub, x, x, m[cur], 1, w, Broadcast::kRow);
+  p.unary(UnaryOp::kExp, x, x, 1, w);
+  p.reduce(ReduceOp::kSum, sum, x, 1, w, /*accumulate=*/c > 0);
+}
 
 // Region for rows [r0, r0+rows) and columns [c0, c0+cols) of a row-major [*, ld] matrix starting at
 // element `base` of argument `arg`.

@@ -69,20 +69,7 @@ Kernel make_softmax(const Buffer& x, const Buffer& y, int64_t rows, int64_t cols
       const int w = t.chunk_width(c);
       const BufferId xs = xb[slot];
       if (step < t.chunks) {  // pass 1
-        if (c == 0) {
-          p.reduce(ReduceOp::kMax, m[cur], xs, 1, w, /*accumulate=*/true);
-        } else {
-          const BufferId m_new = m[1 - cur];
-          p.reduce(ReduceOp::kMax, chunk_max, xs, 1, w);
-          p.binary(BinaryOp::kMax, m_new, m[cur], chunk_max, 1, 1);
-          p.binary(BinaryOp::kSub, rescale, m[cur], m_new, 1, 1);  // <= 0, so exp cannot overflow
-          p.unary(UnaryOp::kExp, rescale, rescale, 1, 1);
-          p.binary(BinaryOp::kMul, sum, sum, rescale, 1, 1);
-          cur = 1 - cur;
-        }
-        p.binary(BinaryOp::kSub, xs, xs, m[cur], 1, w, Broadcast::kRow);
-        p.unary(UnaryOp::kExp, xs, xs, 1, w);
-        p.reduce(ReduceOp::kSum, sum, xs, 1, w, /*accumulate=*/c > 0);
+        online_softmax_chunk(p, c, xs, w, m, cur, chunk_max, rescale, sum);
         if (c + 1 == t.chunks) p.unary(UnaryOp::kRecip, sum, sum, 1, 1);
       } else {  // pass 2: sum holds 1 / s
         p.binary(BinaryOp::kSub, xs, xs, m[cur], 1, w, Broadcast::kRow);
