@@ -95,6 +95,19 @@ void Graph::add_into(DeviceBuffer& slot, const Buffer& g) {
   kernels::binary(dev, BinaryOp::kAdd, slot, g, slot);
 }
 
+void Graph::weight_grad(const Parameter& p, const Buffer& a, const Buffer& b, int64_t m, int64_t n, int64_t k) {
+  const kernels::GemmShape shape{m, n, k, 1, /*trans_a=*/true, false};
+  DeviceBuffer& slot = param_grads_[&p];
+  if (!slot.valid()) {  // the first contribution is written, not added to zeros
+    slot = ctx_.alloc(m * n, p.name + ".grad", DType::kF32);
+    kernels::gemm(ctx_.dev(), shape, a, b, slot);
+    return;
+  }
+  DeviceBuffer g = ctx_.alloc(m * n, p.name + ".dw", DType::kF32);
+  kernels::gemm(ctx_.dev(), shape, a, b, g);
+  add_into(slot, g.get());
+}
+
 void Graph::accumulate(Var& v, const Buffer& g) {
   if (!v.requires_grad) return;
   if (g.numel != v.numel())
@@ -146,16 +159,7 @@ VarPtr Graph::linear(const VarPtr& x, const Linear& layer, int64_t rows, DType o
       kernels::gemm(dev, kernels::GemmShape{rows, in, out, 1, false, false}, dy, w->value, dx);
       add_into(x->grad, std::move(dx));
     }
-    // dW [out, in] = dY^T . X, fp32.
-    DeviceBuffer& slot = param_grads_[w->param];
-    if (!slot.valid()) {
-      slot = ctx_.alloc(out * in, name + ".grad", DType::kF32);
-      kernels::gemm(dev, kernels::GemmShape{out, in, rows, 1, true, false}, dy, x->value, slot);
-    } else {
-      DeviceBuffer dw = ctx_.alloc(out * in, name + ".dw", DType::kF32);
-      kernels::gemm(dev, kernels::GemmShape{out, in, rows, 1, true, false}, dy, x->value, dw);
-      add_into(slot, dw.get());
-    }
+    weight_grad(*w->param, dy, x->value, out, in, rows);  // dW [out, in] += dY^T . X
   });
   return y;
 }
@@ -279,7 +283,6 @@ VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int6
     DeviceBuffer logits = kept->valid() ? std::move(*kept) : ctx_.alloc(std::min(rows, chunk_rows) * vocab, "logits", mm);
     const bool recompute = rows > chunk_rows;
     DeviceBuffer dh = ctx_.alloc(rows * hidden, "lm_head.dh", DType::kF32);
-    DeviceBuffer& slot = param_grads_[w->param];
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - r0);
       const Buffer lc = logits.view(0, n * vocab);
@@ -288,15 +291,7 @@ VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int6
       kernels::cross_entropy_backward(dev, lc, lse->view(r0, n), lc, n, vocab, tc, scale);  // in place
       // dH [n, hidden] = dlogits [n, vocab] . W [vocab, hidden]; dW [vocab, hidden] += dlogits^T . H.
       kernels::gemm(dev, kernels::GemmShape{n, hidden, vocab, 1, false, false}, lc, w->value, dh.view(r0 * hidden, n * hidden));
-      const Buffer hc = h->value.view(r0 * hidden, n * hidden);
-      if (!slot.valid()) {
-        slot = ctx_.alloc(vocab * hidden, w->name + ".grad", DType::kF32);
-        kernels::gemm(dev, kernels::GemmShape{vocab, hidden, n, 1, true, false}, lc, hc, slot);
-      } else {
-        DeviceBuffer dw = ctx_.alloc(vocab * hidden, w->name + ".dw", DType::kF32);
-        kernels::gemm(dev, kernels::GemmShape{vocab, hidden, n, 1, true, false}, lc, hc, dw);
-        add_into(slot, dw.get());
-      }
+      weight_grad(*w->param, lc, h->value.view(r0 * hidden, n * hidden), vocab, hidden, n);
     }
     if (h->requires_grad) add_into(h->grad, std::move(dh));
   });

@@ -126,6 +126,9 @@ class Graph {
                    kernels::AttentionStyle style = kernels::AttentionStyle::kPipelined);
 
  private:
+  // p's gradient [m, n] += a^T . b (a [k, m], b [k, n], fp32): the GEMM writes the gradient itself on
+  // p's first contribution, else a temporary that is added.
+  void weight_grad(const Parameter& p, const Buffer& a, const Buffer& b, int64_t m, int64_t n, int64_t k);
   // Writes or adds a freshly computed fp32 gradient into `slot` (empty: takes it over).
   void add_into(DeviceBuffer& slot, DeviceBuffer&& g);
   void add_into(DeviceBuffer& slot, const Buffer& g);
