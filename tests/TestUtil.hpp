@@ -65,6 +65,18 @@ inline std::string fixture(const char* name) {
   return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
 }
 
+// Largest absolute error relative to the largest reference magnitude: max |got - want| / max |want|.
+template <class A, class B>
+double rel_max(const std::vector<A>& got, const std::vector<B>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double e = 0, m = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    e = std::max(e, std::abs(static_cast<double>(got[i]) - static_cast<double>(want[i])));
+    m = std::max(m, std::abs(static_cast<double>(want[i])));
+  }
+  return e / std::max(m, 1e-300);
+}
+
 // Relative RMS error ||got - want|| / ||want|| (want.size() elements of got are compared).
 template <class A, class B>
 double rel_rms(const std::vector<A>& got, const std::vector<B>& want) {

@@ -18,14 +18,7 @@ const ChipSpec& chip() {
   return c;
 }
 
-double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
-  double e = 0, m = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    e = std::max(e, std::abs(got[i] - want[i]));
-    m = std::max(m, std::abs(want[i]));
-  }
-  return e / m;
-}
+using test::rel_max;
 
 struct Rig {
   Device dev{chip(), ExecMode::kFunctional, 1};
@@ -66,9 +59,9 @@ TEST(NnGraph, LinearGradientsMatchTheReferenceAndAccumulateOverMicroBatches) {
           dx_want[static_cast<size_t>(i * in + k)] += s * w[static_cast<size_t>(o * in + k)];
           dw_want[static_cast<size_t>(o * in + k)] += s * x[static_cast<size_t>(i * in + k)];
         }
-    EXPECT_LT(max_rel(r.dev.download(xv->grad), dx_want), kTol) << "micro-batch " << mb;
+    EXPECT_LT(rel_max(r.dev.download(xv->grad), dx_want), kTol) << "micro-batch " << mb;
   }
-  EXPECT_LT(max_rel(r.dev.download(g.param_grad(layer.weight)), dw_want), kTol) << "the sum over both micro-batches";
+  EXPECT_LT(rel_max(r.dev.download(g.param_grad(layer.weight)), dw_want), kTol) << "the sum over both micro-batches";
   g.reset_param_grads();
   EXPECT_FALSE(g.has_param_grad(layer.weight));
 }
@@ -105,13 +98,13 @@ TEST(NnGraph, GradientFlowsThroughAChainAndTheTapeFreesItsTensors) {
       for (int64_t o = 0; o < h; ++o)
         for (int64_t k = 0; k < h; ++k)
           dx[static_cast<size_t>(i * h + k)] += d1[static_cast<size_t>(i * h + o)] * wa[static_cast<size_t>(o * h + k)];
-    EXPECT_LT(max_rel(r.dev.download(xv->grad), dx), 2 * kTol);
+    EXPECT_LT(rel_max(r.dev.download(xv->grad), dx), 2 * kTol);
     std::vector<double> dwa(static_cast<size_t>(h * h), 0.0);
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t o = 0; o < h; ++o)
         for (int64_t k = 0; k < h; ++k)
           dwa[static_cast<size_t>(o * h + k)] += d1[static_cast<size_t>(i * h + o)] * x[static_cast<size_t>(i * h + k)];
-    EXPECT_LT(max_rel(r.dev.download(g.param_grad(a.weight)), dwa), 2 * kTol);
+    EXPECT_LT(rel_max(r.dev.download(g.param_grad(a.weight)), dwa), 2 * kTol);
     EXPECT_TRUE(g.has_param_grad(b.weight));
     EXPECT_FALSE(h1->grad.valid()) << "an activation's gradient is freed once its producer has run";
   }
@@ -139,13 +132,13 @@ TEST(NnGraph, AttentionGradientsMatchTheDoubleReference) {
     s.batch = B, s.seq_q = S, s.seq_k = S, s.q_heads = nh, s.kv_heads = nkv, s.head_dim = d, s.causal = true;
     const kernels::AttentionBackwardReference want = kernels::attention_backward_reference(s, q, k, v, seed);
     // Forward: o rounded to bf16 on store.
-    EXPECT_LT(max_rel(r.dev.download(o->value), want.o), 1e-2);
+    EXPECT_LT(rel_max(r.dev.download(o->value), want.o), 1e-2);
     g.backward(o, sb);
     // P and dS are rounded to bf16 before their products (kernels/AttentionBackward), and dO is
     // rounded to bf16: a few bf16 roundoffs relative to the largest gradient.
-    EXPECT_LT(max_rel(r.dev.download(qv->grad), want.dq), 3e-2);
-    EXPECT_LT(max_rel(r.dev.download(kv->grad), want.dk), 3e-2);
-    EXPECT_LT(max_rel(r.dev.download(vv->grad), want.dv), 3e-2);
+    EXPECT_LT(rel_max(r.dev.download(qv->grad), want.dq), 3e-2);
+    EXPECT_LT(rel_max(r.dev.download(kv->grad), want.dk), 3e-2);
+    EXPECT_LT(rel_max(r.dev.download(vv->grad), want.dv), 3e-2);
   }
   kernels::free_attention_workspace(r.dev, ws);
 }
@@ -175,8 +168,8 @@ TEST(NnGraph, LmHeadCrossEntropyChunksAgree) {
   EXPECT_EQ(loss[0], loss[1]);
   EXPECT_EQ(loss[0][3], 0.0f) << "an ignored row has no loss";
   std::vector<double> ref_dh(dh[0].begin(), dh[0].end()), ref_dw(dw[0].begin(), dw[0].end());
-  EXPECT_LT(max_rel(dh[1], ref_dh), 1e-5);
-  EXPECT_LT(max_rel(dw[1], ref_dw), 1e-5);
+  EXPECT_LT(rel_max(dh[1], ref_dh), 1e-5);
+  EXPECT_LT(rel_max(dw[1], ref_dw), 1e-5);
 }
 
 TEST(NnGraph, Errors) {

@@ -33,15 +33,7 @@ std::vector<double> linear_ref(const std::vector<float>& x, const std::vector<fl
   return y;
 }
 
-// max |got - want| / max |want|.
-double rel_err(const std::vector<float>& got, const std::vector<double>& want) {
-  double e = 0, m = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    e = std::max(e, std::abs(got[i] - want[i]));
-    m = std::max(m, std::abs(want[i]));
-  }
-  return e / m;
-}
+using test::rel_max;
 
 TEST(NnLinear, ColumnAndRowShardsComputeTheWholeLayer) {
   Device dev(chip(), ExecMode::kFunctional, 1);
@@ -58,7 +50,7 @@ TEST(NnLinear, ColumnAndRowShardsComputeTheWholeLayer) {
     dev.upload(full.weight, full.weight.shard_of(w));
     DeviceBuffer y = dev.alloc_owned(DType::kF32, rows * out, "y");
     full.forward(dev, xd, y, rows);
-    EXPECT_LT(rel_err(dev.download(y), want), tol);
+    EXPECT_LT(rel_max(dev.download(y), want), tol);
   }
   // Column-parallel: shard r computes columns [r * out/tp, (r+1) * out/tp).
   std::vector<float> cols(static_cast<size_t>(rows * out));
@@ -73,7 +65,7 @@ TEST(NnLinear, ColumnAndRowShardsComputeTheWholeLayer) {
       for (int64_t j = 0; j < c.out_local(); ++j)
         cols[static_cast<size_t>(i * out + r * c.out_local() + j)] = part[static_cast<size_t>(i * c.out_local() + j)];
   }
-  EXPECT_LT(rel_err(cols, want), tol);
+  EXPECT_LT(rel_max(cols, want), tol);
   // Row-parallel: shard r reads columns [r * in/tp, ...) of x; the partial sums add up to y.
   std::vector<float> sum(static_cast<size_t>(rows * out), 0.0f);
   for (int r = 0; r < tp; ++r) {
@@ -90,7 +82,7 @@ TEST(NnLinear, ColumnAndRowShardsComputeTheWholeLayer) {
     const std::vector<float> part = dev.download(y);
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
   }
-  EXPECT_LT(rel_err(sum, want), tol);
+  EXPECT_LT(rel_max(sum, want), tol);
   test::expect_error([&] { Linear(dev, "bad", 25, in, DType::kBF16, false, TpSplit::kColumn, 0, 2); },
                      {"parameter 'bad.weight'", "split along dimension 0 into 2 parts"});
 }
@@ -121,7 +113,7 @@ TEST(NnNorm, RmsAndLayerNormMatchTheFormulas) {
         want[static_cast<size_t>(r * cols + c)] =
             (x[static_cast<size_t>(r * cols + c)] - mean) * inv * w[static_cast<size_t>(c)] + (layer ? b[static_cast<size_t>(c)] : 0.0);
     }
-    EXPECT_LT(rel_err(dev.download(y), want), 1e-5) << (layer ? "layer_norm" : "rms_norm");
+    EXPECT_LT(rel_max(dev.download(y), want), 1e-5) << (layer ? "layer_norm" : "rms_norm");
   }
 }
 
