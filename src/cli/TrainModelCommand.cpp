@@ -136,7 +136,8 @@ int cmd_train(const TrainRunOptions& o) {
   // Data (the corpus paths are checked before the tokenizer loads: a mistyped path fails fast).
   const std::vector<std::string> corpus = o.data.empty() ? train::default_corpus(PPU_SOURCE_DIR) : o.data;
   train::corpus_files(corpus);
-  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
+  const std::string tokenizer_path = find_tokenizer(o.model, o.tokenizer);
+  const models::Tokenizer tok = models::Tokenizer::from_file(tokenizer_path);
   train::DataOptions dopt;
   dopt.seq_len = o.seq_len;
   dopt.cache_path = (out / "corpus.tokens").string();
@@ -221,12 +222,11 @@ int cmd_train(const TrainRunOptions& o) {
     if (!resumed->data)
       throw UserError(fmt::format("--resume {}: the checkpoint has no data position to continue from", o.resume));
     const train::DataPosition& p = *resumed->data;
-    const train::DataPosition here = train::data_position(train::BatchIterator(data, p.batch, p.seed), data);
-    if (p.seq_len != here.seq_len || p.corpus_fingerprint != here.corpus_fingerprint ||
-        p.tokenizer_fingerprint != here.tokenizer_fingerprint)
+    if (p.seq_len != data.seq_len() || p.corpus_fingerprint != data.shard().corpus_fingerprint ||
+        p.tokenizer_fingerprint != data.shard().tokenizer_fingerprint)
       throw UserError(fmt::format("--resume {}: the checkpoint was trained on other data (sequence length {} vs {}, or "
                                   "another corpus or tokenizer); give the same --data, --seq-len and --tokenizer",
-                                  o.resume, p.seq_len, here.seq_len));
+                                  o.resume, p.seq_len, data.seq_len()));
     batch_it.emplace(data, p.batch, p.seed, p.state);
     log << fmt::format("resumed {} at step {}\n", resume_dir, trainer.steps_done());
   } else {
@@ -235,7 +235,6 @@ int cmd_train(const TrainRunOptions& o) {
   train::BatchIterator& batches = *batch_it;
   const fs::path ck_dir = out / "checkpoint";
   std::vector<train::StepResult> history = resumed ? resumed->metrics : std::vector<train::StepResult>{};
-  const std::string tokenizer_path = find_tokenizer(o.model, o.tokenizer);
   auto save = [&] {
     train::CheckpointExtra ex;
     ex.tokenizer_path = tokenizer_path;

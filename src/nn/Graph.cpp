@@ -56,6 +56,10 @@ void Graph::backward(const VarPtr& loss, const Buffer& seed) {
     throw UserError(fmt::format("autograd: seed '{}' has {} elements; the loss '{}' has {}", seed.name, seed.numel,
                                 loss->name, loss->numel()));
   accumulate(*loss, seed);
+  run_tape();
+}
+
+void Graph::run_tape() {
   while (!tape_.empty()) {
     Entry e = std::move(tape_.back());
     tape_.pop_back();
@@ -68,11 +72,7 @@ void Graph::backward(const VarPtr& loss, double scale) {
     throw UserError(fmt::format("autograd: '{}' is not a loss (lm_head_cross_entropy); seed it with a buffer", loss->name));
   if (!std::isfinite(scale)) throw UserError(fmt::format("autograd: loss scale {} is not finite", scale));
   loss->loss_scale = scale;
-  while (!tape_.empty()) {
-    Entry e = std::move(tape_.back());
-    tape_.pop_back();
-    ctx_.op(e.kind + " backward", e.backward);
-  }
+  run_tape();
 }
 
 void Graph::add_into(DeviceBuffer& slot, DeviceBuffer&& g) {

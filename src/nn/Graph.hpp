@@ -126,6 +126,8 @@ class Graph {
                    kernels::AttentionStyle style = kernels::AttentionStyle::kPipelined);
 
  private:
+  // Runs the recorded closures in reverse order, emptying the tape.
+  void run_tape();
   // p's gradient [m, n] += a^T . b (a [k, m], b [k, n], fp32): the GEMM writes the gradient itself on
   // p's first contribution, else a temporary that is added.
   void weight_grad(const Parameter& p, const Buffer& a, const Buffer& b, int64_t m, int64_t n, int64_t k);
