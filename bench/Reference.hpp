@@ -121,4 +121,30 @@ inline const std::vector<ServingCase>& serving_cases() {
   return cases;
 }
 
+struct DecodeLatencyCase {
+  std::string node, model;  // presets: the node whose first `tp` chips run the model
+  int tp;                   // tensor-parallel degree of the measurement
+  std::string dtype;        // weights, GEMM inputs and KV cache
+  long concurrency;         // requests kept running together
+  long input_len, output_len;
+  double measured_itl_ms;   // mean inter-token latency the client saw
+  double tolerance;
+  std::string source;
+};
+
+// Interactive decode latency: NVIDIA NIM for LLMs benchmarking guide, "Performance" page
+// (docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance), Llama-3.3-70b-instruct, NIM 1.8.0
+// (TensorRT-LLM), 2 x H100 80G, fp8 TP2, AIPerf inter-token latency (ITL) at concurrency 1 and 5,
+// for 500 input / 2000 output and 5000 input / 500 output tokens [P]. Llama 3.3 70B has Llama 3.1
+// 70B's architecture (the llama3-70b preset). Target: 15% (the decode-latency issue).
+inline const std::vector<DecodeLatencyCase>& decode_latency_cases() {
+  static const std::string src = "NIM 1.8.0 perf tables, Llama-3.3-70B 2xH100 fp8 TP2 (AIPerf ITL) [P]";
+  static const std::vector<DecodeLatencyCase> cases = {
+      {"h100-dgx", "llama3-70b", 2, "fp8e4m3", 1, 500, 2000, 18.91, 0.15, src},
+      {"h100-dgx", "llama3-70b", 2, "fp8e4m3", 1, 5000, 500, 18.58, 0.15, src},
+      {"h100-dgx", "llama3-70b", 2, "fp8e4m3", 5, 5000, 500, 21.83, 0.15, src},
+  };
+  return cases;
+}
+
 }  // namespace ppu::bench

@@ -11,8 +11,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <iostream>
 
+#include "FidelityReport.hpp"
 #include "Reference.hpp"
 #include "models/Throughput.hpp"
 #include "report/Table.hpp"
@@ -48,14 +48,6 @@ int main(int argc, char** argv) {
       "GUARANTEED_NO_EVICT policy, 90% of the memory left after weights and activations), capped at 2048; the decode "
       "step runs that batch with contexts spread over the whole generation; prompts of the replacing requests are "
       "prefilled in their own pass and charged per output token.";
-  if (md) {
-    std::cout << how << "\n\n" << t.render_markdown()
-              << fmt::format("\n{} of {} cases within target; worst error {:.1f}%; {:.1f} s of simulation in all.\n",
-                             pass, total, 100 * worst, sim_s);
-  } else {
-    std::cout << how << "\n\n" << t.render()
-              << fmt::format("\n{} of {} cases within target; worst |error| {:.1f}%; {:.1f} s of simulation\n", pass,
-                             total, 100 * worst, sim_s);
-  }
+  bench::print_fidelity_table(md, how, t, pass, total, worst, sim_s);
   return 0;
 }

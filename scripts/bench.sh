@@ -7,6 +7,8 @@ scripts/setup.sh
 scripts/build.sh build >/dev/null
 build/bench/bench_fidelity
 echo
+build/bench/bench_decode_latency
+echo
 build/bench/bench_collectives
 echo
 build/bench/bench_network

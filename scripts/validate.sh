@@ -19,6 +19,10 @@ out=docs/validation.md
   echo
   build/bench/bench_serving --markdown
   echo
+  echo "### Decode latency (NVIDIA NIM inter-token latency, Llama-3.3-70B FP8 on two H100s, TP2)"
+  echo
+  build/bench/bench_decode_latency --markdown
+  echo
   echo "## Collectives"
   echo
   build/bench/bench_collectives --markdown

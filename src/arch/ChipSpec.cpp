@@ -58,6 +58,10 @@ const std::vector<ChipFieldInfo>& chip_fields() {
        &ChipSpec::atomic_bandwidth_per_core},
       {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency},
       {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency},
+      {"graph_node_latency", Dimension::kTime, false,
+       "launch of a kernel that follows another inside a captured graph (CUDA graph node), in place of "
+       "launch_latency; absent: launch_latency",
+       &ChipSpec::graph_node_latency},
   };
   return fields;
 }
@@ -72,6 +76,20 @@ double ChipSpec::matrix_flops_per_s(DType t) const {
     case DType::kF8E5M2: return matrix_fp8.present ? matrix_fp8.value : 0.0;
     default: return 0.0;
   }
+}
+
+std::vector<std::string> assumed_fields(const ChipSpec& c) {
+  std::vector<std::string> out;
+  for (const auto& f : chip_fields()) {
+    const Quantity& q = c.*(f.member);
+    if (q.present && !q.assumed.empty()) out.emplace_back(f.key);
+  }
+  return out;
+}
+
+std::string_view matrix_field_for(DType t) {
+  if (dtype_is_fp8(t)) return "matrix_fp8";
+  return t == DType::kF16 ? "matrix_fp16" : "matrix_bf16";
 }
 
 double ChipSpec::mma_efficiency_for(DType t) const {
@@ -167,6 +185,13 @@ json parse_preset_object(std::string_view text, std::string_view origin, std::st
   return j;
 }
 
+json quantity_record(const Quantity& q) {
+  if (!q.present) return nullptr;
+  const bool assumed = !q.assumed.empty();
+  return {{"value", q.value}, {"unit", std::string(base_unit(q.dim))}, {"as_written", q.text},
+          {"basis", assumed ? "assumed" : "published"}, {"source", assumed ? q.assumed : q.source}};
+}
+
 std::string preset_string(const json& j, const char* key, bool required, std::string_view origin) {
   if (!j.contains(key)) {
     if (required) throw UserError(fmt::format("{}: missing field '{}' (a string)", origin, key));
@@ -205,6 +230,10 @@ ChipSpec parse_chip(std::string_view text, std::string_view origin) {
   if (c.matrix_fp8.present != c.mma_efficiency_fp8.present)
     throw UserError(fmt::format("{}: fields 'matrix_fp8' and 'mma_efficiency_fp8' go together: give both or neither",
                                 origin));
+  if (c.graph_node_latency.present && c.graph_node_latency.value > c.launch_latency.value)
+    throw UserError(fmt::format("{}: field 'graph_node_latency' ({}) exceeds 'launch_latency' ({}); a kernel inside a "
+                                "captured graph is launched at most as slowly as on its own",
+                                origin, c.graph_node_latency.text, c.launch_latency.text));
   return c;
 }
 

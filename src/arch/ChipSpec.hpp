@@ -70,6 +70,8 @@ struct ChipSpec {
                                        // sustains (store_add; optional: dma_bandwidth_per_core)
   Quantity launch_latency;        // s: kernel launch to first block start
   Quantity block_latency;         // s: a block's dispatch onto a core (and its end)
+  Quantity graph_node_latency;    // s: launch_latency of a kernel that follows another inside a captured
+                                  // graph (a CUDA graph's per-node cost; optional: launch_latency)
 
   // Convenience accessors (SI units).
   int num_cores() const { return static_cast<int>(cores.value); }
@@ -88,6 +90,11 @@ struct ChipSpec {
   double atomic_bandwidth_per_core_value() const {
     return atomic_bandwidth_per_core.present ? atomic_bandwidth_per_core.value : dma_bandwidth_per_core.value;
   }
+  // Seconds from one kernel of a captured graph to the next one's first block, in place of
+  // launch_latency (graph_node_latency, else launch_latency: no saving).
+  double graph_node_latency_value() const {
+    return graph_node_latency.present ? graph_node_latency.value : launch_latency.value;
+  }
   double sram_bytes() const { return sram_per_core.value; }
   double hbm_bytes() const { return hbm_size.value; }
 };
@@ -101,6 +108,11 @@ struct ChipFieldInfo {
   Quantity ChipSpec::*member;
 };
 const std::vector<ChipFieldInfo>& chip_fields();
+
+// The keys of `c`'s present fields that are assumed rather than published, in chip_fields() order.
+std::vector<std::string> assumed_fields(const ChipSpec& c);
+// The matrix peak field that serves inputs of type `t` ("matrix_bf16", "matrix_fp16", "matrix_fp8").
+std::string_view matrix_field_for(DType t);
 
 // Names of the built-in chip presets, sorted.
 std::vector<std::string> chip_preset_names();

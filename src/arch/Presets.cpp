@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "arch/Error.hpp"
+#include "arch/NameSuggestions.hpp"
+#include "arch/NameTable.hpp"
 
 namespace ppu::presets_generated {
 struct Entry {
@@ -35,6 +37,20 @@ std::vector<std::string> builtin_preset_names(std::string_view kind) {
   return out;
 }
 
+std::optional<BuiltinPreset> find_builtin_preset(std::string_view kind, std::string_view name) {
+  if (auto text = builtin_preset(kind, name)) return BuiltinPreset{std::string(name), *text};
+  for (const auto& known : builtin_preset_names(kind))
+    if (same_name_ignoring_case(known, name)) return BuiltinPreset{known, *builtin_preset(kind, known)};
+  return std::nullopt;
+}
+
+UserError unknown_preset_error(std::string_view kind, std::string_view noun, std::string_view name,
+                               std::string_view alternative) {
+  const std::vector<std::string> known = builtin_preset_names(kind);
+  return UserError(fmt::format("unknown {} '{}'; {}known {}s: {}{}{}", noun, name, did_you_mean(name, known), noun,
+                               join_names(known), alternative.empty() ? "" : " ", alternative));
+}
+
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(fmt::format("{}: cannot open file ({})", path, std::strerror(errno)));
@@ -51,12 +67,9 @@ PresetText preset_text(std::string_view kind, std::string_view noun, std::string
     std::string path(name_or_path);
     return {read_text_file(path), path};
   }
-  if (auto text = builtin_preset(kind, name_or_path))
-    return {std::string(*text), fmt::format("<built-in>/{}/{}.json", kind, name_or_path)};
-  std::string known;
-  for (const auto& n : builtin_preset_names(kind)) known += (known.empty() ? "" : ", ") + n;
-  throw UserError(fmt::format("unknown {} '{}'; known {}s: {} (or give a path to a {} .json file)", noun, name_or_path,
-                              noun, known, noun));
+  if (auto p = find_builtin_preset(kind, name_or_path))
+    return {std::string(p->text), fmt::format("<built-in>/{}/{}.json", kind, p->name)};
+  throw unknown_preset_error(kind, noun, name_or_path, fmt::format("(or give a path to a {} .json file)", noun));
 }
 
 }  // namespace ppu

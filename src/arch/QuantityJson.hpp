@@ -19,6 +19,11 @@ namespace ppu {
 // or a missing source/assumed (docs/presets.md, "Errors").
 Quantity parse_quantity(const nlohmann::json& j, std::string_view key, Dimension dim, std::string_view origin);
 
+// A loaded quantity as a --json record (docs/json.md): {"value" (SI), "unit" (SI base unit),
+// "as_written", "basis": "published"|"assumed", "source" (the citation or the reasoning)}; null when
+// the quantity is absent.
+nlohmann::json quantity_record(const Quantity& q);
+
 // `text` as a JSON object; UserError "<origin>: not valid JSON: ..." or "<origin>: a <kind> file must
 // be a JSON object".
 nlohmann::json parse_preset_object(std::string_view text, std::string_view origin, std::string_view kind);

@@ -23,6 +23,59 @@ std::string rank_list(const std::vector<int>& ranks) {
 
 std::string bytes_text(double b) { return format_quantity(Dimension::kBytes, b); }
 
+// Sorted ranks with runs of three or more shortened: {0, 1, 2, 3, 5} -> "0-3,5".
+std::string rank_ranges(const std::vector<int>& ranks) {
+  std::string out;
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    if (!out.empty()) out += ',';
+    if (j >= i + 2) {
+      out += fmt::format("{}-{}", ranks[i], ranks[j]);
+      i = j + 1;
+    } else {
+      out += std::to_string(ranks[i++]);
+    }
+  }
+  return out;
+}
+
+// The ranks a traced flow of op `o` (over `flow_resources`, sorted) went between: a flow through
+// the switch carries all of the op's sources and destinations; otherwise a flow is one remote
+// source of a reduction, or one destination of a copy - the one whose path it crossed.
+void flow_ranks(const Op& o, const std::vector<int>& flow_resources, const Fabric& fabric, const std::vector<int>& chips,
+                std::vector<int>& srcs, std::vector<int>& dsts) {
+  auto chip = [&](const Region& r) { return chips[static_cast<size_t>(r.rank)]; };
+  auto crossed = [&](int a, int b) {
+    if (a == b) return false;
+    for (int r : fabric.path(a, b))
+      if (!std::binary_search(flow_resources.begin(), flow_resources.end(), r)) return false;
+    return true;
+  };
+  if (o.via_switch) {
+    for (const Region& r : o.srcs) srcs.push_back(r.rank);
+    for (const Region& r : o.dsts) dsts.push_back(r.rank);
+  } else if (o.type == OpType::kCopy) {
+    srcs.push_back(o.srcs[0].rank);
+    for (const Region& d : o.dsts)
+      if (crossed(chip(o.srcs[0]), chip(d))) {
+        dsts.push_back(d.rank);
+        break;
+      }
+  } else {
+    dsts.push_back(o.dsts[0].rank);
+    for (const Region& r : o.srcs)
+      if (crossed(chip(r), chip(o.dsts[0]))) {
+        srcs.push_back(r.rank);
+        break;
+      }
+  }
+  for (auto* v : {&srcs, &dsts}) {
+    std::sort(v->begin(), v->end());
+    v->erase(std::unique(v->begin(), v->end()), v->end());
+  }
+}
+
 }  // namespace
 
 // One per-rank collective in the making: what each rank brought, and the outcome.
@@ -347,11 +400,31 @@ CollectiveResult Communicator::run(Collective c, std::vector<RankCall> calls, co
   }
   FlowSim trace_sim;
   trace_sim.set_recording(trace_);
-  const ScheduleTiming t = time_schedule(sched, fabric_, chips_, es, start, res.protocol, trace_ ? &trace_sim : nullptr);
+  ScheduleTiming t = time_schedule(sched, fabric_, chips_, es, start, res.protocol, trace_ ? &trace_sim : nullptr);
+  // Inside captured graphs (every rank's device in one, past its first kernel) the collective's kernel
+  // is a graph node: collective_latency includes a plain kernel launch, of which the node saves
+  // launch_latency - graph_node_latency (Device::graph_launch_saving_s).
+  double graph_saving = INFINITY;
+  for (const Device* d : devices_) graph_saving = std::min(graph_saving, d->graph_launch_saving_s());
+  if (graph_saving > 0) {
+    for (double& e : t.rank_end_s) e = std::max(start, e - graph_saving);
+    t.end_s = std::max(start, t.end_s - graph_saving);
+  }
   if (trace_) {
-    const std::string label = fmt::format("{} {}/{}", what, algorithm_name(res.algorithm), protocol_name(res.protocol));
-    for (const auto& f : trace_sim.records())
-      for (int r : f.resources) link_slices_.push_back({r, f.start_s, f.end_s, f.bytes, label});
+    const std::string how = fmt::format("{}/{}", algorithm_name(res.algorithm), protocol_name(res.protocol));
+    std::vector<int> hbm;
+    for (int chip = 0; chip < fabric_.num_chips(); ++chip) hbm.push_back(fabric_.memory(chip));
+    for (const auto& f : trace_sim.records()) {
+      LinkTransfer x;
+      for (int r : f.resources)
+        if (std::find(hbm.begin(), hbm.end(), r) == hbm.end()) x.links.push_back(r);
+      if (x.links.empty()) continue;  // a local copy or reduction
+      x.start_s = f.start_s, x.end_s = f.end_s, x.bytes = f.bytes;
+      x.collective = c;
+      x.algorithm = how;
+      flow_ranks(sched.ops[static_cast<size_t>(f.tag)], f.resources, fabric_, chips_, x.srcs, x.dsts);
+      link_transfers_.push_back(std::move(x));
+    }
   }
 
   // The numbers.
@@ -559,25 +632,87 @@ CollectiveResult Communicator::send_recv(int rank, int send_peer, const Buffer& 
 
 void Communicator::write_trace(TraceWriter& w) const {
   for (int r = 0; r < size(); ++r) devices_[static_cast<size_t>(r)]->write_trace(w, 10 * (r + 1), fmt::format("rank {} chip {}", r, chips_[static_cast<size_t>(r)]));
-  if (link_slices_.empty()) return;
-  const int kLinksPid = 5, kLanes = 8;
-  w.name_process(kLinksPid, fmt::format("{}: links (one lane per direction; overlapping transfers share it)", node().name));
-  std::vector<LinkSlice> sorted = link_slices_;
-  std::stable_sort(sorted.begin(), sorted.end(), [](const LinkSlice& a, const LinkSlice& b) { return a.start_s < b.start_s; });
-  std::map<int, std::vector<double>> lane_end;
-  for (const LinkSlice& s : sorted) {
-    auto& ends = lane_end[s.resource];
-    if (ends.empty()) ends.assign(kLanes, -1.0);
-    int lane = 0;
-    while (lane < kLanes - 1 && ends[static_cast<size_t>(lane)] > s.start_s) ++lane;
-    const int tid = s.resource * kLanes + lane;
-    if (ends[static_cast<size_t>(lane)] < 0 || (lane > 0 && ends[static_cast<size_t>(lane)] == -1.0))
-      w.name_thread(kLinksPid, tid, fmt::format("{}{}", fabric_.resources()[static_cast<size_t>(s.resource)].name,
-                                                lane ? fmt::format(" #{}", lane + 1) : ""));
-    ends[static_cast<size_t>(lane)] = s.end_s;
-    const double dur = s.end_s - s.start_s;
-    w.slice(kLinksPid, tid, s.name, s.start_s, dur,
-            {{"bytes", s.bytes}, {"GB/s", dur > 0 ? s.bytes / dur / 1e9 : 0.0}});
+  if (link_transfers_.empty()) return;
+  const int kLinksPid = 5;
+  w.name_process(kLinksPid, fmt::format("{}: links (one lane per direction; transfers at the same time share a slice)",
+                                        node().name));
+  std::map<int, std::vector<size_t>> by_link;  // link direction -> its transfers
+  for (size_t i = 0; i < link_transfers_.size(); ++i)
+    for (int l : link_transfers_[i].links) by_link[l].push_back(i);
+  // A slice's name: per collective, one source or one destination with the ranks on the other end
+  // ("alltoall 0->1-7"), else the first pairs.
+  auto name_of = [&](const std::vector<size_t>& active) {
+    std::map<Collective, std::set<std::pair<std::vector<int>, std::vector<int>>>> pairs;
+    for (size_t i : active) pairs[link_transfers_[i].collective].insert({link_transfers_[i].srcs, link_transfers_[i].dsts});
+    std::string out;
+    for (const auto& [coll, ps] : pairs) {
+      std::set<int> srcs, dsts;
+      for (const auto& [s, d] : ps) srcs.insert(s.begin(), s.end()), dsts.insert(d.begin(), d.end());
+      const bool one_src = std::all_of(ps.begin(), ps.end(), [&](const auto& p) { return p.first == ps.begin()->first; });
+      const bool one_dst = std::all_of(ps.begin(), ps.end(), [&](const auto& p) { return p.second == ps.begin()->second; });
+      std::string who;
+      if (one_src || one_dst) {
+        who = rank_ranges({srcs.begin(), srcs.end()}) + "->" + rank_ranges({dsts.begin(), dsts.end()});
+      } else {
+        constexpr size_t kShown = 3;
+        size_t k = 0;
+        for (const auto& [s, d] : ps) {
+          if (k++ == kShown) break;
+          who += fmt::format("{}{}->{}", who.empty() ? "" : ", ", rank_ranges(s), rank_ranges(d));
+        }
+        if (ps.size() > kShown) who += fmt::format(" +{} more", ps.size() - kShown);
+      }
+      out += fmt::format("{}{} {}", out.empty() ? "" : " + ", collective_name(coll), who);
+    }
+    return out;
+  };
+  for (auto& [link, ids] : by_link) {
+    w.name_thread(kLinksPid, link, fabric_.resources()[static_cast<size_t>(link)].name);
+    // Cut the lane at every start and end; each piece carries the transfers active all through it.
+    std::vector<double> cuts;
+    for (size_t i : ids) cuts.push_back(link_transfers_[i].start_s), cuts.push_back(link_transfers_[i].end_s);
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    std::sort(ids.begin(), ids.end(), [&](size_t a, size_t b) { return link_transfers_[a].start_s < link_transfers_[b].start_s; });
+    struct Piece {
+      std::string name, algorithm;
+      double start_s, end_s, bytes;
+      int transfers;
+    };
+    std::vector<Piece> pieces;
+    std::vector<size_t> active;
+    size_t next = 0;
+    for (size_t k = 0; k + 1 < cuts.size(); ++k) {
+      const double t0 = cuts[k], t1 = cuts[k + 1];
+      std::erase_if(active, [&](size_t i) { return link_transfers_[i].end_s <= t0; });
+      while (next < ids.size() && link_transfers_[ids[next]].start_s <= t0) {
+        if (link_transfers_[ids[next]].end_s > t0) active.push_back(ids[next]);
+        ++next;
+      }
+      if (active.empty()) continue;
+      double bytes = 0;
+      for (size_t i : active) {
+        const LinkTransfer& x = link_transfers_[i];
+        bytes += x.bytes * (t1 - t0) / (x.end_s - x.start_s);
+      }
+      std::string name = name_of(active);
+      if (!pieces.empty() && pieces.back().end_s == t0 && pieces.back().name == name) {
+        pieces.back().end_s = t1;
+        pieces.back().bytes += bytes;
+        pieces.back().transfers = std::max(pieces.back().transfers, static_cast<int>(active.size()));
+      } else {
+        pieces.push_back({std::move(name), link_transfers_[active.front()].algorithm, t0, t1, bytes,
+                          static_cast<int>(active.size())});
+      }
+    }
+    for (const Piece& p : pieces) {
+      const double dur = p.end_s - p.start_s;
+      w.slice(kLinksPid, link, p.name, p.start_s, dur,
+              {{"algorithm", p.algorithm},
+               {"bytes", p.bytes},
+               {"GB/s", p.bytes / dur / 1e9},
+               {"transfers_at_once", p.transfers}});
+    }
   }
 }
 

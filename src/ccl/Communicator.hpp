@@ -122,8 +122,12 @@ class Communicator {
 
   // Keep every link transfer for write_trace (off by default: large collectives make many).
   void set_trace(bool on) { trace_ = on; }
-  // Every rank's device lanes (streams, collectives, kernels) and one lane per link direction with
-  // its transfers, plus a bandwidth counter per link.
+  // Every rank's device lanes (streams, collectives, kernels), and one lane per link direction
+  // (fabric resource other than a chip's HBM) that carried a traced transfer. Transfers that share a
+  // link at the same time share its lane: the lane is cut wherever a transfer starts or ends, each
+  // piece named by the collective and the ranks of the transfers it carries ("alltoall 3->5",
+  // "alltoall 0->1-7", "allreduce 1,2->4"), neighbouring pieces with the same name joined; so no two
+  // slices of a lane overlap. A slice's bytes are estimated at each transfer's mean rate.
   void write_trace(TraceWriter& w) const;
 
  private:
@@ -150,12 +154,16 @@ class Communicator {
   std::map<std::tuple<int, int64_t, int64_t, int, int, int>, Choice> selected_;
   std::vector<std::vector<unsigned char>> scratch_;
   bool trace_ = false;
-  struct LinkSlice {
-    int resource;
-    double start_s, end_s, bytes;
-    std::string name;
+  // One traced flow over chip-to-chip links: when its bytes moved, the link directions it crossed
+  // (fabric resources; HBM left out), its collective and the ranks it went between.
+  struct LinkTransfer {
+    std::vector<int> links;
+    double start_s = 0, end_s = 0, bytes = 0;
+    Collective collective{};
+    std::string algorithm;        // "direct/simple"
+    std::vector<int> srcs, dsts;  // ranks, sorted
   };
-  std::vector<LinkSlice> link_slices_;
+  std::vector<LinkTransfer> link_transfers_;
   // Rendezvous of per-rank calls.
   std::mutex mu_;
   std::condition_variable cv_;

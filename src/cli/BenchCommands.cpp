@@ -10,6 +10,7 @@
 #include "cli/Commands.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
+#include "report/JsonDoc.hpp"
 #include "report/Table.hpp"
 #include "report/TraceWriter.hpp"
 
@@ -56,12 +57,14 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
   json rows = json::array();
   Table t({"chip", "time", "TFLOPS", "% of peak", "bound", "blocks", "waves", "tiles", "HBM read", "L2 hits"});
   bool all_ok = true;
+  AssumedMarks marks;
   for (const auto& name : chips) {
     const ChipSpec chip = load_chip(name);
     if (!chip.supports(in_t)) {
       if (chips.size() > 1) {
         t.add_row({chip.name, "-", "-", "-", fmt::format("no {} matrix unit", dtype_name(in_t))});
-        rows.push_back({{"chip", chip.name}, {"supported", false}});
+        rows.push_back({{"chip", chip.name}, {"supported", false},
+                        {"unsupported_reason", fmt::format("no {} matrix unit", dtype_name(in_t))}});
         continue;
       }
       throw UserError(fmt::format("bench gemm: {} has no {} matrix unit; valid --dtype on it: bf16, fp16{}", chip.name,
@@ -88,12 +91,13 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
     json row = {{"chip", chip.name},
                 {"supported", true},
                 {"m", s.m}, {"n", s.n}, {"k", s.k}, {"batch", s.batch},
+                {"trans_a", s.trans_a}, {"trans_b", s.trans_b},
                 {"dtype", std::string(dtype_name(in_t))},
                 {"out_dtype", std::string(dtype_name(out_t))},
                 {"time_s", kt.time_s},
-                {"tflops", tflops},
-                {"peak_tflops", peak},
-                {"percent_of_peak", 100.0 * tflops / peak},
+                {"achieved_flops_per_s", kt.useful_flops / kt.time_s},
+                {"peak_flops_per_s", chip.matrix_flops_per_s(in_t)},
+                {"fraction_of_peak", tflops / peak},
                 {"bound", kt.bound(chip)},
                 {"blocks", kt.blocks},
                 {"waves", kt.waves},
@@ -103,8 +107,9 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
                 {"l2_hit_bytes", kt.l2_hit_bytes},
                 {"matrix_utilization", kt.matrix_utilization(chip)},
                 {"hbm_utilization", kt.hbm_utilization(chip)},
-                {"host_wall_s", wall}};
-    t.add_row({chip.name, format_quantity(Dimension::kTime, kt.time_s), fmt::format("{:.1f}", tflops),
+                {"host_wall_s", wall},
+                {"assumed_fields", AssumedMarks::among(chip, {matrix_field_for(in_t), "hbm_bandwidth"})}};
+    t.add_row({marks.mark(chip, chip.name, {matrix_field_for(in_t), "hbm_bandwidth"}), format_quantity(Dimension::kTime, kt.time_s), fmt::format("{:.1f}", tflops),
                fmt::format("{:.1f}%", 100.0 * tflops / peak), kt.bound(chip), fmt::format("{}", kt.blocks),
                fmt::format("{:.2f}", kt.waves), cfg.describe(), format_quantity(Dimension::kBytes, kt.hbm_read_bytes),
                format_quantity(Dimension::kBytes, kt.l2_hit_bytes)});
@@ -151,12 +156,12 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
     }
   }
   if (o.json) {
-    std::cout << (rows.size() == 1 ? rows[0] : rows).dump(2) << '\n';
+    print_json_document("bench gemm", rows);
   } else {
     std::cout << fmt::format("GEMM {}x{}x{}{} {} -> {}{}{}, simulated\n", s.m, s.n, s.k,
                              s.batch > 1 ? fmt::format(" batch {}", s.batch) : "", dtype_name(in_t), dtype_name(out_t),
                              s.trans_a ? ", A transposed" : "", s.trans_b ? ", B transposed" : "")
-              << t.render();
+              << t.render() << marks.legend();
   }
   return all_ok ? 0 : 1;
 }
@@ -174,6 +179,7 @@ int cmd_bench_copy(const CopyBenchOptions& o) {
   json rows = json::array();
   Table tab({"chip", "kernel", "array", "time", "GB/s", "% of HBM peak", "bound"});
   bool all_ok = true;
+  AssumedMarks marks;
   const float scalar = 0.4f;
   for (const auto& name : chips) {
     const ChipSpec chip = load_chip(name);
@@ -201,9 +207,11 @@ int cmd_bench_copy(const CopyBenchOptions& o) {
     const double pct = 100.0 * moved / kt.time_s / chip.hbm_bandwidth.value;
     json row = {{"chip", chip.name}, {"kernel", kn}, {"dtype", std::string(dtype_name(t))},
                 {"array_bytes", n * dtype_size_bytes(t)}, {"bytes_moved", moved}, {"time_s", kt.time_s},
-                {"bandwidth_bytes_per_s", moved / kt.time_s}, {"percent_of_hbm_peak", pct},
-                {"bound", kt.bound(chip)}, {"blocks", kt.blocks}};
-    tab.add_row({chip.name, kn, format_quantity(Dimension::kBytes, double(n) * dtype_size_bytes(t)),
+                {"bandwidth_bytes_per_s", moved / kt.time_s},
+                {"fraction_of_hbm_peak", pct / 100.0},
+                {"bound", kt.bound(chip)}, {"blocks", kt.blocks},
+                {"assumed_fields", AssumedMarks::among(chip, {"hbm_bandwidth"})}};
+    tab.add_row({marks.mark(chip, chip.name, {"hbm_bandwidth"}), kn, format_quantity(Dimension::kBytes, double(n) * dtype_size_bytes(t)),
                  format_quantity(Dimension::kTime, kt.time_s), fmt::format("{:.0f}", gbs), fmt::format("{:.1f}%", pct),
                  kt.bound(chip)});
     if (o.check) {
@@ -219,7 +227,8 @@ int cmd_bench_copy(const CopyBenchOptions& o) {
         if (got[ii] != expect) ++bad;
       }
       all_ok = all_ok && bad == 0;
-      row["check"] = {{"elements", n}, {"mismatches", bad}, {"tolerance", "exact (fp32 math, RNE store)"}};
+      row["check"] = {{"elements", n}, {"mismatches", bad}, {"tolerance", "exact (fp32 math, RNE store)"},
+                      {"passed", bad == 0}};
       if (!o.json)
         std::cout << fmt::format("{}: checked {} elements exactly against a scalar reference: {} mismatches -> {}\n",
                                  chip.name, n, bad, bad == 0 ? "PASS" : "FAIL");
@@ -230,10 +239,10 @@ int cmd_bench_copy(const CopyBenchOptions& o) {
       if (!o.json) std::cout << fmt::format("trace: {} (open in ui.perfetto.dev)\n", o.trace);
     }
   }
-  if (o.json) std::cout << (rows.size() == 1 ? rows[0] : rows).dump(2) << '\n';
+  if (o.json) print_json_document("bench copy", rows);
   else std::cout << fmt::format("{} over {} arrays, BabelStream byte counting ({} arrays moved), simulated\n", kn,
                                 dtype_name(t), arrays_moved)
-                 << tab.render();
+                 << tab.render() << marks.legend();
   return all_ok ? 0 : 1;
 }
 

@@ -6,7 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/ClusterSpec.hpp"
+#include "arch/QuantityJson.hpp"
 #include "cli/Commands.hpp"
+#include "report/JsonDoc.hpp"
 #include "report/Table.hpp"
 
 namespace ppu::cli {
@@ -29,12 +31,6 @@ std::string tiers_text(const ClusterSpec& c) {
     if (i + 1 < c.num_tiers()) out += fmt::format(" {}", ratio_text(t.oversubscription.value));
   }
   return out;
-}
-
-json quantity_json(const Quantity& q, Dimension dim) {
-  const bool assumed = !q.assumed.empty();
-  return {{"value", q.value}, {"unit", std::string(base_unit(dim))}, {"as_written", q.text},
-          {"basis", assumed ? "assumed" : "published"}, {"source", assumed ? q.assumed : q.source}};
 }
 
 void add_field_row(Table& t, const std::string& key, const Quantity& q) {
@@ -63,11 +59,11 @@ int cmd_clusters_list(bool as_json) {
                    {"nodes", c.num_nodes()},
                    {"chips", c.num_chips()},
                    {"nics_per_node", static_cast<int>(c.nics_per_node.value)},
-                   {"nic_bw_bytes_per_s", c.nic_bandwidth.value},
+                   {"nic_bandwidth_bytes_per_s", c.nic_bandwidth.value},
                    {"rail_optimized", c.rail_optimized},
                    {"tiers", tiers}});
   }
-  if (as_json) std::cout << out.dump(2) << '\n';
+  if (as_json) print_json_document("clusters", out);
   else std::cout << t.render() << "\n'ppu clusters show NAME' prints every field with its unit and source.\n";
   return 0;
 }
@@ -76,10 +72,11 @@ int cmd_clusters_show(const std::string& name_or_path, bool as_json) {
   const ClusterSpec c = load_cluster(name_or_path);
   json fields = json::object();
   Table t({"field", "value", "basis", "source or reason"});
+  t.set_max_width(3, kShowTextWidth);
   for (const auto& f : cluster_fields()) {
     const Quantity& q = c.*(f.member);
     add_field_row(t, std::string(f.key), q);
-    fields[std::string(f.key)] = quantity_json(q, f.dim);
+    fields[std::string(f.key)] = quantity_record(q);
   }
   // Each tier: its domain, and what a node gets and waits for when its traffic has to cross it.
   Table g({"tier", "nodes per domain", "chips per domain", "domains", "uplink oversubscription",
@@ -96,10 +93,10 @@ int cmd_clusters_show(const std::string& name_or_path, bool as_json) {
     for (const auto& f : tier_fields()) {
       const Quantity& q = tr.*(f.member);
       add_field_row(t, fmt::format("tiers[{}].{} ({})", i, f.key, tr.name), q);
-      tf[std::string(f.key)] = quantity_json(q, f.dim);
+      tf[std::string(f.key)] = quantity_record(q);
     }
     tiers.push_back({{"name", tr.name},
-                     {"notes", tr.notes},
+                     {"notes", json_text_or_null(tr.notes)},
                      {"fields", tf},
                      {"domains", c.num_domains(i)},
                      {"chips_per_domain", int64_t{tr.num_nodes()} * c.chips_per_node()},
@@ -107,18 +104,18 @@ int cmd_clusters_show(const std::string& name_or_path, bool as_json) {
                      {"path_latency_s", c.path_latency_s(i)}});
   }
   if (as_json) {
-    std::cout << json{{"cluster", c.name},       {"display_name", c.display_name}, {"file", c.file},
-                      {"node", c.node.name},     {"chip", c.node.chip.name},       {"nodes", c.num_nodes()},
-                      {"chips", c.num_chips()},  {"chips_per_node", c.chips_per_node()},
-                      {"rail_optimized", c.rail_optimized}, {"notes", c.notes}, {"fields", fields}, {"tiers", tiers}}
-                     .dump(2)
-              << '\n';
+    const json cluster = {{"cluster", c.name},      {"display_name", c.display_name}, {"file", json_text_or_null(c.file)},
+                          {"node", c.node.name},    {"chip", c.node.chip.name},       {"nodes", c.num_nodes()},
+                          {"chips", c.num_chips()}, {"chips_per_node", c.chips_per_node()},
+                          {"rail_optimized", c.rail_optimized}, {"notes", json_text_or_null(c.notes)},
+                          {"fields", fields},       {"tiers", tiers}};
+    print_json_document("clusters show", json::array({cluster}));
     return 0;
   }
-  std::cout << fmt::format("{} ({}: {} x {} = {} x {})\nfrom {}\n", c.display_name, c.name, c.num_nodes(), c.node.name,
-                           c.num_chips(), c.node.chip.name, c.file);
-  if (!c.notes.empty()) std::cout << c.notes << '\n';
-  std::cout << fmt::format("\nScale-out per node: {} x {} = {} per direction; {}\n\n", static_cast<int>(c.nics_per_node.value),
+  std::cout << wrap_text(fmt::format("{} ({}: {} x {} = {} x {})", c.display_name, c.name, c.num_nodes(), c.node.name,
+                                     c.num_chips(), c.node.chip.name))
+            << fmt::format("from {}\n", c.file);
+  std::cout << wrap_text(c.notes) << fmt::format("\nScale-out per node: {} x {} = {} per direction; {}\n\n", static_cast<int>(c.nics_per_node.value),
                            gbits(c.nic_bandwidth.value), gbits(c.node_bandwidth_bytes_per_s()),
                            c.rail_optimized ? "rail-optimised (NIC k of every node on rail k's tier-0 switches)"
                                             : "not rail-optimised (all of a node's NICs on one tier-0 switch)")
@@ -126,7 +123,7 @@ int cmd_clusters_show(const std::string& name_or_path, bool as_json) {
             << "out of it at once; latency NIC to NIC through the tier)\n\n"
             << g.render();
   for (const auto& tr : c.tiers)
-    if (!tr.notes.empty()) std::cout << fmt::format("  {}: {}\n", tr.name, tr.notes);
+    if (!tr.notes.empty()) std::cout << wrap_text(fmt::format("{}: {}", tr.name, tr.notes), "  ");
   return 0;
 }
 

@@ -3,15 +3,28 @@
 // the process exit code. User mistakes throw UserError (main prints it and exits 2).
 #pragma once
 
+#include <initializer_list>
+#include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "arch/ChipSpec.hpp"
 #include "arch/DType.hpp"
 
 namespace ppu::cli {
 
 int cmd_chips_list(bool json);
 int cmd_chips_show(const std::string& name_or_path, bool json);
+
+// `ppu chips export NAME [--out FILE] [--force]`: the built-in preset's .json text, to stdout or to
+// `out`; UserError for an unknown name and for an existing `out` without `force`.
+struct ChipExportOptions {
+  std::string name;
+  std::string out;  // empty: stdout
+  bool force = false;
+};
+int cmd_chips_export(const ChipExportOptions& o);
 
 struct GemmBenchOptions {
   int64_t m = 0, n = 0, k = 0, batch = 1;
@@ -38,6 +51,8 @@ struct CopyBenchOptions {
 int cmd_bench_copy(const CopyBenchOptions& o);
 
 int cmd_models(bool json);
+// `ppu models show NAME|PATH`: every field of one model config and the derived figures of the table.
+int cmd_models_show(const std::string& name_or_path, bool json);
 
 struct RunOptions {
   std::string model = "tiny";
@@ -61,23 +76,51 @@ struct RunOptions {
   int tp = 1;                         // --tp: tensor-parallel degree
   int ep = 1;                         // --ep: expert parallelism over this many chips (MoE); attention in ep / tp groups
   bool sp = false;                    // --sp: sequence parallelism with --tp
+  bool no_graph = false;              // --no-graph: decode steps launch kernel by kernel, not as one captured graph
   std::string matmul_dtype = "bf16";  // weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)
 };
 int cmd_run(const RunOptions& o);
 
 struct ThroughputCliOptions {
   std::string model = "llama3-8b";
-  std::string chip = "h100";
+  std::string chip = "h100";  // or a,b,c or "all": side by side
   std::string io = "128/2048";  // input/output tokens per request, comma-separated pairs
-  std::string matmul_dtype = "fp8e4m3";
-  std::string kv_dtype = "fp8e4m3";
+  std::string matmul_dtype = "auto";  // auto: the chip's fastest (fp8e4m3 where it has FP8, else bf16)
+  std::string kv_dtype = "auto";      // auto: the matmul dtype
   int64_t max_batch = 2048;
   double kv_fraction = 0.9;
   bool json = false;
 };
 int cmd_throughput(const ThroughputCliOptions& o);
 
-// "all" -> every preset name; otherwise the single name or path.
+// Assumed figures made visible in tables: a value (or a chip's name, for results computed from its
+// figures) gets a '*' when a field it rests on is assumed rather than published, and legend() names
+// them. --json records carry the same as "assumed_fields" lists.
+class AssumedMarks {
+ public:
+  // The assumed ones among `keys` (chip field keys), in the order given.
+  static std::vector<std::string> among(const ChipSpec& c, std::initializer_list<std::string_view> keys);
+  // `label` + "*" when any of `keys` is assumed for `c` (and noted for the legend), else `label`.
+  std::string mark(const ChipSpec& c, const std::string& label, std::initializer_list<std::string_view> keys);
+  // One line per marked chip, "* assumed, not published: zhenwu-810e matrix_bf16, hbm_bandwidth (...)";
+  // empty when nothing was marked.
+  std::string legend() const;
+
+ private:
+  std::map<std::string, std::vector<std::string>> noted_;  // chip -> its assumed fields that were marked
+};
+
+// The `show` commands wrap a table's source/reason column and a preset's notes at this many
+// characters: one long source would otherwise widen the whole table to hundreds of characters.
+inline constexpr size_t kShowTextWidth = 80;
+// `text` wrapped at kShowTextWidth (report/Table's wrap_words), every line prefixed with `indent`
+// and ending in '\n'; "" for empty text.
+std::string wrap_text(const std::string& text, const std::string& indent = "");
+
+// `list` as names: "all" -> `all`; "a,b,c" -> those names or paths; otherwise the single name or
+// path. UserError naming `option` for an empty name ("a,,b").
+std::vector<std::string> expand_names(const std::string& list, const char* option, const std::vector<std::string>& all);
+// expand_names for --chip over the chip presets.
 std::vector<std::string> expand_chips(const std::string& chip);
 // A dtype named on the command line; UserError naming `option` and the valid names otherwise.
 DType parse_dtype_option(const std::string& s, const char* option);
@@ -111,7 +154,8 @@ int cmd_bench_collective(const CollectiveBenchOptions& o);
 // planner's best (--search: the ranked table).
 struct TrainCliOptions {
   std::string model = "qwen3-max";
-  std::string cluster = "zhenwu-10k";
+  std::string cluster = "zhenwu-10k";  // or a,b,c: side by side
+  std::string chip;                    // a,b,c or all: each chip's own cluster preset, side by side
   std::string tokens;                 // e.g. 36T: total training tokens -> days, chip-hours, energy
   int tp = 0, pp = 0, dp = 0, cp = 0, ep = 0;  // 0: not given (any given: that layout; none: search)
   int vp = 1;                         // interleaved chunks per chip

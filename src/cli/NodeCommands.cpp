@@ -7,8 +7,11 @@
 #include <nlohmann/json.hpp>
 
 #include "arch/NodeSpec.hpp"
+#include "arch/QuantityJson.hpp"
 #include "ccl/Communicator.hpp"
 #include "cli/Commands.hpp"
+#include "report/JsonDoc.hpp"
+#include "report/Progress.hpp"
 #include "report/Table.hpp"
 #include "report/TraceWriter.hpp"
 
@@ -74,11 +77,11 @@ int cmd_nodes_list(bool as_json) {
                    {"chip", n.chip.name},
                    {"chips", n.num_chips()},
                    {"topology", std::string(topology_name(n.topology))},
-                   {"link_bw_bytes_per_s", n.link_bandwidth.present ? json(n.link_bandwidth.value) : json()},
-                   {"switch_reduction_bw_bytes_per_s",
+                   {"link_bandwidth_bytes_per_s", n.link_bandwidth.present ? json(n.link_bandwidth.value) : json()},
+                   {"switch_reduction_bandwidth_bytes_per_s",
                     n.has_switch_reduction() ? json(n.switch_reduction_bandwidth.value) : json()}});
   }
-  if (as_json) std::cout << out.dump(2) << '\n';
+  if (as_json) print_json_document("nodes", out);
   else std::cout << t.render() << "\n'ppu nodes show NAME' prints every field with its source and the link graph.\n";
   return 0;
 }
@@ -88,20 +91,21 @@ int cmd_nodes_show(const std::string& name_or_path, bool as_json) {
   const ccl::Fabric f(n);
   json fields = json::object();
   Table t({"field", "value", "basis", "source or reason"});
+  t.set_max_width(3, kShowTextWidth);
   for (const auto& fi : node_fields()) {
     const Quantity& q = n.*(fi.member);
     if (!q.present) continue;
     const bool assumed = !q.assumed.empty();
     t.add_row({std::string(fi.key), q.text, assumed ? "assumed" : "published", assumed ? q.assumed : q.source});
-    fields[std::string(fi.key)] = {{"value", q.value}, {"unit", std::string(base_unit(fi.dim))}, {"as_written", q.text},
-                                   {"basis", assumed ? "assumed" : "published"}, {"source", assumed ? q.assumed : q.source}};
+    fields[std::string(fi.key)] = quantity_record(q);
   }
   // The link graph: every resource of the flow model (one per direction of each connection).
   Table g({"resource", "line GB/s", "payload GB/s"});
   json res = json::array();
   for (const auto& r : f.resources()) {
     g.add_row({r.name, gbs(r.line_bytes_per_s), gbs(r.bw_bytes_per_s)});
-    res.push_back({{"name", r.name}, {"line_bw_bytes_per_s", r.line_bytes_per_s}, {"bw_bytes_per_s", r.bw_bytes_per_s}});
+    res.push_back({{"name", r.name}, {"line_bandwidth_bytes_per_s", r.line_bytes_per_s},
+                   {"payload_bandwidth_bytes_per_s", r.bw_bytes_per_s}});
   }
   Table p({"from", "to", "path", "latency us", "payload GB/s"});
   for (int a = 0; a < n.num_chips(); ++a)
@@ -113,17 +117,15 @@ int cmd_nodes_show(const std::string& name_or_path, bool as_json) {
                  gbs(f.path_bandwidth(a, b))});
     }
   if (as_json) {
-    std::cout << json{{"node", n.name}, {"display_name", n.display_name}, {"file", n.file}, {"chip", n.chip.name},
-                      {"topology", std::string(topology_name(n.topology))}, {"notes", n.notes}, {"fields", fields},
-                      {"resources", res}}
-                     .dump(2)
-              << '\n';
+    const json node = {{"node", n.name}, {"display_name", n.display_name}, {"file", json_text_or_null(n.file)},
+                       {"chip", n.chip.name}, {"chips", n.num_chips()}, {"topology", std::string(topology_name(n.topology))},
+                       {"notes", json_text_or_null(n.notes)}, {"fields", fields}, {"resources", res}};
+    print_json_document("nodes show", json::array({node}));
     return 0;
   }
   std::cout << fmt::format("{} ({}: {} x {}, {})\nfrom {}\n", n.display_name, n.name, n.num_chips(), n.chip.name,
                            topology_name(n.topology), n.file);
-  if (!n.notes.empty()) std::cout << n.notes << '\n';
-  std::cout << '\n' << t.render() << "\nLink graph (each resource is one direction of a full-duplex connection; "
+  std::cout << wrap_text(n.notes) << '\n' << t.render() << "\nLink graph (each resource is one direction of a full-duplex connection; "
             << "transfers that share one share its bandwidth)\n\n" << g.render() << "\nRoutes from chips 0 and 1\n\n"
             << p.render();
   return 0;
@@ -168,7 +170,9 @@ int cmd_bench_collective(const CollectiveBenchOptions& o) {
                             "protocol", "#wrong"});
   json rows = json::array();
   bool all_ok = true;
-  for (int64_t size : parse_sizes(o.sizes)) {
+  const std::vector<int64_t> sizes = parse_sizes(o.sizes);
+  Progress progress("bench " + o.collective, static_cast<int64_t>(sizes.size()));
+  for (int64_t size : sizes) {
     // nccl-tests sizes: all-gather and all-to-all give the receive total, reduce-scatter the send total.
     const bool split = c == Collective::kAllGather || c == Collective::kReduceScatter || c == Collective::kAllToAll;
     const int64_t count = std::max<int64_t>(1, split ? size / es / n : size / es);  // per rank / per block
@@ -234,12 +238,16 @@ int cmd_bench_collective(const CollectiveBenchOptions& o) {
                                     std::string(algorithm_name(res.algorithm)), std::string(protocol_name(res.protocol))};
     if (o.check) row.push_back(std::to_string(wrong));
     tab.add_row(row);
-    json j = {{"size_bytes", res.size_bytes}, {"count", split ? count * n : count}, {"dtype", std::string(dtype_name(t))},
-              {"time_s", res.time_s}, {"algbw_bytes_per_s", res.algbw_bytes_per_s},
-              {"busbw_bytes_per_s", res.busbw_bytes_per_s}, {"algorithm", std::string(algorithm_name(res.algorithm))},
-              {"protocol", std::string(protocol_name(res.protocol))}, {"reason", res.reason}};
-    if (o.check) j["wrong"] = wrong;
+    json j = {{"collective", o.collective}, {"node", node.name}, {"ranks", n}, {"functional", o.check},
+              {"size_bytes", res.size_bytes}, {"count", split ? count * n : count}, {"dtype", std::string(dtype_name(t))},
+              {"reduction", reduces ? json(std::string(reduction_op_name(co.op))) : json()},
+              {"root", rooted ? json(o.root) : json()},
+              {"time_s", res.time_s}, {"algorithm_bandwidth_bytes_per_s", res.algbw_bytes_per_s},
+              {"bus_bandwidth_bytes_per_s", res.busbw_bytes_per_s}, {"bus_bandwidth_factor", bus_factor(c, n)}, {"algorithm", std::string(algorithm_name(res.algorithm))},
+              {"protocol", std::string(protocol_name(res.protocol))}, {"reason", json_text_or_null(res.reason)}};
+    if (o.check) j["check"] = {{"elements_wrong", wrong}, {"passed", wrong == 0}};
     rows.push_back(j);
+    progress.done(format_quantity(Dimension::kBytes, static_cast<double>(size)));
   }
   if (!o.trace.empty()) {
     TraceWriter w;
@@ -247,7 +255,7 @@ int cmd_bench_collective(const CollectiveBenchOptions& o) {
     w.write_file(o.trace);
   }
   if (o.json) {
-    std::cout << json{{"collective", o.collective}, {"node", node.name}, {"ranks", n}, {"results", rows}}.dump(2) << '\n';
+    print_json_document("bench " + o.collective, rows);
   } else {
     std::cout << fmt::format("# {} on {} ({} x {}), {} ranks, {} mode; sizes as nccl-tests (busbw = algbw x {:.3f})\n",
                              o.collective, node.name, node.num_chips(), node.chip.name, n,

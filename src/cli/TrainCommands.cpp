@@ -11,6 +11,7 @@
 #include "arch/NameTable.hpp"
 #include "cli/Commands.hpp"
 #include "cluster/Planner.hpp"
+#include "report/JsonDoc.hpp"
 #include "report/Table.hpp"
 #include "report/TraceWriter.hpp"
 
@@ -63,9 +64,20 @@ json memory_json(const MemoryUse& m) {
           {"shortfall_bytes", m.shortfall()}};
 }
 
-json result_json(const TrainingResult& r, const ClusterSpec& c, double tokens) {
-  json j;
+// One layout's simulated iteration as a --json record (docs/schemas/simulate-train.schema.json).
+json result_json(const TrainingResult& r, const ModelConfig& m, const ClusterSpec& c, const std::string& network,
+                 double tokens) {
   const Layout& l = r.layout;
+  json breakdown = json::array();
+  for (const auto& [part, s] : r.breakdown)
+    breakdown.push_back({{"part", part}, {"time_s", s}, {"fraction", r.iteration_s > 0 ? s / r.iteration_s : 0.0}});
+  json collectives = json::array();
+  for (const auto& u : r.collectives)
+    collectives.push_back({{"label", u.label}, {"collective", std::string(ccl::collective_name(u.collective))},
+                           {"bytes", u.bytes}, {"group", u.group}, {"stride", u.stride}, {"time_s", u.time_s},
+                           {"how", json_text_or_null(u.how)}});
+  json j = {{"model", m.name}, {"cluster", c.name}, {"chip", c.node.chip.name}, {"network", network},
+            {"assumed_fields", AssumedMarks::among(c.node.chip, {"matrix_bf16", "hbm_bandwidth"})}};
   j["layout"] = {{"tp", l.tp},
                  {"pp", l.pp},
                  {"dp", l.dp},
@@ -78,22 +90,23 @@ json result_json(const TrainingResult& r, const ClusterSpec& c, double tokens) {
                  {"seq_len", l.seq_len},
                  {"zero", l.zero},
                  {"recompute", kRecomputeNames[static_cast<size_t>(l.recompute)]},
-                 {"describe", l.describe()}};
+                 {"description", l.describe()}};
   j["chips"] = l.chips();
   j["micro_batches"] = r.micro_batches;
   j["iteration_s"] = r.iteration_s;
-  j["breakdown_s"] = r.breakdown;
+  j["breakdown"] = breakdown;
   j["tokens_per_s"] = r.tokens_per_s;
-  j["tflops_per_chip"] = r.tflops_per_chip;
+  j["model_flops_per_s_per_chip"] = r.tflops_per_chip * 1e12;
   j["mfu"] = r.mfu;
   j["hfu"] = r.hfu;
   j["memory"] = memory_json(r.memory);
   j["notes"] = r.notes;
-  j["collectives"] = r.comm_how;
+  j["collectives"] = collectives;
+  j["training"] = nullptr;
   if (tokens > 0) {
     const TrainingBudget b = training_budget(r, c, tokens);
-    j["training"] = {{"tokens", tokens},   {"iterations", b.iterations}, {"days", b.days},
-                     {"chip_hours", b.chip_hours}, {"power_w", b.power_w}, {"energy_mwh", b.energy_mwh}};
+    j["training"] = {{"tokens", tokens},           {"iterations", b.iterations},  {"duration_s", b.days * 86400.0},
+                     {"chip_time_s", b.chip_hours * 3600.0}, {"power_w", b.power_w}, {"energy_j", b.energy_mwh * 3.6e9}};
   }
   return j;
 }
@@ -110,6 +123,8 @@ void print_result(const TrainingResult& r, const ModelConfig& m, const ClusterSp
   std::cout << t.render() << "\n";
   std::cout << fmt::format("throughput: {:.0f} tokens/s; {:.1f} TFLOPS per chip (model FLOPs); MFU {:.1f}%, HFU {:.1f}%\n",
                            r.tokens_per_s, r.tflops_per_chip, 100 * r.mfu, 100 * r.hfu);
+  std::cout << "  (MFU = model FLOPs / (iteration time x chips x dense bf16 peak), model FLOPs per token = 3 x (2 x matmul "
+               "parameters + 4 x seq x attention width per layer); HFU adds the recomputed forward's FLOPs, counted alike)\n";
   const MemoryUse& mem = r.memory;
   std::cout << fmt::format("memory per chip (GB): weights {} + gradients {} + optimizer {} + activations {} + buffers {} + "
                            "reserve {} = {} of {}{}\n",
@@ -123,17 +138,48 @@ void print_result(const TrainingResult& r, const ModelConfig& m, const ClusterSp
                              tokens, b.iterations, b.days, b.chip_hours, b.energy_mwh, b.power_w / 1e6,
                              c.node_power.value, c.pue.value);
   }
-  for (const auto& [k, how] : r.comm_how) std::cout << fmt::format("  {}: {}\n", k, how);
+  for (const auto& u : r.collectives) std::cout << fmt::format("  {}: {}\n", u.label, u.how);
   for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
 }
 
 }  // namespace
 
-int cmd_simulate_train(const TrainCliOptions& opts) {
-  const ModelConfig m = load_model_config(opts.model);
-  TrainCliOptions o = opts;
-  if (o.seq_len == 0) o.seq_len = std::min<int64_t>(4096, m.max_position_embeddings);
-  const ClusterSpec c = load_cluster(o.cluster);
+namespace {
+
+// The clusters to simulate on: --cluster (one, or a comma-separated list), or with --chip the preset
+// cluster built of each chip (the largest one where there are several).
+std::vector<ClusterSpec> clusters_of(const TrainCliOptions& o) {
+  std::vector<ClusterSpec> out;
+  if (o.chip.empty()) {
+    for (const auto& name : expand_names(o.cluster, "--cluster", cluster_preset_names())) out.push_back(load_cluster(name));
+    return out;
+  }
+  if (o.cluster != TrainCliOptions{}.cluster)
+    throw UserError(fmt::format("--chip {} and --cluster {}: give one of them (--chip takes each chip's own cluster)",
+                                o.chip, o.cluster));
+  std::vector<ClusterSpec> presets;
+  for (const auto& name : cluster_preset_names()) presets.push_back(load_cluster(name));
+  for (const auto& chip : expand_chips(o.chip)) {
+    const std::string name = load_chip(chip).name;
+    const ClusterSpec* best = nullptr;
+    for (const auto& c : presets)
+      if (c.node.chip.name == name && (!best || c.num_chips() > best->num_chips())) best = &c;
+    if (!best) {
+      std::string have;
+      for (const auto& c : presets) have += fmt::format("{}{} ({})", have.empty() ? "" : ", ", c.node.chip.name, c.name);
+      throw UserError(fmt::format("--chip {}: no cluster preset is built of {}; chips with a cluster: {} (or give "
+                                  "--cluster FILE, see docs/clusters.md)",
+                                  o.chip, name, have));
+    }
+    out.push_back(*best);
+  }
+  return out;
+}
+
+// One cluster: the given layout, or the planner's search. Appends its records (and the search
+// summary) to `records` / `searches` and prints the human report unless --json. Returns the exit
+// code: 3 (a simulated out-of-memory) when no layout fits.
+int simulate_on(const TrainCliOptions& o, const ModelConfig& m, const ClusterSpec& c, json& records, json& searches) {
   const double tokens = parse_tokens(o.tokens);
   const NetworkKind nk = parse_network(o.network);
   if (o.grad_reduce != "fp32" && o.grad_reduce != "bf16" && o.grad_reduce != "fp16")
@@ -184,13 +230,8 @@ int cmd_simulate_train(const TrainCliOptions& opts) {
       write_training_trace(r, w);
       w.write_file(o.trace);
     }
-    if (o.json) {
-      json j = result_json(r, c, tokens);
-      j["model"] = m.name;
-      j["cluster"] = c.name;
-      j["network"] = net->name();
-      std::cout << j.dump(2) << "\n";
-    } else {
+    records.push_back(result_json(r, m, c, net->name(), tokens));
+    if (!o.json) {
       print_result(r, m, c, net->name(), tokens);
       if (!o.trace.empty()) std::cout << "trace: " << o.trace << "\n";
     }
@@ -202,18 +243,15 @@ int cmd_simulate_train(const TrainCliOptions& opts) {
   p.chips = o.chips;
   p.grad_reduce_bytes = grad_bytes;
   p.attention_style = parse_attention(o.attention);
-  if (!o.json) p.progress = [](const std::string& s) { std::cerr << "search: " << s << "\n"; };
+  p.progress = [&](const std::string& s) { std::cerr << fmt::format("search ({}): {}\n", c.name, s); };
   const Plan plan = plan_training(m, c, p, *net, cache);
+  searches.push_back({{"model", m.name}, {"cluster", c.name}, {"layouts_considered", plan.considered},
+                      {"layouts_that_fit", plan.ranked.size()}, {"explanation", plan.explanation},
+                      {"wall_s", plan.wall_s},
+                      {"closest_memory", plan.ranked.empty() ? memory_json(plan.closest_miss) : json()}});
   if (plan.ranked.empty()) {
-    if (o.json) {
-      std::cout << json{{"model", m.name}, {"cluster", c.name}, {"fits", false}, {"explanation", plan.explanation},
-                        {"closest_memory", memory_json(plan.closest_miss)}}
-                       .dump(2)
-                << "\n";
-    } else {
-      std::cout << plan.explanation << "\n";
-    }
-    return 1;
+    if (!o.json) std::cout << plan.explanation << "\n";
+    return 3;  // no layout fits the chips' memory: a simulated out-of-memory, the status of a SimEvent
   }
   const TrainingResult& best = plan.ranked.front();
   if (!o.trace.empty()) {
@@ -221,21 +259,10 @@ int cmd_simulate_train(const TrainCliOptions& opts) {
     write_training_trace(best, w);
     w.write_file(o.trace);
   }
-  if (o.json) {
-    json j;
-    j["model"] = m.name;
-    j["cluster"] = c.name;
-    j["network"] = net->name();
-    j["layouts_considered"] = plan.considered;
-    j["explanation"] = plan.explanation;
-    j["search_wall_s"] = plan.wall_s;
-    j["best"] = result_json(best, c, tokens);
-    j["ranked"] = json::array();
-    for (size_t i = 0; i < plan.ranked.size() && static_cast<int>(i) < o.top; ++i)
-      j["ranked"].push_back(result_json(plan.ranked[i], c, tokens));
-    std::cout << j.dump(2) << "\n";
-    return 0;
-  }
+  // The ranked layouts, fastest first (the first is the winner).
+  for (size_t i = 0; i < plan.ranked.size() && static_cast<int>(i) < o.top; ++i)
+    records.push_back(result_json(plan.ranked[i], m, c, net->name(), tokens));
+  if (o.json) return 0;
   if (o.search) {
     Table t({"rank", "layout", "iteration s", "tokens/s", "TFLOPS/chip", "MFU", "memory GB"});
     for (size_t i = 0; i < plan.ranked.size() && static_cast<int>(i) < o.top; ++i) {
@@ -252,6 +279,52 @@ int cmd_simulate_train(const TrainCliOptions& opts) {
   print_result(best, m, c, net->name(), tokens);
   if (!o.trace.empty()) std::cout << "trace: " << o.trace << "\n";
   return 0;
+}
+
+}  // namespace
+
+int cmd_simulate_train(const TrainCliOptions& opts) {
+  const ModelConfig m = load_model_config(opts.model);
+  TrainCliOptions o = opts;
+  if (o.seq_len == 0) o.seq_len = std::min<int64_t>(4096, m.max_position_embeddings);
+  const std::vector<ClusterSpec> clusters = clusters_of(o);
+  if (clusters.size() > 1 && !o.trace.empty()) throw UserError("--trace needs a single cluster");
+  parse_tokens(o.tokens);  // a bad value is reported before any simulation
+  json records = json::array(), searches = json::array();
+  int rc = 0;
+  std::vector<size_t> first_record;  // each cluster's first (best) record
+  for (const ClusterSpec& c : clusters) {
+    if (clusters.size() > 1 && !o.json) std::cout << fmt::format("=== {} ({} x {})\n", c.name, c.num_chips(), c.node.chip.name);
+    first_record.push_back(records.size());
+    rc = std::max(rc, simulate_on(o, m, c, records, searches));
+    if (clusters.size() > 1 && !o.json) std::cout << "\n";
+  }
+  if (o.json) {
+    print_json_document("simulate train", records, searches.empty() ? json::object() : json{{"searches", searches}});
+    return rc;
+  }
+  if (clusters.size() > 1) {
+    Table t({"cluster", "chip", "layout", "iteration s", "tokens/s", "TFLOPS/chip", "MFU", "memory GB", "days"});
+    AssumedMarks marks;
+    for (size_t i = 0; i < clusters.size(); ++i) {
+      const bool none = first_record[i] >= records.size() ||
+                        records[first_record[i]]["cluster"] != clusters[i].name;
+      if (none) {
+        t.add_row({clusters[i].name, marks.mark(clusters[i].node.chip, clusters[i].node.chip.name, {"matrix_bf16", "hbm_bandwidth"}),
+                   "no layout fits", "", "", "", "", "", ""});
+        continue;
+      }
+      const json& r = records[first_record[i]];
+      t.add_row({clusters[i].name, marks.mark(clusters[i].node.chip, clusters[i].node.chip.name, {"matrix_bf16", "hbm_bandwidth"}),
+                 r["layout"]["description"].get<std::string>(),
+                 fmt::format("{:.3f}", r["iteration_s"].get<double>()), fmt::format("{:.0f}", r["tokens_per_s"].get<double>()),
+                 fmt::format("{:.1f}", r["model_flops_per_s_per_chip"].get<double>() / 1e12),
+                 fmt::format("{:.1f}%", 100 * r["mfu"].get<double>()), gb(r["memory"]["total_bytes"].get<double>()),
+                 r["training"].is_null() ? "-" : fmt::format("{:.1f}", r["training"]["duration_s"].get<double>() / 86400)});
+    }
+    std::cout << fmt::format("{} side by side (each cluster's best layout)\n", m.name) << t.render() << marks.legend();
+  }
+  return rc;
 }
 
 }  // namespace ppu::cli

@@ -19,10 +19,13 @@
 
 #include "arch/Units.hpp"
 #include "arch/NodeSpec.hpp"
+#include "arch/NameSuggestions.hpp"
 #include "ccl/Communicator.hpp"
 #include "cli/Commands.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Tokenizer.hpp"
+#include "report/JsonDoc.hpp"
+#include "report/Progress.hpp"
 #include "report/LineChart.hpp"
 #include "report/Table.hpp"
 #include "train/Checkpoint.hpp"
@@ -46,22 +49,40 @@ void write_text(const fs::path& path, const std::string& text) {
 
 namespace {
 
+// Refuses, before any layer is built, a model whose training state cannot fit one chip: per
+// parameter the bf16 weight, its fp32 gradient, fp32 master copy and two AdamW moments (18 bytes),
+// none of it sharded (every data-parallel rank holds a whole replica; no ZeRO here).
+void check_training_state_fits(const ModelConfig& cfg, const ChipSpec& chip) {
+  const double params = static_cast<double>(param_counts(cfg).total());
+  const double bytes = params * 18.0;
+  if (bytes <= chip.hbm_size.value) return;
+  throw DeviceOutOfMemory(
+      fmt::format("{}: training state alone is {} ({:.3g}B parameters x 18 B: bf16 weights, fp32 gradients, master "
+                  "weights and AdamW moments), and one {} holds {}; every data-parallel rank holds all of it here "
+                  "(no ZeRO sharding): use a smaller model, or 'ppu simulate train' for sharded layouts on a cluster",
+                  cfg.name, format_quantity(Dimension::kBytes, bytes), params / 1e9, chip.name,
+                  format_quantity(Dimension::kBytes, chip.hbm_size.value)),
+      static_cast<int64_t>(bytes), 0, static_cast<int64_t>(chip.hbm_size.value));
+}
+
 // --timing-only: one optimizer step of `o.batch` sequences of `o.seq_len` tokens on each chip of
 // o.chip (a comma-separated list), no numbers: simulated step time, tokens/s and MFU side by side,
 // and the device memory the step needed (or that it does not fit).
 int train_timing_only(const TrainRunOptions& o, const ModelConfig& cfg) {
-  std::vector<std::string> chips;
-  for (size_t i = 0; i <= o.chip.size();) {
-    const size_t j = std::min(o.chip.find(',', i), o.chip.size());
-    chips.push_back(o.chip.substr(i, j - i));
-    i = j + 1;
-  }
+  const std::vector<std::string> chips = expand_chips(o.chip);
   Table t({"chip", "step time", "tokens/s", "MFU", "device memory", "host s"});
   nlohmann::json rows = nlohmann::json::array();
+  AssumedMarks marks;
+  Progress progress("train --timing-only", static_cast<int64_t>(chips.size()));
   for (const std::string& name : chips) {
     const ChipSpec chip = load_chip(name);
     const auto wall0 = std::chrono::steady_clock::now();
+    nlohmann::json row = {{"model", cfg.name}, {"chip", chip.name}, {"timing_only", true}, {"batch", o.batch},
+                          {"seq_len", o.seq_len}, {"out_of_memory", nullptr},
+                          {"assumed_fields", AssumedMarks::among(chip, {"matrix_bf16", "hbm_bandwidth"})}};
+    const std::string label = marks.mark(chip, chip.name, {"matrix_bf16", "hbm_bandwidth"});
     try {
+      check_training_state_fits(cfg, chip);
       Device dev(chip, ExecMode::kTimingOnly);
       Qwen3Options qo;
       qo.max_context = o.seq_len;
@@ -74,26 +95,28 @@ int train_timing_only(const TrainRunOptions& o, const ModelConfig& cfg) {
       for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((1000 + 7 * i) % static_cast<size_t>(cfg.vocab_size));
       const train::StepResult r = trainer.step(tokens);
       const double host = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
-      t.add_row({chip.name, format_quantity(Dimension::kTime, r.sim_s), fmt::format("{:.0f}", static_cast<double>(r.tokens) / r.sim_s),
+      t.add_row({label, format_quantity(Dimension::kTime, r.sim_s), fmt::format("{:.0f}", static_cast<double>(r.tokens) / r.sim_s),
                  fmt::format("{:.1f}%", 100 * trainer.mfu(r)),
                  format_quantity(Dimension::kBytes, static_cast<double>(dev.peak_bytes_in_use())), fmt::format("{:.1f}", host)});
-      rows.push_back({{"chip", chip.name}, {"step_s", r.sim_s}, {"tokens_per_s", static_cast<double>(r.tokens) / r.sim_s},
-                      {"mfu", trainer.mfu(r)}, {"device_memory_peak_bytes", dev.peak_bytes_in_use()}, {"host_s", host}});
+      row["simulated_step_s"] = r.sim_s;
+      row["tokens_per_s"] = static_cast<double>(r.tokens) / r.sim_s;
+      row["mfu"] = trainer.mfu(r);
+      row["device_memory_peak_bytes"] = dev.peak_bytes_in_use();
+      row["host_s"] = host;
     } catch (const DeviceOutOfMemory& e) {
-      t.add_row({chip.name, "does not fit", "", "", e.what(), ""});
-      rows.push_back({{"chip", chip.name}, {"out_of_memory", e.what()}});
+      t.add_row({label, "does not fit", "", "", e.what(), ""});
+      row["out_of_memory"] = e.what();
     }
+    rows.push_back(row);
+    progress.done(chip.name);
   }
   if (o.json) {
-    std::cout << nlohmann::json{{"model", cfg.name}, {"timing_only", true}, {"batch", o.batch}, {"seq_len", o.seq_len},
-                                {"chips", rows}}
-                     .dump(2)
-              << '\n';
+    print_json_document("train", rows);
   } else {
     std::cout << fmt::format("{} training step, timing only: {} sequences of {} tokens, bf16 weights with fp32 AdamW "
                              "state, no recomputation\n",
                              cfg.name, o.batch, o.seq_len)
-              << t.render()
+              << t.render() << marks.legend()
               << "MFU: 3 x forward FLOPs (causal attention) per token / (step time x the chip's dense bf16 peak).\n";
   }
   return 0;
@@ -117,13 +140,14 @@ int cmd_train(const TrainRunOptions& o) {
   if (o.dp > 1 && !node) throw UserError(fmt::format("--dp {}: give the node whose chips run the ranks (--node; see ppu nodes)", o.dp));
   if (node && o.dp > node->num_chips())
     throw UserError(fmt::format("--dp {}: node '{}' has {} chips", o.dp, node->name, node->num_chips()));
-  if (node && o.chip != TrainRunOptions{}.chip && o.chip != node->chip.name)
+  if (node && o.chip != TrainRunOptions{}.chip && !same_name_ignoring_case(o.chip, node->chip.name))
     throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip, node->name,
                                 node->chip.name));
   if (o.dp > 1 && !o.resume.empty())
     throw UserError("--resume with --dp is not supported yet: resume on one chip, or start the data-parallel run afresh");
   const ChipSpec chip = node ? node->chip : load_chip(o.chip);
   const ModelConfig cfg = load_model_config(o.model);
+  check_training_state_fits(cfg, chip);
   if (o.seq_len < 1 || o.seq_len > cfg.max_position_embeddings)  // before the corpus is read: fail fast
     throw UserError(fmt::format("--seq-len {}: valid 1 to model '{}''s context of {} positions", o.seq_len, cfg.name,
                                 cfg.max_position_embeddings));
@@ -291,7 +315,7 @@ int cmd_train(const TrainRunOptions& o) {
               {"tokens", r.tokens},
               {"host_s", r.host_s},
               {"host_tokens_per_s", static_cast<double>(r.tokens) / r.host_s},
-              {"sim_step_s", r.sim_s},
+              {"simulated_step_s", r.sim_s},
               {"mfu", mfu},
               {"skipped", r.skipped}};
     if ((o.eval_every > 0 && r.step % o.eval_every == 0) || r.step == last_step) {
@@ -319,20 +343,25 @@ int cmd_train(const TrainRunOptions& o) {
   const double tokens = static_cast<double>(ran) * static_cast<double>(tc.batch * tc.seq_len);
   json summary = {{"model", cfg.name},
                   {"chip", chip.name},
+                  {"assumed_fields", AssumedMarks::among(chip, {"matrix_bf16", "hbm_bandwidth"})},
+                  {"timing_only", false},
+                  {"batch", tc.batch},
+                  {"seq_len", tc.seq_len},
+                  {"dp", o.dp},
                   {"steps", last_step},
                   {"steps_this_run", ran},
                   {"tokens", tokens},
                   {"final_loss", last_loss},
-                  {"validation_loss", val_loss},
+                  {"validation_loss", std::isfinite(val_loss) ? json(val_loss) : json()},
                   {"unigram_entropy_nats", ds.train_unigram_entropy_nats},
                   {"skipped_steps", skipped},
                   {"host_s", wall},
                   {"host_tokens_per_s", tokens / host_total},
-                  {"sim_s", sim_total},
-                  {"sim_step_s", sim_total / static_cast<double>(std::max<int64_t>(1, ran))},
+                  {"simulated_s", sim_total},
+                  {"simulated_step_s", sim_total / static_cast<double>(std::max<int64_t>(1, ran))},
                   {"out", out.string()}};
   if (o.json) {
-    std::cout << summary.dump(2) << '\n';
+    print_json_document("train", json::array({summary}));
   } else {
     std::cout << fmt::format("done: step {}; {} steps in {:.1f} s on this host ({:.0f} tokens/s); final loss {:.4f}, validation "
                              "loss {:.4f} (unigram entropy {:.3f}); simulated {} on the {} ({} per step)\n"

@@ -3,11 +3,57 @@
 #include <fmt/format.h>
 
 #include <iostream>
+#include <limits>
 
 #include "arch/Error.hpp"
+#include "arch/NameSuggestions.hpp"
+#include "arch/NameTable.hpp"
 #include "cli/Commands.hpp"
 
 namespace {
+
+// An integer option's check: a whole number from `min` to `max` ("--gen: must be at least 1, not 0";
+// "--zero: must be 0 to 3, not 7"). CLI::PositiveNumber and CLI::NonNegativeNumber would print their
+// bound, DBL_MAX, in 300 digits.
+CLI::Validator integer_range(int64_t min, int64_t max) {
+  const bool open = max == std::numeric_limits<int64_t>::max();
+  const std::string range = open ? fmt::format("at least {}", min) : fmt::format("{} to {}", min, max);
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        int64_t v = 0;
+        if (!CLI::detail::lexical_cast(text, v))
+          return fmt::format("'{}' is not a whole number; give one {}", text, (open ? "of " : "from ") + range);
+        return v < min || v > max ? fmt::format("must be {}, not {}", range, v) : std::string();
+      },
+      open ? fmt::format(">= {}", min) : fmt::format("{}..{}", min, max));
+}
+CLI::Validator at_least(int64_t min) { return integer_range(min, std::numeric_limits<int64_t>::max()); }
+
+// A command line CLI11 could not parse. --help and --version print as CLI11 does (exit 0); anything
+// else is a user's mistake: "error: ..." on stderr and exit 2, as for a UserError. A word where a
+// command belongs is named with the commands valid there, the nearest first ("did you mean ...?").
+int parse_failure(const CLI::App& app, const CLI::ParseError& e) {
+  if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+  // The deepest command the parse reached and its own commands.
+  const CLI::App* at = &app;
+  std::string path = app.get_name();
+  while (!at->get_subcommands().empty()) {
+    at = at->get_subcommands().front();
+    path += " " + at->get_name();
+  }
+  std::vector<std::string> commands;
+  for (const CLI::App* sc : at->get_subcommands([](const CLI::App*) { return true; }))
+    commands.push_back(sc->get_name());
+  const std::vector<std::string> left = at->remaining();
+  std::string message = e.what();
+  if (!commands.empty() && !left.empty() && !left.front().starts_with("-"))
+    message = fmt::format("{}: '{}' is not a command; {}valid: {}", path, left.front(),
+                          ppu::did_you_mean(left.front(), commands), ppu::join_names(commands));
+  else if (!commands.empty() && at->get_require_subcommand_min() > 0)
+    message = fmt::format("{}: a command is required; valid: {}", path, ppu::join_names(commands));
+  std::cerr << "error: " << message << "\nRun '" << path << " --help' for more information.\n";
+  return 2;
+}
 
 // A preset family's commands: `ppu NOUNs [--json]` lists them, `ppu NOUNs show NAME [--json]` prints
 // one. CLI11 binds the flag and the name by reference, so the object must outlive parsing.
@@ -22,12 +68,15 @@ struct PresetCommands {
   }
 };
 
+// `name_help` describes show's NAME; empty: a preset name or a path to a NOUN .json file.
 void add_preset_commands(CLI::App& app, PresetCommands& pc, const std::string& noun, const std::string& list_help,
-                         const std::string& show_help) {
+                         const std::string& show_help, const std::string& name_help = "") {
   pc.list = app.add_subcommand(noun + "s", list_help);
   pc.list->add_flag("--json", pc.json, "One JSON document on stdout");
   pc.show = pc.list->add_subcommand("show", show_help);
-  pc.show->add_option(noun, pc.name, fmt::format("Preset name or path to a {} .json file", noun))->required();
+  pc.show->add_option(noun, pc.name,
+                      name_help.empty() ? fmt::format("Preset name or path to a {} .json file", noun) : name_help)
+      ->required();
   pc.show->add_flag("--json", pc.json, "One JSON document on stdout");
 }
 
@@ -36,13 +85,20 @@ void add_preset_commands(CLI::App& app, PresetCommands& pc, const std::string& n
 int main(int argc, char** argv) {
   using namespace ppu::cli;
   CLI::App app{"OpenPPU: a software PPU (AI accelerator) - chip presets, tile programs, functional and timing "
-               "simulation"};
+               "simulation",
+               "ppu"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "ppu 0.1.0");
 
-  PresetCommands chips, nodes, clusters;
+  PresetCommands chips, nodes, clusters, models;
   add_preset_commands(app, chips, "chip", "Chip presets: a table, or every field of one chip",
                       "Every field of a chip with its unit and source");
+  ChipExportOptions ce;
+  auto* chips_export =
+      chips.list->add_subcommand("export", "Write a chip preset's .json file, to start a chip of your own");
+  chips_export->add_option("chip", ce.name, "Chip preset name (ppu chips)")->required();
+  chips_export->add_option("--out", ce.out, "Write to this file (default: stdout)");
+  chips_export->add_flag("--force", ce.force, "Replace --out if it exists");
 
   auto* bench = app.add_subcommand("bench", "Run a kernel on a simulated chip and report its predicted time");
   bench->require_subcommand(1);
@@ -52,7 +108,7 @@ int main(int argc, char** argv) {
   bg->add_option("M", g.m, "Rows of A and C")->required();
   bg->add_option("N", g.n, "Columns of B and C")->required();
   bg->add_option("K", g.k, "Inner dimension")->required();
-  bg->add_option("--chip", g.chip, "Chip preset, chip .json file, or 'all'")->capture_default_str();
+  bg->add_option("--chip", g.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
   bg->add_option("--dtype", g.dtype, "Input dtype: bf16, fp16, fp8e4m3, fp8e5m2")->capture_default_str();
   bg->add_option("--out-dtype", g.out_dtype, "Output dtype: bf16, fp16, fp32")->capture_default_str();
   bg->add_option("--batch", g.batch, "Batch count")->capture_default_str();
@@ -66,7 +122,7 @@ int main(int argc, char** argv) {
   CopyBenchOptions c;
   auto* bc = bench->add_subcommand("copy", "HBM-bound BabelStream kernels: achieved bandwidth");
   bc->add_option("size", c.size, "Bytes per array, e.g. 1GiB, 512MB")->capture_default_str();
-  bc->add_option("--chip", c.chip, "Chip preset, chip .json file, or 'all'")->capture_default_str();
+  bc->add_option("--chip", c.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
   bc->add_option("--kernel", c.kernel, "copy, mul, add or triad")->capture_default_str();
   bc->add_option("--dtype", c.dtype, "Element dtype")->capture_default_str();
   bc->add_flag("--check", c.check, "Also compute the numbers and check them");
@@ -85,22 +141,29 @@ int main(int argc, char** argv) {
       "train", "One training iteration on a cluster: the best layout (or the one given), time breakdown, MFU, memory, "
                "days and energy for a token budget");
   train->add_option("--model", tr.model, "Model preset or config")->capture_default_str();
-  train->add_option("--cluster", tr.cluster, "Cluster preset or cluster .json file")->capture_default_str();
+  train->add_option("--cluster", tr.cluster, "Cluster preset or cluster .json file; a,b,c side by side")->capture_default_str();
+  train->add_option("--chip", tr.chip, "Instead of --cluster: each chip's own cluster preset (a,b,c or 'all'), side by side");
   train->add_option("--tokens", tr.tokens, "Training tokens (e.g. 36T): days, chip-hours and energy to train");
-  train->add_option("--tp", tr.tp, "Tensor-parallel degree (giving any degree fixes the layout)");
-  train->add_option("--pp", tr.pp, "Pipeline-parallel degree");
-  train->add_option("--dp", tr.dp, "Data-parallel degree (default: the chips left)");
-  train->add_option("--cp", tr.cp, "Context-parallel degree");
-  train->add_option("--ep", tr.ep, "Expert-parallel degree (MoE)");
-  train->add_option("--vp", tr.vp, "Interleaved pipeline: model chunks per chip")->capture_default_str();
-  train->add_option("--micro-batch", tr.micro_batch, "Sequences per micro-batch")->capture_default_str();
-  train->add_option("--global-batch", tr.global_batch, "Sequences per iteration (default: about 4M tokens)");
-  train->add_option("--seq-len", tr.seq_len, "Tokens per sequence (default: 4096, or the model's context if shorter)");
-  train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all, or TP x PP x CP x DP when --dp is given)");
-  train->add_option("--zero", tr.zero, "ZeRO stage 0-3 of the data-parallel optimizer")->capture_default_str();
+  train->add_option("--tp", tr.tp, "Tensor-parallel degree (giving any degree fixes the layout)")->check(at_least(1));
+  train->add_option("--pp", tr.pp, "Pipeline-parallel degree")->check(at_least(1));
+  train->add_option("--dp", tr.dp, "Data-parallel degree (default: the chips left)")->check(at_least(1));
+  train->add_option("--cp", tr.cp, "Context-parallel degree")->check(at_least(1));
+  train->add_option("--ep", tr.ep, "Expert-parallel degree (MoE)")->check(at_least(1));
+  train->add_option("--vp", tr.vp, "Interleaved pipeline: model chunks per chip")->capture_default_str()
+      ->check(at_least(1));
+  train->add_option("--micro-batch", tr.micro_batch, "Sequences per micro-batch")->capture_default_str()
+      ->check(at_least(1));
+  train->add_option("--global-batch", tr.global_batch, "Sequences per iteration (default: about 4M tokens)")
+      ->check(at_least(1));
+  train->add_option("--seq-len", tr.seq_len, "Tokens per sequence (default: 4096, or the model's context if shorter)")
+      ->check(at_least(1));
+  train->add_option("--chips", tr.chips, "Use this many of the cluster's chips (default: all, or TP x PP x CP x DP when --dp is given)")
+      ->check(at_least(1));
+  train->add_option("--zero", tr.zero, "ZeRO stage 0-3 of the data-parallel optimizer")->capture_default_str()
+      ->check(integer_range(0, 3));
   train->add_option("--recompute", tr.recompute, "Activation recomputation: auto, none, selective, full")->capture_default_str();
   train->add_option("--recompute-layers", tr.recompute_layers, "With full recomputation: layers per stage (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()->check(at_least(0));
   train->add_option("--order", tr.order, "Rank order, fastest first: tp-cp-dp-pp (Megatron) or tp-cp-pp-dp (Llama 3)")
       ->capture_default_str();
   train->add_flag("--no-sp", tr.no_sp, "No sequence parallelism with TP");
@@ -111,7 +174,7 @@ int main(int argc, char** argv) {
   train->add_option("--grad-reduce", tr.grad_reduce, "Gradient reduction dtype: fp32, bf16, fp16")->capture_default_str();
   train->add_option("--network", tr.network, "Network model: analytical or flow (SimGrid)")->capture_default_str();
   train->add_flag("--search", tr.search, "Print the ranked table of layouts that fit");
-  train->add_option("--top", tr.top, "Rows of the --search table")->capture_default_str();
+  train->add_option("--top", tr.top, "Rows of the --search table")->capture_default_str()->check(at_least(1));
   train->add_flag("--json", tr.json, "One JSON document on stdout");
   train->add_option("--trace", tr.trace, "Write a Perfetto trace of one iteration to this file");
   simulate->require_subcommand(1);
@@ -121,7 +184,7 @@ int main(int argc, char** argv) {
   for (const char* name : {"allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall", "sendrecv"}) {
     auto* sc = bench->add_subcommand(name, fmt::format("nccl-tests style {} sweep on a node: time, algbw, busbw, algorithm", name));
     sc->add_option("--node", cb.node, "Node preset or node .json file")->capture_default_str();
-    sc->add_option("--ranks", cb.ranks, "Ranks (default: every chip of the node)")->check(CLI::PositiveNumber);
+    sc->add_option("--ranks", cb.ranks, "Ranks (default: every chip of the node)")->check(at_least(1));
     sc->add_option("--sizes", cb.sizes, "MIN:MAX doubling (as nccl-tests -f 2) or one size; K/M/G are powers of 2")
         ->capture_default_str();
     sc->add_option("--algo", cb.algo, "ring, tree, direct, halving_doubling, nvls, hierarchical, pairwise (default: fastest)");
@@ -135,17 +198,18 @@ int main(int argc, char** argv) {
     coll_cmds.push_back(sc);
   }
 
-  bool models_json = false;
-  auto* models = app.add_subcommand("models", "Model presets: Qwen3 family, Llama 3, GPT, tiny test models");
-  models->add_flag("--json", models_json, "One JSON document on stdout");
+  add_preset_commands(app, models, "model",
+                      "Model presets (Qwen3 family, Llama 3, GPT, tiny test models): a table, or one model",
+                      "Every field of a model config with its parameter count, weight and KV-cache bytes",
+                      "Preset name, config.json, or a directory holding one");
 
   RunOptions r;
   auto* run = app.add_subcommand("run", "Generate text with a model on a simulated chip; report simulated time");
   run->add_option("--model", r.model, "Preset name or Hugging Face model directory")->capture_default_str();
   run->add_option("--prompt", r.prompt, "User message (chat template applied unless --raw)")->capture_default_str();
-  run->add_option("--chip", r.chip, "Chip preset or chip .json file")->capture_default_str();
-  run->add_option("--gen", r.gen, "Tokens to generate at most")->capture_default_str()->check(CLI::PositiveNumber);
-  run->add_option("--prompt-len", r.prompt_len, "Use this many dummy prompt tokens (timing studies)")->check(CLI::NonNegativeNumber);
+  run->add_option("--chip", r.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
+  run->add_option("--gen", r.gen, "Tokens to generate at most")->capture_default_str()->check(at_least(1));
+  run->add_option("--prompt-len", r.prompt_len, "Use this many dummy prompt tokens (timing studies)")->check(at_least(0));
   run->add_flag("--timing-only", r.timing_only, "No numbers, only simulated time (any model size)");
   run->add_flag("--random-weights", r.allow_random, "Run a large preset functionally with random weights");
   run->add_option("--tokenizer", r.tokenizer, "tokenizer.json to use");
@@ -163,13 +227,15 @@ int main(int argc, char** argv) {
   run->add_option("--node", r.node, "Node preset (ppu nodes) whose chips run the split model (with --tp)");
   run->add_option("--tp", r.tp, "Tensor-parallel degree: the model split over this many chips of --node")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   run->add_option("--ep", r.ep,
                   "Expert-parallel degree (MoE): experts spread over this many chips of --node, attention in "
                   "ep / tp data-parallel groups of --tp chips")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   run->add_flag("--sp", r.sp, "Sequence parallelism with --tp: norms on 1/tp of the tokens, reduce-scatter + all-gather");
+  run->add_flag("--no-graph", r.no_graph,
+                "Launch decode kernels one by one instead of one captured graph per step (as CUDA graphs)");
   run->add_flag("--json", r.json, "One JSON document on stdout");
 
   TrainRunOptions tro;
@@ -179,30 +245,33 @@ int main(int argc, char** argv) {
   trn->add_option("--data", tro.data, "Corpus files or folders (default: the project's docs and the King James Bible)");
   trn->add_option("--tokenizer", tro.tokenizer, "tokenizer.json to use");
   trn->add_option("--out", tro.out, "Run directory for metrics.jsonl and loss.svg (default: runs/<model>)");
-  trn->add_option("--steps", tro.steps, "Optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  trn->add_option("--seq-len", tro.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
-  trn->add_option("--batch", tro.batch, "Sequences per optimizer step")->capture_default_str()->check(CLI::PositiveNumber);
+  trn->add_option("--steps", tro.steps, "Optimizer steps")->capture_default_str()->check(at_least(1));
+  trn->add_option("--seq-len", tro.seq_len, "Tokens per sequence")->capture_default_str()->check(at_least(1));
+  trn->add_option("--batch", tro.batch, "Sequences per optimizer step")->capture_default_str()->check(at_least(1));
   trn->add_option("--micro-batch", tro.micro_batch, "Sequences per forward/backward (0: the whole batch)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   trn->add_option("--lr", tro.lr, "Peak learning rate")->capture_default_str();
   trn->add_option("--min-lr", tro.min_lr, "Learning rate at the end of the cosine decay (default: lr / 10)");
   trn->add_option("--warmup", tro.warmup, "Warmup steps (default: min(100, steps / 10))");
   trn->add_option("--weight-decay", tro.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
   trn->add_option("--clip", tro.clip, "Global gradient-norm clipping (0: none)")->capture_default_str();
   trn->add_option("--seed", tro.seed, "Seed for the initial weights and the data order")->capture_default_str();
-  trn->add_option("--eval-every", tro.eval_every, "Validation loss every N steps (0: at the end only)")->capture_default_str();
-  trn->add_option("--eval-batches", tro.eval_batches, "Validation batches per evaluation")->capture_default_str();
-  trn->add_option("--threads", tro.threads, "Host threads (0: all cores)")->capture_default_str();
+  trn->add_option("--eval-every", tro.eval_every, "Validation loss every N steps (0: at the end only)")->capture_default_str()
+      ->check(at_least(0));
+  trn->add_option("--eval-batches", tro.eval_batches, "Validation batches per evaluation")->capture_default_str()
+      ->check(at_least(1));
+  trn->add_option("--threads", tro.threads, "Host threads (0: all cores)")->capture_default_str()
+      ->check(at_least(0));
   trn->add_option("--node", tro.node, "Node preset (ppu nodes) whose chips run the data-parallel ranks (with --dp)");
   trn->add_option("--dp", tro.dp, "Data-parallel degree: chips of --node, each on 1/dp of every batch, gradients all-reduced")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   trn->add_option("--save-every", tro.save_every, "Checkpoint every N steps (0: at the end only), in --out/checkpoint")
-      ->capture_default_str();
+      ->capture_default_str()->check(at_least(0));
   trn->add_option("--resume", tro.resume, "Continue a run: its directory (or a checkpoint directory)");
   trn->add_option("--stop-after", tro.stop_after, "Stop after N steps of this invocation (checkpointed; --resume continues)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   trn->add_flag("--timing-only", tro.timing_only,
                 "No numbers: one step per chip of --chip (comma-separated) - simulated step time, tokens/s, MFU, memory");
   trn->add_flag("--skip-nonfinite", tro.skip_nonfinite, "Skip steps whose loss or gradients are not finite instead of stopping");
@@ -212,20 +281,22 @@ int main(int argc, char** argv) {
   auto* thr = app.add_subcommand(
       "throughput", "Offline serving throughput at full load (in-flight batching, as trtllm-bench measures it)");
   thr->add_option("--model", tp.model, "Model preset or config.json")->capture_default_str();
-  thr->add_option("--chip", tp.chip, "Chip preset or chip .json file")->capture_default_str();
+  thr->add_option("--chip", tp.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
   thr->add_option("--io", tp.io, "Input/output tokens per request, e.g. 128/2048,1000/1000")->capture_default_str();
-  thr->add_option("--matmul-dtype", tp.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3")->capture_default_str();
-  thr->add_option("--kv-dtype", tp.kv_dtype, "KV cache dtype: bf16, fp16, fp8e4m3")->capture_default_str();
-  thr->add_option("--max-batch", tp.max_batch, "Most requests in flight")->capture_default_str();
+  thr->add_option("--matmul-dtype", tp.matmul_dtype, "Weights and GEMM inputs: auto (each chip's fastest), bf16, fp16, fp8e4m3")->capture_default_str();
+  thr->add_option("--kv-dtype", tp.kv_dtype, "KV cache dtype: auto (the matmul dtype), bf16, fp16, fp8e4m3")->capture_default_str();
+  thr->add_option("--max-batch", tp.max_batch, "Most requests in flight")->capture_default_str()
+      ->check(at_least(1));
   thr->add_option("--kv-fraction", tp.kv_fraction, "Share of the free memory given to the KV cache")->capture_default_str();
   thr->add_flag("--json", tp.json, "One JSON document on stdout");
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return parse_failure(app, e);
   }
   try {
+    if (chips_export->parsed()) return cmd_chips_export(ce);
     if (chips.list->parsed()) return chips.run(cmd_chips_list, cmd_chips_show);
     if (nodes.list->parsed()) return nodes.run(cmd_nodes_list, cmd_nodes_show);
     if (clusters.list->parsed()) return clusters.run(cmd_clusters_list, cmd_clusters_show);
@@ -234,7 +305,7 @@ int main(int argc, char** argv) {
         cb.collective = sc->get_name();
         return cmd_bench_collective(cb);
       }
-    if (models->parsed()) return cmd_models(models_json);
+    if (models.list->parsed()) return models.run(cmd_models, cmd_models_show);
     if (run->parsed()) return cmd_run(r);
     if (train->parsed()) return cmd_simulate_train(tr);
     if (thr->parsed()) return cmd_throughput(tp);

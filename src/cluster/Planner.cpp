@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -134,7 +135,10 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
                     chip.name, layouts.size()));
     std::atomic<size_t> next{0};
     std::exception_ptr failure;
-    std::mutex fail_mu;
+    std::mutex fail_mu;  // guards failure, done and last_report
+    size_t done = 0;
+    const auto start = std::chrono::steady_clock::now();
+    auto last_report = start;
     std::vector<std::thread> pool;
     for (int t = 0; t < std::min<int>(threads, static_cast<int>(todo.size())); ++t)
       pool.emplace_back([&] {
@@ -144,6 +148,16 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
           } catch (...) {
             std::lock_guard<std::mutex> lock(fail_mu);
             if (!failure) failure = std::current_exception();
+          }
+          // A progress line with an estimate of the time left, at most every 5 s.
+          std::lock_guard<std::mutex> lock(fail_mu);
+          ++done;
+          const auto now = std::chrono::steady_clock::now();
+          if (now - last_report >= std::chrono::seconds(5) && done < todo.size()) {
+            last_report = now;
+            const double spent = std::chrono::duration<double>(now - start).count();
+            say(fmt::format("  {} of {} workloads timed, about {:.0f} s left", done, todo.size(),
+                            spent / static_cast<double>(done) * static_cast<double>(todo.size() - done)));
           }
         }
       });

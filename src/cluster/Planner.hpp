@@ -35,7 +35,9 @@ struct PlanOptions {
   int threads = 0;            // workload extraction threads; 0: hardware concurrency
   int grad_reduce_bytes = 4;
   kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;
-  std::function<void(const std::string&)> progress;  // called with a line per stage of the search
+  // Called with a line per stage of the search, and every few seconds while workloads are timed (with
+  // an estimate of the time left); from the searching threads, one call at a time.
+  std::function<void(const std::string&)> progress;
 };
 
 struct Plan {

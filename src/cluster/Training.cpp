@@ -119,15 +119,29 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
                                 m.max_position_embeddings));
 }
 
-double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_half) {
+namespace {
+
+// Forward FLOPs per token of one transformer layer: 2 x the matmul parameters a token passes through
+// (q, k, v, o; the MLP, or the router and the routed experts) and the attention square,
+// 4 x seq x attention width (causal_half: halved).
+struct LayerFlopsPerToken {
+  double matmul = 0, attention = 0;
+};
+LayerFlopsPerToken layer_flops_fwd_per_token(const ModelConfig& m, int64_t seq_len, bool causal_half) {
   const double h = static_cast<double>(m.hidden_size);
   double per_layer = h * m.q_width() * 2.0 + 2.0 * h * m.kv_width();  // q, o; k, v
   if (m.is_moe())
     per_layer += static_cast<double>(m.num_experts_per_tok) * 3.0 * h * m.moe_intermediate_size + h * m.num_experts;
   else
     per_layer += (m.activation == Activation::kGelu ? 2.0 : 3.0) * h * m.intermediate_size;
-  const double attention = 4.0 * static_cast<double>(seq_len) * m.q_width() * (causal_half ? 0.5 : 1.0);
-  const double fwd = m.num_layers * (2.0 * per_layer + attention) + 2.0 * h * m.vocab_size;
+  return {2.0 * per_layer, 4.0 * static_cast<double>(seq_len) * m.q_width() * (causal_half ? 0.5 : 1.0)};
+}
+
+}  // namespace
+
+double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_half) {
+  const LayerFlopsPerToken f = layer_flops_fwd_per_token(m, seq_len, causal_half);
+  const double fwd = m.num_layers * (f.matmul + f.attention) + 2.0 * static_cast<double>(m.hidden_size) * m.vocab_size;
   return 3.0 * fwd;
 }
 
@@ -135,6 +149,61 @@ double recomputed_layers(const Layout& l, double stage_layers) {
   if (l.recompute != Recompute::kFull) return 0;
   return l.recompute_layers > 0 ? std::min<double>(l.recompute_layers, stage_layers) : stage_layers;
 }
+
+double recomputed_flops_per_token(const ModelConfig& m, const Layout& l) {
+  const LayerFlopsPerToken f = layer_flops_fwd_per_token(m, l.seq_len, false);
+  if (l.recompute == Recompute::kSelective) return static_cast<double>(m.num_layers) * f.attention;
+  double layers = 0;
+  for (int64_t s : stage_layers(m.num_layers, l.pp)) layers += recomputed_layers(l, static_cast<double>(s));
+  return layers * (f.matmul + f.attention);
+}
+
+int dp_group_dense(const Layout& l) { return l.dp * l.cp; }
+
+int dp_group_expert(const Layout& l) {
+  return l.ep > 1 ? static_cast<int>(int64_t{l.tp} * l.cp * l.dp / l.ep) : dp_group_dense(l);
+}
+
+namespace {
+
+// Parameters one chip holds, by the group they are reduced and sharded over: `dense` over
+// dp_group_dense, `expert` (routed experts with EP > 1) over dp_group_expert.
+struct ChipParams {
+  int64_t dense = 0, expert = 0;
+};
+
+// Training state of `p` on one chip: bf16 weights, fp32 gradients, fp32 master weights + two Adam
+// moments (12 bytes per parameter), each sharded by the ZeRO stage over its parameters' group.
+MemoryUse state_memory(const Layout& l, const ChipParams& p) {
+  MemoryUse mem;
+  auto add = [&](int64_t params, int group) {
+    const double n = static_cast<double>(params);
+    mem.weights += 2.0 * n / (l.zero == 3 ? group : 1);
+    mem.gradients += 4.0 * n / (l.zero >= 2 ? group : 1);
+    mem.optimizer += 12.0 * n / (l.zero >= 1 ? group : 1);
+  };
+  add(p.dense, dp_group_dense(l));
+  add(p.expert, dp_group_expert(l));
+  return mem;
+}
+
+// The parameters one chip holds on the pipeline stage with the most training state (state_memory):
+// the first (its layers and the embedding) or the last (its layers, the final norm and LM head); with
+// PP 1 the one stage holds both.
+ChipParams fullest_stage_params(const std::vector<int64_t>& stages, const Layout& l, const WeightShares& ws) {
+  auto of = [&](int64_t layers, int64_t other_bytes) {
+    ChipParams p;
+    p.expert = l.ep > 1 ? layers * ws.expert_params_per_layer : 0;  // EP 1: split over TP and counted as dense
+    p.dense = (layers * ws.layer_bytes + other_bytes) / 2 - p.expert;
+    return p;
+  };
+  const int64_t both = ws.embed_bytes + ws.head_bytes;
+  const ChipParams first = of(stages.front(), l.pp == 1 ? both : ws.embed_bytes);
+  const ChipParams last = of(stages.back(), l.pp == 1 ? both : ws.head_bytes);
+  return state_memory(l, last).total() > state_memory(l, first).total() ? last : first;
+}
+
+}  // namespace
 
 Layout least_recomputation(const ModelConfig& m, const ChipSpec& chip, Layout l) {
   return least_recomputation(m, chip, l, weight_shares(m, chip, l.tp, l.ep));
@@ -177,17 +246,9 @@ MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layo
   const double mb = static_cast<double>(l.global_batch / (l.dp * l.micro_batch));
   const double v = l.virtual_stages;
   const bool sp = l.sp && l.tp > 1;
-  const int dp_group = l.dp * l.cp;
   const double Ls = static_cast<double>(*std::max_element(stages.begin(), stages.end()));
-  double params_first = static_cast<double>(stages.front() * ws.layer_bytes + ws.embed_bytes) / 2;
-  double params_last = static_cast<double>(stages.back() * ws.layer_bytes + ws.head_bytes) / 2;
-  if (l.pp == 1) params_first = params_last = params_first + static_cast<double>(ws.head_bytes) / 2;
-  MemoryUse mem;
+  MemoryUse mem = state_memory(l, fullest_stage_params(stages, l, ws));
   mem.capacity = chip.hbm_size.value;
-  const double P = std::max(params_first, params_last);
-  mem.weights = 2.0 * P / (l.zero == 3 ? dp_group : 1);
-  mem.gradients = 4.0 * P / (l.zero >= 2 ? dp_group : 1);
-  mem.optimizer = 12.0 * P / (l.zero >= 1 ? dp_group : 1);
   const ActivationBytes ab = activation_bytes_per_token(m, l);
   const double tok = static_cast<double>(l.micro_batch * (l.seq_len / l.cp));
   double per_layer_full = tok * (ab.sharded / l.tp + (sp ? ab.replicated / l.tp : ab.replicated));
@@ -230,7 +291,7 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     if (it != memo.end()) return it->second;
     CollectiveRequest q{kind, bytes, group, stride, chips};
     const CollectiveCost cost = net.cost(q);
-    r.comm_how[label] = cost.how;
+    r.collectives.push_back({label, kind, bytes, group, stride, cost.seconds, cost.how});
     return memo[key] = cost.seconds;
   };
   const int64_t dp_stride = l.pp_inside_dp ? int64_t{l.tp} * l.cp * l.pp : int64_t{l.tp} * l.cp;
@@ -243,12 +304,12 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   std::map<std::string, double> layer_comm;  // by group: forward once
   for (const LayerComm& lc : w.layer.comms) {
     const auto [size, stride] = group_of(lc.group);
-    layer_comm[lc.group] += comm(lc.collective, lc.bytes, size, stride, lc.group + " " + lc.kind);
+    layer_comm[lc.group] += comm(lc.collective, lc.bytes, size, stride, lc.kind);
   }
   double head_comm = 0;
   for (const LayerComm& lc : w.head.comms) {
     const auto [size, stride] = group_of(lc.group);
-    head_comm += comm(lc.collective, lc.bytes, size, stride, lc.group + " " + lc.kind);
+    head_comm += comm(lc.collective, lc.bytes, size, stride, lc.kind);
   }
   // Recomputation, averaged over the stage's layers (block recomputation redoes only some of them).
   const auto stages = stage_layers(m.num_layers, l.pp);
@@ -287,6 +348,15 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
     if (s + 1 == stages.size()) t += w.head.fwd_s + w.head.bwd_s + 2 * head_comm, f += w.head.fwd_s + head_comm;
     r.stage_fwd_s.push_back(f);
     r.stage_bwd_s.push_back(t - f);
+    TrainingResult::StageParts parts;
+    const double layers = static_cast<double>(stages[s]);
+    parts.recompute_s = layers * recompute_s;
+    for (const auto& [g, each] : layer_comm) {
+      parts.fwd_comm_s[g] = parts.bwd_comm_s[g] = layers * each;
+      parts.recompute_comm_s[g] = layers * share * each;
+    }
+    if (s + 1 == stages.size() && head_comm > 0) parts.fwd_comm_s["tp"] += head_comm, parts.bwd_comm_s["tp"] += head_comm;
+    r.stage_parts.push_back(std::move(parts));
     stage_s[s] = t;
     if (t > worst) worst = t, worst_stage = s;
   }
@@ -305,43 +375,54 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   r.breakdown["pp send/recv"] = mb * p2p_per_mb;
   r.breakdown["pipeline bubble"] = (l.pp - 1) / v * (worst + p2p_per_mb);
 
-  // --- data parallelism: gradients of this chip's parameters
-  int64_t params_first = stages.front() * w.layer.params + w.embed.params;
-  int64_t params_last = stages.back() * w.layer.params + w.head.params;
-  if (l.pp == 1) params_first = params_last = params_first + w.head.params;
-  const int64_t params_chip = std::max(params_first, params_last);
-  const int64_t expert_params = static_cast<int64_t>(stages.front()) * w.expert_params_per_layer;
-  const int64_t dense_params = params_chip - expert_params;
-  const int dp_group = l.dp * l.cp;
-  const int expert_dp = static_cast<int>(int64_t{l.dp} * l.cp * l.tp / l.ep);
+  // --- data parallelism: gradients of this chip's parameters, dense ones over DP x CP, routed experts
+  // over the expert-data-parallel group: the groups training_memory shards their state over.
+  WeightShares ws;
+  ws.layer_bytes = w.layer.weight_bytes;
+  ws.embed_bytes = w.embed.weight_bytes;
+  ws.head_bytes = w.head.weight_bytes;
+  ws.expert_params_per_layer = w.expert_params_per_layer;
+  const ChipParams held = fullest_stage_params(stages, l, ws);
+  const int dp_group = dp_group_dense(l);
   auto dp_time = [&](int64_t params, int group, int64_t stride, const std::string& label) {
     const double grad_bytes = static_cast<double>(l.grad_reduce_bytes) * static_cast<double>(params);
     if (l.zero == 0) return comm(ccl::Collective::kAllReduce, grad_bytes, group, stride, label + " all-reduce");
     return comm(ccl::Collective::kReduceScatter, grad_bytes, group, stride, label + " reduce-scatter") +
            comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(params), group, stride, label + " all-gather");
   };
-  double dp_s = 0;
-  if (l.pp_inside_dp && l.cp > 1) {  // two steps: over CP (stride TP), then the 1/CP shards over DP
-    dp_s = dp_time(dense_params, l.cp, l.tp, "cp grads") + dp_time(dense_params / l.cp, l.dp, dp_stride, "dp grads");
-  } else {
-    dp_s = dp_time(dense_params, dp_group, l.pp_inside_dp ? dp_stride : l.tp, "dp grads");
-  }
-  if (expert_params > 0)
-    dp_s += l.pp_inside_dp ? dp_time(expert_params, l.dp, dp_stride, "expert-dp grads")
-                           : dp_time(expert_params, expert_dp, l.ep, "expert-dp grads");
+  // Over DP x CP: with Llama 3's order and CP > 1 in two steps, over CP (stride TP), then the 1/CP
+  // shards over DP.
+  auto over_dp = [&](int64_t n, const std::string& prefix) {
+    if (l.pp_inside_dp && l.cp > 1)
+      return dp_time(n, l.cp, l.tp, prefix + "cp grads") + dp_time(n / l.cp, l.dp, dp_stride, prefix + "dp grads");
+    return dp_time(n, dp_group, l.pp_inside_dp ? dp_stride : l.tp, prefix + "dp grads");
+  };
+  double dp_s = over_dp(held.dense, "");
+  // Experts: in Megatron's order the ranks holding the same experts are EP apart; in Llama 3's order
+  // EP is TP (check_layout), so they are the dense group.
+  if (held.expert > 0)
+    dp_s += l.pp_inside_dp ? over_dp(held.expert, "expert-")
+                           : dp_time(held.expert, dp_group_expert(l), l.ep, "expert-dp grads");
   const double overlap_window = l.overlap_grad_reduce ? Ls * w.layer.bwd_s : 0.0;
   r.breakdown["dp comm"] = std::max(0.0, dp_s - overlap_window);
   if (l.zero == 3) {  // parameters all-gathered per layer in forward and backward, prefetched under compute
-    const double ag = l.pp_inside_dp && l.cp > 1
-                          ? comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(w.layer.params), l.dp, dp_stride,
-                                 "zero-3 all-gather")
-                          : comm(ccl::Collective::kAllGather, 2.0 * static_cast<double>(w.layer.params), dp_group,
-                                 l.pp_inside_dp ? dp_stride : l.tp, "zero-3 all-gather");
+    // Dense parameters over the DP group; experts over theirs (Megatron's order; Llama 3's: the same group).
+    auto gather = [&](int64_t n, bool expert, const std::string& label) {
+      const double bytes = 2.0 * static_cast<double>(n);
+      if (expert && !l.pp_inside_dp) return comm(ccl::Collective::kAllGather, bytes, dp_group_expert(l), l.ep, label);
+      return l.pp_inside_dp && l.cp > 1 ? comm(ccl::Collective::kAllGather, bytes, l.dp, dp_stride, label)
+                                        : comm(ccl::Collective::kAllGather, bytes, dp_group,
+                                               l.pp_inside_dp ? dp_stride : l.tp, label);
+    };
+    const int64_t layer_expert = l.ep > 1 ? w.expert_params_per_layer : 0;
+    const double ag = gather(w.layer.params - layer_expert, false, "zero-3 all-gather") +
+                      gather(layer_expert, true, "expert zero-3 all-gather");
     r.breakdown["dp comm"] += mb * Ls * (std::max(0.0, ag - w.layer.fwd_s) + std::max(0.0, ag - w.layer.bwd_s));
   }
 
   // --- optimizer: Adam over this chip's share, a memory-bound kernel timed on the chip (Workload)
-  const double opt_params = static_cast<double>(params_chip) / (l.zero >= 1 ? dp_group : 1);
+  const double opt_params = static_cast<double>(held.dense) / (l.zero >= 1 ? dp_group : 1) +
+                            static_cast<double>(held.expert) / (l.zero >= 1 ? dp_group_expert(l) : 1);
   r.breakdown["optimizer"] = w.optimizer_s_per_param * opt_params;
   r.iteration_s = 0;
   for (const auto& [k, s] : r.breakdown) r.iteration_s += s;
@@ -350,19 +431,13 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   const double tokens = static_cast<double>(l.global_batch * l.seq_len);
   r.tokens_per_s = tokens / r.iteration_s;
   r.model_flops = model_flops_per_token(m, l.seq_len, false) * tokens;
-  const double passes = 3.0 + share;
-  r.hardware_flops = (w.layer.flops_fwd * passes * static_cast<double>(m.num_layers) + w.head.flops_fwd * 3.0) *
-                     static_cast<double>(int64_t{l.dp} * l.cp * l.tp) * mb;
+  r.hardware_flops = r.model_flops + recomputed_flops_per_token(m, l) * tokens;
   r.tflops_per_chip = r.model_flops / r.iteration_s / static_cast<double>(chips) / 1e12;
+  // Both utilisations divide their FLOPs the same way, so HFU == MFU exactly without recomputation.
   const double peak = chip.matrix_flops_per_s(DType::kBF16);
-  r.mfu = r.tflops_per_chip * 1e12 / peak;
+  r.mfu = r.model_flops / r.iteration_s / static_cast<double>(chips) / peak;
   r.hfu = r.hardware_flops / r.iteration_s / static_cast<double>(chips) / peak;
 
-  WeightShares ws;
-  ws.layer_bytes = w.layer.weight_bytes;
-  ws.embed_bytes = w.embed.weight_bytes;
-  ws.head_bytes = w.head.weight_bytes;
-  ws.expert_params_per_layer = w.expert_params_per_layer;
   r.memory = training_memory(m, chip, l, ws);
   r.notes.push_back("memory reserve: 2 GiB per chip for the runtime context, communication buffers and fragmentation "
                     "(assumed)");
@@ -396,6 +471,33 @@ void write_training_trace(const TrainingResult& r, TraceWriter& w) {
   w.name_process(pid, fmt::format("training iteration: {} ({} micro-batches)", r.layout.describe(), m));
   for (int s = 0; s < p; ++s) w.name_thread(pid, s, fmt::format("pipeline stage {}", s));
   w.name_thread(pid, p, "data parallel + optimizer");
+  // Stage boundary b (stages b and b + 1): activations forward on track p + 1 + 2b, gradients back on
+  // the next one.
+  const double xfer = p > 1 ? r.p2p_s : 0.0;
+  if (xfer > 0)
+    for (int b = 0; b + 1 < p; ++b) {
+      w.name_thread(pid, p + 1 + 2 * b, fmt::format("pp send/recv stage {} -> {} (activations)", b, b + 1));
+      w.name_thread(pid, p + 2 + 2 * b, fmt::format("pp send/recv stage {} -> {} (gradients)", b + 1, b));
+    }
+  // Non-empty slices only.
+  auto slice = [&](int tid, const std::string& name, double start_s, double dur_s, nlohmann::json args) {
+    if (dur_s > 0) w.slice(pid, tid, name, start_s, dur_s, std::move(args));
+  };
+  auto sum = [](const std::map<std::string, double>& parts) {
+    double total = 0;
+    for (const auto& [g, t] : parts) total += t;
+    return total;
+  };
+  // Communication per group back to back, the last ending exactly at `end_s` (nested in the slice
+  // that ends there).
+  auto comm_at_end = [&](int tid, const std::map<std::string, double>& parts, double end_s, int64_t i) {
+    double left = sum(parts);
+    for (const auto& [g, t] : parts) {
+      const double start_s = end_s - left;
+      left -= t;
+      slice(tid, g + " comm", start_s, (left > 0 ? end_s - left : end_s) - start_s, {{"micro_batch", i}});
+    }
+  };
   // 1F1B: stage s runs min(p - s - 1, m) warm-up forwards, then alternates one forward and one
   // backward, then drains the remaining backwards.
   std::vector<std::vector<double>> fwd_end(static_cast<size_t>(p), std::vector<double>(static_cast<size_t>(m), 0)),
@@ -414,7 +516,6 @@ void write_training_trace(const TrainingResult& r, TraceWriter& w) {
   // neighbouring stages, so sweeping stages in both directions converges).
   std::vector<size_t> pos(static_cast<size_t>(p), 0);
   std::vector<double> clock(static_cast<size_t>(p), 0);
-  const double xfer = p > 1 ? r.p2p_s : 0.0;
   bool progress = true;
   while (progress) {
     progress = false;
@@ -427,18 +528,32 @@ void write_training_trace(const TrainingResult& r, TraceWriter& w) {
           const double dep = fwd_end[static_cast<size_t>(s - 1)][static_cast<size_t>(i)];
           if (dep == 0) break;
           ready = std::max(ready, dep + xfer);
+          slice(p + 1 + 2 * (s - 1), fmt::format("pp send/recv F {}", i), dep, xfer, {{"micro_batch", i}});
         }
         if (!is_fwd) {
           const double dep = s + 1 < p ? bwd_end[static_cast<size_t>(s + 1)][static_cast<size_t>(i)]
                                        : fwd_end[static_cast<size_t>(s)][static_cast<size_t>(i)];
           if (dep == 0) break;
           ready = std::max(ready, dep + (s + 1 < p ? xfer : 0.0));
+          if (s + 1 < p) slice(p + 2 + 2 * s, fmt::format("pp send/recv B {}", i), dep, xfer, {{"micro_batch", i}});
         }
-        const double dur = is_fwd ? r.stage_fwd_s[static_cast<size_t>(s)] : r.stage_bwd_s[static_cast<size_t>(s)];
+        const size_t si = static_cast<size_t>(s);
+        const double dur = is_fwd ? r.stage_fwd_s[si] : r.stage_bwd_s[si];
         w.slice(pid, s, fmt::format("{} {}", is_fwd ? "F" : "B", i), ready, dur, {{"micro_batch", i}});
-        (is_fwd ? fwd_end : bwd_end)[static_cast<size_t>(s)][static_cast<size_t>(i)] = ready + dur;
-        clock[static_cast<size_t>(s)] = ready + dur;
-        ++pos[static_cast<size_t>(s)];
+        if (si < r.stage_parts.size()) {
+          const TrainingResult::StageParts& parts = r.stage_parts[si];
+          if (is_fwd) {
+            comm_at_end(s, parts.fwd_comm_s, ready + dur, i);
+          } else {
+            const double recompute = parts.recompute_s + sum(parts.recompute_comm_s);
+            slice(s, "recompute", ready, recompute, {{"micro_batch", i}});
+            if (recompute > 0) comm_at_end(s, parts.recompute_comm_s, ready + recompute, i);
+            comm_at_end(s, parts.bwd_comm_s, ready + dur, i);
+          }
+        }
+        (is_fwd ? fwd_end : bwd_end)[si][static_cast<size_t>(i)] = ready + dur;
+        clock[si] = ready + dur;
+        ++pos[si];
         progress = true;
       }
     }

@@ -17,18 +17,21 @@
 //   p2p       each micro-batch boundary sends the activations [micro_batch, seq/cp, hidden/(tp if sp)]
 //             to the next stage forward and the gradient back (2 x v per micro-batch on the
 //             critical path, as schedules block on them);
-//   dp        gradients reduced over the data-parallel group (with CP: dp x cp), all-reduce or, with
+//   dp        gradients reduced over the data-parallel group (with CP: dp x cp; routed experts over
+//             the expert-data-parallel group, dp_group_expert), all-reduce or, with
 //             ZeRO >= 1, reduce-scatter + all-gather of the updated parameters (fp32 gradients);
 //             overlapped with the backward of the last micro-batch when overlap_grad_reduce;
 //             ZeRO-3 also all-gathers each layer's parameters in forward and backward;
 //   optimizer Adam on this chip's share of the parameters, a memory-bound kernel over 30 bytes per
 //             parameter (fp32 master, gradient, two moments read; master, moments and the bf16
 //             copy written), timed on the chip.
-// Memory per chip (first stage, the fullest): bf16 weights, fp32 gradients, fp32 master + Adam
-// moments (sharded by ZeRO), activations kept for backward (Korthikanti et al. 2022's per-layer
-// accounting with a fused attention: no [s, s] scores; full recomputation keeps only each layer's
-// input) for the micro-batches in flight, the logits buffer on the last stage, and a fixed
-// framework reserve. A layout that does not fit is a result (fits = false, shortfall), not an error.
+// Memory per chip (the pipeline stage with the most training state): bf16 weights, fp32 gradients,
+// fp32 master + Adam moments (sharded by ZeRO over the groups the gradients are reduced over: dense
+// parameters over dp x cp, routed experts over the expert-data-parallel group), activations kept
+// for backward (Korthikanti et al. 2022's per-layer accounting with a fused attention: no [s, s]
+// scores; full recomputation keeps only each layer's input) for the micro-batches in flight, the
+// logits buffer on the last stage, and a fixed framework reserve. A layout that does not fit is a
+// result (fits = false, shortfall), not an error.
 //
 // Symmetry: every rank of a group does the same work, so one chip per pipeline stage is simulated
 // and the network answers for all groups at once; the cost does not grow with the chip count
@@ -94,16 +97,39 @@ struct TrainingResult {
   std::map<std::string, double> breakdown;
   double tokens_per_s = 0;
   double model_flops = 0;            // per iteration, all chips: model_flops_per_token x tokens (no recomputation)
-  double hardware_flops = 0;         // per iteration, all chips: the kernels' FLOPs incl. recomputation
+  // Per iteration, all chips: model_flops + recomputed_flops_per_token x tokens (the recomputed forward,
+  // counted the same way), so hardware_flops == model_flops exactly without recomputation.
+  double hardware_flops = 0;
   double tflops_per_chip = 0;        // model FLOPs / time / chips
-  double mfu = 0;                    // model FLOPs utilisation of the chip's dense bf16 peak
+  double mfu = 0;                    // model_flops / (iteration_s x chips x the chip's dense bf16 peak)
+  // hardware_flops / (iteration_s x chips x the same peak): == mfu without recomputation, > mfu with it.
   double hfu = 0;
   MemoryUse memory;
   std::vector<std::string> notes;    // assumptions that shaped the result
-  std::map<std::string, std::string> comm_how;  // collective -> the network model's explanation
+  // Each distinct collective call of the step (first use first): what it moves over which group, what
+  // one call costs, and the network model's explanation.
+  struct CollectiveUse {
+    std::string label;             // "tp all-reduce", "dp grads reduce-scatter", "pp send/recv"
+    ccl::Collective collective{};
+    double bytes = 0;              // per rank
+    int group = 0;                 // ranks taking part
+    int64_t stride = 0;            // chips between consecutive ranks of the group
+    double time_s = 0;             // one call
+    std::string how;               // e.g. "ring over 1024 ranks (8 per node x 128 nodes), simple: NIC-bound ..."
+  };
+  std::vector<CollectiveUse> collectives;
   // Per micro-batch, for the schedule (trace): each stage's forward and backward (with recomputation
   // and exposed TP/EP/CP communication), the stage-boundary transfer, and the step's tail.
   std::vector<double> stage_fwd_s, stage_bwd_s;
+  // Parts of one micro-batch's stage_fwd_s / stage_bwd_s, per stage: the recomputed forward's compute
+  // (inside the backward) and the exposed communication of each layer group ("tp", "ep", "cp"; the
+  // LM head's counts as "tp") in the forward, the recomputation and the backward. The rest of each is
+  // compute: stage_bwd_s = backward compute + recompute_s + recompute comm + backward comm.
+  struct StageParts {
+    double recompute_s = 0;
+    std::map<std::string, double> fwd_comm_s, recompute_comm_s, bwd_comm_s;
+  };
+  std::vector<StageParts> stage_parts;
   double p2p_s = 0;
   double sim_wall_s = 0;            // host seconds this simulation took
 };
@@ -121,6 +147,21 @@ void check_layout(const ModelConfig& m, const ClusterSpec& c, const Layout& l, i
 // backward. Reports use causal_half = false: PaLM's MFU definition (6N + 12 L H Q T) and
 // Megatron-LM's formula both count the whole attention square.
 double model_flops_per_token(const ModelConfig& m, int64_t seq_len, bool causal_half);
+
+// Forward FLOPs per token (all chips) that the layout's recomputation adds, counted as
+// model_flops_per_token(m, l.seq_len, false) counts a forward: full recomputation, each recomputed
+// layer's 2 x matmul parameters + 4 x seq x attention width (every layer, or with recompute_layers N
+// the first N of each stage); selective, the attention core's 4 x seq x attention width per layer.
+// 0 without recomputation.
+double recomputed_flops_per_token(const ModelConfig& m, const Layout& l);
+
+// The data-parallel groups (ranks) over which a chip's parameters are replicated: their gradients
+// are reduced, and with ZeRO their training state sharded, over these. Dense parameters: DP x CP.
+// Routed experts with EP > 1: the expert-data-parallel group, the ranks of a pipeline stage that hold
+// the same experts (each rank of an EP group holds experts / EP whole experts), TP x CP x DP / EP. With
+// EP 1 the experts are split over TP like the dense MLP, so their group is the dense one.
+int dp_group_dense(const Layout& l);
+int dp_group_expert(const Layout& l);
 
 // Memory per chip of a layout (the fullest pipeline stage), from the model's own weight allocation;
 // cheap (no kernels are timed).
@@ -148,10 +189,15 @@ struct TrainingBudget {
 TrainingBudget training_budget(const TrainingResult& r, const ClusterSpec& c, double tokens);
 
 // One iteration as a Perfetto trace: a track per pipeline stage (one chip stands for its TP/DP/CP
-// peers) with every micro-batch's forward and backward in 1F1B order (interleaved layouts drawn as
-// plain 1F1B of whole stages), the stage transfers, then the data-parallel reduction and the
-// optimizer. The schedule is computed from the per-stage times (each forward waits for the previous
-// stage's, each backward for the next stage's).
+// peers) with every micro-batch's forward "F i" and backward "B i" in 1F1B order (interleaved layouts
+// drawn as plain 1F1B of whole stages), then the data-parallel reduction and the optimizer on a track
+// of their own. Inside each slice, nested: the exposed communication of its layers per group
+// ("tp comm", "ep comm", "cp comm"), drawn together at the slice's end (the model charges it per
+// layer, not where each collective runs); inside each backward first the recomputed forward
+// ("recompute", with its own communication nested). The stage transfers ("pp send/recv F i":
+// activations forward, "pp send/recv B i": gradients back) get a track per stage boundary and
+// direction. The schedule is computed from the per-stage times (each forward waits for the previous
+// stage's and the transfer, each backward for the next stage's); slices of zero length are left out.
 void write_training_trace(const TrainingResult& r, TraceWriter& w);
 
 }  // namespace ppu::cluster

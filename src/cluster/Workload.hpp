@@ -82,7 +82,7 @@ struct Workload {
   PartWork layer;   // one transformer layer
   PartWork embed;   // embedding (first pipeline stage)
   PartWork head;    // final norm + LM head (last stage); the loss is in it (a softmax over the logits)
-  int64_t expert_params_per_layer = 0;  // of layer.params: routed experts (data-parallel over dp*tp/ep)
+  int64_t expert_params_per_layer = 0;  // of layer.params: routed experts (data-parallel over dp_group_expert)
   // Adam's update per parameter: a memory-bound elementwise kernel moving 30 bytes per parameter
   // (fp32 master, gradient and two moments read; master, moments and a bf16 copy written), timed
   // on 16 Mi-element arrays and taken per parameter (it scales linearly).

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <tuple>
 
 #include "kernels/KernelUtil.hpp"
@@ -12,7 +13,8 @@
 namespace ppu::kernels {
 
 std::string GemmConfig::describe() const {
-  return fmt::format("{}x{}x{} tiles, {} stages", tile_m, tile_n, tile_k, stages);
+  return fmt::format("{}x{}x{} tiles, {} stages{}", tile_m, tile_n, tile_k, stages,
+                     split_k > 1 ? fmt::format(", split-K {}", split_k) : "");
 }
 
 namespace {
@@ -23,9 +25,142 @@ int64_t gemm_sram_bytes(const GemmConfig& c, int es) {
          r64(int64_t{c.tile_m} * c.tile_n * 4);
 }
 
-}  // namespace
+void check_gemm_args(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c) {
+  const std::string kname = "gemm";
+  expect_positive(kname, {{"M", s.m}, {"N", s.n}, {"K", s.k}, {"batch", s.batch}});
+  if (s.m > INT32_MAX || s.n > INT32_MAX || s.k > INT32_MAX)
+    throw UserError(fmt::format("gemm: M, N and K must each be below 2^31 (got {}x{}x{})", s.m, s.n, s.k));
+  expect_dtype_in(kname, "A", a, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2});
+  if (b.dtype != a.dtype)
+    throw UserError(fmt::format("gemm: A is {} but B is {}; A and B must share a dtype", dtype_name(a.dtype),
+                                dtype_name(b.dtype)));
+  expect_dtype_in(kname, "C", c, {DType::kF32, DType::kBF16, DType::kF16});
+  if (!chip.supports(a.dtype))
+    throw UserError(fmt::format("gemm: {} has no {} matrix unit; valid input dtypes on it: bf16, fp16{}", chip.name,
+                                dtype_name(a.dtype), chip.matrix_fp8.present ? ", fp8e4m3, fp8e5m2" : ""));
+  const auto shape_a = s.trans_a ? fmt::format("[{}, {}, {}] (batch, K, M)", s.batch, s.k, s.m)
+                                 : fmt::format("[{}, {}, {}] (batch, M, K)", s.batch, s.m, s.k);
+  const auto shape_b = s.trans_b ? fmt::format("[{}, {}, {}] (batch, N, K)", s.batch, s.n, s.k)
+                                 : fmt::format("[{}, {}, {}] (batch, K, N)", s.batch, s.k, s.n);
+  expect_numel(kname, "A", a, s.batch * s.m * s.k, shape_a);
+  expect_numel(kname, "B", b, s.batch * s.k * s.n, shape_b);
+  expect_numel(kname, "C", c, s.batch * s.m * s.n, fmt::format("[{}, {}, {}] (batch, M, N)", s.batch, s.m, s.n));
+}
 
-namespace {
+void check_gemm_config(const GemmShape& s, const GemmConfig& cfg) {
+  if (cfg.tile_m <= 0 || cfg.tile_n <= 0 || cfg.tile_k <= 0 || cfg.stages < 1 || cfg.group_m < 1)
+    throw UserError(fmt::format("gemm: invalid tile configuration {}", cfg.describe()));
+  const int64_t ksteps = ceil_div(s.k, cfg.tile_k);
+  if (cfg.split_k < 1 || cfg.split_k > ksteps)
+    throw UserError(fmt::format("gemm: split_k {} for K = {} in k-steps of {}; valid: 1 to {} (at least one k-step per "
+                                "part)",
+                                cfg.split_k, s.k, cfg.tile_k, ksteps));
+}
+
+// The tile kernel. Without split-K it stores alpha * A.B into C (argument 2); with it, block
+// (part, tile) multiplies k-steps [part * ksteps / split, (part + 1) * ksteps / split) and stores the
+// unscaled fp32 sum to part `part` of the workspace (argument 2, [split, batch, M, N]).
+Kernel make_gemm_tiles(const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& out, const GemmConfig& cfg) {
+  const int64_t tiles_m = ceil_div(s.m, cfg.tile_m), tiles_n = ceil_div(s.n, cfg.tile_n);
+  const int64_t per_batch = tiles_m * tiles_n;
+  const int split = cfg.split_k;
+  Kernel k;
+  k.name = fmt::format("gemm {}x{}x{}{} {}{}{}{}", s.m, s.n, s.k, s.batch > 1 ? fmt::format(" x{}", s.batch) : "",
+                       dtype_name(a.dtype), s.trans_a ? " A^T" : "", s.trans_b ? " B^T" : "",
+                       split > 1 ? fmt::format(" split-K {}", split) : "");
+  k.grid = s.batch * per_batch * split;
+  k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
+  k.args = {a.arg(), b.arg(), out.arg()};
+  k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
+  k.ops = {KernelOp::gemm(GemmDims{s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b})};
+  const DType in_t = a.dtype;
+  k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t, split](int64_t bid, TileProgram& p) {
+    const int64_t part = bid / (s.batch * per_batch);
+    const int64_t tile = bid % (s.batch * per_batch);
+    const int64_t batch = tile / per_batch;
+    const int64_t local = tile % per_batch;
+    const int64_t group_size = int64_t{cfg.group_m} * tiles_n;
+    const int64_t first_m = (local / group_size) * cfg.group_m;
+    const int64_t gm = std::min<int64_t>(tiles_m - first_m, cfg.group_m);
+    const int64_t pid_m = first_m + (local % group_size) % gm;
+    const int64_t pid_n = (local % group_size) / gm;
+    const int64_t m0 = pid_m * cfg.tile_m, n0 = pid_n * cfg.tile_n;
+    const int mm = static_cast<int>(std::min<int64_t>(cfg.tile_m, s.m - m0));
+    const int nn = static_cast<int>(std::min<int64_t>(cfg.tile_n, s.n - n0));
+    const int64_t a_base = batch * s.m * s.k, b_base = batch * s.k * s.n, c_base = batch * s.m * s.n;
+    const int64_t ksteps_all = ceil_div(s.k, cfg.tile_k);
+    const int64_t kt0 = part * ksteps_all / split, kt1 = (part + 1) * ksteps_all / split;
+    const int64_t ksteps = kt1 - kt0;
+    // Every block allocates for the configured stages (block 0 sizes residency in the timing engine).
+    const int stages = static_cast<int>(std::min<int64_t>(cfg.stages, ceil_div(ksteps_all, split)));
+    const int used = static_cast<int>(std::min<int64_t>(stages, ksteps));
+
+    BufferId abuf[4], bbuf[4];
+    for (int i = 0; i < stages; ++i) {
+      abuf[i] = s.trans_a ? p.alloc(in_t, cfg.tile_k, cfg.tile_m, "a") : p.alloc(in_t, cfg.tile_m, cfg.tile_k, "a");
+      bbuf[i] = s.trans_b ? p.alloc(in_t, cfg.tile_n, cfg.tile_k, "b") : p.alloc(in_t, cfg.tile_k, cfg.tile_n, "b");
+    }
+    const BufferId acc = p.alloc(DType::kF32, cfg.tile_m, cfg.tile_n, "acc");
+    auto load_step = [&](int64_t kt, int slot) {
+      const int64_t k0 = kt * cfg.tile_k;
+      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - k0));
+      p.load(abuf[slot], s.trans_a ? matrix_region(0, a_base, s.m, k0, m0, kk, mm)
+                                   : matrix_region(0, a_base, s.k, m0, k0, mm, kk));
+      p.load(bbuf[slot], s.trans_b ? matrix_region(1, b_base, s.k, n0, k0, nn, kk)
+                                   : matrix_region(1, b_base, s.n, k0, n0, kk, nn));
+    };
+    for (int i = 0; i < used; ++i) load_step(kt0 + i, i);
+    for (int64_t j = 0; j < ksteps; ++j) {
+      const int slot = static_cast<int>(j % used);
+      const int64_t kt = kt0 + j;
+      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - kt * cfg.tile_k));
+      p.mma(acc, abuf[slot], bbuf[slot], mm, nn, kk, s.trans_a, s.trans_b, j > 0);
+      if (j + used < ksteps) load_step(kt + used, slot);
+    }
+    if (split > 1) {
+      p.store(matrix_region(2, part * s.batch * s.m * s.n + c_base, s.n, m0, n0, mm, nn), acc);
+      return;
+    }
+    if (s.alpha != 1.0f) p.unary(UnaryOp::kScale, acc, acc, mm, nn, s.alpha);
+    p.store(matrix_region(2, c_base, s.n, m0, n0, mm, nn), acc);
+  };
+  return k;
+}
+
+// The split-K reduce: C = alpha * (part 0 + part 1 + ...) element by element, in part order, over
+// the flat [batch * M * N] layout both share. A block loads its tile of every part at once (all the
+// loads in flight together, so their latencies overlap), then adds them in order.
+constexpr int64_t kSplitKReduceSramBytes = 96 * 1024;  // four blocks fit the smallest preset SRAM
+Kernel make_gemm_reduce(const ChipSpec& chip, const GemmShape& s, const Buffer& workspace, const Buffer& c, int split) {
+  const int64_t n = s.batch * s.m * s.n;
+  // Tiles of 256 to 8192 elements (as SRAM allows for split + 1 of them), about one per core when C
+  // is small (a decode step's C is a few thousand elements).
+  const int64_t most = std::max<int64_t>(256, kSplitKReduceSramBytes / 4 / (split + 1) / 256 * 256);
+  const int64_t tile =
+      std::clamp<int64_t>(ceil_div(ceil_div(n, chip.num_cores()), 256) * 256, 256, std::min<int64_t>(most, 8192));
+  const int64_t tiles = ceil_div(n, tile);
+  Kernel k;
+  k.name = fmt::format("gemm split-K reduce {}x{}{} {} parts", s.m, s.n,
+                       s.batch > 1 ? fmt::format(" x{}", s.batch) : "", split);
+  k.grid = tiles;
+  k.timing_key = fmt::format("{}|{}|{}|{}", k.name, dtype_name(c.dtype), tile, s.alpha != 1.0f);
+  k.args = {workspace.arg(), c.arg()};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{n, split})};
+  const float alpha = s.alpha;
+  k.build = [n, tile, split, alpha](int64_t block, TileProgram& p) {
+    const int64_t off = block * tile;
+    const int cols = static_cast<int>(std::min<int64_t>(tile, n - off));
+    std::vector<BufferId> part(static_cast<size_t>(split));
+    for (int j = 0; j < split; ++j) {
+      part[static_cast<size_t>(j)] = p.alloc(DType::kF32, 1, static_cast<int>(tile), "part");
+      p.load(part[static_cast<size_t>(j)], TileRegion{0, j * n + off, tile, 1, cols});
+    }
+    for (int j = 1; j < split; ++j) p.binary(BinaryOp::kAdd, part[0], part[0], part[static_cast<size_t>(j)], 1, cols);
+    if (alpha != 1.0f) p.unary(UnaryOp::kScale, part[0], part[0], 1, cols, alpha);
+    p.store(TileRegion{1, off, tile, 1, cols}, part[0]);
+  };
+  return k;
+}
 
 struct Candidate {
   GemmConfig cfg;
@@ -82,158 +217,242 @@ constexpr double kAutotuneInstructions = 150000;
 constexpr size_t kAutotuneCandidates = 8;
 constexpr double kAutotuneSlack = 0.03;
 
-}  // namespace
-
-GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type) {
-  // Every answer is cached: a decode loop asks for the same few shapes hundreds of times per step,
-  // and ranking the candidates costs more than running a small GEMM's host numbers.
-  // The key holds the heuristic's chip inputs too, so that a ChipSpec changed in code (a sweep) is
-  // not answered from an entry of the preset it was loaded from.
-  static std::mutex mu;
-  static std::map<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int, int, int, std::array<double, 5>>,
-                  GemmConfig>
-      cache;
-  const std::array<double, 5> chip_inputs{chip.sram_bytes(), static_cast<double>(chip.num_cores()),
-                                          chip.matrix_flops_per_s(in_type), chip.l2_bandwidth.value,
-                                          chip.dma_latency.value};
-  const auto key = std::make_tuple(chip.name + "|" + chip.file, s.m, s.n, s.k, s.batch, int(s.trans_a), int(s.trans_b),
-                                   static_cast<int>(in_type), chip_inputs);
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    if (auto it = cache.find(key); it != cache.end()) return it->second;
-  }
-  auto remember = [&](const GemmConfig& c) {
-    std::lock_guard<std::mutex> lk(mu);
-    cache.emplace(key, c);
-    return c;
+// Part counts tried for a split-K configuration with `tiles` C tiles and `ksteps` k-steps, ascending:
+// a few steps, and enough blocks to fill the cores once or twice (two resident blocks per core),
+// each part keeping at least kSplitKMinSteps k-steps.
+constexpr int64_t kSplitKMinSteps = 2;
+constexpr int kSplitKMostParts = 32;
+std::vector<int> split_k_counts(int64_t tiles, int64_t ksteps, int cores) {
+  const int64_t most = std::min<int64_t>(kSplitKMostParts, ksteps / kSplitKMinSteps);
+  std::vector<int> out;
+  auto add = [&](int64_t sp) {
+    if (sp >= 2 && sp <= most && std::find(out.begin(), out.end(), sp) == out.end())
+      out.push_back(static_cast<int>(sp));
   };
+  for (int64_t sp : {2, 3, 4, 6, 8, 12, 16, 24, 32}) add(sp);
+  add(cores / tiles);
+  add(2 * cores / tiles);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The chip inputs of a choice, part of its cache key, so that a ChipSpec changed in code (a sweep)
+// is not answered from an entry of the preset it was loaded from.
+using ChoiceKey =
+    std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int, int, int, int, std::array<double, 9>>;
+// `split`: 0 for the unsplit search, 1 for the answer with split-K allowed.
+ChoiceKey choice_key(const ChipSpec& chip, const GemmShape& s, DType in_type, int split) {
+  const std::array<double, 9> chip_inputs{chip.sram_bytes(),         static_cast<double>(chip.num_cores()),
+                                          chip.matrix_flops_per_s(in_type), chip.l2_bandwidth.value,
+                                          chip.dma_latency.value,      chip.hbm_bandwidth.value,
+                                          chip.dma_bandwidth_per_core.value, chip.launch_latency.value,
+                                          chip.graph_node_latency_value()};
+  return {chip.name + "|" + chip.file, s.m, s.n, s.k, s.batch, int(s.trans_a), int(s.trans_b),
+          static_cast<int>(in_type), split, chip_inputs};
+}
+
+// Timing-only buffers with plausible addresses for the autotuner: the L2 model only needs distinct
+// ranges (A, B, C, then the split-K workspace).
+struct TuneArgs {
+  Buffer a, b, c;
+  uint64_t next = 0;
+  TuneArgs(const GemmShape& s, DType in_type) {
+    a = make(in_type, s.batch * s.m * s.k, "A");
+    b = make(in_type, s.batch * s.k * s.n, "B");
+    c = make(DType::kBF16, s.batch * s.m * s.n, "C");
+  }
+  Buffer make(DType t, int64_t numel, const char* name) {
+    const uint64_t addr = 0x100000 + next;
+    next += static_cast<uint64_t>(numel) * 4;
+    return Buffer{0, addr, t, numel, numel * dtype_size_bytes(t), nullptr, name};
+  }
+};
+
+// The unsplit choice and the candidates timed on the way (empty when the problem was too large to
+// simulate them, or the chip lacks the dtype).
+struct UnsplitChoice {
+  GemmConfig best;
+  double best_s = INFINITY;
+  std::vector<std::pair<double, GemmConfig>> timed;
+};
+
+UnsplitChoice choose_unsplit(const ChipSpec& chip, const GemmShape& s, DType in_type) {
+  UnsplitChoice out;
   const auto cands = gemm_candidates(chip, s, in_type);
   const int tk = dtype_size_bytes(in_type) == 1 ? 128 : 64;
-  if (cands.empty()) return remember(GemmConfig{64, 64, tk, 2, 8});  // does not fit: validation reports it
+  if (cands.empty()) {  // does not fit: validation reports it
+    out.best = GemmConfig{64, 64, tk, 2, 8};
+    return out;
+  }
   const GemmConfig& first = cands.front().cfg;
+  out.best = first;
   const double instrs = static_cast<double>(s.batch) * std::ceil(double(s.m) / first.tile_m) *
                         std::ceil(double(s.n) / first.tile_n) * (2.0 * std::ceil(double(s.k) / first.tile_k) + 2);
-  if (instrs > kAutotuneInstructions || !chip.supports(in_type)) return remember(first);
-  // Timing-only buffers with plausible addresses: the L2 model only needs distinct ranges.
-  auto arg = [](DType t, int64_t numel, uint64_t addr, const char* name) {
-    return Buffer{0, addr, t, numel, numel * dtype_size_bytes(t), nullptr, name};
-  };
-  const int64_t na = s.batch * s.m * s.k, nb = s.batch * s.k * s.n;
-  const Buffer a = arg(in_type, na, 0x100000, "A");
-  const Buffer b = arg(in_type, nb, 0x100000 + static_cast<uint64_t>(na) * 4, "B");
-  const Buffer c = arg(DType::kBF16, s.batch * s.m * s.n, 0x100000 + static_cast<uint64_t>(na + nb) * 4, "C");
+  if (instrs > kAutotuneInstructions || !chip.supports(in_type)) return out;
+  TuneArgs args(s, in_type);
   TimingEngine eng(chip);
-  std::vector<std::pair<double, GemmConfig>> timed;
   std::vector<int> tks_seen;
   for (size_t i = 0; i < cands.size(); ++i) {
     // The heuristic's top candidates, plus the best-ranked one of every k-step depth.
-    const int tk = cands[i].cfg.tile_k;
-    const bool new_tk = std::find(tks_seen.begin(), tks_seen.end(), tk) == tks_seen.end();
+    const int ktile = cands[i].cfg.tile_k;
+    const bool new_tk = std::find(tks_seen.begin(), tks_seen.end(), ktile) == tks_seen.end();
     if (i >= kAutotuneCandidates && !new_tk) continue;
-    if (new_tk) tks_seen.push_back(tk);
-    timed.emplace_back(eng.run(make_gemm(chip, s, a, b, c, &cands[i].cfg)).time_s, cands[i].cfg);
+    if (new_tk) tks_seen.push_back(ktile);
+    out.timed.emplace_back(eng.run(make_gemm_tiles(s, args.a, args.b, args.c, cands[i].cfg)).time_s, cands[i].cfg);
   }
-  double best_t = INFINITY;
-  for (const auto& [t, cfg] : timed) best_t = std::min(best_t, t);
+  double fastest = INFINITY;
+  for (const auto& [t, cfg] : out.timed) fastest = std::min(fastest, t);
   // Among configurations within kAutotuneSlack of the fastest, take the one with the fewest tile
   // steps (blocks x k-steps): as fast on the chip, fewer instructions to issue and to simulate, and
   // long contiguous rows for the host that runs the numbers.
-  GemmConfig best = first;
   double best_steps = INFINITY;
-  for (const auto& [t, cfg] : timed) {
-    if (t > best_t * (1.0 + kAutotuneSlack)) continue;
+  for (const auto& [t, cfg] : out.timed) {
+    if (t > fastest * (1.0 + kAutotuneSlack)) continue;
     const double steps = std::ceil(double(s.m) / cfg.tile_m) * std::ceil(double(s.n) / cfg.tile_n) *
                          std::ceil(double(s.k) / cfg.tile_k);
     if (steps < best_steps) {
       best_steps = steps;
-      best = cfg;
+      out.best = cfg;
+      out.best_s = t;
     }
   }
-  return remember(best);
+  return out;
+}
+
+// Split-K, when the C tiles leave cores idle: the kSplitKShapes fastest unsplit tile shapes with
+// every part count of split_k_counts (wave quantization makes the time go up and down with the
+// count), timed as they run (the tile kernel, then the reduce, whose launch as a node of a captured
+// graph costs graph_node_latency instead of launch_latency); kept only if it beats the unsplit
+// choice by more than the autotune slack.
+constexpr size_t kSplitKShapes = 4;
+GemmConfig choose_split(const ChipSpec& chip, const GemmShape& s, DType in_type, const UnsplitChoice& u) {
+  const double reduce_saving = chip.launch_latency.value - chip.graph_node_latency_value();
+  TuneArgs args(s, in_type);
+  TimingEngine eng(chip);
+  GemmConfig best = u.best;
+  double best_s = INFINITY;
+  std::vector<std::pair<double, GemmConfig>> bases = u.timed;
+  std::stable_sort(bases.begin(), bases.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  if (bases.size() > kSplitKShapes) bases.resize(kSplitKShapes);
+  for (const auto& [t0, base] : bases) {
+    const int64_t tiles = s.batch * ceil_div(s.m, base.tile_m) * ceil_div(s.n, base.tile_n);
+    if (tiles >= chip.num_cores()) continue;
+    for (const int sp : split_k_counts(tiles, ceil_div(s.k, base.tile_k), chip.num_cores())) {
+      GemmConfig cfg = base;
+      cfg.split_k = sp;
+      const Buffer w = args.make(DType::kF32, gemm_workspace_numel(s, cfg), "W");
+      const double t = eng.run(make_gemm_tiles(s, args.a, args.b, w, cfg)).time_s +
+                       eng.run(make_gemm_reduce(chip, s, w, args.c, sp)).time_s - reduce_saving;
+      if (t < best_s) {
+        best_s = t;
+        best = cfg;
+      }
+    }
+  }
+  return best_s < u.best_s / (1.0 + kAutotuneSlack) ? best : u.best;
+}
+
+}  // namespace
+
+GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type, bool allow_split_k) {
+  // Every answer is cached: a decode loop asks for the same few shapes hundreds of times per step,
+  // and ranking the candidates costs more than running a small GEMM's host numbers. The unsplit
+  // search is cached on its own, shared by both answers.
+  static std::mutex mu;
+  static std::map<ChoiceKey, UnsplitChoice> unsplit_cache;
+  static std::map<ChoiceKey, GemmConfig> split_cache;
+  const ChoiceKey ukey = choice_key(chip, s, in_type, 0);
+  std::optional<UnsplitChoice> u;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    if (auto it = unsplit_cache.find(ukey); it != unsplit_cache.end()) u = it->second;
+  }
+  if (!u) {
+    u = choose_unsplit(chip, s, in_type);
+    std::lock_guard<std::mutex> lk(mu);
+    unsplit_cache.emplace(ukey, *u);
+  }
+  if (!allow_split_k || u->timed.empty()) return u->best;
+  const ChoiceKey skey = choice_key(chip, s, in_type, 1);
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    if (auto it = split_cache.find(skey); it != split_cache.end()) return it->second;
+  }
+  const GemmConfig c = choose_split(chip, s, in_type, *u);
+  std::lock_guard<std::mutex> lk(mu);
+  split_cache.emplace(skey, c);
+  return c;
+}
+
+int64_t gemm_workspace_numel(const GemmShape& s, const GemmConfig& cfg) {
+  return cfg.split_k > 1 ? int64_t{cfg.split_k} * s.batch * s.m * s.n : 0;
 }
 
 Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
                  const GemmConfig* config) {
-  const std::string kname = "gemm";
-  expect_positive(kname, {{"M", s.m}, {"N", s.n}, {"K", s.k}, {"batch", s.batch}});
-  if (s.m > INT32_MAX || s.n > INT32_MAX || s.k > INT32_MAX)
-    throw UserError(fmt::format("gemm: M, N and K must each be below 2^31 (got {}x{}x{})", s.m, s.n, s.k));
-  expect_dtype_in(kname, "A", a, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2});
-  if (b.dtype != a.dtype)
-    throw UserError(fmt::format("gemm: A is {} but B is {}; A and B must share a dtype", dtype_name(a.dtype),
-                                dtype_name(b.dtype)));
-  expect_dtype_in(kname, "C", c, {DType::kF32, DType::kBF16, DType::kF16});
-  if (!chip.supports(a.dtype))
-    throw UserError(fmt::format("gemm: {} has no {} matrix unit; valid input dtypes on it: bf16, fp16{}", chip.name,
-                                dtype_name(a.dtype), chip.matrix_fp8.present ? ", fp8e4m3, fp8e5m2" : ""));
-  const auto shape_a = s.trans_a ? fmt::format("[{}, {}, {}] (batch, K, M)", s.batch, s.k, s.m)
-                                 : fmt::format("[{}, {}, {}] (batch, M, K)", s.batch, s.m, s.k);
-  const auto shape_b = s.trans_b ? fmt::format("[{}, {}, {}] (batch, N, K)", s.batch, s.n, s.k)
-                                 : fmt::format("[{}, {}, {}] (batch, K, N)", s.batch, s.k, s.n);
-  expect_numel(kname, "A", a, s.batch * s.m * s.k, shape_a);
-  expect_numel(kname, "B", b, s.batch * s.k * s.n, shape_b);
-  expect_numel(kname, "C", c, s.batch * s.m * s.n, fmt::format("[{}, {}, {}] (batch, M, N)", s.batch, s.m, s.n));
-
-  const GemmConfig cfg = config ? *config : choose_gemm_config(chip, s, a.dtype);
-  if (cfg.tile_m <= 0 || cfg.tile_n <= 0 || cfg.tile_k <= 0 || cfg.stages < 1 || cfg.group_m < 1)
-    throw UserError(fmt::format("gemm: invalid tile configuration {}", cfg.describe()));
-  const int64_t tiles_m = ceil_div(s.m, cfg.tile_m), tiles_n = ceil_div(s.n, cfg.tile_n);
-  const int64_t per_batch = tiles_m * tiles_n;
-
-  Kernel k;
-  k.name = fmt::format("gemm {}x{}x{}{} {}{}{}", s.m, s.n, s.k, s.batch > 1 ? fmt::format(" x{}", s.batch) : "",
-                       dtype_name(a.dtype), s.trans_a ? " A^T" : "", s.trans_b ? " B^T" : "");
-  k.grid = s.batch * per_batch;
-  k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
-  k.args = {a.arg(), b.arg(), c.arg()};
-  k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
-  k.ops = {KernelOp::gemm(GemmDims{s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b})};
-  const DType in_t = a.dtype;
-  k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t](int64_t bid, TileProgram& p) {
-    const int64_t batch = bid / per_batch;
-    const int64_t local = bid % per_batch;
-    const int64_t group_size = int64_t{cfg.group_m} * tiles_n;
-    const int64_t first_m = (local / group_size) * cfg.group_m;
-    const int64_t gm = std::min<int64_t>(tiles_m - first_m, cfg.group_m);
-    const int64_t pid_m = first_m + (local % group_size) % gm;
-    const int64_t pid_n = (local % group_size) / gm;
-    const int64_t m0 = pid_m * cfg.tile_m, n0 = pid_n * cfg.tile_n;
-    const int mm = static_cast<int>(std::min<int64_t>(cfg.tile_m, s.m - m0));
-    const int nn = static_cast<int>(std::min<int64_t>(cfg.tile_n, s.n - n0));
-    const int64_t a_base = batch * s.m * s.k, b_base = batch * s.k * s.n, c_base = batch * s.m * s.n;
-    const int64_t ksteps = ceil_div(s.k, cfg.tile_k);
-    const int stages = static_cast<int>(std::min<int64_t>(cfg.stages, ksteps));
-
-    BufferId abuf[4], bbuf[4];
-    for (int i = 0; i < stages; ++i) {
-      abuf[i] = s.trans_a ? p.alloc(in_t, cfg.tile_k, cfg.tile_m, "a") : p.alloc(in_t, cfg.tile_m, cfg.tile_k, "a");
-      bbuf[i] = s.trans_b ? p.alloc(in_t, cfg.tile_n, cfg.tile_k, "b") : p.alloc(in_t, cfg.tile_k, cfg.tile_n, "b");
-    }
-    const BufferId acc = p.alloc(DType::kF32, cfg.tile_m, cfg.tile_n, "acc");
-    auto load_step = [&](int64_t kt, int slot) {
-      const int64_t k0 = kt * cfg.tile_k;
-      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - k0));
-      p.load(abuf[slot], s.trans_a ? matrix_region(0, a_base, s.m, k0, m0, kk, mm)
-                                   : matrix_region(0, a_base, s.k, m0, k0, mm, kk));
-      p.load(bbuf[slot], s.trans_b ? matrix_region(1, b_base, s.k, n0, k0, nn, kk)
-                                   : matrix_region(1, b_base, s.n, k0, n0, kk, nn));
-    };
-    for (int i = 0; i < stages; ++i) load_step(i, i);
-    for (int64_t kt = 0; kt < ksteps; ++kt) {
-      const int slot = static_cast<int>(kt % stages);
-      const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - kt * cfg.tile_k));
-      p.mma(acc, abuf[slot], bbuf[slot], mm, nn, kk, s.trans_a, s.trans_b, kt > 0);
-      if (kt + stages < ksteps) load_step(kt + stages, slot);
-    }
-    if (s.alpha != 1.0f) p.unary(UnaryOp::kScale, acc, acc, mm, nn, s.alpha);
-    p.store(matrix_region(2, c_base, s.n, m0, n0, mm, nn), acc);
-  };
-  return k;
+  check_gemm_args(chip, s, a, b, c);
+  const GemmConfig cfg = config ? *config : choose_gemm_config(chip, s, a.dtype, /*allow_split_k=*/false);
+  if (cfg.split_k > 1)
+    throw UserError(fmt::format("gemm: configuration {} splits K, which takes two kernels and a workspace; use "
+                                "kernels::gemm or make_gemm_kernels",
+                                cfg.describe()));
+  check_gemm_config(s, cfg);
+  return make_gemm_tiles(s, a, b, c, cfg);
 }
+
+std::vector<Kernel> make_gemm_kernels(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b,
+                                      const Buffer& c, const GemmConfig& cfg, const Buffer* workspace) {
+  check_gemm_args(chip, s, a, b, c);
+  check_gemm_config(s, cfg);
+  if (cfg.split_k == 1) return {make_gemm_tiles(s, a, b, c, cfg)};
+  const int64_t need = gemm_workspace_numel(s, cfg);
+  if (!workspace)
+    throw UserError(fmt::format("gemm: configuration {} needs a workspace of {} fp32 elements; none given",
+                                cfg.describe(), need));
+  if (workspace->dtype != DType::kF32) expect_dtype_in("gemm", "workspace", *workspace, {DType::kF32});
+  expect_numel("gemm", "workspace", *workspace, need,
+               fmt::format("[{}, {}, {}, {}] (split, batch, M, N)", cfg.split_k, s.batch, s.m, s.n));
+  return {make_gemm_tiles(s, a, b, *workspace, cfg), make_gemm_reduce(chip, s, *workspace, c, cfg.split_k)};
+}
+
+namespace {
+
+// The timing of kernels run one after another, as one: times, work and traffic added up.
+KernelTiming in_sequence(KernelTiming first, const KernelTiming& next) {
+  first.name += " + " + next.name;
+  first.time_s += next.time_s;
+  first.blocks += next.blocks;
+  first.instructions += next.instructions;
+  first.matrix_busy_s += next.matrix_busy_s;
+  first.vector_busy_s += next.vector_busy_s;
+  first.hbm_read_bytes += next.hbm_read_bytes;
+  first.hbm_write_bytes += next.hbm_write_bytes;
+  first.l2_hit_bytes += next.l2_hit_bytes;
+  first.atomic_bytes += next.atomic_bytes;
+  first.hbm_busy_s += next.hbm_busy_s;
+  first.hbm_cost_bytes += next.hbm_cost_bytes;
+  first.l2_busy_s += next.l2_busy_s;
+  first.matrix_flops += next.matrix_flops;
+  first.useful_flops += next.useful_flops;
+  return first;
+}
+
+}  // namespace
 
 KernelTiming gemm(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c, Stream* stream,
                   const GemmConfig* config) {
-  return dev.launch(make_gemm(dev.chip(), s, a, b, c, config), stream);
+  check_gemm_args(dev.chip(), s, a, b, c);
+  const GemmConfig cfg = config ? *config : choose_gemm_config(dev.chip(), s, a.dtype);
+  DeviceBuffer workspace;
+  if (cfg.split_k > 1) {
+    check_gemm_config(s, cfg);  // before sizing the workspace from it
+    workspace = dev.alloc_owned(DType::kF32, gemm_workspace_numel(s, cfg), "gemm split-K partials");
+  }
+  std::vector<Kernel> ks =
+      make_gemm_kernels(dev.chip(), s, a, b, c, cfg, workspace.valid() ? &workspace.get() : nullptr);
+  KernelTiming t = dev.launch(ks[0], stream);
+  for (size_t i = 1; i < ks.size(); ++i) t = in_sequence(std::move(t), dev.launch(ks[i], stream));
+  return t;
 }
 
 void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::vector<float>& b,

@@ -14,6 +14,15 @@
 // tiles so that concurrently running blocks share A and B tiles in L2. The tile shape is chosen per
 // chip and problem (choose_gemm_config) - like a BLAS library's heuristic - but the time always
 // comes from the timing engine running the resulting programs.
+//
+// Split-K: when a problem's C tiles cannot fill the cores (a decode step: M = batch, a few tiles
+// across N), choose_gemm_config may also split K over `split_k` blocks per tile, as cuBLASLt's
+// split-K with a separate reduction does. Each block multiplies its share of the k-steps (the
+// shares differ by at most one step) and stores fp32 partial sums to a workspace
+// [split_k, batch, M, N]; a second kernel adds the parts of each element in split order (0, 1, ...),
+// scales by alpha once and rounds into C. Every workspace element has one writer and the sum's
+// order is fixed, so the result is the same for any host thread count; it differs from the unsplit
+// kernel's by the order of the fp32 additions only (within the same accumulation bound).
 #pragma once
 
 #include <string>
@@ -33,16 +42,39 @@ struct GemmConfig {
   int tile_m = 128, tile_n = 128, tile_k = 64;
   int stages = 2;
   int group_m = 8;  // block ordering: this many rows of tiles are walked together
+  // K split over this many blocks per C tile (1: none); 2 .. ceil(K / tile_k). See "Split-K" above.
+  int split_k = 1;
   std::string describe() const;
 };
 
-// Picks a tile shape that fits the chip's SRAM and keeps the cores busy (wave quantization).
-GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type);
+// Picks a tile shape that fits the chip's SRAM and keeps the cores busy (wave quantization). With
+// allow_split_k, a problem whose tiles are fewer than the cores also gets split-K configurations
+// timed, and keeps one if it is faster than the best unsplit one by more than the autotune slack
+// (3%). The split's second kernel is priced as a node of a captured graph (graph_node_latency, not
+// launch_latency): split-K serves skinny GEMMs, i.e. decode steps, which serving engines launch as
+// captured graphs; and the choice must not depend on how a kernel is launched, so that a run's
+// numbers do not either. Cached; thread-safe.
+GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type, bool allow_split_k = true);
 
-// Builds the kernel (validates shapes and dtypes; throws UserError naming the mismatch).
+// fp32 elements of the workspace `cfg` needs for `s`: split_k x batch x M x N with split-K, else 0.
+int64_t gemm_workspace_numel(const GemmShape& s, const GemmConfig& cfg);
+
+// Builds the kernel (validates shapes and dtypes; throws UserError naming the mismatch). One kernel,
+// so never split-K: without `config` the choice excludes it, and a config with split_k > 1 is a
+// UserError (use make_gemm_kernels or gemm()).
 Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
                  const GemmConfig* config = nullptr);
 
+// The kernels of one GEMM with configuration `cfg`, in launch order: one kernel, or with split-K the
+// partial products into `workspace` (fp32, gemm_workspace_numel(s, cfg) elements; may be null
+// without split-K) and the reduce into C. Same errors as make_gemm, plus UserError for split_k
+// outside 1 .. ceil(K / tile_k) or a missing or wrong-sized workspace.
+std::vector<Kernel> make_gemm_kernels(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b,
+                                      const Buffer& c, const GemmConfig& cfg, const Buffer* workspace);
+
+// Runs the GEMM on `stream`: `config`, or the chosen one (split-K allowed). A split-K workspace is
+// allocated for the call and freed after it (DeviceOutOfMemory if the device is too full for it).
+// Returns the timing of the whole GEMM: with split-K, both kernels' times and traffic added up.
 KernelTiming gemm(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
                   Stream* stream = nullptr, const GemmConfig* config = nullptr);
 

@@ -308,20 +308,22 @@ ModelConfig load_model_config(std::string_view name_or_path) {
     if (m.name.empty() || m.name == ".") m.name = p.string();
     return m;
   }
-  if (auto text = builtin_preset("models", name_or_path)) {
-    ModelConfig m = parse_model_config(*text, fmt::format("<built-in>/models/{}.json", name_or_path), true);
-    m.name = std::string(name_or_path);
+  // A preset's own name, or one that matches it ignoring case ("Qwen3-8B") unless a directory of that
+  // name is here: that is more likely a downloaded checkpoint, so the error below says how to load it.
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(std::string(name_or_path), ec);
+  std::optional<BuiltinPreset> preset;
+  if (auto exact = builtin_preset("models", name_or_path)) preset = BuiltinPreset{std::string(name_or_path), *exact};
+  else if (!is_dir) preset = find_builtin_preset("models", name_or_path);
+  if (preset) {
+    ModelConfig m = parse_model_config(preset->text, fmt::format("<built-in>/models/{}.json", preset->name), true);
+    m.name = preset->name;
     return m;
   }
-  std::string known;
-  for (const auto& n : model_preset_names()) known += (known.empty() ? "" : ", ") + n;
-  std::error_code ec;
-  const std::string hint = std::filesystem::is_directory(std::string(name_or_path), ec)
-                               ? fmt::format("; a directory '{0}' exists here: write ./{0} to load its config.json",
-                                             name_or_path)
-                               : "";
-  throw UserError(fmt::format("unknown model '{}'; known models: {} (or give a path to a config.json or its directory){}",
-                              name_or_path, known, hint));
+  const std::string hint =
+      is_dir ? fmt::format("; a directory '{0}' exists here: write ./{0} to load its config.json", name_or_path) : "";
+  throw unknown_preset_error("models", "model", name_or_path,
+                             fmt::format("(or give a path to a config.json or its directory){}", hint));
 }
 
 // ---------------------------------------------------------------------------------------------

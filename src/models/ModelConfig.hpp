@@ -132,8 +132,9 @@ struct ModelConfig {
 ModelConfig parse_model_config(std::string_view text, std::string_view origin, bool strict = false);
 
 // `name_or_path` is read as a path if it contains '/' or ends in ".json" (like chip presets):
-// a directory -> its config.json, a file -> parsed as config.json. Otherwise it names a built-in preset;
-// unknown names throw UserError listing the known ones.
+// a directory -> its config.json, a file -> parsed as config.json. Otherwise it names a built-in preset,
+// compared ignoring case ("Qwen3-8B" -> qwen3-8b; not while a directory of that name is here, which the
+// error then points to); unknown names throw UserError suggesting the nearest and listing the known ones.
 ModelConfig load_model_config(std::string_view name_or_path);
 std::vector<std::string> model_preset_names();  // sorted
 

@@ -96,7 +96,11 @@ GenerateResult Session::generate_batch(const std::vector<std::vector<int32_t>>& 
     if (!running || i + 1 == opt.max_new_tokens) break;
     std::vector<std::vector<int32_t>> feed;
     for (const int32_t t : next) feed.push_back({t});
-    const ForwardResult r = model_.forward_sampled(feed, sampler_);
+    ForwardResult r;
+    {
+      GraphScope graph(model_.device(), opt.graph_decode);
+      r = model_.forward_sampled(feed, sampler_);
+    }
     out.decode_time_s += r.sim_time_s;
     ++out.decode_steps;
     for (int64_t b = 0; b < B; ++b)

@@ -11,6 +11,9 @@
 //   g.on_token = [&](size_t, int32_t id) { stream(id); };     // as each token is chosen
 //   GenerateResult r = s.generate(prompt_ids, g);             // r.tokens[0], r.prefill_time_s, ...
 //
+// Each decode step is launched as one captured graph (GenerateOptions::graph_decode, as serving
+// engines replay CUDA graphs): only its simulated time is shorter.
+//
 // Several sequences at once (generate_batch) run as one static batch: the prompts are prefilled a
 // group at a time (at most max_prefill_tokens prompt tokens per pass), then every decode step runs
 // all of them. A model split over chips (tensor / expert parallelism) runs with generate_parallel:
@@ -49,6 +52,11 @@ struct GenerateOptions {
   // scheduler step, so that a large batch needs activation memory for a group of prompts only.
   // `ppu run --batch` has always used 8192. Must be >= 1.
   int64_t max_prefill_tokens = 8192;
+  // Launch each decode step as one captured graph (Device::begin_graph: the step's first kernel pays
+  // the chip's launch_latency, the others graph_node_latency), as TensorRT-LLM and vLLM replay
+  // captured CUDA graphs for decode. Prefill passes launch kernel by kernel either way, as those
+  // engines run them. Only simulated time changes.
+  bool graph_decode = true;
   // Called with (sequence index, token id) for every generated token, in the order chosen
   // (sequence by sequence within a step), on the calling thread; also for a stop id. An exception
   // it throws ends the generation and propagates. Empty: no call.

@@ -19,8 +19,9 @@
 //   e.output_tokens_per_s, e.batch, e.decode_step_s ...
 //
 // Not modelled: chunked-prefill interleaving inside decode steps (prefill runs as its own pass, a
-// few percent of the time at these shapes), speculative decoding, CUDA-graph replay (launch
-// latency is charged per kernel), scheduler overheads between steps, and the sampling kernels.
+// few percent of the time at these shapes), speculative decoding, CUDA-graph replay of the decode
+// step (launch latency is charged per kernel here; models/Latency.hpp's interactive estimate replays
+// it), scheduler overheads between steps, and the sampling kernels.
 #pragma once
 
 #include <cstdint>

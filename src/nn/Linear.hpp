@@ -34,8 +34,10 @@ class Linear {
 
   int64_t out_local() const { return out_local_; }  // columns of y on this rank
   int64_t in_local() const { return in_local_; }    // columns of x this rank reads
-  // The GEMM y [rows, out_local] = x [rows, in_local] . W^T as a kernel (for grouped launches).
+  // The GEMM y [rows, out_local] = x [rows, in_local] . W^T as one kernel (for grouped launches; never
+  // split-K).
   Kernel make(const ChipSpec& chip, const Buffer& x, const Buffer& y, int64_t rows) const;
+  // Runs the GEMM (kernels::gemm: with split-K where a few rows leave the cores idle, as in decode).
   KernelTiming forward(Device& dev, const Buffer& x, const Buffer& y, int64_t rows) const;
   // y += b per row (no-op without a bias).
   void add_bias(Device& dev, const Buffer& y, int64_t rows) const;

@@ -6,6 +6,7 @@
 //   Buffer a = dev.alloc(DType::kBF16, 4096 * 4096, "a");  // throws DeviceOutOfMemory past HBM
 //   dev.upload(a, host_floats);                            // timed over the host link
 //   KernelTiming t = dev.launch(kernel);                   // runs the numbers and the clock
+//   { GraphScope g(dev); dev.launch(k1); dev.launch(k2); } // one captured graph: k2 pays a graph node's launch
 //   dev.synchronize();                                     // simulated seconds, all streams done
 //
 // In ExecMode::kTimingOnly nothing is allocated on the host: buffers only count against HBM
@@ -131,6 +132,17 @@ class Device {
   // --- kernels
   // Runs `k` (functional mode: real numbers on host threads) and times it; returns its timing.
   KernelTiming launch(const Kernel& k, Stream* s = nullptr);
+  // --- captured graphs (CUDA graphs): the kernels launched between begin_graph() and end_graph() run
+  // as one graph launch, as serving engines replay a captured decode step. The graph's first kernel
+  // pays the chip's launch_latency, each later one graph_node_latency instead
+  // (ChipSpec::graph_node_latency_value()); everything else - numbers, streams, copies, collectives'
+  // own costs - is unchanged. begin_graph throws UserError if a graph is open, end_graph if none is.
+  void begin_graph();
+  void end_graph();
+  bool in_graph() const { return graph_open_; }
+  // Seconds a kernel launched now saves against a plain launch: launch_latency - graph_node_latency
+  // after a graph's first kernel, else 0 (collectives launched inside the graph save the same).
+  double graph_launch_saving_s() const;
   // Called after every launch with the kernel and its timing (empty function: none), e.g. to collect
   // the kernels of a forward pass and derive other work from them.
   using LaunchObserver = std::function<void(const Kernel&, const KernelTiming&)>;
@@ -186,8 +198,29 @@ class Device {
   uint64_t next_addr_ = 0x100000;
   double compute_free_s_ = 0, h2d_free_s_ = 0, d2h_free_s_ = 0;
   size_t trace_limit_ = 0;
+  bool graph_open_ = false;
+  int64_t graph_kernels_ = 0;  // kernels launched in the open graph
   std::vector<OpRecord> records_;
   LaunchObserver observer_;
+};
+
+// A captured graph for the lifetime of the scope (nothing when `enabled` is false): begin_graph() on
+// construction, end_graph() on destruction, however the scope is left.
+//
+//   { GraphScope g(dev); model.forward_sampled(feed, sampler); }   // one decode step, one graph launch
+class GraphScope {
+ public:
+  explicit GraphScope(Device& dev, bool enabled = true) : dev_(enabled ? &dev : nullptr) {
+    if (dev_) dev_->begin_graph();
+  }
+  ~GraphScope() {
+    if (dev_ && dev_->in_graph()) dev_->end_graph();
+  }
+  GraphScope(const GraphScope&) = delete;
+  GraphScope& operator=(const GraphScope&) = delete;
+
+ private:
+  Device* dev_;
 };
 
 // An owning device allocation: the memory is freed when the DeviceBuffer is destroyed, reset or

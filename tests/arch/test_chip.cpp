@@ -346,6 +346,26 @@ TEST(ChipFile, Fp8FieldsGoTogether) {
   EXPECT_EQ(c.matrix_flops_per_s(DType::kF8E5M2), 0.0);
 }
 
+TEST(ChipFile, GraphNodeLatencyIsOptionalAndAtMostTheLaunchLatency) {
+  expect_mutation_error([](json& j) { j["graph_node_latency"]["value"] = 4; },
+                        {"'graph_node_latency' (4 us)", "exceeds 'launch_latency' (3 us)"});
+  json j = h100_json();
+  j.erase("graph_node_latency");
+  const std::string path = test::temp_path("nograph.json");
+  test::write_file(path, j.dump());
+  const ChipSpec c = load_chip(path);
+  EXPECT_FALSE(c.graph_node_latency.present);
+  EXPECT_DOUBLE_EQ(c.graph_node_latency_value(), c.launch_latency.value) << "absent: no saving";
+}
+
+TEST(ChipPresets, GraphNodesLaunchFasterThanKernels) {
+  for (const auto& n : chip_preset_names()) {
+    const ChipSpec c = load_chip(n);
+    EXPECT_TRUE(c.graph_node_latency.present) << n;
+    EXPECT_LT(c.graph_node_latency_value(), c.launch_latency.value) << n;
+  }
+}
+
 TEST(ChipFile, UnknownChipNameListsTheKnownOnes) {
   std::vector<std::string> parts = {"unknown chip 'h1000'", "known chips"};
   for (const auto& n : chip_preset_names()) parts.push_back(n);

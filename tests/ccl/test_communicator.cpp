@@ -3,6 +3,8 @@
 // properties (not exact simulated times).
 #include <gtest/gtest.h>
 
+#include <map>
+#include <set>
 #include <thread>
 
 #include "CclTestUtil.hpp"
@@ -206,6 +208,54 @@ TEST(Communicator, TraceHasChipLanesAndLinkLanes) {
   EXPECT_NE(j.find("links (one lane per direction"), std::string::npos);
 }
 
+// An all-to-all moves many transfers over each link at once; its trace still has one lane per link
+// direction (a lane per link that carried anything, never more than the node has), no two slices of a
+// lane overlap, and slices are named by collective and ranks.
+TEST(Communicator, AllToAllTraceHasOneLanePerLinkDirection) {
+  for (const char* node : {"h100-dgx", "zhenwu-8"}) {
+    Rig rig(node, 8, {}, ExecMode::kTimingOnly, 1 << 20);
+    rig.comm->set_trace(true);
+    auto s = alloc_all(rig, DType::kF32, 8 << 18, "send"), r = alloc_all(rig, DType::kF32, 8 << 18, "recv");
+    for (int i = 0; i < 2; ++i) rig.comm->all_to_all(s, r);  // two calls: lanes are reused
+    TraceWriter w;
+    rig.comm->write_trace(w);
+    int link_directions = 0;
+    for (const auto& res : rig.comm->fabric().resources()) link_directions += res.name.rfind("hbm ", 0) != 0;
+    std::map<int, std::string> lane_names;
+    std::map<int, std::vector<std::pair<double, double>>> lanes;
+    std::set<std::string> names;
+    const nlohmann::json trace = w.to_json();
+    for (const auto& e : trace.at("traceEvents")) {
+      if (e.value("pid", 0) != 5) continue;
+      if (e.value("name", "") == "thread_name") lane_names[e.at("tid").get<int>()] = e.at("args").at("name");
+      if (e.value("ph", "") != "X") continue;
+      lanes[e.at("tid").get<int>()].push_back({e.at("ts").get<double>(), e.at("ts").get<double>() + e.at("dur").get<double>()});
+      names.insert(e.at("name").get<std::string>());
+    }
+    EXPECT_GT(lanes.size(), 0u) << node;
+    EXPECT_LE(lanes.size(), static_cast<size_t>(link_directions)) << node;
+    EXPECT_EQ(lane_names.size(), lanes.size()) << node;
+    std::set<std::string> distinct;
+    for (const auto& [tid, name] : lane_names) {
+      distinct.insert(name);
+      EXPECT_EQ(name.find("hbm"), std::string::npos) << name;  // links only
+    }
+    EXPECT_EQ(distinct.size(), lane_names.size()) << node;  // no "c0->sw #2"
+    for (auto& [tid, spans] : lanes) {
+      std::sort(spans.begin(), spans.end());
+      for (size_t i = 1; i < spans.size(); ++i)
+        EXPECT_LE(spans[i - 1].second, spans[i].first + 1e-9) << node << " lane " << lane_names[tid];
+    }
+    if (std::string(node) == "zhenwu-8") {
+      EXPECT_EQ(lanes.size(), 56u);  // every ordered pair's link carries its pair's block
+      EXPECT_TRUE(names.count("alltoall 3->5")) << *names.begin();
+    } else {
+      EXPECT_EQ(lanes.size(), 16u);  // each chip's port up and down
+      EXPECT_TRUE(names.count("alltoall 3->0-2,4-7") || names.count("alltoall 3->5")) << *names.begin();
+    }
+  }
+}
+
 TEST(Communicator, DeterministicTimes) {
   double t[2];
   for (int i = 0; i < 2; ++i) {
@@ -260,6 +310,38 @@ TEST(Communicator, CollectivesOverlapKernelsOnOtherStreams) {
   const OpRecord& last = rig.dev(0).records().back();
   ASSERT_EQ(last.kind, OpKind::kCollective);
   EXPECT_GE(last.start_s, rig.dev(0).records()[rig.dev(0).records().size() - 2].end_s);
+}
+
+}  // namespace
+}  // namespace ppu::ccl
+
+namespace ppu::ccl {
+namespace {
+
+// Inside captured graphs (every rank's device in one, past its first kernel) a collective's kernel is
+// a graph node: its time shrinks by the chip's launch_latency - graph_node_latency, and only then.
+TEST(Communicator, InsideCapturedGraphsACollectiveLaunchesAsAGraphNode) {
+  Kernel k;
+  k.name = "tiny";
+  k.grid = 1;
+  k.build = [](int64_t, TileProgram& p) {
+    const auto a = p.alloc(DType::kBF16, 16, 16, "a");
+    const auto c = p.alloc(DType::kF32, 16, 16, "c");
+    p.mma(c, a, a, 16, 16, 16);
+  };
+  auto time_with = [&](int graphs) {
+    Rig rig("h100-dgx", 2, {}, ExecMode::kTimingOnly, 1 << 20);
+    auto bufs = alloc_all(rig, DType::kBF16, 4096);
+    for (int r = 0; r < graphs; ++r) rig.dev(r).begin_graph();
+    for (int r = 0; r < 2; ++r) rig.dev(r).launch(k);
+    return rig.comm->all_reduce(bufs, bufs).time_s;
+  };
+  const ChipSpec chip = load_node("h100-dgx").chip;
+  const double saving = chip.launch_latency.value - chip.graph_node_latency_value();
+  const double plain = time_with(0);
+  ASSERT_GT(plain, saving);
+  EXPECT_NEAR(time_with(2), plain - saving, 1e-15);
+  EXPECT_EQ(time_with(1), plain) << "one rank outside a graph launches the collective on its own";
 }
 
 }  // namespace

@@ -2,13 +2,16 @@
 // exit status (2 for a user's mistake, 3 for a simulated event such as device out-of-memory).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "arch/Presets.hpp"
 #include "models/ModelConfig.hpp"
@@ -34,6 +37,25 @@ CmdResult ppu(const std::string& args) {
 
 std::string temp_path(const std::string& name) { return ::testing::TempDir() + "/" + name; }
 
+// A --json document's results list (docs/json.md), and its first result; both check the envelope.
+// `out` holds stderr too: progress lines of a slow run come before the document, which starts with
+// a line "{".
+nlohmann::json results_of(const std::string& out) {
+  const size_t start = out.rfind("{\n", 0) == 0 ? 0 : out.find("\n{\n") + 1;
+  const auto doc = nlohmann::json::parse(out.substr(start));
+  EXPECT_EQ(doc.value("schema_version", 0), 1) << out.substr(0, 200);
+  EXPECT_TRUE(doc.contains("command")) << out.substr(0, 200);
+  return doc.at("results");
+}
+nlohmann::json first_result(const std::string& out) { return results_of(out).at(0); }
+
+// The simulated time of one op of a run record's op_times list (0 when it is not there).
+double op_time(const nlohmann::json& run, const std::string& op) {
+  for (const auto& o : run["op_times"])
+    if (o["op"] == op) return o["time_s"].get<double>();
+  return 0.0;
+}
+
 TEST(Cli, ChipsTableAndJson) {
   CmdResult r = ppu("chips");
   EXPECT_EQ(r.status, 0) << r.out;
@@ -41,7 +63,7 @@ TEST(Cli, ChipsTableAndJson) {
     EXPECT_NE(r.out.find(chip), std::string::npos) << chip;
   r = ppu("chips --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = results_of(r.out);
   ASSERT_EQ(j.size(), 8u);
   for (const auto& c : j) {
     EXPECT_GT(c["matrix_bf16_flops_per_s"].get<double>(), 0);
@@ -49,16 +71,58 @@ TEST(Cli, ChipsTableAndJson) {
   }
 }
 
+// Assumed figures are marked where they are shown: '*' in tables with a legend, assumed_fields in JSON.
+TEST(Cli, AssumedFiguresAreMarked) {
+  CmdResult r = ppu("chips");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("120.0*"), std::string::npos) << r.out;  // the PPU's assumed BF16 peak
+  EXPECT_NE(r.out.find("2.60*"), std::string::npos) << r.out;   // and HBM bandwidth
+  EXPECT_NE(r.out.find("989.4 "), std::string::npos) << r.out;  // H100's published peak is not marked
+  EXPECT_NE(r.out.find("* assumed, not published"), std::string::npos) << r.out;
+  for (const auto& c : results_of(ppu("chips --json").out)) {
+    const auto& a = c["assumed_fields"];
+    const bool bf16 = std::find(a.begin(), a.end(), "matrix_bf16") != a.end();
+    EXPECT_EQ(bf16, c["chip"] == "zhenwu-810e") << c["chip"] << " " << a;
+  }
+  r = ppu("bench gemm 512 512 512 --chip zhenwu-810e,h100");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("zhenwu-810e* "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("h100*"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("* assumed, not published: zhenwu-810e matrix_bf16, hbm_bandwidth"), std::string::npos) << r.out;
+  r = ppu("models");
+  EXPECT_NE(r.out.find("qwen3-max*"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("* qwen3-max: assumed, not published: "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("qwen3-32b*"), std::string::npos) << r.out;
+}
+
 TEST(Cli, ChipsShowEveryFieldWithUnitAndBasis) {
   CmdResult r = ppu("chips show zhenwu-810e --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_EQ(j["chip"], "zhenwu-810e");
   EXPECT_EQ(j["fields"]["hbm_size"]["basis"], "published");
   EXPECT_EQ(j["fields"]["hbm_bandwidth"]["basis"], "assumed");
   EXPECT_DOUBLE_EQ(j["fields"]["hbm_size"]["value"].get<double>(), 96e9);
   EXPECT_EQ(j["fields"]["hbm_size"]["unit"], "B");
   EXPECT_TRUE(j["fields"]["matrix_fp8"].is_null());
+}
+
+// Long sources and notes wrap within their column (and paragraphs) instead of widening the table.
+TEST(Cli, ShowCommandsWrapLongSources) {
+  for (const char* cmd : {"chips show zhenwu-810e", "nodes show h100-dgx", "clusters show h800-2k", "models show qwen3-max"}) {
+    const CmdResult r = ppu(cmd);
+    ASSERT_EQ(r.status, 0) << r.out;
+    size_t longest = 0, start = 0;
+    for (size_t nl = r.out.find('\n'); nl != std::string::npos; start = nl + 1, nl = r.out.find('\n', start))
+      longest = std::max(longest, nl - start);
+    EXPECT_LE(longest, 160u) << cmd << "\n" << r.out;
+  }
+  // A wrapped source goes on below its row, the other cells blank.
+  const std::string out = ppu("chips show zhenwu-810e").out;
+  const size_t row = out.find("\ncores ");
+  ASSERT_NE(row, std::string::npos) << out;
+  const size_t next = out.find('\n', row + 1);
+  EXPECT_EQ(out.compare(next + 1, 30, std::string(30, ' ')), 0) << out.substr(row, 400);
 }
 
 TEST(Cli, UserChipFileAndItsErrors) {
@@ -69,7 +133,7 @@ TEST(Cli, UserChipFileAndItsErrors) {
   std::ofstream(good) << j.dump(2);
   CmdResult r = ppu("chips show " + good + " --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_DOUBLE_EQ(nlohmann::json::parse(r.out)["fields"]["hbm_size"]["value"].get<double>(), 160e9);
+  EXPECT_DOUBLE_EQ(first_result(r.out)["fields"]["hbm_size"]["value"].get<double>(), 160e9);
   r = ppu("bench gemm 256 256 256 --chip " + good);
   EXPECT_EQ(r.status, 0) << r.out;
 
@@ -93,19 +157,28 @@ TEST(Cli, UnknownChipListsTheKnownOnes) {
 TEST(Cli, BenchGemmJsonAndCheck) {
   CmdResult r = ppu("bench gemm 96 80 200 --chip zhenwu-810e --check --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_TRUE(j["check"]["passed"].get<bool>());
   EXPECT_EQ(j["check"]["outputs_checked"].get<int>(), 96 * 80);
   EXPECT_GT(j["time_s"].get<double>(), 0);
-  EXPECT_GT(j["tflops"].get<double>(), 0);
-  EXPECT_LT(j["percent_of_peak"].get<double>(), 100);
+  EXPECT_GT(j["achieved_flops_per_s"].get<double>(), 0);
+  EXPECT_LT(j["fraction_of_peak"].get<double>(), 1);
 }
 
 TEST(Cli, BenchGemmAllChipsSideBySide) {
   CmdResult r = ppu("bench gemm 1024 1024 1024 --chip all --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
-  EXPECT_EQ(j.size(), 8u);
+  EXPECT_EQ(results_of(r.out).size(), 8u);
+  // A list of chips: those chips, in that order.
+  r = ppu("bench gemm 256 256 256 --chip h20,zhenwu-810e --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["chip"], "h20");
+  EXPECT_EQ(j[1]["chip"], "zhenwu-810e");
+  r = ppu("bench gemm 256 256 256 --chip h20,,a800");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("an empty name in the list"), std::string::npos) << r.out;
 }
 
 TEST(Cli, BenchGemmBadInput) {
@@ -126,7 +199,7 @@ TEST(Cli, BenchCopyCheckAndTrace) {
   const std::string trace = temp_path("copy-trace.json");
   CmdResult r = ppu("bench copy 3MiB --chip a100-80g --kernel triad --check --json --trace " + trace);
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_EQ(j["check"]["mismatches"].get<int>(), 0);
   EXPECT_LT(j["bandwidth_bytes_per_s"].get<double>(), 2.039e12);
   std::ifstream in(trace);
@@ -159,7 +232,7 @@ namespace {
 TEST(Cli, ModelsTableAndJson) {
   CmdResult r = ppu("models --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = results_of(r.out);
   bool qwen06 = false, max_assumed = false;
   for (const auto& m : j) {
     if (m["model"] == "qwen3-0.6b") qwen06 = m["params"].get<double>() > 0.5e9 && m["params"].get<double>() < 0.7e9;
@@ -173,25 +246,48 @@ TEST(Cli, ModelsTableAndJson) {
 TEST(Cli, RunTinyModelFunctionally) {
   CmdResult r = ppu("run --model tiny --prompt hello --gen 4 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_EQ(j["tokens"].size(), 4u);
-  EXPECT_GT(j["prefill_time_s"].get<double>(), 0);
-  EXPECT_GT(j["decode_time_per_token_s"].get<double>(), 0);
-  EXPECT_TRUE(j["op_times"].contains("attention_s"));
+  EXPECT_GT(j["time_to_first_token_s"].get<double>(), 0);
+  EXPECT_GT(j["time_per_output_token_s"].get<double>(), 0);
+  EXPECT_GT(op_time(j, "attention"), 0);
+  // Random weights: no text is decoded from them, the ids are reported.
+  EXPECT_EQ(j["weights"], "random");
+  EXPECT_TRUE(j["text"].is_null());
   // Same seed, same tokens.
   CmdResult again = ppu("run --model tiny --prompt hello --gen 4 --json");
-  EXPECT_EQ(nlohmann::json::parse(again.out)["tokens"], j["tokens"]);
+  EXPECT_EQ(first_result(again.out)["tokens"], j["tokens"]);
+  r = ppu("run --model tiny --prompt hello --gen 4");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("random weights (no checkpoint), so no text: generated token ids"), std::string::npos) << r.out;
 }
 
 TEST(Cli, RunCheckpointDirectoryAndTimingOnly) {
   const std::string dir = std::string(PPU_TEST_SOURCE_DIR) + "/tests/data/qwen3-tiny";
   CmdResult r = ppu("run --model " + dir + " --raw --prompt-len 12 --gen 3 --json");
   ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["weights"], "checkpoint");
   r = ppu("run --model qwen3-8b --timing-only --chip h100 --prompt-len 128 --gen 2 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_TRUE(j["timing_only"].get<bool>());
   EXPECT_GT(j["weight_bytes"].get<double>(), 15e9);
+  // Timing only computes no tokens: none are reported and no text is printed.
+  EXPECT_TRUE(j["tokens"].is_null());
+  EXPECT_TRUE(j["weights"].is_null());
+  r = ppu("run --model tiny --timing-only --prompt hello --gen 8");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("\ntiny on ", 0), 0u) << "timing-only output starts with text:\n" << r.out;
+  // Side by side: one row per chip.
+  r = ppu("run --model tiny --timing-only --chip zhenwu-810e,h20 --prompt-len 8 --gen 2 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto two = results_of(r.out);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[1]["chip"], "h20");
+  EXPECT_GT(two[1]["output_tokens_per_s"].get<double>(), 0);
+  r = ppu("run --model tiny --timing-only --chip zhenwu-810e,h20 --node zhenwu-8 --prompt-len 8");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("a node fixes the chip"), std::string::npos) << r.out;
 }
 
 TEST(Cli, RunBadInput) {
@@ -201,10 +297,23 @@ TEST(Cli, RunBadInput) {
   r = ppu("run --model qwen3-8b --prompt hi");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("--random-weights"), std::string::npos) << r.out;
-  // Qwen3-235B in bf16 (470 GB) does not fit a 96 GB PPU: a simulated out-of-memory event.
+  // Qwen3-235B in bf16 (470 GB) does not fit a 96 GB PPU: a simulated out-of-memory event, raised
+  // before any layer is built, with the numbers and a split that fits (which then runs).
   r = ppu("run --model qwen3-235b-a22b --timing-only --chip zhenwu-810e --prompt-len 8 --gen 1");
   EXPECT_EQ(r.status, 3) << r.out;
-  EXPECT_NE(r.out.find("out of memory"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("qwen3-235b-a22b: the bf16 weights alone are 470.2 GB, and one zhenwu-810e holds 96 GB; try "
+                       "--node zhenwu-8 --tp 4 --ep 8"),
+            std::string::npos) << r.out;
+  r = ppu("run --model llama3-405b --timing-only --chip h100 --prompt-len 8 --gen 1");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("try --matmul-dtype fp8e4m3 --node h100-dgx --tp 8"), std::string::npos) << r.out;
+  r = ppu("run --model llama3-70b --timing-only --node zhenwu-8 --tp 2 --prompt-len 8 --gen 1 --json");
+  EXPECT_EQ(r.status, 0) << r.out;
+  // --gen 1: no decode step, so no per-token figures (not 0 s and infinite tokens/s).
+  EXPECT_TRUE(first_result(r.out)["time_per_output_token_s"].is_null()) << r.out;
+  r = ppu("run --model llama3-70b --timing-only --node zhenwu-8 --tp 2 --prompt-len 8 --gen 1");
+  EXPECT_NE(r.out.find("no decode step"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("inf"), std::string::npos) << r.out;
   r = ppu("run --model tiny --temperature -1 --prompt x");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("temperature -1"), std::string::npos) << r.out;
@@ -217,10 +326,10 @@ namespace {
 TEST(Cli, RunBatchesTable) {
   CmdResult r = ppu("run --model tiny --batch 1,3 --prompt-len 6 --gen 3 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j["batches"].size(), 2u);
-  const auto& b1 = j["batches"][0];
-  const auto& b3 = j["batches"][1];
+  const auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  const auto& b1 = j[0];
+  const auto& b3 = j[1];
   EXPECT_EQ(b3["batch"].get<int>(), 3);
   // Three sequences per step deliver more tokens per second than one.
   EXPECT_GT(b3["output_tokens_per_s"].get<double>(), b1["output_tokens_per_s"].get<double>());
@@ -242,7 +351,7 @@ TEST(Cli, NodesTableShowAndErrors) {
     EXPECT_NE(r.out.find(n), std::string::npos) << n;
   r = ppu("nodes show zhenwu-8 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_EQ(j["topology"], "full_mesh");
   EXPECT_EQ(j["fields"]["link_bandwidth"]["basis"], "assumed");
   EXPECT_GE(j["resources"].size(), 8u * 7u);  // one resource per direction of every chip pair
@@ -259,13 +368,13 @@ TEST(Cli, ClustersTableShowAndErrors) {
     EXPECT_NE(r.out.find(n), std::string::npos) << n << "\n" << r.out;
   r = ppu("clusters --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  auto j = nlohmann::json::parse(r.out);
+  auto j = results_of(r.out);
   ASSERT_EQ(j.size(), 6u);
   for (const auto& c : j) EXPECT_EQ(c["chips"].get<int64_t>(), c["nodes"].get<int64_t>() * 8) << c["cluster"];
 
   r = ppu("clusters show zhenwu-10k --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  j = nlohmann::json::parse(r.out);
+  j = first_result(r.out);
   EXPECT_EQ(j["chips"], 10240);
   EXPECT_EQ(j["chip"], "zhenwu-810e");
   EXPECT_EQ(j["fields"]["nic_bandwidth"]["unit"], "B/s");
@@ -289,7 +398,7 @@ TEST(Cli, ClustersTableShowAndErrors) {
   std::ofstream(good) << f.dump(2);
   r = ppu("clusters show " + good + " --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(nlohmann::json::parse(r.out)["chips"], 4096);
+  EXPECT_EQ(first_result(r.out)["chips"], 4096);
   f["tiers"][0]["oversubscription"]["value"] = 0.5;
   const std::string bad = temp_path("bad-cluster.json");
   std::ofstream(bad) << f.dump(2);
@@ -308,9 +417,9 @@ TEST(Cli, ClustersTableShowAndErrors) {
 TEST(Cli, BenchCollectives) {
   CmdResult r = ppu("bench allreduce --node h100-dgx --sizes 1M:4M --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j["results"].size(), 3u);
-  EXPECT_GT(j["results"][2]["busbw_bytes_per_s"].get<double>(), j["results"][0]["busbw_bytes_per_s"].get<double>());
+  const auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 3u);
+  EXPECT_GT(j[2]["bus_bandwidth_bytes_per_s"].get<double>(), j[0]["bus_bandwidth_bytes_per_s"].get<double>());
   r = ppu("bench alltoall --node zhenwu-8 --ranks 3 --sizes 96K --check --dtype bf16");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("#wrong"), std::string::npos) << r.out;
@@ -334,19 +443,27 @@ namespace {
 TEST(Cli, ThroughputTableJsonAndBadInput) {
   CmdResult r = ppu("throughput --model qwen3-0.6b --chip h100 --io 64/128,256/128 --max-batch 16 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j["cases"].size(), 2u);
-  EXPECT_EQ(j["cases"][0]["batch"].get<int>(), 16);
-  EXPECT_GT(j["cases"][0]["output_tokens_per_s"].get<double>(), j["cases"][1]["output_tokens_per_s"].get<double>());
+  const auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["batch"].get<int>(), 16);
+  EXPECT_GT(j[0]["output_tokens_per_s"].get<double>(), j[1]["output_tokens_per_s"].get<double>());
+  // Side by side; auto picks each chip's fastest dtype (A800 has no FP8 unit: BF16 there).
+  r = ppu("throughput --model qwen3-0.6b --chip h100,a800 --io 64/128 --max-batch 16 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto two = results_of(r.out);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0]["matmul_dtype"], "fp8e4m3");
+  EXPECT_EQ(two[1]["matmul_dtype"], "bf16");
+  EXPECT_EQ(two[1]["kv_dtype"], "bf16");
   r = ppu("throughput --model qwen3-0.6b --chip h100 --io 64/128 --max-batch 4");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("output tokens/s"), std::string::npos) << r.out;
   r = ppu("throughput --io 128-2048");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("'128-2048' is not input/output token counts"), std::string::npos) << r.out;
-  r = ppu("throughput --chip a100-80g");
+  r = ppu("throughput --chip a100-80g --matmul-dtype fp8e4m3");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.out.find("no fp8e4m3 matrix unit"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("a100-80g has no fp8e4m3 matrix unit; use --matmul-dtype bf16"), std::string::npos) << r.out;
   r = ppu("throughput --kv-dtype int4");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("--kv-dtype 'int4'"), std::string::npos) << r.out;
@@ -359,17 +476,17 @@ namespace {
 TEST(Cli, RunTensorParallelOnANode) {
   CmdResult r = ppu("run --model tiny --node zhenwu-8 --tp 2 --prompt hello --gen 4 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto j = nlohmann::json::parse(r.out);
+  const auto j = first_result(r.out);
   EXPECT_EQ(j["tp"].get<int>(), 2);
   EXPECT_EQ(j["node"].get<std::string>(), "zhenwu-8");
-  EXPECT_GT(j["op_times"]["tp all-reduce_s"].get<double>(), 0.0);
+  EXPECT_GT(op_time(j, "tp all-reduce"), 0.0);
   // The same tokens as on one chip (greedy; shards compute the same logits within bf16 rounding).
-  const auto one = nlohmann::json::parse(ppu("run --model tiny --prompt hello --gen 4 --json").out);
+  const auto one = first_result(ppu("run --model tiny --prompt hello --gen 4 --json").out);
   EXPECT_EQ(j["tokens"], one["tokens"]);
   r = ppu("run --model tiny --node zhenwu-8 --tp 2 --sp --prompt hello --gen 4 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto s = nlohmann::json::parse(r.out);
-  EXPECT_GT(s["op_times"]["tp reduce-scatter_s"].get<double>(), 0.0);
+  const auto s = first_result(r.out);
+  EXPECT_GT(op_time(s, "tp reduce-scatter"), 0.0);
   EXPECT_EQ(s["tokens"], one["tokens"]);
   r = ppu("run --model tiny --node zhenwu-8 --tp 3 --prompt x");
   EXPECT_EQ(r.status, 2);
@@ -383,9 +500,9 @@ TEST(Cli, RunTensorParallelOnANode) {
   // Expert parallelism: 4 chips, 2 attention groups of 2; the same greedy tokens as one chip.
   r = ppu("run --model tiny-moe --node zhenwu-8 --tp 2 --ep 4 --prompt hello --gen 4 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const auto e = nlohmann::json::parse(r.out);
-  EXPECT_GT(e["op_times"]["moe dispatch_s"].get<double>(), 0.0);
-  EXPECT_EQ(e["tokens"], nlohmann::json::parse(ppu("run --model tiny-moe --prompt hello --gen 4 --json").out)["tokens"]);
+  const auto e = first_result(r.out);
+  EXPECT_GT(op_time(e, "moe dispatch"), 0.0);
+  EXPECT_EQ(e["tokens"], first_result(ppu("run --model tiny-moe --prompt hello --gen 4 --json").out)["tokens"]);
   r = ppu("run --model tiny-moe --node zhenwu-8 --tp 2 --ep 3 --prompt x");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("--ep 3 must be a multiple of --tp 2"), std::string::npos) << r.out;
@@ -412,20 +529,29 @@ TEST(Cli, SimulateTrainLayoutSearchJsonTraceAndErrors) {
   // JSON for tools; the analytical and the flow network agree on this layout.
   r = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 --seq-len 256 --global-batch 32 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  auto j = nlohmann::json::parse(r.out);
+  auto j = first_result(r.out);
   EXPECT_EQ(j["layout"]["dp"], 4);
   EXPECT_GT(j["iteration_s"].get<double>(), 0);
+  // Structured records: each part of the iteration and each collective call.
+  double parts = 0;
+  for (const auto& p : j["breakdown"]) parts += p["time_s"].get<double>();
+  EXPECT_NEAR(parts, j["iteration_s"].get<double>(), 1e-9 * parts);
+  bool tp_gather = false;  // sequence parallel: TP all-gathers and reduce-scatters over the 2 TP ranks
+  for (const auto& c : j["collectives"])
+    tp_gather = tp_gather || (c["label"] == "tp all-gather" && c["collective"] == "allgather" && c["group"] == 2 &&
+                              c["stride"] == 1 && c["bytes"].get<double>() > 0);
+  EXPECT_TRUE(tp_gather) << j["collectives"];
   EXPECT_TRUE(j["memory"]["fits"].get<bool>());
   CmdResult flow = ppu("simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 --seq-len 256 "
                        "--global-batch 32 --json --network flow");
   ASSERT_EQ(flow.status, 0) << flow.out;
-  EXPECT_NEAR(nlohmann::json::parse(flow.out)["iteration_s"].get<double>(), j["iteration_s"].get<double>(),
+  EXPECT_NEAR(first_result(flow.out)["iteration_s"].get<double>(), j["iteration_s"].get<double>(),
               1e-3 * j["iteration_s"].get<double>());
   // Every degree given, DP too: the layout uses TP x PP x CP x DP of the cluster's chips; the
   // sequence defaults to 4096, or to the model's context where that is shorter.
   r = ppu("simulate train --model tiny --cluster h800-2k --tp 2 --pp 2 --dp 4 --global-batch 32 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  j = nlohmann::json::parse(r.out);
+  j = first_result(r.out);
   EXPECT_EQ(j["layout"]["dp"], 4);
   EXPECT_EQ(j["chips"], 16);
   EXPECT_EQ(j["layout"]["seq_len"].get<int64_t>(), std::min<int64_t>(4096, ppu::load_model_config("tiny").max_position_embeddings));
@@ -479,11 +605,37 @@ std::string train_dir(const std::string& name) {
   return dir;
 }
 
+// Side by side: --chip takes each chip's own cluster preset, --cluster a list; records in that order.
+TEST(Cli, SimulateTrainSideBySide) {
+  const std::string layout = " --model tiny --chips 16 --tp 2 --pp 2 --seq-len 256 --global-batch 32";
+  CmdResult r = ppu("simulate train --chip h800,zhenwu-810e" + layout + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["cluster"], "h800-2k");
+  EXPECT_EQ(j[1]["cluster"], "zhenwu-10k");
+  EXPECT_EQ(j[1]["chip"], "zhenwu-810e");
+  r = ppu("simulate train --cluster zhenwu-10k,h800-2k" + layout);
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"=== zhenwu-10k", "=== h800-2k", "side by side", "TP2 PP2 DP4"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  r = ppu("simulate train --chip h200" + layout);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("no cluster preset is built of h200; chips with a cluster: a100-80g (a100-selene)"),
+            std::string::npos) << r.out;
+  r = ppu("simulate train --chip h800 --cluster h800-2k" + layout);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("give one of them"), std::string::npos) << r.out;
+}
+
 std::string train_args(const std::string& dir) {
   return " --model tiny --data " + dir + "/corpus --steps 3 --seq-len 16 --batch 2 --eval-every 0";
 }
 
-nlohmann::json last_json(const std::string& out) { return nlohmann::json::parse(out.substr(out.rfind("\n{") + 1)); }
+// The JSON summary after the progress lines (stdout and stderr are captured together).
+nlohmann::json last_json(const std::string& out) {
+  return nlohmann::json::parse(out.substr(out.rfind("\n{") + 1))["results"].at(0);
+}
 
 std::string file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -500,7 +652,7 @@ TEST(Cli, TrainWritesItsRunDirectory) {
   const nlohmann::json j = last_json(r.out);
   EXPECT_EQ(j["steps"].get<int>(), 3);
   EXPECT_TRUE(std::isfinite(j["final_loss"].get<double>()));
-  EXPECT_GT(j["sim_step_s"].get<double>(), 0.0);
+  EXPECT_GT(j["simulated_step_s"].get<double>(), 0.0);
   for (const char* f : {"/a/metrics.jsonl", "/a/loss.svg", "/a/checkpoint/config.json", "/a/checkpoint/model.safetensors"})
     EXPECT_TRUE(std::filesystem::exists(dir + f)) << f;
   r = ppu("run --model " + dir + "/a --prompt hi --gen 2 --json");
@@ -531,13 +683,21 @@ TEST(Cli, TrainResumesBitIdenticallyAndRunsDataParallel) {
 TEST(Cli, TrainTimingOnlyComparesChips) {
   CmdResult r = ppu("train --model tiny --timing-only --chip zhenwu-810e,h20 --seq-len 64 --batch 2 --json");
   ASSERT_EQ(r.status, 0) << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out);
-  ASSERT_EQ(j["chips"].size(), 2u);
-  for (const auto& c : j["chips"]) {
-    EXPECT_GT(c["step_s"].get<double>(), 0.0) << c;
+  const nlohmann::json j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  for (const auto& c : j) {
+    EXPECT_GT(c["simulated_step_s"].get<double>(), 0.0) << c;
     EXPECT_GT(c["mfu"].get<double>(), 0.0) << c;
     EXPECT_LT(c["mfu"].get<double>(), 1.0) << c;
   }
+  // A model whose training state cannot fit one chip is refused before any layer is built.
+  r = ppu("train --model qwen3-8b --timing-only --chip zhenwu-810e --seq-len 64 --batch 1");
+  EXPECT_EQ(r.status, 0) << r.out;  // side by side: a row that says so
+  EXPECT_NE(r.out.find("qwen3-8b: training state alone is 147.4 GB"), std::string::npos) << r.out;
+  r = ppu("train --model qwen3-8b --steps 1");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("one zhenwu-810e holds 96 GB"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("data:"), std::string::npos) << "refused after reading the corpus:\n" << r.out;
   r = ppu("train --model tiny --timing-only --chip nochip --seq-len 64");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("unknown chip 'nochip'"), std::string::npos) << r.out;
@@ -569,6 +729,197 @@ TEST(Cli, TrainRefusesBadInput) {
     EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
     EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;
   }
+}
+
+}  // namespace
+
+namespace {
+
+// A command line `ppu` refuses as a user's mistake (exit 2) with a message holding each of `says`,
+// and none of CLI11's raw texts (its bare "A subcommand is required", DBL_MAX's 300 digits).
+struct Refused {
+  std::string args;
+  std::vector<std::string> says;
+};
+void expect_refused(std::initializer_list<Refused> cases) {
+  for (const Refused& c : cases) {
+    const CmdResult r = ppu(c.args);
+    EXPECT_EQ(r.status, 2) << c.args << "\n" << r.out;
+    for (const auto& s : c.says) EXPECT_NE(r.out.find(s), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("A subcommand is required"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("179769"), std::string::npos) << r.out;
+  }
+}
+
+// A mistyped command names what was not recognised, suggests the nearest valid ones and lists them all.
+TEST(Cli, MistypedCommandsSuggestTheNearest) {
+  expect_refused({
+      {"serv", {"error: ppu: 'serv' is not a command; valid: chips, bench, nodes, clusters, simulate, models, run",
+                "Run 'ppu --help'"}},
+      {"chisp", {"ppu: 'chisp' is not a command; did you mean 'chips'? valid: chips, bench"}},
+      {"bench gem 64 64 64",
+       {"ppu bench: 'gem' is not a command; did you mean 'gemm'? valid: gemm, copy, allreduce", "sendrecv",
+        "Run 'ppu bench --help'"}},
+      {"simulate trian", {"ppu simulate: 'trian' is not a command; did you mean 'train'? valid: train"}},
+      {"chips shw h100", {"ppu chips: 'shw' is not a command; did you mean 'show'? valid: show, export"}},
+      {"models sho tiny", {"ppu models: 'sho' is not a command; did you mean 'show'? valid: show"}},
+      {"simulate", {"ppu simulate: a command is required; valid: train"}},
+      {"", {"ppu: a command is required; valid: chips, bench"}},
+  });
+  // Nothing close: no "did you mean".
+  EXPECT_EQ(ppu("serv").out.find("did you mean"), std::string::npos);
+}
+
+TEST(Cli, PresetNamesIgnoreCase) {
+  CmdResult r = ppu("chips show H100 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["chip"], "h100");
+  EXPECT_EQ(ppu("bench gemm 64 64 64 --chip ZHENWU-810E").status, 0);
+  EXPECT_EQ(ppu("nodes show Zhenwu-8").status, 0);
+  EXPECT_EQ(ppu("clusters show H800-2K").status, 0);
+  r = ppu("models show QWEN3-0.6B --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["model"], "qwen3-0.6b");  // the preset's own name, not as typed
+  r = ppu("run --model TINY --prompt-len 4 --gen 1 --node ZHENWU-8 --tp 2 --chip Zhenwu-810e --json");
+  EXPECT_EQ(r.status, 0) << r.out;  // --chip and --node's chip agree whatever the case
+}
+
+TEST(Cli, UnknownPresetsSuggestTheNearest) {
+  expect_refused({
+      {"chips show zhenwu", {"unknown chip 'zhenwu'; did you mean 'zhenwu-810e'? known chips: a100-80g"}},
+      {"bench gemm 64 64 64 --chip h10", {"unknown chip 'h10'; did you mean 'h100' or 'h20'? known chips:"}},
+      {"nodes show zhenwu-9", {"unknown node 'zhenwu-9'; did you mean 'zhenwu-8'? known nodes:"}},
+      {"clusters show h100-24", {"unknown cluster 'h100-24'; did you mean 'h100-24k'? known clusters:"}},
+      {"run --model qwen3-8 --timing-only", {"unknown model 'qwen3-8'; did you mean 'qwen3-8b'? known models:"}},
+      {"models show llama3-7b", {"unknown model 'llama3-7b'; did you mean 'llama3-70b' or 'llama3-8b'?"}},
+  });
+  const CmdResult r = ppu("chips show nothing-like-it");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.out.find("did you mean"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("known chips: a100-80g"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ModelsShowTableAndJson) {
+  CmdResult r = ppu("models show qwen3-30b-a3b");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* s : {"qwen3-30b-a3b (qwen3_moe)", "<built-in>/models/qwen3-30b-a3b.json", "source: ",
+                        "num_experts_per_tok", "moe_intermediate_size", "768", "rope_theta", "dtype",
+                        "parameters 30.5B (3.35B active per token)", "bf16 weights", "KV cache per token (bf16)"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+
+  r = ppu("models show qwen3-30b-a3b --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["command"], "models show");
+  ASSERT_EQ(doc["results"].size(), 1u);
+  const auto& m = doc["results"][0];
+  const ppu::ModelConfig cfg = ppu::load_model_config("qwen3-30b-a3b");
+  const auto pc = ppu::param_counts(cfg);
+  EXPECT_EQ(m["model"], "qwen3-30b-a3b");
+  EXPECT_EQ(m["params"].get<int64_t>(), pc.total());
+  EXPECT_EQ(m["active_params"].get<int64_t>(), pc.active());
+  EXPECT_DOUBLE_EQ(m["bf16_weight_bytes"].get<double>(), static_cast<double>(ppu::weight_bytes(cfg, ppu::DType::kBF16)));
+  EXPECT_DOUBLE_EQ(m["kv_bytes_per_token"].get<double>(),
+                   static_cast<double>(ppu::kv_cache_bytes_per_token(cfg, ppu::DType::kBF16)));
+  EXPECT_FALSE(m["assumed"].get<bool>());       // a published shape, as in `models --json`
+  EXPECT_TRUE(m["assumed_reason"].is_null());  // null, never ""
+  const auto& f = m["fields"];
+  EXPECT_EQ(f["family"], "qwen3_moe");
+  EXPECT_EQ(f["num_layers"].get<int64_t>(), 48);
+  EXPECT_EQ(f["num_experts"].get<int64_t>(), 128);
+  EXPECT_EQ(f["num_experts_per_tok"].get<int64_t>(), 8);
+  EXPECT_TRUE(f["intermediate_size"].is_null());   // not used by an all-MoE model
+  EXPECT_TRUE(f["rope_scaling_type"].is_null());   // no RoPE scaling
+  // A dense model without RoPE: the MoE and RoPE fields are null, the rest present.
+  const auto gpt = first_result(ppu("models show gpt-1.7b --json").out)["fields"];
+  EXPECT_EQ(gpt["positions"], "learned");
+  EXPECT_TRUE(gpt["rope_theta"].is_null());
+  EXPECT_TRUE(gpt["num_experts_per_tok"].is_null());
+  EXPECT_GT(gpt["intermediate_size"].get<int64_t>(), 0);
+  // A checkpoint directory, like --model.
+  r = ppu("models show " + std::string(PPU_TEST_SOURCE_DIR) + "/tests/data/qwen3-tiny --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["model"], "qwen3-tiny");
+  r = ppu("models show");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("model is required"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ChipsExportWritesThePresetFile) {
+  const std::string preset(*ppu::builtin_preset("chips", "h100"));
+  CmdResult r = ppu("chips export h100");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out, preset);  // stdout: the file itself, nothing else
+
+  // Named by this process: other build trees may run this test at the same time under the same TempDir.
+  const std::string file = temp_path("exported-h100-" + std::to_string(getpid()) + ".json");
+  std::filesystem::remove(file);
+  r = ppu("chips export H100 --out " + file);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("wrote chip 'h100' to " + file), std::string::npos) << r.out;
+  EXPECT_EQ(ppu::read_text_file(file), preset);
+  EXPECT_EQ(ppu("chips show " + file).status, 0);  // a valid chip file as it is
+
+  // An existing file is kept unless --force.
+  std::ofstream(file) << "mine";
+  r = ppu("chips export zhenwu-810e --out " + file);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--out " + file + ": the file exists; give another path, or add --force"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(ppu::read_text_file(file), "mine");
+  r = ppu("chips export zhenwu-810e --out " + file + " --force");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(ppu::read_text_file(file), std::string(*ppu::builtin_preset("chips", "zhenwu-810e")));
+
+  r = ppu("chips export h10");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown chip 'h10'; did you mean 'h100' or 'h20'?"), std::string::npos) << r.out;
+  r = ppu("chips export h100 --out " + temp_path("no-such-dir") + "/chip.json");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("no-such-dir/chip.json: cannot create file"), std::string::npos) << r.out;
+  EXPECT_EQ(ppu("chips export").status, 2);
+  std::filesystem::remove(file);
+}
+
+// Integer options out of range say the range in words, never CLI11's 300-digit DBL_MAX.
+TEST(Cli, OutOfRangeIntegersSayTheRange) {
+  expect_refused({
+      {"run --gen 0", {"error: --gen: must be at least 1, not 0"}},
+      {"run --prompt-len -3", {"--prompt-len: must be at least 0, not -3"}},
+      {"run --gen x", {"--gen: 'x' is not a whole number; give one of at least 1"}},
+      {"run --tp 0 --node zhenwu-8", {"--tp: must be at least 1, not 0"}},
+      {"bench allreduce --ranks 0", {"--ranks: must be at least 1, not 0"}},
+      {"train --steps 0", {"--steps: must be at least 1, not 0"}},
+      {"train --eval-batches 0", {"--eval-batches: must be at least 1, not 0"}},
+      {"simulate train --zero 7", {"--zero: must be 0 to 3, not 7"}},
+      {"simulate train --zero 1.5", {"--zero: '1.5' is not a whole number; give one from 0 to 3"}},
+      {"simulate train --micro-batch 0 --tp 1", {"--micro-batch: must be at least 1, not 0"}},  // was SIGFPE
+      {"simulate train --tp 0", {"--tp: must be at least 1, not 0"}},
+      {"throughput --max-batch 0", {"--max-batch: must be at least 1, not 0"}},
+  });
+}
+
+// The exit statuses README.md "Exit codes" lists: 0 done, 2 a user's mistake (CLI11's parse errors
+// included, not its 100+ codes), 3 a simulated event. (1, a failed --check, has no input that causes
+// it: the kernels agree with their references.)
+TEST(Cli, ExitCodes) {
+  EXPECT_EQ(ppu("--help").status, 0);
+  EXPECT_EQ(ppu("--version").status, 0);
+  EXPECT_EQ(ppu("bench gemm --help").status, 0);
+  EXPECT_EQ(ppu("chips").status, 0);
+  expect_refused({
+      {"bench gemm 4 4", {"error: K is required", "Run 'ppu bench gemm --help'"}},
+      {"bench gemm 4 4 4 --nope", {"error: The following argument was not expected: --nope"}},
+      {"bench gemm 4 4 4 5", {"error: The following argument was not expected: 5"}},
+      {"run --seed abc", {"error: Could not convert: --seed = abc"}},
+      {"chips show", {"error: chip is required"}},
+      {"bench gemm 0 4 4", {"error: bench gemm: M=0 N=4 K=4 batch=1; every size must be positive"}},  // a UserError
+  });
+  EXPECT_EQ(ppu("bench copy 40GB --chip a100-80g").status, 3);
+  // No layout of a trillion-parameter model fits 8 chips: a simulated out-of-memory too.
+  const CmdResult r = ppu("simulate train --model qwen3-max --cluster h800-2k --chips 8");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("no layout fits"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -4,7 +4,10 @@
 // and one test per kind of bad layout.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
+#include <map>
 
 #include "arch/Error.hpp"
 #include "cluster/Planner.hpp"
@@ -34,16 +37,31 @@ class FixedNetwork : public NetworkModel {
   double seconds_;
 };
 
-ModelConfig small_dense(int layers = 8) {
-  ModelConfig m = load_model_config("tiny");
+// A tiny preset at the tests' widths: hidden 256, 8 query and 4 key/value heads of 32, vocabulary
+// 4096, untied LM head.
+ModelConfig small_widths(const char* preset, int layers) {
+  ModelConfig m = load_model_config(preset);
   m.num_layers = layers;
   m.hidden_size = 256;
   m.num_heads = 8;
   m.num_kv_heads = 4;
   m.head_dim = 32;
-  m.intermediate_size = 512;
   m.vocab_size = 4096;
   m.tie_word_embeddings = false;
+  return m;
+}
+
+ModelConfig small_dense(int layers = 8) {
+  ModelConfig m = small_widths("tiny", layers);
+  m.intermediate_size = 512;
+  return m;
+}
+
+// 16 experts of width 512, top-2.
+ModelConfig small_moe(int layers) {
+  ModelConfig m = small_widths("tiny-moe", layers);
+  m.num_experts = 16;
+  m.moe_intermediate_size = 512;
   return m;
 }
 
@@ -60,6 +78,15 @@ Layout base_layout() {
   Layout l;
   l.tp = 2, l.pp = 2, l.dp = 8, l.micro_batch = 1, l.global_batch = 64, l.seq_len = 256;
   return l;
+}
+
+// The planner on the test's small clusters: 32 sequences of 256 tokens, 2 host threads.
+PlanOptions small_plan_options() {
+  PlanOptions p;
+  p.global_batch = 32;
+  p.seq_len = 256;
+  p.threads = 2;
+  return p;
 }
 
 double layer_gemm_flops(const ModelConfig& m, int tp, int64_t tokens) {
@@ -351,6 +378,72 @@ TEST(ClusterTraining, ScheduleTraceAgreesWithTheClosedForm) {
   EXPECT_EQ(slices, 4 * 2 * 8 + 1);  // F and B of 8 micro-batches on 4 stages, then the optimizer
 }
 
+// TP 2, PP 2 and full recomputation on a network where every collective costs 1e-4 s: each stage's
+// track shows its micro-batches' exposed TP communication and recomputed forward nested in the
+// forward and backward slices, the stage boundary has a track per direction with its transfers, the
+// parts add up to what the step charges, and the schedule still ends within the iteration time.
+TEST(ClusterTraining, ScheduleTraceShowsCommunicationTransfersAndRecomputation) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  const double each = 1e-4;
+  FixedNetwork net(each);
+  WorkloadCache cache;
+  Layout l = base_layout();  // TP 2 with SP, PP 2, DP 8: 8 micro-batches of 4 layers per stage
+  l.recompute = Recompute::kFull;
+  const TrainingResult r = simulate_training(m, c, l, net, cache, 32);
+  const Workload& wl = cache.get(m, c.node.chip, workload_options(l));
+  TraceWriter w;
+  write_training_trace(r, w);
+  std::map<int, std::string> tracks;
+  std::map<int, std::map<std::string, double>> seconds;  // track -> slice name without its micro-batch -> total
+  std::map<int, std::vector<std::pair<double, double>>> spans;
+  double end = 0;
+  const nlohmann::json trace = w.to_json();
+  for (const auto& e : trace["traceEvents"]) {
+    if (e.value("name", "") == "thread_name") tracks[e["tid"].get<int>()] = e["args"]["name"];
+    if (e.value("ph", "") != "X") continue;
+    std::string name = e["name"];
+    if (e["args"].contains("micro_batch")) name = name.substr(0, name.find_last_not_of("0123456789 ") + 1);
+    const double t0 = e["ts"].get<double>() * 1e-6, dur = e["dur"].get<double>() * 1e-6;
+    seconds[e["tid"].get<int>()][name] += dur;
+    spans[e["tid"].get<int>()].push_back({t0, t0 + dur});
+    end = std::max(end, t0 + dur);
+  }
+  const double mb = 8, layers = 4, tp_per_layer = 4 * each;  // SP: 4 TP collectives per layer and pass
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(tracks[s], fmt::format("pipeline stage {}", s));
+    auto& got = seconds[s];
+    EXPECT_NEAR(got["F"], mb * r.stage_fwd_s[static_cast<size_t>(s)], 1e-9) << s;
+    EXPECT_NEAR(got["B"], mb * r.stage_bwd_s[static_cast<size_t>(s)], 1e-9) << s;
+    // Forward, recomputation and backward each expose the layers' TP collectives; the last stage adds
+    // the LM head's all-gather in forward and backward.
+    EXPECT_NEAR(got["tp comm"], mb * (3 * layers * tp_per_layer + (s == 1 ? 2 * each : 0.0)), 1e-9) << s;
+    EXPECT_NEAR(got["recompute"], mb * layers * (wl.layer.fwd_s + tp_per_layer), 1e-9) << s;
+    // Slices on a stage's track nest (parts inside their forward or backward) or follow each other.
+    auto& v = spans[s];
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : a.second > b.second; });
+    std::vector<double> open;
+    for (const auto& [t0, t1] : v) {
+      while (!open.empty() && open.back() <= t0 + 1e-12) open.pop_back();
+      if (!open.empty()) {
+        EXPECT_LE(t1, open.back() + 1e-12) << "stage " << s << " slice at " << t0;
+      }
+      open.push_back(t1);
+    }
+  }
+  // The busiest stage's parts are the breakdown's.
+  EXPECT_NEAR(seconds[1]["tp comm"], r.breakdown.at("tp comm"), 1e-9);
+  // One transfer per micro-batch each way over the stage boundary.
+  EXPECT_EQ(tracks[3], "pp send/recv stage 0 -> 1 (activations)");
+  EXPECT_EQ(tracks[4], "pp send/recv stage 1 -> 0 (gradients)");
+  EXPECT_NEAR(seconds[3]["pp send/recv F"], mb * each, 1e-12);
+  EXPECT_NEAR(seconds[4]["pp send/recv B"], mb * each, 1e-12);
+  EXPECT_NEAR(seconds[3]["pp send/recv F"] + seconds[4]["pp send/recv B"], r.breakdown.at("pp send/recv"), 1e-12);
+  // The schedule (then the DP reduction and the optimizer) ends within the closed form's iteration.
+  EXPECT_LE(end, r.iteration_s * (1 + 1e-9));
+  EXPECT_GT(end, r.iteration_s * 0.9);
+}
+
 TEST(ClusterTraining, MemoryAccountingAndShortfall) {
   const ModelConfig m = small_dense();
   const ChipSpec chip = load_chip("h100");
@@ -380,6 +473,90 @@ TEST(ClusterTraining, MemoryAccountingAndShortfall) {
   EXPECT_FALSE(mem.fits());
   EXPECT_NEAR(mem.shortfall(), mem.total() - mem.capacity, 1);
   EXPECT_GT(mem.weights, 2 * 145e9);
+}
+
+TEST(ClusterTraining, ExpertStateIsShardedOverTheExpertDataParallelGroup) {
+  // The groups: dense parameters over DP x CP; routed experts over the ranks holding the same experts,
+  // TP x CP x DP / EP (each EP rank holds experts / EP whole experts); with EP 1 the dense group.
+  Layout g;
+  g.tp = 2, g.dp = 1024, g.ep = 128;
+  EXPECT_EQ(dp_group_dense(g), 1024);
+  EXPECT_EQ(dp_group_expert(g), 16);
+  g.ep = 2;
+  EXPECT_EQ(dp_group_expert(g), 1024);
+  g.ep = 1;
+  EXPECT_EQ(dp_group_expert(g), 1024);
+  g.tp = 1, g.cp = 2, g.dp = 8, g.ep = 4;
+  EXPECT_EQ(dp_group_dense(g), 16);
+  EXPECT_EQ(dp_group_expert(g), 4);
+
+  // Qwen3-235B-A22B at the planner's winning layout on h800-2k: TP 2, PP 1, DP 1024, EP 128, ZeRO-1.
+  const ModelConfig m = load_model_config("qwen3-235b-a22b");
+  const ChipSpec chip = load_chip("h800");
+  Layout l;
+  l.tp = 2, l.pp = 1, l.dp = 1024, l.ep = 128, l.global_batch = 1024, l.seq_len = 4096;
+  l.recompute = Recompute::kFull, l.recompute_layers = 27;
+  // By hand (hidden 4096, 64 x 128 query and 4 x 128 key/value widths, 128 experts of width 1536,
+  // vocabulary 151936, 94 layers), one chip's parameters:
+  //   per layer, dense: q and o 2 x 4096 x 8192 / 2, k and v 2 x 4096 x 512 / 2, the router 4096 x 128
+  //   (whole on every rank), two norms 2 x 4096, q/k norms 2 x 128;
+  //   per layer, experts: 128 / 128 = 1 expert of gate, up and down, 3 x 4096 x 1536;
+  //   once: the embedding 151936 x 4096 (whole), the vocab-parallel LM head 151936 / 2 x 4096, the final norm 4096.
+  const double dense_layer = 2.0 * 4096 * 8192 / 2 + 2.0 * 4096 * 512 / 2 + 4096.0 * 128 + 2 * 4096 + 2 * 128;
+  const double expert_layer = 3.0 * 4096 * 1536;
+  const double dense = 94 * dense_layer + 151936.0 * 4096 + 151936.0 / 2 * 4096 + 4096;  // 4,334,824,960
+  const double expert = 94 * expert_layer;                                                 // 1,774,190,592
+  EXPECT_EQ(weight_shares(m, chip, 2, 128).expert_params_per_layer, static_cast<int64_t>(expert_layer));
+  const MemoryUse z1 = training_memory(m, chip, l);
+  EXPECT_DOUBLE_EQ(z1.weights, 2 * (dense + expert));
+  EXPECT_DOUBLE_EQ(z1.gradients, 4 * (dense + expert));
+  // Adam's 12 bytes: dense parameters over the 1024 DP ranks, the expert over its 16 replicas (1.38 GB,
+  // not the 0.072 GB of 12 bytes x all 6.11e9 parameters / 1024).
+  EXPECT_DOUBLE_EQ(z1.optimizer, 12 * (dense / 1024 + expert / 16));
+  EXPECT_NEAR(z1.optimizer, 1.3814e9, 1e5);
+  l.zero = 2;
+  EXPECT_DOUBLE_EQ(training_memory(m, chip, l).gradients, 4 * (dense / 1024 + expert / 16));
+  l.zero = 3;
+  const MemoryUse z3 = training_memory(m, chip, l);
+  EXPECT_DOUBLE_EQ(z3.weights, 2 * (dense / 1024 + expert / 16));
+  EXPECT_DOUBLE_EQ(z3.activations, z1.activations);
+  // EP = TP: the expert-data-parallel group is all of DP, so every parameter shards over 1024 ranks
+  // (64 experts per chip).
+  l.zero = 1;
+  l.ep = 2;
+  EXPECT_DOUBLE_EQ(training_memory(m, chip, l).optimizer, 12 * (dense + 94 * 64 * expert_layer) / 1024);
+}
+
+TEST(ClusterTraining, HardwareFlopsAddTheRecomputedForwardCountedLikeModelFlops) {
+  const ModelConfig m = small_dense();
+  const ClusterSpec c = small_cluster();
+  FixedNetwork net(1e-5);
+  WorkloadCache cache;
+  // By hand, per token: a layer's forward is 2 x (q, o 256 x 256 each; k, v 256 x 128 each; SwiGLU
+  // 3 x 256 x 512) = 1,179,648 matmul FLOPs plus the attention square 4 x 256 x 256 = 262,144; the
+  // LM head 2 x 256 x 4096; model FLOPs 3 x (8 layers + head).
+  const double layer_fwd = 1179648.0 + 262144.0;
+  EXPECT_DOUBLE_EQ(model_flops_per_token(m, 256, false), 3 * (8 * layer_fwd + 2.0 * 256 * 4096));
+  const double tokens = 64.0 * 256;
+  Layout l = base_layout();  // TP 2, PP 2 (4 layers per stage), DP 8
+  const TrainingResult none = simulate_training(m, c, l, net, cache, 32);
+  EXPECT_EQ(none.hardware_flops, none.model_flops);
+  EXPECT_EQ(none.hfu, none.mfu);  // exactly: the same FLOPs divided the same way
+  EXPECT_GT(none.mfu, 0);
+  l.recompute = Recompute::kSelective;  // the attention core again in every layer
+  const TrainingResult sel = simulate_training(m, c, l, net, cache, 32);
+  EXPECT_DOUBLE_EQ(sel.hardware_flops - sel.model_flops, 8 * 262144.0 * tokens);
+  EXPECT_GT(sel.hfu, sel.mfu);
+  l.recompute = Recompute::kFull;  // every layer's forward again
+  const TrainingResult full = simulate_training(m, c, l, net, cache, 32);
+  EXPECT_DOUBLE_EQ(full.hardware_flops - full.model_flops, 8 * layer_fwd * tokens);
+  EXPECT_GT(full.hfu, full.mfu);
+  EXPECT_DOUBLE_EQ(full.hfu / full.mfu, full.hardware_flops / full.model_flops);
+  l.recompute_layers = 1;  // 1 layer of each of the 2 stages
+  const TrainingResult one = simulate_training(m, c, l, net, cache, 32);
+  EXPECT_DOUBLE_EQ(one.hardware_flops - one.model_flops, 2 * layer_fwd * tokens);
+  EXPECT_GT(one.hfu, one.mfu);
+  EXPECT_DOUBLE_EQ(recomputed_flops_per_token(m, l), 2 * layer_fwd);
 }
 
 TEST(ClusterTraining, BadLayoutsNameWhatIsValid) {
@@ -443,11 +620,7 @@ TEST(ClusterPlanner, RanksLayoutsThatFitAndExplainsTheWinner) {
   const ClusterSpec c = small_cluster(2);
   FixedNetwork net(2e-5);
   WorkloadCache cache;
-  PlanOptions p;
-  p.global_batch = 32;
-  p.seq_len = 256;
-  p.threads = 2;
-  const Plan plan = plan_training(m, c, p, net, cache);
+  const Plan plan = plan_training(m, c, small_plan_options(), net, cache);
   ASSERT_FALSE(plan.ranked.empty());
   for (size_t i = 1; i < plan.ranked.size(); ++i) EXPECT_LE(plan.ranked[i - 1].iteration_s, plan.ranked[i].iteration_s);
   for (const auto& r : plan.ranked) {
@@ -465,6 +638,41 @@ TEST(ClusterPlanner, RanksLayoutsThatFitAndExplainsTheWinner) {
   const Plan none = plan_training(huge, c, q, net, cache);
   EXPECT_TRUE(none.ranked.empty());
   EXPECT_NE(none.explanation.find("short by"), std::string::npos) << none.explanation;
+}
+
+TEST(ClusterPlanner, NeverRanksALayoutOverTheChipsMemory) {
+  // A MoE model whose experts are most of its parameters, on 16 chips with the HBM set in the test.
+  const ModelConfig m = small_moe(4);
+  ClusterSpec c = small_cluster(2);
+  // TP 1, PP 1, DP 16, EP 16, ZeRO-1: one expert per chip and no other replica of it (expert-DP group
+  // of 1), so its Adam state (12 B per parameter) stays whole. By hand, per chip: dense parameters
+  // 4 layers x (q, o 2 x 256 x 256; k, v 2 x 256 x 128; router 256 x 16; norms 2 x 256; q/k norms
+  // 2 x 32) + embedding and LM head 2 x 4096 x 256 + final norm 256, sharded over 16; experts 4 layers
+  // x 3 x 256 x 512, whole.
+  Layout x;
+  x.tp = 1, x.pp = 1, x.dp = 16, x.ep = 16, x.global_batch = 32, x.seq_len = 256, x.zero = 1;
+  x.recompute = Recompute::kFull;  // its least memory
+  const double dense = 4 * (2.0 * 256 * 256 + 2.0 * 256 * 128 + 256 * 16 + 2 * 256 + 2 * 32) + 2.0 * 4096 * 256 + 256;
+  const double expert = 4 * 3.0 * 256 * 512;
+  const double optimizer = 12 * (dense / 16 + expert);
+  const MemoryUse least = training_memory(m, c.node.chip, x);
+  EXPECT_DOUBLE_EQ(least.optimizer, optimizer);
+  // Between its memory and what it would be with the experts' state sharded over all 16 DP ranks: the
+  // layout fits only if that state is (wrongly) counted so.
+  const double wrong_saving = 12 * expert * (1 - 1.0 / 16);
+  c.node.chip.hbm_size.value = least.total() - least.optimizer + optimizer - wrong_saving / 2;
+  FixedNetwork net(2e-5);
+  WorkloadCache cache;
+  const Plan plan = plan_training(m, c, small_plan_options(), net, cache);
+  ASSERT_FALSE(plan.ranked.empty()) << plan.explanation;
+  EXPECT_GT(plan.rejected_memory, 0);
+  for (const auto& r : plan.ranked) {
+    const MemoryUse mem = training_memory(m, c.node.chip, r.layout);
+    EXPECT_LE(r.memory.total(), c.node.chip.hbm_size.value) << r.layout.describe();
+    EXPECT_DOUBLE_EQ(r.memory.total(), mem.total()) << r.layout.describe();
+    const Layout& y = r.layout;
+    EXPECT_FALSE(y.tp == 1 && y.pp == 1 && y.ep == 16 && y.zero == 1) << y.describe();
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cmath>
+#include <string>
 
 #include "TestUtil.hpp"
 #include "kernels/Gemm.hpp"
@@ -59,6 +60,8 @@ struct Case {
   int64_t m, n, k, batch;
   bool ta, tb;
 };
+
+int64_t ceil_div_for_test(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 TEST(Gemm, OddShapesAllTransposesBf16) {
   const Case cases[] = {{1, 1, 1, 1, false, false},   {1, 7, 13, 1, false, false}, {13, 1, 5, 1, false, false},
@@ -116,22 +119,23 @@ TEST(Gemm, AlphaScalesTheProduct) {
   EXPECT_LE(run_and_compare("h100", s, DType::kF16, DType::kF32).max_ratio, 1.0);
 }
 
+// C of the GEMM computed on `threads` host threads from seeded bf16 inputs (`cfg`: null for the
+// chosen configuration).
+std::vector<float> gemm_on_threads(const GemmShape& s, const GemmConfig* cfg, DType out_t, int threads, uint64_t seed) {
+  Device dev(load_chip("h100"), ExecMode::kFunctional, threads);
+  Buffer a = dev.alloc(DType::kBF16, s.m * s.k, "A"), b = dev.alloc(DType::kBF16, s.k * s.n, "B"),
+         c = dev.alloc(out_t, s.m * s.n, "C");
+  dev.upload(a, test::random_values(static_cast<size_t>(s.m * s.k), DType::kBF16, seed));
+  dev.upload(b, test::random_values(static_cast<size_t>(s.k * s.n), DType::kBF16, seed + 1));
+  kernels::gemm(dev, s, a, b, c, nullptr, cfg);
+  return dev.download(c);
+}
+
 TEST(Gemm, ResultsAreBitIdenticalAcrossRunsAndThreads) {
-  GemmShape s{150, 170, 190};
-  const auto av = test::random_values(static_cast<size_t>(s.m * s.k), DType::kBF16, 5);
-  const auto bv = test::random_values(static_cast<size_t>(s.k * s.n), DType::kBF16, 6);
-  std::vector<float> first;
-  for (int threads : {1, 2, 3}) {
-    Device dev(load_chip("h100"), ExecMode::kFunctional, threads);
-    Buffer a = dev.alloc(DType::kBF16, s.m * s.k, "A"), b = dev.alloc(DType::kBF16, s.k * s.n, "B"),
-           c = dev.alloc(DType::kF32, s.m * s.n, "C");
-    dev.upload(a, av);
-    dev.upload(b, bv);
-    kernels::gemm(dev, s, a, b, c);
-    const auto got = dev.download(c);
-    if (first.empty()) first = got;
-    else EXPECT_EQ(got, first) << threads << " threads";
-  }
+  const GemmShape s{150, 170, 190};
+  const auto first = gemm_on_threads(s, nullptr, DType::kF32, 1, 5);
+  for (int threads : {1, 2, 3})
+    EXPECT_EQ(gemm_on_threads(s, nullptr, DType::kF32, threads, 5), first) << threads << " threads";
 }
 
 TEST(Gemm, TimingOnlyRunsWithoutDataAndScales) {
@@ -164,6 +168,94 @@ TEST(Gemm, ConfigChoiceFitsSramOnEveryChip) {
   }
 }
 
+// --- split-K: K shared by several blocks per C tile, fp32 partials added in split order.
+// The bound above still holds: along one output the fp32 additions are a part's k-steps and then
+// the parts in order, at most k of them however K is cut.
+
+TEST(GemmSplitK, EveryInputDtypeOddKAndKNotAMultipleOfTheSplit) {
+  struct SplitCase {
+    int64_t m, n, k, batch;
+    int tile_k, split;
+  };
+  // 1001 = 15 k-steps of 64 and a tail of 41 in 4 parts (4, 4, 4, 4 steps); 333 in 6 steps over 5
+  // parts; 130 in 5 steps of 32 over 2 parts (2 and 3); one part per k-step.
+  const SplitCase cases[] = {{1, 37, 1001, 1, 64, 4}, {5, 70, 333, 2, 64, 5}, {3, 129, 130, 1, 32, 2},
+                             {17, 33, 256, 1, 64, 4}};
+  for (const SplitCase& c : cases)
+    for (DType in_t : {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2})
+      for (bool tb : {false, true}) {
+        const GemmConfig cfg{16, 64, c.tile_k, 3, 8, c.split};
+        GemmShape s{c.m, c.n, c.k, c.batch, false, tb};
+        const Result r = run_and_compare("h100", s, in_t, DType::kF32, &cfg);
+        EXPECT_LE(r.max_ratio, 1.0) << dtype_name(in_t) << " " << c.m << "x" << c.n << "x" << c.k << " "
+                                    << cfg.describe();
+      }
+}
+
+TEST(GemmSplitK, OutputDtypesTransposedAAndAlpha) {
+  for (DType out_t : {DType::kF32, DType::kBF16, DType::kF16})
+    for (bool ta : {false, true}) {
+      const GemmConfig cfg{32, 64, 64, 2, 8, 3};
+      GemmShape s{20, 50, 700, 1, ta, true};
+      s.alpha = -0.75f;
+      EXPECT_LE(run_and_compare("zhenwu-810e", s, DType::kBF16, out_t, &cfg).max_ratio, 1.0)
+          << dtype_name(out_t) << " ta " << ta;
+    }
+}
+
+TEST(GemmSplitK, BitIdenticalForAnyHostThreadCountAndWorkspaceFreed) {
+  const GemmShape s{7, 300, 2000, 1, false, true};
+  const GemmConfig cfg{16, 64, 64, 4, 8, 8};
+  const auto first = gemm_on_threads(s, &cfg, DType::kBF16, 1, 15);
+  for (int threads : {2, 3})
+    EXPECT_EQ(gemm_on_threads(s, &cfg, DType::kBF16, threads, 15), first) << threads << " threads";
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  Buffer a = dev.alloc(DType::kBF16, s.m * s.k, "A"), b = dev.alloc(DType::kBF16, s.k * s.n, "B"),
+         c = dev.alloc(DType::kBF16, s.m * s.n, "C");
+  const int64_t before = dev.bytes_in_use();
+  kernels::gemm(dev, s, a, b, c, nullptr, &cfg);
+  EXPECT_EQ(dev.bytes_in_use(), before) << "the workspace is freed after the call";
+  EXPECT_EQ(dev.peak_bytes_in_use(), before + kernels::gemm_workspace_numel(s, cfg) * 4);
+}
+
+TEST(GemmSplitK, TwoKernelsOneTimingAndTheirRecords) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  const GemmShape s{4, 256, 4096, 1, false, true};
+  const GemmConfig cfg{16, 64, 128, 4, 8, 6};
+  Buffer a = dev.alloc(DType::kBF16, s.m * s.k, "A"), b = dev.alloc(DType::kBF16, s.k * s.n, "B"),
+         c = dev.alloc(DType::kBF16, s.m * s.n, "C");
+  const KernelTiming t = kernels::gemm(dev, s, a, b, c, nullptr, &cfg);
+  ASSERT_EQ(dev.records().size(), 2u);
+  const OpRecord &tiles = dev.records()[0], &reduce = dev.records()[1];
+  EXPECT_NE(tiles.name.find("split-K 6"), std::string::npos) << tiles.name;
+  EXPECT_NE(reduce.name.find("reduce"), std::string::npos) << reduce.name;
+  EXPECT_EQ(tiles.timing->blocks, 4 * 6);  // 256 / 64 tiles, 6 parts each
+  EXPECT_DOUBLE_EQ(t.time_s, (tiles.end_s - tiles.start_s) + (reduce.end_s - reduce.start_s));
+  EXPECT_GE(reduce.start_s, tiles.end_s);
+  EXPECT_DOUBLE_EQ(t.useful_flops, 2.0 * 4 * 256 * 4096);
+}
+
+TEST(GemmSplitK, ChosenWhenTilesLeaveCoresIdleAndOnlyIfFaster) {
+  // H20's batch-64 down projection of Qwen3-32B: 40 tiles of 128 columns for 78 cores.
+  const ChipSpec h20 = load_chip("h20");
+  const GemmShape down{64, 5120, 25600, 1, false, true};
+  const GemmConfig split = kernels::choose_gemm_config(h20, down, DType::kBF16);
+  const GemmConfig none = kernels::choose_gemm_config(h20, down, DType::kBF16, /*allow_split_k=*/false);
+  EXPECT_GT(split.split_k, 1) << split.describe();
+  EXPECT_EQ(none.split_k, 1);
+  Device dev(h20, ExecMode::kTimingOnly);
+  Buffer a = dev.alloc(DType::kBF16, down.m * down.k, "A"), b = dev.alloc(DType::kBF16, down.k * down.n, "B"),
+         c = dev.alloc(DType::kBF16, down.m * down.n, "C");
+  const double t_split = kernels::gemm(dev, down, a, b, c, nullptr, &split).time_s;
+  const double t_none = kernels::gemm(dev, down, a, b, c, nullptr, &none).time_s;
+  EXPECT_LT(t_split, t_none);
+  // Enough tiles to fill the chip: never split. One kernel through make_gemm: never split.
+  for (GemmShape sq : {GemmShape{4096, 4096, 4096}, GemmShape{2048, 8192, 1024, 2}})
+    EXPECT_EQ(kernels::choose_gemm_config(h20, sq, DType::kBF16).split_k, 1);
+  EXPECT_EQ(kernels::make_gemm(h20, down, a, b, c).grid,
+            ceil_div_for_test(5120, none.tile_n) * ceil_div_for_test(64, none.tile_m));
+}
+
 // --- bad input: each kind gets a clear error naming the problem.
 class GemmErrors : public ::testing::Test {
  protected:
@@ -192,6 +284,29 @@ TEST_F(GemmErrors, DtypesThatDoNotWork) {
                      {"zhenwu-810e has no fp8e4m3 matrix unit", "bf16, fp16"});
   Buffer o = dev.alloc(DType::kF8E5M2, 8, "O");
   test::expect_error([&] { kernels::gemm(dev, GemmShape{2, 4, 3}, a, b, o); }, {"C 'O' is fp8e5m2", "fp32, bf16, fp16"});
+}
+
+TEST_F(GemmErrors, SplitKConfigurationsAndWorkspaces) {
+  Device d{load_chip("h100")};
+  Buffer a2 = d.alloc(DType::kBF16, 2 * 300, "A"), b2 = d.alloc(DType::kBF16, 300 * 4, "B"),
+         c2 = d.alloc(DType::kF32, 2 * 4, "C");
+  const GemmShape s{2, 4, 300};  // 5 k-steps of 64
+  const GemmConfig split{16, 64, 64, 2, 8, 3};
+  test::expect_error([&] { (void)kernels::make_gemm(d.chip(), s, a2, b2, c2, &split); },
+                     {"gemm", "split-K 3", "two kernels and a workspace", "make_gemm_kernels"});
+  test::expect_error([&] { (void)kernels::make_gemm_kernels(d.chip(), s, a2, b2, c2, split, nullptr); },
+                     {"gemm", "needs a workspace of 24 fp32 elements"});
+  Buffer small = d.alloc(DType::kF32, 23, "W"), bf = d.alloc(DType::kBF16, 24, "Wb");
+  test::expect_error([&] { (void)kernels::make_gemm_kernels(d.chip(), s, a2, b2, c2, split, &small); },
+                     {"workspace 'W' has 23 elements", "[3, 1, 2, 4] (split, batch, M, N) needs 24"});
+  test::expect_error([&] { (void)kernels::make_gemm_kernels(d.chip(), s, a2, b2, c2, split, &bf); },
+                     {"workspace 'Wb' is bf16", "valid: fp32"});
+  for (int bad : {0, 6}) {
+    GemmConfig cfg = split;
+    cfg.split_k = bad;
+    test::expect_error([&] { kernels::gemm(d, s, a2, b2, c2, nullptr, &cfg); },
+                       {"split_k " + std::to_string(bad) + " for K = 300 in k-steps of 64", "valid: 1 to 5"});
+  }
 }
 
 TEST_F(GemmErrors, KernelThatDoesNotFitSram) {

@@ -204,6 +204,31 @@ TEST(Session, TimingOnlyFeedsThePlaceholderToken) {
   EXPECT_EQ(s.generate(std::vector<int32_t>(32, 100), g).tokens.at(0), std::vector<int32_t>{1000});
 }
 
+TEST(Session, DecodeStepsLaunchAsCapturedGraphsAndOnlyTimeChanges) {
+  // Each decode step is one captured graph: its first kernel pays launch_latency, every other one
+  // graph_node_latency; the prefill launches kernel by kernel either way. The tokens are the same.
+  GenerateResult r[2];
+  int64_t node_launches = 0;
+  double saving = 0;
+  for (int graph = 0; graph < 2; ++graph) {
+    Device dev = make_device();
+    saving = dev.chip().launch_latency.value - dev.chip().graph_node_latency_value();
+    auto s = fixture_session(dev);
+    GenerateOptions g = tokens_at_most(6);
+    g.graph_decode = graph == 1;
+    r[graph] = s->generate(kPrompts[0], g);
+    if (graph == 1)
+      for (const OpRecord& rec : dev.records())
+        node_launches += rec.timing && rec.timing->launch_s < dev.chip().launch_latency.value;
+  }
+  ASSERT_GT(saving, 0);
+  EXPECT_EQ(r[1].tokens, r[0].tokens);
+  EXPECT_EQ(r[1].prefill_time_s, r[0].prefill_time_s);
+  EXPECT_EQ(r[1].decode_steps, 5);
+  EXPECT_GT(node_launches, 5 * 10) << "every kernel of a step but its first";
+  EXPECT_NEAR(r[0].decode_time_s - r[1].decode_time_s, static_cast<double>(node_launches) * saving, 1e-12);
+}
+
 TEST(Session, InvalidInputsAreUserErrors) {
   Device dev = make_device();
   const std::unique_ptr<Session> s = fixture_session(dev, 2, 8);

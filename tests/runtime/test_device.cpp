@@ -1,6 +1,6 @@
 // Tests of runtime/Device: memory accounting and out-of-memory events, timing-only capacity,
 // argument errors, host-link copy times, stream/event ordering on the simulated clock, the record
-// of operations, and the Perfetto trace. Times are checked against the documented formulas and
+// of operations, captured-graph launches, and the Perfetto trace. Times are checked against the documented formulas and
 // orderings (copy = host_link_latency + bytes / host_link_bandwidth; one engine per direction and
 // one for kernels), never against hard-coded numbers.
 #include <gtest/gtest.h>
@@ -308,6 +308,79 @@ TEST(DeviceLaunch, InvalidLaunches) {
   k.build = nullptr;
   test::expect_error([&] { dev.launch(k); }, {"'bad'", "no program builder"});
   EXPECT_TRUE(dev.records().empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captured graphs: the first kernel of a graph pays launch_latency, the others graph_node_latency.
+
+TEST(DeviceGraph, KernelsAfterTheFirstPayTheGraphNodeLatency) {
+  const ChipSpec& c = h100();
+  ASSERT_TRUE(c.graph_node_latency.present);
+  const double saving = c.launch_latency.value - c.graph_node_latency_value();
+  ASSERT_GT(saving, 0);
+  Device plain(c, ExecMode::kTimingOnly), graphed(c, ExecMode::kTimingOnly);
+  const Buffer x = plain.alloc(DType::kF32, 1000, "x"), gx = graphed.alloc(DType::kF32, 1000, "x");
+  std::vector<double> t_plain, t_graph;
+  for (int i = 0; i < 3; ++i) t_plain.push_back(plain.launch(scale_kernel(x, x, 2.0f)).time_s);
+  EXPECT_EQ(graphed.graph_launch_saving_s(), 0.0) << "no graph open";
+  {
+    GraphScope g(graphed);
+    EXPECT_TRUE(graphed.in_graph());
+    EXPECT_EQ(graphed.graph_launch_saving_s(), 0.0) << "the first kernel launches the graph";
+    for (int i = 0; i < 3; ++i) t_graph.push_back(graphed.launch(scale_kernel(gx, gx, 2.0f)).time_s);
+    EXPECT_DOUBLE_EQ(graphed.graph_launch_saving_s(), saving);
+  }
+  EXPECT_FALSE(graphed.in_graph());
+  EXPECT_DOUBLE_EQ(t_graph[0], t_plain[0]);
+  for (size_t i = 1; i < 3; ++i) EXPECT_NEAR(t_graph[i], t_plain[i] - saving, 1e-15);
+  EXPECT_NEAR(graphed.synchronize(), plain.synchronize() - 2 * saving, 1e-15);
+  // The records say the same; a kernel after the graph launches on its own again.
+  EXPECT_DOUBLE_EQ(graphed.records()[1].timing->launch_s, c.graph_node_latency_value());
+  EXPECT_DOUBLE_EQ(graphed.launch(scale_kernel(gx, gx, 2.0f)).time_s, t_plain[0]);
+}
+
+TEST(DeviceGraph, NumbersAreTheSameAsKernelByKernel) {
+  const auto xs = test::random_values(777, DType::kF32, 5);
+  std::vector<float> out[2];
+  for (int graph = 0; graph < 2; ++graph) {
+    Device dev(h100(), ExecMode::kFunctional, 2);
+    const Buffer x = dev.alloc(DType::kF32, 777, "x"), y = dev.alloc(DType::kBF16, 777, "y");
+    dev.upload(x, xs);
+    {
+      GraphScope g(dev, graph == 1);
+      EXPECT_EQ(dev.in_graph(), graph == 1);
+      dev.launch(scale_kernel(x, x, 3.0f));
+      dev.launch(scale_kernel(x, y, -0.5f));
+    }
+    out[graph] = dev.download(y);
+  }
+  EXPECT_EQ(out[0], out[1]);
+}
+
+TEST(DeviceGraph, WithoutAGraphNodeLatencyNothingIsSaved) {
+  ChipSpec c = h100();
+  c.graph_node_latency = Quantity{};  // absent: launch_latency
+  EXPECT_DOUBLE_EQ(c.graph_node_latency_value(), c.launch_latency.value);
+  Device dev(c, ExecMode::kTimingOnly);
+  const Buffer x = dev.alloc(DType::kF32, 256, "x");
+  const double alone = dev.launch(scale_kernel(x, x, 2.0f)).time_s;
+  GraphScope g(dev);
+  dev.launch(scale_kernel(x, x, 2.0f));
+  EXPECT_DOUBLE_EQ(dev.launch(scale_kernel(x, x, 2.0f)).time_s, alone);
+}
+
+TEST(DeviceGraph, OpeningTwiceOrClosingNoneAreErrorsAndScopesCloseOnExceptions) {
+  Device dev(h100(), ExecMode::kTimingOnly);
+  test::expect_error([&] { dev.end_graph(); }, {"end_graph", "h100", "no captured graph is open"});
+  dev.begin_graph();
+  test::expect_error([&] { dev.begin_graph(); }, {"begin_graph", "already open"});
+  dev.end_graph();
+  try {
+    GraphScope g(dev);
+    throw UserError("inside");
+  } catch (const UserError&) {
+  }
+  EXPECT_FALSE(dev.in_graph());
 }
 
 TEST(DeviceStreams, CopyAndKernelOnDifferentStreamsOverlap) {
