@@ -11,7 +11,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstring>
 
 #include "FidelityReport.hpp"
@@ -25,8 +24,7 @@ int main(int argc, char** argv) {
   const bool md = argc > 1 && std::strcmp(argv[1], "--markdown") == 0;
   Table t({"node", "model", "TP", "dtype", "concurrency", "in/out", "mean ctx", "decode step ms", "prefill ms",
            "predicted ITL ms", "kernel by kernel ms", "measured ITL ms", "error", "target", "ok", "source"});
-  int pass = 0, total = 0;
-  double worst = 0, sim_s = 0;
+  bench::FidelityTally n;
   for (const auto& c : bench::decode_latency_cases()) {
     const auto w0 = std::chrono::steady_clock::now();
     const NodeSpec node = load_node(c.node);
@@ -38,12 +36,9 @@ int main(int argc, char** argv) {
     const LatencyEstimate e = estimate_decode_latency(node, cfg, c.input_len, c.output_len, o);
     o.graph_decode = false;
     const LatencyEstimate plain = estimate_decode_latency(node, cfg, c.input_len, c.output_len, o);
-    sim_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    n.sim_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     const double err = (1e3 * e.itl_s - c.measured_itl_ms) / c.measured_itl_ms;
-    const bool ok = std::fabs(err) <= c.tolerance;
-    pass += ok;
-    ++total;
-    worst = std::max(worst, std::fabs(err));
+    const bool ok = n.add(err, c.tolerance);
     t.add_row({c.node, c.model, fmt::format("{}", c.tp), c.dtype, fmt::format("{}", c.concurrency),
                fmt::format("{}/{}", c.input_len, c.output_len), fmt::format("{:.0f}", e.mean_context),
                fmt::format("{:.2f}", 1e3 * e.decode_step_s),
@@ -59,6 +54,6 @@ int main(int argc, char** argv) {
       "leave cores idle split K); ITL = decode step + (concurrency - 1) x one prompt's prefill / (output - 1), the "
       "other requests' prefills each request waits through. \"kernel by kernel\": the same with every kernel "
       "launched on its own.";
-  bench::print_fidelity_table(md, how, t, pass, total, worst, sim_s);
+  bench::print_fidelity_table(md, how, t, n);
   return 0;
 }

@@ -9,7 +9,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstring>
 
 #include "FidelityReport.hpp"
@@ -23,18 +22,14 @@ int main(int argc, char** argv) {
   const bool md = argc > 1 && std::strcmp(argv[1], "--markdown") == 0;
   Table t({"chip", "model", "in/out", "batch (limit)", "mean ctx", "decode step ms", "prefill ms/req",
            "predicted tok/s", "measured tok/s", "error", "target", "ok", "source"});
-  int pass = 0, total = 0;
-  double worst = 0, sim_s = 0;
+  bench::FidelityTally n;
   for (const auto& c : bench::serving_cases()) {
     const auto w0 = std::chrono::steady_clock::now();
     const ThroughputEstimate e =
         estimate_offline_throughput(load_chip(c.chip), load_model_config(c.model), c.input_len, c.output_len);
-    sim_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    n.sim_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     const double err = (e.output_tokens_per_s - c.measured_tokens_per_s) / c.measured_tokens_per_s;
-    const bool ok = std::fabs(err) <= c.tolerance;
-    pass += ok;
-    ++total;
-    worst = std::max(worst, std::fabs(err));
+    const bool ok = n.add(err, c.tolerance);
     t.add_row({c.chip, c.model, fmt::format("{}/{}", c.input_len, c.output_len),
                fmt::format("{} ({})", e.batch, e.batch_limit), fmt::format("{:.0f}", e.mean_context),
                fmt::format("{:.2f}", 1e3 * e.decode_step_s), fmt::format("{:.2f}", 1e3 * e.prefill_s_per_request),
@@ -48,6 +43,6 @@ int main(int argc, char** argv) {
       "GUARANTEED_NO_EVICT policy, 90% of the memory left after weights and activations), capped at 2048; the decode "
       "step runs that batch with contexts spread over the whole generation; prompts of the replacing requests are "
       "prefilled in their own pass and charged per output token.";
-  bench::print_fidelity_table(md, how, t, pass, total, worst, sim_s);
+  bench::print_fidelity_table(md, how, t, n);
   return 0;
 }
