@@ -178,7 +178,7 @@ std::vector<ClusterSpec> clusters_of(const TrainCliOptions& o) {
 
 // One cluster: the given layout, or the planner's search. Appends its records (and the search
 // summary) to `records` / `searches` and prints the human report unless --json. Returns the exit
-// code: 3 (a simulated out-of-memory) when no layout fits.
+// code: 3 (a simulated out-of-memory) when no layout fits, or the given one does not.
 int simulate_on(const TrainCliOptions& o, const ModelConfig& m, const ClusterSpec& c, json& records, json& searches) {
   const double tokens = parse_tokens(o.tokens);
   const NetworkKind nk = parse_network(o.network);
@@ -235,7 +235,12 @@ int simulate_on(const TrainCliOptions& o, const ModelConfig& m, const ClusterSpe
       print_result(r, m, c, net->name(), tokens);
       if (!o.trace.empty()) std::cout << "trace: " << o.trace << "\n";
     }
-    return 0;
+    if (r.memory.fits()) return 0;
+    // The layout was simulated and reported, but the chips could not hold it: a simulated
+    // out-of-memory, the same status as a search where nothing fits.
+    std::cerr << fmt::format("simulated event: {} needs {} GB per chip on {}, which has {} GB\n", l.describe(),
+                             gb(r.memory.total()), c.node.chip.name, gb(r.memory.capacity));
+    return 3;
   }
   PlanOptions p;
   p.global_batch = o.global_batch;

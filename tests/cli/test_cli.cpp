@@ -920,6 +920,15 @@ TEST(Cli, ExitCodes) {
   const CmdResult r = ppu("simulate train --model qwen3-max --cluster h800-2k --chips 8");
   EXPECT_EQ(r.status, 3) << r.out;
   EXPECT_NE(r.out.find("no layout fits"), std::string::npos) << r.out;
+  // A given layout that does not fit is still reported (and in --json), with the same status.
+  const std::string big = "simulate train --model qwen3-32b --cluster h800-2k --tp 1 --pp 1 --dp 8 --recompute none";
+  const CmdResult g = ppu(big);
+  EXPECT_EQ(g.status, 3) << g.out;
+  EXPECT_NE(g.out.find("DOES NOT FIT"), std::string::npos) << g.out;
+  EXPECT_NE(g.out.find("simulated event: TP1 PP1 DP8"), std::string::npos) << g.out;
+  const CmdResult gj = ppu(big + " --json");
+  EXPECT_EQ(gj.status, 3) << gj.out;
+  EXPECT_FALSE(first_result(gj.out)["memory"]["fits"].get<bool>()) << gj.out;
 }
 
 }  // namespace
