@@ -274,6 +274,7 @@ json run_record(const RunOptions& o, const std::string& model, const ChipSpec& c
           {"sp", o.sp},
           {"matmul_dtype", o.matmul_dtype},
           {"timing_only", o.timing_only},
+          {"graph_decode", !o.no_graph},
           {"weights", weights_json(o, has_checkpoint)},
           {"out_of_memory", nullptr}};
 }

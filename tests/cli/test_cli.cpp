@@ -275,6 +275,12 @@ TEST(Cli, RunCheckpointDirectoryAndTimingOnly) {
   // Timing only computes no tokens: none are reported and no text is printed.
   EXPECT_TRUE(j["tokens"].is_null());
   EXPECT_TRUE(j["weights"].is_null());
+  // The record says how decode steps were launched, and --no-graph (kernel by kernel) is slower.
+  EXPECT_TRUE(j["graph_decode"].get<bool>());
+  r = ppu("run --model qwen3-8b --timing-only --chip h100 --prompt-len 128 --gen 2 --no-graph --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_FALSE(first_result(r.out)["graph_decode"].get<bool>());
+  EXPECT_GT(first_result(r.out)["time_per_output_token_s"].get<double>(), j["time_per_output_token_s"].get<double>());
   r = ppu("run --model tiny --timing-only --prompt hello --gen 8");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(r.out.rfind("\ntiny on ", 0), 0u) << "timing-only output starts with text:\n" << r.out;
