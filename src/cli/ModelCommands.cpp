@@ -35,7 +35,11 @@ using models::Tokenizer;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string billions(int64_t n) { return fmt::format("{:.3g}B", static_cast<double>(n) / 1e9); }
+// Parameter counts: 1.65B, 146B; a trillion and more in T (1.01T, not 1.01e+03B).
+std::string billions(int64_t n) {
+  const double v = static_cast<double>(n);
+  return v >= 1e12 ? fmt::format("{:.3g}T", v / 1e12) : fmt::format("{:.3g}B", v / 1e9);
+}
 
 }  // namespace
 
@@ -69,8 +73,13 @@ int cmd_models(bool as_json) {
     if (!m.assumed.empty()) {
       // The reasoning's first sentence; `ppu models show NAME` prints all of it.
       const size_t stop = m.assumed.find(". ");
-      legend += fmt::format("* {}: assumed, not published: {} (ppu models show {})\n", m.name,
-                            stop == std::string::npos ? m.assumed : m.assumed.substr(0, stop + 1), m.name);
+      const std::string line = fmt::format("* {}: assumed, not published: {} (ppu models show {})", m.name,
+                                           stop == std::string::npos ? m.assumed : m.assumed.substr(0, stop + 1), m.name);
+      bool first = true;
+      for (const std::string& part : wrap_words(line, kShowTextWidth)) {
+        legend += (first ? "" : "  ") + part + "\n";
+        first = false;
+      }
     }
     t.add_row({m.assumed.empty() ? m.name : m.name + "*", std::string(family_name(m.family)), billions(pc.total()),
                billions(pc.active()),
