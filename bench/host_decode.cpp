@@ -1,9 +1,12 @@
 // Host speed of the functional path: batch-1 bf16 decode of a Qwen3-0.6B-shaped model (random
 // weights) through the PPU kernels on this machine, against Debian's PyTorch running the same model
-// shape in bf16 on the same machine in the same run (bench/torch_qwen3_decode.py), plus the fraction
-// of this machine's memory-bandwidth roof (weight bytes per token / measured read bandwidth).
+// shape in bf16 and in fp32 on the same machine in the same run (bench/torch_qwen3_decode.py; the
+// faster of the two is the reference), plus the fraction of this machine's memory-bandwidth roof
+// (weight bytes per token / measured read bandwidth). PPU_HOST_ISA=avx2 (sim/HostIsa.hpp) measures
+// the portable path on a CPU that has AVX512-BF16.
 //
-// Target (issue): at least 2x PyTorch. Exit status 0 always (a measurement, not a test).
+// Targets (issue 16): at least 2x PyTorch and 60% of the roof, on every path. Exit status 0 always
+// (a measurement, not a test).
 //   bench_host_decode [steps] [rounds] [--ours-only]   (defaults: 10 steps, 3 rounds; --ours-only
 //   skips PyTorch, for profiling)
 #include <fmt/format.h>
@@ -18,25 +21,24 @@
 #include <thread>
 #include <vector>
 
+#include "arch/Error.hpp"
 #include "models/Qwen3.hpp"
 #include "sim/FunctionalExecutor.hpp"
+#include "sim/HostIsa.hpp"
 
 using namespace ppu;
 using Clock = std::chrono::steady_clock;
 
-uint64_t sum_words_avx512(const uint64_t* p, size_t n);  // read_bandwidth_avx512.cpp
+uint64_t sum_words_wide(const uint64_t* p, size_t n);  // read_bandwidth.cpp
 
 // Read bandwidth of this host: `threads` threads summing their shares of a 1 GiB buffer (larger than
-// any cache here), with 64-byte loads where the CPU has AVX-512 (the width the decode kernels read
-// with) and a portable loop otherwise. The buffer is filled once; each round takes the median of a
+// any cache here), with the widest vector loads the CPU has (the width the decode kernels read with). The buffer is filled once; each round takes the median of a
 // few passes, and the best round is kept, as for the two decoders, since other work on a shared host
 // only lowers it.
 class ReadBandwidth {
  public:
   explicit ReadBandwidth(int threads) : threads_(std::max(1, threads)), lines_(size_t{1} << 24) {
     for (Line& l : lines_) std::fill(std::begin(l.w), std::end(l.w), 1);
-    __builtin_cpu_init();
-    wide_ = __builtin_cpu_supports("avx512f");
   }
 
   // Median of `passes` measurements (one pass over 1 GiB takes ~30 ms): a round's value, robust to
@@ -56,13 +58,7 @@ class ReadBandwidth {
     for (int t = 0; t < threads_; ++t)
       th.emplace_back([&, t] {
         const uint64_t* p = reinterpret_cast<const uint64_t*>(lines_.data()) + per * static_cast<size_t>(t);
-        uint64_t sum = 0;
-        if (wide_) {
-          sum = sum_words_avx512(p, per);
-        } else {
-          for (size_t i = 0; i < per; ++i) sum += p[i];
-        }
-        part[static_cast<size_t>(t)] = sum;
+        part[static_cast<size_t>(t)] = sum_words_wide(p, per);
       });
     for (auto& x : th) x.join();
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -71,13 +67,12 @@ class ReadBandwidth {
   }
 
  private:
-  // 64-byte aligned words (1 GiB in all), so that the wide loop's aligned loads are valid.
+  // 64-byte aligned words (1 GiB in all): each thread's share starts on a cache line.
   struct alignas(64) Line {
     uint64_t w[8];
   };
   int threads_;
   std::vector<Line> lines_;
-  bool wide_ = false;
 };
 
 // One round of ours: reset the cache, prefill `context` tokens (not timed), decode `steps` tokens.
@@ -89,12 +84,13 @@ double ours_tokens_per_s(Qwen3Model& m, int context, int steps) {
   return steps / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// One run of the PyTorch script with `threads` intra-op threads; 0 if it could not run.
-double torch_tokens_per_s(int threads, int context, int steps) {
+// One run of the PyTorch script in `dtype` ("bf16" or "fp32") with `threads` intra-op threads; 0 if
+// it could not run.
+double torch_tokens_per_s(const char* dtype, int threads, int context, int steps) {
   double theirs = 0;
   const std::string cmd =
-      fmt::format("/usr/bin/python3 {}/bench/torch_qwen3_decode.py --threads {} --steps {} --context {} 2>&1",
-                  PPU_SOURCE_DIR, threads, steps, context);
+      fmt::format("/usr/bin/python3 {}/bench/torch_qwen3_decode.py --dtype {} --threads {} --steps {} --context {} 2>&1",
+                  PPU_SOURCE_DIR, dtype, threads, steps, context);
   if (FILE* p = popen(cmd.c_str(), "r")) {
     char line[512];
     while (fgets(line, sizeof line, p)) std::sscanf(line, "tokens_per_s %lf", &theirs);
@@ -103,7 +99,7 @@ double torch_tokens_per_s(int threads, int context, int steps) {
   return theirs;
 }
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   const bool ours_only = std::erase(args, std::string("--ours-only")) > 0;
   const int steps = args.size() > 0 ? std::atoi(args[0].c_str()) : 10;
@@ -121,14 +117,16 @@ int main(int argc, char** argv) {
   // and at 1 (a thread that the OS preempts stalls the others at every synchronisation, so on a busy
   // host one thread can be faster), and each side is scored by its best round.
   ReadBandwidth read_bw(host_threads);
-  std::vector<double> ours_n, ours1, torch_n, torch1, bws;
+  std::vector<double> ours_n, ours1, torch_n, torch1, torch32_n, torch32_1, bws;
   for (int r = 0; r < rounds; ++r) {
     bws.push_back(read_bw.median_of(5));
     ours_n.push_back(ours_tokens_per_s(m, context, steps));
     ours1.push_back(ours_tokens_per_s(m1, context, steps));
     if (ours_only) continue;
-    torch_n.push_back(torch_tokens_per_s(host_threads, context, steps));
-    torch1.push_back(torch_tokens_per_s(1, context, steps));
+    torch_n.push_back(torch_tokens_per_s("bf16", host_threads, context, steps));
+    torch1.push_back(torch_tokens_per_s("bf16", 1, context, steps));
+    torch32_n.push_back(torch_tokens_per_s("fp32", host_threads, context, steps));
+    torch32_1.push_back(torch_tokens_per_s("fp32", 1, context, steps));
   }
   auto best = [](const std::vector<double>& v) { return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end()); };
   auto list = [](const std::vector<double>& v) {
@@ -143,22 +141,36 @@ int main(int argc, char** argv) {
                                                                    (m.config().tie_word_embeddings ? 0 : 1);
   const double roof = bw / bytes;
   const double ours = std::max(best(ours1), best(ours_n));
-  const double theirs = std::max(best(torch1), best(torch_n));
+  const double theirs_bf16 = std::max(best(torch1), best(torch_n));
+  const double theirs_fp32 = std::max(best(torch32_1), best(torch32_n));
+  const double theirs = std::max(theirs_bf16, theirs_fp32);
   std::cout << fmt::format("Qwen3-0.6B-shaped bf16 decode, batch 1, context {}, {} steps x {} rounds, this host "
-                           "({} threads; best round of each side)\n",
-                           context, steps, rounds, host_threads)
+                           "({} threads; best round of each side; host SIMD path {})\n",
+                           context, steps, rounds, host_threads, host_isa_active())
             << fmt::format("  OpenPPU functional path : {:8.2f} tokens/s  ({} threads: {}; 1 thread: {})\n", ours,
                            host_threads, list(ours_n), list(ours1));
   if (theirs > 0)
     std::cout << fmt::format("  PyTorch (Debian, bf16)  : {:8.2f} tokens/s  ({} threads: {}; 1 thread: {})\n"
-                             "  ratio                   : {:8.2f}x (target >= 2x)\n",
-                             theirs, host_threads, list(torch_n), list(torch1), ours / theirs);
+                             "  PyTorch (Debian, fp32)  : {:8.2f} tokens/s  ({} threads: {}; 1 thread: {})\n"
+                             "  ratio                   : {:8.2f}x the faster PyTorch (target >= 2x)\n",
+                             theirs_bf16, host_threads, list(torch_n), list(torch1), theirs_fp32, host_threads,
+                             list(torch32_n), list(torch32_1), ours / theirs);
   else if (!ours_only)
     std::cout << "  PyTorch                 : not available (apt-get install python3-torch; run with /usr/bin/python3)\n";
   std::vector<double> bws_gb;
   for (double x : bws) bws_gb.push_back(x / 1e9);
   std::cout << fmt::format("  memory roof             : {:.1f} GB/s read (rounds: {}), {:.0f} MB per token -> {:.2f} "
-                           "tokens/s; OpenPPU reaches {:.0f}% of it\n",
+                           "tokens/s; OpenPPU reaches {:.0f}% of it (target >= 60%)\n",
                            bw / 1e9, list(bws_gb), bytes / 1e6, roof, 100 * ours / roof);
   return 0;
+}
+
+// A user's mistake (PPU_HOST_ISA naming a path this CPU lacks, say) is reported, not an abort.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UserError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
 }

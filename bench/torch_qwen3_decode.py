@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Batch-1 bf16 decode of a Qwen3-0.6B-shaped model (random weights) in Debian's PyTorch, on the same
+"""Batch-1 decode (bf16, or fp32 with --dtype fp32) of a Qwen3-0.6B-shaped model (random weights) in Debian's PyTorch, on the same
 host as bench_host_decode, which runs this script and compares. Run with the system Python
 (/usr/bin/python3), where python3-torch is importable.
 
-Prints one line: "tokens_per_s <float>". Arguments: --threads N --steps N --context N.
+Prints one line: "tokens_per_s <float>". Arguments: --threads N --steps N --context N --dtype bf16|fp32.
 The model follows the Qwen3 architecture (RMSNorm, QK-norm, RoPE theta 1e6, GQA 16/8 heads of 128,
-SwiGLU 3072, tied 151936-row embedding) with a KV cache, in bf16 with fp32 norms and softmax."""
+SwiGLU 3072, tied 151936-row embedding) with a KV cache, in bf16 (or fp32) with fp32 norms and softmax.
+On CPUs without native bf16 arithmetic PyTorch's fp32 path can be the faster one, so the bench runs both."""
 import argparse
 import math
 import time
@@ -17,12 +18,13 @@ p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--context", type=int, default=16)
+p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
 args = p.parse_args()
 
 torch.manual_seed(0)
 torch.set_num_threads(args.threads)
 H, L, NH, NKV, D, FF, V = 1024, 28, 16, 8, 128, 3072, 151936
-BF = torch.bfloat16
+BF = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
 
 def w(*shape):

@@ -7,6 +7,8 @@ scripts/setup.sh
 scripts/build.sh build >/dev/null
 build/bench/bench_fidelity
 echo
+build/bench/bench_serving
+echo
 build/bench/bench_decode_latency
 echo
 build/bench/bench_collectives
@@ -24,3 +26,5 @@ echo
 build/bench/bench_host_decode
 echo
 build/bench/bench_host_training
+echo
+build/bench/bench_train_vs_torch

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs dependencies, builds, and runs the whole test suite (ctest).
-#   scripts/test.sh              # Release build in build/
+#   scripts/test.sh              # Release build in build/ (kernel tests again with PPU_HOST_ISA=scalar)
 #   scripts/test.sh --sanitize   # AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,8 @@ if [ "${1:-}" = "--sanitize" ]; then
 else
   scripts/build.sh build
   ctest --test-dir build --output-on-failure -j "$(nproc)"
+  # The kernel and simulator tests once more on the narrowest host SIMD path (Highway's portable C++
+  # fallback, sim/HostIsa.hpp), so that the paths other CPUs take are tested on this one too.
+  PPU_HOST_ISA=scalar ctest --test-dir build --output-on-failure --no-tests=error -j "$(nproc)" \
+    -L '^(test_sim|test_gemm|test_attention|test_gather|test_kernels_.*)$'
 fi

@@ -42,6 +42,17 @@ out=docs/validation.md
     echo '```'
     echo
   fi
+  echo "## Training on the PPU with real numbers"
+  echo
+  echo "The PPU trainer (docs/training.md, 'Training for real') against Debian's PyTorch on the same batches from the"
+  echo "same weights, and its host speed against PyTorch training the same model on the same cores."
+  echo
+  build/bench/bench_train_vs_torch --markdown
+  echo
+  echo '```'
+  build/bench/bench_host_training
+  echo '```'
+  echo
   echo "## Speed of the simulator (this machine: $(nproc) cores)"
   echo
   echo "Timing-only simulation (target: 8192^3 under 0.1 s):"

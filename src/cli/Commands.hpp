@@ -198,8 +198,14 @@ struct TrainRunOptions {
   int64_t stop_after = 0;                // stop after N steps of this invocation (0: run to --steps), checkpointed
   std::string resume;                    // a run directory (its checkpoint/) or a checkpoint directory
   int threads = 0;                       // host threads of the functional executor (0: all cores)
-  std::string node;                      // node preset whose chips run the data-parallel ranks
+  std::string node;                      // node preset whose chips run the data- and tensor-parallel ranks
   int dp = 1;                            // data-parallel degree (chips of --node)
+  int tp = 1;                            // tensor-parallel degree (chips of --node per model replica)
+  int zero = 0;                          // ZeRO stage over DP: 0 or 1 (optimizer state sharded; needs dp > 1)
+  std::string recompute;                 // none, selective, full; empty: none (or the resumed run's)
+  std::string dtype = "bf16";            // activations and matrix inputs: bf16 or fp16 (fp16: loss scaling on)
+  double loss_scale = -1;                // initial dynamic loss scale (-1: 65536 with fp16, off with bf16; 0: off)
+  int64_t loss_scale_window = 2000;      // good steps before the loss scale doubles
   bool skip_nonfinite = false;
   bool timing_only = false;              // one step per chip of --chip (comma-separated), simulated time only
   bool json = false;

@@ -263,10 +263,23 @@ int main(int argc, char** argv) {
       ->check(at_least(1));
   trn->add_option("--threads", tro.threads, "Host threads (0: all cores)")->capture_default_str()
       ->check(at_least(0));
-  trn->add_option("--node", tro.node, "Node preset (ppu nodes) whose chips run the data-parallel ranks (with --dp)");
+  trn->add_option("--node", tro.node, "Node preset (ppu nodes) whose chips run the parallel ranks (with --dp / --tp)");
   trn->add_option("--dp", tro.dp, "Data-parallel degree: chips of --node, each on 1/dp of every batch, gradients all-reduced")
       ->capture_default_str()
       ->check(at_least(1));
+  trn->add_option("--tp", tro.tp, "Tensor-parallel degree (Megatron): heads and MLP split over tp chips of --node")
+      ->capture_default_str()
+      ->check(at_least(1));
+  trn->add_option("--zero", tro.zero, "ZeRO stage: 1 shards the fp32 optimizer state over --dp (gradients reduce-scattered)")
+      ->capture_default_str();
+  trn->add_option("--recompute", tro.recompute,
+                  "Activation recomputation: none, selective (the attention core) or full (every layer); default none, "
+                  "or the resumed run's");
+  trn->add_option("--dtype", tro.dtype, "Activations and matrix inputs: bf16, or fp16 with dynamic loss scaling")
+      ->capture_default_str();
+  trn->add_option("--loss-scale", tro.loss_scale, "First dynamic loss scale (default: 65536 with fp16, off with bf16; 0: off)");
+  trn->add_option("--loss-scale-window", tro.loss_scale_window, "Good steps in a row before the loss scale doubles")
+      ->capture_default_str();
   trn->add_option("--save-every", tro.save_every, "Checkpoint every N steps (0: at the end only), in --out/checkpoint")
       ->capture_default_str()->check(at_least(0));
   trn->add_option("--resume", tro.resume, "Continue a run: its directory (or a checkpoint directory)");

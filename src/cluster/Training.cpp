@@ -441,7 +441,9 @@ TrainingResult simulate_training(const ModelConfig& m, const ClusterSpec& c, con
   r.memory = training_memory(m, chip, l, ws);
   r.notes.push_back("memory reserve: 2 GiB per chip for the runtime context, communication buffers and fragmentation "
                     "(assumed)");
-  r.notes.push_back("backward of memory-bound kernels: twice the forward's time (assumed)");
+  r.notes.push_back("backward of every forward kernel: the backward kernels training launches for it, timed on its "
+                    "shape (nn/OpBackward: norm, SwiGLU/GELU, RoPE, embedding scatter-add, router, MoE combine, "
+                    "cross-entropy; residual adds and casts pass the gradient on; KV-cache writes have none)");
   if (w.balanced_routing) r.notes.push_back("MoE routing balanced across experts (timing-only)");
   r.sim_wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
   return r;

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "arch/Error.hpp"
+#include "kernels/CrossEntropy.hpp"
 #include "kernels/Softmax.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
@@ -36,7 +37,7 @@ PartWork part_of(Device& dev, const std::vector<CapturedLaunch>& launches, size_
     p.fwd_by_kind[l.kind] += l.seconds;
     p.flops_fwd += l.kernel.flops;
     if (l.kind == "attention") p.attention_fwd_s += l.seconds;
-    const double b = nn::backward_seconds(dev, l.kernel, l.seconds, style);
+    const double b = nn::backward_seconds(dev, l.kernel, style);
     p.bwd_s += b;
     p.bwd_by_kind[l.kind] += b;
   }
@@ -114,18 +115,22 @@ Workload extract_workload(const ModelConfig& model, const ChipSpec& chip, const 
   w.embed = part_of(dev, one, 0, e, o.attention_style);
   w.layer = part_of(dev, one, e, e + per_layer, o.attention_style);
   w.head = part_of(dev, one, e + per_layer, one.size(), o.attention_style);
-  // The loss: softmax cross-entropy over this shard's logits, a softmax over [tokens, vocab / tp]
-  // (its backward: the probabilities minus the one-hot target, memory-bound as above).
+  // The loss: softmax cross-entropy over this shard's logits, a softmax over [tokens, vocab / tp];
+  // its backward the cross-entropy backward kernel (the probabilities minus the one-hot target, in
+  // place, as nn::Graph::lm_head_cross_entropy launches it per chunk of rows).
   {
     const int64_t rows = o.micro_batch * T, cols = (model.vocab_size + o.tp - 1) / o.tp;
-    Buffer logits = dev.alloc(DType::kF32, rows * cols, "logits"), probs = dev.alloc(DType::kF32, rows * cols, "probs");
+    Buffer logits = dev.alloc(DType::kF32, rows * cols, "logits"), probs = dev.alloc(DType::kF32, rows * cols, "probs"),
+           lse = dev.alloc(DType::kF32, rows, "lse");
     const double t = kernels::softmax(dev, logits, probs, rows, cols).time_s;
     w.head.fwd_s += t;
     w.head.fwd_by_kind["loss"] += t;
-    w.head.bwd_s += 2 * t;
-    w.head.bwd_by_kind["loss"] += 2 * t;
-    dev.free(logits);
-    dev.free(probs);
+    const double b = kernels::cross_entropy_backward(dev, logits, lse, logits, rows, cols,
+                                                     std::vector<int32_t>(static_cast<size_t>(rows), 0), 1.0f)
+                         .time_s;
+    w.head.bwd_s += b;
+    w.head.bwd_by_kind["loss"] += b;
+    for (Buffer* x : {&logits, &probs, &lse}) dev.free(*x);
   }
   const auto& c1 = caps[0].collectives;
   const size_t layer_comms = caps[1].collectives.size() - c1.size();

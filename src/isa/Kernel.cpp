@@ -34,6 +34,18 @@ const RowDims& KernelOp::row_dims() const { return dims_of<RowDims>(*this, "row"
 const ElementwiseDims& KernelOp::elementwise_dims() const { return dims_of<ElementwiseDims>(*this, "elementwise"); }
 const RopeDims& KernelOp::rope_dims() const { return dims_of<RopeDims>(*this, "rope"); }
 
+void set_elementwise_fn(Kernel& k, ElementwiseFn fn) {
+  if (k.ops.empty()) throw UserError(fmt::format("set_elementwise_fn: kernel '{}' has no op record", k.name));
+  for (KernelOp& o : k.ops) {
+    auto* d = std::get_if<ElementwiseDims>(&o.dims);
+    if (o.op != OpClass::kElementwise || !d)
+      throw UserError(fmt::format("set_elementwise_fn: kernel '{}' has a '{}' record; only elementwise records take a "
+                                  "function",
+                                  k.name, op_class_name(o.op)));
+    d->fn = fn;
+  }
+}
+
 Kernel concat_kernels(std::string name, std::vector<Kernel> parts) {
   if (parts.empty()) throw UserError(fmt::format("concat_kernels '{}': no kernels to concatenate", name));
   Kernel k;

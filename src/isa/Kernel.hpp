@@ -43,10 +43,13 @@ struct TensorArg {
 //   kAttention    AttentionDims one sequence's attention over its KV cache
 //   kRmsNorm      RowDims       rows x cols normalised per row (kLayerNorm likewise, with a bias)
 //   kSoftmax      RowDims       per-row softmax
-//   kElementwise  ElementwiseDims numel outputs from `inputs` same-sized tensors (activations, adds)
-//   kEmbedding    RowDims       rows (tokens) gathered from a table of rows of cols
-//   kGather       RowDims       rows gathered (MoE dispatch / combine, logit rows)
+//   kElementwise  ElementwiseDims numel outputs from `inputs` same-sized tensors, computing `fn`
+//   kEmbedding    RowDims       rows (tokens) gathered from a table of source_rows (vocab) rows of cols
+//   kGather       RowDims       rows gathered from source_rows rows (MoE dispatch, logit rows), or
+//                               with k >= 1 each row the weighted sum of k of them (MoE combine)
 //   kRope         RopeDims      rotary positions on tokens x heads x head_dim
+// Each record carries what its backward needs (nn/OpBackward): the function of an elementwise
+// kernel, a table's or a source's row count, a router's top-k.
 enum class OpClass : uint8_t {
   kGemm, kAttention, kRmsNorm, kLayerNorm, kSoftmax, kElementwise, kEmbedding, kGather, kRope, kCount
 };
@@ -68,11 +71,46 @@ struct AttentionDims {
 };
 struct RowDims {
   int64_t rows = 0, cols = 0;
+  // kEmbedding: the table's rows (vocab); kGather: the rows gathered from (0: not said).
+  int64_t source_rows = 0;
+  // kGather: 0 a row gather, k >= 1 a combine of k source rows per output row; kSoftmax: 0 a plain
+  // softmax, k >= 1 an MoE router's softmax whose top-k choice feeds the combine weights.
+  int64_t k = 0;
+  bool renormalize = false;  // kSoftmax router: the top-k weights renormalised to sum 1 (norm_topk_prob)
   auto operator<=>(const RowDims&) const = default;
 };
+
+// What an elementwise kernel computes: its backward depends on it (nn/OpBackward says each one's).
+enum class ElementwiseFn : uint8_t {
+  kUnspecified,   // not said: nn::backward_seconds refuses it
+  kCopy,          // y = x, also a dtype cast
+  kAdd,           // y = a + b (the residual, a position embedding added)
+  kMul,           // y = a * b (e.g. a dropout mask)
+  kSwigluGate,    // silu(gate), SwiGLU's first half (its product follows as kSwiglu)
+  kSwiglu,        // silu(gate) * up, SwiGLU's product
+  kGelu,          // gelu(x)
+  kBias,          // x + bias[col] (ElementwiseDims::cols is the bias's length)
+  kBiasGelu,      // gelu(x + bias[col])
+  kUnary,         // another unary map (scale, exp, ...; also an activation after a bias other than GELU)
+  kBinary,        // another binary map
+  kTriad,         // a = b + s * c (the bandwidth benchmark)
+  kKvCacheWrite,  // keys or values copied into an inference KV cache
+  kSplitKReduce,  // the sum of a split-K GEMM's partial products
+  kOptimizer,     // an optimizer update
+  kBackward,      // part of a backward pass itself (activation, router backward)
+  kCount
+};
+inline constexpr std::array<std::string_view, static_cast<size_t>(ElementwiseFn::kCount)> kElementwiseFnNames = {
+    "unspecified", "copy", "add", "mul",     "swiglu_gate",    "swiglu",         "gelu",      "bias",
+    "bias_gelu",   "unary", "binary", "triad", "kv_cache_write", "split_k_reduce", "optimizer", "backward"};
+static_assert(kElementwiseFnNames.size() == static_cast<size_t>(ElementwiseFn::kCount));
+constexpr std::string_view elementwise_fn_name(ElementwiseFn f) { return kElementwiseFnNames[static_cast<size_t>(f)]; }
+
 struct ElementwiseDims {
   int64_t numel = 0;
   int inputs = 1;
+  ElementwiseFn fn = ElementwiseFn::kUnspecified;
+  int64_t cols = 0;  // kBias, kBiasGelu: the row length (numel = rows x cols)
   auto operator<=>(const ElementwiseDims&) const = default;
 };
 struct RopeDims {
@@ -128,6 +166,11 @@ struct Kernel {
 // i's arguments follow those of parts 0..i-1. Throws UserError if `parts` is empty or a part has no
 // builder; as for any kernel, no block may need more SRAM than block 0 (put the largest part first).
 Kernel concat_kernels(std::string name, std::vector<Kernel> parts);
+
+// Sets the function of every elementwise record of `k` (a caller that knows more than the kernel
+// family, e.g. that a silu is SwiGLU's gate or a copy a KV-cache write). UserError naming the kernel
+// if it has no record or one of another class.
+void set_elementwise_fn(Kernel& k, ElementwiseFn fn);
 
 // Checks that every load/store of `p` stays inside its tensor argument and that the program fits an
 // SRAM of `sram_bytes`. Throws UserError naming the kernel, block, instruction and limits.

@@ -214,7 +214,7 @@ Kernel make_swiglu_backward(const Buffer& g, const Buffer& u, const Buffer& dy, 
   Kernel k = make_strip_kernel(plan_strips(rows, cols, false), spec, {g.arg(), u.arg(), dy.arg(), dg.arg(), du.arg()});
   k.name = fmt::format("{} {}x{} {}->{}", kname, rows, cols, dtype_name(g.dtype), dtype_name(dg.dtype));
   k.timing_key = k.name;  // the programs are a function of the shape alone
-  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 3})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 3, ElementwiseFn::kBackward})};
   k.flops = 10.0 * double(rows) * double(cols);
   return k;
 }
@@ -279,7 +279,7 @@ Kernel make_gelu_backward(const Buffer& x, const Buffer& dy, const Buffer& dx, i
   k.name = fmt::format("{} {}x{} {}->{}{}{}", kname, rows, cols, dtype_name(x.dtype), dtype_name(dx.dtype),
                        bias ? " +bias" : "", dbias ? " +dbias" : "");
   k.timing_key = k.name;
-  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 2})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 2, ElementwiseFn::kBackward})};
   k.flops = (dbias ? 20.0 : 19.0) * double(rows) * double(cols);
   return k;
 }
@@ -301,7 +301,7 @@ Kernel make_bias_grad(const Buffer& dy, const Buffer& dbias, int64_t rows, int64
   Kernel k = make_strip_kernel(plan_strips(rows, cols, true), spec, {dy.arg(), dbias.arg()});
   k.name = fmt::format("{} {}x{} {}", kname, rows, cols, dtype_name(dy.dtype));
   k.timing_key = k.name;
-  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 1})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 1, ElementwiseFn::kBackward})};
   k.flops = double(rows) * double(cols);
   return k;
 }

@@ -23,7 +23,10 @@ Kernel make_bias_activation(const Buffer& x, const Buffer& bias, const Buffer& y
   const RowTiling t = plan_row_tiling(rows, cols, kBiasTileElems);
   Kernel k;
   k.name = fmt::format("{} {}x{} {}->{}", kname, rows, cols, dtype_name(x.dtype), dtype_name(y.dtype));
-  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 2})};
+  const ElementwiseFn fn = act == UnaryOp::kCopy ? ElementwiseFn::kBias
+                           : act == UnaryOp::kGelu ? ElementwiseFn::kBiasGelu
+                                                   : ElementwiseFn::kUnary;
+  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * cols, 2, fn, cols})};
   k.timing_key = fmt::format("{} imm={}", k.name, imm);  // the tiling is a function of the shape alone
   k.grid = t.blocks;
   k.args = {x.arg(), bias.arg(), y.arg()};

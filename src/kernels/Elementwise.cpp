@@ -15,7 +15,7 @@ using MapBody = std::function<void(TileProgram& p, const BufferId* in, BufferId 
 // A flat map kernel: every input and the output have the same numel. `compute` false means a pure
 // copy: the tile is loaded into a buffer of the input's dtype and stored from it (the DMA converts).
 Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffer> inputs, const Buffer& out, bool compute,
-                MapBody body) {
+                ElementwiseFn fn, MapBody body) {
   expect_positive(name, {{"elements", out.numel}});
   for (const Buffer& b : inputs) expect_numel(name, "input", b, out.numel, fmt::format("[{}] of the output", out.numel));
   const int64_t n = out.numel;
@@ -23,7 +23,7 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
   Kernel k;
   k.name = name;
   k.timing_key = fmt::format("map {}|{}|{}", name, inputs.size(), compute);
-  k.ops = {KernelOp::elementwise(ElementwiseDims{n, static_cast<int>(inputs.size())})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{n, static_cast<int>(inputs.size()), fn})};
   k.grid = std::min<int64_t>(tiles, int64_t{chip.num_cores()} * kMapBlocksPerCore);
   const int64_t grid = k.grid;
   for (const Buffer& b : inputs) k.args.push_back(b.arg());
@@ -63,12 +63,14 @@ Kernel make_map(const ChipSpec& chip, const std::string& name, std::vector<Buffe
 }  // namespace
 
 Kernel make_copy(const ChipSpec& chip, const Buffer& src, const Buffer& dst) {
-  return make_map(chip, fmt::format("copy {}->{}", dtype_name(src.dtype), dtype_name(dst.dtype)), {src}, dst, false, nullptr);
+  return make_map(chip, fmt::format("copy {}->{}", dtype_name(src.dtype), dtype_name(dst.dtype)), {src}, dst, false, ElementwiseFn::kCopy, nullptr);
 }
 
 Kernel make_unary(const ChipSpec& chip, UnaryOp op, const Buffer& x, const Buffer& y, float imm) {
   if (op >= UnaryOp::kCount) throw UserError("unary: invalid op");
-  return make_map(chip, std::string(kUnaryOpNames[static_cast<size_t>(op)]), {x}, y, true,
+  const ElementwiseFn fn = op == UnaryOp::kGelu ? ElementwiseFn::kGelu : op == UnaryOp::kCopy ? ElementwiseFn::kCopy
+                                                                                              : ElementwiseFn::kUnary;
+  return make_map(chip, std::string(kUnaryOpNames[static_cast<size_t>(op)]), {x}, y, true, fn,
                   [op, imm](TileProgram& p, const BufferId* in, BufferId out, int cols) {
                     p.unary(op, out, in[0], 1, cols, imm);
                   });
@@ -78,14 +80,16 @@ Kernel make_binary(const ChipSpec& chip, BinaryOp op, const Buffer& a, const Buf
   if (op >= BinaryOp::kCount) throw UserError("binary: invalid op");
   if (op == BinaryOp::kSelect)
     throw UserError("binary: select is a masked move that also reads its output; it has no flat-map kernel");
-  return make_map(chip, std::string(kBinaryOpNames[static_cast<size_t>(op)]), {a, b}, y, true,
+  const ElementwiseFn fn = op == BinaryOp::kAdd ? ElementwiseFn::kAdd : op == BinaryOp::kMul ? ElementwiseFn::kMul
+                                                                                             : ElementwiseFn::kBinary;
+  return make_map(chip, std::string(kBinaryOpNames[static_cast<size_t>(op)]), {a, b}, y, true, fn,
                   [op](TileProgram& p, const BufferId* in, BufferId out, int cols) {
                     p.binary(op, out, in[0], in[1], 1, cols);
                   });
 }
 
 Kernel make_triad(const ChipSpec& chip, const Buffer& b, const Buffer& c, const Buffer& a, float scalar) {
-  return make_map(chip, "triad", {b, c}, a, true, [scalar](TileProgram& p, const BufferId* in, BufferId out, int cols) {
+  return make_map(chip, "triad", {b, c}, a, true, ElementwiseFn::kTriad, [scalar](TileProgram& p, const BufferId* in, BufferId out, int cols) {
     p.unary(UnaryOp::kScale, out, in[1], 1, cols, scalar);
     p.binary(BinaryOp::kAdd, out, in[0], out, 1, cols);
   });

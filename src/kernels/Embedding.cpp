@@ -26,7 +26,7 @@ Kernel make_embedding(const Buffer& table, const Buffer& out, int64_t vocab, int
   k.name = fmt::format("embedding {}x{} of {} {}->{}", tokens, hidden, vocab, dtype_name(table.dtype),
                        dtype_name(out.dtype));
   k.grid = groups * chunks;
-  k.ops = {KernelOp::rows(OpClass::kEmbedding, RowDims{tokens, hidden})};
+  k.ops = {KernelOp::rows(OpClass::kEmbedding, RowDims{tokens, hidden, vocab})};
   k.args = {table.arg(), out.arg()};
   k.flops = 0.0;
   const auto shared_ids = std::make_shared<const std::vector<int32_t>>(ids);

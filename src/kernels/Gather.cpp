@@ -37,7 +37,7 @@ Kernel make_gather_rows(const Buffer& src, int64_t width, const std::vector<int3
   // The same data movement as an embedding lookup: one program serves both.
   Kernel k = make_embedding(src, dst, n_src, width, rows);
   k.name = fmt::format("gather_rows {}x{}", n, width);
-  k.ops = {KernelOp::rows(OpClass::kGather, RowDims{n, width})};
+  k.ops = {KernelOp::rows(OpClass::kGather, RowDims{n, width, n_src})};
   return k;
 }
 
@@ -60,7 +60,7 @@ Kernel make_gather_combine(const Buffer& src, int64_t width, const std::vector<i
   const int64_t row_tiles = ceil_div(tokens, kGatherRows), col_tiles = ceil_div(width, kGatherChunk);
   Kernel kern;
   kern.name = kname;
-  kern.ops = {KernelOp::rows(OpClass::kGather, RowDims{tokens, width})};
+  kern.ops = {KernelOp::rows(OpClass::kGather, RowDims{tokens, width, n_src, k})};
   kern.grid = row_tiles * col_tiles;
   kern.args = {src.arg(), weights.arg(), dst.arg()};
   auto idx = std::make_shared<const std::vector<int32_t>>(index);

@@ -18,7 +18,8 @@
 // deterministic), then storing w[:, j] * dy with single-row DMA stores to the rows' places in d_src.
 //
 // Not here: the gradient of gather_combine's `accumulate` destination (the residual: dy itself), the
-// router's softmax/top-k backward, or repeated indices (a scatter-add; not what the model needs).
+// router's softmax/top-k backward (kernels/RouterBackward), or repeated indices (a scatter-add; not
+// what the model needs).
 #pragma once
 
 #include <cstdint>

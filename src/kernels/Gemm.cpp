@@ -145,7 +145,7 @@ Kernel make_gemm_reduce(const ChipSpec& chip, const GemmShape& s, const Buffer& 
   k.grid = tiles;
   k.timing_key = fmt::format("{}|{}|{}|{}", k.name, dtype_name(c.dtype), tile, s.alpha != 1.0f);
   k.args = {workspace.arg(), c.arg()};
-  k.ops = {KernelOp::elementwise(ElementwiseDims{n, split})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{n, split, ElementwiseFn::kSplitKReduce})};
   const float alpha = s.alpha;
   k.build = [n, tile, split, alpha](int64_t block, TileProgram& p) {
     const int64_t off = block * tile;

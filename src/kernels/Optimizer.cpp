@@ -101,7 +101,7 @@ Kernel make_adamw(const ChipSpec& chip, const AdamWParams& hp, const Buffer& gra
   k.grid = persistent_grid(chip, tiles);
   k.args = {grad.arg(), param.arg(), exp_avg.arg(), exp_avg_sq.arg(), param_copy.arg()};
   k.flops = 15.0 * double(n);  // vector operations per parameter, below
-  k.ops = {KernelOp::elementwise(ElementwiseDims{n, 4})};
+  k.ops = {KernelOp::elementwise(ElementwiseDims{n, 4, ElementwiseFn::kOptimizer})};
   const AdamWConstants c = adamw_constants(hp);
   const int64_t grid = k.grid;
   // The same for every block (the timing engine sizes residency from block 0).
@@ -327,6 +327,17 @@ LossScaler::LossScaler(const LossScalerConfig& config) : config_(config) {
   if (config.growth_interval < 1)
     throw UserError(fmt::format("{}: growth_interval = {}; valid: >= 1", k, config.growth_interval));
   scale_ = static_cast<float>(config.init_scale);
+}
+
+void LossScaler::restore(double scale, int64_t growth_tracker, int64_t skipped_steps) {
+  if (!(scale > 0.0 && scale <= std::numeric_limits<float>::max()))
+    bad_param("loss scaler", "scale", scale, "> 0 and finite in fp32");
+  if (growth_tracker < 0 || skipped_steps < 0)
+    throw UserError(fmt::format("loss scaler: growth_tracker = {}, skipped_steps = {}; valid: >= 0", growth_tracker,
+                                skipped_steps));
+  scale_ = static_cast<float>(scale);
+  tracker_ = growth_tracker;
+  skipped_ = skipped_steps;
 }
 
 bool LossScaler::update(bool found_nonfinite) {

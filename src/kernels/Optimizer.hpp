@@ -181,6 +181,9 @@ class LossScaler {
   // Records one step's overflow check and updates the scale. Returns whether that step's update
   // should be applied (no non-finite gradient).
   bool update(bool found_nonfinite);
+  // Puts back a state saved from scale(), growth_tracker() and skipped_steps() (a resumed run).
+  // UserError if scale is not > 0 and finite, or a count is negative.
+  void restore(double scale, int64_t growth_tracker, int64_t skipped_steps);
 
  private:
   LossScalerConfig config_;

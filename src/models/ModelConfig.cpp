@@ -28,7 +28,8 @@ const std::vector<std::string_view> kRopeKeys = {"num_key_value_heads", "head_di
 const std::vector<std::string_view> kQwen3Keys = {"use_sliding_window"};
 const std::vector<std::string_view> kMoeKeys = {"num_experts",           "num_experts_per_tok", "moe_intermediate_size",
                                                 "norm_topk_prob",        "decoder_sparse_step", "mlp_only_layers",
-                                                "num_shared_experts",    "shared_expert_intermediate_size"};
+                                                "num_shared_experts",    "shared_expert_intermediate_size",
+                                                "router_aux_loss_coef"};
 const std::vector<std::string_view> kLlamaKeys = {"mlp_bias"};
 const std::vector<std::string_view> kGptKeys = {"layer_norm_eps"};
 const std::vector<std::string_view> kPresetKeys = {"source", "assumed", "notes"};
@@ -269,6 +270,13 @@ ModelConfig parse_model_config(std::string_view text, std::string_view origin, b
       if (!v.empty())
         throw f.error("mlp_only_layers",
                       fmt::format("dense layers inside an MoE model are not supported (got {}); use []", v.dump()));
+    }
+    if (f.has("router_aux_loss_coef")) {
+      const json& v = f.at("router_aux_loss_coef");
+      if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0.0)
+        throw f.error("router_aux_loss_coef",
+                      fmt::format("must be a non-negative number (0 turns the load-balancing loss off), got {}", v.dump()));
+      m.router_aux_loss_coef = v.get<double>();
     }
     m.shared_expert_intermediate_size = f.non_negative_int_or("shared_expert_intermediate_size", 0);
     m.num_shared_experts = f.non_negative_int_or("num_shared_experts", m.shared_expert_intermediate_size > 0 ? 1 : 0);

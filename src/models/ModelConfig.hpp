@@ -108,6 +108,9 @@ struct ModelConfig {
   int64_t num_experts_per_tok = 0;      // top-k
   int64_t moe_intermediate_size = 0;    // each routed expert's SwiGLU width
   bool norm_topk_prob = false;          // renormalise the top-k router probabilities to sum to 1
+  // Training only: the load-balancing loss's weight in the loss (HF "router_aux_loss_coef"; 0.001 as
+  // Qwen3-MoE's config.json and the HF class default). kernels/RouterBackward defines the loss.
+  double router_aux_loss_coef = 0.001;
   int64_t num_shared_experts = 0;       // experts every token passes through (Qwen3: none)
   int64_t shared_expert_intermediate_size = 0;
 

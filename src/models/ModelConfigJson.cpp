@@ -96,6 +96,7 @@ std::string model_config_json(const ModelConfig& m) {
     j["num_experts_per_tok"] = m.num_experts_per_tok;
     j["moe_intermediate_size"] = m.moe_intermediate_size;
     j["norm_topk_prob"] = m.norm_topk_prob;
+    j["router_aux_loss_coef"] = m.router_aux_loss_coef;
     j["decoder_sparse_step"] = 1;              // every layer is MoE (the only layout OpenPPU models)
     j["mlp_only_layers"] = ojson::array();
     if (m.num_shared_experts > 0 || m.shared_expert_intermediate_size > 0) {

@@ -324,13 +324,20 @@ std::vector<const nn::Parameter*> Qwen3Model::trainable_parameters() const {
 }
 
 nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& inputs,
-                                     const std::vector<int32_t>& targets, int64_t batch, int64_t seq) {
+                                     const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
+                                     nn::Recompute recompute) {
   const std::string what = fmt::format("training model '{}'", cfg_.name);
-  if (cfg_.is_moe()) throw UserError(what + ": mixture-of-experts training is not supported yet (dense models only)");
+  if (cfg_.is_moe() && (opt_.tp_size > 1 || opt_.ep_size > 1))
+    throw UserError(fmt::format("{}: mixture-of-experts training runs on one chip for now (got tp {}, ep {}); expert "
+                                "and tensor parallelism in training are not supported yet",
+                                what, opt_.tp_size, opt_.ep_size));
   if (cfg_.family == ModelFamily::kGpt || cfg_.positions != PositionEncoding::kRope || cfg_.attention_bias)
     throw UserError(what + ": only Qwen3/Llama-style models (RoPE, no biases, SwiGLU) can be trained yet");
-  if (opt_.tp_size > 1 || opt_.ep_size > 1)
-    throw UserError(what + ": tensor or expert parallelism in training is not supported yet");
+  if (opt_.ep_size > 1) throw UserError(what + ": expert parallelism in training is not supported yet");
+  if (opt_.tp_size > 1 && opt_.sequence_parallel)
+    throw UserError(what + ": sequence parallelism in training is not supported yet (tensor parallelism is)");
+  if (opt_.tp_size > 1 && opt_.vocab_parallel)
+    throw UserError(what + ": a vocab-parallel LM head in training is not supported yet (it stays replicated)");
   if (batch < 1 || seq < 1 || static_cast<int64_t>(inputs.size()) != batch * seq ||
       static_cast<int64_t>(targets.size()) != batch * seq)
     throw UserError(fmt::format("{}: {} sequences of {} tokens need {} inputs and targets; got {} and {}", what, batch, seq,
@@ -339,35 +346,80 @@ nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& i
     throw UserError(fmt::format("{}: sequences of {} tokens exceed the model's context of {} positions (Qwen3Options::"
                                 "max_context)",
                                 what, seq, max_context_));
-  const int64_t T = batch * seq, d = cfg_.head_dim, nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+  // Under tensor parallelism this rank holds nh / tp query and nkv / tp key-value heads (and ffn / tp
+  // of the MLP): Megatron's column/row split, tp_copy before and tp_sum after each split block.
+  const int tp = opt_.tp_size;
+  const int64_t T = batch * seq, d = cfg_.head_dim, nh = cfg_.num_heads / tp, nkv = cfg_.num_kv_heads / tp;
   const DType at = opt_.act_dtype, mm = opt_.matmul_dtype;
   std::vector<int32_t> pos;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < seq; ++t) pos.push_back(static_cast<int32_t>(t));
   // x: the residual stream [T, hidden], fp32 (as bf16-autocast training keeps it).
   nn::VarPtr x = g.embedding(embed_, inputs);
+  std::vector<nn::MoeRoute> routes;  // MoE: each layer's routing, for the load-balancing loss
+  // The attention core and one layer from its input: {its output} (MoE: and the route's probs, which
+  // the load-balancing loss reads; the route itself goes to *route). Checkpointed regions run them
+  // again in the backward, after this function returns: they capture by value (the graph and the
+  // model outlive the tape).
+  const auto att = [this, &g, batch, seq, nh, nkv, d](const nn::VarPtr& q, const nn::VarPtr& k, const nn::VarPtr& v) {
+    return g.attention(q, k, v, batch, seq, nh, nkv, d, /*causal=*/true, attn_ws_, opt_.attention_style);
+  };
+  const auto layer = [this, &g, att, T, nh, nkv, at, mm, pos, recompute](const Layer& L, const nn::VarPtr& xin,
+                                                                        nn::MoeRoute* route) -> std::vector<nn::VarPtr> {
+    const nn::SelfAttention& A = L.attn;
+    nn::VarPtr h = g.tp_copy(g.norm(xin, L.in_norm, T, mm));
+    nn::VarPtr q = g.linear(h, A.q_proj, T, at), k = g.linear(h, A.k_proj, T, at), v = g.linear(h, A.v_proj, T, at);
+    if (cfg_.qk_norm) {  // RMSNorm per head (on this rank's heads: its weight's gradient is summed over TP)
+      q = g.norm(q, A.q_norm, T * nh, at);
+      k = g.norm(k, A.k_norm, T * nkv, at);
+      g.sum_grad_over_tp(A.q_norm.weight);
+      g.sum_grad_over_tp(A.k_norm.weight);
+    }
+    q = g.rope(q, rope_, T, nh, pos);
+    k = g.rope(k, rope_, T, nkv, pos);
+    // Selective recomputation: the attention core alone (inside a fully recomputed layer it is part
+    // of the region already; Graph::checkpoint then just runs it).
+    const nn::VarPtr a = recompute == nn::Recompute::kSelective
+                             ? g.checkpoint({q, k, v}, [att](const std::vector<nn::VarPtr>& in) {
+                                  return std::vector<nn::VarPtr>{att(in[0], in[1], in[2])};
+                                })[0]
+                             : att(q, k, v);
+    nn::VarPtr x1 = g.add(xin, g.tp_sum(g.linear(a, A.o_proj, T, DType::kF32)), DType::kF32);
+    nn::VarPtr h2 = g.tp_copy(g.norm(x1, L.post_norm, T, mm));
+    if (cfg_.is_moe()) {  // router, top-k, experts, combine (nn::Moe::training_forward); one chip
+      std::vector<nn::MoeRoute> rs;
+      nn::VarPtr out = g.add(x1, L.moe.training_forward(g, h2, T, rs), DType::kF32);
+      if (route) *route = rs.at(0);
+      return {out, rs.at(0).probs};
+    }
+    nn::VarPtr gu = g.swiglu(g.linear(h2, L.mlp.gate_proj, T, at), g.linear(h2, L.mlp.up_proj, T, at), mm);
+    return {g.add(x1, g.tp_sum(g.linear(gu, L.mlp.down_proj, T, DType::kF32)), DType::kF32)};
+  };
   for (const auto& Lp : layers_) {
     const Layer& L = *Lp;
-    const nn::SelfAttention& A = L.attn;
-    {
-      nn::VarPtr h = g.norm(x, L.in_norm, T, mm);
-      nn::VarPtr q = g.linear(h, A.q_proj, T, at), k = g.linear(h, A.k_proj, T, at), v = g.linear(h, A.v_proj, T, at);
-      if (cfg_.qk_norm) {  // RMSNorm per head
-        q = g.norm(q, A.q_norm, T * nh, at);
-        k = g.norm(k, A.k_norm, T * nkv, at);
-      }
-      q = g.rope(q, rope_, T, nh, pos);
-      k = g.rope(k, rope_, T, nkv, pos);
-      nn::VarPtr a = g.attention(q, k, v, batch, seq, nh, nkv, d, /*causal=*/true, attn_ws_, opt_.attention_style);
-      x = g.add(x, g.linear(a, A.o_proj, T, DType::kF32), DType::kF32);
+    nn::MoeRoute route;
+    std::vector<nn::VarPtr> out;
+    if (recompute == nn::Recompute::kFull) {
+      // The route of the first forward; the recompute makes the same one again (not kept).
+      auto first = std::make_shared<nn::MoeRoute*>(&route);
+      out = g.checkpoint({x}, [layer, Lq = &L, first](const std::vector<nn::VarPtr>& in) {
+        nn::MoeRoute* r = *first;
+        *first = nullptr;
+        return layer(*Lq, in[0], r);
+      });
+      if (cfg_.is_moe()) route.probs = out.at(1);  // the load-balancing loss's gradient reaches the region's output
+    } else {
+      out = layer(L, x, &route);
     }
-    nn::VarPtr h2 = g.norm(x, L.post_norm, T, mm);
-    nn::VarPtr gu = g.swiglu(g.linear(h2, L.mlp.gate_proj, T, at), g.linear(h2, L.mlp.up_proj, T, at), mm);
-    x = g.add(x, g.linear(gu, L.mlp.down_proj, T, DType::kF32), DType::kF32);
+    x = out[0];
+    if (cfg_.is_moe()) routes.push_back(route);
   }
-  nn::VarPtr hn = g.norm(x, final_norm_, T, mm);
   const nn::Parameter& head = lm_head_own_.held() ? lm_head_own_ : embed_.table;
-  return g.lm_head_cross_entropy(hn, head, T, targets);
+  nn::VarPtr hn = g.norm(x, final_norm_, T, head.value->dtype);  // bf16 as the head, also with fp16 matrices
+  nn::VarPtr loss = g.lm_head_cross_entropy(hn, head, T, targets);
+  // MoE: the load-balancing loss of every layer's routing, weighted by router_aux_loss_coef.
+  if (cfg_.is_moe()) g.add_load_balancing_loss(loss, targets, routes, cfg_.router_aux_loss_coef);
+  return loss;
 }
 
 ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,

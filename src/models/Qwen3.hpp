@@ -38,8 +38,8 @@
 //
 // The residual stream is fp32; the other activations are `act_dtype` (bf16 by default, as frameworks
 // run bf16 checkpoints; the matrix unit takes 16-bit inputs, so bf16 or fp16), the KV cache is bf16,
-// router probabilities and logits are fp32. Not here: paged KV (the serving engine's), MoE or
-// model-parallel training.
+// router probabilities and logits are fp32. Not here: paged KV (the serving engine's), expert- or
+// sequence-parallel training, MoE training over several chips.
 #pragma once
 
 #include <cstdint>
@@ -186,10 +186,22 @@ class Qwen3Model {
   // their next-token targets (-1: no loss on that position), causal attention without a cache. Every
   // op's backward is recorded on `graph` (nn/Graph); returns the [batch * seq] per-token losses of
   // Graph::lm_head_cross_entropy: graph.backward(loss, scale) then fills the parameters' gradients
-  // (graph.param_grad). Dense Qwen3 / Llama models on one chip for now: UserError for MoE, GPT
-  // (biases, GELU), tensor or expert parallelism, or seq beyond max_context().
+  // (graph.param_grad). Tensor parallelism (tp_size > 1) as Megatron-LM trains: q/k/v and gate/up
+  // column-parallel, o and down row-parallel, Graph::tp_copy before and Graph::tp_sum after each
+  // split block, so every TP rank of a step must call this (and backward) at the same time; the
+  // embedding, norms and the LM head stay replicated with identical gradients on every rank, and
+  // QK-norm's gradient is marked for Graph::reduce_tp_partial_grads. MoE models (one chip): each
+  // layer's block is nn::Moe::training_forward (router, top-k, experts, combine), and the per-token
+  // losses carry router_aux_loss_coef x the load-balancing loss of all layers' routing
+  // (Graph::add_load_balancing_loss), so their mean is the loss Hugging Face's Qwen3-MoE trains on.
+  // UserError for GPT (biases, GELU), expert or sequence parallelism, MoE with tensor parallelism, a
+  // vocab-parallel head, or seq beyond max_context().
+  // Activation recomputation (`recompute`, the meaning of `simulate train --recompute`): full
+  // checkpoints every layer (Graph::checkpoint: only each layer's input is kept, the layer's forward
+  // runs again in the backward, a TP layer's all-reduces included); selective checkpoints the
+  // attention core (q, k, v -> attention output). Gradients and losses are bit-identical to none.
   nn::VarPtr training_loss(nn::Graph& graph, const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
-                           int64_t batch, int64_t seq);
+                           int64_t batch, int64_t seq, nn::Recompute recompute = nn::Recompute::kNone);
   // Every parameter this rank holds, in checkpoint order (what an optimizer updates).
   std::vector<const nn::Parameter*> trainable_parameters() const;
   nn::Context& context() { return ctx_; }

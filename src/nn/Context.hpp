@@ -35,7 +35,8 @@ class Context {
   // Runs f; the simulated time of everything it put on the device is added to op kind `kind`, and
   // in capture mode each kernel it launches is logged with that kind.
   template <class F>
-  void op(const std::string& kind, F&& f) {
+  void op(const std::string& op_kind, F&& f) {
+    const std::string kind = kind_suffix_.empty() ? op_kind : op_kind + kind_suffix_;
     const size_t before = dev_.records().size();
     if (groups_.capture) {
       dev_.set_launch_observer([this, &kind](const Kernel& k, const KernelTiming& t) {
@@ -65,6 +66,11 @@ class Context {
   // Sums `b` in place over the TP group ("tp all-reduce"); nothing with TP 1.
   void tp_all_reduce(const Buffer& b);
 
+  // While set, every op kind gets this suffix (nn::Graph::checkpoint's recomputed forward runs
+  // under " recompute": "linear recompute"); empty: none.
+  void set_kind_suffix(std::string s) { kind_suffix_ = std::move(s); }
+  const std::string& kind_suffix() const { return kind_suffix_; }
+
   // Simulated seconds per op kind since construction.
   const std::map<std::string, double>& op_times() const { return op_times_; }
 
@@ -73,6 +79,7 @@ class Context {
   ParallelGroups groups_;
   DType act_dtype_, matmul_dtype_;
   std::map<std::string, double> op_times_;
+  std::string kind_suffix_;
 };
 
 }  // namespace ppu::nn

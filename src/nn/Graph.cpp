@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "arch/Error.hpp"
+#include "ccl/Communicator.hpp"
 #include "kernels/ActivationBackward.hpp"
 #include "kernels/AttentionBackward.hpp"
 #include "kernels/Elementwise.hpp"
@@ -16,6 +18,12 @@
 #include "kernels/NormBackward.hpp"
 #include "kernels/RmsNorm.hpp"
 #include "kernels/RopeBackward.hpp"
+#include "kernels/Gather.hpp"
+#include "kernels/GatherBackward.hpp"
+#include "kernels/Optimizer.hpp"
+#include "kernels/RouterBackward.hpp"
+#include "kernels/Softmax.hpp"
+#include "nn/Moe.hpp"
 
 namespace ppu::nn {
 
@@ -45,8 +53,70 @@ VarPtr Graph::activation(int64_t numel, DType dtype, std::string name, std::init
   return v;
 }
 
+Recompute parse_recompute(const std::string& s, const std::string& what) {
+  for (int i = 0; i < static_cast<int>(std::size(kRecomputeNames)); ++i)
+    if (s == kRecomputeNames[i]) return static_cast<Recompute>(i);
+  throw UserError(fmt::format("{} '{}' is not a recomputation mode; use none, selective (the attention core) or full "
+                              "(every layer)",
+                              what, s));
+}
+
 void Graph::record(const std::string& kind, std::function<void()> backward) {
+  if (!recording_) return;  // a checkpointed region's first forward: its backward comes from the recompute
   tape_.push_back(Entry{kind, std::move(backward)});
+}
+
+std::vector<VarPtr> Graph::checkpoint(const std::vector<VarPtr>& inputs, RegionFn fn) {
+  bool wants = false;
+  for (const VarPtr& v : inputs) wants = wants || v->requires_grad;
+  if (!wants || !recording_) return fn(inputs);  // nothing to differentiate, or already inside a region
+  std::vector<VarPtr> outs;
+  {
+    recording_ = false;
+    struct Restore {
+      bool& r;
+      ~Restore() { r = true; }
+    } restore{recording_};
+    outs = fn(inputs);  // the region's intermediates die with fn's locals
+  }
+  if (outs.empty()) throw UserError("autograd: a checkpointed region returned no output");
+  for (const VarPtr& o : outs)
+    if (!o->requires_grad)
+      throw UserError(fmt::format("autograd: checkpointed region output '{}' does not depend on anything with a gradient",
+                                  o->name));
+  tape_.push_back(Entry{"recompute", [this, inputs, outs, fn = std::move(fn)] {
+                          bool any = false;
+                          for (const VarPtr& o : outs) any = any || o->grad.valid();
+                          if (!any) return;
+                          // The recomputed forward on a sub-tape of its own (the outer tape keeps the
+                          // entries before this region).
+                          std::vector<Entry> outer;
+                          std::swap(outer, tape_);
+                          struct Restore {
+                            Graph& g;
+                            std::vector<Entry>& outer;
+                            ~Restore() {
+                              g.ctx_.set_kind_suffix("");
+                              g.tape_ = std::move(outer);
+                            }
+                          } restore{*this, outer};
+                          ctx_.set_kind_suffix(" recompute");
+                          std::vector<VarPtr> again = fn(inputs);
+                          ctx_.set_kind_suffix("");
+                          if (again.size() != outs.size())
+                            throw UserError("autograd: a checkpointed region's recompute returned another number of "
+                                            "outputs");
+                          for (size_t i = 0; i < outs.size(); ++i) {
+                            if (again[i]->numel() != outs[i]->numel())
+                              throw UserError(fmt::format("autograd: recomputed '{}' has {} elements; the forward's had {}",
+                                                          again[i]->name, again[i]->numel(), outs[i]->numel()));
+                            if (outs[i]->grad.valid()) again[i]->grad = std::move(outs[i]->grad);
+                          }
+                          again.clear();  // the sub-tape's closures hold what they need
+                          run_tape();
+                        },
+                        /*times_itself=*/true});
+  return outs;
 }
 
 void Graph::backward(const VarPtr& loss, const Buffer& seed) {
@@ -63,7 +133,10 @@ void Graph::run_tape() {
   while (!tape_.empty()) {
     Entry e = std::move(tape_.back());
     tape_.pop_back();
-    ctx_.op(e.kind + " backward", e.backward);
+    if (e.times_itself)
+      e.backward();
+    else
+      ctx_.op(e.kind + " backward", e.backward);
   }  // each entry's captured tensors are freed as it goes
 }
 
@@ -133,6 +206,57 @@ std::vector<const Parameter*> Graph::params_with_grad() const {
   std::vector<const Parameter*> v;
   for (const auto& [p, g] : param_grads_) v.push_back(p);
   return v;
+}
+
+VarPtr Graph::tp_copy(const VarPtr& x) {
+  const ParallelGroups& gr = ctx_.groups();
+  if (gr.degrees.tp == 1) return x;
+  auto y = std::make_shared<Var>();
+  y->value = x->value;
+  y->base = x;
+  y->requires_grad = x->requires_grad;
+  y->name = x->name + ".tp_copy";
+  if (!y->requires_grad) return y;
+  record("tp all-reduce", [this, x, y] {
+    if (!y->grad.valid()) return;
+    const ParallelGroups& g = ctx_.groups();
+    if (!ctx_.log_collective("tp all-reduce", "tp", ccl::Collective::kAllReduce, static_cast<double>(y->grad->bytes)))
+      g.tp_comm->all_reduce(g.tp_rank, y->grad, y->grad);  // timed under this entry's kind (run_tape)
+    accumulate(*x, y->grad);
+    y->grad.reset();
+  });
+  return y;
+}
+
+VarPtr Graph::tp_sum(const VarPtr& x) {
+  if (ctx_.groups().degrees.tp == 1) return x;
+  auto y = std::make_shared<Var>();
+  y->value = x->value;
+  y->base = x;
+  y->requires_grad = x->requires_grad;
+  y->name = x->name + ".tp_sum";
+  ctx_.tp_all_reduce(y->value);
+  if (!y->requires_grad) return y;
+  record("tp sum", [this, x, y] {
+    if (!y->grad.valid()) return;
+    accumulate(*x, y->grad);
+    y->grad.reset();
+  });
+  return y;
+}
+
+void Graph::sum_grad_over_tp(const Parameter& p) {
+  if (ctx_.groups().degrees.tp == 1) return;
+  if (std::find(tp_partial_.begin(), tp_partial_.end(), &p) == tp_partial_.end()) tp_partial_.push_back(&p);
+}
+
+void Graph::reduce_tp_partial_grads() {
+  for (const Parameter* p : tp_partial_) {
+    auto it = param_grads_.find(p);
+    if (it == param_grads_.end())
+      throw UserError(fmt::format("autograd: '{}' is marked for a TP sum but has no gradient", p->name));
+    ctx_.tp_all_reduce(it->second);
+  }
 }
 
 VarPtr Graph::linear(const VarPtr& x, const Linear& layer, int64_t rows, DType out_dtype) {
@@ -255,7 +379,7 @@ VarPtr Graph::lm_head_cross_entropy(const VarPtr& h, const Parameter& head, int6
   VarPtr loss = activation(rows, DType::kF32, "loss", {h, w});
   loss->is_loss = true;
   auto lse = std::make_shared<DeviceBuffer>(ctx_.alloc(rows, "loss.lse", DType::kF32));
-  const DType mm = ctx_.matmul_dtype();
+  const DType mm = head.value->dtype;  // the head's (bf16, also when the other matrices are fp16)
   // Rows [r0, r0 + n) of each chunk, and its logits computed into `logits` [n, vocab].
   auto chunk_logits = [this, h, w, hidden, vocab](int64_t r0, int64_t n, const Buffer& logits) {
     kernels::gemm(ctx_.dev(), kernels::GemmShape{n, vocab, hidden, 1, false, true}, h->value.view(r0 * hidden, n * hidden),
@@ -382,6 +506,207 @@ VarPtr Graph::attention(const VarPtr& q, const VarPtr& k, const VarPtr& v, int64
     if (v->requires_grad) add_into(v->grad, std::move(dv));
   });
   return o;
+}
+
+MoeRoute Graph::moe_route(const VarPtr& logits, int64_t rows, int64_t experts, int64_t k, bool norm_topk_prob) {
+  if (rows < 1 || experts < 1 || k < 1 || k > experts || logits->numel() != rows * experts ||
+      logits->value.dtype != DType::kF32)
+    throw UserError(fmt::format("autograd: moe_route takes fp32 logits [{}, {}] and 1 <= k <= {}; got '{}' ({} elements, "
+                                "{}), k = {}",
+                                rows, experts, experts, logits->name, logits->numel(), dtype_name(logits->value.dtype), k));
+  Device& dev = ctx_.dev();
+  MoeRoute r;
+  r.rows = rows;
+  r.experts = experts;
+  r.k = k;
+  r.probs = activation(rows * experts, DType::kF32, "router_probs", {logits});
+  r.weights = activation(rows * k, DType::kF32, "router_weights", {logits});
+  ctx_.op("moe router", [&] { kernels::softmax(dev, logits->value, r.probs->value, rows, experts); });
+  std::vector<float> weight(static_cast<size_t>(rows * k), 1.0f / static_cast<float>(k));
+  r.choice.resize(static_cast<size_t>(rows * k));
+  if (dev.functional()) {
+    route_top_k(dev.download(r.probs->value), rows, experts, k, norm_topk_prob, r.choice, weight);
+  } else {  // timing only: balanced routes, as nn::Moe::forward assumes
+    for (int64_t i = 0; i < rows * k; ++i) r.choice[static_cast<size_t>(i)] = static_cast<int32_t>(i % experts);
+  }
+  dev.upload(r.weights->value, weight);
+  r.ids = std::make_shared<DeviceBuffer>(ctx_.alloc(rows * k, "router_ids", DType::kF32));
+  dev.upload(*r.ids, std::vector<float>(r.choice.begin(), r.choice.end()));
+  if (!logits->requires_grad) return r;
+  record("moe router", [this, logits, probs = r.probs, weights = r.weights, ids = r.ids, rows, experts, k,
+                        norm_topk_prob] {
+    if (!weights->grad.valid() && !probs->grad.valid()) return;
+    Device& d = ctx_.dev();
+    if (!weights->grad.valid()) {  // only the load-balancing loss reached the router
+      weights->grad = ctx_.alloc(rows * k, "router_weights.grad", DType::kF32);
+      kernels::fill(d, weights->grad, 0.0f);
+    }
+    DeviceBuffer dl = ctx_.alloc(rows * experts, "router_logits.grad", DType::kF32);
+    kernels::moe_router_backward(d, probs->value, *ids, weights->grad, probs->grad.valid() ? probs->grad.get() : Buffer{},
+                                 dl, rows, experts, k, norm_topk_prob);
+    weights->grad.reset();
+    probs->grad.reset();
+    add_into(logits->grad, std::move(dl));
+  });
+  return r;
+}
+
+VarPtr Graph::gather_rows(const VarPtr& x, int64_t cols, const std::vector<int32_t>& rows, DType out_dtype) {
+  if (cols < 1 || x->numel() % cols != 0 || rows.empty())
+    throw UserError(fmt::format("autograd: gather_rows of '{}' ({} elements) in rows of {} columns, {} rows wanted",
+                                x->name, x->numel(), cols, rows.size()));
+  const int64_t n = x->numel() / cols, R = static_cast<int64_t>(rows.size());
+  VarPtr y = activation(R * cols, out_dtype, x->name + ".gathered", {x});
+  ctx_.op("moe dispatch", [&] { kernels::gather_rows(ctx_.dev(), x->value, cols, rows, y->value); });
+  if (!y->requires_grad) return y;
+  record("moe dispatch", [this, x, y, cols, n, rows] {
+    if (!y->grad.valid()) return;
+    DeviceBuffer dx = ctx_.alloc(n * cols, x->name + ".dx", DType::kF32);
+    kernels::embedding_grad_zero(ctx_.dev(), dx);  // rows nothing was gathered from get 0
+    kernels::embedding_backward(ctx_.dev(), y->grad, dx, n, cols, rows);
+    y->grad.reset();
+    add_into(x->grad, std::move(dx));
+  });
+  return y;
+}
+
+VarPtr Graph::grouped_linear(const VarPtr& x, const std::vector<const Parameter*>& weights,
+                             const std::vector<int64_t>& counts, DType out_dtype) {
+  if (weights.empty() || weights.size() != counts.size())
+    throw UserError(fmt::format("autograd: grouped_linear of '{}' needs one row count per weight; got {} weights and {} "
+                                "counts",
+                                x->name, weights.size(), counts.size()));
+  const int64_t out = weights[0]->shape[0], in = weights[0]->shape[1];
+  int64_t R = 0;
+  for (size_t e = 0; e < weights.size(); ++e) {
+    const Parameter& w = *weights[e];
+    if (w.shape.size() != 2 || w.shape[0] != out || w.shape[1] != in || counts[e] < 0)
+      throw UserError(fmt::format("autograd: grouped_linear: weight '{}' is not [{}, {}] like the first, or its count {} "
+                                  "is negative",
+                                  w.name, out, in, counts[e]));
+    R += counts[e];
+  }
+  if (x->numel() != R * in)
+    throw UserError(fmt::format("autograd: grouped_linear takes [{}, {}] ({} rows in {} groups); '{}' has {} elements", R,
+                                in, R, weights.size(), x->name, x->numel()));
+  std::vector<VarPtr> w;
+  for (const Parameter* p : weights) w.push_back(param(*p));
+  VarPtr y = activation(R * out, out_dtype, weights[0]->name + ".grouped_out", {x, w[0]});
+  const std::string name = fmt::format("grouped gemm {} groups {}x{}", weights.size(), out, in);
+  ctx_.op("moe expert gemm", [&] {
+    std::vector<Kernel> parts;
+    int64_t r0 = 0;
+    for (size_t e = 0; e < weights.size(); ++e) {
+      const int64_t n = counts[e];
+      if (n > 0)
+        parts.push_back(kernels::make_gemm(ctx_.dev().chip(), kernels::GemmShape{n, out, in, 1, false, true},
+                                           x->value.view(r0 * in, n * in), w[e]->value, y->value.view(r0 * out, n * out)));
+      r0 += n;
+    }
+    if (!parts.empty()) kernels::launch_grouped(ctx_.dev(), name, std::move(parts));
+  });
+  if (!y->requires_grad) return y;
+  const DType mm = ctx_.matmul_dtype();
+  record("moe expert gemm", [this, x, w, y, counts, out, in, R, mm] {
+    if (!y->grad.valid()) return;
+    Device& dev = ctx_.dev();
+    DeviceBuffer dy = grad_as(*y, mm, y->name + ".dy");
+    y->grad.reset();
+    DeviceBuffer dx = x->requires_grad ? ctx_.alloc(R * in, x->name + ".dx", DType::kF32) : DeviceBuffer{};
+    int64_t r0 = 0;
+    for (size_t e = 0; e < w.size(); ++e) {
+      const int64_t n = counts[e];
+      const Parameter& p = *w[e]->param;
+      if (n == 0) {  // no rows: a zero gradient, unless an earlier contribution exists
+        DeviceBuffer& slot = param_grads_[&p];
+        if (!slot.valid()) {
+          slot = ctx_.alloc(out * in, p.name + ".grad", DType::kF32);
+          kernels::fill(dev, slot, 0.0f);
+        }
+        continue;
+      }
+      const Buffer dy_e = dy.view(r0 * out, n * out);
+      if (dx.valid())  // dX_e [n, in] = dY_e [n, out] . W_e [out, in]
+        kernels::gemm(dev, kernels::GemmShape{n, in, out, 1, false, false}, dy_e, w[e]->value, dx.view(r0 * in, n * in));
+      weight_grad(p, dy_e, x->value.view(r0 * in, n * in), out, in, n);  // dW_e += dY_e^T . X_e
+      r0 += n;
+    }
+    if (dx.valid()) add_into(x->grad, std::move(dx));
+  });
+  return y;
+}
+
+VarPtr Graph::combine(const VarPtr& src, int64_t cols, const std::vector<int32_t>& slot, int64_t k, const VarPtr& w,
+                      DType out_dtype) {
+  const auto S = static_cast<int64_t>(slot.size());
+  if (cols < 1 || k < 1 || S == 0 || S % k != 0 || w->numel() != S || src->numel() % cols != 0)
+    throw UserError(fmt::format("autograd: combine takes {} slots in tokens of k = {}, weights [tokens, k] and a source of "
+                                "rows of {}; got weights '{}' of {} elements and source '{}' of {}",
+                                S, k, cols, w->name, w->numel(), src->name, src->numel()));
+  const int64_t T = S / k;
+  VarPtr y = activation(T * cols, out_dtype, "moe_out", {src, w});
+  ctx_.op("moe combine", [&] { kernels::gather_combine(ctx_.dev(), src->value, cols, slot, k, w->value, y->value); });
+  if (!y->requires_grad) return y;
+  record("moe combine", [this, src, w, y, cols, slot, k, T] {
+    if (!y->grad.valid()) return;
+    DeviceBuffer ds = ctx_.alloc(src->numel(), "moe_combine.dsrc", DType::kF32),
+                 dw = ctx_.alloc(T * k, "moe_combine.dw", DType::kF32);
+    if (static_cast<int64_t>(slot.size()) < src->numel() / cols)  // rows no slot names get 0
+      kernels::fill(ctx_.dev(), ds, 0.0f);
+    kernels::gather_combine_backward(ctx_.dev(), src->value, cols, slot, k, w->value, y->grad, ds, dw);
+    y->grad.reset();
+    if (src->requires_grad) add_into(src->grad, std::move(ds));
+    if (w->requires_grad) add_into(w->grad, std::move(dw));
+  });
+  return y;
+}
+
+void Graph::add_load_balancing_loss(const VarPtr& loss, const std::vector<int32_t>& targets,
+                                    const std::vector<MoeRoute>& routes, double coef) {
+  if (!loss->is_loss || loss->numel() != static_cast<int64_t>(targets.size()))
+    throw UserError(fmt::format("autograd: add_load_balancing_loss needs the per-row loss of lm_head_cross_entropy for {} "
+                                "targets; '{}' has {} elements{}",
+                                targets.size(), loss->name, loss->numel(), loss->is_loss ? "" : " and is not a loss"));
+  if (!std::isfinite(coef) || coef < 0)
+    throw UserError(fmt::format("autograd: load-balancing coefficient {} must be a non-negative number", coef));
+  if (routes.empty() || coef == 0) return;
+  const int64_t E = routes[0].experts, K = routes[0].k;
+  int64_t N = 0;
+  for (const MoeRoute& r : routes) {
+    if (r.experts != E || r.k != K)
+      throw UserError(fmt::format("autograd: add_load_balancing_loss: routes of {} experts top-{} and {} top-{} mixed",
+                                  E, K, r.experts, r.k));
+    N += r.rows;
+  }
+  Device& dev = ctx_.dev();
+  // aux = coef E / N^2 sum_e count_e psum_e; d aux / d p[row, e] = coef E count_e / N^2.
+  const double scale = coef * static_cast<double>(E) / (static_cast<double>(N) * static_cast<double>(N));
+  auto stats = std::make_shared<DeviceBuffer>(ctx_.alloc(2 * E, "moe_routing_stats", DType::kF32));
+  std::vector<float> mask(targets.size());
+  int64_t valid = 0;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    mask[i] = targets[i] >= 0 ? 1.0f : 0.0f;
+    valid += targets[i] >= 0 ? 1 : 0;
+  }
+  ctx_.op("moe load balancing", [&] {
+    kernels::fill(dev, *stats, 0.0f);
+    for (const MoeRoute& r : routes) kernels::moe_routing_stats(dev, r.probs->value, *r.ids, *stats, r.rows, E, K);
+    DeviceBuffer m = ctx_.alloc(loss->numel(), "loss_mask", DType::kF32), aux = ctx_.alloc(1, "aux_loss", DType::kF32);
+    dev.upload(m, mask);
+    kernels::moe_load_balancing_loss(dev, *stats, m, loss->value, aux, E, static_cast<float>(scale));
+  });
+  std::vector<VarPtr> probs;
+  for (const MoeRoute& r : routes) probs.push_back(r.probs);
+  record("moe load balancing", [this, loss, probs, stats, scale, valid, E] {
+    if (valid == 0 || loss->loss_scale == 0) return;  // d(loss_scale x mean over the rows with a target) / d aux
+    const auto s = static_cast<float>(scale * loss->loss_scale);
+    for (const VarPtr& p : probs) {
+      const int64_t rows = p->numel() / E;
+      DeviceBuffer dp = ctx_.alloc(rows * E, "router_probs.grad", DType::kF32);
+      kernels::moe_load_balancing_backward(ctx_.dev(), *stats, dp, rows, E, s);
+      add_into(p->grad, std::move(dp));
+    }
+  });
 }
 
 }  // namespace ppu::nn

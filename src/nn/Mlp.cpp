@@ -34,8 +34,12 @@ void Mlp::forward(Context& ctx, const Buffer& h, const Buffer& o, int64_t T) con
     up_proj.forward(dev, h, u, T);
   });
   ctx.op("mlp activation", [&] {
-    kernels::unary(dev, UnaryOp::kSilu, g, g);
-    kernels::binary(dev, BinaryOp::kMul, g, u, gu);
+    Kernel gate = kernels::make_unary(dev.chip(), UnaryOp::kSilu, g, g);
+    Kernel prod = kernels::make_binary(dev.chip(), BinaryOp::kMul, g, u, gu);
+    set_elementwise_fn(gate, ElementwiseFn::kSwigluGate);  // SwiGLU: its backward is one kernel (nn/OpBackward)
+    set_elementwise_fn(prod, ElementwiseFn::kSwiglu);
+    dev.launch(std::move(gate));
+    dev.launch(std::move(prod));
   });
   ctx.op("mlp gemm", [&] { down_proj.forward(dev, gu, o, T); });
 }

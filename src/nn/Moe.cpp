@@ -24,6 +24,26 @@ Kernel expert_gemm(const ChipSpec& chip, const Buffer& x, const Buffer& w, const
 
 }  // namespace
 
+void route_top_k(const std::vector<float>& p, int64_t rows, int64_t experts, int64_t k, bool norm_topk_prob,
+                 std::vector<int32_t>& choice, std::vector<float>& weight) {
+  choice.assign(static_cast<size_t>(rows * k), 0);
+  weight.assign(static_cast<size_t>(rows * k), 0.0f);
+  std::vector<int32_t> order(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < rows; ++t) {
+    std::iota(order.begin(), order.end(), 0);
+    const float* pt = p.data() + t * experts;
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int32_t a, int32_t b) { return pt[a] != pt[b] ? pt[a] > pt[b] : a < b; });
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += pt[order[static_cast<size_t>(j)]];
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = order[static_cast<size_t>(j)];
+      choice[static_cast<size_t>(t * k + j)] = e;
+      weight[static_cast<size_t>(t * k + j)] = norm_topk_prob ? static_cast<float>(pt[e] / sum) : pt[e];
+    }
+  }
+}
+
 Moe::Moe(Device& dev, const MoeSpec& spec, const std::string& prefix, const ParallelGroups& groups) : spec_(spec) {
   const int tp = groups.degrees.tp, ep = groups.degrees.ep;
   local_ = spec.experts / ep;
@@ -54,7 +74,9 @@ bool Moe::forward(Context& ctx, const Buffer& h, const Buffer& x, int64_t T, con
   DeviceBuffer probs = dev.alloc_owned(DType::kF32, T * E, "router_probs");
   ctx.op("moe router", [&] {
     router.forward(dev, h, logits, T);
-    kernels::softmax(dev, logits, probs, T, E);
+    Kernel sm = kernels::make_softmax(logits, probs, T, E);
+    sm.ops = {KernelOp::rows(OpClass::kSoftmax, RowDims{T, E, 0, K, spec_.norm_topk_prob})};  // for its backward
+    dev.launch(std::move(sm));
   });
   // Top-k per token (host), renormalised; ties go to the lower expert index.
   std::vector<int32_t> choice(static_cast<size_t>(T * K));
@@ -62,20 +84,7 @@ bool Moe::forward(Context& ctx, const Buffer& h, const Buffer& x, int64_t T, con
   if (dev.functional()) {
     const std::vector<float> p = dev.download(probs);
     if (tap) tap("layer0.router_probs", p);
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<int32_t> order(static_cast<size_t>(E));
-      std::iota(order.begin(), order.end(), 0);
-      const float* pt = p.data() + t * E;
-      std::partial_sort(order.begin(), order.begin() + K, order.end(),
-                        [&](int32_t a, int32_t b) { return pt[a] != pt[b] ? pt[a] > pt[b] : a < b; });
-      double sum = 0;
-      for (int64_t j = 0; j < K; ++j) sum += pt[order[static_cast<size_t>(j)]];
-      for (int64_t j = 0; j < K; ++j) {
-        const int32_t e = order[static_cast<size_t>(j)];
-        choice[static_cast<size_t>(t * K + j)] = e;
-        weight[static_cast<size_t>(t * K + j)] = spec_.norm_topk_prob ? static_cast<float>(pt[e] / sum) : pt[e];
-      }
-    }
+    route_top_k(p, T, E, K, spec_.norm_topk_prob, choice, weight);
     if (tap) tap("layer0.router_topk", std::vector<float>(choice.begin(), choice.end()));
   } else {
     for (int64_t i = 0; i < T * K; ++i) choice[static_cast<size_t>(i)] = static_cast<int32_t>(i % E);
@@ -162,8 +171,12 @@ void Moe::expert_ffn(Context& ctx, const Buffer& xin, const std::vector<int64_t>
   }
   ctx.op("moe expert gemm", [&] { kernels::launch_grouped(dev, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up_k)); });
   ctx.op("mlp activation", [&] {
-    kernels::unary(dev, UnaryOp::kSilu, g.view(0, R * Fe), g.view(0, R * Fe));
-    kernels::binary(dev, BinaryOp::kMul, g.view(0, R * Fe), u.view(0, R * Fe), gu.view(0, R * Fe));
+    Kernel gate = kernels::make_unary(chip, UnaryOp::kSilu, g.view(0, R * Fe), g.view(0, R * Fe));
+    Kernel prod = kernels::make_binary(chip, BinaryOp::kMul, g.view(0, R * Fe), u.view(0, R * Fe), gu.view(0, R * Fe));
+    set_elementwise_fn(gate, ElementwiseFn::kSwigluGate);  // SwiGLU: its backward is one kernel (nn/OpBackward)
+    set_elementwise_fn(prod, ElementwiseFn::kSwiglu);
+    dev.launch(std::move(gate));
+    dev.launch(std::move(prod));
   });
   ctx.op("moe expert gemm", [&] { kernels::launch_grouped(dev, fmt::format("moe down grouped gemm {} experts", E), std::move(down_k)); });
 }
@@ -304,6 +317,41 @@ void Moe::expert_parallel(Context& ctx, const Buffer& h, const Buffer& y, int64_
       ctx.op("moe combine", [&] { ctx.groups().tp_comm->all_gather(ctx.groups().tp_rank, part, all); });
     ctx.op("moe combine", [&] { kernels::copy(dev, all.view(0, T * H), y); });
   }
+}
+
+VarPtr Moe::training_forward(Graph& g, const VarPtr& h, int64_t T, std::vector<MoeRoute>& routes) const {
+  Context& ctx = g.ctx();
+  if (ctx.degrees().ep > 1 || ctx.degrees().tp > 1)
+    throw UserError(fmt::format("training MoE '{}': expert or tensor parallelism (ep {}, tp {}) is not supported in "
+                                "training yet; train on one chip (ep 1, tp 1)",
+                                router.weight.name, ctx.degrees().ep, ctx.degrees().tp));
+  const int64_t H = spec_.hidden, E = spec_.experts, K = spec_.top_k;
+  const DType at = ctx.act_dtype(), mm = ctx.matmul_dtype();
+  VarPtr logits = g.linear(h, router, T, DType::kF32);  // [T, E] fp32, as the inference forward keeps them
+  MoeRoute route = g.moe_route(logits, T, E, K, spec_.norm_topk_prob);
+  // Rows grouped by expert in token order (expert e's first at first_row[e]); slot: (t, j) -> its row.
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
+  for (int64_t i = 0; i < T * K; ++i) rows[static_cast<size_t>(route.choice[static_cast<size_t>(i)])].push_back(static_cast<int32_t>(i / K));
+  std::vector<int32_t> src_rows, slot(static_cast<size_t>(T * K));
+  std::vector<int64_t> counts(static_cast<size_t>(E)), next(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    next[static_cast<size_t>(e)] = static_cast<int64_t>(src_rows.size());
+    counts[static_cast<size_t>(e)] = static_cast<int64_t>(rows[static_cast<size_t>(e)].size());
+    src_rows.insert(src_rows.end(), rows[static_cast<size_t>(e)].begin(), rows[static_cast<size_t>(e)].end());
+  }
+  for (int64_t i = 0; i < T * K; ++i)
+    slot[static_cast<size_t>(i)] = static_cast<int32_t>(next[static_cast<size_t>(route.choice[static_cast<size_t>(i)])]++);
+  auto params = [&](const std::vector<Parameter>& v) {
+    std::vector<const Parameter*> ps;
+    for (const Parameter& p : v) ps.push_back(&p);
+    return ps;
+  };
+  VarPtr xin = g.gather_rows(h, H, src_rows, mm);                       // [T*K, H], grouped by expert
+  VarPtr gu = g.swiglu(g.grouped_linear(xin, params(gate), counts, at), g.grouped_linear(xin, params(up), counts, at), mm);
+  VarPtr out = g.grouped_linear(gu, params(down), counts, at);          // [T*K, H]
+  VarPtr y = g.combine(out, H, slot, K, route.weights, DType::kF32);       // [T, H]
+  routes.push_back(std::move(route));
+  return y;
 }
 
 }  // namespace ppu::nn

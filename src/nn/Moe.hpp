@@ -16,17 +16,30 @@
 // charged. In timing-only mode there are no probabilities: routing is balanced (token t, choice j ->
 // expert (t*k + j) mod E), and every rank of an EP group is assumed to route like this one.
 //
-// Not here: shared experts, the load-balancing loss and the router's backward (training).
+// Training (training_forward) records the same block on an nn::Graph as differentiable ops: the
+// router linear, Graph::moe_route (softmax, top-k, renormalisation), Graph::gather_rows (dispatch),
+// Graph::grouped_linear for the experts' gate/up/down with Graph::swiglu between, and
+// Graph::combine; the caller adds Graph::add_load_balancing_loss over every layer's route.
+//
+// Not here: shared experts; expert or tensor parallelism in training (training_forward refuses them).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "nn/Context.hpp"
+#include "nn/Graph.hpp"
 #include "nn/Linear.hpp"
 #include "nn/SelfAttention.hpp"
 
 namespace ppu::nn {
+
+// The top-k experts of each of `rows` tokens from their router probabilities p [rows, experts]
+// (host values): choice [rows * k] by decreasing probability, ties to the lower expert index; weight
+// [rows * k] the chosen probabilities, divided by their sum when norm_topk_prob (the sum in double,
+// as the inference forward always did).
+void route_top_k(const std::vector<float>& p, int64_t rows, int64_t experts, int64_t k, bool norm_topk_prob,
+                 std::vector<int32_t>& choice, std::vector<float>& weight);
 
 struct MoeSpec {
   int64_t hidden = 0, experts = 0, top_k = 0, expert_ffn = 0;
@@ -44,6 +57,10 @@ class Moe {
   // (to be reduced by the caller). `tap` (may be empty) sees the router's probabilities and choices.
   bool forward(Context& ctx, const Buffer& h, const Buffer& x, int64_t T, const Tap& tap = {},
                const Buffer& out = Buffer{});
+  // The block on rows h [T, hidden] (matmul dtype) recorded on `g` for training: returns its output
+  // [T, hidden] fp32 (to be added to the residual stream) and appends this layer's route to `routes`
+  // (for Graph::add_load_balancing_loss). UserError under expert or tensor parallelism.
+  VarPtr training_forward(Graph& g, const VarPtr& h, int64_t T, std::vector<MoeRoute>& routes) const;
 
   Linear router;                                    // [experts, hidden], replicated
   std::vector<Parameter> gate, up, down;            // per expert (all E; empty where another rank holds it)

@@ -88,6 +88,10 @@ void SelfAttention::forward(Context& ctx, const BatchLayout& batch, const Buffer
       else kr.push_back(kernels::make_copy(dev.chip(), s.kn.view(r0 * kvw, n * kvw), kc.view(pb0 * kvw, n * kvw)));
       vc.push_back(kernels::make_copy(dev.chip(), s.v.view(r0 * kvw, n * kvw), vcache.view(pb0 * kvw, n * kvw)));
     }
+    // Copies into the cache are inference's alone: training has no KV cache (nn/OpBackward).
+    if (!spec_.rope)
+      for (Kernel& c : kr) set_elementwise_fn(c, ElementwiseFn::kKvCacheWrite);
+    for (Kernel& c : vc) set_elementwise_fn(c, ElementwiseFn::kKvCacheWrite);
     dev.launch(B == 1 ? std::move(kr[0]) : concat_kernels(fmt::format("rope k batch {}", B), std::move(kr)));
     dev.launch(B == 1 ? std::move(vc[0]) : concat_kernels(fmt::format("cache v batch {}", B), std::move(vc)));
   });

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "arch/Error.hpp"
+#include "sim/HostIsa.hpp"
 #include "sim/Mma.hpp"
 #include "sim/VectorOps.hpp"
 
@@ -392,6 +393,7 @@ struct FunctionalExecutor::Impl {
 };
 
 FunctionalExecutor::FunctionalExecutor(int threads) : impl_(std::make_unique<Impl>()) {
+  init_host_isa_from_env();  // a bad PPU_HOST_ISA is reported here, on the caller's thread
   if (threads <= 0) {
     const char* env = std::getenv("PPU_THREADS");
     threads = env ? std::atoi(env) : 0;

@@ -2,21 +2,17 @@
 
 #include <cstring>
 
+#include "sim/HostIsa.hpp"
 #include "sim/MmaAvx512.hpp"
+#include "sim/MmaPortable.hpp"
 
 namespace ppu {
 
-bool mma_has_avx512bf16() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512bf16");
-  }();
-  return has;
-}
+bool mma_has_avx512bf16() { return host_isa_allows_avx512bf16(); }
 
 namespace {
 
+#if defined(__x86_64__) || defined(__i386__)
 inline uint16_t get16(const void* base, int64_t idx) { return static_cast<const uint16_t*>(base)[idx]; }
 
 void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc, int m,
@@ -72,53 +68,31 @@ void mma_bf16_fast(const void* a, int lda, bool trans_a, const void* b, int ldb,
   }
   detail::mma_bf16_avx512(ap, lda_p, bp, kpairs, c, ldc, m, n, accumulate);
 }
-
-void mma_generic(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,
-                 int m, int n, int k, bool accumulate, MmaScratch& s) {
-  const int es = dtype_size_bytes(t);
-  const auto* ab = static_cast<const unsigned char*>(a);
-  const auto* bb = static_cast<const unsigned char*>(b);
-  s.a32.resize(static_cast<size_t>(m) * k);
-  s.b32.resize(static_cast<size_t>(k) * n);
-  float* A = s.a32.data();
-  float* B = s.b32.data();
-  if (!trans_a) {
-    for (int i = 0; i < m; ++i) convert_to_f32(t, ab + int64_t{i} * lda * es, A + int64_t{i} * k, k);
-  } else {
-    for (int i = 0; i < m; ++i)
-      for (int p = 0; p < k; ++p) A[int64_t{i} * k + p] = load_as_f32(t, ab + (int64_t{p} * lda + i) * es);
-  }
-  if (!trans_b) {
-    for (int p = 0; p < k; ++p) convert_to_f32(t, bb + int64_t{p} * ldb * es, B + int64_t{p} * n, n);
-  } else {
-    for (int p = 0; p < k; ++p)
-      for (int j = 0; j < n; ++j) B[int64_t{p} * n + j] = load_as_f32(t, bb + (int64_t{j} * ldb + p) * es);
-  }
-  for (int i = 0; i < m; ++i) {
-    float* crow = c + int64_t{i} * ldc;
-    if (!accumulate) std::memset(crow, 0, sizeof(float) * n);
-    const float* arow = A + int64_t{i} * k;
-    for (int p = 0; p < k; ++p) {
-      const float av = arow[p];
-      const float* brow = B + int64_t{p} * n;
-      for (int j = 0; j < n; ++j) crow[j] += av * brow[j];
-    }
-  }
-}
+#endif  // x86
 
 }  // namespace
 
 bool mma_streams_long_k(DType t, int m, bool trans_a, bool trans_b) {
-  return t == DType::kBF16 && m <= detail::kDotMaxRows && trans_b && !trans_a && mma_has_avx512bf16();
+  if (!trans_b || trans_a) return false;
+  if (t == DType::kBF16 && mma_has_avx512bf16()) return m <= detail::kDotMaxRows;
+  return m <= detail::kPortableDotMaxRows && detail::mma_portable_dot_supports(t);
 }
 
 void mma_tile(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,
               int m, int n, int k, bool accumulate, MmaScratch& scratch) {
+  init_host_isa_from_env();
+#if defined(__x86_64__) || defined(__i386__)
   if (t == DType::kBF16 && mma_has_avx512bf16()) {
     mma_bf16_fast(a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, accumulate, scratch);
     return;
   }
-  mma_generic(t, a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, accumulate, scratch);
+#endif
+  if (m <= detail::kPortableDotMaxRows && trans_b && !trans_a && detail::mma_portable_dot_supports(t)) {
+    detail::mma_portable_dot(t, static_cast<const uint16_t*>(a), lda, static_cast<const uint16_t*>(b), ldb, c, ldc, m,
+                             n, k, accumulate, scratch);
+    return;
+  }
+  detail::mma_portable_panels(t, a, lda, trans_a, b, ldb, trans_b, c, ldc, m, n, k, accumulate, scratch);
 }
 
 }  // namespace ppu

@@ -7,6 +7,8 @@
 // GCC 12's AVX-512 headers fill "don't care" lanes with self-initialised _mm*_undefined_* values,
 // which -Wuninitialized flags once the lane-sum below is inlined (a false positive inside the
 // header, not our code; the build already silences its -Wmaybe-uninitialized twin for this file).
+// On other architectures the file is empty (sim/HostIsa never allows this path there).
+#if defined(__x86_64__) || defined(__i386__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
@@ -194,3 +196,5 @@ PPU_AVX512_TARGET void mma_bf16_dot_avx512(const uint16_t* a, int lda, const uin
 }
 
 }  // namespace ppu::detail
+
+#endif  // x86

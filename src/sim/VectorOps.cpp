@@ -196,6 +196,8 @@ int64_t ArgMaxImpl(const float* x, int64_t n) {
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include "sim/HostIsa.hpp"
+
 namespace ppu {
 HWY_EXPORT(UnaryImpl);
 HWY_EXPORT(BinaryImpl);
@@ -204,17 +206,24 @@ HWY_EXPORT(ReduceImpl);
 HWY_EXPORT(ArgMaxImpl);
 
 void vec_unary(UnaryOp op, const float* src, float* dst, int64_t n, float imm) {
+  init_host_isa_from_env();
   HWY_DYNAMIC_DISPATCH(UnaryImpl)(static_cast<int>(op), src, dst, n, imm);
 }
 void vec_binary(BinaryOp op, const float* a, const float* b, float* dst, int64_t n) {
+  init_host_isa_from_env();
   HWY_DYNAMIC_DISPATCH(BinaryImpl)(static_cast<int>(op), a, b, dst, n);
 }
 void vec_binary_scalar(BinaryOp op, const float* a, float b, float* dst, int64_t n) {
+  init_host_isa_from_env();
   HWY_DYNAMIC_DISPATCH(BinaryScalarImpl)(static_cast<int>(op), a, b, dst, n);
 }
 float vec_reduce(ReduceOp op, const float* x, int64_t n) {
+  init_host_isa_from_env();
   return HWY_DYNAMIC_DISPATCH(ReduceImpl)(static_cast<int>(op), x, n);
 }
-int64_t vec_argmax(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(ArgMaxImpl)(x, n); }
+int64_t vec_argmax(const float* x, int64_t n) {
+  init_host_isa_from_env();
+  return HWY_DYNAMIC_DISPATCH(ArgMaxImpl)(x, n);
+}
 }  // namespace ppu
 #endif

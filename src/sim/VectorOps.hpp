@@ -1,5 +1,5 @@
 // Host implementation of the vector unit's row operations, vectorised with Highway (SIMD chosen at
-// run time: AVX-512, AVX2, SSE4, ... - never -march=native).
+// run time: AVX-512, AVX2, SSE4, ... - never -march=native; PPU_HOST_ISA narrows it, sim/HostIsa.hpp).
 //
 //   vec_unary(UnaryOp::kSilu, src, dst, n, 0.0f);     // dst[i] = silu(src[i])
 //   vec_binary(BinaryOp::kAdd, a, b, dst, n);          // dst[i] = a[i] + b[i]

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "arch/Error.hpp"
+#include "ccl/Communicator.hpp"
 #include "models/AtomicFile.hpp"
 #include "models/ModelConfigJson.hpp"
 #include "models/Safetensors.hpp"
@@ -66,23 +67,24 @@ void remove_tree(const fs::path& p) {
   fs::remove_all(p, ignored);
 }
 
-// The model's parameters, after checking that this one chip holds all of each (and that the device
-// has numbers). `what` starts the messages.
-std::vector<const nn::Parameter*> single_chip_parameters(Qwen3Model& model, const std::string& what) {
+// The model's parameters, after checking that the device has numbers and that the model is split
+// at most by tensor parallelism (each TP rank holds its part; the files hold whole tensors). `what`
+// starts the messages.
+std::vector<const nn::Parameter*> checkpoint_parameters(Qwen3Model& model, const std::string& what) {
   if (!model.device().functional())
     throw UserError(fmt::format("{}: model '{}' runs timing-only (no weight values to save or load)", what,
                                 model.config().name));
   const nn::ParallelGroups& g = model.context().groups();
-  if (g.world() > 1)
-    throw UserError(fmt::format("{}: model '{}' is split over {} chips (tp {}, ep {}); checkpoints of models split "
-                                "over chips are not supported yet",
-                                what, model.config().name, g.world(), g.degrees.tp, g.degrees.ep));
+  if (g.degrees.ep > 1)
+    throw UserError(fmt::format("{}: model '{}' is split over {} chips by expert parallelism (ep {}); checkpoints of "
+                                "expert-parallel models are not supported yet",
+                                what, model.config().name, g.world(), g.degrees.ep));
   std::vector<const nn::Parameter*> params = model.trainable_parameters();
   for (const nn::Parameter* p : params)
-    if (p->split.parts != 1)
-      throw UserError(fmt::format("{}: parameter '{}' is part {} of {} (split over chips); checkpoints of models "
-                                  "split over chips are not supported yet",
-                                  what, p->name, p->split.part, p->split.parts));
+    if (p->split.parts != 1 && (p->split.parts != g.degrees.tp || !g.tp_comm))
+      throw UserError(fmt::format("{}: parameter '{}' is part {} of {}, not split by this model's tensor parallelism "
+                                  "(tp {})",
+                                  what, p->name, p->split.part, p->split.parts, g.degrees.tp));
   return params;
 }
 
@@ -100,6 +102,29 @@ void check_trainer_matches(Trainer& trainer, const std::vector<const nn::Paramet
 std::vector<std::byte> device_bytes(Device& dev, const Buffer& b) {
   std::vector<std::byte> out(static_cast<size_t>(b.bytes));
   dev.copy_to_host(out.data(), b);
+  return out;
+}
+
+// The whole tensor of `p` (row-major, its checkpoint layout) as bytes, from this rank's part `local`
+// (p's dtype or another of the same numel): a TP-split parameter's parts are all-gathered over the
+// model's TP group (every TP rank calls this at the same time, parameter for parameter) and a
+// column split (dim 1) laid back into rows.
+std::vector<std::byte> whole_bytes(Qwen3Model& model, const nn::Parameter& p, const Buffer& local) {
+  Device& dev = model.device();
+  if (p.split.parts == 1) return device_bytes(dev, local);
+  const nn::ParallelGroups& g = model.context().groups();
+  const int parts = p.split.parts;
+  DeviceBuffer all = dev.alloc_owned(local.dtype, local.numel * parts, p.name + ".gathered");
+  g.tp_comm->all_gather(g.tp_rank, local, all);
+  std::vector<std::byte> in = device_bytes(dev, all);
+  if (p.split.dim == 0) return in;  // row blocks one after another: the whole tensor
+  const int64_t rows = p.shape[0], cw = p.shape[1] / parts;
+  const auto es = static_cast<size_t>(local.bytes / local.numel);
+  std::vector<std::byte> out(in.size());
+  for (int part = 0; part < parts; ++part)
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(out.data() + static_cast<size_t>((r * p.shape[1] + part * cw)) * es,
+                  in.data() + static_cast<size_t>((part * rows + r) * cw) * es, static_cast<size_t>(cw) * es);
   return out;
 }
 
@@ -142,7 +167,16 @@ ojson state_json(const TrainerState& s) {
                        {"warmup_steps", c.warmup_steps}, {"weight_decay", c.weight_decay},
                        {"beta1", c.beta1},         {"beta2", c.beta2},
                        {"eps", c.eps},             {"clip", c.clip},
-                       {"skip_nonfinite", c.skip_nonfinite}};
+                       {"skip_nonfinite", c.skip_nonfinite}, {"zero", c.zero},
+                       {"loss_scale_init", c.loss_scale_init},
+                       {"loss_scale_growth_interval", c.loss_scale_growth_interval},
+                       {"recompute", nn::recompute_name(c.recompute)}};
+  if (s.loss_scaler)
+    j["loss_scaler"] = {{"scale", s.loss_scaler->scale},
+                        {"growth_tracker", s.loss_scaler->growth_tracker},
+                        {"skipped_steps", s.loss_scaler->skipped_steps}};
+  else
+    j["loss_scaler"] = nullptr;
   if (s.data) {
     const DataPosition& d = *s.data;
     j["data"] = {{"epoch", d.state.epoch},
@@ -164,7 +198,8 @@ ojson state_json(const TrainerState& s) {
                        {"host_s", r.host_s},
                        {"sim_s", r.sim_s},
                        {"tokens", r.tokens},
-                       {"skipped", r.skipped}});
+                       {"skipped", r.skipped},
+                       {"loss_scale", r.loss_scale}});
   j["metrics"] = std::move(metrics);
   return j;
 }
@@ -293,8 +328,29 @@ DataPosition data_position(const BatchIterator& it, const TokenDataset& data) {
 
 void save_checkpoint(const std::string& dir, Qwen3Model& model, Trainer& trainer, const CheckpointExtra& extra) {
   const std::string what = fmt::format("saving checkpoint {}", dir);
-  const std::vector<const nn::Parameter*> params = single_chip_parameters(model, what);
+  const std::vector<const nn::Parameter*> params = checkpoint_parameters(model, what);
   check_trainer_matches(trainer, params, what, model.config().name);
+  // Every rank's part first (collectives: under TP and ZeRO-1 every rank is here at the same time);
+  // then the first rank of the first TP and DP groups writes, the others are done.
+  Device& dev = model.device();
+  std::vector<std::vector<std::byte>> weight_bytes;
+  std::vector<std::array<std::vector<std::byte>, 3>> opt_bytes(params.size());
+  const std::vector<std::array<std::vector<float>, 3>> opt_values = trainer.optimizer_state();
+  for (size_t i = 0; i < params.size(); ++i) {
+    weight_bytes.push_back(whole_bytes(model, *params[i], params[i]->value));
+    for (size_t k = 0; k < 3; ++k) {
+      const std::vector<float>& v = opt_values[i][k];
+      if (params[i]->split.parts == 1) {  // whole already: the fp32 values' bytes
+        opt_bytes[i][k].resize(v.size() * sizeof(float));
+        std::memcpy(opt_bytes[i][k].data(), v.data(), opt_bytes[i][k].size());
+        continue;
+      }
+      DeviceBuffer b = dev.alloc_owned(DType::kF32, params[i]->value->numel, params[i]->name + kMomentSuffixes[k]);
+      dev.upload(b, v);
+      opt_bytes[i][k] = whole_bytes(model, *params[i], b);
+    }
+  }
+  if (trainer.dp_rank() != 0 || model.context().groups().tp_rank != 0) return;
   const fs::path target = checkpoint_path(dir);
 
   std::error_code ec;
@@ -319,12 +375,12 @@ void save_checkpoint(const std::string& dir, Qwen3Model& model, Trainer& trainer
     throw UserError(fmt::format("{}: cannot create the temporary directory {} ({})", what, tmp.string(),
                                 ec ? ec.message() : "it exists"));
   try {
-    Device& dev = model.device();
     write_model_config(model.config(), (tmp / kConfigFile).string());
 
     SafetensorsWriter weights;
     weights.set_metadata("format", "pt");  // transformers refuses weight files without it
-    for (const nn::Parameter* p : params) weights.add(p->name, p->value->dtype, p->shape, device_bytes(dev, p->value));
+    for (size_t i = 0; i < params.size(); ++i)
+      weights.add(params[i]->name, params[i]->value->dtype, params[i]->shape, std::move(weight_bytes[i]));
     weights.write((tmp / kModelFile).string());
 
     if (!extra.tokenizer_path.empty()) {
@@ -336,11 +392,9 @@ void save_checkpoint(const std::string& dir, Qwen3Model& model, Trainer& trainer
     SafetensorsWriter opt;
     opt.set_metadata("format", "pt");
     opt.set_metadata("step", std::to_string(trainer.steps_done()));
-    for (const Trainer::ParamState& s : trainer.state()) {
-      const std::array<const DeviceBuffer*, 3> bufs = {&s.master, &s.exp_avg, &s.exp_avg_sq};
-      for (size_t k = 0; k < bufs.size(); ++k)
-        opt.add(s.param->name + kMomentSuffixes[k], DType::kF32, s.param->shape, device_bytes(dev, *bufs[k]));
-    }
+    for (size_t i = 0; i < params.size(); ++i)
+      for (size_t k = 0; k < kMomentSuffixes.size(); ++k)
+        opt.add(params[i]->name + kMomentSuffixes[k], DType::kF32, params[i]->shape, std::move(opt_bytes[i][k]));
     opt.write((tmp / kOptimizerFile).string());
 
     TrainerState st;
@@ -350,6 +404,8 @@ void save_checkpoint(const std::string& dir, Qwen3Model& model, Trainer& trainer
     st.config = trainer.config();
     st.data = extra.data;
     st.metrics = extra.metrics;
+    if (const auto& ls = trainer.loss_scaler())
+      st.loss_scaler = TrainerState::Scaler{ls->scale(), ls->growth_tracker(), ls->skipped_steps()};
     write_text(tmp / kTrainerStateFile, state_json(st).dump(2) + "\n");  // last: marks a complete checkpoint
     sync_path(tmp.string());
     install_directory(tmp, target, exists);
@@ -405,6 +461,17 @@ TrainerState read_trainer_state(const std::string& dir) {
   t.eps = r.number(c, tc, "eps");
   t.clip = r.number(c, tc, "clip");
   t.skip_nonfinite = r.boolean(c, tc, "skip_nonfinite");
+  if (c.contains("zero")) t.zero = static_cast<int>(r.integer(c, tc, "zero"));
+  if (c.contains("recompute"))
+    t.recompute = nn::parse_recompute(r.string(c, tc, "recompute"), fmt::format("{}: field 'train_config.recompute'", file));
+  if (c.contains("loss_scale_init")) t.loss_scale_init = r.number(c, tc, "loss_scale_init");
+  if (c.contains("loss_scale_growth_interval"))
+    t.loss_scale_growth_interval = r.integer(c, tc, "loss_scale_growth_interval");
+  if (j.contains("loss_scaler") && !j.at("loss_scaler").is_null()) {
+    const json& ls = j.at("loss_scaler");
+    s.loss_scaler = TrainerState::Scaler{r.number(ls, "loss_scaler.", "scale"), r.integer(ls, "loss_scaler.", "growth_tracker"),
+                                         r.integer(ls, "loss_scaler.", "skipped_steps")};
+  }
 
   const json& d = r.at(j, "", "data");
   if (!d.is_null()) {
@@ -432,6 +499,7 @@ TrainerState read_trainer_state(const std::string& dir) {
     x.sim_s = r.number(m[i], mp, "sim_s");
     x.tokens = r.integer(m[i], mp, "tokens");
     x.skipped = r.boolean(m[i], mp, "skipped");
+    if (m[i].contains("loss_scale")) x.loss_scale = r.number(m[i], mp, "loss_scale");
     s.metrics.push_back(x);
   }
   return s;
@@ -455,7 +523,7 @@ TrainerState load_checkpoint(const std::string& dir, Qwen3Model& model, Trainer&
                                 "model '{}'",
                                 config_file, diff->field, diff->a, diff->b, model.config().name));
   TrainerState st = read_trainer_state(dir);
-  const std::vector<const nn::Parameter*> params = single_chip_parameters(model, what);
+  const std::vector<const nn::Parameter*> params = checkpoint_parameters(model, what);
   check_trainer_matches(trainer, params, what, model.config().name);
 
   // Check every name and shape before changing anything.
@@ -473,12 +541,26 @@ TrainerState load_checkpoint(const std::string& dir, Qwen3Model& model, Trainer&
     for (const char* suffix : kMomentSuffixes) check_shape(opt.at(p->name + suffix), p->shape);
   }
 
+  // This rank's part of each tensor (a TP shard: Parameter::shard_of the whole; through fp32, exact
+  // for the 16-bit weights and fp32 state saved).
   Device& dev = model.device();
-  for (const nn::Parameter* p : params) upload_tensor(dev, p->value, weights.at(p->name));
-  for (const Trainer::ParamState& s : trainer.state()) {
-    const std::array<const DeviceBuffer*, 3> bufs = {&s.master, &s.exp_avg, &s.exp_avg_sq};
-    for (size_t k = 0; k < bufs.size(); ++k) upload_tensor(dev, *bufs[k], opt.at(s.param->name + kMomentSuffixes[k]));
+  auto part = [](const nn::Parameter& p, const SafetensorsTensor& t) {
+    std::vector<float> whole = tensor_to_f32(t, t.shape);
+    return p.split.parts == 1 ? whole : p.shard_of(whole);
+  };
+  for (const nn::Parameter* p : params) {
+    if (p->split.parts == 1)
+      upload_tensor(dev, p->value, weights.at(p->name));
+    else
+      dev.upload(p->value, part(*p, weights.at(p->name)));
   }
+  std::vector<std::array<std::vector<float>, 3>> opt_values(params.size());
+  for (size_t i = 0; i < params.size(); ++i)
+    for (size_t k = 0; k < kMomentSuffixes.size(); ++k)
+      opt_values[i][k] = part(*params[i], opt.at(params[i]->name + kMomentSuffixes[k]));
+  trainer.set_optimizer_state(opt_values);
+  if (auto& ls = trainer.loss_scaler(); ls && st.loss_scaler)
+    ls->restore(st.loss_scaler->scale, st.loss_scaler->growth_tracker, st.loss_scaler->skipped_steps);
   trainer.set_steps_done(st.step);
   return st;
 }

@@ -26,7 +26,10 @@
 //                            "data": {"epoch", "position", "batch", "seed", "seq_len",
 //                                     "corpus_fingerprint", "tokenizer_fingerprint"} or null,
 //                            "metrics": [{"step", "loss", "grad_norm", "lr", "host_s", "sim_s",
-//                                         "tokens", "skipped"}, ...]}
+//                                         "tokens", "skipped", "loss_scale"}, ...],
+//                            "loss_scaler": {"scale", "growth_tracker", "skipped_steps"} or null}
+//                           (train_config's "zero", "loss_scale_init", "loss_scale_growth_interval",
+//                           metrics' "loss_scale" and "loss_scaler" may be absent: earlier files)
 //
 // Atomic: everything is written into "<dir>.tmp-<pid>" (each file fsync'd), which then replaces <dir>
 // in one step (renameat2 RENAME_EXCHANGE; where the filesystem lacks it, <dir> is first renamed to
@@ -36,7 +39,13 @@
 // error for a missing <dir> points at them. An existing <dir> is replaced only if it is a checkpoint
 // (holds trainer_state.json) or empty, so a mistyped path never deletes other files.
 //
-// Not here: models split over chips (tensor/expert parallel parameters are refused), sharded weight
+// Models split over chips: under tensor parallelism each weight's parts are all-gathered over the TP
+// group and under ZeRO-1 the optimizer state's slices over the DP group, so the files hold the whole
+// (single-chip) model whatever the layout: every rank calls save_checkpoint at the same time and the
+// first rank (TP rank 0 of DP rank 0) writes; load_checkpoint gives each rank its part (any TP/DP
+// layout can resume any checkpoint of the same model).
+//
+// Not here: expert-parallel models (refused), sharded weight
 // files (one model.safetensors however large), keeping the last N checkpoints, RNG state (the trainer
 // draws no random numbers; the data order is (seed, epoch, position)), and cleaning up temporary
 // directories left by a process that crashed (delete "<dir>.tmp-*" by hand).
@@ -85,12 +94,18 @@ struct TrainerState {
   TrainConfig config;    // the run's (micro_batch as the Trainer resolved it)
   std::optional<DataPosition> data;
   std::vector<StepResult> metrics;  // loss and grad_norm NaN where the run had no finite value
+  // The dynamic loss scaler's state (fp16 runs), absent without loss scaling.
+  struct Scaler {
+    double scale = 0;
+    int64_t growth_tracker = 0, skipped_steps = 0;
+  };
+  std::optional<Scaler> loss_scaler;
 };
 
 // Saves `model` and `trainer` (see the file comment) to `dir`, replacing an earlier checkpoint there
 // atomically. `trainer` must have been built on `model`. Throws UserError naming the path and the
 // reason, leaving any previous checkpoint at `dir` intact and no temporary directory behind, if: the
-// device is timing-only (no numbers); a parameter is split or held by another chip; `dir` exists and
+// device is timing-only (no numbers); the model is expert-parallel; `dir` exists and
 // is neither an empty directory nor a checkpoint; the tokenizer file cannot be read; any write fails
 // (full disk, permissions). The device copies are recorded on its clock (a checkpoint costs its
 // device-to-host transfers).

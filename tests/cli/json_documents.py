@@ -50,6 +50,8 @@ COMMANDS = [
     ("run", "run --model tiny --node zhenwu-8 --tp 2 --timing-only --prompt-len 8 --gen 2", [0]),
     ("throughput", "throughput --model qwen3-0.6b --chip h100,a800 --io 64/128", [0]),
     ("train", "train --model tiny --timing-only --chip zhenwu-810e,h20 --seq-len 32 --batch 2", [0]),
+    ("train", "train --model tiny --timing-only --chip zhenwu-810e,h20 --tp 2 --dp 2 --zero 1 --recompute full "
+              "--seq-len 32 --batch 2", [0]),
     ("train", "train --model tiny --steps 2 --seq-len 32 --batch 2 --eval-every 1 --eval-batches 1 --out {tmp}/run", [0]),
 ]
 

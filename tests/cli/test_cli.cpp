@@ -665,24 +665,73 @@ TEST(Cli, TrainWritesItsRunDirectory) {
   EXPECT_EQ(r.status, 0) << r.out;
 }
 
-// --stop-after then --resume gives the uninterrupted run's weights byte for byte; data parallel over
-// 2 chips of a node gives one chip's loss within rounding.
+// A Qwen3-MoE model trains on one chip (router, experts, load-balancing loss) and its checkpoint
+// runs; MoE with tensor parallelism is refused, saying what is supported.
+TEST(Cli, TrainMoeModel) {
+  const std::string dir = train_dir("train-cli-moe");
+  const std::string args = " --model tiny-moe --data " + dir + "/corpus --steps 2 --seq-len 16 --batch 2 --eval-every 0";
+  CmdResult r = ppu("train" + args + " --out " + dir + "/m --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("step     2/2  loss"), std::string::npos) << r.out;
+  EXPECT_TRUE(std::isfinite(last_json(r.out)["final_loss"].get<double>()));
+  r = ppu("run --model " + dir + "/m --prompt hi --gen 2 --json");
+  EXPECT_EQ(r.status, 0) << r.out;
+  r = ppu("train" + args + " --out " + dir + "/tp --node zhenwu-8 --tp 2");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("mixture-of-experts training runs on one chip for now (got tp 2, ep 1)"), std::string::npos)
+      << r.out;
+}
+
+// --stop-after then --resume gives the uninterrupted run's weights byte for byte - also when the
+// first part recomputes every layer (--recompute full: the same bits) and the resumed part keeps it
+// from the checkpoint; data parallel over 2 chips of a node gives one chip's loss within rounding.
 TEST(Cli, TrainResumesBitIdenticallyAndRunsDataParallel) {
   const std::string dir = train_dir("train-cli-b");
   CmdResult r = ppu("train" + train_args(dir) + " --out " + dir + "/whole --json");
   ASSERT_EQ(r.status, 0) << r.out;
   const double loss = last_json(r.out)["final_loss"].get<double>();
-  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --stop-after 2");
+  EXPECT_EQ(last_json(r.out)["recompute"], "none");
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --stop-after 2 --recompute full");
   ASSERT_EQ(r.status, 0) << r.out;
-  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --resume " + dir + "/b");
+  EXPECT_NE(r.out.find("recomputation full"), std::string::npos) << r.out;
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/b --resume " + dir + "/b --json");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("resumed"), std::string::npos) << r.out;
+  EXPECT_EQ(last_json(r.out)["recompute"], "full") << "the resumed run keeps its recomputation";
   const std::string wa = file_bytes(dir + "/whole/checkpoint/model.safetensors"), wb = file_bytes(dir + "/b/checkpoint/model.safetensors");
   EXPECT_TRUE(!wa.empty() && wa == wb) << "resumed weights differ from the uninterrupted run's";
   r = ppu("train" + train_args(dir) + " --out " + dir + "/dp --node zhenwu-8 --dp 2 --json");
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NEAR(last_json(r.out)["final_loss"].get<double>(), loss, 1e-3 * loss);
   EXPECT_NE(r.out.find("2 chips of"), std::string::npos) << r.out;
+}
+
+// Tensor x data parallel with ZeRO-1 over 4 chips of a node gives one chip's losses within rounding
+// (1e-3, as data parallelism; train/test_parallel_training measures the layouts), its checkpoint holds
+// the whole model (it resumes on one chip); fp16 reports its loss scale, and a scale that overflows
+// is skipped and halved.
+TEST(Cli, TrainTensorParallelZeroAndFp16) {
+  const std::string dir = train_dir("train-cli-d");
+  CmdResult r = ppu("train" + train_args(dir) + " --out " + dir + "/one --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const double loss = last_json(r.out)["final_loss"].get<double>();
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/tp --node zhenwu-8 --tp 2 --dp 2 --zero 1 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NEAR(last_json(r.out)["final_loss"].get<double>(), loss, 1e-3 * loss);
+  EXPECT_NE(r.out.find("4 chips of"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tp 2 x dp 2, ZeRO-1"), std::string::npos) << r.out;
+  r = ppu("train --model tiny --data " + dir + "/corpus --steps 4 --seq-len 16 --batch 2 --eval-every 0 --out " + dir +
+          "/tp --resume " + dir + "/tp");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("step     4/4"), std::string::npos) << r.out;
+  r = ppu("train" + train_args(dir) + " --out " + dir + "/f16 --dtype fp16 --loss-scale 1e30");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("scale 1e+30  (skipped: fp16 overflow, scale halved)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("scale 5e+29"), std::string::npos) << r.out;
+  const std::string m = file_bytes(dir + "/f16/metrics.jsonl");
+  const nlohmann::json first = nlohmann::json::parse(m.substr(0, m.find('\n')));
+  EXPECT_NEAR(first["loss_scale"].get<double>(), 1e30, 1e23) << m;  // the scale is an fp32
+  EXPECT_TRUE(first["skipped"].get<bool>()) << m;
 }
 
 // --timing-only: one simulated step per chip, side by side, no corpus and no numbers.
@@ -704,9 +753,41 @@ TEST(Cli, TrainTimingOnlyComparesChips) {
   EXPECT_EQ(r.status, 3) << r.out;
   EXPECT_NE(r.out.find("one zhenwu-810e holds 96 GB"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("data:"), std::string::npos) << "refused after reading the corpus:\n" << r.out;
+  EXPECT_NE(r.out.find("split it, e.g. --node zhenwu-8 --tp 4"), std::string::npos) << r.out;
   r = ppu("train --model tiny --timing-only --chip nochip --seq-len 64");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("unknown chip 'nochip'"), std::string::npos) << r.out;
+}
+
+// --timing-only with --tp/--dp/--zero: the same Trainer on timing-only ranks, on a node of each chip
+// (the smallest preset with enough chips) or of --node; full recomputation makes the step longer and
+// the busiest chip's memory smaller than none on the same layout.
+TEST(Cli, TrainTimingOnlyParallelLayouts) {
+  const std::string args = "train --model tiny --timing-only --seq-len 128 --batch 4 --tp 2 --dp 2 --zero 1 --json";
+  CmdResult r = ppu(args + " --chip zhenwu-810e,h20");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const nlohmann::json none = results_of(r.out);
+  ASSERT_EQ(none.size(), 2u);
+  EXPECT_EQ(none[0]["node"], "zhenwu-8");
+  EXPECT_EQ(none[1]["node"], "h20-hgx");
+  for (const auto& c : none) {
+    EXPECT_EQ(c["tp"], 2);
+    EXPECT_EQ(c["dp"], 2);
+    EXPECT_EQ(c["zero"], 1);
+    EXPECT_EQ(c["recompute"], "none");
+    EXPECT_GT(c["simulated_step_s"].get<double>(), 0.0) << c;
+    EXPECT_GT(c["mfu"].get<double>(), 0.0) << c;
+  }
+  r = ppu(args + " --node zhenwu-8 --recompute full");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const nlohmann::json full = results_of(r.out);
+  ASSERT_EQ(full.size(), 1u);
+  EXPECT_EQ(full[0]["recompute"], "full");
+  EXPECT_GT(full[0]["simulated_step_s"].get<double>(), none[0]["simulated_step_s"].get<double>());
+  EXPECT_LT(full[0]["device_memory_peak_bytes"].get<int64_t>(), none[0]["device_memory_peak_bytes"].get<int64_t>());
+  r = ppu("train --model tiny --timing-only --seq-len 64 --batch 2 --node zhenwu-8 --tp 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("zhenwu-8: tp 2 x dp 1"), std::string::npos) << r.out;
 }
 
 TEST(Cli, TrainRefusesBadInput) {
@@ -730,7 +811,24 @@ TEST(Cli, TrainRefusesBadInput) {
                            "done 3 steps already"},
                        Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --dp 2", "give the node"},
                        Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 3 --steps 2 --node zhenwu-8 --dp 2",
-                           "--batch 3 with --dp 2"}}) {
+                           "--batch 3 with --dp 2"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --node zhenwu-8 --tp 4",
+                           "TP degree of 4 does not divide the 2 key/value heads"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 4 --steps 2 --node zhenwu-8 --tp 2 --dp 8",
+                           "--tp 2 x --dp 8 = 16 chips: node 'zhenwu-8' has 8"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --zero 1", "--zero 1 with --dp 1"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --zero 2", "--zero 2: valid 0"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --dtype fp8", "--dtype fp8: valid"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --recompute ful",
+                           "--recompute 'ful' is not a recomputation mode; use none, selective (the attention core) or full"},
+                       Bad{"--model tiny --timing-only --seq-len 16 --batch 2 --recompute attention",
+                           "--recompute 'attention' is not a recomputation mode"},
+                       Bad{"--model tiny --timing-only --seq-len 16 --batch 2 --chip h20 --tp 2 --dp 16",
+                           "--tp 2 x --dp 16 = 32 chips of h20: no node preset of that chip has as many (h20-hgx (8 chips))"},
+                       Bad{"--model tiny --timing-only --seq-len 16 --batch 2 --chip h20 --node zhenwu-8 --tp 2",
+                           "--chip h20 and --node zhenwu-8 (zhenwu-810e chips) disagree"},
+                       Bad{"--model tiny --data " + dir + "/corpus --seq-len 16 --batch 2 --steps 2 --loss-scale -3",
+                           "--loss-scale -3: valid"}}) {
     r = ppu("train " + b.args + " --out " + dir + "/bad");
     EXPECT_EQ(r.status, 2) << b.args << "\n" << r.out;
     EXPECT_NE(r.out.find(b.says), std::string::npos) << b.args << "\n" << r.out;

@@ -294,6 +294,7 @@ void expect_same_model(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.num_experts_per_tok, b.num_experts_per_tok);
   EXPECT_EQ(a.moe_intermediate_size, b.moe_intermediate_size);
   EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
+  EXPECT_EQ(a.router_aux_loss_coef, b.router_aux_loss_coef);
   EXPECT_EQ(a.num_shared_experts, b.num_shared_experts);
   EXPECT_EQ(a.dtype, b.dtype);
   EXPECT_EQ(param_counts(a).total(), param_counts(b).total());
@@ -339,6 +340,15 @@ TEST(ModelConfigParse, DefaultsWhereReleasedConfigsMayOmitKeys) {
   moe.erase("intermediate_size");  // unused when every layer is MoE
   EXPECT_FALSE(parse(moe).norm_topk_prob);
   EXPECT_EQ(parse(moe).intermediate_size, 0);
+  // The load-balancing loss's weight: as given, else Qwen3-MoE's 0.001; 0 turns it off; negative refused.
+  moe["router_aux_loss_coef"] = 0.02;
+  EXPECT_EQ(parse(moe).router_aux_loss_coef, 0.02);
+  moe["router_aux_loss_coef"] = 0;
+  EXPECT_EQ(parse(moe).router_aux_loss_coef, 0.0);
+  moe.erase("router_aux_loss_coef");
+  EXPECT_EQ(parse(moe).router_aux_loss_coef, 0.001);
+  moe["router_aux_loss_coef"] = -1;
+  test::expect_error([&] { parse(moe); }, {"field 'router_aux_loss_coef'", "must be a non-negative number", "-1"});
 }
 
 TEST(ModelConfigParse, NewerDtypeKeyAndFp8) {

@@ -1,11 +1,15 @@
 // Tests of training a Qwen3 model on the PPU (models/Qwen3 training_loss over nn/Graph): the initial
 // loss of random weights is about ln(vocab); every trainable parameter receives a finite gradient;
 // gradients of two micro-batches of one sequence each equal (within rounding) those of one batch of
-// both; a few AdamW steps on one fixed batch drive its loss down (the model can learn); and the
-// errors for what cannot be trained yet.
+// both; a few AdamW steps on one fixed batch drive its loss down (the model can learn); the whole
+// model's gradients against PyTorch autograd for the tiny dense and the tiny MoE fixture (router,
+// top-k, experts, combine and the load-balancing loss); and the errors for what cannot be trained
+// yet.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "TestUtil.hpp"
@@ -14,6 +18,8 @@
 #include "Qwen3TestUtil.hpp"
 #include "models/Qwen3.hpp"
 #include "models/Safetensors.hpp"
+#include "arch/NodeSpec.hpp"
+#include "ccl/Communicator.hpp"
 
 namespace ppu {
 namespace {
@@ -25,6 +31,21 @@ const ChipSpec& chip() {
 
 // A small dense Qwen3 (tiny's shape with a 512-token vocabulary, so the tests stay fast).
 ModelConfig small() { return test::small_model(); }
+
+// A gradient fixture of tools/reference/gen_qwen3_grads.py (DIR/grads.safetensors): its tensors as
+// fp32 and the batch's token ids (stored as exact floats).
+struct GradFixture {
+  explicit GradFixture(const std::string& dir) : file(dir + "/grads.safetensors") {
+    for (float v : values("inputs")) inputs.push_back(static_cast<int32_t>(v));
+    for (float v : values("targets")) targets.push_back(static_cast<int32_t>(v));
+  }
+  std::vector<float> values(const std::string& name) const {
+    const SafetensorsTensor& t = file.at(name);
+    return tensor_to_f32(t, t.shape);
+  }
+  SafetensorsFile file;
+  std::vector<int32_t> inputs, targets;
+};
 
 std::vector<int32_t> tokens(int64_t n, int seed) {
   std::vector<int32_t> t;
@@ -126,14 +147,10 @@ TEST(Qwen3Training, AdamWStepsLowerTheLossOfAFixedBatch) {
 // layers and the backward: a relative RMS of 3e-2 per weight's gradient (measured 0.6-1.9e-2), 1e-2 on the loss.
 TEST(Qwen3Training, GradientsMatchPyTorchOnTheTinyFixture) {
   const std::string dir = test::fixture("qwen3-tiny");
-  SafetensorsFile ref(dir + "/grads.safetensors");
-  auto values = [&](const std::string& name) {
-    const SafetensorsTensor& t = ref.at(name);
-    return tensor_to_f32(t, t.shape);
-  };
-  std::vector<int32_t> in, tgt;
-  for (float v : values("inputs")) in.push_back(static_cast<int32_t>(v));
-  for (float v : values("targets")) tgt.push_back(static_cast<int32_t>(v));
+  const GradFixture ref(dir);
+  auto values = [&](const std::string& name) { return ref.values(name); };
+  const std::vector<int32_t>& in = ref.inputs;
+  const std::vector<int32_t>& tgt = ref.targets;
   const int64_t B = 2, S = static_cast<int64_t>(in.size()) / B;
   Device dev(chip(), ExecMode::kFunctional, 2);
   Qwen3Options o;
@@ -150,6 +167,73 @@ TEST(Qwen3Training, GradientsMatchPyTorchOnTheTinyFixture) {
   }
 }
 
+// The tiny MoE fixture against PyTorch (the same generator): mean cross-entropy plus coef x HF's
+// load-balancing loss, coef = 0.1 from the file (larger than the config's 0.001 so that the
+// load-balancing term is a visible part of the router's gradient). The batch's routing gaps are at
+// least 0.05 in log-probability (checked by the generator), so bf16 rounding picks the same experts
+// as fp32 and the gradients are compared like the dense model's: relative RMS 3e-2 per weight
+// (measured below, PPU_VERBOSE=1 prints them), 1e-2 on the loss. The reference gradients are stored
+// as bf16 (2^-9 relative); experts no row was routed to must get exactly zero.
+TEST(Qwen3Training, MoeGradientsMatchPyTorchOnTheTinyFixture) {
+  const std::string dir = test::fixture("qwen3-tiny-moe");
+  const GradFixture ref(dir);
+  auto values = [&](const std::string& name) { return ref.values(name); };
+  const std::vector<int32_t>& in = ref.inputs;
+  const std::vector<int32_t>& tgt = ref.targets;
+  const int64_t B = 2, S = static_cast<int64_t>(in.size()) / B;
+  Device dev(chip(), ExecMode::kFunctional, 2);
+  Qwen3Options o;
+  o.max_context = S;
+  ModelConfig cfg = load_model_config(dir);
+  cfg.router_aux_loss_coef = values("router_aux_loss_coef")[0];
+  Qwen3Model m(dev, cfg, Qwen3Weights::from_checkpoint(dir), o);
+  nn::Graph g(m.context());
+  nn::VarPtr loss = m.training_loss(g, in, tgt, B, S);
+  EXPECT_NEAR(mean(dev.download(loss->value)), values("loss")[0], 1e-2 * values("loss")[0]);
+  g.backward(loss, 1.0);
+  int zero_experts = 0;
+  for (const nn::Parameter* p : m.trainable_parameters()) {
+    const std::vector<float> got = dev.download(g.param_grad(*p)), want = values("grad." + p->name);
+    if (std::all_of(want.begin(), want.end(), [](float v) { return v == 0.0f; })) {  // an expert with no rows
+      ++zero_experts;
+      EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float v) { return v == 0.0f; })) << p->name;
+      continue;
+    }
+    const double e = test::rel_rms(got, want);
+    EXPECT_LE(e, 3e-2) << p->name;
+    if (std::getenv("PPU_VERBOSE")) std::printf("%-50s rel RMS %.2e\n", p->name.c_str(), e);
+  }
+  EXPECT_LE(zero_experts, 6) << "the fixture has two unused experts (3 weights each) in layer 1";
+}
+
+// Without the load-balancing loss (coef 0) the loss is the cross-entropy alone, lower by exactly
+// coef x aux; with it the router's gradient changes, the experts' hardly at all.
+TEST(Qwen3Training, MoeLoadBalancingLossIsAddedWithItsCoefficient) {
+  const std::string dir = test::fixture("qwen3-tiny-moe");
+  Device dev(chip(), ExecMode::kFunctional, 2);
+  Qwen3Options o;
+  o.max_context = 16;
+  const std::vector<int32_t> in = tokens(32, 3), tgt = tokens(32, 4);
+  auto run = [&](double coef, std::vector<float>* router_grad) {
+    ModelConfig cfg = load_model_config(dir);
+    cfg.router_aux_loss_coef = coef;
+    Qwen3Model m(dev, cfg, Qwen3Weights::from_checkpoint(dir), o);
+    nn::Graph g(m.context());
+    nn::VarPtr loss = m.training_loss(g, in, tgt, 2, 16);
+    const double l = mean(dev.download(loss->value));
+    g.backward(loss, 1.0);
+    for (const nn::Parameter* p : m.trainable_parameters())
+      if (p->name == "model.layers.0.mlp.gate.weight") *router_grad = dev.download(g.param_grad(*p));
+    return l;
+  };
+  std::vector<float> g0, g1;
+  const double l0 = run(0.0, &g0), l1 = run(1.0, &g1);
+  // aux = E sum f_e P_e is at least k (= 2) x ... about k for near-balanced routing; 1 <= aux <= E.
+  EXPECT_GT(l1 - l0, 1.0);
+  EXPECT_LT(l1 - l0, 8.0);
+  EXPECT_GT(test::rel_rms(g1, g0), 1e-2) << "the load-balancing loss must reach the router";
+}
+
 TEST(Qwen3Training, WhatCannotBeTrainedYetIsRefused) {
   Device dev(chip(), ExecMode::kTimingOnly);
   Qwen3Options o;
@@ -159,9 +243,18 @@ TEST(Qwen3Training, WhatCannotBeTrainedYetIsRefused) {
   test::expect_error([&] { dense.training_loss(g, tokens(32, 1), tokens(32, 1), 1, 32); },
                      {"sequences of 32 tokens exceed the model's context of 16"});
   test::expect_error([&] { dense.training_loss(g, tokens(30, 1), tokens(32, 1), 2, 16); }, {"need 32 inputs and targets"});
-  Qwen3Model moe(dev, load_model_config("tiny-moe"), Qwen3Weights::random(1), o);
-  test::expect_error([&] { moe.training_loss(g, tokens(16, 1), tokens(16, 1), 1, 16); },
-                     {"mixture-of-experts training is not supported yet"});
+  // MoE trains on one chip; expert parallelism in training is refused, saying so.
+  const NodeSpec node = load_node("zhenwu-8");
+  Device d0(node.chip, ExecMode::kTimingOnly), d1(node.chip, ExecMode::kTimingOnly);
+  ccl::Communicator comm(node, {&d0, &d1});
+  Qwen3Options eo = o;
+  eo.ep_size = 2;
+  eo.ep_comm = &comm;
+  Qwen3Model moe(d0, test::small_model("tiny-moe"), Qwen3Weights::random(1), eo);
+  nn::Graph ge(moe.context());
+  test::expect_error([&] { moe.training_loss(ge, tokens(16, 1), tokens(16, 1), 1, 16); },
+                     {"mixture-of-experts training runs on one chip", "ep 2",
+                      "expert and tensor parallelism in training are not supported yet"});
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Tests of nn/Graph (autograd): the gradients of linear layers, adds and casts against double
 // references, accumulation over micro-batches, a chain of ops (the gradient flows through every
-// op in reverse), the freeing of the tape, and the errors.
+// op in reverse), the freeing of the tape, the mixture-of-experts ops (gather, grouped linear with
+// an empty group, combine, routing) against double references, and the errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 
 #include "TestUtil.hpp"
 #include "kernels/AttentionBackward.hpp"
+#include "kernels/RouterBackward.hpp"
 #include "nn/Graph.hpp"
 
 namespace ppu::nn {
@@ -172,6 +174,87 @@ TEST(NnGraph, LmHeadCrossEntropyChunksAgree) {
   EXPECT_LT(rel_max(dw[1], ref_dw), 1e-5);
 }
 
+// MoE ops: gather_rows with a repeated and an unused row; grouped_linear with an empty group (its
+// weight gets exactly zero); combine with source rows no slot names; moe_route's top-k choice and
+// its backward. Tolerance kTol (bf16 inputs, fp32 sums, the upstream gradient rounded to bf16
+// before each matrix product); the router's backward is fp32 throughout (1e-5).
+TEST(NnGraph, MoeOpsMatchTheReference) {
+  Rig r;
+  const int64_t n = 4, H = 8, F = 4;
+  const std::vector<float> x = test::random_values(size_t(n * H), DType::kBF16, 1);
+  DeviceBuffer xb = r.upload(x, DType::kBF16, "x");
+  Graph g(r.ctx);
+  VarPtr xv = g.input(xb, "x");
+  xv->requires_grad = true;
+  const std::vector<int32_t> rows = {2, 0, 2, 3, 2};  // row 1 unused, row 2 three times
+  const int64_t R = static_cast<int64_t>(rows.size());
+  VarPtr xg = g.gather_rows(xv, H, rows, DType::kBF16);
+  std::vector<Parameter> w;
+  for (int e = 0; e < 3; ++e) w.push_back(Parameter::make(r.dev, "w" + std::to_string(e), {F, H}, DType::kBF16, Init::kRandom));
+  const std::vector<int64_t> counts = {2, 0, 3};
+  VarPtr y = g.grouped_linear(xg, {&w[0], &w[1], &w[2]}, counts, DType::kF32);
+  const std::vector<float> seed = test::random_values(size_t(R * F), DType::kBF16, 2);
+  DeviceBuffer sb = r.upload(seed, DType::kF32, "seed");
+  g.backward(y, sb);
+  // Row i of the gathered x goes through w[group of i]: groups 0 (rows 0-1) and 2 (rows 2-4).
+  std::vector<double> dx(size_t(n * H)), dw0(size_t(F * H)), dw2(size_t(F * H));
+  for (int64_t i = 0; i < R; ++i) {
+    const size_t e = i < 2 ? 0 : 2;
+    const std::vector<float> we = r.dev.download(w[e].value);
+    for (int64_t o = 0; o < F; ++o)
+      for (int64_t k = 0; k < H; ++k) {
+        const double s = seed[size_t(i * F + o)];
+        dx[size_t(rows[size_t(i)] * H + k)] += s * we[size_t(o * H + k)];
+        (e == 0 ? dw0 : dw2)[size_t(o * H + k)] += s * x[size_t(rows[size_t(i)] * H + k)];
+      }
+  }
+  EXPECT_LT(rel_max(r.dev.download(xv->grad), dx), kTol);
+  EXPECT_LT(rel_max(r.dev.download(g.param_grad(w[0])), dw0), kTol);
+  EXPECT_LT(rel_max(r.dev.download(g.param_grad(w[2])), dw2), kTol);
+  for (float v : r.dev.download(g.param_grad(w[1]))) ASSERT_EQ(v, 0.0f) << "the empty group's weight";
+
+  // combine: T = 2 tokens, k = 2, src [6, H] with rows 2 and 4 unnamed.
+  const std::vector<float> src = test::random_values(size_t(6 * H), DType::kBF16, 3), wt = {0.25f, 0.75f, 0.5f, 0.5f};
+  DeviceBuffer srcb = r.upload(src, DType::kBF16, "src"), wb = r.upload(wt, DType::kF32, "wt");
+  Graph g2(r.ctx);
+  VarPtr sv = g2.input(srcb, "src"), wv = g2.input(wb, "wt");
+  sv->requires_grad = wv->requires_grad = true;
+  const std::vector<int32_t> slot = {3, 0, 5, 1};
+  VarPtr c = g2.combine(sv, H, slot, 2, wv, DType::kF32);
+  const std::vector<float> dy = test::random_values(size_t(2 * H), DType::kF32, 4);
+  DeviceBuffer dyb = r.upload(dy, DType::kF32, "dy");
+  g2.backward(c, dyb);
+  std::vector<double> dsrc(src.size()), dwt(4);
+  for (int64_t t = 0; t < 2; ++t)
+    for (int64_t j = 0; j < 2; ++j)
+      for (int64_t k = 0; k < H; ++k) {
+        const size_t sr = size_t(slot[size_t(t * 2 + j)] * H + k);
+        dsrc[sr] = wt[size_t(t * 2 + j)] * double(dy[size_t(t * H + k)]);
+        dwt[size_t(t * 2 + j)] += src[sr] * double(dy[size_t(t * H + k)]);
+      }
+  EXPECT_LT(rel_max(r.dev.download(sv->grad), dsrc), 1e-6);
+  EXPECT_LT(rel_max(r.dev.download(wv->grad), dwt), 1e-6);
+
+  // moe_route: 3 tokens, 4 experts, top-2 renormalised; the choice is the two largest probabilities.
+  const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.0f, 3.0f, 0.0f, 2.5f, -2.0f, 0.0f, 0.0f, 1.0f, 0.5f};
+  DeviceBuffer lb = r.upload(logits, DType::kF32, "logits");
+  Graph g3(r.ctx);
+  VarPtr lv = g3.input(lb, "logits");
+  lv->requires_grad = true;
+  const MoeRoute route = g3.moe_route(lv, 3, 4, 2, true);
+  EXPECT_EQ(route.choice, (std::vector<int32_t>{1, 3, 0, 2, 2, 3}));  // ties to the lower index: none here
+  const std::vector<float> p = r.dev.download(route.probs->value), wr = r.dev.download(route.weights->value);
+  for (int64_t t = 0; t < 3; ++t) {
+    const double a = p[size_t(t * 4 + route.choice[size_t(t * 2)])], b = p[size_t(t * 4 + route.choice[size_t(t * 2 + 1)])];
+    EXPECT_NEAR(wr[size_t(t * 2)], a / (a + b), 1e-6);
+  }
+  const std::vector<float> dw = test::random_values(6, DType::kF32, 5);
+  DeviceBuffer dwb = r.upload(dw, DType::kF32, "dw");
+  g3.backward(route.weights, dwb);
+  const std::vector<double> want = kernels::moe_router_backward_reference(p, route.choice, dw, {}, 3, 4, 2, true);
+  EXPECT_LT(rel_max(r.dev.download(lv->grad), want), 1e-5);
+}
+
 TEST(NnGraph, Errors) {
   Rig r;
   Graph g(r.ctx);
@@ -188,6 +271,13 @@ TEST(NnGraph, Errors) {
   test::expect_error([&] { (void)g.param_grad(biased.weight); }, {"parameter 'lb.weight' has no gradient"});
   Parameter away = Parameter::elsewhere("e", {4, 4});
   test::expect_error([&] { g.param(away); }, {"'e' is held by another rank"});
+  DeviceBuffer lg = r.dev.alloc_owned(DType::kF32, 12, "lg");
+  VarPtr lv = g.input(lg, "lg");
+  test::expect_error([&] { g.moe_route(lv, 3, 4, 5, true); }, {"moe_route takes fp32 logits [3, 4] and 1 <= k <= 4", "k = 5"});
+  test::expect_error([&] { g.grouped_linear(x, {&l.weight}, {1, 2}, DType::kF32); },
+                     {"grouped_linear of 'x' needs one row count per weight; got 1 weights and 2 counts"});
+  test::expect_error([&] { g.grouped_linear(x, {&l.weight}, {2}, DType::kF32); }, {"grouped_linear takes [2, 4]", "has 12"});
+  test::expect_error([&] { g.combine(x, 4, {0, 1, 2}, 2, lv, DType::kF32); }, {"combine takes 3 slots in tokens of k = 2"});
 }
 
 }  // namespace
