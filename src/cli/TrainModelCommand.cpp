@@ -311,9 +311,10 @@ std::string run_checkpoint_dir(const std::string& dir) {
 
 int cmd_train(const TrainRunOptions& o) {
   // --recompute: given, or none (a resumed run keeps its own unless given).
-  const std::optional<nn::Recompute> recompute =
-      o.recompute.empty() ? std::nullopt : std::optional<nn::Recompute>(nn::parse_recompute(o.recompute, "--recompute"));
-  if (o.timing_only) return train_timing_only(o, load_model_config(o.model), recompute.value_or(nn::Recompute::kNone));
+  const bool recompute_given = !o.recompute.empty();
+  const nn::Recompute recompute =
+      recompute_given ? nn::parse_recompute(o.recompute, "--recompute") : nn::Recompute::kNone;
+  if (o.timing_only) return train_timing_only(o, load_model_config(o.model), recompute);
   // --node/--dp/--tp: tp x dp emulated chips of the node, rank r = dp_rank x tp + tp_rank on chip r;
   // rank 0 here, one host thread per other rank running the same steps (train/Trainer).
   std::optional<NodeSpec> node;
@@ -408,7 +409,7 @@ int cmd_train(const TrainRunOptions& o) {
   }
   tc.zero = o.zero;  // the layout is this invocation's, also when resuming
 
-  if (recompute) tc.recompute = *recompute;  // a resumed run keeps its own unless given (the same bits either way)
+  if (recompute_given) tc.recompute = recompute;  // a resumed run keeps its own unless given (the same bits either way)
 
   // The ranks' devices and communicators: TP groups of consecutive ranks, DP groups of the ranks
   // holding the same TP shard.

@@ -190,7 +190,8 @@ TEST(NnGraph, MoeOpsMatchTheReference) {
   const int64_t R = static_cast<int64_t>(rows.size());
   VarPtr xg = g.gather_rows(xv, H, rows, DType::kBF16);
   std::vector<Parameter> w;
-  for (int e = 0; e < 3; ++e) w.push_back(Parameter::make(r.dev, "w" + std::to_string(e), {F, H}, DType::kBF16, Init::kRandom));
+  for (int e = 0; e < 3; ++e)
+    w.push_back(Parameter::make(r.dev, std::string("w").append(std::to_string(e)), {F, H}, DType::kBF16, Init::kRandom));
   const std::vector<int64_t> counts = {2, 0, 3};
   VarPtr y = g.grouped_linear(xg, {&w[0], &w[1], &w[2]}, counts, DType::kF32);
   const std::vector<float> seed = test::random_values(size_t(R * F), DType::kBF16, 2);
