@@ -25,11 +25,7 @@
 namespace ppu {
 namespace {
 
-std::vector<int32_t> tokens(int64_t n, int seed) {
-  std::vector<int32_t> t;
-  for (int64_t i = 0; i < n; ++i) t.push_back(static_cast<int32_t>((seed * 131 + i * 37 + (i * i) % 7) % 512));
-  return t;
-}
+using test::tokens;
 
 struct StepRun {
   std::vector<float> loss;

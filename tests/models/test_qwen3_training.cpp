@@ -47,11 +47,7 @@ struct GradFixture {
   std::vector<int32_t> inputs, targets;
 };
 
-std::vector<int32_t> tokens(int64_t n, int seed) {
-  std::vector<int32_t> t;
-  for (int64_t i = 0; i < n; ++i) t.push_back(static_cast<int32_t>((seed * 131 + i * 37 + (i * i) % 7) % 512));
-  return t;
-}
+using test::tokens;
 
 double mean(const std::vector<float>& v) {
   double s = 0;

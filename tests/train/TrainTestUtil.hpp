@@ -24,4 +24,11 @@ inline std::vector<int32_t> batch_tokens(int64_t batch, int64_t seq, int offset)
   return t;
 }
 
+// n token ids below 512 (the small model's vocabulary), a fixed pattern per seed.
+inline std::vector<int32_t> tokens(int64_t n, int seed) {
+  std::vector<int32_t> t;
+  for (int64_t i = 0; i < n; ++i) t.push_back(static_cast<int32_t>((seed * 131 + i * 37 + (i * i) % 7) % 512));
+  return t;
+}
+
 }  // namespace ppu::test
