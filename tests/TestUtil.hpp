@@ -41,6 +41,19 @@ void expect_error(const std::function<void()>& f, std::initializer_list<std::str
   }
 }
 
+// The whole message of the E that `f` throws, for tests that pin a message exactly; "" and a test
+// failure when it throws none.
+template <class E = UserError>
+std::string error_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an exception";
+  return "";
+}
+
 // A scratch file path under GoogleTest's temp directory, unique to the running test (its suite and
 // name prefix `file`), so tests can run in parallel under ctest.
 inline std::string temp_path(const std::string& file) {

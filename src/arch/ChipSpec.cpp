@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "arch/Error.hpp"
 #include "arch/Presets.hpp"
@@ -14,54 +15,73 @@ namespace ppu {
 
 using json = nlohmann::json;
 
+namespace {
+
+// The ranges of the chip-only fields (the shared ones are in QuantityJson.hpp); docs/presets.md, "Valid ranges".
+constexpr ValueRange kChipCoresRange{1, 1e5, "the timing engine keeps state per core; today's GPUs have about 150"};
+constexpr ValueRange kChipClockRange{1e6, 1e11, "from slower than any accelerator to 50 times today's clocks"};
+constexpr ValueRange kChipLinksRange{1, 1024, "link ports on one chip; an H100 has 18"};
+constexpr ValueRange kChipPowerRange{1, 1e6, "per chip; today's boards draw up to about 1 kW"};
+
+}  // namespace
+
 const std::vector<ChipFieldInfo>& chip_fields() {
   static const std::vector<ChipFieldInfo> fields = {
-      {"cores", Dimension::kCount, true, "cores (SMs) that run thread blocks", &ChipSpec::cores},
-      {"clock", Dimension::kFrequency, true, "clock behind the matrix peak", &ChipSpec::clock},
-      {"matrix_bf16", Dimension::kFlops, true, "dense BF16 matrix peak", &ChipSpec::matrix_bf16},
-      {"matrix_fp16", Dimension::kFlops, true, "dense FP16 matrix peak", &ChipSpec::matrix_fp16},
-      {"matrix_fp8", Dimension::kFlops, false, "dense FP8 matrix peak (absent: no FP8)", &ChipSpec::matrix_fp8},
-      {"vector_fp32", Dimension::kFlops, true, "non-matrix FP32 peak", &ChipSpec::vector_fp32},
+      {"cores", Dimension::kCount, true, "cores (SMs) that run thread blocks", &ChipSpec::cores, kChipCoresRange},
+      {"clock", Dimension::kFrequency, true, "clock behind the matrix peak", &ChipSpec::clock, kChipClockRange},
+      {"matrix_bf16", Dimension::kFlops, true, "dense BF16 matrix peak", &ChipSpec::matrix_bf16, kFlopsRange},
+      {"matrix_fp16", Dimension::kFlops, true, "dense FP16 matrix peak", &ChipSpec::matrix_fp16, kFlopsRange},
+      {"matrix_fp8", Dimension::kFlops, false, "dense FP8 matrix peak (absent: no FP8)", &ChipSpec::matrix_fp8,
+       kFlopsRange},
+      {"vector_fp32", Dimension::kFlops, true, "non-matrix FP32 peak", &ChipSpec::vector_fp32, kFlopsRange},
       {"special_function_rate", Dimension::kFlops, false,
        "transcendental results (exp, log, rsqrt, reciprocal) per second, all cores; absent: vector_fp32 / 8",
-       &ChipSpec::special_function_rate},
-      {"sram_per_core", Dimension::kBytes, true, "software-managed on-core storage per core", &ChipSpec::sram_per_core},
-      {"l2_size", Dimension::kBytes, true, "L2 cache capacity", &ChipSpec::l2_size},
-      {"l2_bandwidth", Dimension::kBandwidth, true, "L2 bandwidth, all cores together", &ChipSpec::l2_bandwidth},
-      {"hbm_size", Dimension::kBytes, true, "device memory capacity", &ChipSpec::hbm_size},
-      {"hbm_bandwidth", Dimension::kBandwidth, true, "peak device memory bandwidth", &ChipSpec::hbm_bandwidth},
+       &ChipSpec::special_function_rate, kFlopsRange},
+      {"sram_per_core", Dimension::kBytes, true, "software-managed on-core storage per core", &ChipSpec::sram_per_core,
+       kMemorySizeRange},
+      {"l2_size", Dimension::kBytes, true, "L2 cache capacity", &ChipSpec::l2_size, kMemorySizeRange},
+      {"l2_bandwidth", Dimension::kBandwidth, true, "L2 bandwidth, all cores together", &ChipSpec::l2_bandwidth,
+       kBandwidthRange},
+      {"hbm_size", Dimension::kBytes, true, "device memory capacity", &ChipSpec::hbm_size, kMemorySizeRange},
+      {"hbm_bandwidth", Dimension::kBandwidth, true, "peak device memory bandwidth", &ChipSpec::hbm_bandwidth,
+       kBandwidthRange},
       {"host_link_bandwidth", Dimension::kBandwidth, true, "achievable host link bandwidth per direction",
-       &ChipSpec::host_link_bandwidth},
-      {"host_link_latency", Dimension::kTime, true, "host link transfer latency", &ChipSpec::host_link_latency},
-      {"chip_links", Dimension::kCount, true, "chip-to-chip link ports", &ChipSpec::chip_links},
+       &ChipSpec::host_link_bandwidth, kBandwidthRange},
+      {"host_link_latency", Dimension::kTime, true, "host link transfer latency", &ChipSpec::host_link_latency,
+       kLatencyRange},
+      {"chip_links", Dimension::kCount, true, "chip-to-chip link ports", &ChipSpec::chip_links, kChipLinksRange},
       {"chip_link_bandwidth", Dimension::kBandwidth, true, "bandwidth per link per direction",
-       &ChipSpec::chip_link_bandwidth},
-      {"chip_link_latency", Dimension::kTime, true, "chip-to-chip link latency", &ChipSpec::chip_link_latency},
-      {"power", Dimension::kPower, true, "board power (TDP)", &ChipSpec::power},
+       &ChipSpec::chip_link_bandwidth, kBandwidthRange},
+      {"chip_link_latency", Dimension::kTime, true, "chip-to-chip link latency", &ChipSpec::chip_link_latency,
+       kLatencyRange},
+      {"power", Dimension::kPower, true, "board power (TDP)", &ChipSpec::power, kChipPowerRange},
       {"mma_efficiency", Dimension::kFraction, true, "sustained fraction of the 16-bit matrix peak",
-       &ChipSpec::mma_efficiency},
+       &ChipSpec::mma_efficiency, kEfficiencyRange},
       {"mma_efficiency_fp8", Dimension::kFraction, false, "sustained fraction of the FP8 matrix peak",
-       &ChipSpec::mma_efficiency_fp8},
+       &ChipSpec::mma_efficiency_fp8, kEfficiencyRange},
       {"mma_sync_fraction", Dimension::kFraction, false,
        "fraction of the matrix peak reached by the previous generation's synchronous MMA instructions; absent: 1",
-       &ChipSpec::mma_sync_fraction},
+       &ChipSpec::mma_sync_fraction, kEfficiencyRange},
       {"hbm_read_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for reads",
-       &ChipSpec::hbm_read_efficiency},
+       &ChipSpec::hbm_read_efficiency, kEfficiencyRange},
       {"hbm_write_efficiency", Dimension::kFraction, true, "achievable fraction of HBM peak for writes",
-       &ChipSpec::hbm_write_efficiency},
-      {"dma_latency", Dimension::kTime, true, "DMA issue to first byte", &ChipSpec::dma_latency},
-      {"dma_bandwidth_per_core", Dimension::kBandwidth, true, "most each of a core's two DMA engines (loads, stores) moves",
-       &ChipSpec::dma_bandwidth_per_core},
+       &ChipSpec::hbm_write_efficiency, kEfficiencyRange},
+      {"dma_latency", Dimension::kTime, true, "DMA issue to first byte", &ChipSpec::dma_latency, kLatencyRange},
+      {"dma_bandwidth_per_core", Dimension::kBandwidth, true,
+       "most each of a core's two DMA engines (loads, stores) moves", &ChipSpec::dma_bandwidth_per_core,
+       kBandwidthRange},
       {"atomic_bandwidth_per_core", Dimension::kBandwidth, false,
        "fp32 atomic additions into global memory one core sustains (a GPU SM's red.add rate); absent: "
        "dma_bandwidth_per_core",
-       &ChipSpec::atomic_bandwidth_per_core},
-      {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency},
-      {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency},
+       &ChipSpec::atomic_bandwidth_per_core, kBandwidthRange},
+      {"launch_latency", Dimension::kTime, true, "kernel launch to first block", &ChipSpec::launch_latency,
+       kLatencyRange},
+      {"block_latency", Dimension::kTime, true, "block dispatch onto a core and retirement", &ChipSpec::block_latency,
+       kLatencyRange},
       {"graph_node_latency", Dimension::kTime, false,
        "launch of a kernel that follows another inside a captured graph (CUDA graph node), in place of "
        "launch_latency; absent: launch_latency",
-       &ChipSpec::graph_node_latency},
+       &ChipSpec::graph_node_latency, kLatencyRange},
   };
   return fields;
 }
@@ -113,7 +133,8 @@ std::string valid_field_list() {
 
 }  // namespace
 
-Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std::string_view origin) {
+Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std::string_view origin,
+                        const ValueRange* range) {
   struct {
     std::string_view key;
     Dimension dim;
@@ -160,6 +181,12 @@ Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std:
     throw err(fmt::format("value {} {} is a fraction and must be at most 1", x, unit));
   if (f.dim == Dimension::kCount && q.value != std::floor(q.value))
     throw err(fmt::format("value {} must be a whole number", x));
+  // `!(a <= b)` so that an overflow to inf (1e308 GB) or an underflow to 0 (1e-308 ns) fails too.
+  if (range != nullptr && !(range->min <= q.value && q.value <= range->max)) {
+    const bool plain = f.dim == Dimension::kCount;
+    throw err(fmt::format("{:g}{}{} is out of range; valid: {} ({})", x, plain ? "" : " ", plain ? "" : unit,
+                          range_text(f.dim, *range), range->why));
+  }
   q.text = fmt::format("{} {}", v.is_string() ? v.get<std::string>() : v.dump(), unit);
   auto text_of = [&](const char* key) -> std::string {
     if (!j.contains(key)) return {};
@@ -174,13 +201,48 @@ Quantity parse_quantity(const json& j, std::string_view key, Dimension dim, std:
   return q;
 }
 
-json parse_preset_object(std::string_view text, std::string_view origin, std::string_view kind) {
+json parse_json_text(std::string_view text, std::string_view origin) {
+  // Duplicate keys are invisible once parsed (the last one wins), so each object's keys are collected
+  // as the parser meets them; the first repeat is reported after the parse.
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  const json::parser_callback_t cb = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
+      case json::parse_event_t::object_end: open_objects.pop_back(); break;
+      case json::parse_event_t::key:
+        if (!open_objects.empty() && !open_objects.back().insert(parsed.get<std::string>()).second &&
+            duplicate.empty())
+          duplicate = parsed.get<std::string>();
+        break;
+      default: break;
+    }
+    return true;
+  };
   json j;
   try {
-    j = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
+    j = json::parse(text.begin(), text.end(), cb);
+  } catch (const json::out_of_range& e) {
+    // 406: a number beyond a double ("1e999999", 5000 digits). The parser's message quotes the whole
+    // number; the first 20 characters are enough to find it.
+    const std::string what = e.what();
+    const size_t at = what.find('\'');
+    std::string number = at == std::string::npos ? what : what.substr(at + 1, what.rfind('\'') - at - 1);
+    if (number.size() > 20) number = number.substr(0, 20) + "...";
+    throw UserError(fmt::format("{}: not valid JSON: the number {} is beyond the range of a double (about 1.8e308)",
+                                origin, number));
+  } catch (const json::exception& e) {
     throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
   }
+  if (!duplicate.empty())
+    throw UserError(fmt::format("{}: key '{}' appears twice in one object; give each key once (a JSON reader "
+                                "would silently keep only the last)",
+                                origin, duplicate));
+  return j;
+}
+
+json parse_preset_object(std::string_view text, std::string_view origin, std::string_view kind) {
+  const json j = parse_json_text(text, origin);
   if (!j.is_object()) throw UserError(fmt::format("{}: a {} file must be a JSON object", origin, kind));
   return j;
 }
@@ -225,7 +287,7 @@ ChipSpec parse_chip(std::string_view text, std::string_view origin) {
                                     f.description, dimension_name(f.dim), valid_units(f.dim)));
       continue;
     }
-    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin);
+    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin, &f.range);
   }
   if (c.matrix_fp8.present != c.mma_efficiency_fp8.present)
     throw UserError(fmt::format("{}: fields 'matrix_fp8' and 'mma_efficiency_fp8' go together: give both or neither",

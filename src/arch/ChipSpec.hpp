@@ -7,7 +7,8 @@
 //
 // Every numeric field is a Quantity: its value in SI base units plus where the number comes from
 // (a published source, or "assumed" with the reasoning). The loader rejects unknown fields, missing
-// fields, wrong units, non-positive or unparsable values, naming the file and the field.
+// fields, wrong units, non-positive or unparsable values and values outside the field's valid range
+// (ChipFieldInfo::range), naming the file and the field.
 //
 // Not here: how the numbers are used (sim/TimingEngine), nodes and clusters (later layers).
 #pragma once
@@ -106,6 +107,7 @@ struct ChipFieldInfo {
   bool required;
   std::string_view description;
   Quantity ChipSpec::*member;
+  ValueRange range;  // checked at load (docs/presets.md, "Valid ranges")
 };
 const std::vector<ChipFieldInfo>& chip_fields();
 
@@ -118,7 +120,8 @@ std::string_view matrix_field_for(DType t);
 std::vector<std::string> chip_preset_names();
 
 // Loads a preset by name, or a file if `name_or_path` ends in ".json" or contains '/'.
-// Throws UserError: unknown name (listing the known ones), unreadable file, or invalid content.
+// Throws UserError: unknown name (listing the known ones), unreadable file (not a regular file, or above
+// kPresetFileMaxBytes), or invalid content.
 ChipSpec load_chip(std::string_view name_or_path);
 // Parses chip JSON text; `origin` names the file in error messages.
 ChipSpec parse_chip(std::string_view json_text, std::string_view origin);

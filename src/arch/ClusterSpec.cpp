@@ -45,13 +45,6 @@ std::string missing(std::string_view where, std::string_view key, std::string_vi
                      dimension_name(dim), valid_units(dim));
 }
 
-// A ratio field that must be at least 1 (oversubscription, PUE); `one_means` says what 1 stands for.
-void require_at_least_one(const Quantity& q, std::string_view origin, std::string_view key, std::string_view one_means) {
-  if (q.value < 1.0)
-    throw UserError(fmt::format("{}: field '{}': value {} is below 1; it is a ratio >= 1 (1 = {})", origin, key, q.text,
-                                one_means));
-}
-
 NetworkTier parse_tier(const json& t, size_t i, std::string_view origin) {
   const std::string where = fmt::format("{}: tiers[{}]", origin, i);
   if (!t.is_object())
@@ -71,10 +64,8 @@ NetworkTier parse_tier(const json& t, size_t i, std::string_view origin) {
   for (const auto& f : tier_fields()) {
     const std::string key = fmt::format("tiers[{}].{}", i, f.key);
     if (!t.contains(std::string(f.key))) throw UserError(missing(where, f.key, f.description, f.dim));
-    tier.*(f.member) = parse_quantity(t.at(std::string(f.key)), key, f.dim, origin);
+    tier.*(f.member) = parse_quantity(t.at(std::string(f.key)), key, f.dim, origin, &f.range);
   }
-  require_at_least_one(tier.oversubscription, origin, fmt::format("tiers[{}].oversubscription", i),
-                       "non-blocking");
   return tier;
 }
 
@@ -121,32 +112,46 @@ void check_tiers(const ClusterSpec& c, std::string_view origin) {
   }
 }
 
+// The ranges of the cluster-only fields (the shared ones are in QuantityJson.hpp); docs/presets.md, "Valid
+// ranges".
+constexpr ValueRange kClusterNodesRange{1, 1e6, "the largest training clusters have tens of thousands"};
+constexpr ValueRange kClusterNicsPerNodeRange{1, 64, "today's GPU servers have 8"};
+constexpr ValueRange kClusterNodePowerRange{1, 1e7, "per node beyond its chips; today's servers draw about 5 kW"};
+constexpr ValueRange kClusterPueRange{1, 10, "facility power / IT power, a ratio >= 1: 1 = no facility overhead"};
+constexpr ValueRange kTierNodesRange{1, 1e6, "nodes in one domain, at most a cluster's million"};
+constexpr ValueRange kTierOversubscriptionRange{1, 1000, "bandwidth in / bandwidth up, a ratio >= 1: 1 = non-blocking"};
+
 }  // namespace
 
 const std::vector<ClusterFieldInfo>& cluster_fields() {
   static const std::vector<ClusterFieldInfo> fields = {
-      {"nodes", Dimension::kCount, "nodes in the cluster", &ClusterSpec::nodes},
-      {"nics_per_node", Dimension::kCount, "scale-out NICs per node (rails)", &ClusterSpec::nics_per_node},
-      {"nic_bandwidth", Dimension::kBandwidth, "line rate per NIC per direction", &ClusterSpec::nic_bandwidth},
+      {"nodes", Dimension::kCount, "nodes in the cluster", &ClusterSpec::nodes, kClusterNodesRange},
+      {"nics_per_node", Dimension::kCount, "scale-out NICs per node (rails)", &ClusterSpec::nics_per_node,
+       kClusterNicsPerNodeRange},
+      {"nic_bandwidth", Dimension::kBandwidth, "line rate per NIC per direction", &ClusterSpec::nic_bandwidth,
+       kBandwidthRange},
       {"nic_latency", Dimension::kTime, "NIC to NIC through one tier-0 switch, software to software",
-       &ClusterSpec::nic_latency},
+       &ClusterSpec::nic_latency, kLatencyRange},
       {"nic_efficiency", Dimension::kFraction, "fraction of the NIC line rate a collective's payload gets",
-       &ClusterSpec::nic_efficiency},
+       &ClusterSpec::nic_efficiency, kEfficiencyRange},
       {"node_power", Dimension::kPower,
        "power per node beyond its chips (CPUs, memory, NICs, fans, its share of the network switches)",
-       &ClusterSpec::node_power},
-      {"pue", Dimension::kRatio, "power usage effectiveness: facility power / IT power, >= 1", &ClusterSpec::pue},
+       &ClusterSpec::node_power, kClusterNodePowerRange},
+      {"pue", Dimension::kRatio, "power usage effectiveness: facility power / IT power, >= 1", &ClusterSpec::pue,
+       kClusterPueRange},
   };
   return fields;
 }
 
 const std::vector<TierFieldInfo>& tier_fields() {
   static const std::vector<TierFieldInfo> fields = {
-      {"nodes", Dimension::kCount, "nodes in one domain of this tier", &NetworkTier::nodes},
+      {"nodes", Dimension::kCount, "nodes in one domain of this tier", &NetworkTier::nodes, kTierNodesRange},
       {"oversubscription", Dimension::kRatio,
-       "bandwidth into a switch of this tier from below / bandwidth up to the next tier; 1 = non-blocking, 1 at the top",
-       &NetworkTier::oversubscription},
-      {"latency", Dimension::kTime, "added by a hop through a switch of this tier", &NetworkTier::latency},
+       "bandwidth into a switch of this tier from below / bandwidth up to the next tier; 1 = non-blocking, 1 at the "
+       "top",
+       &NetworkTier::oversubscription, kTierOversubscriptionRange},
+      {"latency", Dimension::kTime, "added by a hop through a switch of this tier", &NetworkTier::latency,
+       kLatencyRange},
   };
   return fields;
 }
@@ -194,9 +199,8 @@ ClusterSpec parse_cluster(std::string_view text, std::string_view origin) {
   reject_unknown_keys(j, kMetaKeys, std::size(kMetaKeys), cluster_fields(), std::string(origin));
   for (const auto& f : cluster_fields()) {
     if (!j.contains(std::string(f.key))) throw UserError(missing(origin, f.key, f.description, f.dim));
-    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin);
+    c.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin, &f.range);
   }
-  require_at_least_one(c.pue, origin, "pue", "no facility overhead");
 
   if (!j.contains("rail_optimized"))
     throw UserError(fmt::format("{}: missing field 'rail_optimized' (true or false: whether NIC k of every node goes "

@@ -97,6 +97,7 @@ struct ClusterFieldInfo {
   Dimension dim;
   std::string_view description;
   Quantity ClusterSpec::*member;
+  ValueRange range;  // checked at load (docs/presets.md, "Valid ranges")
 };
 const std::vector<ClusterFieldInfo>& cluster_fields();
 
@@ -106,6 +107,7 @@ struct TierFieldInfo {
   Dimension dim;
   std::string_view description;
   Quantity NetworkTier::*member;
+  ValueRange range;  // checked at load (docs/presets.md, "Valid ranges")
 };
 const std::vector<TierFieldInfo>& tier_fields();
 

@@ -35,48 +35,65 @@ std::string topologies_in(uint32_t mask) {
   return out;
 }
 
+// The ranges of the node-only fields (the shared ones are in QuantityJson.hpp); docs/presets.md, "Valid ranges".
+constexpr ValueRange kNodeChipsRange{1, 1024,
+                                     "a node is one scale-up domain: the largest announced, NVL576, has 576 chips, and "
+                                     "its link graph grows with the square of the count"};
+constexpr ValueRange kNodeMeshChipsRange{1, 1024, "chips per mesh, at most a node's 1024"};
+constexpr ValueRange kNodePcieSwitchChipsRange{1, 1024, "chips per PCIe switch, at most a node's 1024"};
+constexpr ValueRange kNodeChunkSizeRange{65536, 1073741824,
+                                         "NCCL moves 128 KiB to 4 MiB per step; every chunk is simulated, so a 1 GiB "
+                                         "collective in 1 KiB chunks would take minutes"};
+constexpr ValueRange kNodePipelineDepthRange{1, 16, "chunks in flight per connection; NCCL keeps 8"};
+constexpr ValueRange kNodeChannelsRange{1, 64, "NCCL uses at most 64 channels"};
+
 }  // namespace
 
 const std::vector<NodeFieldInfo>& node_fields() {
   static const std::vector<NodeFieldInfo> fields = {
-      {"chips", Dimension::kCount, kAll, kAll, "chips in the node", &NodeSpec::chips},
+      {"chips", Dimension::kCount, kAll, kAll, "chips in the node", &NodeSpec::chips, kNodeChipsRange},
       {"mesh_chips", Dimension::kCount, bit(Topology::kMeshesOverPcie), bit(Topology::kMeshesOverPcie),
-       "chips per full mesh", &NodeSpec::mesh_chips},
+       "chips per full mesh", &NodeSpec::mesh_chips, kNodeMeshChipsRange},
       {"link_bandwidth", Dimension::kBandwidth, kLinked, kLinked,
        "chip-to-chip bandwidth per direction: per chip pair (mesh) or per switch port (switch)",
-       &NodeSpec::link_bandwidth},
+       &NodeSpec::link_bandwidth, kBandwidthRange},
       {"link_latency", Dimension::kTime, kLinked, kLinked, "chip-to-chip latency over the links",
-       &NodeSpec::link_latency},
+       &NodeSpec::link_latency, kLatencyRange},
       {"link_efficiency", Dimension::kFraction, kAll, kAll,
        "fraction of a connection's line rate that a collective's payload gets (protocol overhead)",
-       &NodeSpec::link_efficiency},
+       &NodeSpec::link_efficiency, kEfficiencyRange},
       {"pcie_bandwidth", Dimension::kBandwidth, kPcied, kPcied, "chip to PCIe switch bandwidth per direction",
-       &NodeSpec::pcie_bandwidth},
-      {"pcie_latency", Dimension::kTime, kPcied, kPcied, "chip-to-chip latency through PCIe", &NodeSpec::pcie_latency},
+       &NodeSpec::pcie_bandwidth, kBandwidthRange},
+      {"pcie_latency", Dimension::kTime, kPcied, kPcied, "chip-to-chip latency through PCIe", &NodeSpec::pcie_latency,
+       kLatencyRange},
       {"pcie_switch_chips", Dimension::kCount, kPcied, kPcied, "chips under one PCIe switch",
-       &NodeSpec::pcie_switch_chips},
+       &NodeSpec::pcie_switch_chips, kNodePcieSwitchChipsRange},
       {"host_bandwidth", Dimension::kBandwidth, kPcied, kPcied,
-       "a PCIe switch's uplink into the host, per direction (traffic between switches)", &NodeSpec::host_bandwidth},
+       "a PCIe switch's uplink into the host, per direction (traffic between switches)", &NodeSpec::host_bandwidth,
+       kBandwidthRange},
       {"switch_reduction_bandwidth", Dimension::kBandwidth, 0, bit(Topology::kSwitch),
        "in-switch reduction (NVLS) rate per port; absent: the switch neither reduces nor multicasts (no NVLS)",
-       &NodeSpec::switch_reduction_bandwidth},
+       &NodeSpec::switch_reduction_bandwidth, kBandwidthRange},
       {"switch_reduction_latency", Dimension::kTime, 0, bit(Topology::kSwitch),
-       "extra latency of an in-switch reduction (with switch_reduction_bandwidth)", &NodeSpec::switch_reduction_latency},
+       "extra latency of an in-switch reduction (with switch_reduction_bandwidth)", &NodeSpec::switch_reduction_latency,
+       kLatencyRange},
       {"collective_latency", Dimension::kTime, kAll, kAll, "fixed cost of one collective (launch, setup)",
-       &NodeSpec::collective_latency},
+       &NodeSpec::collective_latency, kLatencyRange},
       {"step_latency", Dimension::kTime, kAll, kAll, "synchronisation cost of one pipelined transfer step",
-       &NodeSpec::step_latency},
+       &NodeSpec::step_latency, kLatencyRange},
       {"chunk_size", Dimension::kBytes, kAll, kAll, "largest piece in which collectives pipeline data",
-       &NodeSpec::chunk_size},
+       &NodeSpec::chunk_size, kNodeChunkSizeRange},
       {"pipeline_depth", Dimension::kCount, kAll, kAll, "chunks in flight per connection and channel",
-       &NodeSpec::pipeline_depth},
-      {"channels", Dimension::kCount, kAll, kAll, "independent pipelines (NCCL channels) a collective's chunks spread over",
-       &NodeSpec::channels},
+       &NodeSpec::pipeline_depth, kNodePipelineDepthRange},
+      {"channels", Dimension::kCount, kAll, kAll,
+       "independent pipelines (NCCL channels) a collective's chunks spread over", &NodeSpec::channels,
+       kNodeChannelsRange},
       {"ll_efficiency", Dimension::kFraction, 0, kAll,
-       "fraction of the line rate for payload under the low-latency protocol (flags travel with the data); absent: none",
-       &NodeSpec::ll_efficiency},
+       "fraction of the line rate for payload under the low-latency protocol (flags travel with the data); absent: "
+       "none",
+       &NodeSpec::ll_efficiency, kEfficiencyRange},
       {"ll_step_latency", Dimension::kTime, 0, kAll, "step synchronisation cost under the low-latency protocol",
-       &NodeSpec::ll_step_latency},
+       &NodeSpec::ll_step_latency, kLatencyRange},
   };
   return fields;
 }
@@ -128,7 +145,7 @@ NodeSpec parse_node(std::string_view text, std::string_view origin) {
                                     origin, f.key, f.description, dimension_name(f.dim), valid_units(f.dim), topo));
       continue;
     }
-    n.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin);
+    n.*(f.member) = parse_quantity(j.at(std::string(f.key)), f.key, f.dim, origin, &f.range);
   }
   if (n.switch_reduction_bandwidth.present != n.switch_reduction_latency.present)
     throw UserError(fmt::format(

@@ -80,6 +80,7 @@ struct NodeFieldInfo {
   uint32_t allowed;
   std::string_view description;
   Quantity NodeSpec::*member;
+  ValueRange range;  // checked at load (docs/presets.md, "Valid ranges")
 };
 const std::vector<NodeFieldInfo>& node_fields();
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -60,12 +61,40 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
+std::string read_input_file(const std::string& path, std::string_view what, uint64_t max_bytes) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st))
+    throw UserError(fmt::format("{}: cannot open file ({})", path, ec ? ec.message() : std::strerror(ENOENT)));
+  if (!fs::is_regular_file(st)) {
+    const char* kind = fs::is_directory(st)         ? "a directory"
+                       : fs::is_character_file(st) ? "a character device"
+                       : fs::is_block_file(st)     ? "a block device"
+                       : fs::is_fifo(st)           ? "a FIFO"
+                       : fs::is_socket(st)         ? "a socket"
+                                                   : "a special file";
+    throw UserError(fmt::format("{}: a {} must be a regular file, not {}", path, what, kind));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UserError(fmt::format("{}: cannot open file ({})", path, std::strerror(errno)));
+  // Read one byte past the cap rather than trust the size the file system reports (/proc files say 0).
+  std::string text(static_cast<size_t>(max_bytes) + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) throw UserError(fmt::format("{}: read error", path));
+  const auto n = static_cast<uint64_t>(in.gcount());
+  if (n > max_bytes)
+    throw UserError(fmt::format("{}: a {} is at most {} MiB; this one is larger", path, what, max_bytes >> 20));
+  text.resize(static_cast<size_t>(n));
+  return text;
+}
+
 PresetText preset_text(std::string_view kind, std::string_view noun, std::string_view name_or_path) {
   const bool is_path = name_or_path.find('/') != std::string_view::npos ||
                        (name_or_path.size() > 5 && name_or_path.substr(name_or_path.size() - 5) == ".json");
   if (is_path) {
     std::string path(name_or_path);
-    return {read_text_file(path), path};
+    return {read_input_file(path, fmt::format("{} file", noun), kPresetFileMaxBytes), path};
   }
   if (auto p = find_builtin_preset(kind, name_or_path))
     return {std::string(p->text), fmt::format("<built-in>/{}/{}.json", kind, p->name)};

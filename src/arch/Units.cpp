@@ -63,6 +63,36 @@ std::string valid_units(Dimension dim) {
 
 std::string_view base_unit(Dimension dim) { return units_of(dim).front().first; }
 
+namespace {
+
+// `v` in the largest unit of `dim` that writes it as a whole number ("1 KiB", "1 PB/s"), else "<v> <base>".
+std::string bound_text(Dimension dim, double v) {
+  if (dim == Dimension::kCount) return fmt::format("{}", static_cast<int64_t>(v));  // bounds are whole numbers
+  if (dim == Dimension::kFraction || dim == Dimension::kRatio) return fmt::format("{:g}", v);
+  std::string best = fmt::format("{:g} {}", v, base_unit(dim));
+  double best_mult = 0.0;
+  const std::string units = valid_units(dim);
+  for (size_t at = 0; at < units.size();) {
+    size_t end = units.find(", ", at);
+    if (end == std::string::npos) end = units.size();
+    const std::string unit = units.substr(at, end - at);
+    at = end + 2;
+    const auto mult = parse_unit(dim, unit);
+    if (!mult || *mult <= best_mult || v < *mult) continue;
+    const double n = v / *mult;
+    if (std::fabs(n - std::round(n)) > 1e-9 * n) continue;
+    best = fmt::format("{:g} {}", std::round(n), unit);
+    best_mult = *mult;
+  }
+  return best;
+}
+
+}  // namespace
+
+std::string range_text(Dimension dim, const ValueRange& r) {
+  return fmt::format("{} to {}", bound_text(dim, r.min), bound_text(dim, r.max));
+}
+
 std::string format_quantity(Dimension dim, double v) {
   auto pick = [&](std::initializer_list<std::pair<const char*, double>> opts) {
     const char* name = nullptr;

@@ -34,6 +34,20 @@ std::string valid_units(Dimension dim);
 // The base unit's display name ("B", "B/s", "Hz", "FLOP/s", "s", "W", "count", "fraction", "ratio").
 std::string_view base_unit(Dimension dim);
 
+// The values one preset field accepts, both ends inclusive, in the SI base unit of its dimension, and
+// why (shown in the error). Every numeric field of a chip, node or cluster file has one, checked at
+// load before anything is sized from the value (docs/presets.md, "Valid ranges"). A range keeps the
+// simulator's arithmetic finite: no count overflows an int, no size an int64 of bytes, no rate or
+// fraction is so small that a simulated time overflows.
+struct ValueRange {
+  double min = 0.0;
+  double max = 0.0;
+  std::string_view why;
+};
+
+// "1 to 100000" (counts), "1 MB/s to 1000 TB/s": a range as error messages and docs write it.
+std::string range_text(Dimension dim, const ValueRange& r);
+
 // Human formatting with a suitable prefix: format_quantity(Dimension::kBytes, 8.0e10) = "80 GB".
 std::string format_quantity(Dimension dim, double value_in_si);
 

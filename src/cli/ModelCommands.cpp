@@ -554,6 +554,10 @@ int cmd_run(const RunOptions& given) {
   if (chips.size() > 1 && !o.node.empty())
     throw UserError(fmt::format("--chip {} and --node {}: a node fixes the chip; give one chip, or no --node", o.chip, o.node));
   if (chips.size() > 1 && !o.trace.empty()) throw UserError("--trace needs a single --chip");
+  if (o.sp && o.tp < 2)
+    throw UserError(fmt::format("--sp needs --tp 2 or more (it splits the norms' tokens over the tensor-parallel "
+                                "chips); got --tp {}",
+                                o.tp));
   for (const auto& c : chips) load_chip(c);  // every name checked before any work
   ModelConfig cfg = load_model_config(o.model);
   const std::vector<int64_t> batches = parse_batches(o.batch);

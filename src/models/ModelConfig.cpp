@@ -11,6 +11,7 @@
 
 #include "arch/Error.hpp"
 #include "arch/Presets.hpp"
+#include "arch/QuantityJson.hpp"
 
 namespace ppu {
 
@@ -59,6 +60,48 @@ std::string join(const std::array<std::string_view, N>& v) {
   return join(std::vector<std::string_view>(v.begin(), v.end()));
 }
 
+using NumberRange = ModelFieldRange;
+constexpr double kMaxWidth = 1 << 20;        // hidden_size and friends: released models reach 25600
+constexpr double kMaxMlpWidth = 1 << 24;     // intermediate sizes: released models reach about 100000
+constexpr double kMaxHeads = 1 << 16;        // heads and experts: released models reach 512
+const NumberRange* number_range(std::string_view key);
+
+}  // namespace
+
+// Checked as each field is read (Fields below).
+const std::vector<ModelFieldRange>& model_field_ranges() {
+  static const std::vector<ModelFieldRange> ranges = {
+    {"hidden_size", 1, kMaxWidth, "model widths reach about 25600"},
+    {"num_hidden_layers", 1, 10000, "released models have up to about 200 layers"},
+    {"num_attention_heads", 1, kMaxHeads, "released models have up to about 200 heads"},
+    {"num_key_value_heads", 1, kMaxHeads, "at most num_attention_heads"},
+    {"head_dim", 1, kMaxWidth, "released models use 64 to 256"},
+    {"intermediate_size", 0, kMaxMlpWidth, "MLP widths reach about 100000"},
+    {"vocab_size", 1, 1 << 24, "vocabularies reach about 260000 tokens"},
+    {"max_position_embeddings", 1, 1 << 30, "contexts reach about 10 million tokens"},
+    {"num_experts", 1, kMaxHeads, "MoE models route over up to about 512 experts"},
+    {"num_experts_per_tok", 1, kMaxHeads, "at most num_experts"},
+    {"moe_intermediate_size", 1, kMaxMlpWidth, "an expert's MLP width"},
+    {"num_shared_experts", 0, kMaxHeads, "0 (none) up to a few"},
+    {"shared_expert_intermediate_size", 0, kMaxMlpWidth, "0 (none) or an MLP width"},
+    {"rope_theta", 1, 1e12, "RoPE bases run from 10000 to about 1e9"},
+    {"router_aux_loss_coef", 0, 1000, "0 turns the load-balancing loss off; released models use about 0.001"},
+    {"rope_scaling.factor", 1e-6, 1e6, "context extensions stretch positions by up to about 64"},
+    {"rope_scaling.low_freq_factor", 1e-6, 1e6, "Llama 3 uses 1"},
+    {"rope_scaling.high_freq_factor", 1e-6, 1e6, "Llama 3 uses 4"},
+    {"rope_scaling.original_max_position_embeddings", 1, 1 << 30, "a context length, as max_position_embeddings"},
+  };
+  return ranges;
+}
+
+namespace {
+
+const NumberRange* number_range(std::string_view key) {
+  for (const auto& r : model_field_ranges())
+    if (r.key == key) return &r;
+  return nullptr;
+}
+
 // Field readers over one parsed file; every message starts with the origin and names the field.
 class Fields {
  public:
@@ -66,6 +109,15 @@ class Fields {
 
   UserError error(std::string_view key, const std::string& what) const {
     return UserError(fmt::format("{}: field '{}': {}", origin_, key, what));
+  }
+  // Throws "<origin>: field '<key>': <v> is out of range; valid: <min> to <max> (<why>)" unless the
+  // number `v` lies in `key`'s range (model_field_ranges()); no check for a key without one.
+  void check_range(std::string_view key, const json& v) const {
+    const NumberRange* r = number_range(key);
+    if (r == nullptr) return;
+    const double x = v.get<double>();  // exact enough: the bounds are far from 2^53
+    if (!(r->min <= x && x <= r->max))
+      throw error(key, fmt::format("{} is out of range; valid: {} to {} ({})", v.dump(), r->min, r->max, r->why));
   }
   // Present and not null (released configs write null for "not used", e.g. "rope_scaling": null).
   bool has(std::string_view key) const {
@@ -85,8 +137,9 @@ class Fields {
   int64_t non_negative_int_or(std::string_view key, int64_t fallback) const {
     if (!has(key)) return fallback;
     const json& v = at(key);
-    if (!v.is_number_integer() || v.get<int64_t>() < 0)
+    if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
       throw error(key, fmt::format("must be a non-negative integer, got {}", v.dump()));
+    check_range(key, v);
     return v.get<int64_t>();
   }
   double positive_number_or(std::string_view key, double fallback) const {
@@ -94,6 +147,7 @@ class Fields {
     const json& v = at(key);
     if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() <= 0.0)
       throw error(key, fmt::format("must be a positive number, got {}", v.dump()));
+    check_range(key, v);
     return v.get<double>();
   }
   bool bool_or(std::string_view key, bool fallback) const {
@@ -111,8 +165,10 @@ class Fields {
  private:
   int64_t positive_int_value(std::string_view key) const {
     const json& v = at(key);
-    if (!v.is_number_integer() || v.get<int64_t>() <= 0)
+    // An unsigned above INT64_MAX is positive (and out of range below); get<int64_t> would wrap it.
+    if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() == 0 : v.get<int64_t>() <= 0))
       throw error(key, fmt::format("must be a positive integer, got {}", v.dump()));
+    check_range(key, v);
     return v.get<int64_t>();
   }
 
@@ -133,12 +189,7 @@ bool is_path(std::string_view s) {
 }  // namespace
 
 ModelConfig parse_model_config(std::string_view text, std::string_view origin, bool strict) {
-  json j;
-  try {
-    j = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
-  }
+  const json j = parse_json_text(text, origin);
   if (!j.is_object()) throw UserError(fmt::format("{}: a model config must be a JSON object", origin));
   const Fields f(j, origin);
   ModelConfig m;
@@ -231,12 +282,14 @@ ModelConfig parse_model_config(std::string_view text, std::string_view origin, b
       if (rs.contains("factor")) {
         if (!rs.at("factor").is_number() || rs.at("factor").get<double>() <= 0.0)
           throw f.error("rope_scaling", fmt::format("\"factor\" must be a positive number, got {}", rs.dump()));
+        f.check_range("rope_scaling.factor", rs.at("factor"));
         m.rope_scaling_factor = rs.at("factor").get<double>();
       }
       auto positive = [&](const char* key, double& out) {
         if (!rs.contains(key)) return;
         if (!rs.at(key).is_number() || rs.at(key).get<double>() <= 0.0)
           throw f.error("rope_scaling", fmt::format("\"{}\" must be a positive number, got {}", key, rs.dump()));
+        f.check_range(fmt::format("rope_scaling.{}", key), rs.at(key));
         out = rs.at(key).get<double>();
       };
       positive("low_freq_factor", m.rope_low_freq_factor);
@@ -276,6 +329,7 @@ ModelConfig parse_model_config(std::string_view text, std::string_view origin, b
       if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0.0)
         throw f.error("router_aux_loss_coef",
                       fmt::format("must be a non-negative number (0 turns the load-balancing loss off), got {}", v.dump()));
+      f.check_range("router_aux_loss_coef", v);
       m.router_aux_loss_coef = v.get<double>();
     }
     m.shared_expert_intermediate_size = f.non_negative_int_or("shared_expert_intermediate_size", 0);
@@ -309,7 +363,8 @@ ModelConfig load_model_config(std::string_view name_or_path) {
         throw UserError(fmt::format("{}: directory has no config.json", name_or_path));
       p /= "config.json";
     }
-    ModelConfig m = parse_model_config(read_text_file(p.string()), p.string());
+    ModelConfig m =
+        parse_model_config(read_input_file(p.string(), "model config", kPresetFileMaxBytes), p.string());
     // Name it after the checkpoint directory ("Qwen3-8B/config.json" -> "Qwen3-8B").
     const fs::path named = p.filename() == "config.json" ? p.parent_path() : p.stem();
     m.name = named.filename().string();

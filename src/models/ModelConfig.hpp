@@ -121,6 +121,17 @@ struct ModelConfig {
   int64_t kv_width() const { return num_kv_heads * head_dim; }  // K (and V) projection output width
 };
 
+// The valid range of one numeric config field, both ends inclusive (docs/models.md, "Valid ranges"):
+// wide enough for any released model and far beyond, small enough that products of them (hidden x
+// vocab, layers x hidden^2) stay far inside int64 and double. Keys inside rope_scaling are written
+// "rope_scaling.<key>".
+struct ModelFieldRange {
+  std::string_view key;
+  double min, max;
+  std::string_view why;
+};
+const std::vector<ModelFieldRange>& model_field_ranges();
+
 // Parses a model description (Hugging Face config.json keys, docs/models.md). `origin` names the text
 // in messages. strict == false (config.json files): keys OpenPPU does not read are ignored, since
 // released configs carry many (architectures, bos_token_id, transformers_version, ...). strict == true
@@ -128,7 +139,7 @@ struct ModelConfig {
 // "source" or "assumed" must be present, so that a misspelt key cannot silently fall back to a default.
 // Throws UserError "<origin>: ..." naming the field on: not JSON / not an object; missing, unknown
 // (message lists the supported ones) or mistyped model_type; a missing required size; a size that is
-// not a positive integer; num_attention_heads not dividing hidden_size when head_dim is absent;
+// not a positive integer; a number outside its model_field_ranges() entry; num_attention_heads not dividing hidden_size when head_dim is absent;
 // num_key_value_heads not dividing num_attention_heads; top-k above the expert count; a
 // non-positive rope_theta or eps; a hidden_act the family does not use; an unknown torch_dtype;
 // sliding-window attention or dense layers mixed into an MoE model (not supported).

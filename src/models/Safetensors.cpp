@@ -366,8 +366,8 @@ CheckpointSet::CheckpointSet(const std::string& path) : origin_(path) {
   const std::string index_name = index_path.string();
   json idx;
   try {
-    idx = json::parse(read_text_file(index_name));
-  } catch (const json::parse_error& e) {
+    idx = json::parse(read_input_file(index_name, "safetensors index", kIndexFileMaxBytes));
+  } catch (const json::exception& e) {  // syntax, or a number beyond a double (out_of_range.406)
     throw UserError(fmt::format("{}: not valid JSON: {}", index_name, e.what()));
   }
   if (!idx.is_object() || !idx.contains("weight_map") || !idx.at("weight_map").is_object())

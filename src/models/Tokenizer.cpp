@@ -779,7 +779,7 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
-  const std::string text = read_text_file(path);
+  const std::string text = read_input_file(path, "tokenizer.json", kTokenizerFileMaxBytes);
   return from_json(text, path);
 }
 
@@ -789,7 +789,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& or
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax, or a number beyond a double (out_of_range.406)
     throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
   }
   impl->load(root);

@@ -1003,6 +1003,55 @@ TEST(Cli, OutOfRangeIntegersSayTheRange) {
   });
 }
 
+// Issue 17: hostile inputs that crashed, hung or printed nonsense are each one clear error line, exit 2.
+TEST(Cli, HostileInputsAreClearErrors) {
+  auto write = [](const std::string& name, const std::string& text) {
+    const std::string path = temp_path(name);
+    std::ofstream(path) << text;
+    return path;
+  };
+  // A preset with field `key` set to the raw JSON number `number`.
+  auto preset_with = [&](const char* kind, const char* name, const std::string& key, const std::string& number) {
+    auto j = nlohmann::json::parse(*ppu::builtin_preset(kind, name));
+    j[key]["value"] = "@N@";
+    std::string text = j.dump(2);
+    text.replace(text.find("\"@N@\""), 5, number);
+    return write(std::string(kind) + "-" + key + "-" + number + ".json", text);
+  };
+  auto expect_error_line = [](const std::string& args, const std::string& message) {
+    const CmdResult r = ppu(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(r.out, "error: " + message + "\n") << args;
+  };
+  const std::string overflow = "the number 1e999999 is beyond the range of a double (about 1.8e308)";
+  std::string f = preset_with("chips", "h100", "cores", "1e999999");
+  expect_error_line("chips show " + f, f + ": not valid JSON: " + overflow);
+  f = preset_with("nodes", "h100-dgx", "chips", "1e999999");
+  expect_error_line("nodes show " + f, f + ": not valid JSON: " + overflow);
+  f = preset_with("clusters", "h100-24k", "nodes", "1e999999");
+  expect_error_line("clusters show " + f, f + ": not valid JSON: " + overflow);
+  const std::string model = temp_path("overflow-model");
+  std::filesystem::create_directories(model);
+  std::ofstream(model + "/config.json") << R"({"model_type": "qwen3", "hidden_size": 1e999999})";
+  expect_error_line("run --model " + model + " --timing-only", model + "/config.json: not valid JSON: " + overflow);
+
+  f = preset_with("chips", "h100", "cores", "1e19");
+  expect_error_line("bench gemm 256 256 256 --chip " + f,
+                    f + ": field 'cores': 1e+19 is out of range; valid: 1 to 100000 (the timing engine keeps state per "
+                        "core; today's GPUs have about 150)");
+  f = preset_with("nodes", "h100-dgx", "chips", "10000");
+  expect_error_line("nodes show " + f,
+                    f + ": field 'chips': 10000 is out of range; valid: 1 to 1024 (a node is one scale-up domain: the "
+                        "largest announced, NVL576, has 576 chips, and its link graph grows with the square of the "
+                        "count)");
+  expect_error_line("bench gemm 256 256 256 --chip /dev/zero",
+                    "/dev/zero: a chip file must be a regular file, not a character device");
+  expect_error_line("bench gemm 256 256 256 --chip " + model,
+                    model + ": a chip file must be a regular file, not a directory");
+  expect_error_line("run --model tiny --sp --timing-only",
+                    "--sp needs --tp 2 or more (it splits the norms' tokens over the tensor-parallel chips); got --tp 1");
+}
+
 // The exit statuses README.md "Exit codes" lists: 0 done, 2 a user's mistake (CLI11's parse errors
 // included, not its 100+ codes), 3 a simulated event. (1, a failed --check, has no input that causes
 // it: the kernels agree with their references.)

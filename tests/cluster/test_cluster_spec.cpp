@@ -201,9 +201,10 @@ TEST(ClusterSpec, BadUnitListsValidOnes) {
 
 TEST(ClusterSpec, RatiosBelowOneAreRejected) {
   test::expect_error([] { parse_edited([](json& j) { j["tiers"][0]["oversubscription"]["value"] = 0.5; }); },
-                     {"x.json", "field 'tiers[0].oversubscription'", "below 1", "ratio >= 1", "non-blocking"});
+                     {"x.json", "field 'tiers[0].oversubscription'", "0.5 ratio is out of range; valid: 1 to 1000",
+                      "ratio >= 1", "non-blocking"});
   test::expect_error([] { parse_edited([](json& j) { j["pue"]["value"] = 0.9; }); },
-                     {"field 'pue'", "below 1", "ratio >= 1"});
+                     {"field 'pue'", "0.9 ratio is out of range; valid: 1 to 10", "ratio >= 1"});
   test::expect_error([] { parse_edited([](json& j) { j["pue"]["value"] = 0; }); }, {"field 'pue'", "must be positive"});
 }
 

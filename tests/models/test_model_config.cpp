@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -557,6 +559,82 @@ TEST(ModelConfigErrors, PathsThatDoNotHoldAConfig) {
   test::expect_error([&] { load_model_config(missing); }, {missing, "cannot open file"});
   test::write_file(missing, "{\"model_type\": \"qwen3\"}");
   test::expect_error([&] { load_model_config(dir.string()); }, {missing, "missing field 'hidden_size'"});
+}
+
+}  // namespace
+}  // namespace ppu
+
+namespace ppu {
+namespace {
+
+// Issue 17: every numeric field has a range (model_field_ranges(), docs/models.md).
+TEST(ModelConfigErrors, SizesOutOfRange) {
+  json j = qwen3_small_config();
+  j["hidden_size"] = int64_t{1} << 40;
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'hidden_size': 1099511627776 is out of range; valid: 1 to 1048576 (model widths reach "
+            "about 25600)");
+  j = qwen3_small_config();
+  j["vocab_size"] = uint64_t{18446744073709551615u};
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'vocab_size': 18446744073709551615 is out of range; valid: 1 to 16777216 (vocabularies "
+            "reach about 260000 tokens)");
+  j = qwen3_small_config();
+  j["num_hidden_layers"] = 10001;
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'num_hidden_layers': 10001 is out of range; valid: 1 to 10000 (released models have up to "
+            "about 200 layers)");
+  j = qwen3_small_config();
+  j["rope_theta"] = 1e300;
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'rope_theta': 1e+300 is out of range; valid: 1 to 1000000000000 (RoPE bases run from "
+            "10000 to about 1e9)");
+  j = llama_config();
+  j["rope_scaling"]["original_max_position_embeddings"] = 1e300;
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'rope_scaling.original_max_position_embeddings': 1e+300 is out of range; valid: 1 to "
+            "1073741824 (a context length, as max_position_embeddings)");
+  j = qwen3_moe_config();
+  j["num_experts"] = 1 << 17;
+  EXPECT_EQ(test::error_message([&] { parse(j); }),
+            "cfg.json: field 'num_experts': 131072 is out of range; valid: 1 to 65536 (MoE models route over up to "
+            "about 512 experts)");
+}
+
+// Issue 17, case 1: a number beyond a double in config.json aborted `run --model DIR`.
+TEST(ModelConfigErrors, NumberBeyondADoubleAndDuplicateKeys) {
+  EXPECT_EQ(test::error_message([] { parse_model_config(R"({"model_type": "qwen3", "hidden_size": 1e999999})", "cfg.json"); }),
+            "cfg.json: not valid JSON: the number 1e999999 is beyond the range of a double (about 1.8e308)");
+  EXPECT_EQ(test::error_message([] { parse_model_config(R"({"model_type": "qwen3", "model_type": "llama"})", "cfg.json"); }),
+            "cfg.json: key 'model_type' appears twice in one object; give each key once (a JSON reader would silently "
+            "keep only the last)");
+}
+
+// Issue 17, case 9: config.json is read only if it is a regular file.
+TEST(ModelConfigErrors, ConfigThatIsNotARegularFile) {
+  EXPECT_EQ(test::error_message([] { load_model_config("/dev/zero"); }),
+            "/dev/zero: a model config must be a regular file, not a character device");
+  const fs::path dir = fs::path(test::temp_path("model"));
+  fs::create_directories(dir / "config.json");
+  EXPECT_EQ(test::error_message([&] { load_model_config(dir.string()); }),
+            (dir / "config.json").string() + ": a model config must be a regular file, not a directory");
+}
+
+}  // namespace
+}  // namespace ppu
+
+namespace ppu {
+namespace {
+
+// docs/models.md, "Valid ranges", lists every range the parser checks: "| `<key>` | <min> to <max> | <why> |".
+TEST(ModelConfigErrors, RangesDocumentedInModelsMd) {
+  std::ifstream in(test::fixture("../../docs/models.md"));
+  ASSERT_TRUE(in.good());
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& r : model_field_ranges()) {
+    const std::string row = fmt::format("| `{}` | {} to {} | {} |", r.key, r.min, r.max, r.why);
+    EXPECT_NE(doc.find(row), std::string::npos) << "docs/models.md lacks the row\n" << row;
+  }
 }
 
 }  // namespace
