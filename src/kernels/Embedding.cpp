@@ -29,6 +29,8 @@ Kernel make_embedding(const Buffer& table, const Buffer& out, int64_t vocab, int
   k.ops = {KernelOp::rows(OpClass::kEmbedding, RowDims{tokens, hidden, vocab})};
   k.args = {table.arg(), out.arg()};
   k.flops = 0.0;
+  // The programs are a function of the shape, the dtypes (in the name) and the ids.
+  k.timing_key = data_timing_key(k.name, ids);
   const auto shared_ids = std::make_shared<const std::vector<int32_t>>(ids);
   const DType buf_t = table.dtype;
   k.build = [shared_ids, buf_t, hidden, tokens, chunk, chunks, per_block](int64_t block, TileProgram& p) {

@@ -82,6 +82,8 @@ Kernel make_embedding_backward(const Buffer& dx, const Buffer& dtable, int64_t v
   k.grid = static_cast<int64_t>(plan->group.size() - 1) * chunks;
   k.args = {dx.arg(), dtable.arg()};
   k.flops = double(tokens) * double(hidden);  // one add per element of dx
+  // The programs are a function of the sizes and dtype (in the name) and the ids.
+  k.timing_key = data_timing_key(k.name, ids);
   k.build = [plan, hidden, chunk, chunks](int64_t block, TileProgram& p) {
     const GradPlan& g = *plan;
     const auto grp = static_cast<size_t>(block / chunks);

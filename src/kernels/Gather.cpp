@@ -63,6 +63,9 @@ Kernel make_gather_combine(const Buffer& src, int64_t width, const std::vector<i
   kern.ops = {KernelOp::rows(OpClass::kGather, RowDims{tokens, width, n_src, k})};
   kern.grid = row_tiles * col_tiles;
   kern.args = {src.arg(), weights.arg(), dst.arg()};
+  // The programs are a function of these sizes, `accumulate` and the indices.
+  kern.timing_key = data_timing_key(
+      fmt::format("{} {}x{} k={} of {} accumulate {}", kname, tokens, width, k, n_src, accumulate), index);
   auto idx = std::make_shared<const std::vector<int32_t>>(index);
   kern.build = [=](int64_t b, TileProgram& p) {
     const int64_t r0 = (b / col_tiles) * kGatherRows, c0 = (b % col_tiles) * kGatherChunk;

@@ -58,6 +58,8 @@ Kernel make_gather_combine_backward(const Buffer& src, int64_t width, const std:
   kern.grid = row_tiles;
   kern.args = {src.arg(), weights.arg(), dy.arg(), d_src.arg(), d_weights.arg()};
   kern.flops = 3.0 * double(tokens) * double(k) * double(width);
+  // The programs are a function of the sizes (in the name, n_src in the arguments') and the indices.
+  kern.timing_key = data_timing_key(fmt::format("{} of {}", kern.name, n_src), index);
   auto idx = std::make_shared<const std::vector<int32_t>>(index);
   const int cw = static_cast<int>(std::min<int64_t>(width, kCombineBwChunk));
   kern.build = [=](int64_t block, TileProgram& p) {

@@ -183,4 +183,16 @@ void pipeline_steps(int64_t steps, int stages, Load&& load, Body&& body) {
   }
 }
 
+// Bytes a data-dependent timing key may spend on its index vector (see data_timing_key): routes of
+// a few hundred experts take a few thousand runs; keys stay far below the simulation they save.
+inline constexpr size_t kDataTimingKeyMaxBytes = 65536;
+
+// Kernel::timing_key for a kernel whose programs are a function of `head` (everything but the data:
+// name, shape, options) and of the index vector `v` (token ids, routes): `head`, then `v` written
+// exactly as its size, its first value and runs of equal steps ("|ids 6 7 +1x3 -3x2" is 7, 8, 9, 10,
+// 7, 4). Indices from balanced routing or all-zero token ids collapse to a few runs, so identical
+// launches (every layout of a search) are timed once. Returns "" (no key: every launch is simulated)
+// when the runs would take more than kDataTimingKeyMaxBytes.
+std::string data_timing_key(const std::string& head, const std::vector<int32_t>& v);
+
 }  // namespace ppu::kernels

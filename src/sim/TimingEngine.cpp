@@ -3,12 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
-#include <deque>
 #include <limits>
-#include <queue>
 
 #include "arch/Error.hpp"
+#include "sim/QuadHeap.hpp"
 
 namespace ppu {
 
@@ -89,32 +89,45 @@ struct Pool {
     uint64_t key;  // seq << 24 | core << 4 | engine
     int32_t core() const { return static_cast<int32_t>((key >> 4) & 0xFFFFF); }
     int8_t engine() const { return static_cast<int8_t>(key & 0xF); }
-    bool operator>(const End& o) const { return finish_v != o.finish_v ? finish_v > o.finish_v : key > o.key; }
+    struct Less {
+      bool operator()(const End& a, const End& b) const {
+        // The same order as `finish_v != ... ? finish_v < ... : key < ...`, evaluated without
+        // branches (bitwise, not short-circuit), which the heap's unpredictable compares favour.
+        return (a.finish_v < b.finish_v) | ((a.finish_v == b.finish_v) & (a.key < b.key));
+      }
+    };
   };
-  std::priority_queue<End, std::vector<End>, std::greater<End>> heap;
+  QuadHeap<End, End::Less> heap;
 
-  double rate() const { return n > 0 ? std::min(capacity / n, cap) : 0.0; }
+  // rate() and next_time() change only when a flow is added or popped (advance() runs only then),
+  // so both are computed there once instead of on every turn of the event loop: the same values.
+  double rate_ = 0, next_ = kInf;
+
+  double rate() const { return rate_; }
   void advance(double now) {
     if (n > 0) {
-      v += rate() * (now - t);
+      v += rate_ * (now - t);
       busy_s += now - t;
     }
     t = now;
   }
-  double next_time() const {
-    if (n == 0) return kInf;
-    return t + std::max(0.0, heap.top().finish_v - v) / rate();
+  double next_time() const { return next_; }
+  void refresh() {
+    rate_ = n > 0 ? std::min(capacity / n, cap) : 0.0;
+    next_ = n == 0 ? kInf : t + std::max(0.0, heap.top().finish_v - v) / rate_;
   }
   void add(double now, double cost, uint64_t seq, int32_t core, int8_t engine) {
     advance(now);
     heap.push({v + cost, (seq << 24) | (static_cast<uint64_t>(core) << 4) | static_cast<uint64_t>(engine & 0xF)});
     ++n;
+    refresh();
   }
   End pop(double now) {
     advance(now);
     End e = heap.top();
     heap.pop();
     --n;
+    refresh();
     return e;
   }
 };
@@ -235,7 +248,12 @@ struct Event {
   int slot() const { return static_cast<int>((payload >> 40) & 0x3); }
   int engine() const { return static_cast<int>((payload >> 38) & 0x3); }
   uint32_t instr() const { return static_cast<uint32_t>(payload & 0xFFFFFFFFu); }
-  bool operator>(const Event& o) const { return time != o.time ? time > o.time : payload > o.payload; }
+  struct Less {
+    bool operator()(const Event& a, const Event& b) const {
+      // time, then payload; bitwise so that it compiles without branches (see Pool::End::Less).
+      return (a.time < b.time) | ((a.time == b.time) & (a.payload < b.payload));
+    }
+  };
 };
 
 struct Transfer {
@@ -244,31 +262,77 @@ struct Transfer {
   double ready;  // issue + latency
 };
 
-// One resident block on a core: its program and progress.
+// FIFO of an engine's transfers: a vector and a read position (no allocation once warm, unlike a
+// deque's chunks); storage is reclaimed whenever the queue drains or is mostly consumed.
+struct TransferQueue {
+  std::vector<Transfer> v;
+  size_t head = 0;
+  bool empty() const { return head == v.size(); }
+  size_t size() const { return v.size() - head; }
+  const Transfer& front() const { return v[head]; }
+  void clear() {
+    v.clear();
+    head = 0;
+  }
+  void push_back(const Transfer& t) {
+    if (head == v.size()) {
+      clear();
+    } else if (head >= 64 && head * 2 >= v.size()) {
+      v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(head));
+      head = 0;
+    }
+    v.push_back(t);
+  }
+  void pop_front() { ++head; }
+};
+
+// What the event loop needs of one instruction, computed when its block starts (while the freshly
+// built program is in cache): 32 bytes per instruction instead of the Instr, its SRAM buffers and
+// the kernel's arguments, which a core's event would otherwise fetch from scattered memory.
+struct InstrRec {
+  double amount;        // matrix and vector: duration in s; load and store: bytes
+  uint64_t extra;       // load and store: the tile's L2 key; matrix: its FLOPs (a double's bits)
+  uint32_t succ_begin;  // successors: Slot::succ[succ_begin, the next record's succ_begin)
+  uint32_t pending;     // dependencies not completed yet: the instruction may issue at 0
+  OpCode op;
+  Unit unit;
+  DType dtype;          // matrix: the inputs' dtype
+  bool accumulate;      // a store_add
+};
+
+// One resident block on a core: its progress (its program is only needed while the records are built).
 struct Slot {
-  TileProgram prog;
   int64_t block = -1;
   bool active = false;
-  std::vector<uint8_t> done;
-  std::vector<uint32_t> queue[static_cast<int>(Unit::kCount)];
-  size_t head[static_cast<int>(Unit::kCount)] = {};
+  std::vector<InstrRec> rec;   // one per instruction, plus a sentinel closing the last successor range
+  std::vector<uint32_t> succ;  // the instructions that depend on each one (ranges named by rec)
+  std::vector<uint32_t> order;  // instruction indices grouped by unit, program order within a unit
+  uint32_t head[static_cast<int>(Unit::kCount)] = {};  // next of each unit's range in order
+  uint32_t end[static_cast<int>(Unit::kCount)] = {};
   int64_t remaining = 0;
-  std::vector<double> issue_time;
+  std::vector<double> issue_time;  // only kept when tracing
 };
 
 struct Core {
   Slot slots[kMaxResidentBlocks];
   bool busy[2] = {};            // matrix, vector
-  std::deque<Transfer> dma[2];  // engine 0: dma_in, 1: dma_out (shared by the resident blocks)
+  TransferQueue dma[2];         // engine 0: dma_in, 1: dma_out (shared by the resident blocks)
   bool flow_active[2] = {};
+};
+
+// Per-thread storage the simulation reuses from run to run: the cores' state and the one program
+// every block is built into (the same memory each time, so building stays in cache).
+struct SimStorage {
+  std::vector<Core> cores;
+  TileProgram prog;
 };
 
 class Sim {
  public:
-  Sim(const ChipSpec& chip, const Kernel& k, size_t trace_limit, std::vector<Core>& core_storage)
-      : chip_(chip), k_(k), trace_limit_(trace_limit), cores_(core_storage) {
+  Sim(const ChipSpec& chip, const Kernel& k, size_t trace_limit, SimStorage& storage)
+      : chip_(chip), k_(k), trace_limit_(trace_limit), cores_(storage.cores), prog_(storage.prog) {
     const int cores_n = chip.num_cores();
-    // Reused storage (programs, queues keep their capacity): reset the state of every core.
+    // Reused storage (records, queues keep their capacity): reset the state of every core.
     cores_.resize(static_cast<size_t>(cores_n));
     for (Core& c : cores_) {
       c.busy[0] = c.busy[1] = false;
@@ -311,11 +375,11 @@ class Sim {
     // Residency: as many blocks per core as SRAM holds (block 0's program stands for all), at most
     // kMaxResidentBlocks. Blocks go round-robin over the cores first, as GPU block schedulers do.
     if (k_.grid > 0) {
-      TileProgram probe;
-      k_.build(0, probe);
-      validate_program(k_, 0, probe, chip_.sram_bytes());
-      block0_sram_ = probe.sram_bytes();
-      const double need = std::max<double>(1.0, static_cast<double>(probe.sram_bytes()));
+      prog_.clear();
+      k_.build(0, prog_);
+      validate_program(k_, 0, prog_, chip_.sram_bytes());
+      block0_sram_ = prog_.sram_bytes();
+      const double need = std::max<double>(1.0, static_cast<double>(prog_.sram_bytes()));
       const int most = k_.max_resident_blocks > 0 ? std::min(k_.max_resident_blocks, kMaxResidentBlocks) : kMaxResidentBlocks;
       resident_ = static_cast<int>(std::clamp(std::floor(chip_.sram_bytes() / need), 1.0, double(most)));
     }
@@ -367,20 +431,17 @@ class Sim {
     Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
     s.block = next_block_started_++;
     s.active = true;
-    s.prog.clear();
-    k_.build(s.block, s.prog);
-    validate_program(k_, s.block, s.prog, chip_.sram_bytes());
-    if (static_cast<double>(s.prog.sram_bytes()) * resident_ > chip_.sram_bytes())
+    prog_.clear();
+    k_.build(s.block, prog_);
+    validate_program(k_, s.block, prog_, chip_.sram_bytes());
+    if (static_cast<double>(prog_.sram_bytes()) * resident_ > chip_.sram_bytes())
       throw UserError(fmt::format("kernel '{}': block {} needs {} bytes of SRAM, more than block 0 ({} bytes); the "
                                   "timing engine sizes block residency from block 0, so no block may need more",
-                                  k_.name, s.block, s.prog.sram_bytes(), block0_sram_));
-    const auto& ins = s.prog.instrs();
-    s.done.assign(ins.size(), 0);
-    s.issue_time.assign(ins.size(), 0.0);
-    for (auto& q : s.queue) q.clear();
-    for (auto& h : s.head) h = 0;
-    for (uint32_t i = 0; i < ins.size(); ++i) s.queue[static_cast<int>(ins[i].unit)].push_back(i);
-    s.remaining = static_cast<int64_t>(ins.size());
+                                  k_.name, s.block, prog_.sram_bytes(), block0_sram_));
+    const size_t n = prog_.instrs().size();
+    if (trace_limit_ > 0) s.issue_time.assign(n, 0.0);
+    build_records(s, prog_);
+    s.remaining = static_cast<int64_t>(n);
     res_.instructions += s.remaining;
     if (s.remaining == 0) {
       finish_block(ci, si);
@@ -397,11 +458,77 @@ class Sim {
     }
   }
 
-  static bool deps_done(const Slot& s, uint32_t i) {
-    for (const uint32_t* d = s.prog.deps_begin(i); d != s.prog.deps_end(i); ++d)
-      if (!s.done[*d]) return false;
-    return true;
+  // Fills s.rec, s.succ and s.order for the block's program `prog`. The amounts are the same
+  // expressions, in the same floating-point order, that issue() and start_flow() evaluated per
+  // instruction before they were precomputed here.
+  void build_records(Slot& s, const TileProgram& prog) const {
+    const auto& ins = prog.instrs();
+    const auto n = static_cast<uint32_t>(ins.size());
+    s.rec.resize(n + 1);
+    // Successor counts go to rec[d + 1].succ_begin, and per-unit counts to end[]; prefix sums turn
+    // them into starts, and filling through rec[d].succ_begin++ leaves each one at the end of d's
+    // range, i.e. the start of d + 1's; then one shift down by a record restores the starts.
+    for (uint32_t i = 0; i <= n; ++i) s.rec[i].succ_begin = 0;
+    uint32_t per_unit[static_cast<int>(Unit::kCount)] = {};
+    for (uint32_t i = 0; i < n; ++i) {
+      const Instr& in = ins[i];
+      InstrRec& r = s.rec[i];
+      r.pending = static_cast<uint32_t>(prog.deps_end(i) - prog.deps_begin(i));
+      for (const uint32_t* d = prog.deps_begin(i); d != prog.deps_end(i); ++d) ++s.rec[*d + 1].succ_begin;
+      ++per_unit[static_cast<int>(in.unit)];
+      r.op = in.op;
+      r.unit = in.unit;
+      r.dtype = DType::kF32;
+      r.accumulate = false;
+      r.amount = 0;
+      r.extra = 0;
+      switch (in.op) {
+        case OpCode::kLoad:
+        case OpCode::kStore: {
+          const TensorArg& t = k_.args[in.region.arg];
+          r.amount = static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype);
+          r.extra = mix(mix(mix(t.device_addr + static_cast<uint64_t>(in.region.offset) * dtype_size_bytes(t.dtype),
+                                static_cast<uint64_t>(in.rows)),
+                            static_cast<uint64_t>(in.cols)),
+                        static_cast<uint64_t>(in.region.row_stride));
+          r.accumulate = in.op == OpCode::kStore && (in.flags & kFlagAccumulate);
+          break;
+        }
+        case OpCode::kSync: break;
+        case OpCode::kMma: {
+          const DType dt = prog.buffers()[in.a].dtype;
+          const int64_t gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
+          const double flops =
+              2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, gk);
+          const double rate = mma_rate_[static_cast<int>(dt)];
+          r.dtype = dt;
+          r.amount = flops / (rate * sync_mma_);  // unused (issue() throws) when the rate is 0
+          r.extra = std::bit_cast<uint64_t>(2.0 * in.rows * in.cols * in.k);
+          break;
+        }
+        default: {
+          const VectorWork w = vector_op_work(in);
+          r.amount = static_cast<double>(in.rows) * in.cols * std::max(w.lane / lane_rate_, w.sfu / sfu_rate_);
+          break;
+        }
+      }
+    }
+    for (uint32_t i = 1; i <= n; ++i) s.rec[i].succ_begin += s.rec[i - 1].succ_begin;
+    s.succ.resize(s.rec[n].succ_begin);
+    for (uint32_t i = 0; i < n; ++i)
+      for (const uint32_t* d = prog.deps_begin(i); d != prog.deps_end(i); ++d) s.succ[s.rec[*d].succ_begin++] = i;
+    for (uint32_t i = n; i > 0; --i) s.rec[i].succ_begin = s.rec[i - 1].succ_begin;
+    s.rec[0].succ_begin = 0;
+    uint32_t at = 0;
+    for (int u = 0; u < static_cast<int>(Unit::kCount); ++u) {
+      s.head[u] = s.end[u] = at;
+      at += per_unit[u];
+    }
+    s.order.resize(n);
+    for (uint32_t i = 0; i < n; ++i) s.order[s.end[static_cast<int>(ins[i].unit)]++] = i;
   }
+
+  static bool deps_done(const Slot& s, uint32_t i) { return s.rec[i].pending == 0; }
 
   void record(const Slot& s, int32_t ci, uint32_t i, double start, double end, double bytes, bool hit) {
     if (trace_limit_ == 0) return;
@@ -409,13 +536,14 @@ class Sim {
       res_.trace_truncated = true;
       return;
     }
-    const Instr& in = s.prog.instrs()[i];
-    res_.trace.push_back({start, end, ci, in.unit, in.op, s.block, bytes, hit});
+    const InstrRec& r = s.rec[i];
+    res_.trace.push_back({start, end, ci, r.unit, r.op, s.block, bytes, hit});
   }
 
   void complete(int32_t ci, int si, uint32_t i) {
     Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
-    s.done[i] = 1;
+    InstrRec* r = s.rec.data();
+    for (uint32_t j = r[i].succ_begin; j != r[i + 1].succ_begin; ++j) --r[s.succ[j]].pending;
     if (--s.remaining == 0) finish_block(ci, si);
   }
 
@@ -424,8 +552,8 @@ class Sim {
     int best = -1;
     for (int si = 0; si < resident_; ++si) {
       const Slot& s = c.slots[si];
-      if (!s.active || s.head[u] >= s.queue[u].size()) continue;
-      if (!deps_done(s, s.queue[u][s.head[u]])) continue;
+      if (!s.active || s.head[u] >= s.end[u]) continue;
+      if (!deps_done(s, s.order[s.head[u]])) continue;
       if (best < 0 || s.block < c.slots[best].block) best = si;
     }
     return best;
@@ -443,7 +571,7 @@ class Sim {
           const int si = ready_slot(c, u);
           if (si < 0) break;
           Slot& s = c.slots[si];
-          const uint32_t i = s.queue[u][s.head[u]++];
+          const uint32_t i = s.order[s.head[u]++];
           issue(ci, c, si, i);
           progress = true;
         }
@@ -453,12 +581,12 @@ class Sim {
 
   void issue(int32_t ci, Core& c, int si, uint32_t i) {
     Slot& s = c.slots[si];
-    const Instr& in = s.prog.instrs()[i];
-    s.issue_time[i] = now_;
-    switch (in.op) {
+    const InstrRec& r = s.rec[i];
+    if (trace_limit_ > 0) s.issue_time[i] = now_;
+    switch (r.op) {
       case OpCode::kLoad:
       case OpCode::kStore: {
-        const int e = in.op == OpCode::kLoad ? 0 : 1;
+        const int e = r.op == OpCode::kLoad ? 0 : 1;
         c.dma[e].push_back({i, static_cast<int8_t>(si), now_ + chip_.dma_latency.value});
         if (!c.flow_active[e] && c.dma[e].size() == 1)
           push(Event(c.dma[e].front().ready, EvKind::kDmaReady, ci, 0, 0, e));
@@ -469,25 +597,19 @@ class Sim {
         complete(ci, si, i);
         return;
       case OpCode::kMma: {
-        const DType dt = s.prog.buffers()[in.a].dtype;
-        const int64_t gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
-        const double flops =
-            2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, gk);
-        const double rate = mma_rate_[static_cast<int>(dt)];
-        if (!(rate > 0))
+        const DType dt = r.dtype;
+        if (!(mma_rate_[static_cast<int>(dt)] > 0))
           throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
                                       chip_.name, dtype_name(dt), chip_.matrix_fp8.present ? ", fp8" : ""));
-        const double dur = flops / (rate * sync_mma_);
-        res_.matrix_flops += 2.0 * in.rows * in.cols * in.k;
+        const double dur = r.amount;
+        res_.matrix_flops += std::bit_cast<double>(r.extra);
         res_.matrix_busy_s += dur;
         c.busy[0] = true;
         push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
         return;
       }
       default: {
-        const VectorWork w = vector_op_work(in);
-        const double dur =
-            static_cast<double>(in.rows) * in.cols * std::max(w.lane / lane_rate_, w.sfu / sfu_rate_);
+        const double dur = r.amount;
         res_.vector_busy_s += dur;
         c.busy[1] = true;
         push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
@@ -499,16 +621,11 @@ class Sim {
   void start_flow(int32_t ci, int e) {
     Core& c = cores_[static_cast<size_t>(ci)];
     const Transfer tr = c.dma[e].front();
-    const Instr& in = c.slots[tr.slot].prog.instrs()[tr.instr];
-    const TensorArg& t = k_.args[in.region.arg];
-    const double bytes = static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype);
-    const uint64_t key =
-        mix(mix(mix(t.device_addr + static_cast<uint64_t>(in.region.offset) * dtype_size_bytes(t.dtype),
-                    static_cast<uint64_t>(in.rows)),
-                static_cast<uint64_t>(in.cols)),
-            static_cast<uint64_t>(in.region.row_stride));
+    const InstrRec& r = c.slots[tr.slot].rec[tr.instr];
+    const double bytes = r.amount;
+    const uint64_t key = r.extra;
     c.flow_active[e] = true;
-    if (in.op == OpCode::kStore && (in.flags & kFlagAccumulate)) {  // store_add: reduced in L2
+    if (r.accumulate) {  // store_add: reduced in L2
       res_.atomic_bytes += bytes;
       atomic_.add(now_, bytes, seq_++, ci, kAtomicEngine);
       return;
@@ -534,10 +651,7 @@ class Sim {
     c.flow_active[e] = false;
     const Slot& s = c.slots[tr.slot];
     if (trace_limit_ > 0) {
-      const Instr& in = s.prog.instrs()[tr.instr];
-      const TensorArg& t = k_.args[in.region.arg];
-      record(s, ci, tr.instr, s.issue_time[tr.instr], now_,
-             static_cast<double>(in.rows) * in.cols * dtype_size_bytes(t.dtype), f.engine() >= 2);
+      record(s, ci, tr.instr, s.issue_time[tr.instr], now_, s.rec[tr.instr].amount, f.engine() >= 2);
     }
     if (!c.dma[e].empty()) {
       if (c.dma[e].front().ready <= now_) start_flow(ci, e);
@@ -558,9 +672,8 @@ class Sim {
       case EvKind::kComputeDone: {
         Core& c = cores_[static_cast<size_t>(ev.core())];
         const Slot& s = c.slots[ev.slot()];
-        const Instr& in = s.prog.instrs()[ev.instr()];
-        c.busy[in.unit == Unit::kMatrix ? 0 : 1] = false;
-        record(s, ev.core(), ev.instr(), s.issue_time[ev.instr()], now_, 0, false);
+        c.busy[s.rec[ev.instr()].unit == Unit::kMatrix ? 0 : 1] = false;
+        if (trace_limit_ > 0) record(s, ev.core(), ev.instr(), s.issue_time[ev.instr()], now_, 0, false);
         complete(ev.core(), ev.slot(), ev.instr());
         try_issue(ev.core());
         break;
@@ -572,6 +685,7 @@ class Sim {
   const Kernel& k_;
   size_t trace_limit_;
   std::vector<Core>& cores_;
+  TileProgram& prog_;  // scratch: the block being started
   Pool hbm_, l2pool_;
   L2Lru l2_;
   Pool atomic_;
@@ -579,7 +693,7 @@ class Sim {
   double mma_rate_[static_cast<int>(DType::kCount)] = {};
   double lane_rate_ = 0, sfu_rate_ = 0;  // per core: fp32 lane operations/s, special-function results/s
   double sync_mma_ = 1.0;                 // Kernel::sync_mma: the chip's mma_sync_fraction
-  std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
+  QuadHeap<Event, Event::Less> events_;
   uint64_t seq_ = 0;
   double now_ = 0;
   int resident_ = 1;
@@ -640,14 +754,14 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
   }
   // Per-thread core state reused across runs (no allocation or page faults after the first run);
   // a nested run on the same thread (none today) would get its own.
-  thread_local std::vector<Core> t_cores;
+  thread_local SimStorage t_storage;
   thread_local bool t_busy = false;
-  std::vector<Core> own;
-  std::vector<Core>& cores = t_busy ? own : t_cores;
+  SimStorage own;
+  SimStorage& storage = t_busy ? own : t_storage;
   const bool took = !t_busy;
   t_busy = true;
   try {
-    Sim sim(chip_, k, trace_limit, cores);
+    Sim sim(chip_, k, trace_limit, storage);
     KernelTiming r = sim.run();
     if (took) t_busy = false;
     if (!key.empty() && shared_) {

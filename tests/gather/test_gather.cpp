@@ -8,6 +8,8 @@
 
 #include "TestUtil.hpp"
 #include "kernels/Gather.hpp"
+#include "kernels/KernelUtil.hpp"
+#include "sim/TimingEngine.hpp"
 
 namespace ppu {
 namespace {
@@ -84,6 +86,50 @@ TEST(Gather, TimingOnlyCountsEveryRow) {
   const KernelTiming t = kernels::gather_rows(dev, src, 4096, rows, dst);
   EXPECT_EQ(t.hbm_read_bytes + t.l2_hit_bytes, 64.0 * 4096 * 2);
   EXPECT_GT(t.time_s, 0);
+}
+
+// The data-dependent timing key writes the indices exactly (first value, then runs of equal
+// steps), so two launches share a timing only when their indices are equal.
+TEST(Gather, DataTimingKeyIsExactAndBounded) {
+  using kernels::data_timing_key;
+  EXPECT_EQ(data_timing_key("g", {}), "g|ids 0");
+  EXPECT_EQ(data_timing_key("g", {5}), "g|ids 1 5");
+  EXPECT_EQ(data_timing_key("g", {7, 8, 9, 10, 7, 4}), "g|ids 6 7 +1x3 -3x2");
+  EXPECT_EQ(data_timing_key("g", {0, 0, 0}), "g|ids 3 0 +0x2");
+  EXPECT_NE(data_timing_key("g", {1, 2, 3}), data_timing_key("g", {1, 2, 4}));
+  EXPECT_NE(data_timing_key("g", {1, 2}), data_timing_key("g", {1, 2, 3}));
+  EXPECT_NE(data_timing_key("g", {1}), data_timing_key("h", {1}));
+  // Extremes of int32 steps do not overflow.
+  EXPECT_EQ(data_timing_key("g", {INT32_MIN, INT32_MAX}), "g|ids 2 -2147483648 +4294967295x1");
+  // No regular structure: no key once the runs pass the bound.
+  std::vector<int32_t> irregular;
+  for (int64_t i = 0; i < 50000; ++i) irregular.push_back(static_cast<int32_t>(i * i * 7919 % 10007));
+  EXPECT_EQ(data_timing_key("g", irregular), "");
+}
+
+// Launches with equal indices reuse the first one's timing (bit-identical); different indices are
+// timed on their own.
+TEST(Gather, TimingOnlyReusesTimingForEqualIndices) {
+  Device dev(load_chip("h100"), ExecMode::kTimingOnly);
+  Buffer src = dev.alloc(DType::kBF16, 1000 * 4096, "src"), dst = dev.alloc(DType::kBF16, 64 * 4096, "dst");
+  std::vector<int32_t> rows(64), other(64);
+  for (int i = 0; i < 64; ++i) {
+    rows[static_cast<size_t>(i)] = i * 15;
+    other[static_cast<size_t>(i)] = (i * 37) % 1000;
+  }
+  const Kernel k = kernels::make_gather_rows(src, 4096, rows, dst);
+  EXPECT_FALSE(k.timing_key.empty());
+  EXPECT_NE(k.timing_key, kernels::make_gather_rows(src, 4096, other, dst).timing_key);
+  TimingEngine eng(dev.chip());
+  const KernelTiming a = eng.run(k);
+  const KernelTiming b = eng.run(kernels::make_gather_rows(src, 4096, rows, dst));
+  EXPECT_EQ(eng.cache_hits(), 1);
+  EXPECT_EQ(a.time_s, b.time_s);
+  TimingEngine fresh(dev.chip());
+  const KernelTiming c = fresh.run(k, /*trace_limit=*/1);  // a trace is never served from a cache
+  EXPECT_EQ(a.time_s, c.time_s);
+  eng.run(kernels::make_gather_rows(src, 4096, other, dst));
+  EXPECT_EQ(eng.cache_hits(), 1);
 }
 
 }  // namespace
