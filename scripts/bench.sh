@@ -28,3 +28,6 @@ echo
 build/bench/bench_host_training
 echo
 build/bench/bench_train_vs_torch
+echo
+# Last: about 20-25 minutes (a 21.4M-parameter model trained from scratch; report as docs/learning.md keeps it).
+build/bench/bench_learning

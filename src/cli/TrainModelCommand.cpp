@@ -517,7 +517,7 @@ int cmd_train(const TrainRunOptions& o) {
   auto evaluate = [&](int64_t step) {
     val_loss = trainer.evaluate(val_tokens);
     val_curve.points.emplace_back(static_cast<double>(step), val_loss);
-    log << fmt::format("step {:>5}  validation loss {:.4f} ({} sequences)\n", step, val_loss, val_seqs);
+    log << fmt::format("step {:>5}  validation loss {:.4f} ({} sequences)\n", step, val_loss, val_seqs) << std::flush;
   };
   for (int64_t s = first_step; s < last_step; ++s) {
     const train::StepResult r = trainer.step(batches.next());
@@ -535,7 +535,8 @@ int cmd_train(const TrainRunOptions& o) {
                        r.loss_scale > 0 ? fmt::format("  scale {:g}", r.loss_scale) : std::string(),
                        overflow      ? "  (skipped: fp16 overflow, scale halved)"
                        : r.skipped ? "  (skipped: non-finite)"
-                                   : "");
+                                   : "")
+        << std::flush;  // a step takes seconds: `ppu train | tee log` shows each line as it comes
     json m = {{"step", r.step},
               {"loss", r.loss},
               {"grad_norm", r.grad_norm},

@@ -655,14 +655,19 @@ TokenDataset::TokenDataset(TokenShard shard, const DataOptions& opt) : shard_(st
     throw UserError(fmt::format("validation_fraction {} of the {} document{} of corpus '{}' leaves no training "
                                 "document: give more documents or a smaller fraction (0: no validation split)",
                                 opt.validation_fraction, docs, docs == 1 ? "" : "s", shard_.corpus));
-  split_ = shard_.doc_offsets[static_cast<size_t>(docs - val_docs)];
+  // Document i is held out when floor((i + 1) v / n) > floor(i v / n): v documents, evenly spread.
+  for (int64_t i = 0; i < docs; ++i) {
+    std::vector<int32_t>& to = (i + 1) * val_docs / docs > i * val_docs / docs ? validation_ : train_;
+    to.insert(to.end(), shard_.tokens.begin() + shard_.doc_offsets[static_cast<size_t>(i)],
+              shard_.tokens.begin() + shard_.doc_offsets[static_cast<size_t>(i) + 1]);
+  }
   DataStats& st = stats_;
   st.documents = docs;
   st.train_documents = docs - val_docs;
   st.validation_documents = val_docs;
   st.tokens = static_cast<int64_t>(shard_.tokens.size());
-  st.train_tokens = split_;
-  st.validation_tokens = st.tokens - split_;
+  st.train_tokens = static_cast<int64_t>(train_.size());
+  st.validation_tokens = static_cast<int64_t>(validation_.size());
   st.train_sequences = sequences_in(st.train_tokens, seq_len_);
   st.validation_sequences = sequences_in(st.validation_tokens, seq_len_);
   if (st.train_sequences == 0)
@@ -686,13 +691,9 @@ TokenDataset TokenDataset::load(const std::vector<std::string>& corpus, const mo
   return TokenDataset(load_token_shard(corpus, tok, opt.cache_path, opt.on_warning), opt);
 }
 
-std::span<const int32_t> TokenDataset::train_tokens() const {
-  return std::span<const int32_t>(shard_.tokens).first(static_cast<size_t>(split_));
-}
+std::span<const int32_t> TokenDataset::train_tokens() const { return train_; }
 
-std::span<const int32_t> TokenDataset::validation_tokens() const {
-  return std::span<const int32_t>(shard_.tokens).subspan(static_cast<size_t>(split_));
-}
+std::span<const int32_t> TokenDataset::validation_tokens() const { return validation_; }
 
 std::span<const int32_t> TokenDataset::train_sequence(int64_t i) const {
   if (i < 0 || i >= stats_.train_sequences)

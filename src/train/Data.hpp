@@ -27,10 +27,13 @@
 // consecutive sequences share one token, so every adjacent pair of the stream is predicted exactly once
 // per epoch. No padding: the tail that does not fill a sequence is dropped and counted.
 //
-// Validation split. The last validation_fraction of the documents (rounded to nearest, at least one)
-// form their own stream, packed the same way and never shuffled; no validation token is in a training
-// sequence. default_corpus() lists the project's docs before the Bible, so its held-out documents are
-// the Bible's last chapters (at 5%: the 60 chapters from Titus 1 to Revelation 22).
+// Validation split. validation_fraction of the documents (rounded to nearest, at least one), spread
+// evenly over the corpus - with v of n held out, document i is held out when floor((i + 1) v / n) >
+// floor(i v / n), the last of every n / v (so one held-out document is the last) - form their own
+// stream in corpus order, packed the same way and never shuffled; no validation token is in a
+// training sequence. Spread, not a tail: the held-out text is drawn from the whole corpus, so its loss
+// is comparable with the corpus's unigram entropy (the default corpus's last 5% would be the Bible's
+// last 60 chapters alone, on which the training text's unigram model scores 6.41 nats, not 6.29).
 //
 // Cache. With a cache_path the tokenised corpus (every document's tokens and name) is kept in one file:
 // a header (magic, format version, tokenizer identity: a hash of its tokenizer.json and its vocab
@@ -179,7 +182,7 @@ class TokenDataset {
  private:
   TokenShard shard_;
   int64_t seq_len_ = 0;
-  int64_t split_ = 0;  // first validation token in shard_.tokens
+  std::vector<int32_t> train_, validation_;  // the two streams, documents in corpus order
   DataStats stats_;
 };
 

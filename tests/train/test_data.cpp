@@ -164,12 +164,27 @@ TEST(DataPacking, EqualsReferenceTokenForToken) {
   }
 }
 
+TEST(DataPacking, ValidationDocumentsAreSpreadEvenly) {
+  // 70 tokens in 7 documents of 10 (document d holds 10d .. 10d + 9); 3 of 7 held out: documents i
+  // with floor((i + 1) 3 / 7) > floor(3i / 7), that is 2, 4 and 6, in corpus order.
+  const TokenDataset data(counting_shard(70, 7), options(4, 3.0 / 7.0));
+  EXPECT_EQ(data.stats().validation_documents, 3);
+  Ids want_val, want_train;
+  for (int32_t t = 0; t < 70; ++t) (t / 10 == 2 || t / 10 == 4 || t / 10 == 6 ? want_val : want_train).push_back(t);
+  EXPECT_EQ(to_ids(data.validation_tokens()), want_val);
+  EXPECT_EQ(to_ids(data.train_tokens()), want_train);
+  // One held-out document is the last.
+  const TokenDataset one(counting_shard(70, 7), options(4, 0.1));
+  EXPECT_EQ(to_ids(one.validation_tokens()), Ids({60, 61, 62, 63, 64, 65, 66, 67, 68, 69}));
+}
+
 TEST(DataPacking, ValidationDocumentsNeverInTraining) {
   const std::string dir = make_dir("corpus");
   std::vector<std::string> texts;
   for (int d = 0; d < 10; ++d) {
-    // Documents 8 and 9 are the last 20%: they carry a marker no training document has.
-    const std::string marker = d >= 8 ? " Zanzibarquux held out." : "";
+    // 20% held out, spread: documents 4 and 9 (the last of each half) carry a marker no training
+    // document has.
+    const std::string marker = d == 4 || d == 9 ? " Zanzibarquux held out." : "";
     texts.push_back("Document number " + std::to_string(d) + " says something ordinary about the weather." +
                     marker + "\n");
     test::write_file(dir + "/doc" + std::to_string(d) + ".txt", texts.back());
@@ -177,8 +192,10 @@ TEST(DataPacking, ValidationDocumentsNeverInTraining) {
   const TokenDataset data = TokenDataset::load({dir}, qwen3(), options(5, 0.2));
   EXPECT_EQ(data.stats().train_documents, 8);
   EXPECT_EQ(data.stats().validation_documents, 2);
-  const Ids train_ref = reference_stream({texts.begin(), texts.begin() + 8});
-  const Ids val_ref = reference_stream({texts.begin() + 8, texts.end()});
+  std::vector<std::string> train_texts(texts.begin(), texts.begin() + 4);
+  train_texts.insert(train_texts.end(), texts.begin() + 5, texts.begin() + 9);
+  const Ids train_ref = reference_stream(train_texts);
+  const Ids val_ref = reference_stream({texts[4], texts[9]});
   EXPECT_EQ(to_ids(data.train_tokens()), train_ref);
   EXPECT_EQ(to_ids(data.validation_tokens()), val_ref);
   const auto val_want = reference_sequences(val_ref, 5);
