@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "arch/Error.hpp"
+#include "arch/QuantityJson.hpp"
 #include "ccl/Communicator.hpp"
 #include "models/AtomicFile.hpp"
 #include "models/ModelConfigJson.hpp"
@@ -422,12 +423,8 @@ TrainerState read_trainer_state(const std::string& dir) {
   const std::string file = (fs::path(dir) / kTrainerStateFile).string();
   std::error_code ec;
   if (!fs::exists(file, ec)) throw UserError(fmt::format("{}: missing (not a checkpoint directory?)", file));
-  json j;
-  try {
-    j = json::parse(read_bytes(file));
-  } catch (const json::parse_error& e) {
-    throw UserError(fmt::format("{}: not valid JSON: {}", file, e.what()));
-  }
+  // Syntax errors, numbers beyond a double and duplicate keys: "<file>: not valid JSON: ..." / "...: key ...".
+  const json j = parse_json_text(read_bytes(file), file);
   const StateReader r(file);
   if (!j.is_object()) throw UserError(fmt::format("{}: must be a JSON object", file));
   const std::string format = r.string(j, "", "format");

@@ -287,6 +287,14 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedBeforeAnythingChanges) {
   j["step"] = "3";
   test::write_file(dir + "/trainer_state.json", j.dump());
   test::expect_error([&] { read_trainer_state(dir); }, {"field 'step' must be an integer, got \"3\""});
+  // A number beyond a double (used to abort with an uncaught json out_of_range), and a duplicate key.
+  j["step"] = 3;
+  std::string text = j.dump();
+  test::write_file(dir + "/trainer_state.json", text.replace(text.find("\"step\":3"), 8, "\"step\":1e999999"));
+  test::expect_error([&] { read_trainer_state(dir); }, {"trainer_state.json", "not valid JSON", "beyond the range of a double"});
+  text = j.dump();
+  test::write_file(dir + "/trainer_state.json", "{\"step\":1," + text.substr(1));
+  test::expect_error([&] { read_trainer_state(dir); }, {"trainer_state.json", "key 'step' appears twice"});
   expect_bits_equal(all_state(b, tb), before);
 }
 
