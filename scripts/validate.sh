@@ -45,7 +45,8 @@ out=docs/validation.md
   echo "## Training on the PPU with real numbers"
   echo
   echo "The PPU trainer (docs/training.md, 'Training for real') against Debian's PyTorch on the same batches from the"
-  echo "same weights, and its host speed against PyTorch training the same model on the same cores."
+  echo "same weights, and its host speed against PyTorch training the same model on the same cores. Learning from"
+  echo "scratch (a 21.4M-parameter model, 20-25 minutes) is measured by bench_learning into docs/learning.md, not here."
   echo
   build/bench/bench_train_vs_torch --markdown
   echo
