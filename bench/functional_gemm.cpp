@@ -18,7 +18,7 @@
 #include <iostream>
 #include <random>
 
-#include "arch/Error.hpp"
+#include "BenchMain.hpp"
 #include "kernels/Gemm.hpp"
 #include "report/Table.hpp"
 #include "sim/FunctionalExecutor.hpp"
@@ -152,12 +152,4 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-// A user's mistake (PPU_HOST_ISA naming a path this CPU lacks, say) is reported, not an abort.
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UserError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return ppu::bench::main_reporting_user_errors(run, argc, argv); }

@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "arch/Error.hpp"
+#include "BenchMain.hpp"
 #include "models/Qwen3.hpp"
 #include "sim/FunctionalExecutor.hpp"
 #include "sim/HostIsa.hpp"
@@ -165,12 +165,4 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-// A user's mistake (PPU_HOST_ISA naming a path this CPU lacks, say) is reported, not an abort.
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UserError& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return ppu::bench::main_reporting_user_errors(run, argc, argv); }
