@@ -662,10 +662,12 @@ TokenDataset::TokenDataset(TokenShard shard, const DataOptions& opt) : shard_(st
               shard_.tokens.begin() + shard_.doc_offsets[static_cast<size_t>(i) + 1]);
   }
   DataStats& st = stats_;
+  st.tokens = static_cast<int64_t>(shard_.tokens.size());
+  // The two streams hold every token now: the shard keeps its identity, not a second copy.
+  std::vector<int32_t>().swap(shard_.tokens);
   st.documents = docs;
   st.train_documents = docs - val_docs;
   st.validation_documents = val_docs;
-  st.tokens = static_cast<int64_t>(shard_.tokens.size());
   st.train_tokens = static_cast<int64_t>(train_.size());
   st.validation_tokens = static_cast<int64_t>(validation_.size());
   st.train_sequences = sequences_in(st.train_tokens, seq_len_);

@@ -176,6 +176,8 @@ class TokenDataset {
   // The whole streams, before packing.
   std::span<const int32_t> train_tokens() const;
   std::span<const int32_t> validation_tokens() const;
+  // The corpus's identity: names, document offsets, fingerprints, cache state. Its `tokens` are
+  // empty: they moved into the two streams (train_tokens(), validation_tokens()).
   const TokenShard& shard() const { return shard_; }
   const DataStats& stats() const { return stats_; }
 
