@@ -78,14 +78,17 @@ std::string read_input_file(const std::string& path, std::string_view what, uint
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UserError(fmt::format("{}: cannot open file ({})", path, std::strerror(errno)));
-  // Read one byte past the cap rather than trust the size the file system reports (/proc files say 0).
-  std::string text(static_cast<size_t>(max_bytes) + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  // Read in chunks until the end or one byte past the cap, rather than trust the size the file system
+  // reports (/proc files say 0) or allocate the whole cap up front for a file of a few KB.
+  std::string text;
+  char chunk[1 << 16];
+  while (in && text.size() <= max_bytes) {
+    in.read(chunk, sizeof chunk);
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+  }
   if (in.bad()) throw UserError(fmt::format("{}: read error", path));
-  const auto n = static_cast<uint64_t>(in.gcount());
-  if (n > max_bytes)
+  if (text.size() > max_bytes)
     throw UserError(fmt::format("{}: a {} is at most {} MiB; this one is larger", path, what, max_bytes >> 20));
-  text.resize(static_cast<size_t>(n));
   return text;
 }
 
