@@ -92,6 +92,38 @@ struct ThroughputCliOptions {
   bool json = false;
 };
 int cmd_throughput(const ThroughputCliOptions& o);
+// A serving command's --matmul-dtype or --kv-dtype (`flag`): "auto" is the chip's fastest matrix dtype
+// (FP8 where it has an FP8 unit, else BF16) for --matmul-dtype and `kv_auto` (the matmul dtype) for
+// --kv-dtype. UserError for fp32, an unknown name, or a matmul dtype the chip's matrix unit lacks.
+DType serving_dtype(const char* flag, const std::string& value, const ChipSpec& chip, DType kv_auto);
+
+struct SimulateServeOptions {
+  std::string model = "qwen3-8b";
+  std::string chip = "zhenwu-810e";  // or a,b,c or "all": side by side
+  std::string trace;                 // built-in trace name or a .csv/.jsonl file; empty: azure-conv unless --io
+  std::string io;                    // "IN/OUT": every request that long instead of a trace's lengths
+  double rate = 0;                   // requests/s of synthetic arrivals; 0: the trace's times (or all at 0 with --io)
+  std::string arrival = "poisson";   // poisson or gamma
+  double cv = 1.0;                   // gamma's coefficient of variation
+  uint64_t seed = 0;
+  int64_t requests = 0;              // the first N requests; 0: all of a trace, 1000 with --io
+  double duration = 0;               // only requests arriving within this many seconds; 0: no limit
+  std::string slo;                   // "ttft=2s,tpot=100ms": attainment, goodput and the highest rate under it
+  int64_t search_requests = 500;     // requests per run of the max-rate search
+  int64_t max_num_seqs = 256;
+  int64_t max_batched_tokens = 8192;
+  int64_t block_size = 16;
+  bool no_chunked_prefill = false;
+  bool no_prefix_caching = false;
+  std::string admission = "on-demand";
+  double kv_fraction = 0.9;
+  int64_t max_model_len = 0;
+  std::string matmul_dtype = "bf16";
+  std::string kv_dtype = "auto";
+  std::string perfetto;              // trace file of steps and requests (one chip)
+  bool json = false;
+};
+int cmd_simulate_serve(const SimulateServeOptions& o);
 
 // Assumed figures made visible in tables: a value (or a chip's name, for results computed from its
 // figures) gets a '*' when a field it rests on is assumed rather than published, and legend() names

@@ -616,23 +616,23 @@ int cmd_run(const RunOptions& given) {
   return 0;
 }
 
+DType serving_dtype(const char* flag, const std::string& value, const ChipSpec& chip, DType kv_auto) {
+  const bool matmul = std::string_view(flag) == "--matmul-dtype";
+  if (value == "auto") return matmul ? (chip.matrix_fp8.present ? DType::kF8E4M3 : DType::kBF16) : kv_auto;
+  const auto t = dtype_from_name(value);
+  if (!t || *t == DType::kF32)
+    throw UserError(fmt::format("{} '{}': valid: auto, bf16, fp16, fp8e4m3, fp8e5m2", flag, value));
+  if (matmul && !chip.supports(*t))
+    throw UserError(fmt::format("{} {}: {} has no {} matrix unit; use {} bf16, or auto (each chip's fastest)", flag, value,
+                                chip.name, value, flag));
+  return *t;
+}
+
 int cmd_throughput(const ThroughputCliOptions& o) {
   const std::vector<std::string> chips = expand_chips(o.chip);
   std::vector<ChipSpec> specs;
   for (const auto& c : chips) specs.push_back(load_chip(c));  // every name checked before any work
   const ModelConfig cfg = load_model_config(o.model);
-  // "auto": the chip's fastest matrix dtype (FP8 where it has an FP8 unit, else BF16), and the KV
-  // cache in that dtype too.
-  auto dtype = [](const std::string& flag, const std::string& v, const ChipSpec& chip) {
-    if (v == "auto") return chip.matrix_fp8.present ? DType::kF8E4M3 : DType::kBF16;
-    const auto t = dtype_from_name(v);
-    if (!t || *t == DType::kF32)
-      throw UserError(fmt::format("{} '{}': valid: auto, bf16, fp16, fp8e4m3, fp8e5m2", flag, v));
-    if (flag == std::string("--matmul-dtype") && !chip.supports(*t))
-      throw UserError(fmt::format("{} {}: {} has no {} matrix unit; use {} bf16, or auto (each chip's fastest)", flag, v,
-                                  chip.name, v, flag));
-    return *t;
-  };
   std::vector<std::pair<int64_t, int64_t>> cases;
   for (size_t i = 0; i <= o.io.size();) {
     const size_t j = std::min(o.io.find(',', i), o.io.size());
@@ -658,8 +658,8 @@ int cmd_throughput(const ThroughputCliOptions& o) {
   Progress progress("throughput", static_cast<int64_t>(specs.size() * cases.size()));
   for (const ChipSpec& chip : specs) {
     ThroughputOptions to;
-    to.matmul_dtype = dtype("--matmul-dtype", o.matmul_dtype, chip);
-    to.kv_dtype = o.kv_dtype == "auto" ? to.matmul_dtype : dtype("--kv-dtype", o.kv_dtype, chip);
+    to.matmul_dtype = serving_dtype("--matmul-dtype", o.matmul_dtype, chip, to.matmul_dtype);
+    to.kv_dtype = serving_dtype("--kv-dtype", o.kv_dtype, chip, to.matmul_dtype);
     to.max_batch = o.max_batch;
     to.kv_memory_fraction = o.kv_fraction;
     for (const auto& [in, out] : cases) {

@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
                       "Every field of a cluster with its unit and source, and its tiers");
 
   TrainCliOptions tr;
-  auto* simulate = app.add_subcommand("simulate", "Simulate work on a cluster");
+  auto* simulate = app.add_subcommand("simulate", "Simulate work on a cluster: training, serving");
   auto* train = simulate->add_subcommand(
       "train", "One training iteration on a cluster: the best layout (or the one given), time breakdown, MFU, memory, "
                "days and energy for a token budget");
@@ -177,6 +177,42 @@ int main(int argc, char** argv) {
   train->add_option("--top", tr.top, "Rows of the --search table")->capture_default_str()->check(at_least(1));
   train->add_flag("--json", tr.json, "One JSON document on stdout");
   train->add_option("--trace", tr.trace, "Write a Perfetto trace of one iteration to this file");
+  SimulateServeOptions sv;
+  auto* srv = simulate->add_subcommand(
+      "serve", "Requests served by a continuous-batching engine on a chip: TTFT/TPOT/ITL/E2E percentiles, throughput, "
+               "goodput and the highest rate under an SLO; chips side by side");
+  srv->add_option("--model", sv.model, "Model preset or config.json")->capture_default_str();
+  srv->add_option("--chip", sv.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
+  srv->add_option("--trace", sv.trace, "Requests to replay: azure-conv, azure-code, or a .csv/.jsonl file (default azure-conv)");
+  srv->add_option("--io", sv.io, "Instead of a trace: every request IN/OUT tokens long, e.g. 1024/256");
+  srv->add_option("--rate", sv.rate, "Synthetic arrivals at this many requests/s (a trace keeps its lengths)");
+  srv->add_option("--arrival", sv.arrival, "Arrival process with --rate: poisson or gamma")->capture_default_str();
+  srv->add_option("--cv", sv.cv, "Gamma arrivals: coefficient of variation of the gaps (1: Poisson)")->capture_default_str();
+  srv->add_option("--seed", sv.seed, "Seed of the synthetic arrivals")->capture_default_str();
+  srv->add_option("--requests", sv.requests, "Use the first N requests (default: the whole trace; 1000 with --io)");
+  srv->add_option("--duration", sv.duration, "Only requests arriving within this many seconds");
+  srv->add_option("--slo", sv.slo, "Service-level objective, e.g. ttft=2s,tpot=100ms[,attainment=0.9]: goodput and the "
+                                   "highest Poisson rate meeting it");
+  srv->add_option("--search-requests", sv.search_requests, "Requests per run of the highest-rate search")
+      ->capture_default_str()->check(at_least(1));
+  srv->add_option("--max-num-seqs", sv.max_num_seqs, "Requests running at once")->capture_default_str()->check(at_least(1));
+  srv->add_option("--max-batched-tokens", sv.max_batched_tokens, "Tokens one step computes at most")
+      ->capture_default_str()->check(at_least(1));
+  srv->add_option("--block-size", sv.block_size, "KV positions per cache block")->capture_default_str()
+      ->check(integer_range(1, 4096));
+  srv->add_flag("--no-chunked-prefill", sv.no_chunked_prefill, "A prompt is prefilled in one step");
+  srv->add_flag("--no-prefix-caching", sv.no_prefix_caching, "Do not share cached prompt prefixes");
+  srv->add_option("--admission", sv.admission, "KV admission: on-demand (vLLM, preempts) or reserve (TensorRT-LLM)")
+      ->capture_default_str();
+  srv->add_option("--kv-fraction", sv.kv_fraction, "Share of the free memory given to the KV cache")->capture_default_str();
+  srv->add_option("--max-model-len", sv.max_model_len, "Longest request (prompt + output); default: the model's context")
+      ->check(at_least(0));
+  srv->add_option("--matmul-dtype", sv.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3, auto (each chip's fastest)")
+      ->capture_default_str();
+  srv->add_option("--kv-dtype", sv.kv_dtype, "KV cache dtype: auto (the matmul dtype), bf16, fp16, fp8e4m3")
+      ->capture_default_str();
+  srv->add_option("--perfetto", sv.perfetto, "Write a Perfetto trace (steps, requests, KV use) to this file");
+  srv->add_flag("--json", sv.json, "One JSON document on stdout");
   simulate->require_subcommand(1);
 
   CollectiveBenchOptions cb;
@@ -321,6 +357,7 @@ int main(int argc, char** argv) {
     if (models.list->parsed()) return models.run(cmd_models, cmd_models_show);
     if (run->parsed()) return cmd_run(r);
     if (train->parsed()) return cmd_simulate_train(tr);
+    if (srv->parsed()) return cmd_simulate_serve(sv);
     if (thr->parsed()) return cmd_throughput(tp);
     if (trn->parsed()) return cmd_train(tro);
     if (bg->parsed()) return cmd_bench_gemm(g);

@@ -111,6 +111,8 @@ class Device {
   void free(Buffer& b);
   int64_t bytes_in_use() const { return in_use_; }
   int64_t peak_bytes_in_use() const { return peak_; }
+  // Starts a new peak from what is in use now (to measure one phase's high-water mark).
+  void reset_peak_bytes() { peak_ = in_use_; }
   int64_t capacity_bytes() const { return capacity_; }
 
   // --- streams and events

@@ -1,0 +1,176 @@
+// `ppu simulate serve`: request-level serving simulation (serve/ServeSim) on one or more chips side
+// by side - latency percentiles, throughput, goodput under an SLO and the highest rate meeting it.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "Commands.hpp"
+#include "arch/NameTable.hpp"
+#include "arch/Presets.hpp"
+#include "arch/Units.hpp"
+#include "models/ModelConfig.hpp"
+#include "report/JsonDoc.hpp"
+#include "report/Table.hpp"
+#include "report/TraceWriter.hpp"
+#include "serve/ServeSim.hpp"
+
+namespace ppu::cli {
+
+namespace {
+
+using nlohmann::json;
+using serve::RequestSpec;
+using ppu::UserError;
+
+std::string ms(double s) { return fmt::format("{:.1f}", 1e3 * s); }
+
+// The workload the options describe, and a line saying what it is.
+std::pair<std::vector<RequestSpec>, std::string> workload(const SimulateServeOptions& o) {
+  if (!o.trace.empty() && !o.io.empty()) throw UserError("--trace and --io: give one (a trace's lengths, or fixed ones)");
+  if (o.requests < 0) throw UserError(fmt::format("--requests {}; valid: 0 (all) or more", o.requests));
+  if (!(o.duration >= 0) || !std::isfinite(o.duration))
+    throw UserError(fmt::format("--duration {}; valid: 0 (no limit) or a positive number of seconds", o.duration));
+  std::vector<RequestSpec> reqs;
+  std::string what;
+  if (!o.io.empty()) {
+    const auto slash = o.io.find('/');
+    int64_t in = 0, out = 0;
+    try {
+      size_t a = 0, b = 0;
+      if (slash == std::string::npos) throw std::invalid_argument("no slash");
+      in = std::stoll(o.io.substr(0, slash), &a);
+      out = std::stoll(o.io.substr(slash + 1), &b);
+      if (a != slash || b != o.io.size() - slash - 1) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      throw UserError(fmt::format("--io '{}' is not input/output token counts (e.g. 1024/256)", o.io));
+    }
+    reqs = serve::fixed_lengths(o.requests > 0 ? o.requests : 1000, in, out);
+    what = fmt::format("{} requests of {} input and {} output tokens", reqs.size(), in, out);
+  } else {
+    const std::string name = o.trace.empty() ? "azure-conv" : o.trace;
+    reqs = serve::load_trace(name);
+    if (o.requests > 0 && static_cast<size_t>(o.requests) < reqs.size()) reqs.resize(static_cast<size_t>(o.requests));
+    what = fmt::format("trace {}: {} requests", name, reqs.size());
+  }
+  if (o.rate > 0 || o.arrival != "poisson") {
+    const auto proc = o.arrival == "poisson" ? serve::ArrivalProcess::kPoisson
+                      : o.arrival == "gamma" ? serve::ArrivalProcess::kGamma
+                                             : throw UserError(fmt::format("--arrival '{}'; valid: poisson, gamma", o.arrival));
+    if (!(o.rate > 0)) throw UserError(fmt::format("--arrival {} needs --rate (requests per second, above 0)", o.arrival));
+    reqs = serve::with_arrivals(std::move(reqs), {.rate = o.rate, .process = proc, .cv = o.cv, .seed = o.seed});
+    what += proc == serve::ArrivalProcess::kPoisson ? fmt::format(", Poisson arrivals at {:g}/s", o.rate)
+                                                    : fmt::format(", gamma arrivals at {:g}/s (cv {:g})", o.rate, o.cv);
+  } else if (o.rate < 0 || !std::isfinite(o.rate)) {
+    throw UserError(fmt::format("--rate {}; valid: a positive number of requests per second", o.rate));
+  } else {
+    what += o.io.empty() ? ", the trace's arrival times" : ", all arriving at once (offline)";
+  }
+  if (o.duration > 0) {
+    size_t keep = 0;
+    while (keep < reqs.size() && reqs[keep].arrival_s < o.duration) ++keep;
+    if (keep == 0) throw UserError(fmt::format("--duration {:g} s: no request arrives that early", o.duration));
+    reqs.resize(keep);
+    what += fmt::format(", the {} arriving within {:g} s", keep, o.duration);
+  }
+  return {std::move(reqs), what};
+}
+
+}  // namespace
+
+int cmd_simulate_serve(const SimulateServeOptions& o) {
+  const std::vector<std::string> chips = expand_chips(o.chip);
+  std::vector<ChipSpec> specs;
+  for (const auto& c : chips) specs.push_back(load_chip(c));  // every name checked before any work
+  const ModelConfig cfg = load_model_config(o.model);
+  if (!o.perfetto.empty() && specs.size() > 1) throw UserError("--perfetto needs a single --chip");
+  const auto admission = find_name<serve::Admission>(serve::kAdmissionNames, o.admission);
+  if (!admission)
+    throw UserError(fmt::format("--admission '{}'; valid: {}", o.admission, join_names(serve::kAdmissionNames)));
+  std::optional<serve::Slo> slo;
+  if (!o.slo.empty()) slo = serve::parse_slo(o.slo);
+  if (o.search_requests < 1) throw UserError(fmt::format("--search-requests {}; valid: at least 1", o.search_requests));
+  const auto [reqs, what] = workload(o);
+
+  Table lat({"chip", "done", "rejected", "req/s", "output tok/s", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms",
+             "ITL p50/p99 ms", "E2E p50/p99 s", "batch", "KV peak/mean", "preempted"});
+  Table slo_t({"chip", "SLO met", "goodput req/s", "max rate under the SLO (req/s)"});
+  json rows = json::array();
+  AssumedMarks marks;
+  std::string notes;
+  for (const ChipSpec& chip : specs) {
+    serve::ServeSimConfig c;
+    c.scheduler.max_num_seqs = o.max_num_seqs;
+    c.scheduler.max_batched_tokens = o.max_batched_tokens;
+    c.scheduler.chunked_prefill = !o.no_chunked_prefill;
+    c.scheduler.admission = *admission;
+    c.block_size = o.block_size;
+    c.prefix_caching = !o.no_prefix_caching;
+    c.kv_memory_fraction = o.kv_fraction;
+    c.max_model_len = o.max_model_len;
+    c.matmul_dtype = serving_dtype("--matmul-dtype", o.matmul_dtype, chip, DType::kBF16);
+    c.kv_dtype = serving_dtype("--kv-dtype", o.kv_dtype, chip, c.matmul_dtype);
+    std::cerr << fmt::format("simulate serve: {} on {}: {}\n", cfg.name, chip.name, what);
+    serve::ServeSim sim(chip, cfg, c);
+    TraceWriter tw;
+    serve::ServeReport r = sim.run(reqs, o.perfetto.empty() ? nullptr : &tw);
+    if (!o.perfetto.empty()) tw.write_file(o.perfetto);
+    double max_rate = -1;
+    serve::ServeReport at_max;
+    if (slo) {
+      serve::apply_slo(r, *slo);
+      std::vector<RequestSpec> lengths(reqs.begin(), reqs.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(
+                                                                        reqs.size(), static_cast<size_t>(o.search_requests))));
+      max_rate = sim.max_rate(lengths, *slo, o.seed, &at_max);
+    }
+    lat.add_row({marks.mark(chip, chip.name, {"matrix_bf16", "hbm_bandwidth"}), fmt::format("{}", r.completed),
+                 fmt::format("{}", r.rejected), fmt::format("{:.2f}", r.requests_per_s),
+                 fmt::format("{:.0f}", r.output_tokens_per_s),
+                 fmt::format("{}/{}/{}", ms(r.ttft.p50), ms(r.ttft.p90), ms(r.ttft.p99)),
+                 fmt::format("{}/{}/{}", ms(r.tpot.p50), ms(r.tpot.p90), ms(r.tpot.p99)),
+                 fmt::format("{}/{}", ms(r.itl.p50), ms(r.itl.p99)), fmt::format("{:.1f}/{:.1f}", r.e2e.p50, r.e2e.p99),
+                 fmt::format("{:.1f}", r.mean_batch), fmt::format("{:.0f}%/{:.0f}%", 100 * r.kv_peak_use, 100 * r.kv_mean_use),
+                 fmt::format("{}", r.preemptions)});
+    if (slo)
+      slo_t.add_row({chip.name, fmt::format("{:.1f}%", 100 * r.slo_attainment), fmt::format("{:.2f}", r.goodput_rps),
+                     max_rate > 0 ? fmt::format("{:.2f}", max_rate) : "below 1/64"});
+    if (!r.first_rejection.empty()) notes += fmt::format("{}: rejected {}: first: {}\n", chip.name, r.rejected, r.first_rejection);
+    notes += fmt::format("{}: KV cache {} blocks of {} positions ({:.1f} GB; weights {:.1f} GB, activations {:.1f} GB); {} "
+                         "steps priced by {} timing-only forwards; host {:.1f} s\n",
+                         chip.name, r.kv_blocks, r.block_size,
+                         static_cast<double>(r.kv_blocks * r.block_size) * r.kv_bytes_per_token / 1e9, r.weight_bytes / 1e9,
+                         r.activation_bytes / 1e9, r.steps, r.probes, r.host_s);
+    json row = r.to_json();
+    row["matmul_dtype"] = std::string(dtype_name(c.matmul_dtype));
+    row["kv_dtype"] = std::string(dtype_name(c.kv_dtype));
+    row["workload"] = what;
+    row["assumed_fields"] = AssumedMarks::among(chip, {"matrix_bf16", "hbm_bandwidth"});
+    row["max_rate_per_s"] = slo ? json(max_rate) : json();
+    rows.push_back(std::move(row));
+  }
+  if (o.json) {
+    print_json_document("simulate serve", rows);
+    return 0;
+  }
+  std::cout << fmt::format("{} - serving simulation ({}; scheduler: up to {} requests and {} tokens per step, {} admission, "
+                           "chunked prefill {})\n\n",
+                           cfg.name, what, o.max_num_seqs, o.max_batched_tokens, o.admission,
+                           o.no_chunked_prefill ? "off" : "on");
+  std::cout << lat.render();
+  if (const auto l = marks.legend(); !l.empty()) std::cout << l;
+  if (slo) {
+    std::cout << fmt::format("\nSLO: TTFT <= {}, TPOT <= {}, met by {:.0f}% of requests (max rate: Poisson arrivals of the "
+                             "first {} requests' lengths)\n",
+                             slo->ttft_s > 0 ? format_quantity(Dimension::kTime, slo->ttft_s) : "any",
+                             slo->tpot_s > 0 ? format_quantity(Dimension::kTime, slo->tpot_s) : "any", 100 * slo->attainment,
+                             std::min<int64_t>(o.search_requests, static_cast<int64_t>(reqs.size())));
+    std::cout << slo_t.render();
+  }
+  std::cout << '\n' << notes;
+  std::cout << "TTFT: arrival to first token; TPOT: (last token - first token) / (output tokens - 1) per request; ITL: every "
+               "gap between two tokens of a request; E2E: arrival to last token. Steps are timed from the model's own kernels "
+               "in timing-only mode, cached by shape (docs/serving.md).\n";
+  if (!o.perfetto.empty()) std::cout << fmt::format("Perfetto trace: {}\n", o.perfetto);
+  return 0;
+}
+
+}  // namespace ppu::cli

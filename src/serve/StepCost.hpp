@@ -1,0 +1,114 @@
+// StepCost: the simulated time of one engine step (serve/Scheduler's StepPlan) on a chip, from the
+// model's own forward in timing-only mode - the same kernels as every other prediction - cached by
+// shape, so that a simulation of thousands of requests runs a few dozen forwards, not one per step.
+//
+// A decode-only step (every request computes one token: most steps of a busy server) is timed as
+// a whole: the probe is a forward of n requests, one token each, at the mean context c of the
+// step's requests, launched as one captured graph (as vLLM and TensorRT-LLM replay decode steps),
+// sampling included; the time is interpolated in n and c between probes. A step with prefill chunks
+// runs kernel by kernel and is split by the model's operation kinds (Qwen3Model::op_times):
+//
+//   dense(T)         every kind but attention and the head, for T = sum of the chunks' tokens
+//                    (GEMMs, norms, activations see all tokens as rows);
+//   head(S)          "logit rows", "lm head", "sampling" for S = the step's requests;
+//   decode attention of the step's one-token requests: the attention share of the decode probe;
+//   prefill(q, p)    attention of one chunk of q > 1 tokens after p cached positions, per chunk.
+//
+// Grids: T, S, n and q at powers of two (and the limit), contexts at powers of two from 16; linear interpolation between grid points (decode attention is close to
+// linear in the context it reads, GEMMs in their rows between tile steps). A probe is one
+// forward_sampled (greedy) of a model built for that shape on a timing-only device of the same chip
+// (its HBM size raised, which no kernel's timing reads, so that any probe shape fits); the device's
+// timing cache times each distinct kernel once.
+//
+// Approximations, stated where results are reported: a mixed step's attention is the sum of its
+// decode term and its prefill chunks' terms (the engine launches them together, so the sum counts
+// the launch and tail of each part); decode contexts enter through their mean; every request's
+// logits are computed, as the model's forward does (chunks that do not sample would skip them).
+//
+//   StepCost cost(load_chip("h100"), load_model_config("qwen3-8b"), {}, {.max_batched_tokens = 8192});
+//   double s = cost.step_s(plan);   // simulated seconds
+//
+// Not thread-safe (one simulation drives one StepCost).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "arch/ChipSpec.hpp"
+#include "models/ModelConfig.hpp"
+#include "models/Qwen3.hpp"
+#include "serve/Scheduler.hpp"
+
+namespace ppu {
+class Device;
+}
+
+namespace ppu::serve {
+
+struct StepCostLimits {
+  int64_t max_batched_tokens = 8192;  // T never exceeds it
+  int64_t max_num_seqs = 256;         // S and n never exceed it
+  int64_t max_context = 32768;        // positions a request reaches at most
+};
+
+// Per-kind split of one step's simulated time.
+struct StepTime {
+  double decode_step_s = 0;  // a decode-only step, timed whole (the other fields 0)
+  double dense_s = 0, head_s = 0, decode_attention_s = 0, prefill_attention_s = 0;  // a step with prefill
+  double total_s() const { return decode_step_s + dense_s + head_s + decode_attention_s + prefill_attention_s; }
+};
+
+class StepCost {
+ public:
+  // `model_options`: dtypes and parallel layout of the served model (timing-only; tp_size > 1 is
+  // not supported here yet: UserError). UserError for limits below 1.
+  StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Options& model_options, const StepCostLimits& limits);
+  ~StepCost();
+  StepCost(const StepCost&) = delete;
+  StepCost& operator=(const StepCost&) = delete;
+
+  StepTime step(const StepPlan& plan);
+  double step_s(const StepPlan& plan) { return step(plan).total_s(); }
+
+  // Bytes of the weights, of the KV cache per token position (all layers, K and V), and the
+  // activation peak of a step of `tokens` tokens (one prefill chunk: a probe, memoised).
+  int64_t weight_bytes() const { return weight_bytes_; }
+  double kv_bytes_per_token() const { return kv_bytes_per_token_; }
+  int64_t activation_bytes(int64_t tokens) { return probe({{tokens, 0}}, false).activation_bytes; }
+
+  int64_t probes() const { return probes_; }          // forwards run so far
+  double probe_host_s() const { return probe_host_s_; }  // host seconds they took
+  const ModelConfig& config() const { return cfg_; }
+
+ private:
+  struct Probe {
+    double dense_s = 0, head_s = 0, attention_s = 0;
+    int64_t activation_bytes = 0;  // device memory above the model's weights and cache at the peak
+  };
+  using Shape = std::vector<std::pair<int64_t, int64_t>>;  // (tokens, past) per request
+  // One forward of `shape` on a fresh model (as one graph when `graph`); memoised.
+  Probe probe(const Shape& shape, bool graph);
+  double dense(int64_t tokens);
+  double head(int64_t rows);
+  // The decode probe at grid point (n, c): whole step (graph) or its attention share.
+  Probe decode_probe(int64_t n, int64_t c);
+  double prefill(int64_t q, int64_t past);
+
+  ModelConfig cfg_;
+  Qwen3Options opt_;
+  StepCostLimits lim_;
+  std::unique_ptr<Device> dev_;
+  std::vector<int64_t> rows_grid_;  // 1, 2, 4, 8, ... up to the largest limit
+  std::vector<int64_t> ctx_grid_;   // 0, 16, 32, 64, ... up to max_context
+  std::map<std::pair<Shape, bool>, Probe> probes_by_shape_;
+  int64_t probes_ = 0;
+  int64_t weight_bytes_ = 0;
+  double kv_bytes_per_token_ = 0;
+  double probe_host_s_ = 0;
+};
+
+}  // namespace ppu::serve
