@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "arch/Error.hpp"
 #include "models/Sampler.hpp"
 #include "runtime/Device.hpp"
+#include "sim/TimingEngine.hpp"
 
 namespace ppu::serve {
 
@@ -66,15 +68,17 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
                                 lim_.max_batched_tokens, lim_.max_num_seqs, lim_.max_context));
   if (opt_.tp_size != 1 || opt_.ep_size != 1)
     throw UserError("step cost: tensor or expert parallelism is not supported by the serving simulation yet (one chip)");
-  ChipSpec big = chip;
-  big.hbm_size.value = 1e18;  // probes of any shape fit; capacity enters no kernel's timing
-  dev_ = std::make_unique<Device>(big, ExecMode::kTimingOnly);
+  chip_ = chip;
+  chip_.hbm_size.value = 1e18;  // probes of any shape fit; capacity enters no kernel's timing
+  timings_ = std::make_shared<TimingCache>();
+  workers_ = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  device(0);
   {
     Qwen3Options o = opt_;
     o.max_batch = 1;
     o.max_context = 16;
     o.slot_capacity.clear();
-    Qwen3Model m(*dev_, cfg_, Qwen3Weights::random(0), o);
+    Qwen3Model m(*devs_[0], cfg_, Qwen3Weights::random(0), o);
     weight_bytes_ = m.weight_bytes();
     kv_bytes_per_token_ = static_cast<double>(m.kv_cache_bytes()) / 16.0;
   }
@@ -84,47 +88,91 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
 
 StepCost::~StepCost() = default;
 
-StepCost::Probe StepCost::probe(const Shape& shape, bool graph) {
-  const auto key = std::make_pair(shape, graph);
-  if (const auto it = probes_by_shape_.find(key); it != probes_by_shape_.end()) return it->second;
-  const auto w0 = std::chrono::steady_clock::now();
+Device& StepCost::device(size_t i) {
+  while (devs_.size() <= i) {
+    devs_.push_back(std::make_unique<Device>(chip_, ExecMode::kTimingOnly));
+    devs_.back()->share_timing_cache(timings_);
+  }
+  return *devs_[i];
+}
+
+StepCost::Probe StepCost::run_probe(Device& dev, const Shape& shape, bool graph) const {
   Qwen3Options o = opt_;
   o.max_batch = static_cast<int64_t>(shape.size());
   o.slot_capacity.clear();
   for (const auto& [n, past] : shape) o.slot_capacity.push_back(std::max<int64_t>(1, n + past));
   o.max_context = *std::max_element(o.slot_capacity.begin(), o.slot_capacity.end());
   Probe p;
-  {
-    Qwen3Model m(*dev_, cfg_, Qwen3Weights::random(0), o);
-    std::vector<std::vector<int32_t>> seqs;
-    for (size_t i = 0; i < shape.size(); ++i) {
-      if (shape[i].second > 0) m.assume_past(i, shape[i].second);
-      seqs.emplace_back(static_cast<size_t>(shape[i].first), 0);
-    }
-    const auto before = m.op_times();
-    const int64_t resident = dev_->bytes_in_use();
-    dev_->reset_peak_bytes();
-    Sampler greedy(SamplerOptions{});
-    {
-      GraphScope g(*dev_, graph);
-      m.forward_sampled(seqs, greedy);
-    }
-    p.activation_bytes = dev_->peak_bytes_in_use() - resident;
-    for (const auto& [kind, s] : m.op_times()) {
-      const auto b = before.find(kind);
-      const double d = s - (b == before.end() ? 0.0 : b->second);
-      if (kind == "attention")
-        p.attention_s += d;
-      else if (is_head_kind(kind))
-        p.head_s += d;
-      else
-        p.dense_s += d;
-    }
+  Qwen3Model m(dev, cfg_, Qwen3Weights::random(0), o);
+  std::vector<std::vector<int32_t>> seqs;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i].second > 0) m.assume_past(i, shape[i].second);
+    seqs.emplace_back(static_cast<size_t>(shape[i].first), 0);
   }
-  ++probes_;
-  probe_host_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-  probes_by_shape_.emplace(key, p);
+  const auto before = m.op_times();
+  const int64_t resident = dev.bytes_in_use();
+  dev.reset_peak_bytes();
+  Sampler greedy(SamplerOptions{});
+  {
+    GraphScope g(dev, graph);
+    m.forward_sampled(seqs, greedy);
+  }
+  p.activation_bytes = dev.peak_bytes_in_use() - resident;
+  for (const auto& [kind, s] : m.op_times()) {
+    const auto b = before.find(kind);
+    const double d = s - (b == before.end() ? 0.0 : b->second);
+    if (kind == "attention")
+      p.attention_s += d;
+    else if (is_head_kind(kind))
+      p.head_s += d;
+    else
+      p.dense_s += d;
+  }
   return p;
+}
+
+void StepCost::ensure(const std::vector<Key>& keys) {
+  std::vector<Key> missing;
+  for (const Key& k : keys)
+    if (!probes_by_shape_.count(k) && std::find(missing.begin(), missing.end(), k) == missing.end()) missing.push_back(k);
+  if (missing.empty()) return;
+  const auto w0 = std::chrono::steady_clock::now();
+  std::vector<Probe> out(missing.size());
+  const size_t workers = std::min(missing.size(), static_cast<size_t>(workers_));
+  for (size_t w = 0; w < workers; ++w) device(w);
+  if (workers == 1) {
+    for (size_t i = 0; i < missing.size(); ++i) out[i] = run_probe(*devs_[0], missing[i].first, missing[i].second);
+  } else {
+    // Each worker thread runs every `workers`-th probe on its own device; results are pure functions
+    // of the shape (kernel timings shared through one cache), so the order does not matter.
+    std::vector<std::thread> threads;
+    std::vector<std::exception_ptr> errors(workers);
+    for (size_t w = 0; w < workers; ++w)
+      threads.emplace_back([&, w] {
+        try {
+          for (size_t i = w; i < missing.size(); i += workers)
+            out[i] = run_probe(*devs_[w], missing[i].first, missing[i].second);
+        } catch (...) {
+          errors[w] = std::current_exception();
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+  for (size_t i = 0; i < missing.size(); ++i) probes_by_shape_.emplace(missing[i], out[i]);
+  probes_ += static_cast<int64_t>(missing.size());
+  probe_host_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+}
+
+StepCost::Probe StepCost::probe(const Shape& shape, bool graph) {
+  Key k{shape, graph};
+  if (collecting_) {
+    pending_.push_back(std::move(k));
+    return {};
+  }
+  ensure({k});
+  return probes_by_shape_.at(k);
 }
 
 double StepCost::dense(int64_t tokens) {
@@ -141,11 +189,30 @@ StepCost::Probe StepCost::decode_probe(int64_t n, int64_t c) {
 }
 
 double StepCost::prefill(int64_t q, int64_t past) {
-  return interp2(rows_grid_, static_cast<double>(q), ctx_grid_, static_cast<double>(past),
-                 [&](int64_t qv, int64_t pv) { return probe({{std::max<int64_t>(qv, 2), pv}}, false).attention_s; });
+  return interp1(rows_grid_, static_cast<double>(q), [&](int64_t qv) {
+    const int64_t qq = std::max<int64_t>(qv, 2);
+    if (qq < kLinearMinTokens)  // short chunks: on the context grid
+      return interp1(ctx_grid_, static_cast<double>(past), [&](int64_t pv) { return probe({{qq, pv}}, false).attention_s; });
+    // Long chunks: after 0 and kPrefillAnchor cached positions, linear in between and beyond.
+    const double a = probe({{qq, 0}}, false).attention_s;
+    if (past == 0) return a;
+    const double b = probe({{qq, kPrefillAnchor}}, false).attention_s;
+    return a + (b - a) * static_cast<double>(past) / static_cast<double>(kPrefillAnchor);
+  });
 }
 
 StepTime StepCost::step(const StepPlan& plan) {
+  // First pass: which probes this step needs (run together, in parallel); second: the time.
+  collecting_ = true;
+  pending_.clear();
+  compute(plan);
+  collecting_ = false;
+  ensure(pending_);
+  pending_.clear();
+  return compute(plan);
+}
+
+StepTime StepCost::compute(const StepPlan& plan) {
   StepTime t;
   if (plan.items.empty()) return t;
   int64_t n_decode = 0;

@@ -20,13 +20,13 @@ struct Split {
 
 // One forward_sampled of `shape` ((tokens, past) per request) on a plain timing-only device of the
 // chip, split by operation kind - what StepCost must reproduce at grid points.
-Split direct(const std::vector<std::pair<int64_t, int64_t>>& shape, bool graph) {
+Split direct(const std::vector<std::pair<int64_t, int64_t>>& shape, bool graph, const char* model = "tiny") {
   Device dev(load_chip("h100"), ExecMode::kTimingOnly);
   Qwen3Options o;
   o.max_batch = static_cast<int64_t>(shape.size());
   for (const auto& [n, p] : shape) o.slot_capacity.push_back(n + p);
   o.max_context = *std::max_element(o.slot_capacity.begin(), o.slot_capacity.end());
-  Qwen3Model m(dev, load_model_config("tiny"), Qwen3Weights::random(0), o);
+  Qwen3Model m(dev, load_model_config(model), Qwen3Weights::random(0), o);
   std::vector<std::vector<int32_t>> seqs;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i].second > 0) m.assume_past(i, shape[i].second);
@@ -57,7 +57,8 @@ StepPlan plan(std::vector<StepItem> items) {
 }
 
 StepCost make_cost() {
-  return StepCost(load_chip("h100"), load_model_config("tiny"), {}, {.max_batched_tokens = 256, .max_num_seqs = 16, .max_context = 1024});
+  return StepCost(load_chip("h100"), load_model_config("tiny"), {},
+                  {.max_batched_tokens = 256, .max_num_seqs = 16, .max_context = 16384});
 }
 
 constexpr double kRel = 1e-12;  // same kernels, same engine: equal up to summation order
@@ -94,7 +95,7 @@ TEST(StepCost, MixedStepIsDenseHeadAndAttentionPartsAtGridPoints) {
   const double head = direct({{1, 0}, {1, 0}, {1, 0}}, false).head;  // S = 3: between 2 and 4
   const double head2 = direct({{1, 0}, {1, 0}}, false).head, head4 = direct(std::vector<std::pair<int64_t, int64_t>>(4, {1, 0}), false).head;
   const double dec_attn = direct({{1, 128}, {1, 128}}, true).attention;
-  // q = 62 between 32 and 64 at past 64 (a grid point).
+  // q = 62 between 32 and 64 at past 64 (a context grid point: chunks this short use the grid).
   const double pre = (2.0 / 32) * direct({{32, 64}}, false).attention + (30.0 / 32) * direct({{64, 64}}, false).attention;
   EXPECT_NEAR(t.dense_s, dense, dense * kRel);
   EXPECT_NEAR(t.head_s, 0.5 * (head2 + head4), head * 1e-9);
@@ -117,6 +118,31 @@ TEST(StepCost, ProbesAreMemoisedAndTheCacheNumbersMatchTheModel) {
   EXPECT_EQ(cost.weight_bytes(), m.weight_bytes());
   EXPECT_DOUBLE_EQ(cost.kv_bytes_per_token(), static_cast<double>(m.kv_cache_bytes()) / 16.0);
   EXPECT_GT(cost.activation_bytes(256), cost.activation_bytes(16));
+}
+
+// Chunks of 512 tokens or more: linear in the cached positions from their probes after 0 and 2048,
+// checked against direct probes of Qwen3-0.6B (a model that fills the chip with attention tiles, as
+// served models do; `tiny`'s 4 heads do not) far beyond (6000) and between (1000); shorter chunks on
+// the context grid.
+TEST(StepCost, LongChunksAreLinearInThePast) {
+  StepCost cost(load_chip("h100"), load_model_config("qwen3-0.6b"), {},
+                {.max_batched_tokens = 1024, .max_num_seqs = 4, .max_context = 8192});
+  for (const int64_t q : {512, 1024}) {
+    for (const int64_t past : {1000, 6000}) {
+      const double got = cost.step(plan({{1, past, q, true}})).prefill_attention_s;
+      const double want = direct({{q, past}}, false, "qwen3-0.6b").attention;
+      EXPECT_NEAR(got, want, 0.04 * want) << q << " tokens after " << past;
+    }
+  }
+  const double a = direct({{512, 0}}, false, "qwen3-0.6b").attention;
+  const double b = direct({{512, 2048}}, false, "qwen3-0.6b").attention;
+  const double got = cost.step(plan({{1, 3000, 512, true}})).prefill_attention_s;
+  EXPECT_NEAR(got, a + (b - a) * 3000.0 / 2048, 1e-9 * got);
+  // A short chunk far out: exact at a context grid point.
+  StepCost small = make_cost();
+  const double short_chunk = small.step(plan({{1, 8192, 64, true}})).prefill_attention_s;
+  const double want_short = direct({{64, 8192}}, false).attention;
+  EXPECT_NEAR(short_chunk, want_short, 1e-9 * want_short);
 }
 
 TEST(StepCost, RejectsBadLimitsAndParallelLayouts) {
