@@ -42,6 +42,9 @@ COMMANDS = [
     ("simulate-train", "simulate train --model tiny --cluster h800-2k --chips 16 --seq-len 256 --global-batch 32 "
                        "--search --top 3", [0]),
     ("simulate-train", "simulate train --model qwen3-235b-a22b --cluster h800-2k --chips 8 --search", [3]),
+    ("simulate-serve", "simulate serve --model tiny --chip h100,a800 --io 64/16 --requests 20 --rate 50 "
+                       "--slo ttft=1s,tpot=50ms --search-requests 20", [0]),
+    ("simulate-serve", "simulate serve --model tiny --requests 30 --max-model-len 2048", [0]),
     ("run", "run --model tiny --prompt hi --gen 2", [0]),
     ("run", "run --model tiny --timing-only --chip zhenwu-810e,h20 --gen 2", [0]),
     ("run", "run --model tiny --timing-only --batch 1,2 --prompt-len 8 --gen 2", [0]),

@@ -1085,3 +1085,65 @@ TEST(Cli, ExitCodes) {
 }
 
 }  // namespace
+
+namespace {
+
+// `ppu simulate serve`: the table, side-by-side JSON, a trace file, the Perfetto output, and every
+// kind of bad input as one clear error line.
+TEST(Cli, SimulateServeTableJsonTraceAndErrors) {
+  CmdResult r = ppu("simulate serve --model tiny --chip h100 --io 64/16 --requests 40 --rate 200");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("TTFT p50/p90/p99 ms"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("40 requests of 64 input and 16 output tokens, Poisson arrivals at 200/s"), std::string::npos)
+      << r.out;
+  r = ppu("simulate serve --model tiny --chip h100,a800 --io 64/16 --requests 40 --rate 200 --slo ttft=1s,tpot=50ms "
+          "--search-requests 30 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = results_of(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["chip"], "h100");
+  EXPECT_EQ(j[1]["chip"], "a800");
+  for (const auto& row : j) {
+    EXPECT_EQ(row["completed"].get<int>(), 40);
+    EXPECT_GT(row["max_rate_per_s"].get<double>(), 0.0);
+    EXPECT_LE(row["ttft"]["p50_s"].get<double>(), row["ttft"]["p99_s"].get<double>());
+  }
+  // A trace file of our own, and a Perfetto trace of the run.
+  const std::string trace = temp_path("serve_trace.jsonl");
+  std::ofstream(trace) << "{\"arrival_s\": 0, \"input_tokens\": 30, \"output_tokens\": 4}\n"
+                          "{\"arrival_s\": 0.001, \"input_tokens\": 50, \"output_tokens\": 3}\n";
+  const std::string perfetto = temp_path("serve_perfetto.json");
+  r = ppu("simulate serve --model tiny --chip h100 --trace " + trace + " --perfetto " + perfetto + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["completed"].get<int>(), 2);
+  std::ifstream pf(perfetto);
+  const auto events = nlohmann::json::parse(pf);
+  EXPECT_GT(events["traceEvents"].size(), 4u);
+  const std::string bad_trace = temp_path("serve_bad.csv");
+  std::ofstream(bad_trace) << "time,input_len,output_len\n0,12,x\n";
+  expect_refused({
+      {"simulate serve --model tiny --trace " + bad_trace,
+       {"serve_bad.csv line 2: output_len 'x' must be a whole number of tokens, 1 .. 16777216"}},
+      {"simulate serve --model tiny --trace azure-chat", {"unknown trace 'azure-chat'; built-in traces: azure-conv, azure-code"}},
+      {"simulate serve --model tiny --io 64-16", {"--io '64-16' is not input/output token counts (e.g. 1024/256)"}},
+      {"simulate serve --model tiny --io 64/16 --trace azure-conv", {"--trace and --io: give one"}},
+      {"simulate serve --model tiny --io 64/16 --arrival gamma", {"--arrival gamma needs --rate"}},
+      {"simulate serve --model tiny --io 64/16 --arrival weibull --rate 1", {"--arrival 'weibull'; valid: poisson, gamma"}},
+      {"simulate serve --model tiny --io 64/16 --rate -2", {"--rate -2; valid: a positive number of requests per second"}},
+      {"simulate serve --model tiny --io 64/16 --slo ttft=2", {"'2' needs a unit, s or ms"}},
+      {"simulate serve --model tiny --io 64/16 --admission lazy", {"--admission 'lazy'; valid: on-demand, reserve"}},
+      {"simulate serve --model tiny --io 64/16 --kv-fraction 1.5", {"kv memory fraction 1.5; valid: above 0, at most 1"}},
+      {"simulate serve --model tiny --io 64/16 --max-num-seqs 0", {"--max-num-seqs: must be at least 1, not 0"}},
+      {"simulate serve --model tiny --io 64/16 --block-size 0", {"--block-size: must be 1 to 4096, not 0"}},
+      {"simulate serve --model tiny --io 64/16 --duration -1", {"--duration -1; valid: 0 (no limit)"}},
+      {"simulate serve --model tiny --io 64/16 --chip h100,a800 --perfetto x.json", {"--perfetto needs a single --chip"}},
+  });
+  // A request longer than the cache can ever hold: rejected and named, the rest served.
+  r = ppu("simulate serve --model tiny --chip h100 --io 3000/16 --requests 2 --max-model-len 2048 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(first_result(r.out)["rejected"].get<int>(), 2);
+  EXPECT_NE(first_result(r.out)["first_rejection"].get<std::string>().find("exceeds the model's context of 2048"),
+            std::string::npos);
+}
+
+}  // namespace

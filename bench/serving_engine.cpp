@@ -1,0 +1,144 @@
+// Serving engine benchmark (src/serve): request-level simulation with continuous batching.
+//
+//  1. Fidelity: TensorRT-LLM's published offline throughput (trtllm-bench, Llama-3.1-8B FP8 on one
+//     H100) reproduced through the engine: every request queued at once, TensorRT-LLM's reserve
+//     admission (GUARANTEED_NO_EVICT), up to 2048 requests and 8192 tokens per step, FP8 weights and
+//     KV cache; output tokens per second over the whole run against the measurement.
+//  2. Simulation speed: 10,000 requests of the Azure conversation trace (Splitwise, ISCA 2024) on one
+//     chip, host seconds against the 10 s target.
+//  3. Side by side: the highest Poisson request rate that meets an SLO (TTFT <= 2 s and TPOT <= 100
+//     ms for 90% of requests; the Azure conversation trace's first 300 requests' lengths) for
+//     Qwen3-32B and Qwen3-30B-A3B on zhenwu-810e, a800 and h20.
+//
+//   bench_serving_engine              # tables
+//   bench_serving_engine --markdown   # the same as markdown sections (scripts/validate.sh)
+//   bench_serving_engine --quick      # section 1 only, two cases (a smoke run)
+//
+// Exit status is 0 even when a case misses its target: this prints measurements, it is not a test.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <iostream>
+
+#include "BenchMain.hpp"
+#include "FidelityReport.hpp"
+#include "Reference.hpp"
+#include "arch/Presets.hpp"
+#include "report/Table.hpp"
+#include "serve/ServeSim.hpp"
+
+using namespace ppu;
+using namespace ppu::serve;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void print(bool md, const Table& t) { std::cout << (md ? t.render_markdown() : t.render()); }
+
+// Requests per offline case: enough for several turnovers of the largest batch the cache holds.
+constexpr int64_t kOfflineRequests = 3000;
+
+void offline_fidelity(bool md, bool quick) {
+  Table t({"chip", "model", "in/out", "requests", "mean batch", "preempted", "predicted tok/s", "measured tok/s", "error",
+           "target", "ok", "host s", "source"});
+  bench::FidelityTally n;
+  int done = 0;
+  for (const auto& c : bench::serving_cases()) {
+    if (quick && done == 2) break;
+    ++done;
+    ServeSimConfig cfg;
+    cfg.scheduler.max_num_seqs = 2048;
+    cfg.scheduler.max_batched_tokens = 8192;
+    cfg.scheduler.admission = Admission::kReserve;
+    cfg.matmul_dtype = DType::kF8E4M3;
+    cfg.kv_dtype = DType::kF8E4M3;
+    cfg.max_model_len = c.input_len + c.output_len;
+    const auto w0 = std::chrono::steady_clock::now();
+    ServeSim sim(load_chip(c.chip), load_model_config(c.model), cfg);
+    const ServeReport r = sim.run(fixed_lengths(quick ? 600 : kOfflineRequests, c.input_len, c.output_len));
+    const double host = seconds_since(w0);
+    n.sim_s += host;
+    const double err = (r.output_tokens_per_s - c.measured_tokens_per_s) / c.measured_tokens_per_s;
+    const bool ok = n.add(err, c.tolerance);
+    t.add_row({c.chip, c.model, fmt::format("{}/{}", c.input_len, c.output_len), fmt::format("{}", r.requests),
+               fmt::format("{:.0f}", r.mean_batch), fmt::format("{}", r.preemptions),
+               fmt::format("{:.0f}", r.output_tokens_per_s), fmt::format("{:.0f}", c.measured_tokens_per_s),
+               fmt::format("{:+.1f}%", 100 * err), fmt::format("±{:.0f}%", 100 * c.tolerance), ok ? "yes" : "NO",
+               fmt::format("{:.1f}", host), c.source});
+  }
+  bench::print_fidelity_table(
+      md,
+      fmt::format("Offline throughput through the serving engine (src/serve): {} requests queued at once, reserve "
+                  "admission as TensorRT-LLM's GUARANTEED_NO_EVICT, up to 2048 requests and 8192 tokens per step, chunked "
+                  "prefill, FP8 weights and KV cache, 90% of the free memory for the cache; output tokens over the "
+                  "whole run (ramp-up and drain included, as trtllm-bench reports).",
+                  quick ? 600 : kOfflineRequests),
+      t, n);
+}
+
+void simulation_speed(bool md) {
+  Table t({"case", "requests", "steps", "probes", "host s", "target s", "ratio", "ok"});
+  {
+    const auto w0 = std::chrono::steady_clock::now();
+    ServeSim sim(load_chip("zhenwu-810e"), load_model_config("qwen3-32b"), {});
+    auto reqs = load_trace("azure-conv");
+    reqs.resize(10000);
+    const ServeReport r = sim.run(reqs);
+    const double host = seconds_since(w0);
+    t.add_row({"azure-conv, qwen3-32b on one zhenwu-810e", fmt::format("{}", r.requests), fmt::format("{}", r.steps),
+               fmt::format("{}", r.probes), fmt::format("{:.1f}", host), "10", fmt::format("{:.2f}", host / 10),
+               host <= 10 ? "yes" : "NO"});
+  }
+  t.add_row({"azure-conv, 16-chip node, TP8/EP16", "-", "-", "-", "-", "60", "-", "not yet (one chip only)"});
+  std::cout << "Host time of a serving simulation (step cost probes included; every core of this host).\n\n";
+  print(md, t);
+}
+
+void max_rate_side_by_side(bool md) {
+  Slo slo{.ttft_s = 2.0, .tpot_s = 0.1, .attainment = 0.9};
+  auto lengths = load_trace("azure-conv");
+  lengths.resize(300);
+  Table t({"model", "chip", "max rate req/s", "TTFT p90 s", "TPOT p90 ms", "output tok/s", "KV blocks", "host s"});
+  for (const char* model : {"qwen3-32b", "qwen3-30b-a3b"}) {
+    for (const char* chip : {"zhenwu-810e", "a800", "h20"}) {
+      const auto w0 = std::chrono::steady_clock::now();
+      ServeSim sim(load_chip(chip), load_model_config(model), {});
+      ServeReport at;
+      const double rate = sim.max_rate(lengths, slo, 1, &at);
+      t.add_row({model, chip, fmt::format("{:.2f}", rate), fmt::format("{:.2f}", at.ttft.p90),
+                 fmt::format("{:.1f}", 1e3 * at.tpot.p90), fmt::format("{:.0f}", at.output_tokens_per_s),
+                 fmt::format("{}", sim.kv_blocks()), fmt::format("{:.1f}", seconds_since(w0))});
+    }
+  }
+  std::cout << "Highest Poisson request rate at which 90% of requests meet TTFT <= 2 s and TPOT <= 100 ms (the first 300 "
+               "requests of the Azure conversation trace, their lengths; BF16 weights and KV cache, vLLM's default "
+               "scheduler: 256 requests and 8192 tokens per step, on-demand blocks; within 3%).\n\n";
+  print(md, t);
+}
+
+int run(int argc, char** argv) {
+  bool md = false, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--markdown") == 0)
+      md = true;
+    else if (std::strcmp(argv[i], "--quick") == 0)
+      quick = true;
+    else
+      throw UserError(fmt::format("bench_serving_engine: unknown argument '{}'; valid: --markdown, --quick", argv[i]));
+  }
+  offline_fidelity(md, quick);
+  if (quick) return 0;
+  std::cout << '\n';
+  simulation_speed(md);
+  std::cout << '\n';
+  max_rate_side_by_side(md);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return bench::main_reporting_user_errors(run, argc, argv); }
