@@ -21,6 +21,17 @@
 //                    chunks, cheap to probe and further from linear (fewer tiles than the chip has
 //                    cores; flash-decoding splits change with the length), use the context grid.
 //
+// Grids: T, S, n and q at powers of two (and the limit), contexts at 0 and powers of two from 16;
+// linear interpolation between grid points (decode attention is close to linear in the context it
+// reads, GEMMs in their rows between tile steps). A probe is a forward_sampled (greedy) of a model
+// built for that shape on a timing-only device of the same chip (its HBM size raised, which no
+// kernel's timing reads, so that any probe shape fits); the timing cache times each distinct kernel
+// once. Every decoder layer runs the same kernels, so a probe runs the model with one layer and with
+// two and extends the difference to all layers (exact: one stream adds the layers' times). A step's
+// missing probes run together, spread over the host's cores (one device per thread, one shared
+// timing cache): a probe is a pure function of its shape, so results do not depend on the thread
+// count.
+//
 // Approximations, stated where results are reported: a mixed step's attention is the sum of its
 // decode term and its prefill chunks' terms (the engine launches them together, so the sum counts
 // the launch and tail of each part); decode contexts enter through their mean; every request's

@@ -75,6 +75,22 @@ TEST(StepCost, DecodeStepAtAGridPointIsTheWholeGraphLaunchedForward) {
   EXPECT_GT(want, 0.0);
 }
 
+// Probes run one and two layers and extend the difference to all of them: checked against the whole
+// 28-layer Qwen3-0.6B run directly, decode step and a prefill step's parts.
+TEST(StepCost, TwoLayerProbesExtendExactlyToTheWholeModel) {
+  StepCost cost(load_chip("h100"), load_model_config("qwen3-0.6b"), {},
+                {.max_batched_tokens = 256, .max_num_seqs = 8, .max_context = 4096});
+  const double dec = cost.step_s(plan({{1, 256, 1, true}, {2, 256, 1, true}}));
+  const double want_dec = direct({{1, 256}, {1, 256}}, true, "qwen3-0.6b").total();
+  EXPECT_NEAR(dec, want_dec, 1e-9 * want_dec);
+  const StepTime pre = cost.step(plan({{1, 0, 128, true}}));
+  const Split want = direct({{128, 0}}, false, "qwen3-0.6b");
+  EXPECT_NEAR(pre.dense_s, want.dense, 1e-9 * want.dense);
+  const double want_head = direct({{1, 0}}, false, "qwen3-0.6b").head;  // head(S = 1) comes from its own probe
+  EXPECT_NEAR(pre.head_s, want_head, 1e-9 * want_head);
+  EXPECT_NEAR(pre.prefill_attention_s, want.attention, 1e-9 * want.attention);
+}
+
 TEST(StepCost, DecodeStepBetweenGridPointsIsBilinear) {
   StepCost cost = make_cost();
   // n = 3 between 2 and 4; mean context 48 between 32 and 64.
