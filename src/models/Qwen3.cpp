@@ -264,17 +264,39 @@ void Qwen3Model::assume_past(size_t seq, int64_t n) {
   past_[seq] = n;
 }
 
+namespace {
+// Slots first_slot .. first_slot + n - 1 (range-checked by run()).
+std::vector<int64_t> consecutive_slots(size_t n, int64_t first_slot) {
+  std::vector<int64_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = first_slot + static_cast<int64_t>(i);
+  return v;
+}
+}  // namespace
+
 ForwardResult Qwen3Model::forward(const std::vector<int32_t>& tokens, bool all_logits, ForwardTaps* taps) {
-  return run({tokens}, 0, all_logits, taps);
+  return run({tokens}, {0}, all_logits, taps);
 }
 
 ForwardResult Qwen3Model::forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot) {
-  return run(seqs, first_slot, false, nullptr);
+  return run(seqs, consecutive_slots(seqs.size(), first_slot), false, nullptr);
+}
+
+ForwardResult Qwen3Model::forward_slots(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots) {
+  if (slots.size() != seqs.size())
+    throw UserError(fmt::format("forward_slots: {} sequences and {} slots; give one slot per sequence", seqs.size(),
+                                slots.size()));
+  return run(seqs, slots, false, nullptr);
 }
 
 ForwardResult Qwen3Model::forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler,
                                          int64_t first_slot) {
-  return run(seqs, first_slot, false, nullptr, &sampler);
+  return run(seqs, consecutive_slots(seqs.size(), first_slot), false, nullptr, &sampler);
+}
+
+void Qwen3Model::reset_slot(size_t slot) {
+  if (slot >= past_.size())
+    throw UserError(fmt::format("reset_slot: slot {}; this model has {} (Qwen3Options::max_batch)", slot, past_.size()));
+  past_[slot] = 0;
 }
 
 void Qwen3Model::sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r) {
@@ -422,20 +444,26 @@ nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& i
   return loss;
 }
 
-ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
-                               ForwardTaps* taps, Sampler* sampler) {
+ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots,
+                               bool all_logits, ForwardTaps* taps, Sampler* sampler) {
   const auto B = static_cast<int64_t>(seqs.size());
-  if (B == 0 || first_slot < 0 || first_slot + B > opt_.max_batch)
-    throw UserError(fmt::format("forward: {} sequences from slot {}; this model was built for 1 to {} "
-                                "(Qwen3Options::max_batch)",
-                                B, first_slot, opt_.max_batch));
+  const bool in_range = std::all_of(slots.begin(), slots.end(), [&](int64_t s) { return s >= 0 && s < opt_.max_batch; });
+  if (B == 0 || !in_range)
+    throw UserError(fmt::format("forward: {} sequences in slots {}; this model was built for 1 to {} (slots 0 .. {}, "
+                                "Qwen3Options::max_batch)",
+                                B, slots.empty() ? std::string("-") : fmt::format("{} .. {}", slots.front(), slots.back()),
+                                opt_.max_batch, opt_.max_batch - 1));
+  for (size_t i = 0; i < slots.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (slots[i] == slots[j])
+        throw UserError(fmt::format("forward: sequences {} and {} both continue slot {}", j, i, slots[i]));
   // The token rows of all sequences, one after another, and where each continues its cache.
   nn::BatchLayout batch;
   std::vector<int32_t> tokens;
   for (int64_t b = 0; b < B; ++b) {
     const auto& sq = seqs[static_cast<size_t>(b)];
     const auto n = static_cast<int64_t>(sq.size());
-    const auto slot = static_cast<size_t>(first_slot + b);
+    const auto slot = static_cast<size_t>(slots[static_cast<size_t>(b)]);
     if (n == 0) throw UserError(fmt::format("forward: sequence {} has no tokens", b));
     const int64_t cap = slot_cap_[slot], past = past_[slot];
     if (past + n > cap)
@@ -574,7 +602,7 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, int
   r.rows = rows;
   if (sampler) ctx.op("sampling", [&] { sample_on_device(logits, rows, *sampler, r); });
   else if (dev_.functional()) r.logits = dev_.download(logits);
-  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(first_slot + b)] += batch.len[static_cast<size_t>(b)];
+  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(slots[static_cast<size_t>(b)])] += batch.len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
 }

@@ -174,6 +174,10 @@ class Qwen3Model {
   // first_slot: seqs[i] continues the cache of sequence first_slot + i (e.g. prefilling a batch in
   // chunks of sequences).
   ForwardResult forward_batch(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot = 0);
+  // forward_batch with any slots: seqs[i] continues the cache of slot slots[i] (distinct; a
+  // continuous-batching engine's requests come and go). UserError for a count mismatch, a slot out
+  // of range or given twice.
+  ForwardResult forward_slots(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots);
   // forward_batch, then each sequence's next token chosen on the device (kernels/Sampling: arg-max,
   // or top-k with the draw on the host from `sampler`'s stream), as serving engines sample: the
   // logits stay on the chip and only ids (or k candidates) cross the host link, and the simulated
@@ -207,12 +211,15 @@ class Qwen3Model {
   nn::Context& context() { return ctx_; }
 
   void reset() { std::fill(past_.begin(), past_.end(), 0); }
+  // Empties one slot's cache (its next forward starts at position 0). UserError for a slot out of range.
+  void reset_slot(size_t slot);
   // Timing-only mode: treat slot `seq` as holding `n` cached positions (their contents do not
   // matter to the time), e.g. to time a decode step deep into long contexts without simulating the
   // prefill. UserError in functional mode, or if n is outside 0 .. the slot's capacity.
   void assume_past(size_t seq, int64_t n);
   int64_t past_len(size_t seq = 0) const { return past_[seq]; }
   int64_t slot_capacity(size_t seq) const { return slot_cap_[seq]; }
+  int64_t max_batch() const { return opt_.max_batch; }  // sequence slots
   int64_t max_context() const { return max_context_; }
   const ModelConfig& config() const { return cfg_; }
   Device& device() { return dev_; }
@@ -231,7 +238,7 @@ class Qwen3Model {
   // Every parameter in checkpoint order (the order random weights are drawn in), including those
   // another rank holds (no buffer).
   std::vector<const nn::Parameter*> parameters() const;
-  ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, int64_t first_slot, bool all_logits,
+  ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots, bool all_logits,
                     ForwardTaps* taps, Sampler* sampler = nullptr);
   void sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r);
 

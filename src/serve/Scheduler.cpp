@@ -162,6 +162,11 @@ const SeqView* Scheduler::view(uint64_t id) const {
   return it == seqs_.end() ? nullptr : &it->second.v;
 }
 
+const std::vector<int32_t>* Scheduler::tokens(uint64_t id) const {
+  const auto it = seqs_.find(id);
+  return it == seqs_.end() ? nullptr : &it->second.tokens;
+}
+
 std::vector<int32_t> Scheduler::generated_ids(uint64_t id) const {
   const auto it = seqs_.find(id);
   if (it == seqs_.end() || it->second.tokens.empty()) return {};

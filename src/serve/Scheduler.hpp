@@ -113,6 +113,8 @@ class Scheduler {
   const SeqView* view(uint64_t id) const;
   // Generated ids of a request (empty for lengths-only requests or unknown ids).
   std::vector<int32_t> generated_ids(uint64_t id) const;
+  // Prompt + generated ids of a request (null for unknown ids; empty for lengths-only requests).
+  const std::vector<int32_t>* tokens(uint64_t id) const;
   int64_t preemptions() const { return preemptions_; }
   const SchedulerConfig& config() const { return cfg_; }
   KvBlocks& kv() { return kv_; }
