@@ -50,7 +50,11 @@ class Builder {
   int32_t barrier(int rank, std::vector<int32_t> deps) {
     return copy(Region{rank, BufferRole::kRecv, 0}, {Region{rank, BufferRole::kRecv, 0}}, 0, std::move(deps));
   }
-  Schedule take() { return std::move(s_); }
+  Schedule take() {
+    s_.connections = static_cast<int64_t>(conn_.size());
+    s_.pipeline_depth = depth_;
+    return std::move(s_);
+  }
   Schedule& schedule() { return s_; }
 
  private:

@@ -6,10 +6,10 @@
 #include <cmath>
 #include <chrono>
 #include <set>
-#include <thread>
 
 #include "arch/Error.hpp"
 #include "report/TraceWriter.hpp"
+#include "sim/FunctionalExecutor.hpp"
 
 namespace ppu::ccl {
 
@@ -22,6 +22,27 @@ std::string rank_list(const std::vector<int>& ranks) {
 }
 
 std::string bytes_text(double b) { return format_quantity(Dimension::kBytes, b); }
+
+// Refuses, before it is timed, a schedule whose simulation would keep the host busy for minutes
+// (kMaxScheduleWork): small chunks, many channels and a deep pipeline over a large message. `scale`
+// stands for a message that many times the schedule's (the selector extrapolates past
+// kSimulateUpToBytes, but the full message is simulated when it runs).
+void check_schedule_work(const Schedule& s, double scale, Collective c, Algorithm a, double bytes,
+                         const NodeSpec& node) {
+  ScheduleWork w = schedule_work(s);
+  if (scale > 1) {
+    const int64_t in_flight_max = s.connections * std::max(1, s.pipeline_depth);
+    w.flows = static_cast<int64_t>(std::ceil(static_cast<double>(w.flows) * scale));
+    w.in_flight = std::min(w.flows, in_flight_max);
+  }
+  if (w.updates() <= kMaxScheduleWork) return;
+  throw UserError(fmt::format(
+      "{} of {} on node '{}' ({}): simulating it means {} transfers with up to {} in flight ({:.3g} flow updates), "
+      "beyond the limit of {:.0e} (about 10 s of host time); raise the node's chunk_size ({}), lower its channels ({}) "
+      "or pipeline_depth ({}), or use a smaller message",
+      collective_name(c), bytes_text(bytes), node.name, algorithm_name(a), w.flows, w.in_flight, w.updates(),
+      kMaxScheduleWork, bytes_text(node.chunk_size.value), node.channels.value, node.pipeline_depth.value));
+}
 
 // Sorted ranks with runs of three or more shortened: {0, 1, 2, 3, 5} -> "0-3,5".
 std::string rank_ranges(const std::vector<int>& ranks) {
@@ -194,6 +215,14 @@ Communicator::Choice Communicator::select(Collective c, int64_t count, DType dty
   } else {
     double best_t = 1e300;
     std::string all;
+    const int64_t cap = std::max<int64_t>(2, kSimulateUpToBytes / es);
+    // Every candidate's schedule is checked before any is timed, so that a refusal comes at once.
+    for (Algorithm a : algos) {
+      ScheduleSpec sp = spec_for(c, a, std::min(count, cap), es, o);
+      if (c == Collective::kAllToAllV) sp.collective = Collective::kAllToAll;
+      check_schedule_work(build_schedule(sp), static_cast<double>(count) / static_cast<double>(sp.count), c, a,
+                          static_cast<double>(count * es), node());
+    }
     for (auto [a, p] : options) {
       auto time_of = [&](int64_t elems) {
         ScheduleSpec sp = spec_for(c, a, elems, es, o);
@@ -202,7 +231,6 @@ Communicator::Choice Communicator::select(Collective c, int64_t count, DType dty
       };
       // Past kSimulateUpToBytes every algorithm is in its steady state: time grows linearly with size,
       // so two simulations at the cap and half of it extrapolate (keeps selection fast for GB messages).
-      const int64_t cap = std::max<int64_t>(2, kSimulateUpToBytes / es);
       double t;
       if (count <= cap) {
         t = time_of(count);
@@ -389,6 +417,7 @@ CollectiveResult Communicator::run(Collective c, std::vector<RankCall> calls, co
     sp.in_place[static_cast<size_t>(r)] = same;
   }
   const Schedule sched = build_schedule(sp);
+  check_schedule_work(sched, 1.0, c, res.algorithm, static_cast<double>(count * es), node());
 
   // Simulated time: from when every rank's stream is ready.
   std::vector<Stream*> streams(static_cast<size_t>(n));
@@ -436,8 +465,7 @@ CollectiveResult Communicator::run(Collective c, std::vector<RankCall> calls, co
       data[static_cast<size_t>(r)] = {calls[static_cast<size_t>(r)].send.data, calls[static_cast<size_t>(r)].recv.data,
                                       sc.empty() ? nullptr : sc.data()};
     }
-    const int threads = options_.host_threads > 0 ? options_.host_threads
-                                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int threads = options_.host_threads > 0 ? options_.host_threads : default_host_threads();
     run_schedule(sched, data, *dtype, o.op, threads);
   }
 

@@ -14,7 +14,10 @@
 //                                                                    // names ranks that never came
 // Algorithms (and protocols) are chosen by simulating every one that applies and taking the fastest
 // (cached per collective, size, dtype and root; on switch nodes among NCCL's algorithms), or given by
-// name in CollectiveOptions::algorithm / protocol.
+// name in CollectiveOptions::algorithm / protocol. A collective whose schedule would take the host
+// more than kMaxScheduleWork flow updates to simulate (ccl/Schedule: tiny chunks, many channels, a
+// deep pipeline, a large message) is a UserError naming the node's fields, raised before anything
+// is timed - for every candidate of the selector, then for the schedule that runs.
 //
 // Not thread-safe except for the per-rank calls, which are meant to be called concurrently.
 // Not here: several nodes (the cluster layer), stragglers, link failures.
@@ -43,7 +46,7 @@ namespace ppu::ccl {
 
 struct CommOptions {
   double rendezvous_timeout_s = 5.0;  // per-rank calls: how long (host seconds) a rank waits for the rest
-  int host_threads = 0;               // threads moving functional data; 0: the machine's cores
+  int host_threads = 0;               // threads moving functional data; 0: default_host_threads()
   std::vector<int> chips;             // rank r sits on chip chips[r] of the node; default: chip r
 };
 

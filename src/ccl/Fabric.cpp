@@ -3,42 +3,73 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <string_view>
 
 #include "arch/Error.hpp"
 
 namespace ppu::ccl {
 
-int Fabric::add(std::string name, double line_bw, double efficiency) {
-  resources_.push_back({std::move(name), line_bw * efficiency, line_bw});
+namespace {
+
+// The flow model divides bytes by these rates and adds these latencies: a zero, denormal, infinite or
+// NaN one would leave a collective's flows unable to finish (or finishing at no time). Node and chip
+// files cannot hold such values (their valid ranges); a NodeSpec built in code can, and gets this
+// error naming the field instead of a simulation that never ends.
+void check_latency(const NodeSpec& node, std::string_view key, const Quantity& q) {
+  if (!(std::isfinite(q.value) && q.value >= 0))
+    throw UserError(fmt::format("node '{}': field '{}' is {} s; the collective simulation needs a finite, "
+                                "non-negative latency",
+                                node.name, key, q.value));
+}
+
+}  // namespace
+
+int Fabric::add(std::string name, double line_bw, double efficiency, std::string_view fields) {
+  const double bw = line_bw * efficiency;
+  if (!(std::isnormal(bw) && bw > 0))
+    throw UserError(fmt::format("node '{}': resource '{}' would move {} B/s ({}); a collective over it could never "
+                                "finish: the rate must be positive and finite",
+                                node_.name, name, bw, fields));
+  resources_.push_back({std::move(name), bw, line_bw});
   return static_cast<int>(resources_.size()) - 1;
 }
 
 Fabric::Fabric(const NodeSpec& node) : node_(node) {
   const int n = node.num_chips();
+  check_latency(node, "collective_latency", node.collective_latency);
+  check_latency(node, "step_latency", node.step_latency);
+  if (node.has_low_latency_protocol()) check_latency(node, "ll_step_latency", node.ll_step_latency);
+  if (node.has_switch_reduction()) check_latency(node, "switch_reduction_latency", node.switch_reduction_latency);
   const double eff = node.link_efficiency.value;
   paths_.assign(static_cast<size_t>(n) * n, {});
   latency_.assign(static_cast<size_t>(n) * n, 0.0);
   auto at = [&](int a, int b) { return static_cast<size_t>(a) * n + b; };
   const ChipSpec& chip = node.chip;
   for (int c = 0; c < n; ++c)
-    memory_.push_back(add(fmt::format("hbm c{}", c), chip.hbm_bandwidth.value * chip.hbm_read_efficiency.value, 1.0));
+    memory_.push_back(add(fmt::format("hbm c{}", c), chip.hbm_bandwidth.value * chip.hbm_read_efficiency.value, 1.0,
+                          "chip fields 'hbm_bandwidth' x 'hbm_read_efficiency'"));
   const bool mesh = node.topology == Topology::kFullMesh || node.topology == Topology::kMeshesOverPcie;
   const bool pcie = node.topology == Topology::kPcie || node.topology == Topology::kMeshesOverPcie;
+  if (mesh || node.topology == Topology::kSwitch) check_latency(node, "link_latency", node.link_latency);
+  if (pcie) check_latency(node, "pcie_latency", node.pcie_latency);
+  constexpr std::string_view kLinkFields = "fields 'link_bandwidth' x 'link_efficiency'";
   if (mesh) {
     const int g = node.group_chips();
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b)
         if (a != b && a / g == b / g) {
-          paths_[at(a, b)] = {add(fmt::format("c{}->c{}", a, b), node.link_bandwidth.value, eff)};
+          paths_[at(a, b)] = {add(fmt::format("c{}->c{}", a, b), node.link_bandwidth.value, eff, kLinkFields)};
           latency_[at(a, b)] = node.link_latency.value;
         }
   }
   if (node.topology == Topology::kSwitch) {
     for (int c = 0; c < n; ++c) {
-      up_.push_back(add(fmt::format("c{}->sw", c), node.link_bandwidth.value, eff));
-      down_.push_back(add(fmt::format("sw->c{}", c), node.link_bandwidth.value, eff));
+      up_.push_back(add(fmt::format("c{}->sw", c), node.link_bandwidth.value, eff, kLinkFields));
+      down_.push_back(add(fmt::format("sw->c{}", c), node.link_bandwidth.value, eff, kLinkFields));
     }
-    if (node.has_switch_reduction()) nvls_ = add("nvls", node.switch_reduction_bandwidth.value, 1.0);
+    if (node.has_switch_reduction())
+      nvls_ = add("nvls", node.switch_reduction_bandwidth.value, 1.0, "field 'switch_reduction_bandwidth'");
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b)
         if (a != b) {
@@ -51,12 +82,16 @@ Fabric::Fabric(const NodeSpec& node) : node_(node) {
     const int switches = n / per;
     std::vector<int> cu, cd, su, sd;
     for (int c = 0; c < n; ++c) {
-      cu.push_back(add(fmt::format("c{}->pcie{}", c, c / per), node.pcie_bandwidth.value, eff));
-      cd.push_back(add(fmt::format("pcie{}->c{}", c / per, c), node.pcie_bandwidth.value, eff));
+      cu.push_back(add(fmt::format("c{}->pcie{}", c, c / per), node.pcie_bandwidth.value, eff,
+                        "fields 'pcie_bandwidth' x 'link_efficiency'"));
+      cd.push_back(add(fmt::format("pcie{}->c{}", c / per, c), node.pcie_bandwidth.value, eff,
+                        "fields 'pcie_bandwidth' x 'link_efficiency'"));
     }
     for (int s = 0; s < switches; ++s) {
-      su.push_back(add(fmt::format("pcie{}->host", s), node.host_bandwidth.value, eff));
-      sd.push_back(add(fmt::format("host->pcie{}", s), node.host_bandwidth.value, eff));
+      su.push_back(add(fmt::format("pcie{}->host", s), node.host_bandwidth.value, eff,
+                        "fields 'host_bandwidth' x 'link_efficiency'"));
+      sd.push_back(add(fmt::format("host->pcie{}", s), node.host_bandwidth.value, eff,
+                        "fields 'host_bandwidth' x 'link_efficiency'"));
     }
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b) {

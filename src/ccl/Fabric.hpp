@@ -16,6 +16,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "arch/NodeSpec.hpp"
@@ -57,7 +58,9 @@ class Fabric {
   double path_bandwidth(int a, int b) const;
 
  private:
-  int add(std::string name, double line_bw, double efficiency);
+  // Adds a resource of line_bw x efficiency B/s; `fields` names the preset fields it comes from, for the
+  // UserError a zero, denormal or non-finite rate gets.
+  int add(std::string name, double line_bw, double efficiency, std::string_view fields);
 
   NodeSpec node_;
   std::vector<Resource> resources_;

@@ -1,5 +1,7 @@
 #include "ccl/FlowSim.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -27,7 +29,8 @@ void FlowSim::start(double at_s, std::vector<int> resources, double bytes, doubl
 
 void FlowSim::start_weighted(double at_s, std::vector<std::pair<int, double>> resources, double bytes, double latency_s,
                              uint64_t tag) {
-  PPU_CHECK(bytes >= 0 && latency_s >= 0, "flow bytes and latency must be non-negative");
+  PPU_CHECK(bytes >= 0 && latency_s >= 0 && std::isfinite(bytes) && std::isfinite(latency_s) && std::isfinite(at_s),
+            "flow bytes and latency must be finite and non-negative");
   PPU_CHECK(bytes == 0 || !resources.empty(), "a flow that moves bytes needs a resource");
   std::sort(resources.begin(), resources.end());
   Flow f;
@@ -78,6 +81,16 @@ void FlowSim::recompute_rates() {
       weight[r] += active_[i].weights[k];
     }
   }
+  // The flows crossing each resource, in active_ order (CSR): a filling step visits only the flows
+  // of its tight resource, in the order a scan of active_ would, so the sums round the same way.
+  std::vector<size_t> first(nr + 1, 0), fill(nr, 0), crossing;
+  for (size_t r = 0; r < nr; ++r) first[r + 1] = first[r] + static_cast<size_t>(count[r]);
+  crossing.resize(first[nr]);
+  for (size_t i = 0; i < active_.size(); ++i)
+    for (int r : active_[i].resources) {
+      const auto ur = static_cast<size_t>(r);
+      crossing[first[ur] + fill[ur]++] = i;
+    }
   while (left > 0) {
     double share = kInf;
     int tight = -1;
@@ -85,10 +98,11 @@ void FlowSim::recompute_rates() {
       if (count[r] > 0 && cap[r] / weight[r] < share) share = cap[r] / weight[r], tight = static_cast<int>(r);
     PPU_CHECK(tight >= 0, "progressive filling found no resource");
     share = std::max(share, 0.0);
-    for (size_t i = 0; i < active_.size(); ++i) {
+    const auto ut = static_cast<size_t>(tight);
+    for (size_t k0 = first[ut]; k0 < first[ut + 1]; ++k0) {
+      const size_t i = crossing[k0];
       if (frozen[i]) continue;
       const auto& rs = active_[i].resources;
-      if (!std::binary_search(rs.begin(), rs.end(), tight)) continue;
       frozen[i] = 1;
       --left;
       active_[i].rate = share;
@@ -115,7 +129,16 @@ std::optional<FlowSim::Completion> FlowSim::next() {
       if (t < t_done || (t == t_done && f.seq < active_[best].seq)) t_done = t, best = i;
     }
     if (t_done == kInf && t_pending == kInf) {
-      PPU_CHECK(active_.empty(), "flows that can never finish (a resource with no capacity left)");
+      if (!active_.empty()) {
+        // A flow whose bytes / rate overflows a double: a bandwidth too small for the work, which
+        // only a NodeSpec or resource built in code can have (preset files are range-checked).
+        const Flow& f = active_[best];
+        const auto r = static_cast<size_t>(f.resources.front());
+        throw UserError(fmt::format("a flow over resource '{}' ({:g} B/s) can never finish: {:g} bytes left at "
+                                    "{:g} B/s take longer than a double can count; the resource's bandwidth is too "
+                                    "small",
+                                    names_[r], capacity_[r], f.remaining, f.rate));
+      }
       return std::nullopt;
     }
     if (t_done <= t_pending) {

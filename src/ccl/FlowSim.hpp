@@ -48,7 +48,8 @@ class FlowSim {
   // at weight 3). Weights must be positive; a resource listed twice adds its weights.
   void start_weighted(double at_s, std::vector<std::pair<int, double>> resources, double bytes, double latency_s,
                       uint64_t tag);
-  // Advances to the next completion and returns it; nullopt when nothing is left.
+  // Advances to the next completion and returns it; nullopt when nothing is left. Throws UserError,
+  // naming the resource, when an active flow can never finish (its bytes / rate overflows a double).
   std::optional<Completion> next();
   double now() const { return now_; }
   bool idle() const { return pending_.empty() && active_.empty(); }

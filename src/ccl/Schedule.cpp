@@ -134,6 +134,13 @@ ScheduleTiming time_schedule(const Schedule& s, const Fabric& fabric, const std:
   return out;
 }
 
+ScheduleWork schedule_work(const Schedule& s) {
+  ScheduleWork w;
+  for (const Op& o : s.ops) w.flows += static_cast<int64_t>(std::max(o.srcs.size(), o.dsts.size()));
+  w.in_flight = std::min(w.flows, s.connections * std::max(1, s.pipeline_depth));
+  return w;
+}
+
 namespace {
 
 constexpr int64_t kBlock = 2048;

@@ -63,10 +63,15 @@ void check_cluster(const ClusterSpec& c) {
   if (c.node.num_chips() < 1) throw UserError(fmt::format("{}: node '{}' has no chips", who, c.node.name));
   if (c.nics_per_node.value < 1 || c.nics_per_node.value != std::floor(c.nics_per_node.value))
     throw UserError(fmt::format("{}: nics_per_node {} must be a whole number >= 1", who, c.nics_per_node.value));
-  if (!(c.nic_bandwidth.value > 0)) throw UserError(fmt::format("{}: nic_bandwidth {} must be > 0 B/s", who, c.nic_bandwidth.value));
+  // Rates and latencies the network models divide by and add: a zero, denormal or infinite one would
+  // leave a transfer unable to finish (issue 17: every simulation loop ends or names its input).
+  if (!(std::isnormal(c.nic_bandwidth.value) && c.nic_bandwidth.value > 0))
+    throw UserError(
+        fmt::format("{}: nic_bandwidth {} must be > 0 B/s and finite (not denormal)", who, c.nic_bandwidth.value));
   if (!(c.nic_efficiency.value > 0 && c.nic_efficiency.value <= 1))
     throw UserError(fmt::format("{}: nic_efficiency {} must be in (0, 1]", who, c.nic_efficiency.value));
-  if (!(c.nic_latency.value >= 0)) throw UserError(fmt::format("{}: nic_latency {} must be >= 0 s", who, c.nic_latency.value));
+  if (!(c.nic_latency.value >= 0 && std::isfinite(c.nic_latency.value)))
+    throw UserError(fmt::format("{}: nic_latency {} must be >= 0 s and finite", who, c.nic_latency.value));
   if (c.tiers.empty()) throw UserError(fmt::format("{}: tiers is empty; at least one tier (the NICs' switches) is needed", who));
   int64_t below = 1;
   for (size_t i = 0; i < c.tiers.size(); ++i) {
@@ -77,9 +82,11 @@ void check_cluster(const ClusterSpec& c) {
     const auto d = static_cast<int64_t>(t.nodes.value);
     if (d % below != 0)
       throw UserError(fmt::format("{}: nodes {} is not a multiple of the tier below's {}; domains must nest", tw, d, below));
-    if (!(t.oversubscription.value >= 1))
-      throw UserError(fmt::format("{}: oversubscription {} must be >= 1 (1 = non-blocking)", tw, t.oversubscription.value));
-    if (!(t.latency.value >= 0)) throw UserError(fmt::format("{}: latency {} must be >= 0 s", tw, t.latency.value));
+    if (!(t.oversubscription.value >= 1 && std::isfinite(t.oversubscription.value)))
+      throw UserError(fmt::format("{}: oversubscription {} must be >= 1 (1 = non-blocking) and finite", tw,
+                                  t.oversubscription.value));
+    if (!(t.latency.value >= 0 && std::isfinite(t.latency.value)))
+      throw UserError(fmt::format("{}: latency {} must be >= 0 s and finite", tw, t.latency.value));
     below = d;
   }
   if (below < c.num_nodes())

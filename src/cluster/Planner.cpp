@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "arch/Error.hpp"
+#include "sim/FunctionalExecutor.hpp"
 
 namespace ppu::cluster {
 
@@ -122,7 +123,7 @@ Plan plan_training(const ModelConfig& m, const ClusterSpec& c, const PlanOptions
     plan.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
     return plan;
   }
-  const int threads = std::max(1, p.threads > 0 ? p.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  const int threads = p.threads > 0 ? p.threads : default_host_threads();
   // Extracts every distinct workload of `layouts` on all threads, then times the layouts one by one.
   auto evaluate = [&](const std::vector<Layout>& layouts) {
     std::vector<WorkloadOptions> todo;

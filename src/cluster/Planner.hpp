@@ -32,7 +32,7 @@ struct PlanOptions {
   int64_t seq_len = 4096;
   int64_t chips = 0;          // chips to use; 0: the whole cluster
   int max_layouts = 0;        // 0: no limit; else time at most this many (the most promising by memory headroom)
-  int threads = 0;            // workload extraction threads; 0: hardware concurrency
+  int threads = 0;            // workload extraction threads; 0: default_host_threads() (PPU_THREADS or the cores)
   int grad_reduce_bytes = 4;
   kernels::AttentionStyle attention_style = kernels::AttentionStyle::kPipelined;
   // Called with a line per stage of the search, and every few seconds while workloads are timed (with

@@ -392,13 +392,15 @@ struct FunctionalExecutor::Impl {
   }
 };
 
+int default_host_threads() {
+  const char* env = std::getenv("PPU_THREADS");
+  const int threads = env ? std::atoi(env) : 0;
+  return threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 FunctionalExecutor::FunctionalExecutor(int threads) : impl_(std::make_unique<Impl>()) {
   init_host_isa_from_env();  // a bad PPU_HOST_ISA is reported here, on the caller's thread
-  if (threads <= 0) {
-    const char* env = std::getenv("PPU_THREADS");
-    threads = env ? std::atoi(env) : 0;
-    if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  }
+  if (threads <= 0) threads = default_host_threads();
   impl_->nthreads = threads;
   for (int i = 1; i < threads; ++i) impl_->workers.emplace_back([this] { impl_->worker_loop(); });
 }

@@ -22,6 +22,13 @@
 
 namespace ppu {
 
+// Host threads when a caller asks for 0 ("as many as useful"): PPU_THREADS if it is a positive
+// integer, otherwise the host's core count (at least 1). Every host thread pool of the simulator
+// takes its default from here - this executor, the communicator's data movement and the training
+// planner's workload extraction - and results do not depend on it: PPU_THREADS=1 and 2 give the
+// same bits (tests/cli/determinism.py).
+int default_host_threads();
+
 class FunctionalExecutor {
  public:
   explicit FunctionalExecutor(int threads = 0);

@@ -362,6 +362,7 @@ class Sim {
     lane_rate_ = chip.vector_fp32.value / 2.0 / cores;
     sfu_rate_ = chip.special_function_ops_per_s() / cores;
     sync_mma_ = k.sync_mma ? chip.mma_sync_fraction_value() : 1.0;
+    check_rates();
     res_.name = k.name;
     res_.cores = cores;
     res_.blocks = k.grid;
@@ -415,9 +416,17 @@ class Sim {
       end = std::max(end, now_);
     }
     for (const Core& c : cores_)
-      for (const Slot& sl : c.slots)
-        PPU_CHECK(sl.remaining == 0,
-                  fmt::format("kernel '{}': block {} deadlocked in the timing engine", k_.name, sl.block));
+      for (const Slot& sl : c.slots) {
+        if (sl.remaining == 0) continue;
+        // A transfer whose bytes / bandwidth overflows a double never ends: the input's fault. Any
+        // other unfinished block is a dependency bug of ours.
+        if (!c.dma[0].empty() || !c.dma[1].empty())
+          throw UserError(fmt::format("kernel '{}': block {} never finished: its DMA transfers would take longer than "
+                                      "a double can count on chip '{}'; fields 'hbm_bandwidth', 'l2_bandwidth', "
+                                      "'dma_bandwidth_per_core' or 'atomic_bandwidth_per_core' too small for its work",
+                                      k_.name, sl.block, chip_.name));
+        PPU_CHECK(false, fmt::format("kernel '{}': block {} deadlocked in the timing engine", k_.name, sl.block));
+      }
     res_.time_s = end;
     res_.hbm_busy_s = hbm_.busy_s;
     res_.l2_busy_s = l2pool_.busy_s;
@@ -426,6 +435,42 @@ class Sim {
 
  private:
   void push(const Event& e) { events_.push(e); }
+
+  // The event loop divides work by these rates and adds these latencies: a zero, denormal, infinite
+  // or NaN one would make an instruction never finish (or finish at no time) and the loop end with
+  // blocks left. Chip files cannot hold such values (their valid ranges); a ChipSpec built in code
+  // can, and gets this error naming the field instead.
+  void check_rates() const {
+    auto rate = [&](double per_core, std::string_view fields) {
+      if (!(std::isnormal(per_core) && per_core > 0))
+        throw UserError(fmt::format("chip '{}': the timing engine's rate from {} is {:g}; it needs a positive, "
+                                    "finite, normal rate (at a zero or denormal one an instruction never finishes)",
+                                    chip_.name, fields, per_core));
+    };
+    auto latency = [&](std::string_view key, double v) {
+      if (!(std::isfinite(v) && v >= 0))
+        throw UserError(fmt::format("chip '{}': field '{}' is {:g} s; the timing engine needs a finite, non-negative "
+                                    "latency",
+                                    chip_.name, key, v));
+    };
+    rate(mma_rate_[static_cast<int>(DType::kBF16)], "fields 'matrix_bf16' x 'mma_efficiency'");
+    rate(mma_rate_[static_cast<int>(DType::kF16)], "fields 'matrix_fp16' x 'mma_efficiency'");
+    if (chip_.matrix_fp8.present)
+      rate(mma_rate_[static_cast<int>(DType::kF8E4M3)], "fields 'matrix_fp8' x 'mma_efficiency_fp8'");
+    rate(lane_rate_, "field 'vector_fp32'");
+    rate(sfu_rate_, chip_.special_function_rate.present
+                        ? "field 'special_function_rate'"
+                        : "field 'vector_fp32' (no special_function_rate: vector_fp32 / 8)");
+    rate(sync_mma_, "field 'mma_sync_fraction'");
+    rate(hbm_.capacity * chip_.hbm_read_efficiency.value, "fields 'hbm_bandwidth' x 'hbm_read_efficiency'");
+    rate(hbm_.capacity * chip_.hbm_write_efficiency.value, "fields 'hbm_bandwidth' x 'hbm_write_efficiency'");
+    rate(l2pool_.capacity, "field 'l2_bandwidth'");
+    rate(hbm_.cap, "field 'dma_bandwidth_per_core'");
+    rate(atomic_.cap, "field 'atomic_bandwidth_per_core'");
+    latency("launch_latency", chip_.launch_latency.value);
+    latency("block_latency", chip_.block_latency.value);
+    latency("dma_latency", chip_.dma_latency.value);
+  }
 
   void start_block(int32_t ci, int si) {
     Slot& s = cores_[static_cast<size_t>(ci)].slots[si];
@@ -602,6 +647,10 @@ class Sim {
           throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
                                       chip_.name, dtype_name(dt), chip_.matrix_fp8.present ? ", fp8" : ""));
         const double dur = r.amount;
+        if (!std::isfinite(dur))
+          throw_endless(s, i, "a matrix",
+                        fmt::format("fields '{}' x '{}'", matrix_field_for(dt),
+                                    dtype_is_fp8(dt) ? "mma_efficiency_fp8" : "mma_efficiency"));
         res_.matrix_flops += std::bit_cast<double>(r.extra);
         res_.matrix_busy_s += dur;
         c.busy[0] = true;
@@ -610,12 +659,20 @@ class Sim {
       }
       default: {
         const double dur = r.amount;
+        if (!std::isfinite(dur)) throw_endless(s, i, "a vector", "field 'vector_fp32' or 'special_function_rate'");
         res_.vector_busy_s += dur;
         c.busy[1] = true;
         push(Event(now_ + dur, EvKind::kComputeDone, ci, i, si, 0));
         return;
       }
     }
+  }
+
+  // An instruction whose duration overflows a double: the chip's rate is too small for its work.
+  [[noreturn]] void throw_endless(const Slot& s, uint32_t i, std::string_view what, std::string_view fields) const {
+    throw UserError(fmt::format("kernel '{}': {} instruction of block {} (instruction {}) would take longer than a "
+                                "double can count on chip '{}'; {} too small for its work",
+                                k_.name, what, s.block, i, chip_.name, fields));
   }
 
   void start_flow(int32_t ci, int e) {

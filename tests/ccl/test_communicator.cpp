@@ -344,5 +344,42 @@ TEST(Communicator, InsideCapturedGraphsACollectiveLaunchesAsAGraphNode) {
   EXPECT_EQ(time_with(1), plain) << "one rank outside a graph launches the collective on its own";
 }
 
+// Issue 17, part 5: a collective whose simulation would keep the host busy for minutes (64 KiB chunks
+// on 64 channels, 16 deep, over 1 GiB: about 3e9 flow updates) is refused before it is timed, naming
+// the node fields and the limit; the same node simulates a small message as usual.
+TEST(Communicator, ASimulationTooLargeToTimeIsRefusedBeforeItRuns) {
+  NodeSpec node = load_node("zhenwu-8");
+  node.name = "slow-8";
+  node.chunk_size.value = 64 << 10;
+  node.channels.value = 64;
+  node.pipeline_depth.value = 16;
+  std::vector<std::unique_ptr<Device>> devs;
+  std::vector<Device*> ptrs;
+  for (int r = 0; r < 8; ++r) {
+    devs.push_back(std::make_unique<Device>(node.chip, ExecMode::kTimingOnly, 1));
+    ptrs.push_back(devs.back().get());
+  }
+  Communicator comm(node, ptrs, CommOptions{});
+  std::vector<Buffer> big, small;
+  for (Device* d : ptrs) {
+    big.push_back(d->alloc(DType::kF32, int64_t{1} << 28, "big"));  // 1 GiB
+    small.push_back(d->alloc(DType::kF32, int64_t{1} << 18, "small"));  // 1 MiB
+  }
+  // The selector checks every candidate (at the size it would simulate, scaled to the message) first.
+  EXPECT_EQ(ppu::test::error_message([&] { comm.all_reduce(big, big); }),
+            "allreduce of 1.074 GB on node 'slow-8' (ring): simulating it means 344064 transfers with up to 8192 in "
+            "flight (2.82e+09 flow updates), beyond the limit of 1e+09 (about 10 s of host time); raise the node's "
+            "chunk_size (65.54 KB), lower its channels (64) or pipeline_depth (16), or use a smaller message");
+  // An algorithm given by name skips the selector; the schedule itself is checked before it is timed.
+  CollectiveOptions direct;
+  direct.algorithm = Algorithm::kDirect;
+  direct.protocol = Protocol::kSimple;
+  EXPECT_EQ(ppu::test::error_message([&] { comm.all_reduce(big, big, direct); }),
+            "allreduce of 1.074 GB on node 'slow-8' (direct): simulating it means 245760 transfers with up to 14336 "
+            "in flight (3.52e+09 flow updates), beyond the limit of 1e+09 (about 10 s of host time); raise the "
+            "node's chunk_size (65.54 KB), lower its channels (64) or pipeline_depth (16), or use a smaller message");
+  EXPECT_GT(comm.all_reduce(small, small).time_s, 0.0);
+}
+
 }  // namespace
 }  // namespace ppu::ccl

@@ -3,8 +3,11 @@
 // here because the scenarios are tiny and analytic.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <functional>
 #include <map>
 
+#include "TestUtil.hpp"
 #include "ccl/Fabric.hpp"
 #include "ccl/FlowSim.hpp"
 
@@ -94,6 +97,40 @@ TEST(Fabric, PathsFollowTheTopology) {
   const Fabric pcie(load_node("zhenwu-8-pcie"));
   EXPECT_EQ(pcie.path(0, 1).size(), 2u);       // under one PCIe switch
   EXPECT_EQ(pcie.path(0, 4).size(), 4u);       // through the host
+}
+
+// Issue 17, part 5: a flow that can never finish, or a node whose rates or latencies would leave
+// flows unable to finish, is a UserError naming the resource or field - not an abort or a hang.
+TEST(FlowSim, AFlowThatCanNeverFinishNamesItsResource) {
+  FlowSim sim;
+  const int r = sim.add_resource("c0->c1", 1e-300);  // normal, but 1e10 bytes / 1e-300 B/s overflows
+  sim.start(0, {r}, 1e10, 0, 1);
+  EXPECT_EQ(ppu::test::error_message([&] { sim.next(); }),
+            "a flow over resource 'c0->c1' (1e-300 B/s) can never finish: 1e+10 bytes left at 1e-300 B/s take longer "
+            "than a double can count; the resource's bandwidth is too small");
+}
+
+TEST(Fabric, ZeroDenormalOrNonFiniteRatesAndLatenciesNameTheField) {
+  auto error_with = [](const char* name, const std::function<void(NodeSpec&)>& edit) {
+    NodeSpec node = load_node(name);
+    edit(node);
+    return ppu::test::error_message([&] { Fabric f(node); });
+  };
+  EXPECT_EQ(error_with("zhenwu-8", [](NodeSpec& n) { n.link_bandwidth.value = 0; }),
+            "node 'zhenwu-8': resource 'c0->c1' would move 0 B/s (fields 'link_bandwidth' x 'link_efficiency'); a "
+            "collective over it could never finish: the rate must be positive and finite");
+  EXPECT_EQ(error_with("h100-dgx", [](NodeSpec& n) { n.switch_reduction_bandwidth.value = 1e-310; }),
+            "node 'h100-dgx': resource 'nvls' would move 1e-310 B/s (field 'switch_reduction_bandwidth'); a collective "
+            "over it could never finish: the rate must be positive and finite");
+  EXPECT_EQ(error_with("zhenwu-8", [](NodeSpec& n) { n.chip.hbm_read_efficiency.value = NAN; }),
+            "node 'zhenwu-8': resource 'hbm c0' would move nan B/s (chip fields 'hbm_bandwidth' x "
+            "'hbm_read_efficiency'); a collective over it could never finish: the rate must be positive and finite");
+  EXPECT_EQ(error_with("zhenwu-8", [](NodeSpec& n) { n.step_latency.value = INFINITY; }),
+            "node 'zhenwu-8': field 'step_latency' is inf s; the collective simulation needs a finite, non-negative "
+            "latency");
+  EXPECT_EQ(error_with("zhenwu-8", [](NodeSpec& n) { n.link_latency.value = -1e-6; }),
+            "node 'zhenwu-8': field 'link_latency' is -1e-06 s; the collective simulation needs a finite, "
+            "non-negative latency");
 }
 
 }  // namespace

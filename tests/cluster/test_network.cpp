@@ -230,6 +230,23 @@ TEST(ClusterNetwork, InvalidRequestsNameTheFieldAndWhatIsValid) {
   test::expect_error(ask(Collective::kReduce, 1e6, 64, 8, 0), {"collective 'reduce'", valid});
 }
 
+// Issue 17, part 5: a node whose collectives would take minutes to simulate (64 KiB chunks on 64
+// channels, 16 deep) is refused with the communicator's message, naming the node fields and the
+// limit, before the node part is timed - not a planner that seems to hang.
+TEST(ClusterNetwork, ANodeTooSlowToSimulateIsRefusedNamingItsFields) {
+  ClusterSpec c = make_cluster("zhenwu-8", 4, 200, {{4, 1}});
+  c.node.name = "slow-8";
+  c.node.chunk_size.value = 64 << 10;
+  c.node.channels.value = 64;
+  c.node.pipeline_depth.value = 16;
+  auto net = make_network(c, NetworkKind::kAnalytical);
+  // Past 256 MB the node part is simulated at 256 MB and extrapolated: that is the size refused.
+  EXPECT_EQ(test::error_message([&] { net->cost({Collective::kAllReduce, 1e9, 8, 1, 0}); }),
+            "allreduce of 268.4 MB on node 'slow-8' (tree): simulating it means 73728 transfers with up to 20480 in "
+            "flight (1.51e+09 flow updates), beyond the limit of 1e+09 (about 10 s of host time); raise the node's "
+            "chunk_size (65.54 KB), lower its channels (64) or pipeline_depth (16), or use a smaller message");
+}
+
 TEST(ClusterNetwork, InvalidClustersNameTheFieldAndWhatIsValid) {
   ClusterSpec c = make_cluster("a100-dgx", 8, 200, {{4, 1}});
   test::expect_error([&] { make_network(c, NetworkKind::kAnalytical); }, {"top tier 'leaf' holds 4 nodes", "has 8"});
@@ -242,6 +259,22 @@ TEST(ClusterNetwork, InvalidClustersNameTheFieldAndWhatIsValid) {
   c = make_cluster("a100-dgx", 8, 200, {{8, 1}});
   c.nic_efficiency.value = 1.5;
   test::expect_error([&] { make_network(c, NetworkKind::kAnalytical); }, {"nic_efficiency 1.5", "(0, 1]"});
+  // Issue 17, part 5: rates and latencies that would leave a transfer unable to finish.
+  c = make_cluster("a100-dgx", 8, 200, {{8, 1}});
+  c.nic_bandwidth.value = 1e-310;
+  EXPECT_EQ(test::error_message([&] { make_network(c, NetworkKind::kFlow); }),
+            "cluster 'a100-dgx-x8': nic_bandwidth 1e-310 must be > 0 B/s and finite (not denormal)");
+  c = make_cluster("a100-dgx", 8, 200, {{8, 1}});
+  c.nic_latency.value = INFINITY;
+  EXPECT_EQ(test::error_message([&] { make_network(c, NetworkKind::kAnalytical); }),
+            "cluster 'a100-dgx-x8': nic_latency inf must be >= 0 s and finite");
+  c = make_cluster("a100-dgx", 8, 200, {{8, INFINITY}});
+  EXPECT_EQ(test::error_message([&] { make_network(c, NetworkKind::kAnalytical); }),
+            "cluster 'a100-dgx-x8': tier 0 ('leaf'): oversubscription inf must be >= 1 (1 = non-blocking) and finite");
+  c = make_cluster("a100-dgx", 8, 200, {{8, 1}});
+  c.tiers[0].latency.value = NAN;
+  EXPECT_EQ(test::error_message([&] { make_network(c, NetworkKind::kFlow); }),
+            "cluster 'a100-dgx-x8': tier 0 ('leaf'): latency nan must be >= 0 s and finite");
   c = make_cluster("a100-dgx", 8, 200, {{8, 1}});
   test::expect_error([&] { make_network(c, static_cast<NetworkKind>(7)); }, {"network kind 7", "analytical, flow"});
 }

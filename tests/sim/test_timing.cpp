@@ -641,5 +641,46 @@ TEST(TimingEngineErrors, InvalidProgramsAndGrids) {
   test::expect_error([&] { eng.run(neg); }, {"kernel 'mma_only'", "grid -1"});
 }
 
+// Issue 17, part 5: a rate or latency that would keep the event loop from finishing is a UserError
+// naming the chip field, not an abort or a hang. Chip files cannot hold such values (their valid
+// ranges); a ChipSpec built in code can.
+TEST(TimingEngineErrors, ZeroDenormalOrNonFiniteRatesNameTheField) {
+  auto error_with = [](const std::function<void(ChipSpec&)>& edit) {
+    ChipSpec chip = h100();
+    edit(chip);
+    TimingEngine eng(chip);
+    return test::error_message([&] { eng.run(mma_kernel(1, 1, 16, 16, 16)); });
+  };
+  EXPECT_EQ(error_with([](ChipSpec& c) { c.vector_fp32.value = 0; }),
+            "chip 'h100': the timing engine's rate from field 'vector_fp32' is 0; it needs a positive, finite, normal "
+            "rate (at a zero or denormal one an instruction never finishes)");
+  EXPECT_EQ(error_with([](ChipSpec& c) { c.l2_bandwidth.value = 1e-310; }),
+            "chip 'h100': the timing engine's rate from field 'l2_bandwidth' is 1e-310; it needs a positive, finite, "
+            "normal rate (at a zero or denormal one an instruction never finishes)");
+  EXPECT_EQ(error_with([](ChipSpec& c) { c.dma_bandwidth_per_core.value = INFINITY; }),
+            "chip 'h100': the timing engine's rate from field 'dma_bandwidth_per_core' is inf; it needs a positive, "
+            "finite, normal rate (at a zero or denormal one an instruction never finishes)");
+  EXPECT_EQ(error_with([](ChipSpec& c) { c.hbm_write_efficiency.value = 0; }),
+            "chip 'h100': the timing engine's rate from fields 'hbm_bandwidth' x 'hbm_write_efficiency' is 0; it "
+            "needs a positive, finite, normal rate (at a zero or denormal one an instruction never finishes)");
+  EXPECT_EQ(error_with([](ChipSpec& c) { c.dma_latency.value = NAN; }),
+            "chip 'h100': field 'dma_latency' is nan s; the timing engine needs a finite, non-negative latency");
+}
+
+// A normal but tiny rate: the rate passes, the instruction's duration overflows a double.
+TEST(TimingEngineErrors, AnInstructionLongerThanADoubleCountsNamesTheRate) {
+  ChipSpec chip = h100();
+  chip.matrix_bf16.value = 1e-300;  // 1e-300 x mma_efficiency / 132 cores per core: still normal
+  EXPECT_EQ(test::error_message([&] { TimingEngine(chip).run(mma_kernel(1, 1, 128, 128, 128)); }),
+            "kernel 'mma_only': a matrix instruction of block 0 (instruction 0) would take longer than a double can "
+            "count on chip 'h100'; fields 'matrix_bf16' x 'mma_efficiency' too small for its work");
+  chip = h100();
+  chip.hbm_bandwidth.value = 1e-305;  // 4 KiB loads at ~1e-305 B/s: ~4e308 s
+  EXPECT_EQ(test::error_message([&] { TimingEngine(chip).run(stream_kernel(1, 2, 1024, true, false)); }),
+            "kernel 'stream': block 0 never finished: its DMA transfers would take longer than a double can count on "
+            "chip 'h100'; fields 'hbm_bandwidth', 'l2_bandwidth', 'dma_bandwidth_per_core' or "
+            "'atomic_bandwidth_per_core' too small for its work");
+}
+
 }  // namespace
 }  // namespace ppu
