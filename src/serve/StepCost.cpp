@@ -10,6 +10,7 @@
 #include "arch/Error.hpp"
 #include "models/Sampler.hpp"
 #include "runtime/Device.hpp"
+#include "sim/FunctionalExecutor.hpp"
 #include "sim/TimingEngine.hpp"
 
 namespace ppu::serve {
@@ -71,14 +72,14 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
   chip_ = chip;
   chip_.hbm_size.value = 1e18;  // probes of any shape fit; capacity enters no kernel's timing
   timings_ = std::make_shared<TimingCache>();
-  workers_ = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
-  device(0);
+  workers_ = std::clamp(default_host_threads(), 1, 8);
   {
     Qwen3Options o = opt_;
     o.max_batch = 1;
     o.max_context = 16;
     o.slot_capacity.clear();
-    Qwen3Model m(*devs_[0], cfg_, Qwen3Weights::random(0), o);
+    Device dev(chip_, ExecMode::kTimingOnly, 1);
+    Qwen3Model m(dev, cfg_, Qwen3Weights::random(0), o);
     weight_bytes_ = m.weight_bytes();
     kv_bytes_per_token_ = static_cast<double>(m.kv_cache_bytes()) / 16.0;
   }
@@ -88,15 +89,11 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
 
 StepCost::~StepCost() = default;
 
-Device& StepCost::device(size_t i) {
-  while (devs_.size() <= i) {
-    devs_.push_back(std::make_unique<Device>(chip_, ExecMode::kTimingOnly));
-    devs_.back()->share_timing_cache(timings_);
-  }
-  return *devs_[i];
-}
-
-StepCost::Probe StepCost::run_probe(Device& dev, const Shape& shape, bool graph) const {
+StepCost::Probe StepCost::run_probe(const Shape& shape, bool graph) const {
+  // A fresh device per probe: its clock starts at 0, so the op times (differences of clock readings)
+  // round the same whichever thread runs the probe and whatever ran before it.
+  Device dev(chip_, ExecMode::kTimingOnly, 1);
+  dev.share_timing_cache(timings_);
   Qwen3Options o = opt_;
   o.max_batch = static_cast<int64_t>(shape.size());
   o.slot_capacity.clear();
@@ -157,9 +154,8 @@ void StepCost::ensure(const std::vector<Key>& keys) {
   const auto w0 = std::chrono::steady_clock::now();
   std::vector<Probe> out(missing.size());
   const size_t workers = std::min(missing.size(), static_cast<size_t>(workers_));
-  for (size_t w = 0; w < workers; ++w) device(w);
   if (workers == 1) {
-    for (size_t i = 0; i < missing.size(); ++i) out[i] = run_probe(*devs_[0], missing[i].first, missing[i].second);
+    for (size_t i = 0; i < missing.size(); ++i) out[i] = run_probe(missing[i].first, missing[i].second);
   } else {
     // Each worker thread runs every `workers`-th probe on its own device; results are pure functions
     // of the shape (kernel timings shared through one cache), so the order does not matter.
@@ -169,7 +165,7 @@ void StepCost::ensure(const std::vector<Key>& keys) {
       threads.emplace_back([&, w] {
         try {
           for (size_t i = w; i < missing.size(); i += workers)
-            out[i] = run_probe(*devs_[w], missing[i].first, missing[i].second);
+            out[i] = run_probe(missing[i].first, missing[i].second);
         } catch (...) {
           errors[w] = std::current_exception();
         }

@@ -28,9 +28,9 @@
 // kernel's timing reads, so that any probe shape fits); the timing cache times each distinct kernel
 // once. Every decoder layer runs the same kernels, so a probe runs the model with one layer and with
 // two and extends the difference to all layers (exact: one stream adds the layers' times). A step's
-// missing probes run together, spread over the host's cores (one device per thread, one shared
-// timing cache): a probe is a pure function of its shape, so results do not depend on the thread
-// count.
+// missing probes run together, spread over the host's cores (PPU_THREADS or the core count, at most
+// 8; a fresh device per probe, one shared timing cache): a probe is a pure function of its shape, so
+// results do not depend on the thread count (tests/cli/determinism.py).
 //
 // Approximations, stated where results are reported: a mixed step's attention is the sum of its
 // decode term and its prefill chunks' terms (the engine launches them together, so the sum counts
@@ -109,13 +109,12 @@ class StepCost {
   static constexpr int64_t kLinearMinTokens = 512;
   static constexpr int64_t kPrefillAnchor = 2048;
   StepTime compute(const StepPlan& plan);
-  // One forward of `shape` on a fresh model (as one graph when `graph`) on `dev`.
-  Probe run_probe(Device& dev, const Shape& shape, bool graph) const;
+  // The forward of `shape` on a fresh device and model (as one graph when `graph`). Thread-safe.
+  Probe run_probe(const Shape& shape, bool graph) const;
   // Runs the probes of `keys` not yet memoised, spread over the host's cores.
   void ensure(const std::vector<Key>& keys);
   // The memoised probe (run now if missing); while collecting, records the key and returns zeros.
   Probe probe(const Shape& shape, bool graph);
-  Device& device(size_t i);
   double dense(int64_t tokens);
   double head(int64_t rows);
   // The decode probe at grid point (n, c): whole step (graph) or its attention share.
@@ -127,7 +126,6 @@ class StepCost {
   StepCostLimits lim_;
   ChipSpec chip_;  // the served chip, its HBM size raised
   std::shared_ptr<TimingCache> timings_;
-  std::vector<std::unique_ptr<Device>> devs_;  // one per worker thread
   int workers_ = 1;
   bool collecting_ = false;
   std::vector<Key> pending_;

@@ -49,6 +49,10 @@ CASES = [
                                 "--global-batch 32 --search --top 3", []),
     ("cluster training iteration", "simulate train --model tiny --cluster h800-2k --chips 16 --tp 2 --pp 2 "
                                    "--seq-len 256 --global-batch 32 --tokens 1B --trace step.json", ["step.json"]),
+    # A serving simulation: step-cost probes on host threads, the Azure trace, the max-rate search,
+    # and its Perfetto trace.
+    ("serving simulation", "simulate serve --model tiny --chip h100 --requests 60 --max-model-len 4096 "
+                           "--slo ttft=50ms,tpot=5ms --search-requests 40 --perfetto serve.json", ["serve.json"]),
     # Real training steps: the losses (JSON, metrics.jsonl) and the checkpoint's bytes.
     ("training", "train --model tiny --steps 2 --seq-len 32 --batch 2 --eval-every 1 --eval-batches 1 "
                  "--data {docs} --out run",
