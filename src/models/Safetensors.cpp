@@ -145,19 +145,34 @@ void SafetensorsFile::unmap() {
 }
 
 void SafetensorsFile::parse_header() {
-  const auto* bytes = static_cast<const unsigned char*>(map_);
+  SafetensorsHeader h = parse_safetensors({static_cast<const std::byte*>(map_), size_bytes_}, path_);
+  header_bytes_ = h.header_bytes;
+  tensors_ = std::move(h.tensors);
+  metadata_ = std::move(h.metadata);
+}
+
+SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& origin) {
+  const uint64_t size_bytes = bytes.size();
+  if (size_bytes < 8)
+    throw UserError(fmt::format(
+        "{}: file is {} bytes, too short for the 8-byte header length (not a safetensors file, or truncated)", origin,
+        size_bytes));
+  SafetensorsHeader out;
+  std::vector<SafetensorsTensor>& tensors = out.tensors;
+  std::map<std::string, std::string>& metadata = out.metadata;
+  const auto* u8 = reinterpret_cast<const unsigned char*>(bytes.data());
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];  // little-endian, whatever the host
+  for (int i = 7; i >= 0; --i) n = (n << 8) | u8[i];  // little-endian, whatever the host
   if (n > kSafetensorsMaxHeaderBytes)
     throw UserError(fmt::format(
-        "{}: header length {} bytes exceeds the format's limit of {} bytes (not a safetensors file, or corrupt)", path_,
+        "{}: header length {} bytes exceeds the format's limit of {} bytes (not a safetensors file, or corrupt)", origin,
         n, kSafetensorsMaxHeaderBytes));
-  if (n > size_bytes_ - 8)
+  if (n > size_bytes - 8)
     throw UserError(fmt::format(
         "{}: header length {} bytes runs past the end of the file ({} bytes after the 8-byte length; truncated?)",
-        path_, n, size_bytes_ - 8));
-  header_bytes_ = n;
-  const char* text = reinterpret_cast<const char*>(bytes + 8);
+        origin, n, size_bytes - 8));
+  out.header_bytes = n;
+  const char* text = reinterpret_cast<const char*>(u8 + 8);
 
   // Duplicate names are invisible once parsed into an object, so top-level keys are collected as the
   // parser meets them.
@@ -174,31 +189,31 @@ void SafetensorsFile::parse_header() {
   try {
     h = json::parse(text, text + n, cb);
   } catch (const json::exception& e) {
-    throw UserError(fmt::format("{}: header is not valid JSON: {}", path_, e.what()));
+    throw UserError(fmt::format("{}: header is not valid JSON: {}", origin, e.what()));
   }
   if (!h.is_object())
-    throw UserError(fmt::format("{}: header must be a JSON object of tensors, got {}", path_, h.type_name()));
+    throw UserError(fmt::format("{}: header must be a JSON object of tensors, got {}", origin, h.type_name()));
   if (!duplicate.empty())
-    throw UserError(fmt::format("{}: tensor '{}' appears more than once in the header", path_, duplicate));
+    throw UserError(fmt::format("{}: tensor '{}' appears more than once in the header", origin, duplicate));
 
-  const uint64_t data_bytes = size_bytes_ - 8 - n;
-  const std::byte* data = static_cast<const std::byte*>(map_) + 8 + n;
+  const uint64_t data_bytes = size_bytes - 8 - n;
+  const std::byte* data = bytes.data() + 8 + n;
   for (auto it = h.begin(); it != h.end(); ++it) {
     const std::string& name = it.key();
     const json& e = it.value();
     if (name == "__metadata__") {
       if (!e.is_object())
-        throw UserError(fmt::format("{}: __metadata__ must be an object of strings, got {}", path_, e.type_name()));
+        throw UserError(fmt::format("{}: __metadata__ must be an object of strings, got {}", origin, e.type_name()));
       for (auto m = e.begin(); m != e.end(); ++m) {
         if (!m.value().is_string())
-          throw UserError(fmt::format("{}: __metadata__ value of '{}' must be a string, got {}", path_, m.key(),
+          throw UserError(fmt::format("{}: __metadata__ value of '{}' must be a string, got {}", origin, m.key(),
                                       m.value().dump()));
-        metadata_[m.key()] = m.value().get<std::string>();
+        metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
     auto err = [&](const std::string& what) {
-      return UserError(fmt::format("{}: tensor '{}': {}", path_, name, what));
+      return UserError(fmt::format("{}: tensor '{}': {}", origin, name, what));
     };
     if (!e.is_object())
       throw err(fmt::format("entry must be an object with \"dtype\", \"shape\" and \"data_offsets\", got {}",
@@ -208,7 +223,7 @@ void SafetensorsFile::parse_header() {
 
     SafetensorsTensor t;
     t.name = name;
-    t.file = path_;
+    t.file = origin;
     const json& dt = e.at("dtype");
     if (!dt.is_string()) throw err(fmt::format("dtype must be a string, got {}", dt.dump()));
     const auto dtype = dtype_from_safetensors_name(dt.get<std::string>());
@@ -252,12 +267,12 @@ void SafetensorsFile::parse_header() {
     t.offset_bytes = *begin;
     t.size_bytes = need;
     t.data = data + *begin;
-    tensors_.push_back(std::move(t));
+    tensors.push_back(std::move(t));
   }
 
   // Overlap: walk the tensors in data order; empty tensors occupy nothing.
   std::vector<const SafetensorsTensor*> order;
-  for (const auto& t : tensors_)
+  for (const auto& t : tensors)
     if (t.size_bytes > 0) order.push_back(&t);
   std::sort(order.begin(), order.end(), [](const SafetensorsTensor* a, const SafetensorsTensor* b) {
     return a->offset_bytes != b->offset_bytes ? a->offset_bytes < b->offset_bytes : a->name < b->name;
@@ -266,11 +281,12 @@ void SafetensorsFile::parse_header() {
     const SafetensorsTensor& a = *order[i - 1];
     const SafetensorsTensor& b = *order[i];
     if (b.offset_bytes < a.offset_bytes + a.size_bytes)
-      throw UserError(fmt::format("{}: tensors '{}' (bytes [{}, {})) and '{}' (bytes [{}, {})) overlap", path_, a.name,
+      throw UserError(fmt::format("{}: tensors '{}' (bytes [{}, {})) and '{}' (bytes [{}, {})) overlap", origin, a.name,
                                   a.offset_bytes, a.offset_bytes + a.size_bytes, b.name, b.offset_bytes,
                                   b.offset_bytes + b.size_bytes));
   }
-  // nlohmann's object is ordered by key, so tensors_ is already sorted by name.
+  // nlohmann's object is ordered by key, so tensors is already sorted by name.
+  return out;
 }
 
 const SafetensorsTensor* SafetensorsFile::find(std::string_view name) const {
@@ -335,6 +351,35 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 
 }  // namespace
 
+std::map<std::string, std::string> parse_safetensors_index(std::string_view json_text, const std::string& origin) {
+  json idx;
+  try {
+    idx = json::parse(json_text);
+  } catch (const json::exception& e) {  // syntax, or a number beyond a double (out_of_range.406)
+    throw UserError(fmt::format("{}: not valid JSON: {}", origin, e.what()));
+  }
+  if (!idx.is_object() || !idx.contains("weight_map") || !idx.at("weight_map").is_object())
+    throw UserError(fmt::format(
+        "{}: an index must be a JSON object with \"weight_map\": {{\"<tensor>\": \"<shard file>\", ...}}", origin));
+  const json& wm = idx.at("weight_map");
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
+  for (auto it = wm.begin(); it != wm.end(); ++it) {
+    if (!it.value().is_string() || it.value().get<std::string>().empty())
+      throw UserError(fmt::format("{}: weight_map entry for tensor '{}' must be a shard file name, got {}", origin,
+                                  it.key(), it.value().dump()));
+    const std::string shard = it.value().get<std::string>();
+    const fs::path sp(shard);
+    bool escapes = sp.is_absolute();
+    for (const auto& part : sp) escapes = escapes || part == "..";
+    if (escapes)
+      throw UserError(fmt::format(
+          "{}: weight_map entry for tensor '{}' names shard '{}', which is outside the checkpoint directory", origin,
+          it.key(), shard));
+    shard_of[it.key()] = shard;
+  }
+  return shard_of;
+}
+
 CheckpointSet::CheckpointSet(const std::string& path) : origin_(path) {
   std::error_code ec;
   const fs::path p(path);
@@ -364,33 +409,10 @@ CheckpointSet::CheckpointSet(const std::string& path) : origin_(path) {
 
   // Sharded: the index maps every tensor to its shard.
   const std::string index_name = index_path.string();
-  json idx;
-  try {
-    idx = json::parse(read_input_file(index_name, "safetensors index", kIndexFileMaxBytes));
-  } catch (const json::exception& e) {  // syntax, or a number beyond a double (out_of_range.406)
-    throw UserError(fmt::format("{}: not valid JSON: {}", index_name, e.what()));
-  }
-  if (!idx.is_object() || !idx.contains("weight_map") || !idx.at("weight_map").is_object())
-    throw UserError(fmt::format(
-        "{}: an index must be a JSON object with \"weight_map\": {{\"<tensor>\": \"<shard file>\", ...}}", index_name));
-  const json& wm = idx.at("weight_map");
-  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
-  std::vector<std::string> shards;              // in order of first mention, then sorted below
-  for (auto it = wm.begin(); it != wm.end(); ++it) {
-    if (!it.value().is_string() || it.value().get<std::string>().empty())
-      throw UserError(fmt::format("{}: weight_map entry for tensor '{}' must be a shard file name, got {}", index_name,
-                                  it.key(), it.value().dump()));
-    const std::string shard = it.value().get<std::string>();
-    const fs::path sp(shard);
-    bool escapes = sp.is_absolute();
-    for (const auto& part : sp) escapes = escapes || part == "..";
-    if (escapes)
-      throw UserError(fmt::format(
-          "{}: weight_map entry for tensor '{}' names shard '{}', which is outside the checkpoint directory",
-          index_name, it.key(), shard));
-    shard_of[it.key()] = shard;
-    shards.push_back(shard);
-  }
+  const std::map<std::string, std::string> shard_of =
+      parse_safetensors_index(read_input_file(index_name, "safetensors index", kIndexFileMaxBytes), index_name);
+  std::vector<std::string> shards;
+  for (const auto& [tensor, shard] : shard_of) shards.push_back(shard);
   std::sort(shards.begin(), shards.end());
   shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
   const fs::path dir = index_path.parent_path();

@@ -74,6 +74,25 @@ struct SafetensorsTensor {
 // Largest header the format allows (safetensors' own reader rejects larger ones).
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100'000'000;
 
+// A parsed safetensors header: what SafetensorsFile validates, without the file.
+struct SafetensorsHeader {
+  uint64_t header_bytes = 0;                     // N, the JSON header's length
+  std::vector<SafetensorsTensor> tensors;        // sorted by name; `data` points into the parsed bytes
+  std::map<std::string, std::string> metadata;   // "__metadata__", empty if absent
+};
+
+// Parses and validates `bytes`, a whole safetensors file's contents (or all of it that was read: tensor
+// ranges are checked against bytes.size()), every check listed in the file header above. `origin`
+// starts every UserError message and fills SafetensorsTensor::file. The tensors' `data` point into
+// `bytes`, valid while it is. No I/O; SafetensorsFile calls it on its mapping.
+SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::string& origin);
+
+// The weight_map of a model.safetensors.index.json text: tensor name -> shard file name. UserError
+// naming `origin`: not JSON; not an object with a "weight_map" object; an entry that is not a
+// non-empty string; a shard that is an absolute path or has a ".." component. No I/O; CheckpointSet
+// calls it on the index it reads.
+std::map<std::string, std::string> parse_safetensors_index(std::string_view json_text, const std::string& origin);
+
 // One .safetensors file mapped read-only (mmap). Move-only; unmaps on destruction.
 // Thread safety: const methods may be called concurrently.
 class SafetensorsFile {

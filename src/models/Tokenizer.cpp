@@ -429,7 +429,11 @@ void Tokenizer::Impl::load_model(const json& model) {
   if (vocab_it == model.end() || !vocab_it->is_object())
     fail("model.vocab", "missing or not an object of token -> id");
   ids.reserve(vocab_it->size() + 64);
-  for (const auto& [text, id_json] : vocab_it->items()) {
+  for (const auto& item : vocab_it->items()) {
+    // Named references rather than a structured binding, which clang before 16 cannot capture in a
+    // lambda (the fuzz build, scripts/fuzz.sh, uses Debian's clang 14).
+    const std::string& text = item.key();
+    const json& id_json = item.value();
     const auto field = [&] { return fmt::format("model.vocab[{}]", json_quoted(text)); };
     if (!id_json.is_number_integer()) fail(field(), fmt::format("id is {}; must be an integer", id_json.dump()));
     const int64_t id = id_json.get<int64_t>();

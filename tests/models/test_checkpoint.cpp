@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -188,6 +189,41 @@ TEST(Safetensors, EmptyHeaderIsAnEmptyFile) {
   EXPECT_TRUE(f.tensors().empty());
   EXPECT_TRUE(f.metadata().empty());
   EXPECT_EQ(f.find("x"), nullptr);
+}
+
+// parse_safetensors (the reader without a file, which SafetensorsFile and fuzz/ use): the same
+// tensors and metadata as the mapped file, data pointing into the bytes given, errors naming `origin`.
+TEST(Safetensors, ParsesBytesAsTheFileReaderDoes) {
+  const std::string bytes = safetensors_file({blob("w", DType::kBF16, {2, 3}, {1, 2, 3, 4, 5, 6}),
+                                              blob("b", DType::kF32, {3}, {-1, 0, 1})},
+                                             json{{"format", "pt"}});
+  const SafetensorsFile f(write_temp("bytes.safetensors", bytes));
+  const auto* p = reinterpret_cast<const std::byte*>(bytes.data());
+  const SafetensorsHeader h = parse_safetensors({p, bytes.size()}, "memory");
+  EXPECT_EQ(h.header_bytes, f.header_size_bytes());
+  EXPECT_EQ(h.metadata, f.metadata());
+  ASSERT_EQ(h.tensors.size(), 2u);
+  for (const SafetensorsTensor& t : h.tensors) {
+    const SafetensorsTensor& ft = f.at(t.name);
+    EXPECT_EQ(t.file, "memory");
+    EXPECT_EQ(t.shape, ft.shape);
+    EXPECT_EQ(t.offset_bytes, ft.offset_bytes);
+    EXPECT_EQ(t.data, p + 8 + h.header_bytes + t.offset_bytes);
+    EXPECT_EQ(tensor_to_f32(t, t.shape), tensor_to_f32(ft, ft.shape));
+  }
+  test::expect_error([&] { parse_safetensors({p, 7}, "memory"); }, {"memory: file is 7 bytes, too short"});
+  test::expect_error([&] { parse_safetensors({p, bytes.size() - 1}, "memory"); },
+                     {"memory: tensor 'b'", "end past the data section"});
+}
+
+// parse_safetensors_index: the weight_map as read from the text, errors naming `origin`.
+TEST(CheckpointSet, ParsesIndexText) {
+  const auto m = parse_safetensors_index(R"({"metadata": {}, "weight_map": {"a": "x.safetensors", "b": "d/y.safetensors"}})",
+                                         "idx");
+  EXPECT_EQ(m, (std::map<std::string, std::string>{{"a", "x.safetensors"}, {"b", "d/y.safetensors"}}));
+  test::expect_error([&] { parse_safetensors_index("[", "idx"); }, {"idx: not valid JSON"});
+  test::expect_error([&] { parse_safetensors_index(R"({"weight_map": {"a": "../x"}})", "idx"); },
+                     {"idx: weight_map entry for tensor 'a' names shard '../x'"});
 }
 
 TEST(Safetensors, GapsBetweenTensorsAreAllowed) {
