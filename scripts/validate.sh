@@ -19,6 +19,10 @@ out=docs/validation.md
   echo
   build/bench/bench_serving --markdown
   echo
+  echo "### Serving engine (src/serve: continuous batching, paged KV cache; docs/serving.md)"
+  echo
+  build/bench/bench_serving_engine --markdown
+  echo
   echo "### Decode latency (NVIDIA NIM inter-token latency, Llama-3.3-70B FP8 on two H100s, TP2)"
   echo
   build/bench/bench_decode_latency --markdown
