@@ -53,19 +53,24 @@ Slo parse_slo(const std::string& text) {
   const auto bad = [&](const std::string& why) {
     return UserError(fmt::format("--slo '{}': {}; e.g. ttft=2s,tpot=100ms (keys ttft, tpot, attainment)", text, why));
   };
+  // The whole of `t` as a finite number, or NaN.
+  const auto number = [](const std::string& t) {
+    size_t used = 0;
+    double x = 0;
+    try {
+      x = std::stod(t, &used);
+    } catch (const std::exception&) {
+      return std::nan("");
+    }
+    return used == t.size() && std::isfinite(x) ? x : std::nan("");
+  };
   while (std::getline(in, part, ',')) {
     const auto eq = part.find('=');
     if (eq == std::string::npos) throw bad(fmt::format("'{}' is not key=value", part));
     const std::string key = part.substr(0, eq), val = part.substr(eq + 1);
     if (key == "attainment") {
-      size_t used = 0;
-      double a = 0;
-      try {
-        a = std::stod(val, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != val.size() || !(a > 0 && a <= 1)) throw bad(fmt::format("attainment '{}' must be a fraction in (0, 1]", val));
+      const double a = number(val);
+      if (!(a > 0 && a <= 1)) throw bad(fmt::format("attainment '{}' must be a fraction in (0, 1]", val));
       slo.attainment = a;
       continue;
     }
@@ -80,14 +85,8 @@ Slo parse_slo(const std::string& text) {
     } else {
       throw bad(fmt::format("'{}' needs a unit, s or ms", val));
     }
-    size_t used = 0;
-    double x = 0;
-    try {
-      x = std::stod(num, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != num.size() || !(x > 0) || !std::isfinite(x)) throw bad(fmt::format("'{}' must be a positive time", val));
+    const double x = number(num);
+    if (!(x > 0)) throw bad(fmt::format("'{}' must be a positive time", val));
     if (key == "ttft")
       slo.ttft_s = x * scale;
     else if (key == "tpot")
