@@ -5,8 +5,10 @@
 
 #include <initializer_list>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "arch/ChipSpec.hpp"
@@ -92,6 +94,9 @@ struct ThroughputCliOptions {
   bool json = false;
 };
 int cmd_throughput(const ThroughputCliOptions& o);
+// "IN/OUT" (e.g. "128/2048") as the two whole numbers, or nullopt when it is not exactly that; the
+// caller's message names its option (ranges are the estimate's or the simulation's to check).
+std::optional<std::pair<int64_t, int64_t>> parse_io_pair(const std::string& text);
 // A serving command's --matmul-dtype or --kv-dtype (`flag`): "auto" is the chip's fastest matrix dtype
 // (FP8 where it has an FP8 unit, else BF16) for --matmul-dtype and `kv_auto` (the matmul dtype) for
 // --kv-dtype. UserError for fp32, an unknown name, or a matmul dtype the chip's matrix unit lacks.

@@ -616,6 +616,20 @@ int cmd_run(const RunOptions& given) {
   return 0;
 }
 
+std::optional<std::pair<int64_t, int64_t>> parse_io_pair(const std::string& text) {
+  const size_t slash = text.find('/');
+  if (slash == std::string::npos) return std::nullopt;
+  try {
+    size_t a = 0, b = 0;
+    const int64_t in = std::stoll(text.substr(0, slash), &a);
+    const int64_t out = std::stoll(text.substr(slash + 1), &b);
+    if (a != slash || b != text.size() - slash - 1) return std::nullopt;
+    return std::make_pair(in, out);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 DType serving_dtype(const char* flag, const std::string& value, const ChipSpec& chip, DType kv_auto) {
   const bool matmul = std::string_view(flag) == "--matmul-dtype";
   if (value == "auto") return matmul ? (chip.matrix_fp8.present ? DType::kF8E4M3 : DType::kBF16) : kv_auto;
@@ -637,18 +651,9 @@ int cmd_throughput(const ThroughputCliOptions& o) {
   for (size_t i = 0; i <= o.io.size();) {
     const size_t j = std::min(o.io.find(',', i), o.io.size());
     const std::string part = o.io.substr(i, j - i);
-    const size_t slash = part.find('/');
-    int64_t in = 0, out = 0;
-    try {
-      if (slash == std::string::npos) throw std::invalid_argument("no slash");
-      size_t a = 0, b = 0;
-      in = std::stoll(part.substr(0, slash), &a);
-      out = std::stoll(part.substr(slash + 1), &b);
-      if (a != slash || b != part.size() - slash - 1) throw std::invalid_argument("trailing");
-    } catch (const std::exception&) {
-      throw UserError(fmt::format("--io '{}': '{}' is not input/output token counts (e.g. 128/2048)", o.io, part));
-    }
-    cases.emplace_back(in, out);
+    const auto io = parse_io_pair(part);
+    if (!io) throw UserError(fmt::format("--io '{}': '{}' is not input/output token counts (e.g. 128/2048)", o.io, part));
+    cases.push_back(*io);
     i = j + 1;
   }
   Table t({"chip", "dtype (KV)", "input/output", "batch (limit)", "mean context", "decode step", "prefill per request",

@@ -33,17 +33,9 @@ std::pair<std::vector<RequestSpec>, std::string> workload(const SimulateServeOpt
   std::vector<RequestSpec> reqs;
   std::string what;
   if (!o.io.empty()) {
-    const auto slash = o.io.find('/');
-    int64_t in = 0, out = 0;
-    try {
-      size_t a = 0, b = 0;
-      if (slash == std::string::npos) throw std::invalid_argument("no slash");
-      in = std::stoll(o.io.substr(0, slash), &a);
-      out = std::stoll(o.io.substr(slash + 1), &b);
-      if (a != slash || b != o.io.size() - slash - 1) throw std::invalid_argument("trailing");
-    } catch (const std::exception&) {
-      throw UserError(fmt::format("--io '{}' is not input/output token counts (e.g. 1024/256)", o.io));
-    }
+    const auto io = parse_io_pair(o.io);
+    if (!io) throw UserError(fmt::format("--io '{}' is not input/output token counts (e.g. 1024/256)", o.io));
+    const auto [in, out] = *io;
     reqs = serve::fixed_lengths(o.requests > 0 ? o.requests : 1000, in, out);
     what = fmt::format("{} requests of {} input and {} output tokens", reqs.size(), in, out);
   } else {

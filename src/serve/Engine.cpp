@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "arch/Error.hpp"
 
@@ -41,7 +40,7 @@ Engine::Engine(Qwen3Model& model, const EngineConfig& cfg)
   if (!model.device().functional())
     throw UserError("serving engine: the model's device is timing-only; the engine computes tokens (use ServeSim, "
                     "`ppu simulate serve`, for timing-only serving)");
-  for (int64_t s = model.max_batch() - 1; s >= 0; --s) free_slots_.push_back(s);
+  for (int64_t s = 0; s < model.max_batch(); ++s) free_slots_.insert(s);
 }
 
 void Engine::add(EngineRequest r) {
@@ -70,8 +69,7 @@ void Engine::release(uint64_t id) {
   if (it == live_.end()) return;
   if (it->second.slot >= 0) {
     model_.reset_slot(static_cast<size_t>(it->second.slot));
-    free_slots_.push_back(it->second.slot);
-    std::sort(free_slots_.begin(), free_slots_.end(), std::greater<>());  // lowest on top
+    free_slots_.insert(it->second.slot);
   }
   live_.erase(it);
 }
@@ -92,8 +90,8 @@ EngineStep Engine::step() {
     Live& l = live_.at(it.id);
     if (l.slot < 0) {
       PPU_CHECK(!free_slots_.empty(), "more running requests than slots");
-      l.slot = free_slots_.back();
-      free_slots_.pop_back();
+      l.slot = *free_slots_.begin();
+      free_slots_.erase(free_slots_.begin());
     }
     PPU_CHECK(model_.past_len(static_cast<size_t>(l.slot)) == it.start, "a slot's cache is not where its request stands");
     const std::vector<int32_t>& toks = *sched_.tokens(it.id);

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -107,7 +108,7 @@ class Engine {
   KvBlocks kv_;
   Scheduler sched_;
   std::unordered_map<uint64_t, Live> live_;
-  std::vector<int64_t> free_slots_;  // a stack: the lowest slot on top
+  std::set<int64_t> free_slots_;  // a request takes the lowest
 };
 
 }  // namespace ppu::serve

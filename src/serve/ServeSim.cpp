@@ -24,6 +24,11 @@ nlohmann::json percentiles_json(const Percentiles& p) {
   return {{"mean_s", p.mean}, {"p50_s", p.p50}, {"p90_s", p.p90}, {"p99_s", p.p99}, {"max_s", p.max}, {"count", p.count}};
 }
 
+// A completed request's TPOT: (last token - first token) / (output tokens - 1); 0 with one token.
+double tpot_of(const RequestRecord& rec) {
+  return rec.output_tokens > 1 ? (rec.finish_s - rec.first_token_s) / static_cast<double>(rec.output_tokens - 1) : 0.0;
+}
+
 }  // namespace
 
 Percentiles percentiles(std::vector<double>& v) {
@@ -280,11 +285,7 @@ ServeReport ServeSim::run(const std::vector<RequestSpec>& reqs, TraceWriter* tra
     if (rec.rejected || rec.finish_s < 0) continue;
     ttft.push_back(rec.first_token_s - rec.arrival_s);
     e2e.push_back(rec.finish_s - rec.arrival_s);
-    double tp = 0;
-    if (rec.output_tokens > 1) {
-      tp = (rec.finish_s - rec.first_token_s) / static_cast<double>(rec.output_tokens - 1);
-      tpot.push_back(tp);
-    }
+    if (rec.output_tokens > 1) tpot.push_back(tpot_of(rec));
     last_finish = std::max(last_finish, rec.finish_s);
     out_tokens += rec.output_tokens;
     in_tokens += rec.input_tokens;
@@ -324,9 +325,7 @@ std::pair<double, int64_t> attainment(const ServeReport& r, const Slo& slo) {
   for (const RequestRecord& rec : r.records) {
     if (rec.rejected || rec.finish_s < 0) continue;
     const double ttft = rec.first_token_s - rec.arrival_s;
-    const double tpot =
-        rec.output_tokens > 1 ? (rec.finish_s - rec.first_token_s) / static_cast<double>(rec.output_tokens - 1) : 0.0;
-    if ((slo.ttft_s <= 0 || ttft <= slo.ttft_s) && (slo.tpot_s <= 0 || tpot <= slo.tpot_s)) ++good;
+    if ((slo.ttft_s <= 0 || ttft <= slo.ttft_s) && (slo.tpot_s <= 0 || tpot_of(rec) <= slo.tpot_s)) ++good;
   }
   return {r.requests > 0 ? static_cast<double>(good) / static_cast<double>(r.requests) : 0.0, good};
 }

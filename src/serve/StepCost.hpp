@@ -56,7 +56,6 @@
 #include "serve/Scheduler.hpp"
 
 namespace ppu {
-class Device;
 class TimingCache;
 }
 
