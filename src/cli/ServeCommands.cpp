@@ -1,8 +1,14 @@
 // `ppu simulate serve`: request-level serving simulation (serve/ServeSim) on one or more chips side
 // by side - latency percentiles, throughput, goodput under an SLO and the highest rate meeting it.
+// `ppu serve`: the OpenAI-compatible server (serve/Server) on a functional engine.
 #include <fmt/format.h>
+#include <pthread.h>
 
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
+#include <thread>
 
 #include "Commands.hpp"
 #include "arch/NameTable.hpp"
@@ -12,7 +18,10 @@
 #include "report/JsonDoc.hpp"
 #include "report/Table.hpp"
 #include "report/TraceWriter.hpp"
+#include "models/Tokenizer.hpp"
+#include "serve/Engine.hpp"
 #include "serve/ServeSim.hpp"
+#include "serve/Server.hpp"
 
 namespace ppu::cli {
 
@@ -162,6 +171,77 @@ int cmd_simulate_serve(const SimulateServeOptions& o) {
                "gap between two tokens of a request; E2E: arrival to last token. Steps are timed from the model's own kernels "
                "in timing-only mode, cached by shape (docs/serving.md).\n";
   if (!o.perfetto.empty()) std::cout << fmt::format("Perfetto trace: {}\n", o.perfetto);
+  return 0;
+}
+
+int cmd_serve(const ServeOptions& given) {
+  // SIGINT and SIGTERM are taken by one thread (sigwait) that drains the server; every thread made
+  // from here on inherits the blocked mask. A client gone mid-write must not kill the process.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  ServeOptions o = given;
+  o.model = run_checkpoint_dir(o.model);  // a `ppu train` run directory stands for its checkpoint
+  const ModelConfig cfg = load_model_config(o.model);
+  const ChipSpec chip = load_chip(o.chip);
+  const bool has_checkpoint = std::filesystem::is_directory(o.model);
+  if (!has_checkpoint && param_counts(cfg).total() > 1000000000 && !o.allow_random)
+    throw UserError(fmt::format("--model {}: a preset has no weights; serving it means random weights of {:.1f}B "
+                                "parameters - add --random-weights to do that anyway, or give a checkpoint directory",
+                                o.model, static_cast<double>(param_counts(cfg).total()) / 1e9));
+  if (o.max_model_len < 2 || o.max_model_len > cfg.max_position_embeddings)
+    throw UserError(fmt::format("--max-model-len {}; valid: 2 to the model's context, {}", o.max_model_len,
+                                cfg.max_position_embeddings));
+  if (o.api_key.empty())
+    if (const char* k = std::getenv("PPU_API_KEY")) o.api_key = k;
+  const auto dtype = dtype_from_name(o.matmul_dtype);
+  if (!dtype || *dtype == DType::kF32)
+    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", o.matmul_dtype));
+  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
+
+  Device dev(chip, ExecMode::kFunctional);
+  Qwen3Options qo;
+  qo.matmul_dtype = *dtype;
+  qo.max_batch = o.max_num_seqs;
+  qo.max_context = o.max_model_len - 1;  // the last generated token is never written to the cache
+  const Qwen3Weights weights = has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
+  Qwen3Model model(dev, cfg, weights, qo);
+  serve::Engine engine(model, {.max_batched_tokens = o.max_batched_tokens, .chunked_prefill = true});
+
+  serve::ServerOptions so;
+  so.host = o.host;
+  so.port = o.port;
+  so.api_key = o.api_key;
+  std::filesystem::path given_path(given.model);
+  if (given_path.filename().empty()) given_path = given_path.parent_path();  // "runs/tiny/"
+  so.model_name = !o.name.empty() ? o.name : has_checkpoint ? given_path.filename().string() : cfg.name;
+  so.chip_name = chip.name;
+  so.max_waiting = o.max_waiting;
+  so.max_body_bytes = o.max_body;
+  so.drain_timeout_s = o.drain_timeout;
+  if (!o.quiet) so.log = [](const std::string& line) { std::cerr << "serve: " << line << '\n'; };
+  serve::Server server(engine, tok, so);
+  const int port = server.start();
+  std::cout << fmt::format("serving {} ({}) on an emulated {}: {} requests at once, {} tokens of context each\n"
+                           "listening on http://{}:{}/v1{}\nCtrl-C or SIGTERM finishes the requests in flight and stops.\n",
+                           so.model_name, has_checkpoint ? "trained weights" : "random weights: the text is noise",
+                           chip.display_name, o.max_num_seqs, o.max_model_len, o.host, port,
+                           so.api_key.empty() ? "" : " (API key required)")
+            << std::flush;
+  std::thread watcher([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    std::cerr << fmt::format("serve: signal {}: draining (at most {:g} s)\n", sig, o.drain_timeout);
+    const int64_t cut = server.drain();
+    if (cut > 0) std::cerr << fmt::format("serve: {} requests still running at the drain timeout were cancelled\n", cut);
+  });
+  server.wait();
+  watcher.join();
+  std::cerr << "serve: stopped\n";
   return 0;
 }
 

@@ -215,6 +215,34 @@ int main(int argc, char** argv) {
   srv->add_flag("--json", sv.json, "One JSON document on stdout");
   simulate->require_subcommand(1);
 
+  ServeOptions so;
+  auto* serve_cmd = app.add_subcommand(
+      "serve", "OpenAI-compatible server (chat, completions, streaming, metrics) on an emulated chip, real numbers");
+  serve_cmd->add_option("--model", so.model, "Model preset (random weights), checkpoint or ppu train run directory")
+      ->capture_default_str();
+  serve_cmd->add_option("--served-model-name", so.name, "The model id clients send (default: the preset or directory name)");
+  serve_cmd->add_option("--chip", so.chip, "Chip preset or chip .json file")->capture_default_str();
+  serve_cmd->add_option("--tokenizer", so.tokenizer, "tokenizer.json (default: the model directory's, else Qwen3's)");
+  serve_cmd->add_option("--host", so.host, "Address to listen on (0.0.0.0: every interface)")->capture_default_str();
+  serve_cmd->add_option("--port", so.port, "TCP port (0: any free one)")->capture_default_str()->check(integer_range(0, 65535));
+  serve_cmd->add_option("--api-key", so.api_key, "Require 'Authorization: Bearer KEY' on /v1/ (default: $PPU_API_KEY)");
+  serve_cmd->add_option("--max-num-seqs", so.max_num_seqs, "Requests running at once")
+      ->capture_default_str()->check(integer_range(1, 4096));
+  serve_cmd->add_option("--max-model-len", so.max_model_len, "Prompt + output tokens per request")
+      ->capture_default_str()->check(at_least(2));
+  serve_cmd->add_option("--max-batched-tokens", so.max_batched_tokens, "Tokens one step computes at most")
+      ->capture_default_str()->check(at_least(1));
+  serve_cmd->add_option("--max-waiting", so.max_waiting, "Requests queued beyond the running ones; more get 429")
+      ->capture_default_str()->check(at_least(0));
+  serve_cmd->add_option("--max-body", so.max_body, "Largest request body in bytes; larger get 413")
+      ->capture_default_str()->check(at_least(1024));
+  serve_cmd->add_option("--drain-timeout", so.drain_timeout, "On SIGTERM, seconds to let requests in flight finish")
+      ->capture_default_str();
+  serve_cmd->add_option("--matmul-dtype", so.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3")->capture_default_str();
+  serve_cmd->add_option("--seed", so.seed, "Seed of the random weights (presets)")->capture_default_str();
+  serve_cmd->add_flag("--random-weights", so.allow_random, "Serve a preset above 1B parameters with random weights");
+  serve_cmd->add_flag("--quiet", so.quiet, "No line per finished request on stderr");
+
   CollectiveBenchOptions cb;
   std::vector<CLI::App*> coll_cmds;
   for (const char* name : {"allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall", "sendrecv"}) {
@@ -358,6 +386,7 @@ int main(int argc, char** argv) {
     if (run->parsed()) return cmd_run(r);
     if (train->parsed()) return cmd_simulate_train(tr);
     if (srv->parsed()) return cmd_simulate_serve(sv);
+    if (serve_cmd->parsed()) return cmd_serve(so);
     if (thr->parsed()) return cmd_throughput(tp);
     if (trn->parsed()) return cmd_train(tro);
     if (bg->parsed()) return cmd_bench_gemm(g);

@@ -21,10 +21,26 @@
 //
 //   </think>
 //
+// With tools (ChatOptions::tools, OpenAI's tools[i] objects), the same call renders the leading
+// system block that lists them, and an assistant turn's tool_calls:
+//
+//   std::vector<ChatMessage> chat = {{ChatRole::kUser, "Weather?"}, {ChatRole::kAssistant, ""},
+//                                    {ChatRole::kTool, "18C"}};
+//   chat[1].tool_calls = {{"call_1", "get_weather", R"({"city": "Paris"})"}};
+//   render_chat(chat, {.tools = {nlohmann::ordered_json::parse(R"({"type": "function", ...})")}});
+//
+// gives "<|im_start|>system\n# Tools\n\n...<tools>\n{\"type\": \"function\", ...}\n</tools>...",
+// then the turns, the assistant's as "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\",
+// \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n".
+//
 // The rules, as the template applies them:
 //  * Every turn is "<|im_start|>" + role + "\n" + content + "<|im_end|>\n", system messages
-//    included (the template gives a leading system message a block of its own only to add tool
-//    definitions, which are not supported here).
+//    included.
+//  * With tools, the prompt opens with a system turn of its own: "<|im_start|>system\n", then the
+//    first message's content + "\n\n" if that message is a system message (it is then not rendered
+//    again), then "# Tools ... <tools>", each tool as "\n" + template_tojson(tool), and "\n</tools>"
+//    with the instruction to answer in <tool_call></tool_call> tags (kToolsSystemTail in the .cpp),
+//    closed by "<|im_end|>\n".
 //  * Tool results (role tool) go inside the user turn: consecutive tool messages share one
 //    "<|im_start|>user" ... "<|im_end|>\n" turn, each as "\n<tool_response>\n" + content +
 //    "\n</tool_response>".
@@ -34,12 +50,29 @@
 //    message that is not a wrapped tool response), as "<think>\n" + thinking + "\n</think>\n\n" +
 //    content; and among those only for the last message or when the thinking is non-empty. Earlier
 //    turns keep only their content, so past reasoning does not fill the context.
+//  * An assistant message's tool_calls follow its content, each as "<tool_call>\n{\"name\": \"" +
+//    name + "\", \"arguments\": " + arguments + "}\n</tool_call>", name and arguments verbatim. A
+//    "\n" goes before every call except the first of a turn whose content (after the thinking split,
+//    before its leading newlines are removed) is empty.
 //  * The generation prompt is "<|im_start|>assistant\n"; with thinking disabled (Qwen3's
 //    enable_thinking=False) it is followed by an empty block "<think>\n\n</think>\n\n", which makes
 //    the model answer directly. With thinking enabled the model opens "<think>\n" itself.
 //
-// Not here: the tool-definition system block and tool_calls rendering (the template's `tools`
-// argument), a general Jinja engine, tokenization (Tokenizer.hpp).
+// tojson: the template's filter as Hugging Face transformers defines it (json.dumps(x,
+// ensure_ascii=False)), the engine Qwen3 was trained with: separators ", " and ": ", keys in the
+// order given, non-ASCII characters written as they are, only '"', '\\' and bytes below 0x20
+// escaped. @huggingface/jinja (0.5.13, the engine of transformers.js and of the fixtures in
+// tests/data/chat_template_expected.json, which Python's jinja2 renders identically) agrees on
+// strings, nesting and empty containers but not on numbers and some key orders; we follow Python:
+//  * floats are Python's repr: 1.0 -> "1.0", 1e20 -> "1e+20", 1e15 -> "1000000000000000.0", 1e16 ->
+//    "1e+16", 1e-5 -> "1e-05", 1e-7 -> "1e-07", -0.0 -> "-0.0". JavaScript has no integral floats:
+//    it writes 1.0 as "1", 1e20 as "100000000000000000000", -0.0 as "0" (every integral value below
+//    1e21 as an integer), and 1e-5 as "0.00001", 1e-7 as "1e-7". A JSON integer ("3") is one in both;
+//  * an object's integer-like keys ("2") keep their place; JavaScript objects move them first.
+// Left different from Python: integers beyond 64 bits (nlohmann's parser makes them floats).
+//
+// Not here: a general Jinja engine, tokenization (Tokenizer.hpp), parsing a generated reply's
+// tool calls (ChatReply.hpp).
 #pragma once
 
 #include <array>
@@ -47,6 +80,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace ppu::models {
 
@@ -59,21 +95,46 @@ std::string_view chat_role_name(ChatRole role);
 // The role named `name`; throws UserError listing the valid names if there is none.
 ChatRole parse_chat_role(std::string_view name);
 
+// A function call an assistant turn made (OpenAI's tool_calls[i]).
+struct ToolCall {
+  std::string id;         // OpenAI's call id ("call_..."); the template does not render it
+  std::string name;       // function name
+  std::string arguments;  // JSON text of the arguments, rendered verbatim (OpenAI sends a string)
+};
+
 struct ChatMessage {
   ChatRole role = ChatRole::kUser;
   std::string content;
   // Assistant turns only (ignored on others): the turn's thinking, when kept apart from content.
   std::optional<std::string> reasoning_content;
+  // Assistant turns only (ignored on others): the calls the turn made.
+  std::vector<ToolCall> tool_calls = {};
 };
 
 struct ChatOptions {
   bool add_generation_prompt = true;  // end with the opening of the assistant's turn
   bool enable_thinking = true;        // false: the generation prompt carries an empty think block
+  // Tool definitions as the request gave them (OpenAI's tools[i]: {"type": "function", "function":
+  // {...}}), key order kept; rendered into the leading system block with the template's tojson.
+  std::vector<nlohmann::ordered_json> tools = {};
 };
 
 // The prompt text for `messages` (rules above). Throws UserError for an empty list (Qwen3's template
-// needs at least one message) or a message whose role is kCount.
+// needs at least one message), a message whose role is kCount, or a tool nested deeper than
+// kTemplateJsonMaxDepth.
 std::string render_chat(std::span<const ChatMessage> messages, const ChatOptions& options = {});
+
+// Deepest nesting of arrays and objects template_tojson writes. Far above any real tool schema;
+// Python's json.dumps stops near 1000 levels (its recursion limit), and a bound keeps our recursion
+// off the end of the stack.
+inline constexpr int kTemplateJsonMaxDepth = 512;
+
+// `value` as the template's tojson writes it (Python's json.dumps(value, ensure_ascii=False); the
+// header comment lists where @huggingface/jinja differs), e.g. {"a": [1, 2.5, "é"], "b": {}}.
+// Strings are written byte for byte apart from the escapes, so invalid UTF-8 passes through. NaN and
+// infinities come out as Python writes them (NaN, Infinity, -Infinity). Throws UserError when arrays
+// and objects nest deeper than kTemplateJsonMaxDepth; a binary value is a bug of ours (PPU_CHECK).
+std::string template_tojson(const nlohmann::ordered_json& value);
 
 // A generated reply taken apart: the text inside <think>...</think> and the answer after it.
 struct ThinkingSplit {

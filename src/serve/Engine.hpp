@@ -33,22 +33,10 @@
 #include "models/Qwen3.hpp"
 #include "models/Sampler.hpp"
 #include "serve/KvBlocks.hpp"
+#include "serve/SamplingParams.hpp"
 #include "serve/Scheduler.hpp"
 
 namespace ppu::serve {
-
-struct SamplingParams {
-  double temperature = 0.0;   // 0: greedy
-  double top_p = 1.0;
-  int64_t top_k = 0;          // 0: no limit
-  uint64_t seed = 0;
-  int64_t max_tokens = 16;    // >= 1
-  std::vector<int32_t> stop_ids = {};  // the request ends after generating one (kept as its last token)
-  // OpenAI's penalties on the logits of tokens already generated: - presence (once a token has
-  // appeared) - frequency x (times it appeared). Each in [-2, 2].
-  double presence_penalty = 0.0;
-  double frequency_penalty = 0.0;
-};
 
 struct EngineRequest {
   uint64_t id = 0;
@@ -93,6 +81,13 @@ class Engine {
   bool idle() const { return sched_.idle(); }
   int64_t running() const { return sched_.running(); }
   int64_t waiting() const { return sched_.waiting(); }
+  // The longest request, prompt + max_tokens (the model's context per slot, plus the last generated
+  // token, which is never written to the cache).
+  int64_t max_model_len() const { return sched_.config().max_model_len; }
+  // KV cache blocks (of kv_block_size() positions) in use and in all.
+  int64_t kv_blocks_used() const { return kv_.used_blocks(); }
+  int64_t kv_blocks_total() const { return kv_.num_blocks(); }
+  int64_t kv_block_size() const { return kv_.block_size(); }
   Qwen3Model& model() { return model_; }
 
  private:

@@ -858,8 +858,10 @@ void expect_refused(std::initializer_list<Refused> cases) {
 // A mistyped command names what was not recognised, suggests the nearest valid ones and lists them all.
 TEST(Cli, MistypedCommandsSuggestTheNearest) {
   expect_refused({
-      {"serv", {"error: ppu: 'serv' is not a command; valid: chips, bench, nodes, clusters, simulate, models, run",
+      {"serv", {"error: ppu: 'serv' is not a command; did you mean 'serve'? valid: chips, bench, nodes, clusters, "
+                "simulate, serve, models, run",
                 "Run 'ppu --help'"}},
+      {"xyzzy", {"error: ppu: 'xyzzy' is not a command; valid: chips, bench"}},
       {"chisp", {"ppu: 'chisp' is not a command; did you mean 'chips'? valid: chips, bench"}},
       {"bench gem 64 64 64",
        {"ppu bench: 'gem' is not a command; did you mean 'gemm'? valid: gemm, copy, allreduce", "sendrecv",
@@ -871,7 +873,7 @@ TEST(Cli, MistypedCommandsSuggestTheNearest) {
       {"", {"ppu: a command is required; valid: chips, bench"}},
   });
   // Nothing close: no "did you mean".
-  EXPECT_EQ(ppu("serv").out.find("did you mean"), std::string::npos);
+  EXPECT_EQ(ppu("xyzzy").out.find("did you mean"), std::string::npos);
 }
 
 TEST(Cli, PresetNamesIgnoreCase) {
