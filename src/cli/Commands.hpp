@@ -13,6 +13,8 @@
 
 #include "arch/ChipSpec.hpp"
 #include "arch/DType.hpp"
+#include "models/ModelConfig.hpp"
+#include "models/Tokenizer.hpp"
 
 namespace ppu::cli {
 
@@ -276,5 +278,12 @@ std::string run_checkpoint_dir(const std::string& dir);
 // The tokenizer.json for `model`: the model directory's, then `given`, then $PPU_TOKENIZER, then the
 // reference copy scripts/setup.sh installs beside the sources; UserError naming the model otherwise.
 std::string find_tokenizer(const std::string& model, const std::string& given);
+// The tokenizer for `model` (find_tokenizer), its load-time warnings printed as "warning: ..." on
+// stderr. UserError when it has ids beyond the model's vocabulary (a prompt could hold an id the
+// model has no embedding row for).
+models::Tokenizer load_model_tokenizer(const std::string& model, const std::string& given, const ModelConfig& cfg);
+// Prints "warning: ..." on stderr when the checkpoint's weights hold NaN or Inf values
+// (CheckpointSet::nonfinite_report).
+void warn_nonfinite_weights(const std::string& checkpoint);
 
 }  // namespace ppu::cli

@@ -14,6 +14,7 @@
 #include "cli/Commands.hpp"
 #include "models/ChatTemplate.hpp"
 #include "models/Qwen3.hpp"
+#include "models/Safetensors.hpp"
 #include "models/Sampler.hpp"
 #include "models/Session.hpp"
 #include "models/Throughput.hpp"
@@ -58,6 +59,20 @@ std::string find_tokenizer(const std::string& model, const std::string& given) {
   throw UserError(fmt::format("no tokenizer.json for model '{}': put one in the model directory, pass --tokenizer "
                               "PATH, set PPU_TOKENIZER, or run scripts/setup.sh to install the Qwen3 reference one",
                               model));
+}
+
+models::Tokenizer load_model_tokenizer(const std::string& model, const std::string& given, const ModelConfig& cfg) {
+  Tokenizer tok = Tokenizer::from_file(find_tokenizer(model, given));
+  for (const std::string& w : tok.warnings()) std::cerr << "warning: " << w << '\n';
+  if (tok.vocab_size() > cfg.vocab_size)
+    throw UserError(fmt::format("{}: the tokenizer has ids up to {}, but the model {} has {} embedding rows (vocab_size); "
+                                "a prompt could hold an id the model cannot embed - give the model's own tokenizer",
+                                tok.origin(), tok.vocab_size() - 1, cfg.name, cfg.vocab_size));
+  return tok;
+}
+
+void warn_nonfinite_weights(const std::string& checkpoint) {
+  if (const std::string r = CheckpointSet(checkpoint).nonfinite_report(); !r.empty()) std::cerr << "warning: " << r << '\n';
 }
 
 int cmd_models(bool as_json) {
@@ -423,7 +438,7 @@ json run_single(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
   if (o.prompt_len > 0) {
     for (int64_t i = 0; i < o.prompt_len; ++i) prompt.push_back(static_cast<int32_t>((1000 + i) % cfg.vocab_size));
   } else {
-    tok.emplace(Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer)));
+    tok.emplace(load_model_tokenizer(o.model, o.tokenizer, cfg));
     std::string text = o.prompt;
     if (!o.raw) {
       const ChatMessage msg{ChatRole::kUser, o.prompt, std::nullopt};
@@ -498,7 +513,9 @@ json run_single(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
   if (report && !o.json) {
     if (real_text) std::cout << "\n";
     else if (!o.timing_only)
-      std::cout << fmt::format("random weights (no checkpoint), so no text: generated token ids {}\n", ids_text(out, 16));
+      std::cout << fmt::format("{}, so no text: generated token ids {}\n",
+                               has_checkpoint ? "dummy prompt tokens (--prompt-len)" : "random weights (no checkpoint)",
+                               ids_text(out, 16));
     std::cout << "\n"
               << fmt::format("{} on {}{} ({}){}\n", cfg.name,
                              world > 1 ? fmt::format("{} chips of ", world) : std::string(),
@@ -567,6 +584,7 @@ int cmd_run(const RunOptions& given) {
                                 "{} - add --random-weights to do that anyway, use --timing-only, or give a checkpoint "
                                 "directory",
                                 o.model, billions(param_counts(cfg).total())));
+  if (has_checkpoint && !o.timing_only) warn_nonfinite_weights(o.model);
   if (batches.size() > 1 || batches[0] > 1) {
     if (!o.trace.empty()) throw UserError("--trace works with a single sequence (--batch 1)");
     if (!o.node.empty()) throw UserError("--batch above 1 runs on one chip: leave out --node");

@@ -201,7 +201,8 @@ int cmd_serve(const ServeOptions& given) {
   const auto dtype = dtype_from_name(o.matmul_dtype);
   if (!dtype || *dtype == DType::kF32)
     throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", o.matmul_dtype));
-  const models::Tokenizer tok = models::Tokenizer::from_file(find_tokenizer(o.model, o.tokenizer));
+  const models::Tokenizer tok = load_model_tokenizer(o.model, o.tokenizer, cfg);
+  if (has_checkpoint) warn_nonfinite_weights(o.model);
 
   Device dev(chip, ExecMode::kFunctional);
   Qwen3Options qo;

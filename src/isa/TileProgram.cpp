@@ -24,6 +24,10 @@ BufferId TileProgram::alloc(DType dtype, int rows, int cols, std::string_view na
   last_writer_.push_back(UINT32_MAX);
   if (readers_.size() < buffers_.size()) readers_.emplace_back();
   readers_[buffers_.size() - 1].clear();
+  if (parts_.size() < buffers_.size()) parts_.emplace_back();
+  parts_[buffers_.size() - 1].clear();
+  if (part_waits_.size() < buffers_.size()) part_waits_.emplace_back();
+  part_waits_[buffers_.size() - 1].clear();
   return static_cast<BufferId>(buffers_.size() - 1);
 }
 
@@ -46,7 +50,8 @@ void TileProgram::check_f32(BufferId id, const char* role) const {
                      dtype_name(b.dtype)));
 }
 
-void TileProgram::push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes) {
+void TileProgram::push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes,
+                       bool part) {
   const auto idx = static_cast<uint32_t>(instrs_.size());
   const size_t start = deps_.size();
   auto add = [&](uint32_t d) {
@@ -56,21 +61,45 @@ void TileProgram::push(Instr in, std::initializer_list<BufferId> reads, std::ini
     deps_.push_back(d);
   };
   add(last_sync_);
-  for (BufferId r : reads) add(last_writer_[r]);
+  for (BufferId r : reads) {
+    add(last_writer_[r]);
+    for (const PartLoad& pl : parts_[r]) add(pl.instr);
+  }
+  if (part) {
+    // load_part: the first part after a read of the buffer starts a round; every part of a round
+    // waits for the readers of what it replaces, and for the earlier parts of its round whose rows
+    // it overlaps - not for the others, so the round's transfers are in flight together.
+    const BufferId w = in.dst;
+    if (!readers_[w].empty()) {
+      part_waits_[w].swap(readers_[w]);
+      readers_[w].clear();
+      parts_[w].clear();  // the round's readers depend on them, and the new parts on those readers
+    }
+    add(last_writer_[w]);
+    for (uint32_t r : part_waits_[w]) add(r);
+    const int32_t row0 = in.k, row1 = in.k + in.rows;
+    for (const PartLoad& pl : parts_[w])
+      if (pl.row0 < row1 && row0 < pl.row1) add(pl.instr);
+    parts_[w].push_back(PartLoad{idx, row0, row1});
+  }
   for (BufferId w : writes) {
     add(last_writer_[w]);
     for (uint32_t r : readers_[w]) add(r);
+    for (const PartLoad& pl : parts_[w]) add(pl.instr);
+    for (uint32_t r : part_waits_[w]) add(r);
   }
   for (BufferId r : reads) readers_[r].push_back(idx);
   for (BufferId w : writes) {
     last_writer_[w] = idx;
     readers_[w].clear();
+    parts_[w].clear();
+    part_waits_[w].clear();
   }
   instrs_.push_back(in);
   dep_offsets_.push_back(static_cast<uint32_t>(deps_.size()));
 }
 
-void TileProgram::load(BufferId dst, const TileRegion& src, int buffer_row) {
+Instr TileProgram::load_instr(BufferId dst, const TileRegion& src, int buffer_row) const {
   if (buffer_row < 0) fail(fmt::format("load destination row {} is negative", buffer_row));
   check_extent(dst, buffer_row + src.rows, src.cols, "load destination (rows counted from the buffer's row 0)");
   Instr in;
@@ -81,8 +110,16 @@ void TileProgram::load(BufferId dst, const TileRegion& src, int buffer_row) {
   in.cols = src.cols;
   in.k = buffer_row;
   in.region = src;
+  return in;
+}
+
+void TileProgram::load(BufferId dst, const TileRegion& src, int buffer_row) {
   // A partial write still depends on earlier readers/writers of the buffer (WAR/WAW) like a full one.
-  push(in, {}, {dst});
+  push(load_instr(dst, src, buffer_row), {}, {dst});
+}
+
+void TileProgram::load_part(BufferId dst, const TileRegion& src, int buffer_row) {
+  push(load_instr(dst, src, buffer_row), {}, {}, /*part=*/true);
 }
 
 void TileProgram::store(const TileRegion& dst, BufferId src, int buffer_row) {
@@ -263,7 +300,11 @@ void TileProgram::sync() {
   dep_offsets_.push_back(static_cast<uint32_t>(deps_.size()));
   last_sync_ = idx;
   for (auto& w : last_writer_) w = UINT32_MAX;
-  for (size_t i = 0; i < buffers_.size(); ++i) readers_[i].clear();
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    readers_[i].clear();
+    parts_[i].clear();
+    part_waits_[i].clear();
+  }
 }
 
 void TileProgram::offset_args(uint16_t delta) {

@@ -148,6 +148,14 @@ class TileProgram {
   // Loads the region into rows [buffer_row, buffer_row + src.rows) of `dst` (columns from 0), so a
   // tile can be assembled from several regions (e.g. gathered rows).
   void load(BufferId dst, const TileRegion& src, int buffer_row = 0);
+  // The same load, as one part of a tile assembled from several regions (a paged KV tile, one region
+  // per cache block): parts into rows of `dst` that do not overlap are in flight together, as a GPU
+  // issues several async copies into one shared-memory tile. A part waits for the buffer's readers
+  // before the round of parts began and its last full write, and for earlier parts of its round
+  // whose rows it overlaps; any later reader or writer waits for all of the round's parts. A round
+  // ends when the buffer is read: the next part starts another. (load() orders every write of a
+  // buffer, even into disjoint rows.)
+  void load_part(BufferId dst, const TileRegion& src, int buffer_row);
   // Stores rows [buffer_row, buffer_row + dst.rows) of `src` (columns from 0) into the region.
   void store(const TileRegion& dst, BufferId src, int buffer_row = 0);
   // Adds rows [buffer_row, buffer_row + dst.rows) of fp32 `src` into the region of an fp32 tensor
@@ -188,7 +196,10 @@ class TileProgram {
   void offset_args(uint16_t delta);
 
  private:
-  void push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes);
+  // part: a load_part into in.dst (pass it in neither list).
+  void push(Instr in, std::initializer_list<BufferId> reads, std::initializer_list<BufferId> writes,
+            bool part = false);
+  Instr load_instr(BufferId dst, const TileRegion& src, int buffer_row) const;
   const SramBuffer& buf(BufferId id, const char* role) const;
   void check_extent(BufferId id, int rows, int cols, const char* role) const;
   void check_f32(BufferId id, const char* role) const;
@@ -202,6 +213,14 @@ class TileProgram {
   // Per buffer: last writer (or UINT32_MAX) and readers since that write.
   std::vector<uint32_t> last_writer_;
   std::vector<std::vector<uint32_t>> readers_;
+  // Per buffer: the load_part's of the current round (rows [row0, row1)), and the readers each of
+  // them waits for (those of the content the round replaces).
+  struct PartLoad {
+    uint32_t instr;
+    int32_t row0, row1;
+  };
+  std::vector<std::vector<PartLoad>> parts_;
+  std::vector<std::vector<uint32_t>> part_waits_;
   uint32_t last_sync_ = UINT32_MAX;
   int64_t sram_bytes_ = 0;
 };

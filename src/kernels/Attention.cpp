@@ -5,6 +5,7 @@
 #include <limits>
 #include <memory>
 
+#include "kernels/AttentionInternal.hpp"
 #include "kernels/KernelUtil.hpp"
 
 namespace ppu::kernels {
@@ -164,17 +165,32 @@ TileRegion lse_region(uint16_t arg, const Tile& t, int64_t q_tokens, bool by_tok
   return TileRegion{arg, int64_t{t.head0} * q_tokens + t.token0, by_tokens ? 1 : q_tokens, t.rows, 1};
 }
 
+// Block table entries a paged block reads, counted in 16-bit elements of the workspace's mask (the
+// kernel's stand-in source for the table's bytes, see PagedAttention.hpp): 4 bytes per entry, at most
+// one row of the mask (190 entries; a block's first transfers need the first few only).
+int table_read_elements(int64_t entries) {
+  return static_cast<int>(std::min<int64_t>(2 * entries, kAttentionMaskCols));
+}
+
 Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> plan, const AttentionWorkspace& ws,
-                        const Buffer& q, const Buffer& k, const Buffer& v, const Buffer& out,
+                        const Buffer& q, const Buffer& k, const Buffer& v, const Buffer& out, const KvAddressing& kv,
                         const TensorArg& partial_o, const TensorArg& partial_ml, const TensorArg& lse) {
   const Plan& pl = *plan;
   Kernel kern;
-  kern.name = fmt::format("attention {}x{}/{}x{} past {} {}{}", s.q_tokens, s.q_heads, s.kv_heads, s.head_dim,
-                          s.past_len, dtype_name(k.dtype), s.causal ? "" : " non-causal");
+  kern.name = fmt::format("{}attention {}x{}/{}x{} past {} {}{}",
+                          kv.paged() ? fmt::format("paged({}) ", kv.block_size) : "", s.q_tokens, s.q_heads,
+                          s.kv_heads, s.head_dim, s.past_len, dtype_name(k.dtype), s.causal ? "" : " non-causal");
   kern.grid = static_cast<int64_t>(pl.items.size());
   const bool has_lse = lse.numel > 0;
   kern.timing_key = fmt::format("{}|{}|{}|{}|{}|{}|{}{}", kern.name, pl.cfg.describe(), dtype_name(q.dtype),
                                 dtype_name(v.dtype), dtype_name(out.dtype), s.kv_capacity, s.scale, has_lse ? "|lse" : "");
+  // A paged kernel's loads follow the table: its entries (as far as the sequence reaches) are part
+  // of the key, so that a table that reuses a block is not timed as one that does not.
+  if (kv.paged()) {
+    const auto used = static_cast<size_t>(ceil_div(s.kv_len(), kv.block_size));
+    const std::vector<int32_t> entries(kv.table->begin(), kv.table->begin() + static_cast<std::ptrdiff_t>(used));
+    kern.timing_key = data_timing_key(kern.timing_key, entries);
+  }
   kern.args = {q.arg(), k.arg(), v.arg(), out.arg(), ws.mask.arg(), partial_o, partial_ml, lse};
   kern.ops = {KernelOp::attention(
       AttentionDims{1, s.q_tokens, s.kv_len(), s.q_heads, s.kv_heads, s.head_dim, s.causal, s.past_len})};
@@ -192,8 +208,8 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
   const int64_t q_heads = s.q_heads, kv_heads = s.kv_heads, g = group_size(s);
   const int64_t split_slots = std::max<int64_t>(1, static_cast<int64_t>(pl.split_tiles.size()));
   const int64_t q_tokens = s.q_tokens;
-  kern.build = [plan, qk_t, pv_t, scale, d, q_heads, kv_heads, g, split_slots, q_tokens, has_lse](int64_t block,
-                                                                                                 TileProgram& p) {
+  kern.build = [plan, qk_t, pv_t, scale, d, q_heads, kv_heads, g, split_slots, q_tokens, has_lse, kv](int64_t block,
+                                                                                                     TileProgram& p) {
     const Plan& pl = *plan;
     const AttentionConfig& cfg = pl.cfg;
     const Item& it = pl.items[static_cast<size_t>(block)];
@@ -224,16 +240,45 @@ Kernel make_main_kernel(const AttentionShape& s, std::shared_ptr<const Plan> pla
     const int64_t kvh = tl.head0 / g;
     auto kv_start = [&](int64_t step) { return (it.kv_tile0 + step) * tk; };
     auto kv_width = [&](int64_t step) { return static_cast<int>(std::min<int64_t>(tk, tl.kv_end - kv_start(step))); };
+    // Rows [pos, pos + rows) of this kv head: one region of a contiguous cache, or one per pool block
+    // the range touches - each a transfer of its own, all in flight together (load_part), as a
+    // paged kernel on hardware issues one copy per block.
     auto load_kv = [&](int64_t step, int slot) {
-      const TileRegion r{kArgK, (kv_start(step) * kv_heads + kvh) * d, kv_heads * d, kv_width(step), d};
-      p.load(kb[slot], r);
-      p.load(vb[slot], TileRegion{kArgV, r.offset, r.row_stride, r.rows, r.cols});
+      const int64_t pos = kv_start(step);
+      const int rows = kv_width(step);
+      if (!kv.paged()) {
+        const TileRegion r{kArgK, (pos * kv_heads + kvh) * d, kv_heads * d, rows, d};
+        p.load(kb[slot], r);
+        p.load(vb[slot], TileRegion{kArgV, r.offset, r.row_stride, r.rows, r.cols});
+        return;
+      }
+      for (int r0 = 0; r0 < rows;) {
+        const int64_t at = pos + r0, in_block = at % kv.block_size;
+        const int64_t block_id = (*kv.table)[static_cast<size_t>(at / kv.block_size)];
+        const int n = static_cast<int>(std::min<int64_t>(rows - r0, kv.block_size - in_block));
+        const TileRegion r{kArgK, ((block_id * kv.block_size + in_block) * kv_heads + kvh) * d, kv_heads * d, n, d};
+        p.load_part(kb[slot], r, r0);
+        p.load_part(vb[slot], TileRegion{kArgV, r.offset, r.row_stride, r.rows, r.cols}, r0);
+        r0 += n;
+      }
     };
     auto emit_scores = [&](int64_t step) {
       p.mma(sb[step % 2], qb, kb[step % stages], n, kv_width(step), d, /*trans_a=*/false, /*trans_b=*/true,
             /*accumulate=*/false);
     };
 
+    if (kv.paged()) {
+      // The addresses of the first K/V transfers depend on the table: a dependent read of the
+      // block's entries (its bytes, from the workspace; the values are in the addresses already)
+      // into a score buffer not yet in use, then a fence. Later entries are read while earlier
+      // tiles stream, as a real kernel's loop does, and cost nothing visible.
+      const int64_t first = kv_start(0) / kv.block_size;
+      const int64_t last = (kv_start(steps - 1) + kv_width(steps - 1) - 1) / kv.block_size;
+      const int elems = table_read_elements(last - first + 1);
+      const int cols = std::min(elems, tk), rows = std::min(static_cast<int>(ceil_div(elems, cols)), R);
+      p.load(sb[1], TileRegion{kArgMask, 0, kAttentionMaskCols, rows, cols});
+      p.sync();
+    }
     p.load(qb, rows_region(kArgQ, tl, q_heads, d, pl.by_tokens));
     for (int i = 0; i < stages; ++i) load_kv(i, i);
     p.fill(mb[0], n, 1, kNegMax);
@@ -371,8 +416,9 @@ Kernel make_combine_kernel(const ChipSpec& chip, const AttentionShape& s, std::s
   return kern;
 }
 
-void check_shape(const AttentionShape& s) {
-  const std::string kname = "attention";
+}  // namespace
+
+void check_attention_shape(const std::string& kname, const AttentionShape& s) {
   expect_positive(kname, {{"q_tokens", s.q_tokens},
                           {"q_heads", s.q_heads},
                           {"kv_heads", s.kv_heads},
@@ -395,6 +441,10 @@ void check_shape(const AttentionShape& s) {
   if (s.q_heads > INT32_MAX || s.q_tokens > INT32_MAX || s.kv_capacity > INT32_MAX)
     throw UserError(fmt::format("{}: q_tokens, q_heads and kv_capacity must each be below 2^31", kname));
 }
+
+namespace {
+
+void check_shape(const AttentionShape& s) { check_attention_shape("attention", s); }
 
 void check_config(const AttentionConfig& c) {
   auto bad = [&](const char* field, int v, int lo, int hi) {
@@ -517,6 +567,76 @@ AttentionConfig choose_attention_config(const ChipSpec& chip, const AttentionSha
   return c;
 }
 
+void check_attention_device(const std::string& kname, const Device& dev, const AttentionWorkspace& ws, DType k_type,
+                            DType v_type) {
+  if (!ws.mask.valid() || ws.mask.dtype != DType::kBF16 ||
+      ws.mask.numel != int64_t{kAttentionMaskRows} * kAttentionMaskCols)
+    throw UserError(
+        fmt::format("{}: the workspace's mask '{}' is not one made by make_attention_workspace", kname, ws.mask.name));
+  for (DType t : {matrix_type(k_type), matrix_type(v_type)})
+    if (!dev.chip().supports(t))
+      throw UserError(fmt::format("{}: {} has no {} matrix unit for the attention operands", kname, dev.chip().name,
+                                  dtype_name(t)));
+}
+
+AttentionTiming launch_attention(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionPart>& parts,
+                                 Stream* stream, const AttentionConfig& base, const Buffer* lse) {
+  PPU_CHECK(!parts.empty() && (lse == nullptr || parts.size() == 1), "launch_attention: parts");
+  const auto B = static_cast<int64_t>(parts.size());
+  // Several sequences: configured as one wide sequence, the batch's heads side by side and the
+  // longest context.
+  AttentionShape agg = parts[0].shape;
+  for (const AttentionPart& pt : parts) {
+    agg.q_tokens = std::max(agg.q_tokens, pt.shape.q_tokens);
+    agg.past_len = std::max(agg.past_len, pt.shape.past_len);
+    agg.kv_capacity = std::max(agg.kv_capacity, pt.shape.kv_capacity);
+  }
+  agg.q_heads *= B;
+  agg.kv_heads *= B;
+  const AttentionConfig cfg = choose_attention_config(dev.chip(), agg, parts[0].k.dtype, parts[0].v.dtype, base);
+  check_config(cfg);
+  // Largest part first: block 0 must need the most SRAM.
+  std::vector<size_t> order(parts.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return parts[a].shape.q_tokens * parts[a].shape.kv_len() > parts[b].shape.q_tokens * parts[b].shape.kv_len();
+  });
+  const TensorArg lse_arg = lse ? lse->arg() : TensorArg{};
+  std::vector<Kernel> mains, combines;
+  std::vector<Buffer> scratch;
+  try {
+    for (size_t idx : order) {
+      const AttentionPart& pt = parts[idx];
+      const AttentionShape& s = pt.shape;
+      const auto plan = make_plan(s, cfg);
+      const auto split_tiles = static_cast<int64_t>(plan->split_tiles.size());
+      TensorArg po{}, pml{};
+      if (split_tiles > 0) {
+        const int64_t rows = split_tiles * cfg.splits * plan->rows_alloc;
+        scratch.push_back(dev.alloc(DType::kF32, rows * s.head_dim, "attention.partial_o"));
+        po = scratch.back().arg();
+        scratch.push_back(dev.alloc(DType::kF32, 2 * rows, "attention.partial_ml"));
+        pml = scratch.back().arg();
+        combines.push_back(make_combine_kernel(dev.chip(), s, plan, pt.out, po, pml, lse_arg));
+      }
+      mains.push_back(make_main_kernel(s, plan, ws, pt.q, pt.k, pt.v, pt.out, pt.kv, po, pml, lse_arg));
+    }
+    AttentionTiming timing;
+    timing.config = cfg;
+    timing.attention = dev.launch(
+        B == 1 ? std::move(mains[0]) : concat_kernels(fmt::format("attention batch {}", B), std::move(mains)), stream);
+    if (!combines.empty())
+      timing.combine = dev.launch(B == 1 ? std::move(combines[0])
+                                         : concat_kernels(fmt::format("attention combine batch {}", B), std::move(combines)),
+                                  stream);
+    for (Buffer& b : scratch) dev.free(b);
+    return timing;
+  } catch (...) {
+    for (Buffer& b : scratch) dev.free(b);
+    throw;
+  }
+}
+
 AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const AttentionShape& s, const Buffer& q,
                           const Buffer& k_cache, const Buffer& v_cache, const Buffer& out, Stream* stream,
                           const AttentionConfig* config, const Buffer* lse) {
@@ -534,116 +654,40 @@ AttentionTiming attention(Device& dev, const AttentionWorkspace& ws, const Atten
                  fmt::format("[{}, {}] (q_heads, q_tokens)", s.q_heads, s.q_tokens));
     expect_dtype_in(kname, "lse", *lse, {DType::kF32});
   }
-  if (!ws.mask.valid() || ws.mask.dtype != DType::kBF16 ||
-      ws.mask.numel != int64_t{kAttentionMaskRows} * kAttentionMaskCols)
-    throw UserError(
-        fmt::format("{}: the workspace's mask '{}' is not one made by make_attention_workspace", kname, ws.mask.name));
-  for (DType t : {matrix_type(k_cache.dtype), matrix_type(v_cache.dtype)})
-    if (!dev.chip().supports(t))
-      throw UserError(fmt::format("{}: {} has no {} matrix unit for the attention operands", kname, dev.chip().name,
-                                  dtype_name(t)));
-  const AttentionConfig cfg =
-      choose_attention_config(dev.chip(), s, k_cache.dtype, v_cache.dtype, config ? *config : AttentionConfig{});
-  check_config(cfg);
-
-  const auto plan = make_plan(s, cfg);
-  const auto split_tiles = static_cast<int64_t>(plan->split_tiles.size());
-  Buffer partial_o, partial_ml;
-  if (split_tiles > 0) {
-    const int64_t rows = split_tiles * cfg.splits * plan->rows_alloc;
-    partial_o = dev.alloc(DType::kF32, rows * s.head_dim, "attention.partial_o");
-    partial_ml = dev.alloc(DType::kF32, 2 * rows, "attention.partial_ml");
-  }
-  const TensorArg po = partial_o.valid() ? partial_o.arg() : TensorArg{};
-  const TensorArg pml = partial_ml.valid() ? partial_ml.arg() : TensorArg{};
-  const TensorArg lse_arg = lse ? lse->arg() : TensorArg{};
-  AttentionTiming timing;
-  timing.config = cfg;
-  try {
-    timing.attention = dev.launch(make_main_kernel(s, plan, ws, q, k_cache, v_cache, out, po, pml, lse_arg), stream);
-    if (split_tiles > 0)
-      timing.combine = dev.launch(make_combine_kernel(dev.chip(), s, plan, out, po, pml, lse_arg), stream);
-  } catch (...) {
-    if (partial_o.valid()) dev.free(partial_o);
-    if (partial_ml.valid()) dev.free(partial_ml);
-    throw;
-  }
-  if (partial_o.valid()) dev.free(partial_o);
-  if (partial_ml.valid()) dev.free(partial_ml);
-  return timing;
+  check_attention_device(kname, dev, ws, k_cache.dtype, v_cache.dtype);
+  return launch_attention(dev, ws, {AttentionPart{s, q, k_cache, v_cache, out, KvAddressing{}}}, stream,
+                          config ? *config : AttentionConfig{}, lse);
 }
 
 AttentionTiming attention_batch(Device& dev, const AttentionWorkspace& ws, const std::vector<AttentionBatchItem>& items,
                                 Stream* stream, AttentionStyle style) {
   if (items.empty()) throw UserError("attention_batch: no sequences");
-  if (items.size() == 1) {
-    const auto& it = items[0];
-    AttentionConfig base;
-    base.style = style;
-    return attention(dev, ws, it.shape, it.q, it.k_cache, it.v_cache, it.out, stream, &base);
-  }
-  // The batch as one wide sequence for the configuration: the batch's heads side by side, the
-  // longest context.
-  AttentionShape agg = items[0].shape;
-  for (const auto& it : items) {
-    if (it.shape.q_heads != agg.q_heads || it.shape.kv_heads != agg.kv_heads || it.shape.head_dim != agg.head_dim ||
-        it.shape.causal != agg.causal)
-      throw UserError("attention_batch: every sequence must have the same q_heads, kv_heads, head_dim and causal flag");
-    agg.q_tokens = std::max(agg.q_tokens, it.shape.q_tokens);
-    agg.past_len = std::max(agg.past_len, it.shape.past_len);
-    agg.kv_capacity = std::max(agg.kv_capacity, it.shape.kv_capacity);
-  }
-  const auto B = static_cast<int64_t>(items.size());
-  agg.q_heads *= B;
-  agg.kv_heads *= B;
   AttentionConfig base;
   base.style = style;
-  const AttentionConfig cfg = choose_attention_config(dev.chip(), agg, items[0].k_cache.dtype, items[0].v_cache.dtype, base);
-  check_config(cfg);
-  // Largest item first: block 0 must need the most SRAM.
-  std::vector<size_t> order(items.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return items[a].shape.q_tokens * items[a].shape.kv_len() > items[b].shape.q_tokens * items[b].shape.kv_len();
-  });
-  std::vector<Kernel> mains, combines;
-  std::vector<Buffer> scratch;
-  try {
-    for (size_t idx : order) {
-      const AttentionBatchItem& it = items[idx];
-      const AttentionShape& s = it.shape;
-      check_shape(s);
-      const auto q_shape = fmt::format("[{}, {}, {}] (q_tokens, q_heads, head_dim)", s.q_tokens, s.q_heads, s.head_dim);
-      const auto kv_shape = fmt::format("[{}, {}, {}] (kv_capacity, kv_heads, head_dim)", s.kv_capacity, s.kv_heads, s.head_dim);
-      const std::string kname = fmt::format("attention_batch item {}", idx);
-      expect_numel(kname, "q", it.q, s.q_tokens * s.q_heads * s.head_dim, q_shape);
-      expect_numel(kname, "k_cache", it.k_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
-      expect_numel(kname, "v_cache", it.v_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
-      expect_numel(kname, "output", it.out, s.q_tokens * s.q_heads * s.head_dim, q_shape);
-      const auto plan = make_plan(s, cfg);
-      const auto split_tiles = static_cast<int64_t>(plan->split_tiles.size());
-      TensorArg po{}, pml{};
-      if (split_tiles > 0) {
-        const int64_t rows = split_tiles * cfg.splits * plan->rows_alloc;
-        scratch.push_back(dev.alloc(DType::kF32, rows * s.head_dim, "attention.partial_o"));
-        po = scratch.back().arg();
-        scratch.push_back(dev.alloc(DType::kF32, 2 * rows, "attention.partial_ml"));
-        pml = scratch.back().arg();
-        combines.push_back(make_combine_kernel(dev.chip(), s, plan, it.out, po, pml, TensorArg{}));
-      }
-      mains.push_back(make_main_kernel(s, plan, ws, it.q, it.k_cache, it.v_cache, it.out, po, pml, TensorArg{}));
-    }
-    AttentionTiming timing;
-    timing.config = cfg;
-    timing.attention = dev.launch(concat_kernels(fmt::format("attention batch {}", B), std::move(mains)), stream);
-    if (!combines.empty())
-      timing.combine = dev.launch(concat_kernels(fmt::format("attention combine batch {}", B), std::move(combines)), stream);
-    for (Buffer& b : scratch) dev.free(b);
-    return timing;
-  } catch (...) {
-    for (Buffer& b : scratch) dev.free(b);
-    throw;
+  if (items.size() == 1) {
+    const auto& it = items[0];
+    return attention(dev, ws, it.shape, it.q, it.k_cache, it.v_cache, it.out, stream, &base);
   }
+  const AttentionShape& first = items[0].shape;
+  for (const auto& it : items)
+    if (it.shape.q_heads != first.q_heads || it.shape.kv_heads != first.kv_heads ||
+        it.shape.head_dim != first.head_dim || it.shape.causal != first.causal)
+      throw UserError("attention_batch: every sequence must have the same q_heads, kv_heads, head_dim and causal flag");
+  std::vector<AttentionPart> parts;
+  for (size_t idx = 0; idx < items.size(); ++idx) {
+    const AttentionBatchItem& it = items[idx];
+    const AttentionShape& s = it.shape;
+    check_shape(s);
+    const auto q_shape = fmt::format("[{}, {}, {}] (q_tokens, q_heads, head_dim)", s.q_tokens, s.q_heads, s.head_dim);
+    const auto kv_shape = fmt::format("[{}, {}, {}] (kv_capacity, kv_heads, head_dim)", s.kv_capacity, s.kv_heads, s.head_dim);
+    const std::string kname = fmt::format("attention_batch item {}", idx);
+    expect_numel(kname, "q", it.q, s.q_tokens * s.q_heads * s.head_dim, q_shape);
+    expect_numel(kname, "k_cache", it.k_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
+    expect_numel(kname, "v_cache", it.v_cache, s.kv_capacity * s.kv_heads * s.head_dim, kv_shape);
+    expect_numel(kname, "output", it.out, s.q_tokens * s.q_heads * s.head_dim, q_shape);
+    parts.push_back(AttentionPart{s, it.q, it.k_cache, it.v_cache, it.out, KvAddressing{}});
+  }
+  return launch_attention(dev, ws, parts, stream, base, nullptr);
 }
 
 std::vector<double> attention_reference(const AttentionShape& s, const std::vector<float>& q,

@@ -72,8 +72,9 @@
 //
 // Non-causal calls (AttentionShape::causal = false) visit every KV tile of every tile, with no mask.
 //
-// Not here: sliding-window masks, attention sinks, softcapping, ALiBi, paged caches,
-// batches of sequences with different lengths, or a cache in another layout (kv heads outermost).
+// Not here: sliding-window masks, attention sinks, softcapping, ALiBi, batches of sequences with
+// different lengths, or a cache in another layout (kv heads outermost). Paged caches (a block table
+// into a shared K/V pool, and their writes) are in kernels/PagedAttention.hpp.
 #pragma once
 
 #include <array>

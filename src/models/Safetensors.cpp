@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -494,6 +495,47 @@ std::vector<float> CheckpointSet::read_f32(std::string_view name, const TensorSh
 
 void CheckpointSet::read_f32(std::string_view name, const TensorShape& expected, float* dst) const {
   tensor_to_f32(at(name), expected, dst);
+}
+
+NonFiniteCount count_nonfinite(const SafetensorsTensor& t) {
+  NonFiniteCount c;
+  const auto n = static_cast<size_t>(t.numel());
+  // (exponent mask, mantissa mask) of each float dtype's bit pattern; fp8e4m3 has no infinity: its
+  // NaN is exponent and mantissa all ones.
+  const auto scan = [&](auto word, uint32_t exp_mask, uint32_t man_mask, bool has_inf) {
+    using W = decltype(word);
+    for (size_t i = 0; i < n; ++i) {
+      W w;
+      std::memcpy(&w, t.data + i * sizeof(W), sizeof(W));
+      const uint32_t bits = w;
+      if ((bits & exp_mask) != exp_mask) continue;
+      if (!has_inf) c.nan += (bits & man_mask) == man_mask;
+      else if (bits & man_mask) ++c.nan;
+      else ++c.inf;
+    }
+  };
+  switch (t.dtype) {
+    case DType::kF32: scan(uint32_t{}, 0x7F800000u, 0x007FFFFFu, true); break;
+    case DType::kBF16: scan(uint16_t{}, 0x7F80u, 0x007Fu, true); break;
+    case DType::kF16: scan(uint16_t{}, 0x7C00u, 0x03FFu, true); break;
+    case DType::kF8E5M2: scan(uint8_t{}, 0x7Cu, 0x03u, true); break;
+    case DType::kF8E4M3: scan(uint8_t{}, 0x78u, 0x07u, false); break;
+    case DType::kCount: break;
+  }
+  return c;
+}
+
+std::string CheckpointSet::nonfinite_report() const {
+  std::vector<std::string> named;
+  size_t bad = 0;
+  for (const auto& [name, t] : by_name_) {
+    const NonFiniteCount c = count_nonfinite(*t);
+    if (!c.any()) continue;
+    if (++bad <= 5) named.push_back(fmt::format("{}: {} NaN and {} Inf of {}", name, c.nan, c.inf, t->numel()));
+  }
+  if (bad == 0) return "";
+  return fmt::format("{}: {} of the {} tensors hold NaN or Inf values ({}{}); a run with these weights computes NaN",
+                     origin_, bad, by_name_.size(), fmt::join(named, "; "), bad > named.size() ? "; ..." : "");
 }
 
 }  // namespace ppu

@@ -158,6 +158,13 @@ struct CheckpointNameDiff {
 // must be in the shard the index names; a tensor may appear in only one shard; a tensor in a shard
 // but absent from the index is an error (the index is what loaders trust). Errors are UserErrors
 // naming the index or shard and the tensor.
+// Elements of a tensor that are not finite, found from their bit patterns (no conversion).
+struct NonFiniteCount {
+  int64_t nan = 0, inf = 0;
+  bool any() const { return nan + inf > 0; }
+};
+NonFiniteCount count_nonfinite(const SafetensorsTensor& t);
+
 class CheckpointSet {
  public:
   explicit CheckpointSet(const std::string& path);
@@ -177,6 +184,11 @@ class CheckpointSet {
   // Throws one UserError listing every missing tensor (with the checkpoint it was looked for in) and
   // every unexpected tensor (with the file holding it); at most 20 names of each kind are spelled out.
   void require_names(std::span<const std::string> expected) const;
+
+  // "<origin>: N of the M tensors hold NaN or Inf values (name: a NaN and b Inf of n, ...; at most 5
+  // named)", or "" when every value is finite: a run with such weights computes NaN (`ppu run` and
+  // `ppu serve` print it as a warning). Reads every byte of the weights once.
+  std::string nonfinite_report() const;
 
   // tensor_to_f32(at(name), expected).
   std::vector<float> read_f32(std::string_view name, const TensorShape& expected) const;

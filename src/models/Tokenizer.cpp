@@ -39,6 +39,11 @@ constexpr int64_t kMaxTokenId = 16 * 1024 * 1024;
 // PCRE2's JIT stack: starts small, may grow to this (the Qwen3 pattern needs little; this is headroom
 // for a user's pattern with deep backtracking on long inputs).
 constexpr size_t kJitStackMaxBytes = 8u << 20;
+// PCRE2's work limits for one match (its defaults are 10,000,000 steps and a depth as large): the
+// Qwen3 pattern needs a few dozen steps per word; a pattern that backtracks catastrophically hits
+// these within milliseconds, and the loading probe (check_regex_terminates) refuses it.
+constexpr uint32_t kRegexMatchLimit = 1'000'000;
+constexpr uint32_t kRegexDepthLimit = 100'000;
 
 // ---- the GPT-2 byte-level alphabet
 
@@ -284,6 +289,7 @@ struct Tokenizer::Impl {
   std::array<bool, 256> added_first_byte{};  // whether some added token starts with this byte
   bool normalize_nfc = false;
   bool ignore_merges = false;
+  std::vector<std::string> warnings;  // Tokenizer::warnings()
   pcre2_code* regex = nullptr;
   bool regex_jit = false;
   std::optional<SpecialTokenIds> special;
@@ -324,11 +330,13 @@ struct Tokenizer::Impl {
     std::vector<int32_t> symbols;
     Scratch(const pcre2_code* re, bool jit) {
       match = pcre2_match_data_create_from_pattern(re, nullptr);
-      PPU_CHECK(match != nullptr, "out of memory creating PCRE2 match data");
+      context = pcre2_match_context_create(nullptr);
+      PPU_CHECK(match != nullptr && context != nullptr, "out of memory creating PCRE2 match data");
+      pcre2_set_match_limit(context, kRegexMatchLimit);
+      pcre2_set_depth_limit(context, kRegexDepthLimit);
       if (jit) {
-        context = pcre2_match_context_create(nullptr);
         jit_stack = pcre2_jit_stack_create(32 * 1024, kJitStackMaxBytes, nullptr);
-        PPU_CHECK(context != nullptr && jit_stack != nullptr, "out of memory creating the PCRE2 JIT stack");
+        PPU_CHECK(jit_stack != nullptr, "out of memory creating the PCRE2 JIT stack");
         pcre2_jit_stack_assign(context, nullptr, jit_stack);
       }
     }
@@ -342,6 +350,14 @@ struct Tokenizer::Impl {
   };
 
   void encode_section(std::string_view text, Scratch& scratch, std::vector<int32_t>& out) const;
+  // The words of `text` as the pre-tokenizer regex splits it (matches and the gaps between them),
+  // each passed to on_word in order. Returns 0, or PCRE2's error code when a match failed (its
+  // work limits) at byte *at.
+  template <class OnWord>
+  int for_each_word(std::string_view text, Scratch& scratch, size_t* at, const OnWord& on_word) const;
+  // Refuses a regex that backtracks catastrophically: it must split probe texts (long runs of one
+  // letter, digit or space, then a different character) within PCRE2's work limits.
+  void check_regex_terminates() const;
   void encode_word(std::string_view word, Scratch& scratch, std::vector<int32_t>& out) const;
   void merge_short(std::vector<int32_t>& sym) const;
   void merge_long(std::vector<int32_t>& sym) const;
@@ -468,6 +484,10 @@ void Tokenizer::Impl::load_model(const json& model) {
   const auto merges_it = model.find("merges");
   if (merges_it == model.end() || !merges_it->is_array())
     fail("model.merges", "missing or not an array of \"a b\" strings or [\"a\", \"b\"] pairs");
+  if (merges_it->empty())
+    warnings.push_back(fmt::format("{}: model.merges is empty: every word is encoded byte by byte, with no BPE merge "
+                                   "(a tokenizer without merges is rarely what was meant)",
+                                   origin));
   merges.reserve(merges_it->size());
   std::string left;
   std::string right;
@@ -590,6 +610,10 @@ void Tokenizer::Impl::load_pre_tokenizer(const json& node) {
   }
 
   const std::string& pattern = regex_json->get_ref<const std::string&>();
+  if (pattern.empty())
+    fail("pre_tokenizer.pretokenizers[0].pattern.Regex",
+         "is empty; an empty pattern matches only empty strings, so every text would be one word (give the "
+         "model's pre-tokenizer pattern, e.g. Qwen3's)");
   int error = 0;
   PCRE2_SIZE error_offset = 0;
   regex = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &error,
@@ -600,6 +624,31 @@ void Tokenizer::Impl::load_pre_tokenizer(const json& node) {
   uint32_t has_jit = 0;
   pcre2_config(PCRE2_CONFIG_JIT, &has_jit);
   regex_jit = has_jit != 0 && pcre2_jit_compile(regex, PCRE2_JIT_COMPLETE) == 0;
+  check_regex_terminates();
+}
+
+void Tokenizer::Impl::check_regex_terminates() const {
+  // 1 KiB probes with a tenth of the encode limit per match: a catastrophic pattern exceeds it at
+  // once, and a pattern that stays under it costs at most ~1,000 matches x 100k steps to check.
+  constexpr size_t kProbeBytes = 1024;
+  constexpr uint32_t kProbeMatchLimit = kRegexMatchLimit / 10;
+  std::string words;
+  while (words.size() < kProbeBytes) words += "ab c1 ";
+  const std::pair<const char*, std::string> probes[] = {
+      {"1,024 'a' then '!'", std::string(kProbeBytes, 'a') + "!"},
+      {"1,024 spaces then 'x'", std::string(kProbeBytes, ' ') + "x"},
+      {"1,024 '7' then 'a'", std::string(kProbeBytes, '7') + "a"},
+      {"'ab c1 ' repeated to 1 KiB then a newline and '!'", words + "\n!"}};
+  Scratch scratch(regex, regex_jit);
+  pcre2_set_match_limit(scratch.context, kProbeMatchLimit);
+  for (const auto& [what, probe] : probes) {
+    size_t at = 0;
+    if (const int rc = for_each_word(probe, scratch, &at, [](std::string_view) {}))
+      fail("pre_tokenizer.pretokenizers[0].pattern.Regex",
+           fmt::format("backtracks catastrophically: splitting a probe text ({}) it fails at byte {} with PCRE2's "
+                       "'{}'; simplify it (nested quantifiers such as (a+)+ are the usual cause)",
+                       what, at, pcre2_message(rc)));
+  }
 }
 
 void Tokenizer::Impl::load_decoder(const json& node, const char* field) {
@@ -730,15 +779,8 @@ void Tokenizer::Impl::encode_word(std::string_view word, Scratch& scratch, std::
   }
 }
 
-// One stretch of text between added tokens: normalise, split with the pre-tokenizer regex (matches
-// and the gaps between them are words, as behavior Isolated keeps both), BPE each word.
-void Tokenizer::Impl::encode_section(std::string_view text, Scratch& scratch, std::vector<int32_t>& out) const {
-  if (text.empty()) return;
-  std::string normalized;
-  if (normalize_nfc && !is_ascii(text)) {
-    normalized = nfc(text);
-    text = normalized;
-  }
+template <class OnWord>
+int Tokenizer::Impl::for_each_word(std::string_view text, Scratch& scratch, size_t* at, const OnWord& on_word) const {
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   const size_t length = text.size();
   size_t emitted = 0;  // bytes of `text` already turned into words
@@ -746,17 +788,19 @@ void Tokenizer::Impl::encode_section(std::string_view text, Scratch& scratch, st
   while (search < length) {
     const int rc = regex_jit ? pcre2_jit_match(regex, subject, length, search, PCRE2_NO_UTF_CHECK, scratch.match,
                                                scratch.context)
-                             : pcre2_match(regex, subject, length, search, PCRE2_NO_UTF_CHECK, scratch.match, nullptr);
+                             : pcre2_match(regex, subject, length, search, PCRE2_NO_UTF_CHECK, scratch.match,
+                                           scratch.context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0)
-      throw UserError(fmt::format("{}: the pre-tokenizer regex failed on the text at byte {}: {}", origin, search,
-                                  pcre2_message(rc)));
+    if (rc < 0) {
+      *at = search;
+      return rc;
+    }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(scratch.match);
     const size_t begin = ov[0];
     const size_t end = ov[1];
-    if (begin > emitted) encode_word(text.substr(emitted, begin - emitted), scratch, out);
+    if (begin > emitted) on_word(text.substr(emitted, begin - emitted));
     if (end > begin) {
-      encode_word(text.substr(begin, end - begin), scratch, out);
+      on_word(text.substr(begin, end - begin));
       emitted = end;
       search = end;
     } else {
@@ -767,7 +811,23 @@ void Tokenizer::Impl::encode_section(std::string_view text, Scratch& scratch, st
       search = begin + std::max<size_t>(1, utf8_sequence_length(text, begin));
     }
   }
-  if (emitted < length) encode_word(text.substr(emitted), scratch, out);
+  if (emitted < length) on_word(text.substr(emitted));
+  return 0;
+}
+
+// One stretch of text between added tokens: normalise, split with the pre-tokenizer regex (matches
+// and the gaps between them are words, as behavior Isolated keeps both), BPE each word.
+void Tokenizer::Impl::encode_section(std::string_view text, Scratch& scratch, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
+  std::string normalized;
+  if (normalize_nfc && !is_ascii(text)) {
+    normalized = nfc(text);
+    text = normalized;
+  }
+  size_t at = 0;
+  if (const int rc = for_each_word(text, scratch, &at, [&](std::string_view w) { encode_word(w, scratch, out); }))
+    throw UserError(fmt::format("{}: the pre-tokenizer regex failed on the text at byte {}: {}", origin, at,
+                                pcre2_message(rc)));
 }
 
 }  // namespace ppu::models
@@ -890,5 +950,7 @@ std::string Tokenizer::normalize(std::string_view text) const {
 }
 
 const std::string& Tokenizer::origin() const { return impl_->origin; }
+
+const std::vector<std::string>& Tokenizer::warnings() const { return impl_->warnings; }
 
 }  // namespace ppu::models

@@ -100,6 +100,9 @@ class Tokenizer {
   int32_t vocab_size() const;
   // Whether `id` is an added token flagged special (false for ids outside the vocabulary).
   bool is_special(int32_t id) const;
+  // What loading noticed in a file that loads but is unlikely to be what was meant (an empty
+  // model.merges), one message each naming the file; the caller shows them as warnings.
+  const std::vector<std::string>& warnings() const;
   // Ids of Qwen3's chat and thinking tokens. Throws UserError if the file lacks one of them.
   const SpecialTokenIds& special_ids() const;
 

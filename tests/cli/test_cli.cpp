@@ -1149,3 +1149,21 @@ TEST(Cli, SimulateServeTableJsonTraceAndErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// A tokenizer with more ids than the model has embedding rows is refused before anything runs
+// (issue 17: an id beyond the model's vocabulary was accepted without a word).
+TEST(Cli, TokenizerLargerThanTheModelsVocabularyIsRefused) {
+  // vocab_size 512; the Qwen3 tokenizer has 151,669 ids.
+  const std::string model = std::string(PPU_TEST_SOURCE_DIR) + "/tests/data/qwen3-tiny";
+  for (const std::string& cmd : {"run --model " + model + " --prompt hi --gen 1", "serve --model " + model + " --port 0"}) {
+    const CmdResult r = ppu(cmd);
+    EXPECT_EQ(r.status, 2) << cmd << "\n" << r.out;
+    EXPECT_NE(r.out.find("the tokenizer has ids up to 151668, but the model qwen3-tiny has 512 embedding rows"),
+              std::string::npos)
+        << r.out;
+  }
+}
+
+}  // namespace

@@ -164,6 +164,30 @@ TEST(Safetensors, SpecialValuesPassThrough) {
   }
 }
 
+// NaN and Inf are counted from bit patterns in every float dtype (fp8e4m3: NaN only); a checkpoint
+// holding any is reported by name (issue 17: such weights ran without a word and printed "!!").
+TEST(Safetensors, NonFiniteValuesAreCountedAndReported) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<TensorBlob> blobs;
+  for (DType t : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E5M2})
+    blobs.push_back(blob(std::string(safetensors_dtype_name(t)), t, {6}, {inf, -inf, nan, 1.5f, -0.0f, 448.0f}));
+  blobs.push_back(blob("F8_E4M3", DType::kF8E4M3, {3}, {nan, -0.0f, 448.0f}));  // 448: e4m3's largest, finite
+  blobs.push_back(blob("finite", DType::kBF16, {3}, {1.0f, -2.0f, 65504.0f}));
+  const std::string path = write_temp("nonfinite.safetensors", safetensors_file(blobs));
+  const SafetensorsFile f(path);
+  for (const auto& b : blobs) {
+    SCOPED_TRACE(b.name);
+    const NonFiniteCount c = count_nonfinite(f.at(b.name));
+    EXPECT_EQ(c.nan, b.name == "finite" ? 0 : 1);
+    EXPECT_EQ(c.inf, b.name == "finite" || b.name == "F8_E4M3" ? 0 : 2);
+  }
+  const std::string r = CheckpointSet(path).nonfinite_report();
+  EXPECT_NE(r.find("5 of the 6 tensors hold NaN or Inf values"), std::string::npos) << r;
+  EXPECT_NE(r.find("BF16: 1 NaN and 2 Inf of 6"), std::string::npos) << r;
+  EXPECT_EQ(r.find("finite:"), std::string::npos) << r;
+  EXPECT_EQ(CheckpointSet(write_temp("finite.safetensors", safetensors_file({blobs.back()}))).nonfinite_report(), "");
+}
+
 // An unpadded header of odd length puts the data section at an odd address: values still convert.
 TEST(Safetensors, UnalignedDataConverts) {
   for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {

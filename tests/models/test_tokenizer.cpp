@@ -308,6 +308,31 @@ TEST(TokenizerErrors, UnsupportedPreTokenizer) {
   j = tiny_json();
   j["pre_tokenizer"]["pretokenizers"].erase(1);
   expect_file_error(j, {"pre_tokenizer.pretokenizers", "exactly two"}, "one-entry");
+  j = tiny_json();
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "";
+  expect_file_error(j, {"pre_tokenizer.pretokenizers[0].pattern.Regex", "is empty"}, "empty-regex");
+}
+
+TEST(TokenizerErrors, CatastrophicBacktrackingIsRefusedAtLoad) {
+  // Nested quantifiers backtrack exponentially on a run of letters that does not end the way the
+  // pattern wants: refused when the file loads, not minutes into an encode.
+  for (const char* pattern : {"(a+)+$", "(\\w+\\s?)+$", "(\\s+)+$", "[a-z]|( +)+$"}) {
+    json j = tiny_json();
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = pattern;
+    expect_file_error(j, {"pre_tokenizer.pretokenizers[0].pattern.Regex", "backtracks catastrophically", "probe text",
+                          "limit"},
+                      "catastrophic");
+  }
+}
+
+TEST(TokenizerTiny, EmptyMergesLoadWithAWarning) {
+  EXPECT_TRUE(tiny().warnings().empty());
+  json j = tiny_json();
+  j["model"]["merges"] = json::array();
+  const Tokenizer t = tiny(j);
+  ASSERT_EQ(t.warnings().size(), 1u);
+  EXPECT_NE(t.warnings()[0].find("tiny.json: model.merges is empty"), std::string::npos) << t.warnings()[0];
+  EXPECT_EQ(t.encode("ab").size(), 2u);  // byte by byte
 }
 
 TEST(TokenizerErrors, UnsupportedModel) {
