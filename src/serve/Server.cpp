@@ -660,6 +660,13 @@ int Server::start() {
   const auto threads = static_cast<size_t>(s.max_batch + s.opt.max_waiting + 16);
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.http.set_payload_max_length(static_cast<size_t>(s.opt.max_body_bytes));
+  // SO_REUSEADDR only (a restart may bind while old connections sit in TIME_WAIT): cpp-httplib's
+  // default adds SO_REUSEPORT, with which a second server on the same port starts silently and the
+  // kernel splits the connections between the two.
+  s.http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   s.install_routes();
   s.port = s.opt.port == 0 ? s.http.bind_to_any_port(s.opt.host) : (s.http.bind_to_port(s.opt.host, s.opt.port) ? s.opt.port : -1);
   if (s.port < 0)

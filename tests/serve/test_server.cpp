@@ -1,7 +1,7 @@
 // serve/Server: a live server on a loopback port, driven with cpp-httplib's client. Responses carry
 // exactly the engine's tokens (checked against an Engine run directly on the same weights), streams
 // are well-formed server-sent events that add up to the whole response, every error has its status
-// and OpenAI's error object, a full queue answers 429, a client that disconnects frees its KV slot,
+// and OpenAI's error object, a full queue answers 429, a client that disconnects frees its KV blocks,
 // and drain() lets running requests finish while refusing new ones.
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -30,15 +30,19 @@ const models::Tokenizer& qwen3() {
 
 const std::vector<int32_t> kPrompt = {785, 6722, 315, 9625, 374};  // "The capital of France is"
 
-// The tiny preset with random weights (Qwen3's vocabulary, so the real tokenizer's ids are valid).
+// The tiny preset with random weights (Qwen3's vocabulary, so the real tokenizer's ids are valid),
+// with the paged KV cache `ppu serve` gives it by default: blocks of 16, enough for `seqs` requests
+// of `context` tokens.
 struct Model {
   Device dev{load_chip("zhenwu-810e"), ExecMode::kFunctional, 1};
   std::unique_ptr<Qwen3Model> model;
   std::unique_ptr<Engine> engine;
-  Model(int64_t slots, int64_t context) {
+  Model(int64_t seqs, int64_t context) {
     Qwen3Options o;
-    o.max_batch = slots;
+    o.max_batch = seqs;
     o.max_context = context - 1;
+    o.kv_block_size = 16;
+    o.kv_blocks = seqs * ((context - 1 + 15) / 16);
     model = std::make_unique<Qwen3Model>(dev, load_model_config("tiny"), Qwen3Weights::random(0), o);
     engine = std::make_unique<Engine>(*model, EngineConfig{});
   }
@@ -48,7 +52,7 @@ struct Live {
   Model m;
   std::unique_ptr<Server> server;
   int port = 0;
-  explicit Live(ServerOptions so = {}, int64_t slots = 4, int64_t context = 64) : m(slots, context) {
+  explicit Live(ServerOptions so = {}, int64_t seqs = 4, int64_t context = 64) : m(seqs, context) {
     so.port = 0;
     so.model_name = "tiny";
     so.chip_name = "zhenwu-810e";
@@ -144,7 +148,22 @@ TEST(Server, ModelsHealthMetrics) {
   EXPECT_EQ(m->status, 200);
   EXPECT_NE(m->get_header_value("Content-Type").find("text/plain"), std::string::npos);
   EXPECT_EQ(s.metric("ppu_requests_running"), 0);
-  EXPECT_EQ(s.metric("ppu_kv_blocks_total"), 4 * 4);  // 4 slots of 63 positions, in blocks of 16
+  EXPECT_EQ(s.metric("ppu_kv_blocks_total"), 4 * 4);  // the pool: 4 requests of 63 positions, in blocks of 16
+}
+
+TEST(Server, APortInUseIsRefused) {
+  Live s;
+  Model m(1, 64);
+  ServerOptions so;
+  so.port = s.port;
+  Server second(*m.engine, qwen3(), so);
+  try {
+    second.start();
+    ADD_FAILURE() << "a second server started on port " << s.port;
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format("cannot listen on 127.0.0.1:{}", s.port)), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Server, CompletionCarriesTheEnginesTokens) {
@@ -247,7 +266,7 @@ TEST(Server, ChatStreamsRoleThenContent) {
 }
 
 TEST(Server, ToolsAreRenderedIntoThePrompt) {
-  Live s({}, /*slots=*/1, /*context=*/256);  // the tool block alone is over 100 tokens
+  Live s({}, /*seqs=*/1, /*context=*/256);  // the tool block alone is over 100 tokens
   const json tool = {{"type", "function"},
                      {"function", {{"name", "get_weather"}, {"parameters", {{"type", "object"}}}}}};
   const json r = json::parse(s.post("/v1/chat/completions", {{"model", "tiny"},
@@ -334,10 +353,10 @@ TEST(Server, ApiKeyGuardsTheApi) {
   EXPECT_EQ(s.client().Get("/health")->status, 200);  // probes need no key
 }
 
-TEST(Server, FullQueueIs429AndHangingUpFreesTheSlot) {
+TEST(Server, FullQueueIs429AndHangingUpFreesTheBlocks) {
   ServerOptions so;
   so.max_waiting = 1;
-  Live s(so, /*slots=*/1, /*context=*/512);
+  Live s(so, /*seqs=*/1, /*context=*/512);
   // Two long streams: one runs, one waits; each client holds on until told to hang up.
   std::promise<void> hang_up;
   std::shared_future<void> go = hang_up.get_future().share();
