@@ -1,7 +1,6 @@
 #include "serve/SearchIndex.hpp"
 
 #include <fmt/format.h>
-#include <sqlite3.h>
 
 #include <filesystem>
 #include <fstream>
@@ -9,6 +8,7 @@
 #include <set>
 
 #include "arch/Error.hpp"
+#include "serve/Sqlite.hpp"
 
 namespace ppu::serve {
 
@@ -58,61 +58,10 @@ std::string fts_query(std::string_view words) {
   return out;
 }
 
+static_assert(kSearchBusyTimeoutMs == kSqliteBusyTimeoutMs, "SearchIndex documents the wrapper's busy timeout");
+
 struct SearchIndex::Impl {
-  std::string path;
-  sqlite3* db = nullptr;
-
-  ~Impl() {
-    if (db) sqlite3_close_v2(db);
-  }
-
-  [[noreturn]] void fail(int rc, const std::string& doing) const {
-    if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
-      throw UserError(fmt::format("{}: {}: the database is locked by another writer (waited {} ms); try again when it "
-                                  "is done",
-                                  path, doing, kSearchBusyTimeoutMs));
-    if (rc == SQLITE_NOTADB) throw UserError(fmt::format("{}: {}: not an SQLite database", path, doing));
-    throw UserError(fmt::format("{}: {}: {}", path, doing, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
-  }
-  void exec(const char* sql, const std::string& doing) const {
-    if (const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr); rc != SQLITE_OK) fail(rc, doing);
-  }
-
-  // A prepared statement, finalized on scope exit.
-  struct Stmt {
-    const Impl& ix;
-    sqlite3_stmt* s = nullptr;
-    Stmt(const Impl& index, const char* sql) : ix(index) {
-      if (const int rc = sqlite3_prepare_v2(ix.db, sql, -1, &s, nullptr); rc != SQLITE_OK) ix.fail(rc, "preparing a query");
-    }
-    ~Stmt() { sqlite3_finalize(s); }
-    Stmt(const Stmt&) = delete;
-    Stmt& operator=(const Stmt&) = delete;
-    Stmt& text(int i, std::string_view v) {
-      sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-      return *this;
-    }
-    Stmt& integer(int i, int64_t v) {
-      sqlite3_bind_int64(s, i, v);
-      return *this;
-    }
-    // True while there is a row; throws on an error.
-    bool step(const char* doing) {
-      const int rc = sqlite3_step(s);
-      if (rc == SQLITE_ROW) return true;
-      if (rc != SQLITE_DONE) ix.fail(rc, doing);
-      return false;
-    }
-    void run(const char* doing) {
-      step(doing);
-      sqlite3_reset(s);
-      sqlite3_clear_bindings(s);
-    }
-    std::string column_text(int i) const {
-      const auto* p = sqlite3_column_text(s, i);
-      return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(s, i))) : "";
-    }
-  };
+  std::unique_ptr<SqliteDb> db;
 };
 
 SearchIndex::SearchIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -121,43 +70,19 @@ SearchIndex& SearchIndex::operator=(SearchIndex&&) noexcept = default;
 SearchIndex::~SearchIndex() = default;
 
 SearchIndex SearchIndex::open(const std::string& db_path, Mode mode) {
-  auto ix = std::make_unique<Impl>();
-  ix->path = db_path;
   std::error_code ec;
   if (mode == Mode::kOpen && !fs::is_regular_file(db_path, ec))
     throw UserError(fmt::format("{}: no such index file (create one with `ppu index FOLDER --out {}`)", db_path, db_path));
-  const int flags = SQLITE_OPEN_READWRITE | (mode == Mode::kCreate ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
-  if (const int rc = sqlite3_open_v2(db_path.c_str(), &ix->db, flags, nullptr); rc != SQLITE_OK) ix->fail(rc, "opening");
-  sqlite3_busy_timeout(ix->db, kSearchBusyTimeoutMs);
+  auto ix = std::make_unique<Impl>();
+  ix->db = std::make_unique<SqliteDb>(db_path, mode == Mode::kCreate);
   // An existing file must be one of our indexes: an SQLite file with other tables is refused rather
   // than written into.
-  bool has_tables = false, ours = false;
-  {
-    Impl::Stmt q(*ix, "SELECT name FROM sqlite_master WHERE type = 'table'");
-    while (q.step("reading the schema")) {
-      has_tables = true;
-      ours = ours || q.column_text(0) == "meta";
-    }
-  }
-  if (ours) {
-    Impl::Stmt q(*ix, "SELECT value FROM meta WHERE key = 'format'");
-    ours = q.step("reading the format") && q.column_text(0) == kFormat;
-  }
-  if (has_tables && !ours)
-    throw UserError(fmt::format("{}: an SQLite database but not a search index of ours (format {}); give another file",
-                                db_path, kFormat));
-  if (!has_tables) {
-    if (mode == Mode::kOpen) throw UserError(fmt::format("{}: an empty database, not a search index", db_path));
-    ix->exec("PRAGMA journal_mode = WAL", "setting WAL mode");
-    ix->exec(kSchema, "creating the index");
-    Impl::Stmt q(*ix, "INSERT INTO meta(key, value) VALUES ('format', ?)");
-    q.text(1, kFormat).run("writing the format");
-  }
+  ix->db->ensure_format("meta", kFormat, kSchema, "a search index", mode == Mode::kCreate);
   return SearchIndex(std::move(ix));
 }
 
 IndexStats SearchIndex::index_folder(const std::string& folder, const std::function<void(const std::string&)>& progress) {
-  Impl& ix = *impl_;
+  const SqliteDb& ix = *impl_->db;
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) throw UserError(fmt::format("{}: no such folder to index", folder));
   IndexStats st;
@@ -167,18 +92,17 @@ IndexStats SearchIndex::index_folder(const std::string& folder, const std::funct
   };
   std::map<std::string, Row> known;
   {
-    Impl::Stmt q(ix, "SELECT path, id, size, mtime_ns, hash FROM files");
+    SqliteStmt q(ix, "SELECT path, id, size, mtime_ns, hash FROM files");
     while (q.step("reading the file list"))
-      known[q.column_text(0)] = {sqlite3_column_int64(q.s, 1), sqlite3_column_int64(q.s, 2), sqlite3_column_int64(q.s, 3),
-                                 sqlite3_column_int64(q.s, 4)};
+      known[q.column_text(0)] = {q.column_int(1), q.column_int(2), q.column_int(3), q.column_int(4)};
   }
   ix.exec("BEGIN IMMEDIATE", "starting the update");
   try {
-    Impl::Stmt add_file(ix, "INSERT INTO files(path, size, mtime_ns, hash) VALUES (?, ?, ?, ?)");
-    Impl::Stmt set_file(ix, "UPDATE files SET size = ?, mtime_ns = ?, hash = ? WHERE id = ?");
-    Impl::Stmt del_file(ix, "DELETE FROM files WHERE id = ?");
-    Impl::Stmt put_doc(ix, "INSERT INTO docs(rowid, path, body) VALUES (?, ?, ?)");
-    Impl::Stmt del_doc(ix, "DELETE FROM docs WHERE rowid = ?");
+    SqliteStmt add_file(ix, "INSERT INTO files(path, size, mtime_ns, hash) VALUES (?, ?, ?, ?)");
+    SqliteStmt set_file(ix, "UPDATE files SET size = ?, mtime_ns = ?, hash = ? WHERE id = ?");
+    SqliteStmt del_file(ix, "DELETE FROM files WHERE id = ?");
+    SqliteStmt put_doc(ix, "INSERT INTO docs(rowid, path, body) VALUES (?, ?, ?)");
+    SqliteStmt del_doc(ix, "DELETE FROM docs WHERE rowid = ?");
     std::set<std::string> seen;
     const fs::path root(folder);
     for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
@@ -214,7 +138,7 @@ IndexStats SearchIndex::index_folder(const std::string& folder, const std::funct
       const int64_t h = content_hash(body);
       if (was == known.end()) {
         add_file.text(1, rel).integer(2, size).integer(3, mtime).integer(4, h).run("recording a file");
-        put_doc.integer(1, sqlite3_last_insert_rowid(ix.db)).text(2, rel).text(3, body).run("indexing a file");
+        put_doc.integer(1, ix.last_insert_rowid()).text(2, rel).text(3, body).run("indexing a file");
         ++st.added;
         continue;
       }
@@ -237,7 +161,7 @@ IndexStats SearchIndex::index_folder(const std::string& folder, const std::funct
       }
     ix.exec("COMMIT", "saving the update");
   } catch (...) {
-    sqlite3_exec(ix.db, "ROLLBACK", nullptr, nullptr, nullptr);
+    sqlite3_exec(ix.handle(), "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
   return st;
@@ -248,20 +172,20 @@ std::vector<SearchHit> SearchIndex::search(std::string_view query, int limit) co
   std::vector<SearchHit> out;
   const std::string q = fts_query(query);
   if (q.empty()) return out;
-  Impl::Stmt s(*impl_,
+  SqliteStmt s(*impl_->db,
                "SELECT path, -bm25(docs), snippet(docs, 1, '[', ']', ' ... ', 16) FROM docs WHERE docs MATCH ? "
                "ORDER BY bm25(docs), path LIMIT ?");
   s.text(1, q).integer(2, limit);
-  while (s.step("searching")) out.push_back({s.column_text(0), sqlite3_column_double(s.s, 1), s.column_text(2)});
+  while (s.step("searching")) out.push_back({s.column_text(0), s.column_double(1), s.column_text(2)});
   return out;
 }
 
 int64_t SearchIndex::size() const {
-  Impl::Stmt s(*impl_, "SELECT count(*) FROM files");
+  SqliteStmt s(*impl_->db, "SELECT count(*) FROM files");
   s.step("counting files");
-  return sqlite3_column_int64(s.s, 0);
+  return s.column_int(0);
 }
 
-const std::string& SearchIndex::path() const { return impl_->path; }
+const std::string& SearchIndex::path() const { return impl_->db->path(); }
 
 }  // namespace ppu::serve

@@ -46,15 +46,6 @@ std::vector<std::string> paths(const std::vector<SearchHit>& hits) {
   return out;
 }
 
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error";
-  } catch (const UserError& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
-  }
-}
-
 }  // namespace
 
 TEST(SearchIndex, IndexesTextFilesOnly) {
@@ -136,10 +127,10 @@ TEST(SearchIndex, Errors) {
   Folder f("search-errors");
   const std::string missing = test::temp_path("no-such-index.sqlite");
   fs::remove(missing);
-  expect_error([&] { SearchIndex::open(missing, SearchIndex::Mode::kOpen); }, {missing, "no such index file", "ppu index"});
+  test::expect_error([&] { SearchIndex::open(missing, SearchIndex::Mode::kOpen); }, {missing, "no such index file", "ppu index"});
   const std::string text = test::temp_path("not-a-db.sqlite");
   test::write_file(text, "this is not a database, just some text that is long enough to be a header........");
-  expect_error([&] { SearchIndex::open(text, SearchIndex::Mode::kOpen); }, {text, "not an SQLite database"});
+  test::expect_error([&] { SearchIndex::open(text, SearchIndex::Mode::kOpen); }, {text, "not an SQLite database"});
   const std::string other = test::temp_path("other.sqlite");
   fs::remove(other);
   {
@@ -148,10 +139,10 @@ TEST(SearchIndex, Errors) {
     sqlite3_exec(db, "CREATE TABLE customers(name TEXT)", nullptr, nullptr, nullptr);
     sqlite3_close(db);
   }
-  expect_error([&] { SearchIndex::open(other, SearchIndex::Mode::kCreate); }, {other, "not a search index of ours"});
+  test::expect_error([&] { SearchIndex::open(other, SearchIndex::Mode::kCreate); }, {other, "not a search index of ours"});
   SearchIndex kb = fresh(f);
-  expect_error([&] { kb.index_folder((f.root / "nope").string()); }, {"nope", "no such folder"});
-  expect_error([&] { kb.search("x", 0); }, {"limit 0", "1 or more"});
+  test::expect_error([&] { kb.index_folder((f.root / "nope").string()); }, {"nope", "no such folder"});
+  test::expect_error([&] { kb.search("x", 0); }, {"limit 0", "1 or more"});
 }
 
 TEST(SearchIndex, ALockedDatabaseIsAnErrorAfterTheBusyTimeout) {
@@ -161,7 +152,7 @@ TEST(SearchIndex, ALockedDatabaseIsAnErrorAfterTheBusyTimeout) {
   ASSERT_EQ(sqlite3_open(f.db().c_str(), &other), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
   const auto t0 = std::chrono::steady_clock::now();
-  expect_error([&] { kb.index_folder(f.root.string()); }, {f.db(), "locked by another writer"});
+  test::expect_error([&] { kb.index_folder(f.root.string()); }, {f.db(), "locked by another writer"});
   EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(kSearchBusyTimeoutMs - 100));
   sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
   sqlite3_close(other);
