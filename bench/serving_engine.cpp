@@ -5,7 +5,8 @@
 //     admission (GUARANTEED_NO_EVICT), up to 2048 requests and 8192 tokens per step, FP8 weights and
 //     KV cache; output tokens per second over the whole run against the measurement.
 //  2. Simulation speed: 10,000 requests of the Azure conversation trace (Splitwise, ISCA 2024) on one
-//     chip, host seconds against the 10 s target.
+//     chip, host seconds against the 10 s target; and on a 16-chip node (Qwen3-235B-A22B split TP4 x
+//     EP16 over zhenwu-16), against the 60 s target.
 //  4. (first, as it is quick) The functional engine on this host: aggregate decode tokens per host
 //     second with 16 concurrent requests against one request, Qwen3-0.6B's shape on random weights
 //     (target: at least 6x).
@@ -16,6 +17,7 @@
 //   bench_serving_engine              # tables
 //   bench_serving_engine --markdown   # the same as markdown sections (scripts/validate.sh)
 //   bench_serving_engine --quick      # section 1 only, two cases (a smoke run)
+//   bench_serving_engine --speed      # section 2 only (simulation speed: one chip, and a 16-chip node)
 //
 // Exit status is 0 even when a case misses its target: this prints measurements, it is not a test.
 #include <fmt/format.h>
@@ -27,11 +29,13 @@
 #include "BenchMain.hpp"
 #include "FidelityReport.hpp"
 #include "Reference.hpp"
+#include "arch/NodeSpec.hpp"
 #include "arch/Presets.hpp"
 #include "report/Table.hpp"
 #include "runtime/Device.hpp"
 #include "serve/Engine.hpp"
 #include "serve/ServeSim.hpp"
+#include "sim/FunctionalExecutor.hpp"
 
 using namespace ppu;
 using namespace ppu::serve;
@@ -139,8 +143,28 @@ void simulation_speed(bool md) {
                fmt::format("{}", r.probes), fmt::format("{:.1f}", host), "10", fmt::format("{:.2f}", host / 10),
                host <= 10 ? "yes" : "NO"});
   }
-  t.add_row({"azure-conv, 16-chip node, TP8/EP16", "-", "-", "-", "-", "60", "-", "not yet (one chip only)"});
-  std::cout << "Host time of a serving simulation (step cost probes included; every core of this host).\n\n";
+  {
+    // The issue asks for TP8/EP16; Qwen3-235B-A22B has 4 key/value heads, which TP 8 cannot split (the
+    // model does not replicate KV heads), so its widest TP is 4: 4 data-parallel attention groups of
+    // 4 chips, experts over all 16. Its bf16 weights (470 GB) fit: 34 GB per chip of 96.
+    const auto w0 = std::chrono::steady_clock::now();
+    ParallelLayout layout;
+    layout.node = load_node("zhenwu-16");
+    layout.tp = 4;
+    layout.ep = 16;
+    ServeSim sim(layout.node->chip, load_model_config("qwen3-235b-a22b"), {}, layout);
+    auto reqs = load_trace("azure-conv");
+    reqs.resize(10000);
+    const ServeReport r = sim.run(reqs);
+    const double host = seconds_since(w0);
+    t.add_row({"azure-conv, qwen3-235b-a22b on zhenwu-16, TP4/EP16", fmt::format("{}", r.requests), fmt::format("{}", r.steps),
+               fmt::format("{}", r.probes), fmt::format("{:.1f}", host), "60", fmt::format("{:.2f}", host / 60),
+               host <= 60 ? "yes" : "NO"});
+  }
+  std::cout << fmt::format("Host time of a serving simulation (step cost probes included; every core of this host: {} "
+                           "threads). The 16-chip case runs one host thread per rank in each probe; TP4 rather than the "
+                           "TP8 asked for, since Qwen3-235B-A22B's 4 KV heads do not split 8 ways.\n\n",
+                           default_host_threads());
   print(md, t);
 }
 
@@ -167,14 +191,20 @@ void max_rate_side_by_side(bool md) {
 }
 
 int run(int argc, char** argv) {
-  bool md = false, quick = false;
+  bool md = false, quick = false, speed = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--markdown") == 0)
       md = true;
     else if (std::strcmp(argv[i], "--quick") == 0)
       quick = true;
+    else if (std::strcmp(argv[i], "--speed") == 0)
+      speed = true;
     else
-      throw UserError(fmt::format("bench_serving_engine: unknown argument '{}'; valid: --markdown, --quick", argv[i]));
+      throw UserError(fmt::format("bench_serving_engine: unknown argument '{}'; valid: --markdown, --quick, --speed", argv[i]));
+  }
+  if (speed) {
+    simulation_speed(md);
+    return 0;
   }
   engine_batching(md);
   std::cout << '\n';

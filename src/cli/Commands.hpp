@@ -127,6 +127,9 @@ struct SimulateServeOptions {
   int64_t max_model_len = 0;
   std::string matmul_dtype = "bf16";
   std::string kv_dtype = "auto";
+  std::string node;                  // node preset or file: the model split over its chips (--tp, --ep)
+  int tp = 1;                        // tensor-parallel degree (chips of --node)
+  int ep = 1;                        // expert-parallel degree (MoE; attention in ep / tp data-parallel groups)
   std::string perfetto;              // trace file of steps and requests (one chip)
   bool json = false;
 };
@@ -141,8 +144,11 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 8000;                   // 0: any free port
   std::string api_key;               // empty: $PPU_API_KEY, else none
-  int64_t max_num_seqs = 16;         // requests running at once (KV slots)
-  int64_t max_model_len = 2048;      // prompt + output per request (each slot's KV positions)
+  int64_t max_num_seqs = 16;         // requests running at once
+  int64_t max_model_len = 2048;      // prompt + output per request
+  int64_t block_size = 16;           // KV cache block size (positions; a power of two, 1 .. 1024)
+  int64_t kv_blocks = 0;             // KV cache blocks; 0: max_num_seqs x max_model_len positions' worth
+  bool no_prefix_caching = false;
   int64_t max_batched_tokens = 8192;
   int64_t max_waiting = 256;
   int64_t max_body = 8 << 20;

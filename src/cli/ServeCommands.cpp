@@ -1,5 +1,6 @@
 // `ppu simulate serve`: request-level serving simulation (serve/ServeSim) on one or more chips side
-// by side - latency percentiles, throughput, goodput under an SLO and the highest rate meeting it.
+// by side, or on a node's chips with the model split (--node --tp --ep) - latency percentiles,
+// throughput, goodput under an SLO and the highest rate meeting it.
 // `ppu serve`: the OpenAI-compatible server (serve/Server) on a functional engine.
 #include <fmt/format.h>
 #include <pthread.h>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "Commands.hpp"
+#include "arch/NameSuggestions.hpp"
 #include "arch/NameTable.hpp"
 #include "arch/Presets.hpp"
 #include "arch/Units.hpp"
@@ -76,13 +78,42 @@ std::pair<std::vector<RequestSpec>, std::string> workload(const SimulateServeOpt
   return {std::move(reqs), what};
 }
 
+// The parallel layout the options give (--node, --tp, --ep; the same meaning and checks as `ppu run
+// --node --tp --ep`), and the chips to serve on: --chip's list, or the node's chip (--chip then must
+// name it or be left at its default).
+std::pair<serve::ParallelLayout, std::vector<ChipSpec>> layout_and_chips(const SimulateServeOptions& o,
+                                                                         const ModelConfig& cfg) {
+  serve::ParallelLayout layout;
+  layout.tp = o.tp;
+  layout.ep = o.ep;
+  std::vector<ChipSpec> specs;
+  if (!o.node.empty()) {
+    layout.node = load_node(o.node);
+    if (o.chip != SimulateServeOptions{}.chip) {
+      const std::vector<std::string> chips = expand_chips(o.chip);
+      if (chips.size() != 1 || !same_name_ignoring_case(chips[0], layout.node->chip.name))
+        throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip,
+                                    layout.node->name, layout.node->chip.name));
+    }
+    specs.push_back(layout.node->chip);
+  } else {
+    for (const auto& c : expand_chips(o.chip)) specs.push_back(load_chip(c));  // every name checked before any work
+  }
+  layout.check(cfg);
+  return {std::move(layout), std::move(specs)};
+}
+
+// "zhenwu-16: 16 chips, TP 4, EP 16" for a layout on a node; the chip's name otherwise.
+std::string layout_label(const serve::ParallelLayout& l, const ChipSpec& chip) {
+  if (!l.node) return chip.name;
+  return fmt::format("{}: {} chip{}, TP {}, EP {}", l.node->name, l.world(), l.world() > 1 ? "s" : "", l.tp, l.ep);
+}
+
 }  // namespace
 
 int cmd_simulate_serve(const SimulateServeOptions& o) {
-  const std::vector<std::string> chips = expand_chips(o.chip);
-  std::vector<ChipSpec> specs;
-  for (const auto& c : chips) specs.push_back(load_chip(c));  // every name checked before any work
   const ModelConfig cfg = load_model_config(o.model);
+  const auto [layout, specs] = layout_and_chips(o, cfg);
   if (!o.perfetto.empty() && specs.size() > 1) throw UserError("--perfetto needs a single --chip");
   const auto admission = find_name<serve::Admission>(serve::kAdmissionNames, o.admission);
   if (!admission)
@@ -110,8 +141,9 @@ int cmd_simulate_serve(const SimulateServeOptions& o) {
     c.max_model_len = o.max_model_len;
     c.matmul_dtype = serving_dtype("--matmul-dtype", o.matmul_dtype, chip, DType::kBF16);
     c.kv_dtype = serving_dtype("--kv-dtype", o.kv_dtype, chip, c.matmul_dtype);
-    std::cerr << fmt::format("simulate serve: {} on {}: {}\n", cfg.name, chip.name, what);
-    serve::ServeSim sim(chip, cfg, c);
+    const std::string label = layout_label(layout, chip);
+    std::cerr << fmt::format("simulate serve: {} on {}: {}\n", cfg.name, label, what);
+    serve::ServeSim sim(chip, cfg, c, layout);
     TraceWriter tw;
     serve::ServeReport r = sim.run(reqs, o.perfetto.empty() ? nullptr : &tw);
     if (!o.perfetto.empty()) tw.write_file(o.perfetto);
@@ -123,7 +155,7 @@ int cmd_simulate_serve(const SimulateServeOptions& o) {
                                                                         reqs.size(), static_cast<size_t>(o.search_requests))));
       max_rate = sim.max_rate(lengths, *slo, o.seed, &at_max);
     }
-    lat.add_row({marks.mark(chip, chip.name, {"matrix_bf16", "hbm_bandwidth"}), fmt::format("{}", r.completed),
+    lat.add_row({marks.mark(chip, label, {"matrix_bf16", "hbm_bandwidth"}), fmt::format("{}", r.completed),
                  fmt::format("{}", r.rejected), fmt::format("{:.2f}", r.requests_per_s),
                  fmt::format("{:.0f}", r.output_tokens_per_s),
                  fmt::format("{}/{}/{}", ms(r.ttft.p50), ms(r.ttft.p90), ms(r.ttft.p99)),
@@ -132,14 +164,21 @@ int cmd_simulate_serve(const SimulateServeOptions& o) {
                  fmt::format("{:.1f}", r.mean_batch), fmt::format("{:.0f}%/{:.0f}%", 100 * r.kv_peak_use, 100 * r.kv_mean_use),
                  fmt::format("{}", r.preemptions)});
     if (slo)
-      slo_t.add_row({chip.name, fmt::format("{:.1f}%", 100 * r.slo_attainment), fmt::format("{:.2f}", r.goodput_rps),
+      slo_t.add_row({label, fmt::format("{:.1f}%", 100 * r.slo_attainment), fmt::format("{:.2f}", r.goodput_rps),
                      max_rate > 0 ? fmt::format("{:.2f}", max_rate) : "below 1/64"});
-    if (!r.first_rejection.empty()) notes += fmt::format("{}: rejected {}: first: {}\n", chip.name, r.rejected, r.first_rejection);
-    notes += fmt::format("{}: KV cache {} blocks of {} positions ({:.1f} GB; weights {:.1f} GB, activations {:.1f} GB); {} "
-                         "steps priced by {} timing-only forwards; host {:.1f} s\n",
-                         chip.name, r.kv_blocks, r.block_size,
-                         static_cast<double>(r.kv_blocks * r.block_size) * r.kv_bytes_per_token / 1e9, r.weight_bytes / 1e9,
-                         r.activation_bytes / 1e9, r.steps, r.probes, r.host_s);
+    if (!r.first_rejection.empty()) notes += fmt::format("{}: rejected {}: first: {}\n", label, r.rejected, r.first_rejection);
+    notes += fmt::format("{}: KV cache {} blocks of {} positions ({:.1f} GB{}; weights {:.1f} GB, activations {:.1f} GB{}); {} "
+                         "steps priced by {} timing-only forwards{}; host {:.1f} s\n",
+                         label, r.kv_blocks, r.block_size,
+                         static_cast<double>(r.kv_blocks * r.block_size) * r.kv_bytes_per_token / 1e9,
+                         r.chips > 1 ? fmt::format(" over {} chips", r.chips) : "", r.weight_bytes / 1e9,
+                         r.activation_bytes / 1e9, r.chips > 1 ? " per chip" : "", r.steps, r.probes,
+                         r.chips > 1 ? " of the split model" : "", r.host_s);
+    if (r.dp_groups > 1)
+      notes += fmt::format("{}: attention in {} data-parallel groups of {} chip{}: a step's requests spread over them (decodes "
+                           "round-robin, prefill chunks to the least-loaded group), timed as its busiest group, the MoE "
+                           "experts at the groups' mean share (docs/serving.md)\n",
+                           label, r.dp_groups, r.tp, r.tp > 1 ? "s" : "");
     json row = r.to_json();
     row["matmul_dtype"] = std::string(dtype_name(c.matmul_dtype));
     row["kv_dtype"] = std::string(dtype_name(c.kv_dtype));
@@ -196,6 +235,19 @@ int cmd_serve(const ServeOptions& given) {
   if (o.max_model_len < 2 || o.max_model_len > cfg.max_position_embeddings)
     throw UserError(fmt::format("--max-model-len {}; valid: 2 to the model's context, {}", o.max_model_len,
                                 cfg.max_position_embeddings));
+  if (o.block_size < 1 || o.block_size > 1024 || (o.block_size & (o.block_size - 1)) != 0)
+    throw UserError(fmt::format("--block-size {}; valid: a power of two from 1 to 1024 (16: vLLM's default)",
+                                o.block_size));
+  // A paged KV cache: by default as many positions as max_num_seqs requests of max_model_len (the
+  // last generated token is never written to the cache); fewer blocks oversubscribe it (requests
+  // are then preempted and recomputed when it runs out), more let shared prefixes stay cached.
+  const int64_t blocks_per_request = (o.max_model_len - 1 + o.block_size - 1) / o.block_size;
+  if (o.kv_blocks == 0) o.kv_blocks = o.max_num_seqs * blocks_per_request;
+  if (o.kv_blocks < blocks_per_request)
+    throw UserError(fmt::format("--kv-blocks {}: {} positions in blocks of {}; one request of --max-model-len {} needs {} "
+                                "blocks - give at least that many, or a smaller --max-model-len",
+                                o.kv_blocks, o.kv_blocks * o.block_size, o.block_size, o.max_model_len,
+                                blocks_per_request));
   if (o.api_key.empty())
     if (const char* k = std::getenv("PPU_API_KEY")) o.api_key = k;
   const auto dtype = dtype_from_name(o.matmul_dtype);
@@ -209,9 +261,13 @@ int cmd_serve(const ServeOptions& given) {
   qo.matmul_dtype = *dtype;
   qo.max_batch = o.max_num_seqs;
   qo.max_context = o.max_model_len - 1;  // the last generated token is never written to the cache
+  qo.kv_block_size = o.block_size;
+  qo.kv_blocks = o.kv_blocks;
   const Qwen3Weights weights = has_checkpoint ? Qwen3Weights::from_checkpoint(o.model) : Qwen3Weights::random(o.seed);
   Qwen3Model model(dev, cfg, weights, qo);
-  serve::Engine engine(model, {.max_batched_tokens = o.max_batched_tokens, .chunked_prefill = true});
+  serve::Engine engine(model, {.max_batched_tokens = o.max_batched_tokens,
+                               .chunked_prefill = true,
+                               .prefix_caching = !o.no_prefix_caching});
 
   serve::ServerOptions so;
   so.host = o.host;
@@ -227,10 +283,12 @@ int cmd_serve(const ServeOptions& given) {
   if (!o.quiet) so.log = [](const std::string& line) { std::cerr << "serve: " << line << '\n'; };
   serve::Server server(engine, tok, so);
   const int port = server.start();
-  std::cout << fmt::format("serving {} ({}) on an emulated {}: {} requests at once, {} tokens of context each\n"
+  std::cout << fmt::format("serving {} ({}) on an emulated {}: {} requests at once, {} tokens of context each, a paged "
+                           "KV cache of {} blocks of {} positions{}\n"
                            "listening on http://{}:{}/v1{}\nCtrl-C or SIGTERM finishes the requests in flight and stops.\n",
                            so.model_name, has_checkpoint ? "trained weights" : "random weights: the text is noise",
-                           chip.display_name, o.max_num_seqs, o.max_model_len, o.host, port,
+                           chip.display_name, o.max_num_seqs, o.max_model_len, o.kv_blocks, o.block_size,
+                           o.no_prefix_caching ? "" : " (prefix caching on)", o.host, port,
                            so.api_key.empty() ? "" : " (API key required)")
             << std::flush;
   std::thread watcher([&] {

@@ -179,8 +179,9 @@ int main(int argc, char** argv) {
   train->add_option("--trace", tr.trace, "Write a Perfetto trace of one iteration to this file");
   SimulateServeOptions sv;
   auto* srv = simulate->add_subcommand(
-      "serve", "Requests served by a continuous-batching engine on a chip: TTFT/TPOT/ITL/E2E percentiles, throughput, "
-               "goodput and the highest rate under an SLO; chips side by side");
+      "serve", "Requests served by a continuous-batching engine on a chip or split over a node's chips (--node --tp "
+               "--ep): TTFT/TPOT/ITL/E2E percentiles, throughput, goodput and the highest rate under an SLO; chips side "
+               "by side");
   srv->add_option("--model", sv.model, "Model preset or config.json")->capture_default_str();
   srv->add_option("--chip", sv.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
   srv->add_option("--trace", sv.trace, "Requests to replay: azure-conv, azure-code, or a .csv/.jsonl file (default azure-conv)");
@@ -211,6 +212,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   srv->add_option("--kv-dtype", sv.kv_dtype, "KV cache dtype: auto (the matmul dtype), bf16, fp16, fp8e4m3")
       ->capture_default_str();
+  srv->add_option("--node", sv.node,
+                  "Node preset (ppu nodes) or node .json file whose chips run the split model (with --tp/--ep)");
+  srv->add_option("--tp", sv.tp, "Tensor-parallel degree: the model split over this many chips of --node")
+      ->capture_default_str()
+      ->check(at_least(1));
+  srv->add_option("--ep", sv.ep,
+                  "Expert-parallel degree (MoE): experts spread over this many chips of --node, attention in "
+                  "ep / tp data-parallel groups of --tp chips")
+      ->capture_default_str()
+      ->check(at_least(1));
   srv->add_option("--perfetto", sv.perfetto, "Write a Perfetto trace (steps, requests, KV use) to this file");
   srv->add_flag("--json", sv.json, "One JSON document on stdout");
   simulate->require_subcommand(1);
@@ -232,6 +243,13 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(at_least(2));
   serve_cmd->add_option("--max-batched-tokens", so.max_batched_tokens, "Tokens one step computes at most")
       ->capture_default_str()->check(at_least(1));
+  serve_cmd->add_option("--block-size", so.block_size, "KV cache block size in positions (a power of two, 1 to 1024)")
+      ->capture_default_str()->check(integer_range(1, 1024));
+  serve_cmd->add_option("--kv-blocks", so.kv_blocks,
+                        "KV cache blocks shared by all requests (0: enough for --max-num-seqs requests of "
+                        "--max-model-len)")
+      ->capture_default_str()->check(at_least(0));
+  serve_cmd->add_flag("--no-prefix-caching", so.no_prefix_caching, "Do not share cached prompt prefixes between requests");
   serve_cmd->add_option("--max-waiting", so.max_waiting, "Requests queued beyond the running ones; more get 429")
       ->capture_default_str()->check(at_least(0));
   serve_cmd->add_option("--max-body", so.max_body, "Largest request body in bytes; larger get 413")

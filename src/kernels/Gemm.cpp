@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <tuple>
 
 #include "kernels/KernelUtil.hpp"
@@ -352,6 +354,40 @@ GemmConfig choose_split(const ChipSpec& chip, const GemmShape& s, DType in_type,
   return best_s < u.best_s / (1.0 + kAutotuneSlack) ? best : u.best;
 }
 
+// cache[key], computed by `compute` on the first call; a call for a key another thread is computing
+// waits for its answer (the ranks of a split model ask for the same shapes at the same time: one
+// search each, not one per rank). The answer does not depend on which thread computes it.
+template <class V, class F>
+V once_per_key(std::mutex& mu, std::condition_variable& done, std::map<ChoiceKey, V>& cache, std::set<ChoiceKey>& busy,
+               const ChoiceKey& key, F&& compute) {
+  {
+    std::unique_lock<std::mutex> lk(mu);
+    for (;;) {
+      if (auto it = cache.find(key); it != cache.end()) return it->second;
+      if (busy.insert(key).second) break;
+      done.wait(lk);
+    }
+  }
+  std::optional<V> v;
+  try {
+    v = compute();
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      busy.erase(key);
+    }
+    done.notify_all();
+    throw;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    cache.emplace(key, *v);
+    busy.erase(key);
+  }
+  done.notify_all();
+  return *v;
+}
+
 }  // namespace
 
 GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in_type, bool allow_split_k) {
@@ -359,29 +395,16 @@ GemmConfig choose_gemm_config(const ChipSpec& chip, const GemmShape& s, DType in
   // and ranking the candidates costs more than running a small GEMM's host numbers. The unsplit
   // search is cached on its own, shared by both answers.
   static std::mutex mu;
+  static std::condition_variable done;
   static std::map<ChoiceKey, UnsplitChoice> unsplit_cache;
   static std::map<ChoiceKey, GemmConfig> split_cache;
+  static std::set<ChoiceKey> busy;
   const ChoiceKey ukey = choice_key(chip, s, in_type, 0);
-  std::optional<UnsplitChoice> u;
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    if (auto it = unsplit_cache.find(ukey); it != unsplit_cache.end()) u = it->second;
-  }
-  if (!u) {
-    u = choose_unsplit(chip, s, in_type);
-    std::lock_guard<std::mutex> lk(mu);
-    unsplit_cache.emplace(ukey, *u);
-  }
-  if (!allow_split_k || u->timed.empty()) return u->best;
+  const UnsplitChoice u =
+      once_per_key(mu, done, unsplit_cache, busy, ukey, [&] { return choose_unsplit(chip, s, in_type); });
+  if (!allow_split_k || u.timed.empty()) return u.best;
   const ChoiceKey skey = choice_key(chip, s, in_type, 1);
-  {
-    std::lock_guard<std::mutex> lk(mu);
-    if (auto it = split_cache.find(skey); it != split_cache.end()) return it->second;
-  }
-  const GemmConfig c = choose_split(chip, s, in_type, *u);
-  std::lock_guard<std::mutex> lk(mu);
-  split_cache.emplace(skey, c);
-  return c;
+  return once_per_key(mu, done, split_cache, busy, skey, [&] { return choose_split(chip, s, in_type, u); });
 }
 
 int64_t gemm_workspace_numel(const GemmShape& s, const GemmConfig& cfg) {

@@ -10,6 +10,7 @@
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gather.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/PagedAttention.hpp"
 #include "kernels/Sampling.hpp"
 #include "models/Safetensors.hpp"
 
@@ -85,6 +86,28 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     throw UserError(fmt::format("model '{}': capture mode (Qwen3Options::capture) is for timing-only devices", cfg_.name));
   if (opt_.attention_impl == Qwen3Options::AttentionImpl::kUnfused && dev_.functional())
     throw UserError(fmt::format("model '{}': unfused attention (Qwen3Options::attention_impl) is timing-only", cfg_.name));
+  if (opt_.kv_block_size < 0 || opt_.kv_blocks < 0 || (opt_.kv_block_size == 0) != (opt_.kv_blocks == 0))
+    throw UserError(fmt::format("model '{}': kv_block_size {} and kv_blocks {}; valid: both 0 (contiguous slots) or both "
+                                "positive (a paged KV cache)",
+                                cfg_.name, opt_.kv_block_size, opt_.kv_blocks));
+  if (paged()) {
+    const int64_t bs = opt_.kv_block_size;
+    if ((bs & (bs - 1)) != 0 || bs < kernels::kPagedMinBlockSize || bs > kernels::kPagedMaxBlockSize)
+      throw UserError(fmt::format("model '{}': kv_block_size {}; valid: a power of two from {} to {} (16 is vLLM's "
+                                  "default)",
+                                  cfg_.name, bs, kernels::kPagedMinBlockSize, kernels::kPagedMaxBlockSize));
+    if (opt_.kv_blocks > (int64_t{1} << 31) - 1)
+      throw UserError(fmt::format("model '{}': kv_blocks {}; valid: 1 to 2147483647 (block ids are int32)", cfg_.name,
+                                  opt_.kv_blocks));
+    if (!opt_.slot_capacity.empty())
+      throw UserError(fmt::format("model '{}': slot_capacity is for contiguous slots; a paged KV cache (kv_block_size "
+                                  "{}) sizes memory in blocks (kv_blocks)",
+                                  cfg_.name, bs));
+    if (opt_.attention_impl == Qwen3Options::AttentionImpl::kUnfused)
+      throw UserError(fmt::format("model '{}': unfused attention reads a contiguous KV cache; a paged one (kv_block_size "
+                                  "{}) needs the fused kernel (attention_impl kFused)",
+                                  cfg_.name, bs));
+  }
   if (opt_.vocab_parallel && !opt_.capture)
     throw UserError(fmt::format("model '{}': a vocab-parallel LM head needs capture mode (its logits are sharded)", cfg_.name));
   const nn::ParallelGroups& g = ctx_.groups();
@@ -152,7 +175,8 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
     positions += cap;
   }
   for (auto& L : layers_) {
-    L->attn.allocate_cache(dev_, positions);
+    if (paged()) L->attn.allocate_paged_cache(dev_, opt_.kv_blocks, opt_.kv_block_size);
+    else L->attn.allocate_cache(dev_, positions);
     kv_bytes_ += L->attn.cache_bytes();
   }
   kernels::RopeScaling scaling{cfg_.rope_scaling_factor, cfg_.rope_low_freq_factor, cfg_.rope_high_freq_factor,
@@ -257,6 +281,10 @@ void Qwen3Model::assume_past(size_t seq, int64_t n) {
     throw UserError(fmt::format("model '{}': assume_past works in timing-only mode only (a functional cache would "
                                 "hold no keys and values for those positions)",
                                 cfg_.name));
+  if (paged())
+    throw UserError(fmt::format("model '{}': assume_past is for contiguous slots; a paged model's forward_paged takes each "
+                                "sequence's past length",
+                                cfg_.name));
   if (seq >= past_.size() || n < 0 || n > slot_cap_[seq])
     throw UserError(fmt::format("model '{}': assume_past({}, {}); valid: a slot below {} and 0 to its capacity{}",
                                 cfg_.name, seq, n, past_.size(),
@@ -291,6 +319,63 @@ ForwardResult Qwen3Model::forward_slots(const std::vector<std::vector<int32_t>>&
 ForwardResult Qwen3Model::forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler,
                                          int64_t first_slot) {
   return run(seqs, consecutive_slots(seqs.size(), first_slot), false, nullptr, &sampler);
+}
+
+ForwardResult Qwen3Model::forward_paged(const std::vector<std::vector<int32_t>>& seqs,
+                                       const std::vector<std::vector<int32_t>>& tables,
+                                       const std::vector<int64_t>& past_lens) {
+  if (!paged())
+    throw UserError(fmt::format("forward_paged: model '{}' keeps contiguous per-slot KV caches; give it a paged one "
+                                "(Qwen3Options::kv_block_size and kv_blocks) or use forward_slots",
+                                cfg_.name));
+  if (tables.size() != seqs.size() || past_lens.size() != seqs.size())
+    throw UserError(fmt::format("forward_paged: {} sequences, {} block tables and {} past lengths; give one of each per "
+                                "sequence",
+                                seqs.size(), tables.size(), past_lens.size()));
+  const auto B = static_cast<int64_t>(seqs.size());
+  if (B == 0 || B > opt_.max_batch)
+    throw UserError(fmt::format("forward_paged: {} sequences; this model was built for 1 to {} (Qwen3Options::max_batch)",
+                                B, opt_.max_batch));
+  const int64_t bs = opt_.kv_block_size;
+  nn::BatchLayout batch;
+  std::vector<int32_t> tokens;
+  std::map<int32_t, int64_t> writer;  // block -> the sequence writing it in this forward
+  for (int64_t b = 0; b < B; ++b) {
+    const auto i = static_cast<size_t>(b);
+    const auto n = static_cast<int64_t>(seqs[i].size());
+    const int64_t past = past_lens[i];
+    const std::vector<int32_t>& table = tables[i];
+    if (n == 0) throw UserError(fmt::format("forward_paged: sequence {} has no tokens", b));
+    if (past < 0) throw UserError(fmt::format("forward_paged: sequence {} has past length {}; valid: 0 or more", b, past));
+    if (past + n > max_context_)
+      throw UserError(fmt::format("forward_paged: sequence {}: {} tokens after {} already in the cache exceed the context "
+                                  "of {} positions",
+                                  b, n, past, max_context_));
+    const int64_t need = (past + n + bs - 1) / bs;
+    if (static_cast<int64_t>(table.size()) < need)
+      throw UserError(fmt::format("forward_paged: sequence {}: its block table has {} entries but positions 0 .. {} need "
+                                  "{} blocks of {}",
+                                  b, table.size(), past + n - 1, need, bs));
+    for (int64_t k = 0; k < need; ++k) {
+      const int32_t blk = table[static_cast<size_t>(k)];
+      if (blk < 0 || blk >= opt_.kv_blocks)
+        throw UserError(fmt::format("forward_paged: sequence {}: block table entry {} is block {}; the pool has blocks 0 "
+                                    ".. {} (Qwen3Options::kv_blocks)",
+                                    b, k, blk, opt_.kv_blocks - 1));
+      if (k < past / bs) continue;  // read only
+      const auto [at, fresh] = writer.emplace(blk, b);
+      if (!fresh && at->second != b)
+        throw UserError(fmt::format("forward_paged: sequences {} and {} both write block {}", at->second, b, blk));
+    }
+    batch.row.push_back(static_cast<int64_t>(tokens.size()));
+    batch.len.push_back(n);
+    batch.past.push_back(past);
+    batch.block_tables.emplace_back(table.begin(), table.begin() + need);
+    tokens.insert(tokens.end(), seqs[i].begin(), seqs[i].end());
+    for (int64_t t = 0; t < n; ++t) batch.positions.push_back(static_cast<int32_t>(past + t));
+  }
+  batch.tokens = static_cast<int64_t>(tokens.size());
+  return run_layout(batch, tokens, false, nullptr, nullptr);
 }
 
 void Qwen3Model::reset_slot(size_t slot) {
@@ -446,6 +531,10 @@ nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& i
 
 ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots,
                                bool all_logits, ForwardTaps* taps, Sampler* sampler) {
+  if (paged())
+    throw UserError(fmt::format("forward: model '{}' keeps a paged KV cache (Qwen3Options::kv_block_size {}); use "
+                                "forward_paged with each sequence's block table",
+                                cfg_.name, opt_.kv_block_size));
   const auto B = static_cast<int64_t>(seqs.size());
   const bool in_range = std::all_of(slots.begin(), slots.end(), [&](int64_t s) { return s >= 0 && s < opt_.max_batch; });
   if (B == 0 || !in_range)
@@ -477,8 +566,16 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, con
     tokens.insert(tokens.end(), sq.begin(), sq.end());
     for (int64_t t = 0; t < n; ++t) batch.positions.push_back(static_cast<int32_t>(past + t));
   }
-  const auto T = static_cast<int64_t>(tokens.size());
-  batch.tokens = T;
+  batch.tokens = static_cast<int64_t>(tokens.size());
+  ForwardResult r = run_layout(batch, tokens, all_logits, taps, sampler);
+  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(slots[static_cast<size_t>(b)])] += batch.len[static_cast<size_t>(b)];
+  return r;
+}
+
+ForwardResult Qwen3Model::run_layout(const nn::BatchLayout& batch, const std::vector<int32_t>& tokens, bool all_logits,
+                                     ForwardTaps* taps, Sampler* sampler) {
+  const auto B = static_cast<int64_t>(batch.size());
+  const int64_t T = batch.tokens;
   const double t0 = dev_.synchronize();
   const int64_t H = cfg_.hidden_size;
   const DType at = opt_.act_dtype, mm = opt_.matmul_dtype;
@@ -602,7 +699,6 @@ ForwardResult Qwen3Model::run(const std::vector<std::vector<int32_t>>& seqs, con
   r.rows = rows;
   if (sampler) ctx.op("sampling", [&] { sample_on_device(logits, rows, *sampler, r); });
   else if (dev_.functional()) r.logits = dev_.download(logits);
-  for (int64_t b = 0; b < B; ++b) past_[static_cast<size_t>(slots[static_cast<size_t>(b)])] += batch.len[static_cast<size_t>(b)];
   r.sim_time_s = dev_.synchronize() - t0;
   return r;
 }

@@ -10,6 +10,20 @@
 // and their KV slots, sequence parallelism's residual shards, the logits and sampling, and
 // training_loss, the training forward whose backward nn::Graph records.
 //
+// KV memory, one of two kinds chosen at construction:
+//  * contiguous slots (the default): max_batch slots of up to max_context positions each, one after
+//    another in one cache per layer; forward / forward_batch / forward_slots continue a slot, whose
+//    past length the model tracks.
+//  * a paged pool (Qwen3Options::kv_block_size > 0, the serving engine's): per layer one K and one V
+//    pool of kv_blocks blocks of kv_block_size positions, [kv_blocks, kv_block_size, kv_heads, d];
+//    forward_paged gives each sequence its block table and past length (the caller - serve/Engine
+//    with serve/KvBlocks - owns the bookkeeping; the model keeps no per-sequence state). K/V are
+//    written through the tables (kernels::make_paged_rope_write / make_paged_kv_write) and read by
+//    kernels::paged_attention_batch; the numbers are bit-identical to the contiguous forward's.
+//      Qwen3Options o;  o.kv_block_size = 16;  o.kv_blocks = 64;  o.max_batch = 8;
+//      Qwen3Model m(dev, cfg, w, o);
+//      m.forward_paged({prompt}, {{3, 7}}, {0});    // positions 0..31 in blocks 3 and 7
+//
 //   Device dev(load_chip("zhenwu-810e"));
 //   Qwen3Model m(dev, load_model_config("qwen3-0.6b"), Qwen3Weights::random(42));   // or ::from_checkpoint(dir)
 //   auto out = m.forward({9707, 1879});        // prefill: logits of the last token, KV cache filled
@@ -38,8 +52,9 @@
 //
 // The residual stream is fp32; the other activations are `act_dtype` (bf16 by default, as frameworks
 // run bf16 checkpoints; the matrix unit takes 16-bit inputs, so bf16 or fp16), the KV cache is bf16,
-// router probabilities and logits are fp32. Not here: paged KV (the serving engine's), expert- or
-// sequence-parallel training, MoE training over several chips.
+// router probabilities and logits are fp32. Not here: the paged cache's bookkeeping (serve/KvBlocks),
+// unfused attention and the layer-0 K tap over a paged cache, expert- or sequence-parallel training,
+// MoE training over several chips.
 #pragma once
 
 #include <cstdint>
@@ -95,6 +110,14 @@ struct Qwen3Options {
   // another in one cache, as a paged cache holds only what each sequence reserved. Empty: every
   // slot holds max_context positions.
   std::vector<int64_t> slot_capacity;
+  // Paged KV cache (see the file header): kv_block_size > 0 (a power of two, 1 .. 1024; vLLM's
+  // default is 16) replaces the slots with a pool of kv_blocks blocks (1 .. 2^31 - 1) per layer,
+  // used through forward_paged only; max_batch then caps the sequences of one forward, max_context
+  // each sequence's positions, and slot_capacity must be empty. Works with tensor, sequence and
+  // expert parallelism (each rank's pools hold its kv heads; every rank of a group must be given the
+  // same tables); not with unfused attention (it reads a contiguous cache). 0: contiguous slots.
+  int64_t kv_block_size = 0;
+  int64_t kv_blocks = 0;
   // Tensor parallelism (Megatron-style): this model is shard tp_rank of tp_size. Attention heads (q
   // and kv), the dense MLP width and every expert's width are split; the output and down
   // projections give partial sums, all-reduced over tp_comm (rank r of the communicator is shard
@@ -185,6 +208,20 @@ class Qwen3Model {
   // the downloaded logits; options the device cannot do (top_k 0 or > kTopKMax with temperature
   // > 0) download the logits and use sampler.sample(). Timing-only: the kernels are timed, no tokens.
   ForwardResult forward_sampled(const std::vector<std::vector<int32_t>>& seqs, Sampler& sampler, int64_t first_slot = 0);
+  // The four forwards above continue contiguous slots: UserError on a paged model.
+
+  // Paged models only: seqs[i] runs at positions past_lens[i] .. past_lens[i] + seqs[i].size() - 1,
+  // reading and writing its KV through tables[i] (pool block ids; position p in block
+  // tables[i][p / kv_block_size()], row p % kv_block_size()). Positions before past_lens[i] must
+  // hold what an earlier forward wrote there (any sequence's: blocks may be shared, e.g. a cached
+  // prompt prefix); the blocks holding the new positions are written and must not be another
+  // sequence's of this forward. Logits as forward_slots: the last token of each sequence,
+  // [seqs.size(), vocab]. UserError on a contiguous model, for counts that differ, 0 or more than
+  // max_batch sequences, an empty sequence, a negative past length, past + new beyond max_context,
+  // a table too short for past + new positions or with an entry of those outside the pool, two
+  // sequences writing one block, or a token id outside the vocabulary.
+  ForwardResult forward_paged(const std::vector<std::vector<int32_t>>& seqs,
+                              const std::vector<std::vector<int32_t>>& tables, const std::vector<int64_t>& past_lens);
 
   // Training forward: `batch` sequences of `seq` tokens (inputs [batch * seq], sequence-major) with
   // their next-token targets (-1: no loss on that position), causal attention without a cache. Every
@@ -210,18 +247,23 @@ class Qwen3Model {
   std::vector<const nn::Parameter*> trainable_parameters() const;
   nn::Context& context() { return ctx_; }
 
-  void reset() { std::fill(past_.begin(), past_.end(), 0); }
+  void reset() { std::fill(past_.begin(), past_.end(), 0); }  // contiguous slots (no-op when paged)
   // Empties one slot's cache (its next forward starts at position 0). UserError for a slot out of range.
   void reset_slot(size_t slot);
   // Timing-only mode: treat slot `seq` as holding `n` cached positions (their contents do not
   // matter to the time), e.g. to time a decode step deep into long contexts without simulating the
-  // prefill. UserError in functional mode, or if n is outside 0 .. the slot's capacity.
+  // prefill. UserError in functional mode, on a paged model (forward_paged takes past lengths), or
+  // if n is outside 0 .. the slot's capacity.
   void assume_past(size_t seq, int64_t n);
   int64_t past_len(size_t seq = 0) const { return past_[seq]; }
   int64_t slot_capacity(size_t seq) const { return slot_cap_[seq]; }
-  int64_t max_batch() const { return opt_.max_batch; }  // sequence slots
+  int64_t max_batch() const { return opt_.max_batch; }  // sequence slots (paged: sequences per forward)
+  bool paged() const { return opt_.kv_block_size > 0; }
+  int64_t kv_block_size() const { return opt_.kv_block_size; }  // positions per block; 0: contiguous
+  int64_t kv_blocks() const { return opt_.kv_blocks; }          // blocks of each layer's pools; 0: contiguous
   int64_t max_context() const { return max_context_; }
   const ModelConfig& config() const { return cfg_; }
+  const Qwen3Options& options() const { return opt_; }
   Device& device() { return dev_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t kv_cache_bytes() const { return kv_bytes_; }
@@ -240,6 +282,9 @@ class Qwen3Model {
   std::vector<const nn::Parameter*> parameters() const;
   ForwardResult run(const std::vector<std::vector<int32_t>>& seqs, const std::vector<int64_t>& slots, bool all_logits,
                     ForwardTaps* taps, Sampler* sampler = nullptr);
+  // The forward proper over a checked batch (contiguous slots or block tables) of `tokens`.
+  ForwardResult run_layout(const nn::BatchLayout& batch, const std::vector<int32_t>& tokens, bool all_logits,
+                           ForwardTaps* taps, Sampler* sampler);
   void sample_on_device(const Buffer& logits, int64_t rows, Sampler& sampler, ForwardResult& r);
 
   Device& dev_;

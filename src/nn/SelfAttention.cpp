@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include "arch/Error.hpp"
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/PagedAttention.hpp"
 #include "kernels/RmsNorm.hpp"
 #include "kernels/Softmax.hpp"
 
@@ -29,6 +31,14 @@ SelfAttention::SelfAttention(Device& dev, const AttentionSpec& spec, const std::
 void SelfAttention::allocate_cache(Device& dev, int64_t positions) {
   k_cache_ = dev.alloc_owned(spec_.kv_dtype, positions * kv_width(), "k_cache");
   v_cache_ = dev.alloc_owned(spec_.kv_dtype, positions * kv_width(), "v_cache");
+  block_size_ = 0;
+}
+
+void SelfAttention::allocate_paged_cache(Device& dev, int64_t blocks, int64_t block_size) {
+  PPU_CHECK(blocks > 0 && block_size > 0, "allocate_paged_cache: an empty pool");
+  k_cache_ = dev.alloc_owned(spec_.kv_dtype, blocks * block_size * kv_width(), "k_pool");
+  v_cache_ = dev.alloc_owned(spec_.kv_dtype, blocks * block_size * kv_width(), "v_pool");
+  block_size_ = block_size;
 }
 
 AttentionScratch SelfAttention::scratch(Context& ctx, int64_t T) const {
@@ -50,6 +60,7 @@ void SelfAttention::forward(Context& ctx, const BatchLayout& batch, const Buffer
   const int64_t T = batch.tokens, d = spec_.head_dim, nh = heads_, nkv = kv_heads_;
   const int64_t qw = q_width(), kvw = kv_width();
   const auto B = static_cast<int64_t>(batch.size());
+  PPU_CHECK(!paged() || batch.block_tables.size() == batch.size(), "a paged forward without a block table per sequence");
   auto tap_if = [&](const char* name, const Buffer& b) {
     if (tap) tap(name, dev.download(b));
   };
@@ -83,6 +94,18 @@ void SelfAttention::forward(Context& ctx, const BatchLayout& batch, const Buffer
     for (size_t b = 0; b < batch.size(); ++b) {
       const int64_t r0 = batch.row[b], n = batch.len[b], pb0 = batch.past[b];
       const std::vector<int32_t> pb(batch.positions.begin() + r0, batch.positions.begin() + r0 + n);
+      if (paged()) {  // through the sequence's block table, one kernel part per run inside a block
+        const std::vector<int32_t>& table = batch.block_tables[b];
+        if (spec_.rope)
+          kr.push_back(kernels::make_paged_rope_write(rope, s.kn.view(r0 * kvw, n * kvw), k_cache_, block_size_, nkv,
+                                                      table, pb0, pb));
+        else
+          kr.push_back(kernels::make_paged_kv_write(dev.chip(), s.kn.view(r0 * kvw, n * kvw), k_cache_, block_size_,
+                                                    nkv, d, table, pb0, n));
+        vc.push_back(kernels::make_paged_kv_write(dev.chip(), s.v.view(r0 * kvw, n * kvw), v_cache_, block_size_, nkv,
+                                                  d, table, pb0, n));
+        continue;
+      }
       const Buffer kc = cache_of(k_cache_, b), vcache = cache_of(v_cache_, b);
       if (spec_.rope) kr.push_back(kernels::make_rope(rope, s.kn.view(r0 * kvw, n * kvw), kc, n, nkv, pb, pb0));
       else kr.push_back(kernels::make_copy(dev.chip(), s.kn.view(r0 * kvw, n * kvw), kc.view(pb0 * kvw, n * kvw)));
@@ -96,8 +119,24 @@ void SelfAttention::forward(Context& ctx, const BatchLayout& batch, const Buffer
     dev.launch(B == 1 ? std::move(vc[0]) : concat_kernels(fmt::format("cache v batch {}", B), std::move(vc)));
   });
   tap_if("layer0.q_rope", s.qn);
+  PPU_CHECK(!paged() || (!tap && !spec_.unfused), "the layer-0 K tap and unfused attention read a contiguous cache");
   if (tap) tap_if("layer0.k_rope", k_cache_.view(batch.past[0] * kvw, T * kvw));
-  if (spec_.unfused) {
+  if (paged()) {
+    ctx.op("attention", [&] {
+      std::vector<kernels::PagedAttentionBatchItem> items;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const int64_t r0 = batch.row[b], n = batch.len[b];
+        kernels::PagedAttentionBatchItem it;
+        it.shape = kernels::AttentionShape{n, nh, nkv, d, 0, batch.past[b], 0.0f};
+        it.q = s.qn.view(r0 * qw, n * qw);
+        it.out = s.out.view(r0 * qw, n * qw);
+        it.block_table = batch.block_tables[b];
+        items.push_back(std::move(it));
+      }
+      kernels::paged_attention_batch(dev, ws, kernels::PagedKvCache{k_cache_, v_cache_, block_size_}, items, nullptr,
+                                     spec_.style);
+    });
+  } else if (spec_.unfused) {
     ctx.op("attention", [&] { unfused(ctx, batch); });
   } else {
     ctx.op("attention", [&] {

@@ -9,8 +9,13 @@
 //   att.forward(ctx, batch, h, o, scratch, rope, ws);     // o [T, hidden] (partial under TP)
 //
 // Shapes: h [T, hidden]; q [T, heads/tp * d]; k, v [T, kv_heads/tp * d]; the cache of a layer
-// [positions of all slots, kv_heads/tp, d], slot s at positions [slot_offset, + capacity).
-// Not here: paged caches (the serving engine's), the attention backward (nn/OpBackward).
+// [positions of all slots, kv_heads/tp, d], slot s at positions [slot_offset, + capacity), or - a
+// paged cache (allocate_paged_cache, the serving engine's) - one K and one V pool [blocks,
+// block_size, kv_heads/tp, d] that each sequence reaches through its block table
+// (kernels/PagedAttention; BatchLayout::block_tables).
+// Not here: the block bookkeeping (serve/KvBlocks), unfused attention and the layer-0 K tap over a
+// paged cache (both read a contiguous one: a PPU_CHECK; Qwen3Model refuses them up front), the
+// attention backward (nn/OpBackward).
 #pragma once
 
 #include <functional>
@@ -33,6 +38,9 @@ struct BatchLayout {
   std::vector<int64_t> row, len, past;            // per sequence: first row, new tokens, positions cached before
   std::vector<int64_t> slot_offset, slot_capacity;  // per sequence: its cache slot's first position and size
   std::vector<int32_t> positions;                 // per row: its position in its sequence
+  // Paged caches only: per sequence, its block table (covering past + len positions); the slot
+  // fields are then unused.
+  std::vector<std::vector<int32_t>> block_tables;
   int64_t tokens = 0;
   size_t size() const { return row.size(); }
 };
@@ -58,6 +66,11 @@ class SelfAttention {
   SelfAttention(Device& dev, const AttentionSpec& spec, const std::string& prefix, const ParallelGroups& groups);
   // The layer's K and V caches for `positions` positions of all slots (DeviceOutOfMemory past HBM).
   void allocate_cache(Device& dev, int64_t positions);
+  // Instead of allocate_cache: K and V pools of `blocks` blocks of `block_size` positions each
+  // ([blocks, block_size, kv_heads/tp, d]; DeviceOutOfMemory past HBM). block_size must be one
+  // kernels/PagedAttention accepts (checked by the caller).
+  void allocate_paged_cache(Device& dev, int64_t blocks, int64_t block_size);
+  bool paged() const { return block_size_ > 0; }
   int64_t cache_bytes() const { return k_cache_.valid() ? 2 * k_cache_->bytes : 0; }
   int64_t q_width() const { return heads_ * spec_.head_dim; }   // this rank's
   int64_t kv_width() const { return kv_heads_ * spec_.head_dim; }
@@ -65,7 +78,7 @@ class SelfAttention {
   AttentionScratch scratch(Context& ctx, int64_t T) const;
 
   // o [T, hidden] = this rank's part of attention(h) . Wo^T (no bias). Appends each sequence's new
-  // keys and values to its slot. `tap` (may be empty) sees layer-0 intermediates.
+  // keys and values to its slot (paged: to its blocks, batch.block_tables). `tap` (may be empty) sees layer-0 intermediates.
   void forward(Context& ctx, const BatchLayout& batch, const Buffer& h, const Buffer& o, const AttentionScratch& s,
                const kernels::RopeTable& rope, const kernels::AttentionWorkspace& ws, const Tap& tap = {});
 
@@ -76,6 +89,7 @@ class SelfAttention {
   void unfused(Context& ctx, const BatchLayout& batch);
   AttentionSpec spec_;
   int64_t heads_ = 0, kv_heads_ = 0;
+  int64_t block_size_ = 0;  // paged caches: positions per block; 0: contiguous slots
   DeviceBuffer k_cache_, v_cache_;
 };
 

@@ -11,7 +11,7 @@ namespace ppu::serve {
 
 namespace {
 
-constexpr int64_t kBlock = 16;  // block accounting granularity (positions)
+constexpr int64_t kBlock = 16;  // block accounting granularity of contiguous slots (positions)
 
 // The shortest slot: every request must fit whichever slot it gets.
 int64_t min_slot_capacity(const Qwen3Model& m) {
@@ -25,22 +25,37 @@ SchedulerConfig scheduler_config(const Qwen3Model& m, const EngineConfig& cfg) {
   sc.max_num_seqs = m.max_batch();
   sc.max_batched_tokens = cfg.max_batched_tokens;
   sc.chunked_prefill = cfg.chunked_prefill;
-  sc.admission = Admission::kReserve;  // a slot holds a request's whole sequence
+  // Paged: blocks as tokens are computed, preemption by recompute (vLLM). Slots: a slot holds a
+  // request's whole sequence.
+  sc.admission = m.paged() ? Admission::kOnDemand : Admission::kReserve;
   // The last generated token is never written to the cache.
-  sc.max_model_len = min_slot_capacity(m) + 1;
+  sc.max_model_len = (m.paged() ? m.max_context() : min_slot_capacity(m)) + 1;
   return sc;
+}
+
+KvBlocks kv_blocks_of(const Qwen3Model& m, const EngineConfig& cfg) {
+  if (m.paged()) return KvBlocks(m.kv_blocks(), m.kv_block_size(), cfg.prefix_caching);
+  // The slots, counted in blocks; sharing would need block tables.
+  return KvBlocks(m.max_batch() * ((min_slot_capacity(m) + kBlock - 1) / kBlock), kBlock, false);
 }
 
 }  // namespace
 
 Engine::Engine(Qwen3Model& model, const EngineConfig& cfg)
     : model_(model),
-      kv_(model.max_batch() * ((min_slot_capacity(model) + kBlock - 1) / kBlock), kBlock, false),
+      kv_(kv_blocks_of(model, cfg)),
       sched_(scheduler_config(model, cfg), kv_) {
   if (!model.device().functional())
     throw UserError("serving engine: the model's device is timing-only; the engine computes tokens (use ServeSim, "
                     "`ppu simulate serve`, for timing-only serving)");
-  for (int64_t s = 0; s < model.max_batch(); ++s) free_slots_.insert(s);
+  const Qwen3Options& mo = model.options();
+  if (mo.tp_size > 1 || mo.ep_size > 1)
+    throw UserError(fmt::format("serving engine: the model is one shard of a split (tp_size {}, ep_size {}); the engine "
+                                "drives one model from one thread, and every shard's forward must run at once - serve "
+                                "an unsplit model",
+                                mo.tp_size, mo.ep_size));
+  if (!model.paged())
+    for (int64_t s = 0; s < model.max_batch(); ++s) free_slots_.insert(s);
 }
 
 void Engine::add(EngineRequest r) {
@@ -79,12 +94,24 @@ void Engine::cancel(uint64_t id) {
   release(id);
 }
 
-EngineStep Engine::step() {
-  EngineStep out;
-  const StepPlan plan = sched_.schedule();
-  if (plan.empty()) return out;
-  PPU_CHECK(plan.preempted.empty(), "reserve admission preempted a request");
+ForwardResult Engine::forward(const StepPlan& plan) {
   std::vector<std::vector<int32_t>> seqs;
+  for (const StepItem& it : plan.items) {
+    const std::vector<int32_t>& toks = *sched_.tokens(it.id);
+    seqs.emplace_back(toks.begin() + it.start, toks.begin() + it.start + it.count);
+  }
+  if (model_.paged()) {
+    // The scheduler has grown each table to cover its chunk; positions before it.start are cached
+    // (computed by an earlier step, or a shared prefix block).
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<int64_t> past;
+    for (const StepItem& it : plan.items) {
+      tables.push_back(kv_.table(it.id));
+      past.push_back(it.start);
+    }
+    return model_.forward_paged(seqs, tables, past);
+  }
+  PPU_CHECK(plan.preempted.empty(), "reserve admission preempted a request");
   std::vector<int64_t> slots;
   for (const StepItem& it : plan.items) {
     Live& l = live_.at(it.id);
@@ -94,11 +121,16 @@ EngineStep Engine::step() {
       free_slots_.erase(free_slots_.begin());
     }
     PPU_CHECK(model_.past_len(static_cast<size_t>(l.slot)) == it.start, "a slot's cache is not where its request stands");
-    const std::vector<int32_t>& toks = *sched_.tokens(it.id);
-    seqs.emplace_back(toks.begin() + it.start, toks.begin() + it.start + it.count);
     slots.push_back(l.slot);
   }
-  const ForwardResult fr = model_.forward_slots(seqs, slots);
+  return model_.forward_slots(seqs, slots);
+}
+
+EngineStep Engine::step() {
+  EngineStep out;
+  const StepPlan plan = sched_.schedule();
+  if (plan.empty()) return out;
+  const ForwardResult fr = forward(plan);
   out.sim_time_s = fr.sim_time_s;
   out.requests = static_cast<int64_t>(plan.items.size());
   out.tokens = plan.tokens;

@@ -1,23 +1,37 @@
 // Engine: the serving engine on real numbers - requests join and leave a running batch step by step
 // (serve/Scheduler's continuous batching), each step one forward of the model on the emulated chip
-// (Qwen3Model::forward_slots), each request sampled with its own options. The request simulation
+// (Qwen3Model::forward_paged), each request sampled with its own options. The request simulation
 // (serve/ServeSim) drives the same scheduler on the timing-only clock; this drives it with tokens.
 //
 //   Device dev(load_chip("zhenwu-810e"));
 //   Qwen3Options mo;
-//   mo.max_batch = 8;                                     // requests running at once (one KV slot each)
+//   mo.max_batch = 8;                                     // requests running at once
+//   mo.max_context = 2047;                                // positions per request
+//   mo.kv_block_size = 16;                                // a paged KV cache ...
+//   mo.kv_blocks = 8 * 128;                               // ... of 1024 blocks (8 x 2048 positions)
 //   Qwen3Model model(dev, load_model_config("tiny"), Qwen3Weights::random(0), mo);
 //   Engine engine(model, {});
 //   engine.add({.id = 1, .prompt = ids, .sampling = {.max_tokens = 16}});
 //   while (!engine.idle())
 //     for (const TokenEvent& e : engine.step().events) stream(e.id, e.token, e.finish_reason);
 //
-// KV memory: each running request holds one of the model's sequence slots (max_context positions
-// each, contiguous), assigned at admission and freed when it finishes or is preempted; the
-// scheduler's block accounting (serve/KvBlocks, prefix caching off) covers exactly the slots, so it
-// never preempts. Not here yet: attention that reads through block tables (so that blocks, not
-// whole slots, are the unit of memory and prompts can share cached prefixes), stop strings (text:
-// the server's, with the tokenizer), tensor/expert parallelism.
+// KV memory, as the model keeps it (Qwen3Options):
+//  * a paged model (kv_block_size > 0; what `ppu serve` builds): vLLM's way. serve/KvBlocks manages
+//    the model's pool (its blocks, of its block size), with prefix caching on: a request whose
+//    prompt starts with full blocks another request computed takes them by reference and its first
+//    step starts after them (StepItem::start). Admission is on demand: blocks are taken as tokens
+//    are computed, and when a running request cannot get its next block the latest admitted one is
+//    preempted by recompute (its blocks released, prefilled again later from its prompt and
+//    generated tokens - the same tokens come out, since the sampler is not replayed). Finishing or
+//    cancelling releases a request's blocks (registered full ones stay cached until evicted). Only
+//    full blocks are shared, and a full block is never written again, so there is no copy-on-write.
+//    Each step passes every request's block table and past length to forward_paged.
+//  * contiguous slots (the default model; kept for callers that build one): each running request
+//    holds one sequence slot (max_context positions), assigned at admission and freed when it
+//    finishes; admission reserves the whole sequence, prefix caching is off and nothing is
+//    preempted.
+// Not here: stop strings (text: the server's, with the tokenizer), tensor/expert parallelism (one
+// thread drives one model), swapping KV blocks to host memory.
 //
 // Deterministic: the same requests added in the same order between the same steps give the same
 // tokens (each request's sampler is seeded by its own options). One thread drives an Engine.
@@ -60,13 +74,16 @@ struct EngineStep {
 struct EngineConfig {
   int64_t max_batched_tokens = 8192;  // tokens one step computes at most
   bool chunked_prefill = true;
+  bool prefix_caching = true;         // paged models only (contiguous slots never share)
 };
 
 class Engine {
  public:
   // `model` (which must outlive the engine) gives the batch (Qwen3Options::max_batch requests at
-  // once) and each request's context (max_context). Functional devices only (UserError otherwise:
-  // ServeSim is the timing-only engine).
+  // once), each request's context (max_context) and the KV memory (a paged pool, or one slot per
+  // request; see the file header). Functional devices only (UserError otherwise: ServeSim is the
+  // timing-only engine), or for a shard of a tensor/expert-parallel split. The engine assumes it is
+  // the model's only user.
   Engine(Qwen3Model& model, const EngineConfig& cfg);
 
   // Queues a request. UserError naming the request: an empty prompt, a token id outside the
@@ -75,19 +92,27 @@ class Engine {
   void add(EngineRequest r);
   // Runs one step; empty when idle.
   EngineStep step();
-  // Ends a request now and frees its slot (a client that went away). Unknown ids are ignored.
+  // Ends a request now and frees its KV blocks or slot (a client that went away). Unknown ids are
+  // ignored.
   void cancel(uint64_t id);
 
   bool idle() const { return sched_.idle(); }
   int64_t running() const { return sched_.running(); }
   int64_t waiting() const { return sched_.waiting(); }
-  // The longest request, prompt + max_tokens (the model's context per slot, plus the last generated
-  // token, which is never written to the cache).
+  // The longest request, prompt + max_tokens (the model's context per sequence, plus the last
+  // generated token, which is never written to the cache). A paged pool smaller than that refuses
+  // longer requests at add() (Scheduler::never_fits).
   int64_t max_model_len() const { return sched_.config().max_model_len; }
-  // KV cache blocks (of kv_block_size() positions) in use and in all.
+  // KV cache blocks (of kv_block_size() positions) referenced by a request, and in all. Paged: the
+  // model's pool (kv_blocks, kv_block_size); cached prefix blocks no request holds are not in use.
+  // Contiguous slots: each slot counted as the blocks of 16 positions that cover it.
   int64_t kv_blocks_used() const { return kv_.used_blocks(); }
   int64_t kv_blocks_total() const { return kv_.num_blocks(); }
   int64_t kv_block_size() const { return kv_.block_size(); }
+  // Prompt positions found in the prefix cache (not computed) since construction, and requests
+  // preempted by recompute (both 0 on contiguous slots).
+  int64_t prefix_hit_positions() const { return kv_.prefix_hit_positions(); }
+  int64_t preemptions() const { return sched_.preemptions(); }
   Qwen3Model& model() { return model_; }
 
  private:
@@ -95,9 +120,10 @@ class Engine {
     SamplingParams params;
     std::unique_ptr<Sampler> sampler;
     std::unordered_map<int32_t, int64_t> counts;  // generated token -> times (for the penalties)
-    int64_t slot = -1;
+    int64_t slot = -1;  // contiguous slots only
   };
   void release(uint64_t id);
+  ForwardResult forward(const StepPlan& plan);
 
   Qwen3Model& model_;
   KvBlocks kv_;

@@ -106,6 +106,11 @@ Slo parse_slo(const std::string& text) {
 nlohmann::json ServeReport::to_json() const {
   nlohmann::json j = {{"chip", chip},
                       {"model", model},
+                      {"node", node.empty() ? nlohmann::json() : nlohmann::json(node)},
+                      {"tp", tp},
+                      {"ep", ep},
+                      {"chips", chips},
+                      {"dp_groups", dp_groups},
                       {"requests", requests},
                       {"completed", completed},
                       {"rejected", rejected},
@@ -148,7 +153,8 @@ nlohmann::json ServeReport::to_json() const {
   return j;
 }
 
-ServeSim::ServeSim(const ChipSpec& chip, const ModelConfig& cfg, const ServeSimConfig& c) : chip_(chip), cfg_(cfg), c_(c) {
+ServeSim::ServeSim(const ChipSpec& chip, const ModelConfig& cfg, const ServeSimConfig& c, const ParallelLayout& layout)
+    : chip_(layout.node ? layout.node->chip : chip), cfg_(cfg), c_(c), layout_(layout) {
   if (!(c_.kv_memory_fraction > 0 && c_.kv_memory_fraction <= 1))
     throw UserError(fmt::format("kv memory fraction {}; valid: above 0, at most 1", c_.kv_memory_fraction));
   if (c_.max_model_len < 0) throw UserError(fmt::format("max model length {}; valid: 0 (the model's) or more", c_.max_model_len));
@@ -166,14 +172,17 @@ ServeSim::ServeSim(const ChipSpec& chip, const ModelConfig& cfg, const ServeSimC
   }
   cost_ = std::make_unique<StepCost>(
       chip_, cfg_, mo,
-      StepCostLimits{c_.scheduler.max_batched_tokens, c_.scheduler.max_num_seqs, model_len});
+      StepCostLimits{c_.scheduler.max_batched_tokens, c_.scheduler.max_num_seqs, model_len}, layout_);
   weight_bytes_ = static_cast<double>(cost_->weight_bytes());
-  kv_bytes_per_token_ = cost_->kv_bytes_per_token();
+  // One chip holds its TP share of each cached token; a DP group's tp chips hold all of it.
+  const double chip_kv_bytes_per_token = cost_->kv_bytes_per_token();
+  kv_bytes_per_token_ = chip_kv_bytes_per_token * layout_.tp;
   activation_bytes_ = static_cast<double>(cost_->activation_bytes(std::min(c_.scheduler.max_batched_tokens, model_len)));
   const double free = chip_.hbm_bytes() - weight_bytes_ - activation_bytes_;
   const double budget = c_.kv_memory_fraction * std::max(0.0, free);
-  const double block_bytes = static_cast<double>(c_.block_size) * kv_bytes_per_token_;
-  kv_blocks_ = static_cast<int64_t>(std::min(std::floor(budget / block_bytes), 2147483647.0));
+  const double block_bytes = static_cast<double>(c_.block_size) * chip_kv_bytes_per_token;
+  const double group_blocks = std::floor(budget / block_bytes);
+  kv_blocks_ = static_cast<int64_t>(std::min(group_blocks * layout_.dp_groups(), 2147483647.0));
   if (kv_blocks_ < 1)
     throw DeviceOutOfMemory(
         fmt::format("serve {} on {}: weights {:.2f} GB and activations {:.2f} GB of {:.2f} GB HBM leave {:.3f} GB for the KV "
@@ -192,6 +201,11 @@ ServeReport ServeSim::run(const std::vector<RequestSpec>& reqs, TraceWriter* tra
   ServeReport r;
   r.chip = chip_.name;
   r.model = cfg_.name;
+  if (layout_.node) r.node = layout_.node->name;
+  r.tp = layout_.tp;
+  r.ep = layout_.ep;
+  r.chips = layout_.world();
+  r.dp_groups = layout_.dp_groups();
   r.requests = static_cast<int64_t>(reqs.size());
   r.kv_blocks = kv_blocks_;
   r.block_size = c_.block_size;
@@ -203,7 +217,10 @@ ServeReport ServeSim::run(const std::vector<RequestSpec>& reqs, TraceWriter* tra
   Scheduler sched(c_.scheduler, kv);
   std::vector<double> last_token(reqs.size(), 0.0), itl;
   if (trace) {
-    trace->name_process(1, fmt::format("{} on {}: engine", cfg_.name, chip_.name));
+    const std::string where = layout_.node ? fmt::format("{} chips of {} (TP {}, EP {})", layout_.world(), layout_.node->name,
+                                                         layout_.tp, layout_.ep)
+                                           : chip_.name;
+    trace->name_process(1, fmt::format("{} on {}: engine", cfg_.name, where));
     trace->name_thread(1, 1, "steps");
     trace->name_process(2, "requests");
   }

@@ -11,6 +11,7 @@
 //   ServeSim sim(load_chip("h20"), load_model_config("qwen3-32b"), c);
 //   ServeReport r = sim.run(load_trace("azure-conv"));
 //   r.ttft.p99, r.output_tokens_per_s, ...
+//   ServeSim node_sim(chip, load_model_config("qwen3-235b-a22b"), c, {load_node("zhenwu-16"), 4, 16});
 //
 // Event loop: one serialized loop per run. At each step boundary, requests that have arrived are
 // queued (in arrival order); the scheduler plans a step; the clock advances by its time; tokens the
@@ -21,6 +22,16 @@
 // KV cache size: kv_memory_fraction x (HBM - weights - the activation peak of a step of
 // max_batched_tokens tokens), in blocks of block_size positions, as vLLM sizes its cache after a
 // profiling run (gpu_memory_utilization 0.9).
+//
+// On a node (ParallelLayout: --node --tp --ep): the same engine, one scheduler, its limits
+// (max_num_seqs, max_batched_tokens) for the whole engine step; each step is priced by the split
+// model (serve/StepCost: the busiest data-parallel attention group's share). Memory is per chip:
+// its weight share (rank 0's: its TP shard of attention, its experts, the replicated embeddings
+// and head) and activations; every chip of a DP group holds its TP share of each cached token, so
+// a group caches as many tokens as one chip's free memory holds of its share, and the G = ep / tp
+// groups cache G times that. The blocks are pooled: the scheduler sees one cache of G groups'
+// blocks (a real DP engine keeps a request's KV in its group; the pool assumes requests spread
+// evenly, as the step cost does).
 //
 // Not modelled: the host work between steps (scheduling, detokenisation, HTTP; a few ms per step on a
 // busy vLLM server), sampling options beyond greedy (their kernels cost about the same), prompt
@@ -84,6 +95,8 @@ struct RequestRecord {
 
 struct ServeReport {
   std::string chip, model;
+  std::string node;                 // empty: one chip
+  int tp = 1, ep = 1, chips = 1, dp_groups = 1;
   int64_t requests = 0, completed = 0, rejected = 0;
   std::string first_rejection;      // the first rejected request's reason, if any
   double duration_s = 0;            // first arrival to last completion (simulated)
@@ -97,6 +110,8 @@ struct ServeReport {
   double mean_batch = 0;            // requests per step
   double mean_step_tokens = 0;
   int64_t kv_blocks = 0, block_size = 0;
+  // KV bytes of one token position (all layers, every head: summed over a DP group's TP shards);
+  // weights and activations: one chip's (rank 0).
   double kv_bytes_per_token = 0, weight_bytes = 0, activation_bytes = 0;
   double kv_peak_use = 0, kv_mean_use = 0;  // share of blocks in use (time-weighted mean)
   std::vector<std::pair<double, double>> kv_use;  // (time, share in use), at most ~500 points
@@ -112,9 +127,10 @@ void apply_slo(ServeReport& r, const Slo& slo);
 
 class ServeSim {
  public:
-  // Builds the cache plan (a timing-only probe of the model: UserError for a bad config,
-  // DeviceOutOfMemory when the weights leave no room for one block) and the step cost.
-  ServeSim(const ChipSpec& chip, const ModelConfig& cfg, const ServeSimConfig& c);
+  // Builds the cache plan (a timing-only probe of the model: UserError for a bad config or layout,
+  // DeviceOutOfMemory when the weights leave no room for one block) and the step cost. With a
+  // layout on a node, `chip` is ignored (the node's chip is served).
+  ServeSim(const ChipSpec& chip, const ModelConfig& cfg, const ServeSimConfig& c, const ParallelLayout& layout = {});
   ~ServeSim();
 
   // Replays `reqs` (arrival order) to completion. `trace`: optional Perfetto output (steps and
@@ -134,6 +150,7 @@ class ServeSim {
   ChipSpec chip_;
   ModelConfig cfg_;
   ServeSimConfig c_;
+  ParallelLayout layout_;
   int64_t kv_blocks_ = 0;
   double kv_bytes_per_token_ = 0, weight_bytes_ = 0, activation_bytes_ = 0;
   std::unique_ptr<StepCost> cost_;

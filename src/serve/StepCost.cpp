@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <mutex>
 #include <thread>
 
 #include "arch/Error.hpp"
+#include "ccl/Communicator.hpp"
 #include "models/Sampler.hpp"
 #include "runtime/Device.hpp"
 #include "sim/FunctionalExecutor.hpp"
@@ -59,18 +62,50 @@ double interp2(const std::vector<int64_t>& gx, double x, const std::vector<int64
 
 bool is_head_kind(const std::string& k) { return k == "logit rows" || k == "lm head" || k == "sampling"; }
 
+// The kinds of an MoE layer that see every DP group's tokens together (the dispatch and combine
+// all-to-alls and the experts' GEMMs and activation; nn/Moe), as opposed to the router, projections
+// and norms, which see only their group's.
+bool is_expert_kind(const std::string& k) {
+  return k == "moe dispatch" || k == "moe expert gemm" || k == "mlp activation" || k == "moe combine";
+}
+
+// How long (host seconds) a probe's rank waits at a collective for the others. The ranks run the same
+// kernels, so they arrive close together; the margin is for a host whose cores are shared by many
+// probes' rank threads at once (8 probes of 16 ranks on 2 cores).
+constexpr double kProbeRendezvousS = 120.0;
+
 }  // namespace
 
+void ParallelLayout::check(const ModelConfig& cfg) const {
+  if (tp < 1 || ep < 1) throw UserError(fmt::format("--tp {} --ep {}: each degree must be at least 1", tp, ep));
+  if ((tp > 1 || ep > 1) && !node)
+    throw UserError(fmt::format("--tp {} --ep {}: give the node whose chips run the shards (--node; see ppu nodes)", tp, ep));
+  if (ep > 1 && ep % tp != 0)
+    throw UserError(fmt::format("--ep {} must be a multiple of --tp {} (attention runs in ep / tp groups of tp chips)", ep, tp));
+  if (ep > 1 && !cfg.is_moe())
+    throw UserError(fmt::format("--ep {}: model '{}' is dense; expert parallelism needs an MoE model (valid: --ep 1)", ep,
+                                cfg.name));
+  if (node && world() > node->num_chips())
+    throw UserError(fmt::format("--tp {} --ep {}: {} chips asked for; node '{}' has {}", tp, ep, world(), node->name,
+                                node->num_chips()));
+}
+
 StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Options& model_options,
-                   const StepCostLimits& limits)
-    : cfg_(cfg), opt_(model_options), lim_(limits) {
+                   const StepCostLimits& limits, const ParallelLayout& layout)
+    : cfg_(cfg), opt_(model_options), lim_(limits), layout_(layout) {
   if (lim_.max_batched_tokens < 1 || lim_.max_num_seqs < 1 || lim_.max_context < 1)
     throw UserError(fmt::format("step cost: max_batched_tokens {}, max_num_seqs {}, max_context {}; each must be at least 1",
                                 lim_.max_batched_tokens, lim_.max_num_seqs, lim_.max_context));
-  if (opt_.tp_size != 1 || opt_.ep_size != 1)
-    throw UserError("step cost: tensor or expert parallelism is not supported by the serving simulation yet (one chip)");
-  chip_ = chip;
+  if (opt_.tp_size != 1 || opt_.ep_size != 1 || opt_.tp_comm || opt_.ep_comm)
+    throw UserError("step cost: give the parallel layout as a ParallelLayout (node, tp, ep), not in the model options");
+  layout_.check(cfg_);
+  served_chip_ = layout_.node ? layout_.node->chip : chip;
+  chip_ = served_chip_;
   chip_.hbm_size.value = 1e18;  // probes of any shape fit; capacity enters no kernel's timing
+  if (layout_.node) {
+    node_ = layout_.node;
+    node_->chip = chip_;
+  }
   timings_ = std::make_shared<TimingCache>();
   workers_ = std::clamp(default_host_threads(), 1, 8);
   {
@@ -78,10 +113,15 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
     o.max_batch = 1;
     o.max_context = 16;
     o.slot_capacity.clear();
-    Device dev(chip_, ExecMode::kTimingOnly, 1);
-    Qwen3Model m(dev, cfg_, Qwen3Weights::random(0), o);
-    weight_bytes_ = m.weight_bytes();
-    kv_bytes_per_token_ = static_cast<double>(m.kv_cache_bytes()) / 16.0;
+    const Probe p = on_ranks(o, [&](int, Device& dev, const Qwen3Options& ro) {
+      Qwen3Model m(dev, cfg_, Qwen3Weights::random(0), ro);
+      Probe q;
+      q.weight_bytes = m.weight_bytes();
+      q.kv_bytes = m.kv_cache_bytes();
+      return q;
+    });
+    weight_bytes_ = p.weight_bytes;
+    kv_bytes_per_token_ = static_cast<double>(p.kv_bytes) / 16.0;
   }
   rows_grid_ = rows_grid(std::max(lim_.max_batched_tokens, lim_.max_num_seqs));
   ctx_grid_ = ctx_grid(lim_.max_context);
@@ -89,61 +129,136 @@ StepCost::StepCost(const ChipSpec& chip, const ModelConfig& cfg, const Qwen3Opti
 
 StepCost::~StepCost() = default;
 
-StepCost::Probe StepCost::run_probe(const Shape& shape, bool graph) const {
-  // A fresh device per probe: its clock starts at 0, so the op times (differences of clock readings)
+template <class F>
+StepCost::Probe StepCost::on_ranks(const Qwen3Options& base, F&& per_rank) const {
+  // Fresh devices per call: their clocks start at 0, so the op times (differences of clock readings)
   // round the same whichever thread runs the probe and whatever ran before it.
-  Device dev(chip_, ExecMode::kTimingOnly, 1);
-  dev.share_timing_cache(timings_);
+  const int world = layout_.world();
+  std::vector<std::unique_ptr<Device>> devs;
+  std::vector<Device*> ranks;
+  for (int r = 0; r < world; ++r) {
+    devs.push_back(std::make_unique<Device>(chip_, ExecMode::kTimingOnly, 1));
+    devs.back()->share_timing_cache(timings_);
+    ranks.push_back(devs.back().get());
+  }
+  if (world == 1) return per_rank(0, *devs[0], base);
+  // As `ppu run --node --tp --ep` wires them (cli/ModelCommands run_single): one communicator of all
+  // ranks (EP's all-to-alls, or TP's all-reduces without EP) and, with EP and TP, one per DP group.
+  const int tp = layout_.tp, ep = layout_.ep;
+  ccl::CommOptions co;
+  co.rendezvous_timeout_s = kProbeRendezvousS;
+  co.host_threads = 1;
+  ccl::Communicator comm(*node_, ranks, co);
+  std::vector<std::unique_ptr<ccl::Communicator>> tp_groups;
+  if (ep > 1 && tp > 1)
+    for (int g = 0; g < ep / tp; ++g) {
+      ccl::CommOptions go = co;
+      for (int t = 0; t < tp; ++t) go.chips.push_back(g * tp + t);
+      tp_groups.push_back(std::make_unique<ccl::Communicator>(
+          *node_, std::vector<Device*>(ranks.begin() + g * tp, ranks.begin() + (g + 1) * tp), go));
+    }
+  const auto rank_options = [&](int r) {
+    Qwen3Options ro = base;
+    ro.tp_size = tp;
+    ro.tp_rank = r % tp;
+    ro.tp_comm = tp == 1 ? nullptr : ep > 1 ? tp_groups[static_cast<size_t>(r / tp)].get() : &comm;
+    ro.ep_size = ep;
+    ro.ep_rank = ep > 1 ? r : 0;
+    ro.ep_comm = ep > 1 ? &comm : nullptr;
+    return ro;
+  };
+  // Each rank's exception and when it failed (0 first): the cause is reported rather than the
+  // rendezvous timeouts it leaves behind on the other ranks (as models/Session generate_parallel).
+  std::vector<Probe> out(static_cast<size_t>(world));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  std::vector<int> failed_as(static_cast<size_t>(world), std::numeric_limits<int>::max());
+  std::mutex mu;
+  int failures = 0;
+  const auto run_rank = [&](int r) {
+    try {
+      out[static_cast<size_t>(r)] = per_rank(r, *devs[static_cast<size_t>(r)], rank_options(r));
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(mu);
+      errors[static_cast<size_t>(r)] = std::current_exception();
+      failed_as[static_cast<size_t>(r)] = failures++;
+    }
+  };
+  {
+    std::vector<std::thread> threads;
+    for (int r = 1; r < world; ++r) threads.emplace_back(run_rank, r);
+    run_rank(0);
+    for (auto& t : threads) t.join();
+  }
+  // Rank 0's error when it has one: the ranks run the same code, so a bad split fails every rank
+  // alike, and the message should not depend on which thread got there first.
+  if (errors[0]) std::rethrow_exception(errors[0]);
+  const auto first = std::min_element(failed_as.begin(), failed_as.end());
+  if (*first == std::numeric_limits<int>::max()) return out[0];
+  const auto rank = static_cast<int>(first - failed_as.begin());
+  try {
+    std::rethrow_exception(errors[static_cast<size_t>(rank)]);
+  } catch (const std::exception& e) {
+    throw UserError(fmt::format("step cost: rank {} of {} failed: {}", rank, world, e.what()));
+  }
+}
+
+StepCost::Probe StepCost::run_probe(const Shape& shape, bool graph) const {
   Qwen3Options o = opt_;
   o.max_batch = static_cast<int64_t>(shape.size());
   o.slot_capacity.clear();
   for (const auto& [n, past] : shape) o.slot_capacity.push_back(std::max<int64_t>(1, n + past));
   o.max_context = *std::max_element(o.slot_capacity.begin(), o.slot_capacity.end());
-  // The forward of a model with `layers` decoder layers, split by kind.
-  const auto forward = [&](int64_t layers) {
-    ModelConfig c = cfg_;
-    c.num_layers = layers;
+  // Every rank of the layout runs the same shape (each DP group its own copy of it).
+  return on_ranks(o, [&](int, Device& dev, const Qwen3Options& ro) {
+    // The forward of a model with `layers` decoder layers, split by kind.
+    const auto forward = [&](int64_t layers) {
+      ModelConfig c = cfg_;
+      c.num_layers = layers;
+      Probe p;
+      Qwen3Model m(dev, c, Qwen3Weights::random(0), ro);
+      std::vector<std::vector<int32_t>> seqs;
+      for (size_t i = 0; i < shape.size(); ++i) {
+        if (shape[i].second > 0) m.assume_past(i, shape[i].second);
+        seqs.emplace_back(static_cast<size_t>(shape[i].first), 0);
+      }
+      const auto before = m.op_times();
+      const int64_t resident = dev.bytes_in_use();
+      dev.reset_peak_bytes();
+      Sampler greedy(SamplerOptions{});
+      {
+        GraphScope g(dev, graph);
+        m.forward_sampled(seqs, greedy);
+      }
+      p.activation_bytes = dev.peak_bytes_in_use() - resident;
+      for (const auto& [kind, s] : m.op_times()) {
+        const auto b = before.find(kind);
+        const double d = s - (b == before.end() ? 0.0 : b->second);
+        if (kind == "attention")
+          p.attention_s += d;
+        else if (is_head_kind(kind))
+          p.head_s += d;
+        else if (cfg_.is_moe() && is_expert_kind(kind))
+          p.expert_s += d;
+        else
+          p.dense_s += d;
+      }
+      return p;
+    };
+    // Every decoder layer runs the same kernels (MoE routing is balanced in timing-only mode) and the
+    // same collectives of the same sizes, which the timing cache times once, and one stream adds their
+    // times: the whole model is the one-layer forward plus (layers - 1) times what the second layer
+    // adds. Two short forwards instead of one of num_layers layers of kernel launches.
+    if (cfg_.num_layers <= 2) return forward(cfg_.num_layers);
+    const Probe one = forward(1), two = forward(2);
+    const auto extend = [&](double a, double b) { return a + static_cast<double>(cfg_.num_layers - 1) * (b - a); };
     Probe p;
-    Qwen3Model m(dev, c, Qwen3Weights::random(0), o);
-    std::vector<std::vector<int32_t>> seqs;
-    for (size_t i = 0; i < shape.size(); ++i) {
-      if (shape[i].second > 0) m.assume_past(i, shape[i].second);
-      seqs.emplace_back(static_cast<size_t>(shape[i].first), 0);
-    }
-    const auto before = m.op_times();
-    const int64_t resident = dev.bytes_in_use();
-    dev.reset_peak_bytes();
-    Sampler greedy(SamplerOptions{});
-    {
-      GraphScope g(dev, graph);
-      m.forward_sampled(seqs, greedy);
-    }
-    p.activation_bytes = dev.peak_bytes_in_use() - resident;
-    for (const auto& [kind, s] : m.op_times()) {
-      const auto b = before.find(kind);
-      const double d = s - (b == before.end() ? 0.0 : b->second);
-      if (kind == "attention")
-        p.attention_s += d;
-      else if (is_head_kind(kind))
-        p.head_s += d;
-      else
-        p.dense_s += d;
-    }
+    p.dense_s = extend(one.dense_s, two.dense_s);
+    p.expert_s = extend(one.expert_s, two.expert_s);
+    p.head_s = extend(one.head_s, two.head_s);
+    p.attention_s = extend(one.attention_s, two.attention_s);
+    p.activation_bytes = std::max(one.activation_bytes, two.activation_bytes);
     return p;
-  };
-  // Every decoder layer runs the same kernels (MoE routing is balanced in timing-only mode), which
-  // the timing cache times once, and one stream adds their times: the whole model is the one-layer
-  // forward plus (layers - 1) times what the second layer adds. Two short forwards instead of one
-  // of num_layers layers of kernel launches.
-  if (cfg_.num_layers <= 2) return forward(cfg_.num_layers);
-  const Probe one = forward(1), two = forward(2);
-  const auto extend = [&](double a, double b) { return a + static_cast<double>(cfg_.num_layers - 1) * (b - a); };
-  Probe p;
-  p.dense_s = extend(one.dense_s, two.dense_s);
-  p.head_s = extend(one.head_s, two.head_s);
-  p.attention_s = extend(one.attention_s, two.attention_s);
-  p.activation_bytes = std::max(one.activation_bytes, two.activation_bytes);
-  return p;
+  });
 }
 
 void StepCost::ensure(const std::vector<Key>& keys) {
@@ -189,8 +304,9 @@ StepCost::Probe StepCost::probe(const Shape& shape, bool graph) {
   return probes_by_shape_.at(k);
 }
 
-double StepCost::dense(int64_t tokens) {
-  return interp1(rows_grid_, static_cast<double>(tokens), [&](int64_t t) { return probe({{t, 0}}, false).dense_s; });
+double StepCost::dense(int64_t tokens, int64_t expert_tokens) {
+  return interp1(rows_grid_, static_cast<double>(tokens), [&](int64_t t) { return probe({{t, 0}}, false).dense_s; }) +
+         interp1(rows_grid_, static_cast<double>(expert_tokens), [&](int64_t t) { return probe({{t, 0}}, false).expert_s; });
 }
 
 double StepCost::head(int64_t rows) {
@@ -215,18 +331,53 @@ double StepCost::prefill(int64_t q, int64_t past) {
   });
 }
 
+StepPlan StepCost::busiest_group(const StepPlan& plan) const {
+  const int groups = layout_.dp_groups();
+  if (groups == 1) return plan;
+  std::vector<StepPlan> g(static_cast<size_t>(groups));
+  // Decodes dealt round-robin in plan order.
+  size_t dealt = 0;
+  std::vector<const StepItem*> chunks;
+  for (const StepItem& it : plan.items) {
+    if (it.count > 1) {
+      chunks.push_back(&it);
+      continue;
+    }
+    StepPlan& p = g[dealt++ % g.size()];
+    p.items.push_back(it);
+    p.tokens += it.count;
+  }
+  // Chunks whole, longest first (plan order among equals), each to the group with the fewest tokens.
+  std::stable_sort(chunks.begin(), chunks.end(), [](const StepItem* a, const StepItem* b) { return a->count > b->count; });
+  for (const StepItem* c : chunks) {
+    const auto least = std::min_element(g.begin(), g.end(), [](const StepPlan& a, const StepPlan& b) { return a.tokens < b.tokens; });
+    least->items.push_back(*c);
+    least->tokens += c->count;
+  }
+  // The busiest: most tokens, then most requests, then the lowest index.
+  size_t best = 0;
+  for (size_t i = 1; i < g.size(); ++i)
+    if (g[i].tokens > g[best].tokens || (g[i].tokens == g[best].tokens && g[i].items.size() > g[best].items.size()))
+      best = i;
+  return g[best];
+}
+
 StepTime StepCost::step(const StepPlan& plan) {
+  const StepPlan share = busiest_group(plan);
+  // The experts see every group's tokens: as many as `groups` groups of the mean share.
+  const int64_t groups = layout_.dp_groups();
+  const int64_t expert_tokens = (plan.tokens + groups - 1) / groups;
   // First pass: which probes this step needs (run together, in parallel); second: the time.
   collecting_ = true;
   pending_.clear();
-  compute(plan);
+  compute(share, expert_tokens);
   collecting_ = false;
   ensure(pending_);
   pending_.clear();
-  return compute(plan);
+  return compute(share, expert_tokens);
 }
 
-StepTime StepCost::compute(const StepPlan& plan) {
+StepTime StepCost::compute(const StepPlan& plan, int64_t expert_tokens) {
   StepTime t;
   if (plan.items.empty()) return t;
   int64_t n_decode = 0;
@@ -237,13 +388,13 @@ StepTime StepCost::compute(const StepPlan& plan) {
       ctx_sum += static_cast<double>(it.start);
     }
   const double mean_ctx = n_decode > 0 ? ctx_sum / static_cast<double>(n_decode) : 0.0;
-  const auto whole = [](const Probe& p) { return p.dense_s + p.head_s + p.attention_s; };
+  const auto whole = [](const Probe& p) { return p.dense_s + p.expert_s + p.head_s + p.attention_s; };
   if (n_decode == static_cast<int64_t>(plan.items.size())) {
     t.decode_step_s = interp2(rows_grid_, static_cast<double>(n_decode), ctx_grid_, mean_ctx,
                               [&](int64_t n, int64_t c) { return whole(decode_probe(n, c)); });
     return t;
   }
-  t.dense_s = dense(plan.tokens);
+  t.dense_s = dense(plan.tokens, expert_tokens);
   t.head_s = head(static_cast<int64_t>(plan.items.size()));
   if (n_decode > 0)
     t.decode_attention_s = interp2(rows_grid_, static_cast<double>(n_decode), ctx_grid_, mean_ctx,

@@ -770,8 +770,29 @@ std::optional<KernelTiming> TimingCache::find(const std::string& key) const {
 }
 
 void TimingCache::put(const std::string& key, const KernelTiming& t) {
-  std::lock_guard<std::mutex> lock(mu_);
-  map_.emplace(key, t);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    map_.emplace(key, t);
+    claimed_.erase(key);
+  }
+  done_.notify_all();
+}
+
+std::optional<KernelTiming> TimingCache::find_or_claim(const std::string& key) {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    if (auto it = map_.find(key); it != map_.end()) return it->second;
+    if (claimed_.insert(key).second) return std::nullopt;
+    done_.wait(lock);
+  }
+}
+
+void TimingCache::abandon(const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    claimed_.erase(key);
+  }
+  done_.notify_all();
 }
 
 size_t TimingCache::size() const {
@@ -797,7 +818,7 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
           key += fmt::format("|o{}.{}@{}", i, j, static_cast<int64_t>(b.device_addr - a.device_addr));
       }
     if (shared_) {
-      if (auto hit = shared_->find(key)) {
+      if (auto hit = shared_->find_or_claim(key)) {
         ++cache_hits_;
         hit->name = k.name;
         return *hit;
@@ -830,6 +851,7 @@ KernelTiming TimingEngine::run(const Kernel& k, size_t trace_limit) {
     return r;
   } catch (...) {
     if (took) t_busy = false;
+    if (!key.empty() && shared_) shared_->abandon(key);
     throw;
   }
 }

@@ -28,12 +28,14 @@
 //   KernelTiming t = eng.run(kernel);   // t.time_s, t.bound(), ...
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "arch/ChipSpec.hpp"
@@ -89,10 +91,18 @@ class TimingCache {
   std::optional<KernelTiming> find(const std::string& key) const;
   void put(const std::string& key, const KernelTiming& t);
   size_t size() const;
+  // The result of `key`, or nullopt when the caller is to compute it: then the key is claimed until
+  // the caller puts its result (or abandons it, on failure). A call for a key another thread has
+  // claimed waits for that thread's result, so ranks of a split model that launch the same kernels
+  // at the same time time each once. The result is the same whichever thread computes it.
+  std::optional<KernelTiming> find_or_claim(const std::string& key);
+  void abandon(const std::string& key);
 
  private:
   mutable std::mutex mu_;
+  std::condition_variable done_;
   std::unordered_map<std::string, KernelTiming> map_;
+  std::unordered_set<std::string> claimed_;
 };
 
 class TimingEngine {

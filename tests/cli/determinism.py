@@ -53,6 +53,9 @@ CASES = [
     # and its Perfetto trace.
     ("serving simulation", "simulate serve --model tiny --chip h100 --requests 60 --max-model-len 4096 "
                            "--slo ttft=50ms,tpot=5ms --search-requests 40 --perfetto serve.json", ["serve.json"]),
+    # The same on a node: each probe runs one host thread per rank (TP 2 x EP 4, two DP groups).
+    ("serving simulation on a node", "simulate serve --model tiny-moe --node h100-dgx --tp 2 --ep 4 --requests 40 "
+                                     "--max-model-len 4096 --perfetto serve.json", ["serve.json"]),
     # Real training steps: the losses (JSON, metrics.jsonl) and the checkpoint's bytes.
     ("training", "train --model tiny --steps 2 --seq-len 32 --batch 2 --eval-every 1 --eval-batches 1 "
                  "--data {docs} --out run",

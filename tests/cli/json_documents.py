@@ -45,6 +45,8 @@ COMMANDS = [
     ("simulate-serve", "simulate serve --model tiny --chip h100,a800 --io 64/16 --requests 20 --rate 50 "
                        "--slo ttft=1s,tpot=50ms --search-requests 20", [0]),
     ("simulate-serve", "simulate serve --model tiny --requests 30 --max-model-len 2048", [0]),
+    ("simulate-serve", "simulate serve --model tiny-moe --node h100-dgx --tp 2 --ep 4 --io 64/16 --requests 20 "
+                       "--rate 50", [0]),
     ("run", "run --model tiny --prompt hi --gen 2", [0]),
     ("run", "run --model tiny --timing-only --chip zhenwu-810e,h20 --gen 2", [0]),
     ("run", "run --model tiny --timing-only --batch 1,2 --prompt-len 8 --gen 2", [0]),

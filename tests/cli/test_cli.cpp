@@ -1152,6 +1152,45 @@ TEST(Cli, SimulateServeTableJsonTraceAndErrors) {
 
 namespace {
 
+// `ppu simulate serve --node --tp --ep`: tiny-moe split over four chips of a node (JSON record and
+// table line), and one error per kind of bad layout, each naming the option and what is valid.
+TEST(Cli, SimulateServeOnANodeWithTensorAndExpertParallelism) {
+  CmdResult r = ppu("simulate serve --model tiny-moe --node h100-dgx --tp 2 --ep 4 --io 64/16 --requests 30 --rate 100 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto row = first_result(r.out);
+  EXPECT_EQ(row["chip"], "h100");
+  EXPECT_EQ(row["node"], "h100-dgx");
+  EXPECT_EQ(row["tp"], 2);
+  EXPECT_EQ(row["ep"], 4);
+  EXPECT_EQ(row["chips"], 4);
+  EXPECT_EQ(row["dp_groups"], 2);
+  EXPECT_EQ(row["completed"].get<int>(), 30);
+  r = ppu("simulate serve --model tiny-moe --node h100-dgx --chip h100 --ep 2 --io 64/16 --requests 10 --rate 100");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("h100-dgx: 2 chips, TP 1, EP 2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("attention in 2 data-parallel groups of 1 chip"), std::string::npos) << r.out;
+  expect_refused({
+      {"simulate serve --model tiny-moe --io 64/16 --tp 2", {"--tp 2 --ep 1: give the node whose chips run the shards"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --tp 2 --ep 3",
+       {"--ep 3 must be a multiple of --tp 2 (attention runs in ep / tp groups of tp chips)"}},
+      {"simulate serve --model tiny --io 64/16 --node h100-dgx --ep 2",
+       {"--ep 2: model 'tiny' is dense; expert parallelism needs an MoE model (valid: --ep 1)"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --ep 16",
+       {"--tp 1 --ep 16: 16 chips asked for; node 'h100-dgx' has 8"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --tp 4",
+       {"a TP degree of 4 does not divide the 2 key/value heads; valid TP: 1, 2"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --chip a800 --tp 2",
+       {"--chip a800 and --node h100-dgx (h100 chips) disagree; give one of them"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node dgx-9000 --tp 2", {"dgx-9000"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --tp 0", {"--tp: must be at least 1, not 0"}},
+      {"simulate serve --model tiny-moe --io 64/16 --node h100-dgx --ep 0", {"--ep: must be at least 1, not 0"}},
+  });
+}
+
+}  // namespace
+
+namespace {
+
 // A tokenizer with more ids than the model has embedding rows is refused before anything runs
 // (issue 17: an id beyond the model's vocabulary was accepted without a word).
 TEST(Cli, TokenizerLargerThanTheModelsVocabularyIsRefused) {

@@ -2,7 +2,11 @@
 // driven step by step), KV sizing, rejections, determinism, percentiles, SLOs and the rate search.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <optional>
+
 #include "TestUtil.hpp"
+#include "arch/NodeSpec.hpp"
 #include "arch/Presets.hpp"
 #include "serve/ServeSim.hpp"
 
@@ -148,4 +152,80 @@ TEST(ServeSim, MaxRateMeetsTheSloAndATighterSloLowersIt) {
   // Nothing meets a TTFT below one prefill.
   EXPECT_EQ(sim.max_rate(lengths, {.ttft_s = 0.5 * ttft1, .tpot_s = 0, .attainment = 0.9}, 1), 0.0);
   test::expect_error([&] { sim.max_rate(lengths, Slo{}, 1); }, {"the SLO bounds neither TTFT nor TPOT"});
+}
+
+// --- On a node (tiny-moe over h100-dgx chips).
+
+namespace {
+
+ParallelLayout dgx(int tp, int ep) {
+  ParallelLayout l;
+  l.node = load_node("h100-dgx");
+  l.tp = tp;
+  l.ep = ep;
+  return l;
+}
+
+}  // namespace
+
+TEST(ServeSim, NodeOneRequestMatchesItsStepsRunByHand) {
+  const ServeSimConfig c = small_config();
+  ServeSim sim(load_chip("a800"), load_model_config("tiny-moe"), c, dgx(2, 4));  // the node's chip wins
+  const ServeReport r = sim.run({{0.0, 100, 5}});
+  ASSERT_EQ(r.completed, 1);
+  EXPECT_EQ(r.chip, "h100");
+  StepCost cost(load_chip("h100"), load_model_config("tiny-moe"), {}, {256, 8, 1024}, dgx(2, 4));
+  const auto step = [&](int64_t start, int64_t count) {
+    StepPlan p;
+    p.items = {{0, start, count, true}};
+    p.tokens = count;
+    return cost.step_s(p);
+  };
+  const double ttft = step(0, 100);
+  double t = ttft;
+  for (int64_t i = 0; i < 4; ++i) t += step(100 + i, 1);
+  EXPECT_DOUBLE_EQ(r.ttft.p50, ttft);
+  EXPECT_DOUBLE_EQ(r.e2e.p50, t);
+}
+
+// Each chip caches its TP share of every token, and each of the ep / tp data-parallel groups caches
+// its own tokens: more chips, more KV blocks.
+TEST(ServeSim, NodeKvCacheGrowsWithTheChips) {
+  ServeSimConfig c = small_config();
+  c.kv_memory_fraction = 0.5;
+  const ModelConfig cfg = load_model_config("tiny-moe");
+  const auto blocks = [&](std::optional<ParallelLayout> l) {
+    return (l ? ServeSim(load_chip("h100"), cfg, c, *l) : ServeSim(load_chip("h100"), cfg, c)).kv_blocks();
+  };
+  const int64_t one = blocks(std::nullopt), ep2 = blocks(dgx(1, 2)), ep4 = blocks(dgx(1, 4)), ep8 = blocks(dgx(1, 8));
+  const int64_t tp2 = blocks(dgx(2, 1)), tp2ep4 = blocks(dgx(2, 4));
+  EXPECT_LT(one, ep2);
+  EXPECT_LT(ep2, ep4);
+  EXPECT_LT(ep4, ep8);
+  EXPECT_LT(one, tp2);
+  EXPECT_LT(tp2, tp2ep4);
+  // The formula: groups x floor(fraction x (HBM - one chip's weights and activations) / one chip's block).
+  StepCost cost(load_chip("h100"), cfg, {}, {256, 8, 1024}, dgx(2, 4));
+  const double free = load_chip("h100").hbm_bytes() - static_cast<double>(cost.weight_bytes()) -
+                      static_cast<double>(cost.activation_bytes(256));
+  EXPECT_EQ(tp2ep4, 2 * static_cast<int64_t>(std::floor(0.5 * free / (16 * cost.kv_bytes_per_token()))));
+}
+
+TEST(ServeSim, NodeReportNamesTheLayoutAndIsDeterministic) {
+  ServeSim a(load_chip("h100"), load_model_config("tiny-moe"), small_config(), dgx(2, 4));
+  ServeSim b(load_chip("h100"), load_model_config("tiny-moe"), small_config(), dgx(2, 4));
+  auto reqs = with_arrivals(fixed_lengths(60, 300, 20), {.rate = 50, .seed = 5});
+  ServeReport ra = a.run(reqs), rb = b.run(reqs);
+  ra.host_s = rb.host_s = 0;
+  EXPECT_EQ(ra.to_json().dump(), rb.to_json().dump());
+  const auto j = ra.to_json();
+  EXPECT_EQ(j["node"], "h100-dgx");
+  EXPECT_EQ(j["tp"], 2);
+  EXPECT_EQ(j["ep"], 4);
+  EXPECT_EQ(j["chips"], 4);
+  EXPECT_EQ(j["dp_groups"], 2);
+  EXPECT_EQ(ra.completed, 60);
+  // One chip's report has no node.
+  ServeSim one(load_chip("h100"), load_model_config("tiny-moe"), small_config());
+  EXPECT_TRUE(one.run({{0.0, 10, 2}}).to_json()["node"].is_null());
 }
