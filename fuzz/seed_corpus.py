@@ -139,6 +139,18 @@ def main():
     for name, b in bodies.items():
         put("fuzz_openai_request", name, json.dumps(b, ensure_ascii=False))
 
+    mcp = {
+        "initialize.json": {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}},
+        "initialized.json": {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        "list.json": {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        "call.json": {"jsonrpc": "2.0", "id": "x", "method": "tools/call",
+                      "params": {"name": "search", "arguments": {"query": "paged attention", "limit": 3}}},
+        "ping.json": {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+    }
+    for name, m in mcp.items():
+        put("fuzz_mcp_message", name, json.dumps(m))
+
 
 if __name__ == "__main__":
     main()

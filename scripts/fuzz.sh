@@ -15,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ALL=(fuzz_chip_preset fuzz_node_preset fuzz_cluster_preset fuzz_model_config fuzz_safetensors_header
-     fuzz_safetensors_index fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_chat_template fuzz_openai_request)
+     fuzz_safetensors_index fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_chat_template fuzz_openai_request
+     fuzz_mcp_message)
 seconds=600
 ci=0
 record=0

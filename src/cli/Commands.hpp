@@ -160,6 +160,22 @@ struct ServeOptions {
 };
 int cmd_serve(const ServeOptions& o);
 
+// `ppu index FOLDER --out FILE`: a full-text search index of the folder's text files (serve/SearchIndex),
+// refreshed in place when FILE exists.
+struct IndexOptions {
+  std::string folder;
+  std::string out = "kb.sqlite";
+  bool json = false;
+};
+int cmd_index(const IndexOptions& o);
+
+// `ppu mcp --tools search=FILE,memory=FILE`: the agent's tools as an MCP server over stdio.
+struct McpCliOptions {
+  std::string tools;
+  std::string user = "mcp";  // whose memories the memory tools use
+};
+int cmd_mcp(const McpCliOptions& o);
+
 // Assumed figures made visible in tables: a value (or a chip's name, for results computed from its
 // figures) gets a '*' when a field it rests on is assumed rather than published, and legend() names
 // them. --json records carry the same as "assumed_fields" lists.

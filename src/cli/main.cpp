@@ -261,6 +261,17 @@ int main(int argc, char** argv) {
   serve_cmd->add_flag("--random-weights", so.allow_random, "Serve a preset above 1B parameters with random weights");
   serve_cmd->add_flag("--quiet", so.quiet, "No line per finished request on stderr");
 
+  IndexOptions ix;
+  auto* index_cmd = app.add_subcommand("index", "Full-text search index of a folder (the agent's search tool; SQLite FTS5)");
+  index_cmd->add_option("folder", ix.folder, "Folder of text files to index")->required();
+  index_cmd->add_option("--out", ix.out, "Index file (created, or refreshed: only changed files are read again)")
+      ->capture_default_str();
+  index_cmd->add_flag("--json", ix.json, "One JSON document on stdout");
+  McpCliOptions mcp;
+  auto* mcp_cmd = app.add_subcommand("mcp", "The agent's tools (search, memory) as an MCP server over stdio");
+  mcp_cmd->add_option("--tools", mcp.tools, "Tools and their files, e.g. search=kb.sqlite,memory=mem.sqlite")->required();
+  mcp_cmd->add_option("--user", mcp.user, "Whose memories the memory tools read and write")->capture_default_str();
+
   CollectiveBenchOptions cb;
   std::vector<CLI::App*> coll_cmds;
   for (const char* name : {"allreduce", "reducescatter", "allgather", "broadcast", "reduce", "alltoall", "sendrecv"}) {
@@ -405,6 +416,8 @@ int main(int argc, char** argv) {
     if (train->parsed()) return cmd_simulate_train(tr);
     if (srv->parsed()) return cmd_simulate_serve(sv);
     if (serve_cmd->parsed()) return cmd_serve(so);
+    if (index_cmd->parsed()) return cmd_index(ix);
+    if (mcp_cmd->parsed()) return cmd_mcp(mcp);
     if (thr->parsed()) return cmd_throughput(tp);
     if (trn->parsed()) return cmd_train(tro);
     if (bg->parsed()) return cmd_bench_gemm(g);

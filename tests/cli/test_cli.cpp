@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "TestUtil.hpp"
 #include "arch/Presets.hpp"
 #include "models/ModelConfig.hpp"
 
@@ -1203,6 +1204,28 @@ TEST(Cli, TokenizerLargerThanTheModelsVocabularyIsRefused) {
               std::string::npos)
         << r.out;
   }
+}
+
+// `ppu index` and `ppu mcp`: a missing folder, a bad --tools list and a missing index are refused
+// with the name and what is valid (exit 2); an index builds and a second run reads nothing again.
+TEST(Cli, IndexAndMcpErrors) {
+  const std::string dir = std::string(PPU_TEST_SOURCE_DIR) + "/presets/models";
+  const std::string kb = ppu::test::temp_path("cli-index.sqlite");
+  for (const char* s : {"", "-wal", "-shm"}) std::filesystem::remove(kb + s);
+  CmdResult r = ppu("index " + dir + " --out " + kb + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto row = first_result(r.out);
+  EXPECT_GT(row["added"].get<int>(), 10);
+  r = ppu("index " + dir + " --out " + kb + " --json");
+  EXPECT_EQ(first_result(r.out)["bytes_read"], 0);
+  expect_refused({
+      {"index /no/such/folder --out " + kb, {"/no/such/folder: no such folder to index"}},
+      {"index", {"folder is required"}},
+      {"mcp --tools code", {"'code'", "not built yet"}},
+      {"mcp --tools browser=x", {"'browser=x' is not a tool; valid: search=INDEX.sqlite"}},
+      {"mcp --tools search=/no/such.sqlite", {"/no/such.sqlite: no such index file", "ppu index"}},
+      {"mcp", {"--tools is required"}},
+  });
 }
 
 }  // namespace
