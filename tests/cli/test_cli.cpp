@@ -860,7 +860,7 @@ void expect_refused(std::initializer_list<Refused> cases) {
 TEST(Cli, MistypedCommandsSuggestTheNearest) {
   expect_refused({
       {"serv", {"error: ppu: 'serv' is not a command; did you mean 'serve'? valid: chips, bench, nodes, clusters, "
-                "simulate, serve, models, run",
+                "simulate, serve, index, mcp, models, run",
                 "Run 'ppu --help'"}},
       {"xyzzy", {"error: ppu: 'xyzzy' is not a command; valid: chips, bench"}},
       {"chisp", {"ppu: 'chisp' is not a command; did you mean 'chips'? valid: chips, bench"}},
