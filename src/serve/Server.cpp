@@ -506,7 +506,6 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
                                       "prompt, {} to generate): lower max_tokens to {} or less",
                                       ctx, p + max_tokens, p, max_tokens, ctx - p),
                      "max_tokens", "context_length_exceeded");
-    StreamText(tok, r.stop);  // stop strings checked before anything is queued
     const int64_t capacity = max_batch + opt.max_waiting;
     if (in_flight.fetch_add(1) >= capacity) {
       in_flight.fetch_sub(1);

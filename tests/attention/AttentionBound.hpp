@@ -1,6 +1,6 @@
 // The error bound of attention (kernels/Attention.hpp) against attention_reference, per output
 // element; derived in the header of tests/attention/test_attention.cpp. Shared by the contiguous and
-// paged attention tests.
+// paged attention tests, with the forced tiling both use.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +11,18 @@
 #include "kernels/KernelTestUtil.hpp"
 
 namespace ppu::test {
+
+// A tiling forced on an attention call (the tests' odd tiles, splits and packings).
+inline kernels::AttentionConfig forced_attention_config(kernels::AttentionPacking packing, int tile_q, int tile_kv,
+                                                        int stages, int splits) {
+  kernels::AttentionConfig c;
+  c.packing = packing;
+  c.tile_q = tile_q;
+  c.tile_kv = tile_kv;
+  c.stages = stages;
+  c.splits = splits;
+  return c;
+}
 
 // Matrix-unit operand dtype of a tensor of dtype t (kernels/Attention.hpp, "Numerics").
 inline DType attention_matrix_type(DType t) { return t == DType::kBF16 || t == DType::kF16 ? t : DType::kBF16; }

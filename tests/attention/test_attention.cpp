@@ -150,15 +150,7 @@ TEST(Attention, MixedDtypes) {
 TEST(Attention, ForcedTilesAndSplits) {
   Device dev(load_chip("h100"));
   auto ws = kernels::make_attention_workspace(dev);
-  auto cfg = [](AttentionPacking pk, int tq, int tkv, int stages, int splits) {
-    AttentionConfig c;
-    c.packing = pk;
-    c.tile_q = tq;
-    c.tile_kv = tkv;
-    c.stages = stages;
-    c.splits = splits;
-    return c;
-  };
+  const auto cfg = test::forced_attention_config;
   const auto kT = AttentionPacking::kTokens, kH = AttentionPacking::kHeads;
   std::vector<Case> cases;
   auto add = [&](Case c, AttentionConfig k) {

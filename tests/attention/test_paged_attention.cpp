@@ -157,15 +157,7 @@ TEST(PagedAttention, MatchesContiguousBitExactly) {
 TEST(PagedAttention, ForcedTilesAcrossBlocks) {
   Device dev(load_chip("h100"));
   auto ws = kernels::make_attention_workspace(dev);
-  auto cfg = [](AttentionPacking pk, int tq, int tkv, int stages, int splits) {
-    AttentionConfig c;
-    c.packing = pk;
-    c.tile_q = tq;
-    c.tile_kv = tkv;
-    c.stages = stages;
-    c.splits = splits;
-    return c;
-  };
+  const auto cfg = test::forced_attention_config;
   const auto kT = AttentionPacking::kTokens, kH = AttentionPacking::kHeads;
   const Case cases[] = {
       {130, 0, 4, 2, 64, 16, kBF16, cfg(kT, 16, 24, 3, 1)},

@@ -23,6 +23,21 @@ ServeSimConfig small_config() {
   return c;
 }
 
+// One request of `prompt` tokens and `decodes` more, run by hand on `cost`: the prefill step's time
+// (its TTFT) and the end of its last decode step.
+std::pair<double, double> one_request_by_hand(StepCost& cost, int64_t prompt, int64_t decodes) {
+  const auto step = [&](int64_t start, int64_t count) {
+    StepPlan p;
+    p.items = {{0, start, count, true}};
+    p.tokens = count;
+    return cost.step_s(p);
+  };
+  const double ttft = step(0, prompt);
+  double t = ttft;
+  for (int64_t i = 0; i < decodes; ++i) t += step(prompt + i, 1);
+  return {ttft, t};
+}
+
 }  // namespace
 
 TEST(ServeSim, OneRequestMatchesItsStepsRunByHand) {
@@ -32,15 +47,7 @@ TEST(ServeSim, OneRequestMatchesItsStepsRunByHand) {
   ASSERT_EQ(r.completed, 1);
   // Reference: the prefill step, then four decode steps at contexts 100 .. 103.
   StepCost cost(load_chip("h100"), load_model_config("tiny"), {}, {256, 8, 1024});
-  const auto step = [&](int64_t start, int64_t count) {
-    StepPlan p;
-    p.items = {{0, start, count, true}};
-    p.tokens = count;
-    return cost.step_s(p);
-  };
-  const double ttft = step(0, 100);
-  double t = ttft;
-  for (int64_t i = 0; i < 4; ++i) t += step(100 + i, 1);
+  const auto [ttft, t] = one_request_by_hand(cost, 100, 4);
   EXPECT_DOUBLE_EQ(r.ttft.p50, ttft);
   EXPECT_DOUBLE_EQ(r.e2e.p50, t);
   EXPECT_NEAR(r.tpot.p50, (t - ttft) / 4, 1e-15);
@@ -175,15 +182,7 @@ TEST(ServeSim, NodeOneRequestMatchesItsStepsRunByHand) {
   ASSERT_EQ(r.completed, 1);
   EXPECT_EQ(r.chip, "h100");
   StepCost cost(load_chip("h100"), load_model_config("tiny-moe"), {}, {256, 8, 1024}, dgx(2, 4));
-  const auto step = [&](int64_t start, int64_t count) {
-    StepPlan p;
-    p.items = {{0, start, count, true}};
-    p.tokens = count;
-    return cost.step_s(p);
-  };
-  const double ttft = step(0, 100);
-  double t = ttft;
-  for (int64_t i = 0; i < 4; ++i) t += step(100 + i, 1);
+  const auto [ttft, t] = one_request_by_hand(cost, 100, 4);
   EXPECT_DOUBLE_EQ(r.ttft.p50, ttft);
   EXPECT_DOUBLE_EQ(r.e2e.p50, t);
 }
