@@ -1,6 +1,8 @@
-// Published collective measurements the collectives benchmark compares against, copied from the
-// project's reference notes (shared/reference/calibration.md sec. 4; tags [P] primary, [W] web /
-// user reports). Nothing reads the shared reference folder at build or run time.
+// Published collective measurements the collectives benchmark compares against, with their sources
+// (docs/sources.md; tags [P] primary, [W] web / user reports): the Azure sweeps are the NCCL tables of
+// Azure/AI-benchmarking-guide (Azure_Results/ND_A100_v4_results.md and the ND H100 v5 results); the
+// H100 ring figure is a user's NCCL_ALGO=RING run (NVIDIA/nccl issue #1455), the H800 one a user's
+// 8-GPU run (NVIDIA/nccl issue #1374).
 #pragma once
 
 #include <string>

@@ -1,6 +1,5 @@
-// Published measurements the benchmarks compare against, copied from the project's reference notes
-// (sources named per table; tags [P] primary, [S] faithful secondary). Nothing reads the shared
-// reference folder at build or run time.
+// Published measurements the benchmarks compare against (sources named per table and gathered in
+// docs/sources.md; tags [P] primary, [S] faithful secondary).
 #pragma once
 
 #include <string>
@@ -17,7 +16,7 @@ struct GemmCase {
   std::string source;
 };
 
-// Sec. 1 of the calibration notes.
+// GEMM: S. Bekman's maximum achievable matmul FLOPS and the Azure cuBLASLt sweeps.
 inline const std::vector<GemmCase>& gemm_cases() {
   static const std::vector<GemmCase> cases = {
       // Maximum achievable matmul FLOPS, best shape (S. Bekman, ml-engineering, compute/accelerator) [S]
@@ -47,7 +46,7 @@ struct StreamCase {
   std::string source;
 };
 
-// Sec. 3: BabelStream-style kernels (Azure results) [P]. Copy and triad are the issue's targets.
+// BabelStream-style kernels (Azure AI-benchmarking-guide results) [P]. Copy and triad are the issue's targets.
 inline const std::vector<StreamCase>& stream_cases() {
   static const std::vector<StreamCase> cases = {
       {"a100-80g", "copy", 1.61, 0.05, "Azure BabelStream [P]"},  {"a100-80g", "mul", 1.61, 0.05, "Azure BabelStream [P]"},
@@ -67,7 +66,7 @@ struct AttentionCase {
   std::string source;
 };
 
-// Sec. 2: FlashAttention-2 forward, flash-attention's benchmarks/benchmark_flash_attention.py (model
+// FlashAttention-2 forward, flash-attention's benchmarks/benchmark_flash_attention.py (model
 // dim 2048, so heads = 2048 / head_dim; bf16/fp16) as the Azure AI-benchmarking-guide runs it: batch
 // 2, sequence 8192, the non-causal case of its original script (Azure NDv5 and NDv4 results) [P].
 inline const std::vector<AttentionCase>& attention_cases() {
@@ -89,8 +88,8 @@ struct AttentionBackwardCase {
 
 // FlashAttention-2 forward and backward on H100 SXM, bf16, head_dim 128, model dim 2048, batch 2,
 // sequence 8192: the FA2 column of flash-attention's hopper/benchmark_attn.py as posted in
-// Dao-AILab/flash-attention PR #1791 (not yet in the calibration notes; the forward is shown beside
-// the backward, the Azure forward case above is the one counted). Tolerance as the forward cases.
+// Dao-AILab/flash-attention PR #1791 (the forward is shown beside the backward, the Azure forward
+// case above is the one counted). Tolerance as the forward cases.
 inline const std::vector<AttentionBackwardCase>& attention_backward_cases() {
   static const std::string src = "flash-attention PR #1791, FA2 on H100 [P]";
   static const std::vector<AttentionBackwardCase> cases = {
@@ -109,8 +108,9 @@ struct ServingCase {
   std::string source;
 };
 
-// Sec. 6: TensorRT-LLM trtllm-bench, offline at maximum load, FP8 weights, DGX H100; Llama-3.1-8B
-// TP1 (single chip; the multi-chip columns need tensor parallelism, the node issue) [P].
+// TensorRT-LLM trtllm-bench (TensorRT-LLM docs, performance overview), offline at maximum load, FP8
+// weights, DGX H100; Llama-3.1-8B TP1 (single chip; the multi-chip columns need tensor parallelism,
+// the node issue) [P].
 inline const std::vector<ServingCase>& serving_cases() {
   static const std::string src = "TensorRT-LLM perf overview, trtllm-bench FP8 [P]";
   static const std::vector<ServingCase> cases = {

@@ -1,5 +1,6 @@
-// Published training runs the cluster simulator is checked against (shared/reference calibration.md
-// section 5), copied here with their sources; nothing reads the shared folder at build or run time.
+// Published training runs the cluster simulator is checked against, with their sources
+// (docs/sources.md): Narayanan et al., SC'21 (arXiv:2104.04473) table 1, and The Llama 3 Herd of
+// Models (arXiv:2407.21783) table 4.
 #pragma once
 
 #include <string>

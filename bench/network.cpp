@@ -1,5 +1,5 @@
 // Network-model benchmark: (1) predicted multi-node all-reduce bus bandwidth on DGX-A100 nodes with
-// 8 x 200 Gb/s HDR NICs against the published ~192 GB/s (shared/reference/calibration.md sec. 4),
+// 8 x 200 Gb/s HDR NICs against the published ~192 GB/s (NVIDIA's NCCL team, NVIDIA/nccl issue #812),
 // for both models; (2) host wall time of each model answering a data-parallel all-reduce request at
 // about 1k, 10k and 100k chips - the first request on a new model (cold: for the flow model this
 // forks its SimGrid worker and builds the platform), a repeat (warm) and a new size of the same
@@ -48,7 +48,7 @@ ClusterSpec make_cluster(const std::string& node, int nodes, double nic_gbps, co
   c.nics_per_node = q(8, Dimension::kCount, "one NIC per chip, as DGX/HGX nodes");
   c.nic_bandwidth = q(nic_gbps * 1e9 / 8, Dimension::kBandwidth, "HDR 200 Gb/s or NDR 400 Gb/s line rate");
   c.nic_efficiency = q(0.94, Dimension::kFraction,
-                       "a 400 Gb/s NDR NIC delivers 46-48 GB/s of 50 (calibration.md sec. 4): the middle, 0.94");
+                       "a 400 Gb/s NDR NIC delivers 46-49 GB/s of 50 (NVIDIA/nccl-tests issue #267): about the middle, 0.94");
   c.nic_latency = q(3e-6, Dimension::kTime, "IB NIC to NIC through one switch, software to software");
   c.rail_optimized = true;
   for (const Tier& t : tiers) {
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   auto render = [&](const Table& t) { return md ? t.render_markdown() : t.render(); };
 
   // --- 1. multi-node all-reduce bus bandwidth, DGX-A100 + 8 x HDR -----------------------------------
-  constexpr double kReferenceBusbw = 192e9;  // calibration.md sec. 4: DGX-A100 multi-node all-reduce
+  constexpr double kReferenceBusbw = 192e9;  // NVIDIA/nccl issue #812: DGX-A100 multi-node all-reduce
   Table bw({"nodes", "ranks", "size", "model", "busbw GB/s", "reference GB/s", "error", "algorithm"});
   double worst_error = 0;
   for (int nodes : {2, 4, 16, 64, 256}) {

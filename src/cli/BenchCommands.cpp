@@ -26,8 +26,15 @@ namespace {
 
 using nlohmann::json;
 
+// Uniform in [-1, 1) rounded to `t`; int8: uniform integers over the whole range [-128, 127].
 std::vector<float> random_values(int64_t n, DType t, uint64_t seed) {
   std::mt19937_64 rng(seed);
+  if (t == DType::kI8) {
+    std::uniform_int_distribution<int> di(-128, 127);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<float>(di(rng));
+    return v;
+  }
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   std::vector<float> v(static_cast<size_t>(n));
   for (auto& x : v) x = round_to(t, dist(rng));
@@ -67,8 +74,8 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
                         {"unsupported_reason", fmt::format("no {} matrix unit", dtype_name(in_t))}});
         continue;
       }
-      throw UserError(fmt::format("bench gemm: {} has no {} matrix unit; valid --dtype on it: bf16, fp16{}", chip.name,
-                                  dtype_name(in_t), chip.matrix_fp8.present ? ", fp8e4m3, fp8e5m2" : ""));
+      throw UserError(fmt::format("bench gemm: --dtype {}: {}", dtype_name(in_t),
+                                  matrix_unit_refusal(chip, in_t, "--dtype")));
     }
     Device dev(chip, o.check ? ExecMode::kFunctional : ExecMode::kTimingOnly);
     if (!o.trace.empty()) dev.set_kernel_trace_limit(2'000'000);
@@ -119,17 +126,18 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
       const int64_t total = c.numel;
       const int64_t samples = std::min<int64_t>(total, s.m * s.n * s.k * s.batch <= (int64_t{1} << 31) ? total : 4096);
       double max_err = 0, max_ratio = 0;
-      const double u_acc = std::ldexp(1.0, -24) * (static_cast<double>(s.k) + 2);
-      const double u_out = unit_roundoff(out_t);
+      // int8: the int32 sums are exact; what remains is their conversion to fp32 (2^-24) and the
+      // rounding into C (an int32 C is downloaded as fp32: the same 2^-24).
+      const bool int8 = in_t == DType::kI8;
+      const double u_acc = int8 ? 0.0 : std::ldexp(1.0, -24) * (static_cast<double>(s.k) + 2);
+      const double u_out = int8 ? unit_roundoff(out_t) + std::ldexp(1.0, -24) : unit_roundoff(out_t);
       for (int64_t si = 0; si < samples; ++si) {
         const int64_t idx = samples == total ? si : (si * 7919 * 104729) % total;
         const int64_t bt = idx / (s.m * s.n), i = (idx / s.n) % s.m, j = idx % s.n;
         double ref = 0, mag = 0;
         for (int64_t p = 0; p < s.k; ++p) {
-          const double x = s.trans_a ? av[static_cast<size_t>(bt * s.m * s.k + p * s.m + i)]
-                                     : av[static_cast<size_t>(bt * s.m * s.k + i * s.k + p)];
-          const double y = s.trans_b ? bv[static_cast<size_t>(bt * s.k * s.n + j * s.k + p)]
-                                     : bv[static_cast<size_t>(bt * s.k * s.n + p * s.n + j)];
+          const double x = av[kernels::gemm_a_index(s, bt, i, p)];
+          const double y = bv[kernels::gemm_b_index(s, bt, p, j)];
           ref += x * y;
           mag += std::fabs(x * y);
         }
@@ -142,7 +150,8 @@ int cmd_bench_gemm(const GemmBenchOptions& o) {
       const bool ok = max_ratio <= 1.0;
       all_ok = all_ok && ok;
       row["check"] = {{"outputs_checked", samples}, {"max_abs_error", max_err}, {"max_error_over_tolerance", max_ratio},
-                      {"tolerance", "fp32 accumulation bound (k+2)*2^-24*sum|a*b| + output rounding"},
+                      {"tolerance", int8 ? "exact int32 sums; conversion to fp32 and output rounding"
+                                         : "fp32 accumulation bound (k+2)*2^-24*sum|a*b| + output rounding"},
                       {"passed", ok}};
       if (!o.json)
         std::cout << fmt::format("{}: checked {} of {} outputs against a double-precision reference: max |error| {:.3g}, "

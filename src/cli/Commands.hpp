@@ -157,6 +157,8 @@ struct ServeOptions {
   int64_t seed = 0;                  // random weights
   bool allow_random = false;
   bool quiet = false;                // no line per request
+  std::string tools;                 // the agent's tools the server runs: "search=kb.sqlite,memory=mem.sqlite,code"
+  int max_tool_rounds = 8;           // rounds of tool calls per request (the agent loop)
 };
 int cmd_serve(const ServeOptions& o);
 
@@ -207,6 +209,23 @@ std::vector<std::string> expand_names(const std::string& list, const char* optio
 std::vector<std::string> expand_chips(const std::string& chip);
 // A dtype named on the command line; UserError naming `option` and the valid names otherwise.
 DType parse_dtype_option(const std::string& s, const char* option);
+
+// `ppu compare`: the standard suite (kernels, inference, training) on each chip in its best dtype,
+// the first chip's relative performance against each other, the PPU vendor's claims with a verdict
+// each, and with --sweep the claims over a grid of chip fields (cli/CompareCommands.cpp,
+// docs/compare.md).
+struct CompareOptions {
+  std::string chips = "zhenwu-810e,a800,h20";  // presets or chip .json files; the first is the baseline
+  std::string suite;                           // kernels, inference, training, all; empty: all (inference with --sweep)
+  std::string out;                             // folder for report.json and index.html; empty: nothing written
+  bool json = false;
+  std::string sweep;                           // CHIP.FIELD=LO:HI[,CHIP.FIELD=LO:HI], values in the preset's unit
+  int sweep_points = 5;                        // grid points per axis (at least 2)
+  std::string dtype = "auto";                  // auto: FP8 where a chip has it, else BF16 (INT8 W8A8 for inference)
+};
+int cmd_compare(const CompareOptions& o);
+// The name of the largest cluster preset built of the chip preset `chip_name`, or nullopt.
+std::optional<std::string> cluster_preset_of_chip(const std::string& chip_name);
 
 int cmd_nodes_list(bool json);
 int cmd_nodes_show(const std::string& name_or_path, bool json);

@@ -210,9 +210,17 @@ namespace {
 
 DType matmul_dtype_of(const RunOptions& o) {
   const auto t = dtype_from_name(o.matmul_dtype);
-  if (!t || *t == DType::kF32)
-    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", o.matmul_dtype));
+  if (!t || *t == DType::kF32 || *t == DType::kI32)
+    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2, int8 (W8A8)", o.matmul_dtype));
   return *t;
+}
+
+// Refuses, before any model is built, a --matmul-dtype the chip's matrix unit lacks (FP8 on a chip
+// without FP8 is refused, not emulated: docs/presets.md, "Input dtypes a chip lacks").
+void check_matmul_dtype(const RunOptions& o, const ChipSpec& chip) {
+  const DType t = matmul_dtype_of(o);
+  if (!chip.supports(t))
+    throw UserError(fmt::format("--matmul-dtype {}: {}", o.matmul_dtype, matrix_unit_refusal(chip, t, "--matmul-dtype")));
 }
 
 SamplerOptions sampler_options(const RunOptions& o) {
@@ -314,6 +322,7 @@ int run_batches(const RunOptions& o, const std::vector<std::string>& chips, cons
   Progress progress("run", static_cast<int64_t>(chips.size() * batches.size()));
   for (const auto& chip_name : chips) {
     const ChipSpec chip = load_chip(chip_name);
+    check_matmul_dtype(o, chip);
     for (const int64_t B : batches) {
       json row = run_record(o, cfg.name, chip, has_checkpoint);
       row["batch"] = B;
@@ -399,6 +408,7 @@ json run_single(const RunOptions& o, const ChipSpec& chip, const ModelConfig& cf
     throw UserError(fmt::format("--chip {} and --node {} ({} chips) disagree; give one of them", o.chip, node->name,
                                 node->chip.name));
   const ChipSpec run_chip = node ? node->chip : chip;
+  check_matmul_dtype(o, run_chip);
   check_weights_fit(cfg, matmul_dtype_of(o), run_chip, world);
   Device dev(run_chip, mode);
   if (!o.trace.empty()) dev.set_kernel_trace_limit(200000);
@@ -650,13 +660,23 @@ std::optional<std::pair<int64_t, int64_t>> parse_io_pair(const std::string& text
 
 DType serving_dtype(const char* flag, const std::string& value, const ChipSpec& chip, DType kv_auto) {
   const bool matmul = std::string_view(flag) == "--matmul-dtype";
-  if (value == "auto") return matmul ? (chip.matrix_fp8.present ? DType::kF8E4M3 : DType::kBF16) : kv_auto;
+  // auto: the chip's fastest float dtype (FP8 where it has it). int8 (W8A8) stays an explicit choice:
+  // it quantises activations at run time, which changes the numbers more than FP8 does. A KV cache
+  // follows the matmul dtype, except W8A8's, which stays bf16.
+  if (value == "auto")
+    return matmul ? (chip.matrix_fp8.present ? DType::kF8E4M3 : DType::kBF16)
+                  : (kv_auto == DType::kI8 ? DType::kBF16 : kv_auto);
   const auto t = dtype_from_name(value);
-  if (!t || *t == DType::kF32)
-    throw UserError(fmt::format("{} '{}': valid: auto, bf16, fp16, fp8e4m3, fp8e5m2", flag, value));
+  if (!matmul && t && dtype_is_int(*t))
+    throw UserError(fmt::format("{} {}: an int8 KV cache is not supported (W8A8 quantises weights and GEMM inputs; the "
+                                "cache stays bf16); valid: auto, bf16, fp16, fp8e4m3, fp8e5m2",
+                                flag, value));
+  if (!t || *t == DType::kF32 || *t == DType::kI32)
+    throw UserError(fmt::format("{} '{}': valid: auto, bf16, fp16, fp8e4m3, fp8e5m2{}", flag, value,
+                                matmul ? ", int8 (W8A8)" : ""));
   if (matmul && !chip.supports(*t))
-    throw UserError(fmt::format("{} {}: {} has no {} matrix unit; use {} bf16, or auto (each chip's fastest)", flag, value,
-                                chip.name, value, flag));
+    throw UserError(fmt::format("{} {}: {}; or use {} bf16, or auto (each chip's fastest)", flag, value,
+                                matrix_unit_refusal(chip, *t, flag), flag));
   return *t;
 }
 

@@ -24,6 +24,7 @@
 #include "serve/Engine.hpp"
 #include "serve/ServeSim.hpp"
 #include "serve/Server.hpp"
+#include "serve/Tools.hpp"
 
 namespace ppu::cli {
 
@@ -213,6 +214,16 @@ int cmd_simulate_serve(const SimulateServeOptions& o) {
   return 0;
 }
 
+namespace {
+
+std::string tool_names(const serve::ToolSet& tools) {
+  std::string out;
+  for (const serve::ToolDef& d : tools.definitions()) out += (out.empty() ? "" : ", ") + d.name;
+  return out;
+}
+
+}  // namespace
+
 int cmd_serve(const ServeOptions& given) {
   // SIGINT and SIGTERM are taken by one thread (sigwait) that drains the server; every thread made
   // from here on inherits the blocked mask. A client gone mid-write must not kill the process.
@@ -251,8 +262,8 @@ int cmd_serve(const ServeOptions& given) {
   if (o.api_key.empty())
     if (const char* k = std::getenv("PPU_API_KEY")) o.api_key = k;
   const auto dtype = dtype_from_name(o.matmul_dtype);
-  if (!dtype || *dtype == DType::kF32)
-    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2", o.matmul_dtype));
+  if (!dtype || *dtype == DType::kF32 || *dtype == DType::kI32)
+    throw UserError(fmt::format("--matmul-dtype '{}': valid: bf16, fp16, fp8e4m3, fp8e5m2, int8 (W8A8)", o.matmul_dtype));
   const models::Tokenizer tok = load_model_tokenizer(o.model, o.tokenizer, cfg);
   if (has_checkpoint) warn_nonfinite_weights(o.model);
 
@@ -270,6 +281,15 @@ int cmd_serve(const ServeOptions& given) {
                                .prefix_caching = !o.no_prefix_caching});
 
   serve::ServerOptions so;
+  std::shared_ptr<serve::ToolSet> tools;
+  if (!o.tools.empty()) {
+    tools = std::make_shared<serve::ToolSet>(serve::parse_tool_spec(o.tools));
+    so.tools.definitions = tools->definitions();
+    so.tools.call = [tools](std::string_view name, const nlohmann::json& args, std::string_view user) {
+      return tools->call(name, args, user);
+    };
+  }
+  so.max_tool_rounds = o.max_tool_rounds;
   so.host = o.host;
   so.port = o.port;
   so.api_key = o.api_key;
@@ -285,11 +305,12 @@ int cmd_serve(const ServeOptions& given) {
   const int port = server.start();
   std::cout << fmt::format("serving {} ({}) on an emulated {}: {} requests at once, {} tokens of context each, a paged "
                            "KV cache of {} blocks of {} positions{}\n"
-                           "listening on http://{}:{}/v1{}\nCtrl-C or SIGTERM finishes the requests in flight and stops.\n",
+                           "listening on http://{}:{}/v1{}{}\nCtrl-C or SIGTERM finishes the requests in flight and stops.\n",
                            so.model_name, has_checkpoint ? "trained weights" : "random weights: the text is noise",
                            chip.display_name, o.max_num_seqs, o.max_model_len, o.kv_blocks, o.block_size,
                            o.no_prefix_caching ? "" : " (prefix caching on)", o.host, port,
-                           so.api_key.empty() ? "" : " (API key required)")
+                           so.api_key.empty() ? "" : " (API key required)",
+                           tools ? fmt::format("\ntools run for the model (requests that name them): {}", tool_names(*tools)) : "")
             << std::flush;
   std::thread watcher([&] {
     int sig = 0;

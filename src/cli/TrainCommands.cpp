@@ -144,6 +144,16 @@ void print_result(const TrainingResult& r, const ModelConfig& m, const ClusterSp
 
 }  // namespace
 
+std::optional<std::string> cluster_preset_of_chip(const std::string& chip_name) {
+  std::optional<std::string> best;
+  int64_t best_chips = 0;
+  for (const auto& name : cluster_preset_names()) {
+    const ClusterSpec c = load_cluster(name);
+    if (c.node.chip.name == chip_name && c.num_chips() > best_chips) best = c.name, best_chips = c.num_chips();
+  }
+  return best;
+}
+
 namespace {
 
 // The clusters to simulate on: --cluster (one, or a comma-separated list), or with --chip the preset
@@ -157,21 +167,20 @@ std::vector<ClusterSpec> clusters_of(const TrainCliOptions& o) {
   if (o.cluster != TrainCliOptions{}.cluster)
     throw UserError(fmt::format("--chip {} and --cluster {}: give one of them (--chip takes each chip's own cluster)",
                                 o.chip, o.cluster));
-  std::vector<ClusterSpec> presets;
-  for (const auto& name : cluster_preset_names()) presets.push_back(load_cluster(name));
   for (const auto& chip : expand_chips(o.chip)) {
     const std::string name = load_chip(chip).name;
-    const ClusterSpec* best = nullptr;
-    for (const auto& c : presets)
-      if (c.node.chip.name == name && (!best || c.num_chips() > best->num_chips())) best = &c;
-    if (!best) {
-      std::string have;
-      for (const auto& c : presets) have += fmt::format("{}{} ({})", have.empty() ? "" : ", ", c.node.chip.name, c.name);
-      throw UserError(fmt::format("--chip {}: no cluster preset is built of {}; chips with a cluster: {} (or give "
-                                  "--cluster FILE, see docs/clusters.md)",
-                                  o.chip, name, have));
+    if (const auto best = cluster_preset_of_chip(name)) {
+      out.push_back(load_cluster(*best));
+      continue;
     }
-    out.push_back(*best);
+    std::string have;
+    for (const auto& cn : cluster_preset_names()) {
+      const ClusterSpec c = load_cluster(cn);
+      have += fmt::format("{}{} ({})", have.empty() ? "" : ", ", c.node.chip.name, c.name);
+    }
+    throw UserError(fmt::format("--chip {}: no cluster preset is built of {}; chips with a cluster: {} (or give "
+                                "--cluster FILE, see docs/clusters.md)",
+                                o.chip, name, have));
   }
   return out;
 }

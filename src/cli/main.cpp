@@ -109,8 +109,10 @@ int main(int argc, char** argv) {
   bg->add_option("N", g.n, "Columns of B and C")->required();
   bg->add_option("K", g.k, "Inner dimension")->required();
   bg->add_option("--chip", g.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
-  bg->add_option("--dtype", g.dtype, "Input dtype: bf16, fp16, fp8e4m3, fp8e5m2")->capture_default_str();
-  bg->add_option("--out-dtype", g.out_dtype, "Output dtype: bf16, fp16, fp32")->capture_default_str();
+  bg->add_option("--dtype", g.dtype, "Input dtype: bf16, fp16, fp8e4m3, fp8e5m2, int8 (int32 accumulation)")
+      ->capture_default_str();
+  bg->add_option("--out-dtype", g.out_dtype, "Output dtype: bf16, fp16, fp32; int32 too for --dtype int8")
+      ->capture_default_str();
   bg->add_option("--batch", g.batch, "Batch count")->capture_default_str();
   bg->add_flag("--transa", g.trans_a, "A is stored transposed ([K, M])");
   bg->add_flag("--transb", g.trans_b, "B is stored transposed ([N, K])");
@@ -208,9 +210,9 @@ int main(int argc, char** argv) {
   srv->add_option("--kv-fraction", sv.kv_fraction, "Share of the free memory given to the KV cache")->capture_default_str();
   srv->add_option("--max-model-len", sv.max_model_len, "Longest request (prompt + output); default: the model's context")
       ->check(at_least(0));
-  srv->add_option("--matmul-dtype", sv.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3, auto (each chip's fastest)")
+  srv->add_option("--matmul-dtype", sv.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3, int8 (W8A8), auto (each chip's fastest float)")
       ->capture_default_str();
-  srv->add_option("--kv-dtype", sv.kv_dtype, "KV cache dtype: auto (the matmul dtype), bf16, fp16, fp8e4m3")
+  srv->add_option("--kv-dtype", sv.kv_dtype, "KV cache dtype: auto (the matmul dtype; bf16 for int8), bf16, fp16, fp8e4m3")
       ->capture_default_str();
   srv->add_option("--node", sv.node,
                   "Node preset (ppu nodes) or node .json file whose chips run the split model (with --tp/--ep)");
@@ -256,10 +258,15 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(at_least(1024));
   serve_cmd->add_option("--drain-timeout", so.drain_timeout, "On SIGTERM, seconds to let requests in flight finish")
       ->capture_default_str();
-  serve_cmd->add_option("--matmul-dtype", so.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3")->capture_default_str();
+  serve_cmd->add_option("--matmul-dtype", so.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3, int8 (W8A8)")->capture_default_str();
   serve_cmd->add_option("--seed", so.seed, "Seed of the random weights (presets)")->capture_default_str();
   serve_cmd->add_flag("--random-weights", so.allow_random, "Serve a preset above 1B parameters with random weights");
   serve_cmd->add_flag("--quiet", so.quiet, "No line per finished request on stderr");
+  serve_cmd->add_option("--tools", so.tools,
+                        "Tools the server runs for the model (the agent loop), e.g. search=kb.sqlite,memory=mem.sqlite,code");
+  serve_cmd->add_option("--max-tool-rounds", so.max_tool_rounds, "Rounds of tool calls one request may make")
+      ->capture_default_str()
+      ->check(integer_range(1, 64));
 
   IndexOptions ix;
   auto* index_cmd = app.add_subcommand("index", "Full-text search index of a folder (the agent's search tool; SQLite FTS5)");
@@ -268,8 +275,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   index_cmd->add_flag("--json", ix.json, "One JSON document on stdout");
   McpCliOptions mcp;
-  auto* mcp_cmd = app.add_subcommand("mcp", "The agent's tools (search, memory) as an MCP server over stdio");
-  mcp_cmd->add_option("--tools", mcp.tools, "Tools and their files, e.g. search=kb.sqlite,memory=mem.sqlite")->required();
+  auto* mcp_cmd = app.add_subcommand("mcp", "The agent's tools (search, memory, code) as an MCP server over stdio");
+  mcp_cmd->add_option("--tools", mcp.tools, "Tools and their files, e.g. search=kb.sqlite,memory=mem.sqlite,code")->required();
   mcp_cmd->add_option("--user", mcp.user, "Whose memories the memory tools read and write")->capture_default_str();
 
   CollectiveBenchOptions cb;
@@ -313,7 +320,7 @@ int main(int argc, char** argv) {
   run->add_option("--top-p", r.top_p, "1 = no limit")->capture_default_str();
   run->add_option("--seed", r.seed, "Seed for sampling and random weights")->capture_default_str();
   run->add_option("--trace", r.trace, "Write a Perfetto trace of the run");
-  run->add_option("--matmul-dtype", r.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference)")
+  run->add_option("--matmul-dtype", r.matmul_dtype, "Weights and GEMM inputs: bf16, fp16, fp8e4m3 (FP8 inference), int8 (W8A8: per-channel weight and per-token activation scales)")
       ->capture_default_str();
   run->add_option("--batch", r.batch, "Batch sizes, e.g. 1,8,64: sequences decoded together (a table per size)")
       ->capture_default_str();
@@ -389,12 +396,28 @@ int main(int argc, char** argv) {
   thr->add_option("--model", tp.model, "Model preset or config.json")->capture_default_str();
   thr->add_option("--chip", tp.chip, "Chip preset or chip .json file; a,b,c or 'all' side by side")->capture_default_str();
   thr->add_option("--io", tp.io, "Input/output tokens per request, e.g. 128/2048,1000/1000")->capture_default_str();
-  thr->add_option("--matmul-dtype", tp.matmul_dtype, "Weights and GEMM inputs: auto (each chip's fastest), bf16, fp16, fp8e4m3")->capture_default_str();
-  thr->add_option("--kv-dtype", tp.kv_dtype, "KV cache dtype: auto (the matmul dtype), bf16, fp16, fp8e4m3")->capture_default_str();
+  thr->add_option("--matmul-dtype", tp.matmul_dtype, "Weights and GEMM inputs: auto (each chip's fastest float), bf16, fp16, fp8e4m3, int8 (W8A8)")->capture_default_str();
+  thr->add_option("--kv-dtype", tp.kv_dtype, "KV cache dtype: auto (the matmul dtype; bf16 for int8), bf16, fp16, fp8e4m3")->capture_default_str();
   thr->add_option("--max-batch", tp.max_batch, "Most requests in flight")->capture_default_str()
       ->check(at_least(1));
   thr->add_option("--kv-fraction", tp.kv_fraction, "Share of the free memory given to the KV cache")->capture_default_str();
   thr->add_flag("--json", tp.json, "One JSON document on stdout");
+
+  CompareOptions cmp;
+  auto* cmp_cmd = app.add_subcommand(
+      "compare", "Check the vendor's claim: a standard suite on each chip in its best dtype, ratios, a verdict per "
+                 "claim, and a sweep of unpublished figures");
+  cmp_cmd->add_option("--chips", cmp.chips, "Chip presets or chip .json files, a,b,c; the first is the baseline")
+      ->capture_default_str();
+  cmp_cmd->add_option("--suite", cmp.suite, "kernels, inference, training or all (default all; inference with --sweep)");
+  cmp_cmd->add_option("--out", cmp.out, "Folder for report.json and index.html (default: nothing written)");
+  cmp_cmd->add_option("--sweep", cmp.sweep, "CHIP.FIELD=LO:HI[,CHIP.FIELD=LO:HI] in the preset's unit, e.g. "
+                                            "zhenwu-810e.matrix_bf16=90:160");
+  cmp_cmd->add_option("--sweep-points", cmp.sweep_points, "Grid points per sweep axis (at least 2)")->capture_default_str();
+  cmp_cmd->add_option("--dtype", cmp.dtype, "Matrix dtype for every chip: auto (FP8 where a chip has it, else INT8 W8A8 for inference and BF16 "
+                                        "for kernels), bf16, fp16, fp8e4m3, int8")
+      ->capture_default_str();
+  cmp_cmd->add_flag("--json", cmp.json, "One JSON document on stdout (the report.json of --out)");
 
   try {
     app.parse(argc, argv);
@@ -419,6 +442,7 @@ int main(int argc, char** argv) {
     if (index_cmd->parsed()) return cmd_index(ix);
     if (mcp_cmd->parsed()) return cmd_mcp(mcp);
     if (thr->parsed()) return cmd_throughput(tp);
+    if (cmp_cmd->parsed()) return cmd_compare(cmp);
     if (trn->parsed()) return cmd_train(tro);
     if (bg->parsed()) return cmd_bench_gemm(g);
     if (bc->parsed()) return cmd_bench_copy(c);

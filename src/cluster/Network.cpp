@@ -463,7 +463,7 @@ CollectiveCost HierarchicalNetwork::multi_node(const CollectiveRequest& r, const
       // charges the tree 2S per rank (tuning.cc: algorithm bandwidth = bus bandwidth x 0.5). Our two
       // trees (the second shifted by one) are not always so complementary, and at 2 nodes they would
       // move only S - which NCCL's tree does not exploit: the measured 2-node DGX-A100 bus bandwidth
-      // (calibration.md sec. 4) is the ring's. So edges are scaled to put 2S on the busiest node.
+      // (NVIDIA/nccl issue #812) is the ring's. So edges are scaled to put 2S on the busiest node.
       Traffic tree = base;
       tree.shape = Shape::kTree;
       tree.bytes = groups_per_node * (S / 2) * (4.0 / tree_shape().second) / R;

@@ -146,7 +146,7 @@ void TileProgram::mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, b
                       bool accumulate) {
   const SramBuffer& ba = buf(a, "mma operand a");
   const SramBuffer& bb = buf(b, "mma operand b");
-  check_f32(c, "mma accumulator");
+  const SramBuffer& bc = buf(c, "mma accumulator");
   check_extent(c, m, n, "mma accumulator");
   if (trans_a) check_extent(a, k, m, "mma operand a (transposed, [k, m])");
   else check_extent(a, m, k, "mma operand a ([m, k])");
@@ -155,9 +155,18 @@ void TileProgram::mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, b
   if (ba.dtype != bb.dtype)
     fail(fmt::format("mma operands differ in dtype ({} and {}); both must be the same", dtype_name(ba.dtype),
                      dtype_name(bb.dtype)));
-  if (ba.dtype == DType::kF32)
-    fail("mma operands are fp32; the matrix unit takes bf16, fp16, fp8e4m3 or fp8e5m2 (cast first)");
+  if (ba.dtype == DType::kF32 || ba.dtype == DType::kI32)
+    fail(fmt::format("mma operands are {}; the matrix unit takes bf16, fp16, fp8e4m3, fp8e5m2 or int8 (cast first)",
+                     dtype_name(ba.dtype)));
+  const DType acc_t = ba.dtype == DType::kI8 ? DType::kI32 : DType::kF32;
+  if (bc.dtype != acc_t)
+    fail(fmt::format("mma accumulator '{}' is {}; {} operands accumulate into an {} buffer", bc.name,
+                     dtype_name(bc.dtype), dtype_name(ba.dtype), dtype_name(acc_t)));
   if (a == c || b == c) fail("mma accumulator must be a different buffer from its operands");
+  if (ba.dtype == DType::kI8 && k > kMmaInt8MaxK)
+    fail(fmt::format("int8 mma k = {} exceeds {}, past which one instruction's int32 sum could overflow; split k "
+                     "over several accumulating instructions",
+                     k, kMmaInt8MaxK));
   Instr in;
   in.op = OpCode::kMma;
   in.unit = Unit::kMatrix;
@@ -190,9 +199,16 @@ void TileProgram::unary(UnaryOp op, BufferId dst, BufferId src, int rows, int co
 }
 
 void TileProgram::binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int rows, int cols, Broadcast bc) {
-  check_f32(dst, "binary destination");
-  check_f32(a, "binary operand a");
-  check_f32(b, "binary operand b");
+  // The one integer vector op: int32 + int32 (wrapping), which adds integer matrix-unit partial sums
+  // exactly (split-K of an int8 GEMM).
+  const bool int_add = op == BinaryOp::kAdd && buf(dst, "binary destination").dtype == DType::kI32 &&
+                       buf(a, "binary operand a").dtype == DType::kI32 &&
+                       buf(b, "binary operand b").dtype == DType::kI32 && bc == Broadcast::kNone;
+  if (!int_add) {
+    check_f32(dst, "binary destination");
+    check_f32(a, "binary operand a");
+    check_f32(b, "binary operand b");
+  }
   check_extent(dst, rows, cols, "binary destination");
   check_extent(a, rows, cols, "binary operand a");
   switch (bc) {

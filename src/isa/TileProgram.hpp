@@ -3,8 +3,9 @@
 // A core owns a software-managed SRAM. A program first allocates named SRAM buffers (2-D tiles,
 // [rows, cols] row-major, one dtype each), then issues instructions that move strided 2-D tiles
 // between global memory (HBM) and SRAM (DMA load/store, with dtype conversion), multiply tiles on
-// the matrix unit (MMA: 16-bit or fp8 inputs, fp32 accumulate) and transform them on the vector unit
-// (elementwise, broadcast, row reductions, exp, casts; fp32 buffers only, except Cast). Compares
+// the matrix unit (MMA: 16-bit or fp8 inputs with fp32 accumulation; int8 inputs with exact int32
+// accumulation) and transform them on the vector unit (elementwise, broadcast, row reductions, exp,
+// casts; fp32 buffers only, except Cast and the int32 add of integer partial sums). Compares
 // produce 1/0 masks that a select consumes; argmax and iota carry column indices as exact fp32
 // integers (below kMaxExactIndex), so sampling and masking need no integer type.
 //
@@ -86,6 +87,10 @@ inline constexpr std::array<std::string_view, static_cast<size_t>(ReduceOp::kCou
 enum class FillOp : uint8_t { kConst, kIota, kCount };
 inline constexpr std::array<std::string_view, static_cast<size_t>(FillOp::kCount)> kFillOpNames = {"const", "iota"};
 
+// The deepest k one int8 mma instruction takes: k products of int8 values (each at most 2^14 in
+// magnitude) stay below 2^31, so one instruction's int32 sum cannot overflow.
+inline constexpr int kMmaInt8MaxK = 131071;
+
 // Integers that index columns on the vector unit (argmax, iota) stay below this bound, so that fp32
 // holds every one of them exactly.
 inline constexpr int64_t kMaxExactIndex = int64_t{1} << 24;
@@ -165,11 +170,14 @@ class TileProgram {
   // into. Only in kernels with Kernel::accumulates set; timed at ChipSpec::atomic_bandwidth_per_core.
   void store_add(const TileRegion& dst, BufferId src, int buffer_row = 0);
   // c[m,n] (+)= A[m,k] . B[k,n]. a holds A ([m,k], or [k,m] if trans_a); b holds B ([k,n], or [n,k]
-  // if trans_b). a and b share a 16-bit or fp8 dtype; c is fp32.
+  // if trans_b). a and b share a 16-bit, fp8 or int8 dtype; c is fp32, or int32 for int8 inputs
+  // (exact integer sums, wrapping modulo 2^32 as the hardware's does without saturation: no wrap
+  // while k * 2^14 < 2^31, i.e. below 131072 products of int8 values per output).
   void mma(BufferId c, BufferId a, BufferId b, int m, int n, int k, bool trans_a = false, bool trans_b = false,
            bool accumulate = true);
   void unary(UnaryOp op, BufferId dst, BufferId src, int rows, int cols, float imm = 0.0f);
-  // dst[r, c] = a[r, c] op b (b read as `bc` says). kSelect also reads dst (a masked move).
+  // dst[r, c] = a[r, c] op b (b read as `bc` says). kSelect also reads dst (a masked move). fp32
+  // buffers; or kAdd of int32 buffers without broadcast (wrapping two's-complement addition).
   void binary(BinaryOp op, BufferId dst, BufferId a, BufferId b, int rows, int cols, Broadcast bc = Broadcast::kNone);
   // dst[r, 0] = reduce over c < cols of src[r, c] (accumulate: combined with dst[r, 0]). kArgMax:
   // index_base + the column of the maximum; it cannot accumulate, and needs -kMaxExactIndex <=

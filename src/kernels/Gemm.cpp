@@ -21,25 +21,48 @@ std::string GemmConfig::describe() const {
 
 namespace {
 
-int64_t gemm_sram_bytes(const GemmConfig& c, int es) {
+// int8: the int32 accumulator, plus an fp32 tile for the epilogue (cast, scales) and the [tile_m]
+// and [tile_n] scale vectors of a W8A8 GEMM (counted always: the choice must not depend on them).
+int64_t gemm_sram_bytes(const GemmConfig& c, DType in_type) {
+  const int es = dtype_size_bytes(in_type);
   auto r64 = [](int64_t b) { return (b + 63) / 64 * 64; };
+  const int64_t epilogue = in_type == DType::kI8 ? r64(int64_t{c.tile_m} * c.tile_n * 4) + r64(int64_t{c.tile_m} * 4) +
+                                                       r64(int64_t{c.tile_n} * 4)
+                                                 : 0;
   return c.stages * (r64(int64_t{c.tile_m} * c.tile_k * es) + r64(int64_t{c.tile_k} * c.tile_n * es)) +
-         r64(int64_t{c.tile_m} * c.tile_n * 4);
+         r64(int64_t{c.tile_m} * c.tile_n * 4) + epilogue;
 }
 
-void check_gemm_args(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c) {
-  const std::string kname = "gemm";
+// The workspace dtype of a split-K GEMM: exact int32 partial sums for int8 inputs, else fp32.
+DType workspace_dtype(DType in_type) { return in_type == DType::kI8 ? DType::kI32 : DType::kF32; }
+
+void check_gemm_args(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
+                     const GemmScales* scales = nullptr) {
+  const std::string kname = scales ? "gemm_w8a8" : "gemm";
   expect_positive(kname, {{"M", s.m}, {"N", s.n}, {"K", s.k}, {"batch", s.batch}});
   if (s.m > INT32_MAX || s.n > INT32_MAX || s.k > INT32_MAX)
-    throw UserError(fmt::format("gemm: M, N and K must each be below 2^31 (got {}x{}x{})", s.m, s.n, s.k));
-  expect_dtype_in(kname, "A", a, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2});
+    throw UserError(fmt::format("{}: M, N and K must each be below 2^31 (got {}x{}x{})", kname, s.m, s.n, s.k));
+  if (scales) expect_dtype_in(kname, "A", a, {DType::kI8});
+  else expect_dtype_in(kname, "A", a, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2, DType::kI8});
   if (b.dtype != a.dtype)
-    throw UserError(fmt::format("gemm: A is {} but B is {}; A and B must share a dtype", dtype_name(a.dtype),
+    throw UserError(fmt::format("{}: A is {} but B is {}; A and B must share a dtype", kname, dtype_name(a.dtype),
                                 dtype_name(b.dtype)));
-  expect_dtype_in(kname, "C", c, {DType::kF32, DType::kBF16, DType::kF16});
+  if (a.dtype == DType::kI8 && !scales) expect_dtype_in(kname, "C", c, {DType::kI32, DType::kF32, DType::kBF16, DType::kF16});
+  else expect_dtype_in(kname, "C", c, {DType::kF32, DType::kBF16, DType::kF16});
   if (!chip.supports(a.dtype))
-    throw UserError(fmt::format("gemm: {} has no {} matrix unit; valid input dtypes on it: bf16, fp16{}", chip.name,
-                                dtype_name(a.dtype), chip.matrix_fp8.present ? ", fp8e4m3, fp8e5m2" : ""));
+    throw UserError(fmt::format("{}: {}", kname, matrix_unit_refusal(chip, a.dtype)));
+  if (a.dtype == DType::kI8 && s.k > kMmaInt8MaxK)
+    throw UserError(fmt::format("{}: K = {} is too long for int32 accumulation of int8 products (an output could "
+                                "overflow past K = {}); split the GEMM over K",
+                                kname, s.k, kMmaInt8MaxK));
+  if (scales) {
+    if (!scales->x || !scales->w)
+      throw UserError(fmt::format("{}: both scale vectors (per-token s_x, per-channel s_w) are needed", kname));
+    expect_dtype_in(kname, "s_x", *scales->x, {DType::kF32});
+    expect_dtype_in(kname, "s_w", *scales->w, {DType::kF32});
+    expect_numel(kname, "s_x", *scales->x, s.batch * s.m, fmt::format("[{}, {}] (batch, M)", s.batch, s.m));
+    expect_numel(kname, "s_w", *scales->w, s.batch * s.n, fmt::format("[{}, {}] (batch, N)", s.batch, s.n));
+  }
   const auto shape_a = s.trans_a ? fmt::format("[{}, {}, {}] (batch, K, M)", s.batch, s.k, s.m)
                                  : fmt::format("[{}, {}, {}] (batch, M, K)", s.batch, s.m, s.k);
   const auto shape_b = s.trans_b ? fmt::format("[{}, {}, {}] (batch, N, K)", s.batch, s.n, s.k)
@@ -62,21 +85,31 @@ void check_gemm_config(const GemmShape& s, const GemmConfig& cfg) {
 // The tile kernel. Without split-K it stores alpha * A.B into C (argument 2); with it, block
 // (part, tile) multiplies k-steps [part * ksteps / split, (part + 1) * ksteps / split) and stores the
 // unscaled fp32 sum to part `part` of the workspace (argument 2, [split, batch, M, N]).
-Kernel make_gemm_tiles(const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& out, const GemmConfig& cfg) {
+// int8 inputs accumulate into an int32 tile; the epilogue casts it to fp32 (unless C or the
+// workspace is int32 and nothing scales it), multiplies row i by s_x[i] and column j by s_w[j]
+// (W8A8, arguments 3 and 4: s_x [batch, M], s_w [batch, N]), then by alpha.
+Kernel make_gemm_tiles(const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& out, const GemmConfig& cfg,
+                       const GemmScales* scales = nullptr) {
   const int64_t tiles_m = ceil_div(s.m, cfg.tile_m), tiles_n = ceil_div(s.n, cfg.tile_n);
   const int64_t per_batch = tiles_m * tiles_n;
   const int split = cfg.split_k;
   Kernel k;
-  k.name = fmt::format("gemm {}x{}x{}{} {}{}{}{}", s.m, s.n, s.k, s.batch > 1 ? fmt::format(" x{}", s.batch) : "",
-                       dtype_name(a.dtype), s.trans_a ? " A^T" : "", s.trans_b ? " B^T" : "",
-                       split > 1 ? fmt::format(" split-K {}", split) : "");
+  const bool w8a8 = scales != nullptr && split == 1;
+  k.name = fmt::format("gemm{} {}x{}x{}{} {}{}{}{}", w8a8 ? "_w8a8" : "", s.m, s.n, s.k,
+                       s.batch > 1 ? fmt::format(" x{}", s.batch) : "", dtype_name(a.dtype), s.trans_a ? " A^T" : "",
+                       s.trans_b ? " B^T" : "", split > 1 ? fmt::format(" split-K {}", split) : "");
   k.grid = s.batch * per_batch * split;
-  k.timing_key = fmt::format("{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f);
+  k.timing_key =
+      fmt::format("{}|{}|{}|{}|{}", k.name, cfg.describe(), cfg.group_m, s.alpha != 1.0f, dtype_name(out.dtype));
   k.args = {a.arg(), b.arg(), out.arg()};
+  if (w8a8) {
+    k.args.push_back(scales->x->arg());
+    k.args.push_back(scales->w->arg());
+  }
   k.flops = 2.0 * s.batch * double(s.m) * double(s.n) * double(s.k);
   k.ops = {KernelOp::gemm(GemmDims{s.m, s.n, s.k, s.batch, s.trans_a, s.trans_b})};
-  const DType in_t = a.dtype;
-  k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t, split](int64_t bid, TileProgram& p) {
+  const DType in_t = a.dtype, out_t = out.dtype;
+  k.build = [s, cfg, tiles_m, tiles_n, per_batch, in_t, out_t, split, w8a8](int64_t bid, TileProgram& p) {
     const int64_t part = bid / (s.batch * per_batch);
     const int64_t tile = bid % (s.batch * per_batch);
     const int64_t batch = tile / per_batch;
@@ -102,7 +135,15 @@ Kernel make_gemm_tiles(const GemmShape& s, const Buffer& a, const Buffer& b, con
       abuf[i] = s.trans_a ? p.alloc(in_t, cfg.tile_k, cfg.tile_m, "a") : p.alloc(in_t, cfg.tile_m, cfg.tile_k, "a");
       bbuf[i] = s.trans_b ? p.alloc(in_t, cfg.tile_n, cfg.tile_k, "b") : p.alloc(in_t, cfg.tile_k, cfg.tile_n, "b");
     }
-    const BufferId acc = p.alloc(DType::kF32, cfg.tile_m, cfg.tile_n, "acc");
+    const bool int8 = in_t == DType::kI8;
+    const BufferId acc = p.alloc(int8 ? DType::kI32 : DType::kF32, cfg.tile_m, cfg.tile_n, "acc");
+    BufferId sx = 0, sw = 0;
+    if (w8a8) {  // the scales first: their loads overlap the k-loop
+      sx = p.alloc(DType::kF32, cfg.tile_m, 1, "s_x");
+      sw = p.alloc(DType::kF32, 1, cfg.tile_n, "s_w");
+      p.load(sx, TileRegion{3, batch * s.m + m0, 1, mm, 1});
+      p.load(sw, TileRegion{4, batch * s.n + n0, nn, 1, nn});
+    }
     auto load_step = [&](int64_t kt, int slot) {
       const int64_t k0 = kt * cfg.tile_k;
       const int kk = static_cast<int>(std::min<int64_t>(cfg.tile_k, s.k - k0));
@@ -123,10 +164,85 @@ Kernel make_gemm_tiles(const GemmShape& s, const Buffer& a, const Buffer& b, con
       p.store(matrix_region(2, part * s.batch * s.m * s.n + c_base, s.n, m0, n0, mm, nn), acc);
       return;
     }
-    if (s.alpha != 1.0f) p.unary(UnaryOp::kScale, acc, acc, mm, nn, s.alpha);
-    p.store(matrix_region(2, c_base, s.n, m0, n0, mm, nn), acc);
+    BufferId res = acc;
+    if (int8 && (out_t != DType::kI32 || w8a8 || s.alpha != 1.0f)) {
+      res = p.alloc(DType::kF32, cfg.tile_m, cfg.tile_n, "acc_f32");
+      p.cast(res, acc, mm, nn);
+      if (w8a8) {
+        p.binary(BinaryOp::kMul, res, res, sx, mm, nn, Broadcast::kRow);
+        p.binary(BinaryOp::kMul, res, res, sw, mm, nn, Broadcast::kCol);
+      }
+    }
+    if (s.alpha != 1.0f) p.unary(UnaryOp::kScale, res, res, mm, nn, s.alpha);
+    p.store(matrix_region(2, c_base, s.n, m0, n0, mm, nn), res);
   };
   return k;
+}
+
+// The split-K reduce of an int8 GEMM: the int32 parts of each element added in part order (exact),
+// then the same epilogue as the unsplit kernel's (cast, W8A8 scales, alpha) into C. One block per
+// row of C and chunk of up to kIntReduceCols columns, so that a row's s_x is one value.
+constexpr int kIntReduceCols = 2048;
+Kernel make_gemm_reduce_int(const GemmShape& s, const Buffer& workspace, const Buffer& c, int split,
+                            const GemmScales* scales) {
+  const int64_t rows = s.batch * s.m;
+  const int64_t chunk = std::min<int64_t>(s.n, kIntReduceCols);
+  const int64_t chunks = ceil_div(s.n, chunk);
+  const bool w8a8 = scales != nullptr;
+  Kernel k;
+  k.name = fmt::format("gemm{} split-K reduce {}x{}{} int32 {} parts", w8a8 ? "_w8a8" : "", s.m, s.n,
+                       s.batch > 1 ? fmt::format(" x{}", s.batch) : "", split);
+  k.grid = rows * chunks;
+  k.timing_key = fmt::format("{}|{}|{}", k.name, dtype_name(c.dtype), s.alpha != 1.0f);
+  k.args = {workspace.arg(), c.arg()};
+  if (w8a8) {
+    k.args.push_back(scales->x->arg());
+    k.args.push_back(scales->w->arg());
+  }
+  k.ops = {KernelOp::elementwise(ElementwiseDims{rows * s.n, split, ElementwiseFn::kSplitKReduce})};
+  const int64_t n = rows * s.n, N = s.n, M = s.m;
+  const float alpha = s.alpha;
+  const DType out_t = c.dtype;
+  k.build = [n, N, M, chunk, chunks, split, alpha, out_t, w8a8](int64_t block, TileProgram& p) {
+    const int64_t row = block / chunks, c0 = (block % chunks) * chunk;
+    const int cols = static_cast<int>(std::min<int64_t>(chunk, N - c0));
+    const int width = static_cast<int>(chunk);
+    const int64_t off = row * N + c0;
+    std::vector<BufferId> part(static_cast<size_t>(split));
+    for (int j = 0; j < split; ++j) {
+      part[static_cast<size_t>(j)] = p.alloc(DType::kI32, 1, width, "part");
+      p.load(part[static_cast<size_t>(j)], TileRegion{0, j * n + off, width, 1, cols});
+    }
+    BufferId sx = 0, sw = 0;
+    if (w8a8) {
+      sx = p.alloc(DType::kF32, 1, 1, "s_x");
+      sw = p.alloc(DType::kF32, 1, width, "s_w");
+      p.load(sx, TileRegion{2, row, 1, 1, 1});
+      p.load(sw, TileRegion{3, (row / M) * N + c0, width, 1, cols});
+    }
+    for (int j = 1; j < split; ++j) p.binary(BinaryOp::kAdd, part[0], part[0], part[static_cast<size_t>(j)], 1, cols);
+    BufferId res = part[0];
+    if (out_t != DType::kI32 || w8a8 || alpha != 1.0f) {
+      res = p.alloc(DType::kF32, 1, width, "sum_f32");
+      p.cast(res, part[0], 1, cols);
+      if (w8a8) {
+        p.binary(BinaryOp::kMul, res, res, sx, 1, cols, Broadcast::kRow);
+        p.binary(BinaryOp::kMul, res, res, sw, 1, cols, Broadcast::kCol);
+      }
+    }
+    if (alpha != 1.0f) p.unary(UnaryOp::kScale, res, res, 1, cols, alpha);
+    p.store(TileRegion{1, off, width, 1, cols}, res);
+  };
+  return k;
+}
+
+Kernel make_gemm_reduce(const ChipSpec& chip, const GemmShape& s, const Buffer& workspace, const Buffer& c, int split);
+
+// The split-K reduce for inputs of type `in_type`.
+Kernel make_split_reduce(const ChipSpec& chip, const GemmShape& s, DType in_type, const Buffer& workspace,
+                         const Buffer& c, int split, const GemmScales* scales) {
+  if (in_type == DType::kI8) return make_gemm_reduce_int(s, workspace, c, split, scales);
+  return make_gemm_reduce(chip, s, workspace, c, split);
 }
 
 // The split-K reduce: C = alpha * (part 0 + part 1 + ...) element by element, in part order, over
@@ -192,7 +308,7 @@ std::vector<Candidate> gemm_candidates(const ChipSpec& chip, const GemmShape& s,
         if (int64_t{tm} * tn > 256 * 128) continue;
         for (int stages : {4, 3, 2}) {
           GemmConfig c{tm, tn, tk, stages, 8};
-          if (static_cast<double>(gemm_sram_bytes(c, es)) > chip.sram_bytes()) continue;
+          if (static_cast<double>(gemm_sram_bytes(c, in_type)) > chip.sram_bytes()) continue;
           const double tiles = static_cast<double>(s.batch) * std::ceil(double(s.m) / tm) * std::ceil(double(s.n) / tn);
           const double waves = std::ceil(tiles / cores);
           const double kp = std::ceil(double(s.k) / 16) * 16;
@@ -342,9 +458,9 @@ GemmConfig choose_split(const ChipSpec& chip, const GemmShape& s, DType in_type,
     for (const int sp : split_k_counts(tiles, ceil_div(s.k, base.tile_k), chip.num_cores())) {
       GemmConfig cfg = base;
       cfg.split_k = sp;
-      const Buffer w = args.make(DType::kF32, gemm_workspace_numel(s, cfg), "W");
+      const Buffer w = args.make(workspace_dtype(in_type), gemm_workspace_numel(s, cfg), "W");
       const double t = eng.run(make_gemm_tiles(s, args.a, args.b, w, cfg)).time_s +
-                       eng.run(make_gemm_reduce(chip, s, w, args.c, sp)).time_s - reduce_saving;
+                       eng.run(make_split_reduce(chip, s, in_type, w, args.c, sp, nullptr)).time_s - reduce_saving;
       if (t < best_s) {
         best_s = t;
         best = cfg;
@@ -412,30 +528,35 @@ int64_t gemm_workspace_numel(const GemmShape& s, const GemmConfig& cfg) {
 }
 
 Kernel make_gemm(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c,
-                 const GemmConfig* config) {
-  check_gemm_args(chip, s, a, b, c);
+                 const GemmConfig* config, const GemmScales* scales) {
+  check_gemm_args(chip, s, a, b, c, scales);
   const GemmConfig cfg = config ? *config : choose_gemm_config(chip, s, a.dtype, /*allow_split_k=*/false);
   if (cfg.split_k > 1)
     throw UserError(fmt::format("gemm: configuration {} splits K, which takes two kernels and a workspace; use "
                                 "kernels::gemm or make_gemm_kernels",
                                 cfg.describe()));
   check_gemm_config(s, cfg);
-  return make_gemm_tiles(s, a, b, c, cfg);
+  return make_gemm_tiles(s, a, b, c, cfg, scales);
 }
 
+DType gemm_workspace_dtype(DType in_type) { return workspace_dtype(in_type); }
+
 std::vector<Kernel> make_gemm_kernels(const ChipSpec& chip, const GemmShape& s, const Buffer& a, const Buffer& b,
-                                      const Buffer& c, const GemmConfig& cfg, const Buffer* workspace) {
-  check_gemm_args(chip, s, a, b, c);
+                                      const Buffer& c, const GemmConfig& cfg, const Buffer* workspace,
+                                      const GemmScales* scales) {
+  check_gemm_args(chip, s, a, b, c, scales);
   check_gemm_config(s, cfg);
-  if (cfg.split_k == 1) return {make_gemm_tiles(s, a, b, c, cfg)};
+  if (cfg.split_k == 1) return {make_gemm_tiles(s, a, b, c, cfg, scales)};
   const int64_t need = gemm_workspace_numel(s, cfg);
+  const DType wt = workspace_dtype(a.dtype);
   if (!workspace)
-    throw UserError(fmt::format("gemm: configuration {} needs a workspace of {} fp32 elements; none given",
-                                cfg.describe(), need));
-  if (workspace->dtype != DType::kF32) expect_dtype_in("gemm", "workspace", *workspace, {DType::kF32});
+    throw UserError(fmt::format("gemm: configuration {} needs a workspace of {} {} elements; none given",
+                                cfg.describe(), need, dtype_name(wt)));
+  if (workspace->dtype != wt) expect_dtype_in("gemm", "workspace", *workspace, {wt});
   expect_numel("gemm", "workspace", *workspace, need,
                fmt::format("[{}, {}, {}, {}] (split, batch, M, N)", cfg.split_k, s.batch, s.m, s.n));
-  return {make_gemm_tiles(s, a, b, *workspace, cfg), make_gemm_reduce(chip, s, *workspace, c, cfg.split_k)};
+  return {make_gemm_tiles(s, a, b, *workspace, cfg),
+          make_split_reduce(chip, s, a.dtype, *workspace, c, cfg.split_k, scales)};
 }
 
 namespace {
@@ -463,19 +584,41 @@ KernelTiming in_sequence(KernelTiming first, const KernelTiming& next) {
 }  // namespace
 
 KernelTiming gemm(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& b, const Buffer& c, Stream* stream,
-                  const GemmConfig* config) {
-  check_gemm_args(dev.chip(), s, a, b, c);
+                  const GemmConfig* config, const GemmScales* scales) {
+  check_gemm_args(dev.chip(), s, a, b, c, scales);
   const GemmConfig cfg = config ? *config : choose_gemm_config(dev.chip(), s, a.dtype);
   DeviceBuffer workspace;
   if (cfg.split_k > 1) {
     check_gemm_config(s, cfg);  // before sizing the workspace from it
-    workspace = dev.alloc_owned(DType::kF32, gemm_workspace_numel(s, cfg), "gemm split-K partials");
+    workspace = dev.alloc_owned(workspace_dtype(a.dtype), gemm_workspace_numel(s, cfg), "gemm split-K partials");
   }
   std::vector<Kernel> ks =
-      make_gemm_kernels(dev.chip(), s, a, b, c, cfg, workspace.valid() ? &workspace.get() : nullptr);
+      make_gemm_kernels(dev.chip(), s, a, b, c, cfg, workspace.valid() ? &workspace.get() : nullptr, scales);
   KernelTiming t = dev.launch(ks[0], stream);
   for (size_t i = 1; i < ks.size(); ++i) t = in_sequence(std::move(t), dev.launch(ks[i], stream));
   return t;
+}
+
+KernelTiming gemm_w8a8(Device& dev, const GemmShape& s, const Buffer& a, const Buffer& s_x, const Buffer& b,
+                       const Buffer& s_w, const Buffer& c, Stream* stream, const GemmConfig* config) {
+  const GemmScales scales{&s_x, &s_w};
+  return gemm(dev, s, a, b, c, stream, config, &scales);
+}
+
+void gemm_w8a8_reference(const GemmShape& s, const std::vector<int8_t>& a, const std::vector<float>& s_x,
+                         const std::vector<int8_t>& b, const std::vector<float>& s_w, std::vector<float>& c) {
+  c.assign(static_cast<size_t>(s.batch * s.m * s.n), 0.0f);
+  for (int64_t bt = 0; bt < s.batch; ++bt)
+    for (int64_t i = 0; i < s.m; ++i)
+      for (int64_t j = 0; j < s.n; ++j) {
+        int64_t acc = 0;
+        for (int64_t p = 0; p < s.k; ++p)
+          acc += int64_t{a[gemm_a_index(s, bt, i, p)]} * int64_t{b[gemm_b_index(s, bt, p, j)]};
+        float y = static_cast<float>(acc);  // exact below 2^24; else rounded as the int32 -> fp32 cast does
+        y = y * s_x[static_cast<size_t>(bt * s.m + i)];
+        y = y * s_w[static_cast<size_t>(bt * s.n + j)];
+        c[static_cast<size_t>(bt * s.m * s.n + i * s.n + j)] = y * s.alpha;
+      }
 }
 
 void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::vector<float>& b,
@@ -485,13 +628,8 @@ void gemm_reference(const GemmShape& s, const std::vector<float>& a, const std::
     for (int64_t i = 0; i < s.m; ++i)
       for (int64_t j = 0; j < s.n; ++j) {
         double acc = 0;
-        for (int64_t p = 0; p < s.k; ++p) {
-          const float av = s.trans_a ? a[static_cast<size_t>(bt * s.m * s.k + p * s.m + i)]
-                                     : a[static_cast<size_t>(bt * s.m * s.k + i * s.k + p)];
-          const float bv = s.trans_b ? b[static_cast<size_t>(bt * s.k * s.n + j * s.k + p)]
-                                     : b[static_cast<size_t>(bt * s.k * s.n + p * s.n + j)];
-          acc += double(av) * double(bv);
-        }
+        for (int64_t p = 0; p < s.k; ++p)
+          acc += double(a[gemm_a_index(s, bt, i, p)]) * double(b[gemm_b_index(s, bt, p, j)]);
         c[static_cast<size_t>(bt * s.m * s.n + i * s.n + j)] = static_cast<float>(acc * s.alpha);
       }
 }

@@ -179,7 +179,11 @@ class Fields {
 std::optional<DType> dtype_from_torch_name(std::string_view s) {
   if (s == "float8_e4m3fn") return DType::kF8E4M3;
   if (s == "float8_e5m2") return DType::kF8E5M2;
-  return dtype_from_name(s);  // bfloat16, float16, float32 and OpenPPU's own names
+  const auto t = dtype_from_name(s);  // bfloat16, float16, float32 and OpenPPU's own names
+  // A checkpoint's weight dtype is a float type; int8 weights come with scales (W8A8 quantises a
+  // float checkpoint at load time), which a bare torch_dtype cannot describe.
+  if (t && dtype_is_int(*t)) return std::nullopt;
+  return t;
 }
 
 bool is_path(std::string_view s) {

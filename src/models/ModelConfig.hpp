@@ -20,7 +20,8 @@
 // config of its own, so its presets use the same keys as the others (plus layer_norm_eps).
 //
 // The struct describes a model; it is not where a model lives. Each model's weight names and
-// forward graph go in that model's own file (shared/STYLE.md), which reads the fields it needs here.
+// forward graph go in that model's own file (docs/architecture.md, "Design choices"), which reads
+// the fields it needs here.
 // Not here: tokenizers, chat templates, weights (models/Safetensors.hpp), sliding-window attention
 // and dense layers interleaved with MoE layers (both rejected by the parser with a message).
 #pragma once

@@ -16,7 +16,7 @@ using ojson = nlohmann::ordered_json;
 
 // torch_dtype spelling of each DType (what parse_model_config reads back).
 constexpr std::array<std::string_view, static_cast<size_t>(DType::kCount)> kTorchDTypeNames = {
-    "float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"};
+    "float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "int8", "int32"};
 static_assert(kTorchDTypeNames.size() == static_cast<size_t>(DType::kCount), "a torch name for every DType");
 
 // The transformers class of each family; GPT (OpenPPU's Megatron GPT) has none.

@@ -11,6 +11,7 @@
 #include "kernels/Gather.hpp"
 #include "kernels/Gemm.hpp"
 #include "kernels/PagedAttention.hpp"
+#include "kernels/Quantize.hpp"
 #include "kernels/Sampling.hpp"
 #include "models/Safetensors.hpp"
 
@@ -50,7 +51,12 @@ nn::ParallelGroups groups_of(const Qwen3Options& o) {
 }  // namespace
 
 Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights, Qwen3Options opt)
-    : dev_(dev), cfg_(std::move(cfg)), opt_(opt), ctx_(dev, groups_of(opt), opt.act_dtype, opt.matmul_dtype) {
+    : dev_(dev),
+      cfg_(std::move(cfg)),
+      opt_(opt),
+      // W8A8 (int8 weights): the GEMM inputs stay in the activation dtype; each linear layer
+      // quantises its input per token (nn::Linear).
+      ctx_(dev, groups_of(opt), opt.act_dtype, opt.matmul_dtype == DType::kI8 ? opt.act_dtype : opt.matmul_dtype) {
   if (cfg_.num_shared_experts > 0)
     throw UserError(fmt::format("model '{}': shared experts are not supported", cfg_.name));
   if (cfg_.activation != Activation::kSwiGlu && cfg_.activation != Activation::kGelu)
@@ -80,7 +86,12 @@ Qwen3Model::Qwen3Model(Device& dev, ModelConfig cfg, const Qwen3Weights& weights
                                 "fp8e5m2",
                                 cfg_.name));
   if (!dev_.chip().supports(mm))
-    throw UserError(fmt::format("model '{}': {} has no {} matrix unit", cfg_.name, dev_.chip().name, dtype_name(mm)));
+    throw UserError(fmt::format("model '{}': {}", cfg_.name, matrix_unit_refusal(dev_.chip(), mm)));
+  if (dtype_is_int(opt_.kv_dtype) || dtype_is_int(opt_.act_dtype))
+    throw UserError(fmt::format("model '{}': {} {} is not supported: int8 is a matmul dtype only (W8A8: weights and "
+                                "GEMM inputs, with scales); the KV cache and activations take bf16, fp16 or fp8",
+                                cfg_.name, dtype_is_int(opt_.kv_dtype) ? "KV cache dtype" : "activation dtype",
+                                dtype_name(dtype_is_int(opt_.kv_dtype) ? opt_.kv_dtype : opt_.act_dtype)));
   const int tp = opt_.tp_size;
   if (opt_.capture && dev_.functional())
     throw UserError(fmt::format("model '{}': capture mode (Qwen3Options::capture) is for timing-only devices", cfg_.name));
@@ -246,7 +257,7 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
     for (const nn::Parameter* p : all) names.push_back(p->name);
     ck.require_names(names);
     for (const nn::Parameter* p : all)
-      if (p->held()) dev_.upload(p->value, p->shard_of(ck.read_f32(p->name, p->shape)));
+      if (p->held()) upload_weight(*p, p->shard_of(ck.read_f32(p->name, p->shape)));
     return;
   }
   // Random weights: matrices (and biases) uniform with std 0.02 (Qwen's initializer_range), norms 1.
@@ -264,8 +275,23 @@ void Qwen3Model::load_weights(const Qwen3Weights& src) {
       const float a = 0.02f * std::sqrt(3.0f);
       for (auto& x : v) x = a * (static_cast<float>(splitmix(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
     }
-    dev_.upload(p->value, p->shard_of(v));
+    upload_weight(*p, p->shard_of(v));
   }
+}
+
+void Qwen3Model::upload_weight(const nn::Parameter& p, const std::vector<float>& v) {
+  if (p.value->dtype != DType::kI8) {
+    dev_.upload(p.value, v);
+    return;
+  }
+  // W8A8: quantised per output channel (row) at load, as SmoothQuant's static weight scales; the
+  // same arithmetic as kernels::quantize_rows_int8, on the host (loading is not timed).
+  const int64_t rows = p.scale->numel, cols = p.value->numel / rows;
+  std::vector<int8_t> q;
+  std::vector<float> s;
+  kernels::quantize_rows_int8_reference(v, rows, cols, q, s);
+  dev_.upload(p.value, std::vector<float>(q.begin(), q.end()));
+  dev_.upload(p.scale, s);
 }
 
 std::vector<float> Qwen3Model::read_weight(const std::string& name) {
@@ -434,6 +460,8 @@ nn::VarPtr Qwen3Model::training_loss(nn::Graph& g, const std::vector<int32_t>& i
                                      const std::vector<int32_t>& targets, int64_t batch, int64_t seq,
                                      nn::Recompute recompute) {
   const std::string what = fmt::format("training model '{}'", cfg_.name);
+  if (opt_.matmul_dtype == DType::kI8)
+    throw UserError(what + ": int8 (W8A8) is an inference dtype; training takes bf16 or fp16");
   if (cfg_.is_moe() && (opt_.tp_size > 1 || opt_.ep_size > 1))
     throw UserError(fmt::format("{}: mixture-of-experts training runs on one chip for now (got tp {}, ep {}); expert "
                                 "and tensor parallelism in training are not supported yet",
@@ -578,7 +606,7 @@ ForwardResult Qwen3Model::run_layout(const nn::BatchLayout& batch, const std::ve
   const int64_t T = batch.tokens;
   const double t0 = dev_.synchronize();
   const int64_t H = cfg_.hidden_size;
-  const DType at = opt_.act_dtype, mm = opt_.matmul_dtype;
+  const DType at = opt_.act_dtype, mm = ctx_.matmul_dtype();  // W8A8: bf16 here, int8 inside each linear
   const bool tapping = taps && dev_.functional();
   auto tap = [&](const std::string& name, const Buffer& b) {
     if (tapping) taps->values[name] = dev_.download(b);

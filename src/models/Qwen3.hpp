@@ -101,7 +101,9 @@ struct Qwen3Options {
   // Weights of the projections, MLP and experts, and the activations fed to them (bf16, fp16, or
   // fp8e4m3/fp8e5m2 for FP8 inference as TensorRT-LLM runs it on chips with an fp8 matrix unit).
   // Embeddings, lm_head and norms stay bf16. Values are rounded to fp8 as they are (no per-tensor
-  // scale factors yet), which is right for timing and coarse for numbers.
+  // scale factors yet), which is right for timing and coarse for numbers. int8 is W8A8 with scales
+  // (SmoothQuant-style): weights quantised per output channel at load, each linear layer's input per
+  // token (a kernel of its own), int8 GEMMs with int32 accumulation; activations stay act_dtype.
   DType matmul_dtype = DType::kBF16;
   DType kv_dtype = DType::kBF16;
   int64_t max_context = 0;  // KV cache positions per sequence; 0: min(max_position_embeddings, 4096)
@@ -277,6 +279,8 @@ class Qwen3Model {
  private:
   struct Layer;
   void load_weights(const Qwen3Weights& w);
+  // Uploads a parameter's values (this rank's part); int8 ones are quantised per row first.
+  void upload_weight(const nn::Parameter& p, const std::vector<float>& v);
   // Every parameter in checkpoint order (the order random weights are drawn in), including those
   // another rank holds (no buffer).
   std::vector<const nn::Parameter*> parameters() const;

@@ -29,7 +29,7 @@ namespace {
 
 // Safetensors dtype strings, indexed by DType (kCount excluded).
 constexpr std::array<std::string_view, static_cast<size_t>(DType::kCount)> kSafetensorsNames = {
-    "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2"};
+    "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "I8", "I32"};
 static_assert(kSafetensorsNames.size() == static_cast<size_t>(DType::kCount),
               "every DType needs its safetensors name");
 
@@ -68,8 +68,10 @@ std::string shape_to_string(std::span<const int64_t> shape) {
 std::string_view safetensors_dtype_name(DType t) { return kSafetensorsNames[static_cast<size_t>(t)]; }
 
 std::optional<DType> dtype_from_safetensors_name(std::string_view s) {
+  // Integer tensors (a quantised checkpoint's I8 weights) need their scales to mean anything, and no
+  // reader here pairs them: they stay unsupported, as before OpenPPU had integer dtypes.
   for (size_t i = 0; i < kSafetensorsNames.size(); ++i)
-    if (kSafetensorsNames[i] == s) return static_cast<DType>(i);
+    if (kSafetensorsNames[i] == s && !dtype_is_int(static_cast<DType>(i))) return static_cast<DType>(i);
   return std::nullopt;
 }
 
@@ -520,6 +522,8 @@ NonFiniteCount count_nonfinite(const SafetensorsTensor& t) {
     case DType::kF16: scan(uint16_t{}, 0x7C00u, 0x03FFu, true); break;
     case DType::kF8E5M2: scan(uint8_t{}, 0x7Cu, 0x03u, true); break;
     case DType::kF8E4M3: scan(uint8_t{}, 0x78u, 0x07u, false); break;
+    case DType::kI8:
+    case DType::kI32:  // integers have no NaN or infinity
     case DType::kCount: break;
   }
   return c;

@@ -1,7 +1,10 @@
 #include "nn/Linear.hpp"
 
+#include <fmt/format.h>
+
 #include "kernels/BiasActivation.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/Quantize.hpp"
 
 namespace ppu::nn {
 
@@ -19,11 +22,24 @@ Linear::Linear(Device& dev, const std::string& prefix, int64_t out, int64_t in, 
 }
 
 Kernel Linear::make(const ChipSpec& chip, const Buffer& x, const Buffer& y, int64_t rows) const {
+  if (weight.value.valid() && weight.value->dtype == DType::kI8)
+    throw UserError(fmt::format("linear '{}': an int8 (W8A8) layer quantises its input first, which takes two "
+                                "kernels; use forward()",
+                                weight.name));
   return kernels::make_gemm(chip, kernels::GemmShape{rows, out_local_, in_local_, 1, false, true}, x, weight, y);
 }
 
 KernelTiming Linear::forward(Device& dev, const Buffer& x, const Buffer& y, int64_t rows) const {
-  return kernels::gemm(dev, kernels::GemmShape{rows, out_local_, in_local_, 1, false, true}, x, weight, y);
+  const kernels::GemmShape s{rows, out_local_, in_local_, 1, false, true};
+  if (weight.value.valid() && weight.value->dtype == DType::kI8) {
+    // W8A8: x [rows, in] quantised per token (its own kernel, timed), then the int8 GEMM with the
+    // per-token and per-channel scales in its epilogue.
+    DeviceBuffer xq = dev.alloc_owned(DType::kI8, rows * in_local_, weight.name + " input int8");
+    DeviceBuffer sx = dev.alloc_owned(DType::kF32, rows, weight.name + " input scales");
+    kernels::quantize_rows_int8(dev, x, xq, sx, rows, in_local_);
+    return kernels::gemm_w8a8(dev, s, xq, sx, weight, weight.scale, y);
+  }
+  return kernels::gemm(dev, s, x, weight, y);
 }
 
 void Linear::add_bias(Device& dev, const Buffer& y, int64_t rows) const {

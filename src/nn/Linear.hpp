@@ -10,6 +10,8 @@
 //   q.add_bias(dev, y, T);     // nothing without a bias
 //
 // Parameter names: prefix + ".weight" / ".bias". The weight is in the matrix-input dtype; the bias bf16.
+// An int8 weight makes a W8A8 layer (SmoothQuant's scheme): the weight carries a scale per output
+// channel (Parameter::scale), and forward() quantises x per token before the int8 GEMM.
 #pragma once
 
 #include <array>

@@ -10,16 +10,21 @@
 #include "kernels/Elementwise.hpp"
 #include "kernels/Gather.hpp"
 #include "kernels/Gemm.hpp"
+#include "kernels/Quantize.hpp"
 #include "kernels/Softmax.hpp"
 
 namespace ppu::nn {
 
 namespace {
 
-// out [n, rows_out] = x [n, k] . W^T with W [rows_out, k] (an expert's projection).
-Kernel expert_gemm(const ChipSpec& chip, const Buffer& x, const Buffer& w, const Buffer& out, int64_t n, int64_t rows_out,
-                   int64_t k) {
-  return kernels::make_gemm(chip, kernels::GemmShape{n, rows_out, k, 1, false, true}, x, w, out);
+// out [n, rows_out] = x [n, k] . W^T with W [rows_out, k] (an expert's projection). With an int8 W
+// (W8A8), x is the int8 rows and x_scale their per-token scales [n].
+Kernel expert_gemm(const ChipSpec& chip, const Buffer& x, const Parameter& w, const Buffer& out, int64_t n,
+                   int64_t rows_out, int64_t k, const Buffer* x_scale = nullptr) {
+  const kernels::GemmShape s{n, rows_out, k, 1, false, true};
+  if (!x_scale) return kernels::make_gemm(chip, s, x, w, out);
+  const kernels::GemmScales scales{x_scale, &w.scale.get()};
+  return kernels::make_gemm(chip, s, x, w, out, nullptr, &scales);
 }
 
 }  // namespace
@@ -157,16 +162,37 @@ void Moe::expert_ffn(Context& ctx, const Buffer& xin, const std::vector<int64_t>
   DeviceBuffer g = ctx.alloc(R * Fe, "expert_gate", at), u = ctx.alloc(R * Fe, "expert_up", at),
                gu = ctx.alloc(R * Fe, "expert_gate_up", ctx.matmul_dtype());
   const ChipSpec& chip = dev.chip();
+  // W8A8 experts: every routed row is quantised once per GEMM input (the rows of all experts in one
+  // kernel; a row's scale is its own whatever expert it goes to), then the grouped int8 GEMMs.
+  const bool int8 = spec_.weight_dtype == DType::kI8;
+  DeviceBuffer xq, sx, gq, sg;
+  if (int8) {
+    xq = ctx.alloc(R * H, "expert_in_int8", DType::kI8);
+    sx = ctx.alloc(R, "expert_in_scales", DType::kF32);
+    gq = ctx.alloc(R * Fe, "expert_gate_up_int8", DType::kI8);
+    sg = ctx.alloc(R, "expert_gate_up_scales", DType::kF32);
+    ctx.op("moe expert gemm", [&] { kernels::quantize_rows_int8(dev, xin.view(0, R * H), xq, sx, R, H); });
+  }
   std::vector<Kernel> gate_up_k, down_k;
   int64_t r0 = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = counts[static_cast<size_t>(e)];
     if (n == 0) continue;
-    const Buffer xe = xin.view(r0 * H, n * H), ge = g.view(r0 * Fe, n * Fe), ue = u.view(r0 * Fe, n * Fe);
-    gate_up_k.push_back(expert_gemm(chip, xe, gate[static_cast<size_t>(expert0_ + e)], ge, n, Fe, H));
-    gate_up_k.push_back(expert_gemm(chip, xe, up[static_cast<size_t>(expert0_ + e)], ue, n, Fe, H));
-    down_k.push_back(expert_gemm(chip, gu.view(r0 * Fe, n * Fe), down[static_cast<size_t>(expert0_ + e)],
-                               out.view(r0 * H, n * H), n, H, Fe));
+    const Buffer ge = g.view(r0 * Fe, n * Fe), ue = u.view(r0 * Fe, n * Fe), oe = out.view(r0 * H, n * H);
+    const auto& gw = gate[static_cast<size_t>(expert0_ + e)];
+    const auto& uw = up[static_cast<size_t>(expert0_ + e)];
+    const auto& dw = down[static_cast<size_t>(expert0_ + e)];
+    if (int8) {
+      const Buffer xe = xq.view(r0 * H, n * H), se = sx.view(r0, n), de = gq.view(r0 * Fe, n * Fe), sd = sg.view(r0, n);
+      gate_up_k.push_back(expert_gemm(chip, xe, gw, ge, n, Fe, H, &se));
+      gate_up_k.push_back(expert_gemm(chip, xe, uw, ue, n, Fe, H, &se));
+      down_k.push_back(expert_gemm(chip, de, dw, oe, n, H, Fe, &sd));
+    } else {
+      const Buffer xe = xin.view(r0 * H, n * H);
+      gate_up_k.push_back(expert_gemm(chip, xe, gw, ge, n, Fe, H));
+      gate_up_k.push_back(expert_gemm(chip, xe, uw, ue, n, Fe, H));
+      down_k.push_back(expert_gemm(chip, gu.view(r0 * Fe, n * Fe), dw, oe, n, H, Fe));
+    }
     r0 += n;
   }
   ctx.op("moe expert gemm", [&] { kernels::launch_grouped(dev, fmt::format("moe gate/up grouped gemm {} experts", E), std::move(gate_up_k)); });
@@ -178,6 +204,9 @@ void Moe::expert_ffn(Context& ctx, const Buffer& xin, const std::vector<int64_t>
     dev.launch(std::move(gate));
     dev.launch(std::move(prod));
   });
+  if (int8)
+    ctx.op("moe expert gemm",
+           [&] { kernels::quantize_rows_int8(dev, gu.view(0, R * Fe), gq.view(0, R * Fe), sg.view(0, R), R, Fe); });
   ctx.op("moe expert gemm", [&] { kernels::launch_grouped(dev, fmt::format("moe down grouped gemm {} experts", E), std::move(down_k)); });
 }
 

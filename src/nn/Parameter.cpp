@@ -33,6 +33,14 @@ Parameter Parameter::make(Device& dev, std::string name, std::vector<int64_t> sh
   p.init = init;
   p.split = split;
   p.value = dev.alloc_owned(dtype, p.numel() / split.parts, p.name);
+  if (dtype == DType::kI8) {
+    if (p.shape.size() != 2)
+      throw UserError(fmt::format("parameter '{}': int8 weights are matrices [out, in] with a scale per row; this one "
+                                  "has {} dimensions",
+                                  p.name, p.shape.size()));
+    const int64_t rows = split.dim == 0 ? p.shape[0] / split.parts : p.shape[0];
+    p.scale = dev.alloc_owned(DType::kF32, rows, p.name + ".scale");
+  }
   return p;
 }
 

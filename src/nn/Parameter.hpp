@@ -41,9 +41,13 @@ struct Parameter {
   Init init = Init::kRandom;
   Split split;
   DeviceBuffer value;          // this rank's part; empty when another rank holds the tensor
+  // int8 matrices (W8A8 inference): fp32 [rows of this rank's part], the per-output-channel scale of
+  // each row (value[r, c] * scale[r] is the weight); empty for every other dtype.
+  DeviceBuffer scale;
 
-  // Allocates this rank's part (DeviceOutOfMemory if it does not fit). UserError if the split does
-  // not divide the dimension evenly or names a dimension the shape lacks.
+  // Allocates this rank's part (DeviceOutOfMemory if it does not fit), and for an int8 matrix its
+  // row scales. UserError if the split does not divide the dimension evenly or names a dimension the
+  // shape lacks, or an int8 parameter is not a matrix.
   static Parameter make(Device& dev, std::string name, std::vector<int64_t> shape, DType dtype, Init init,
                         Split split = {});
   // A parameter held by another rank: name and shape only.

@@ -77,7 +77,25 @@ struct EngineConfig {
   bool prefix_caching = true;         // paged models only (contiguous slots never share)
 };
 
-class Engine {
+// What serve/Server drives: the Engine below, or a test's stand-in at this boundary (tests/serve's
+// ScriptedEngine replays recorded model outputs). One thread drives it; the calls are Engine's.
+class ServingEngine {
+ public:
+  virtual ~ServingEngine() = default;
+  virtual void add(EngineRequest r) = 0;
+  virtual EngineStep step() = 0;
+  virtual void cancel(uint64_t id) = 0;
+  virtual bool idle() const = 0;
+  virtual int64_t running() const = 0;
+  virtual int64_t waiting() const = 0;
+  virtual int64_t max_model_len() const = 0;
+  virtual int64_t kv_blocks_used() const = 0;
+  virtual int64_t kv_blocks_total() const = 0;
+  virtual int64_t max_batch() const = 0;   // requests running at once
+  virtual int64_t vocab_size() const = 0;  // token ids are 0 .. vocab_size - 1
+};
+
+class Engine final : public ServingEngine {
  public:
   // `model` (which must outlive the engine) gives the batch (Qwen3Options::max_batch requests at
   // once), each request's context (max_context) and the KV memory (a paged pool, or one slot per
@@ -89,30 +107,32 @@ class Engine {
   // Queues a request. UserError naming the request: an empty prompt, a token id outside the
   // vocabulary, max_tokens < 1, prompt + max_tokens beyond the model's context, bad sampling options
   // (Sampler's checks; penalties outside [-2, 2]), an id already queued or running.
-  void add(EngineRequest r);
+  void add(EngineRequest r) override;
   // Runs one step; empty when idle.
-  EngineStep step();
+  EngineStep step() override;
   // Ends a request now and frees its KV blocks or slot (a client that went away). Unknown ids are
   // ignored.
-  void cancel(uint64_t id);
+  void cancel(uint64_t id) override;
 
-  bool idle() const { return sched_.idle(); }
-  int64_t running() const { return sched_.running(); }
-  int64_t waiting() const { return sched_.waiting(); }
+  bool idle() const override { return sched_.idle(); }
+  int64_t running() const override { return sched_.running(); }
+  int64_t waiting() const override { return sched_.waiting(); }
   // The longest request, prompt + max_tokens (the model's context per sequence, plus the last
   // generated token, which is never written to the cache). A paged pool smaller than that refuses
   // longer requests at add() (Scheduler::never_fits).
-  int64_t max_model_len() const { return sched_.config().max_model_len; }
+  int64_t max_model_len() const override { return sched_.config().max_model_len; }
   // KV cache blocks (of kv_block_size() positions) referenced by a request, and in all. Paged: the
   // model's pool (kv_blocks, kv_block_size); cached prefix blocks no request holds are not in use.
   // Contiguous slots: each slot counted as the blocks of 16 positions that cover it.
-  int64_t kv_blocks_used() const { return kv_.used_blocks(); }
-  int64_t kv_blocks_total() const { return kv_.num_blocks(); }
+  int64_t kv_blocks_used() const override { return kv_.used_blocks(); }
+  int64_t kv_blocks_total() const override { return kv_.num_blocks(); }
   int64_t kv_block_size() const { return kv_.block_size(); }
   // Prompt positions found in the prefix cache (not computed) since construction, and requests
   // preempted by recompute (both 0 on contiguous slots).
   int64_t prefix_hit_positions() const { return kv_.prefix_hit_positions(); }
   int64_t preemptions() const { return sched_.preemptions(); }
+  int64_t max_batch() const override { return model_.max_batch(); }
+  int64_t vocab_size() const override { return model_.config().vocab_size; }
   Qwen3Model& model() { return model_; }
 
  private:

@@ -26,7 +26,9 @@ ojson initialize_result(const json& params) {
   return {{"protocolVersion", version},
           {"capabilities", {{"tools", {{"listChanged", false}}}}},
           {"serverInfo", {{"name", "openppu"}, {"version", "0.1.0"}}},
-          {"instructions", "OpenPPU's agent tools: search over an indexed folder and a per-user memory."}};
+          {"instructions",
+           "OpenPPU's agent tools: search over an indexed folder, a per-user memory and a sandboxed Python 3 "
+           "interpreter (those this server was started with)."}};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <algorithm>
 #include <ctime>
 #include <map>
 #include <mutex>
@@ -62,10 +63,10 @@ struct Ticket {
 }  // namespace
 
 struct Server::Impl {
-  Impl(Engine& e, const models::Tokenizer& t, ServerOptions o)
-      : engine(e), tok(t), opt(std::move(o)), max_batch(e.model().max_batch()), started_at(std::time(nullptr)) {}
+  Impl(ServingEngine& e, const models::Tokenizer& t, ServerOptions o)
+      : engine(e), tok(t), opt(std::move(o)), max_batch(e.max_batch()), started_at(std::time(nullptr)) {}
 
-  Engine& engine;
+  ServingEngine& engine;
   const models::Tokenizer& tok;
   const ServerOptions opt;
   const int64_t max_batch;
@@ -105,6 +106,15 @@ struct Server::Impl {
   // ---- handlers ----
   void install_routes();
   void handle_generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  // The prompt of a request's conversation (chat: the template with its tools) or text. ApiError 400.
+  std::vector<int32_t> prompt_of(const ApiRequest& r, bool thinking) const;
+  // The tokens a request may generate: its max_tokens, or the room its prompt leaves. ApiError 400
+  // for ids outside the vocabulary and a prompt or request beyond the context, with the numbers.
+  int64_t tokens_to_generate(const ApiRequest& r, const std::vector<int32_t>& prompt) const;
+  // Queues a generation and waits for the engine to admit it. ApiError when refused or stopping.
+  std::shared_ptr<Ticket> admit(const ApiRequest& r, const std::vector<int32_t>& prompt, int64_t max_tokens);
+  // The server's tools `r` names (each entry completed with the tool's description and schema).
+  std::vector<std::string> name_server_tools(ApiRequest& r) const;
   // Queues `r` for the engine thread; false when the server is stopping.
   bool submit(const EngineRequest& r, const std::shared_ptr<Ticket>& t);
   void cancel(uint64_t id);
@@ -238,24 +248,36 @@ void Server::Impl::engine_loop() {
 
 namespace {
 
-// What one generation request does with its tokens: decode them into text as it becomes final,
-// stop at a stop string, and write the OpenAI response - whole, or chunk by chunk.
+// A later round of an agent run continues the first round's response: its id, the usage so far, the
+// tool calls streamed so far.
+struct RoundContext {
+  std::string id;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  size_t calls = 0;
+};
+
+// What one generation does with its tokens: decode them into text as it becomes final, stop at a
+// stop string, and write the OpenAI response - whole, or chunk by chunk.
 class Generation {
  public:
-  // `arrived`: when the request reached the server (its host times count from there).
-  Generation(Server::Impl& s, ApiRequest r, std::vector<int32_t> prompt, std::shared_ptr<Ticket> t, bool thinking,
-             Clock::time_point arrived)
+  // `arrived`: when the request reached the server (its host times count from there). `cont`: the
+  // round this one continues (null for a request's first generation).
+  Generation(Server::Impl& s, const ApiRequest& r, std::vector<int32_t> prompt, std::shared_ptr<Ticket> t, bool thinking,
+             Clock::time_point arrived, const RoundContext* cont = nullptr)
       : s_(s),
-        r_(std::move(r)),
+        r_(r),
         prompt_(std::move(prompt)),
         t_(std::move(t)),
         text_(s.tok, r_.stop),
         reply_opts_{.thinking = thinking, .tools = !r_.tools.empty() && r_.tool_choice != "none"},
         start_(arrived),
         created_(std::time(nullptr)),
-        id_(fmt::format("{}-{:x}", r_.chat ? "chatcmpl" : "cmpl", t_->id)) {}
+        id_(cont ? cont->id : fmt::format("{}-{:x}", r_.chat ? "chatcmpl" : "cmpl", t_->id)),
+        base_(cont ? *cont : RoundContext{}),
+        calls_(base_.calls),
+        started_(cont != nullptr) {}
 
-  // Waits (at most `wait`) for new tokens; decodes them. True when the request is over.
+  // Waits (at most `wait`) for new tokens; decodes them. True when the generation is over.
   bool advance(std::chrono::milliseconds wait) {
     std::vector<int32_t> fresh;
     bool done = false;
@@ -290,12 +312,17 @@ class Generation {
     return over_;
   }
 
+  // The reply taken apart (chat): thinking, answer, tool calls.
+  models::ParsedReply reply() const { return models::parse_reply(text_.text(), reply_opts_); }
+  // The reason this generation's response ends with.
+  std::string finish_for_client() const { return round_calls() > 0 || has_calls_ ? "tool_calls" : finish_; }
+
   // The whole non-streaming response body.
   ojson response() {
     ojson choice = {{"index", 0}};
     std::string reason = finish_;
     if (r_.chat) {
-      const models::ParsedReply p = models::parse_reply(text_.text(), reply_opts_);
+      const models::ParsedReply p = reply();
       ojson msg = {{"role", "assistant"}, {"content", p.content.empty() && !p.tool_calls.empty() ? ojson() : ojson(p.content)}};
       if (!p.reasoning.empty()) msg["reasoning_content"] = p.reasoning;
       if (!p.tool_calls.empty()) {
@@ -316,8 +343,9 @@ class Generation {
     return j;
   }
 
-  // The SSE events for what advance() decoded since the last call; the closing ones when it is over.
-  std::string events() {
+  // The SSE events for what advance() decoded since the last call: the role chunk first (a first
+  // round), then the text as deltas; once over (and not failed), what the reply parser still held.
+  std::string deltas() {
     std::string out;
     if (!started_) {
       started_ = true;
@@ -330,33 +358,48 @@ class Generation {
       if (r_.chat) out += chat_deltas(stream_.feed(piece));
       else out += chunk_text(piece);
     }
-    if (over_ && !closed_ && failed()) {
-      closed_ = true;
-      return out + "data: " + error_body(ApiError(503, failure())) + "\n\ndata: [DONE]\n\n";
-    }
-    if (over_ && !closed_) {
-      closed_ = true;
+    if (over_ && !flushed_ && !failed()) {
+      flushed_ = true;
       if (r_.chat) out += chat_deltas(stream_.finish());
-      const std::string reason = calls_ > 0 ? "tool_calls" : finish_;
-      ojson last = head(r_.chat ? "chat.completion.chunk" : "text_completion");
-      ojson choice = {{"index", 0}};
-      if (r_.chat) choice["delta"] = ojson::object();
-      else choice["text"] = "";
-      choice["finish_reason"] = reason;
-      last["choices"] = ojson::array({choice});
-      last["ppu_timing"] = timing();
-      out += sse(last);
-      if (r_.include_usage) {
-        ojson u = head(r_.chat ? "chat.completion.chunk" : "text_completion");
-        u["choices"] = ojson::array();
-        u["usage"] = usage();
-        out += sse(u);
-      }
-      out += "data: [DONE]\n\n";
     }
     return out;
   }
 
+  // The closing events once over: the finish chunk (with ppu_timing and `extra`'s keys), the usage
+  // chunk when asked for, [DONE]; or the error event when the generation failed.
+  std::string closing(const ojson& extra = ojson::object()) {
+    closed_ = true;
+    if (failed()) return "data: " + error_body(ApiError(503, failure())) + "\n\ndata: [DONE]\n\n";
+    std::string out;
+    ojson last = head(r_.chat ? "chat.completion.chunk" : "text_completion");
+    ojson choice = {{"index", 0}};
+    if (r_.chat) choice["delta"] = ojson::object();
+    else choice["text"] = "";
+    choice["finish_reason"] = finish_for_client();
+    last["choices"] = ojson::array({choice});
+    last["ppu_timing"] = timing();
+    for (const auto& [k, v] : extra.items()) last[k] = v;
+    out += sse(last);
+    if (r_.include_usage) {
+      ojson u = head(r_.chat ? "chat.completion.chunk" : "text_completion");
+      u["choices"] = ojson::array();
+      u["usage"] = usage();
+      out += sse(u);
+    }
+    return out + "data: [DONE]\n\n";
+  }
+
+  // A chunk with an empty delta and `key`: `value` beside the choices (an agent round's results).
+  std::string side_chunk(const char* key, const ojson& value) const {
+    ojson j = head("chat.completion.chunk");
+    j["choices"] = ojson::array({{{"index", 0}, {"delta", ojson::object()}, {"finish_reason", nullptr}}});
+    j[key] = value;
+    return sse(j);
+  }
+
+  // Marks the reply as ending in tool calls (an agent run stopped with calls left to make).
+  void set_has_calls() { has_calls_ = true; }
+  bool over() const { return over_; }
   bool closed() const { return closed_; }
   bool streaming() const { return r_.stream; }
   bool started() const { return started_; }
@@ -376,15 +419,9 @@ class Generation {
     return used_ > 1 ? (host_e2e_s_ - host_ttft_s_) / static_cast<double>(used_ - 1) : -1;
   }
   uint64_t id() const { return t_->id; }
-
- private:
-  std::string prompt_text() const { return r_.prompt_text.empty() ? s_.tok.decode(prompt_) : r_.prompt_text; }
-
-  ojson head(const char* object) const {
-    return {{"id", id_}, {"object", object}, {"created", created_}, {"model", s_.opt.model_name}};
-  }
-  ojson usage() const {
-    return {{"prompt_tokens", prompt_.size()}, {"completion_tokens", used_}, {"total_tokens", prompt_.size() + used_}};
+  // What a round after this one continues from.
+  RoundContext next_context() const {
+    return {id_, base_.prompt_tokens + prompt_tokens(), base_.completion_tokens + generated(), calls_};
   }
   ojson timing() const {
     const auto or_null = [](double v) { return v < 0 ? ojson() : ojson(v); };
@@ -395,10 +432,22 @@ class Generation {
             {"host_time_to_first_token_s", used_ ? ojson(host_ttft_s_) : ojson()},
             {"host_e2e_s", host_e2e_s_}};
   }
+  // The call id of this generation's `i`-th tool call (the same whole and streamed).
+  std::string call_id(size_t i) const { return fmt::format("call_{:x}_{}", t_->id, i); }
+
+ private:
+  size_t round_calls() const { return calls_ - base_.calls; }
+  std::string prompt_text() const { return r_.prompt_text.empty() ? s_.tok.decode(prompt_) : r_.prompt_text; }
+
+  ojson head(const char* object) const {
+    return {{"id", id_}, {"object", object}, {"created", created_}, {"model", s_.opt.model_name}};
+  }
+  ojson usage() const {
+    const int64_t p = base_.prompt_tokens + prompt_tokens(), c = base_.completion_tokens + generated();
+    return {{"prompt_tokens", p}, {"completion_tokens", c}, {"total_tokens", p + c}};
+  }
   ojson tool_call_json(const models::ParsedToolCall& c, size_t i) const {
-    return {{"id", fmt::format("call_{:x}_{}", t_->id, i)},
-            {"type", "function"},
-            {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
+    return {{"id", call_id(i)}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
   }
   static std::string sse(const ojson& j) { return "data: " + dump(j) + "\n\n"; }
   std::string chunk(ojson delta, ojson finish) const {
@@ -422,7 +471,7 @@ class Generation {
           out += chunk({{"content", d.text}}, nullptr);
           break;
         case models::ReplyDelta::Kind::kToolCall: {
-          ojson call = tool_call_json(d.call, calls_);
+          ojson call = tool_call_json(d.call, round_calls());
           call["index"] = calls_++;
           out += chunk({{"tool_calls", ojson::array({call})}}, nullptr);
           break;
@@ -433,7 +482,7 @@ class Generation {
   }
 
   Server::Impl& s_;
-  ApiRequest r_;
+  const ApiRequest& r_;  // the run's request (AgentRun owns it)
   std::vector<int32_t> prompt_;
   std::shared_ptr<Ticket> t_;
   StreamText text_;
@@ -442,17 +491,141 @@ class Generation {
   Clock::time_point start_;
   std::time_t created_;
   std::string id_;
-  size_t used_ = 0;  // tokens taken from the ticket
-  size_t calls_ = 0;  // tool calls streamed
+  RoundContext base_;
+  size_t used_ = 0;   // tokens taken from the ticket
+  size_t calls_ = 0;  // tool calls streamed (this response's, over its rounds)
   std::string pending_text_;
   std::string finish_;
-  bool over_ = false, started_ = false, closed_ = false;
+  bool over_ = false, started_ = false, flushed_ = false, closed_ = false, has_calls_ = false;
   double sim_joined_s_ = 0, sim_first_s_ = 0, sim_last_s_ = 0, host_ttft_s_ = 0, host_e2e_s_ = 0;
 };
 
-}  // namespace
+// One request from its admission to its response: one generation, or - when the request names
+// server tools - the agent loop's rounds (Server.hpp).
+class AgentRun {
+ public:
+  AgentRun(Server::Impl& s, ApiRequest r, bool thinking, Clock::time_point arrived, std::vector<std::string> server_tools)
+      : s_(s), r_(std::move(r)), thinking_(thinking), arrived_(arrived), server_tools_(std::move(server_tools)) {}
 
-namespace {
+  // Starts the first round (ApiError when it cannot be admitted).
+  void start(std::vector<int32_t> prompt, int64_t max_tokens) {
+    gen_ = std::make_shared<Generation>(s_, r_, prompt, s_.admit(r_, prompt, max_tokens), thinking_, arrived_);
+  }
+  bool agent() const { return !server_tools_.empty(); }
+  Generation& gen() { return *gen_; }
+
+  // The whole response (not streaming): every round, then the last one's body.
+  ojson response() {
+    for (;;) {
+      while (!gen_->advance(std::chrono::milliseconds(250))) {
+      }
+      if (gen_->failed()) throw ApiError(503, gen_->failure());
+      s_.record(*gen_);
+      if (!next_round()) break;
+    }
+    ojson j = gen_->response();
+    if (agent()) j["ppu_agent"] = agent_json();
+    return j;
+  }
+
+  // Streaming: waits briefly for tokens and returns the events since the last call.
+  std::string events() {
+    if (gen_->started()) gen_->advance(std::chrono::milliseconds(200));
+    std::string out = gen_->deltas();
+    if (!gen_->over() || gen_->closed()) return out;
+    if (gen_->failed()) return out + gen_->closing();
+    s_.record(*gen_);
+    if (next_round()) return out + gen_->side_chunk("ppu_tool_results", steps_.back()["tool_results"]);
+    return out + gen_->closing(agent() ? ojson{{"ppu_agent", agent_json()}} : ojson::object());
+  }
+  bool closed() const { return gen_->closed(); }
+  uint64_t id() const { return gen_->id(); }
+
+ private:
+  bool is_server_tool(const std::string& name) const {
+    return std::find(server_tools_.begin(), server_tools_.end(), name) != server_tools_.end();
+  }
+
+  // After a round: when its reply calls server tools only (and rounds are left), runs them, extends
+  // the conversation and starts the next round. False when the run is over.
+  bool next_round() {
+    if (!agent()) return false;
+    const models::ParsedReply p = gen_->reply();
+    ojson step = {{"round", generations_},
+                  {"content", p.content},
+                  {"reasoning_content", p.reasoning.empty() ? ojson() : ojson(p.reasoning)},
+                  {"tool_calls", ojson::array()},
+                  {"tool_results", ojson::array()},
+                  {"ppu_timing", gen_->timing()}};
+    models::ChatMessage turn;
+    turn.role = models::ChatRole::kAssistant;
+    turn.content = p.content;
+    if (!p.reasoning.empty()) turn.reasoning_content = p.reasoning;
+    bool all_server = true;
+    for (size_t i = 0; i < p.tool_calls.size(); ++i) {
+      const models::ParsedToolCall& c = p.tool_calls[i];
+      step["tool_calls"].push_back({{"id", gen_->call_id(i)}, {"name", c.name}, {"arguments", c.arguments}});
+      turn.tool_calls.push_back({gen_->call_id(i), c.name, c.arguments});
+      all_server = all_server && is_server_tool(c.name);
+    }
+    const bool go_on = !p.tool_calls.empty() && all_server;
+    if (go_on && tool_rounds_ >= s_.opt.max_tool_rounds)
+      stopped_ = fmt::format("the model called tools again after {} rounds of tool calls (max_tool_rounds)", tool_rounds_);
+    if (!go_on || !stopped_.empty()) {
+      if (!p.tool_calls.empty()) gen_->set_has_calls();
+      steps_.push_back(std::move(step));
+      return false;
+    }
+    std::vector<models::ChatMessage> results;
+    for (const models::ToolCall& c : turn.tool_calls) {
+      ToolResult res;
+      try {
+        res = s_.opt.tools.call(c.name, nlohmann::json::parse(c.arguments), r_.user.empty() ? "default" : r_.user);
+      } catch (const std::exception& e) {  // arguments the parser passed are JSON; a tool that threw is its error
+        res = {fmt::format("error: the tool '{}' failed: {}", c.name, e.what()), true};
+      }
+      // A full sandbox pool is the server's capacity, not the model's mistake: the client retries.
+      if (res.busy) throw ApiError(429, fmt::format("the server's tools are busy ({}); retry later", res.text));
+      step["tool_results"].push_back({{"tool_call_id", c.id}, {"name", c.name}, {"content", res.text}, {"is_error", res.is_error}});
+      models::ChatMessage& m = results.emplace_back();
+      m.role = models::ChatRole::kTool;
+      m.content = res.text;
+    }
+    steps_.push_back(std::move(step));
+    r_.messages.push_back(std::move(turn));
+    r_.messages.insert(r_.messages.end(), results.begin(), results.end());
+    // The next round: the conversation so far, in the room the context has left.
+    std::vector<int32_t> prompt = s_.prompt_of(r_, thinking_);
+    const int64_t room = s_.engine.max_model_len() - static_cast<int64_t>(prompt.size());
+    if (room < 1) {
+      stopped_ = fmt::format("the conversation reached the model's context ({} tokens) after {} rounds of tool calls",
+                             s_.engine.max_model_len(), tool_rounds_ + 1);
+      gen_->set_has_calls();
+      return false;
+    }
+    const RoundContext cont = gen_->next_context();
+    const int64_t max_tokens = std::min(room, r_.max_tokens.value_or(room));
+    gen_ = std::make_shared<Generation>(s_, r_, prompt, s_.admit(r_, prompt, max_tokens), thinking_, Clock::now(), &cont);
+    ++tool_rounds_;
+    ++generations_;
+    return true;
+  }
+
+  ojson agent_json() const {
+    return {{"rounds", generations_}, {"tool_rounds", tool_rounds_}, {"stopped", stopped_.empty() ? ojson() : ojson(stopped_)}, {"steps", steps_}};
+  }
+
+  Server::Impl& s_;
+  ApiRequest r_;
+  const bool thinking_;
+  const Clock::time_point arrived_;
+  const std::vector<std::string> server_tools_;  // the server's tools this request named
+  std::shared_ptr<Generation> gen_;
+  int generations_ = 1;  // the model's replies so far
+  int tool_rounds_ = 0;  // rounds of tool calls run
+  std::string stopped_;
+  ojson steps_ = ojson::array();
+};
 
 // The in-flight count of one admitted request, given back when its response is finished.
 struct InFlight {
@@ -463,6 +636,72 @@ struct InFlight {
 };
 
 }  // namespace
+
+std::vector<int32_t> Server::Impl::prompt_of(const ApiRequest& r, bool thinking) const {
+  if (!r.chat) return r.prompt_text.empty() ? r.prompt_ids : tok.encode(r.prompt_text);
+  models::ChatOptions co;
+  co.enable_thinking = thinking;
+  if (r.tool_choice != "none") co.tools = r.tools;
+  try {
+    return tok.encode(models::render_chat(r.messages, co));
+  } catch (const UserError& e) {
+    throw ApiError(400, e.what(), "messages");
+  }
+}
+
+int64_t Server::Impl::tokens_to_generate(const ApiRequest& r, const std::vector<int32_t>& prompt) const {
+  const int64_t vocab = engine.vocab_size();
+  for (size_t i = 0; i < prompt.size(); ++i)
+    if (prompt[i] >= vocab)
+      throw ApiError(400, fmt::format("prompt token {} is id {}; the model's vocabulary is 0 .. {}", i, prompt[i], vocab - 1),
+                     "prompt");
+  const int64_t ctx = engine.max_model_len();
+  const auto p = static_cast<int64_t>(prompt.size());
+  if (p >= ctx)
+    throw ApiError(400, fmt::format("this model's maximum context length is {} tokens; the prompt is {} tokens, leaving "
+                                    "none to generate",
+                                    ctx, p),
+                   r.chat ? "messages" : "prompt", "context_length_exceeded");
+  const int64_t max_tokens = r.max_tokens.value_or(ctx - p);
+  if (p + max_tokens > ctx)
+    throw ApiError(400, fmt::format("this model's maximum context length is {} tokens; you requested {} ({} in the "
+                                    "prompt, {} to generate): lower max_tokens to {} or less",
+                                    ctx, p + max_tokens, p, max_tokens, ctx - p),
+                   "max_tokens", "context_length_exceeded");
+  return max_tokens;
+}
+
+std::shared_ptr<Ticket> Server::Impl::admit(const ApiRequest& r, const std::vector<int32_t>& prompt, int64_t max_tokens) {
+  auto t = std::make_shared<Ticket>();
+  t->id = next_id.fetch_add(1);
+  EngineRequest er{t->id, prompt, r.sampling};
+  er.sampling.max_tokens = max_tokens;
+  er.sampling.seed = r.seed.value_or(t->id);
+  for (const int32_t s : {tok.special_ids().im_end, tok.special_ids().endoftext})
+    if (s >= 0) er.sampling.stop_ids.push_back(s);
+  if (!submit(er, t)) throw ApiError(503, "the server is shutting down; send the request to another replica");
+  std::unique_lock lk(t->mu);
+  t->cv.wait(lk, [&] { return t->admitted || t->done; });
+  if (!t->refused.empty())
+    throw ApiError(t->refused_status, t->refused, t->refused_status == 400 ? (r.chat ? "messages" : "prompt") : "");
+  return t;
+}
+
+std::vector<std::string> Server::Impl::name_server_tools(ApiRequest& r) const {
+  std::vector<std::string> named;
+  if (!r.chat || r.tool_choice == "none") return named;
+  for (ojson& t : r.tools) {
+    ojson& fn = t["function"];
+    const std::string name = fn.value("name", "");
+    for (const ToolDef& d : opt.tools.definitions) {
+      if (d.name != name) continue;
+      named.push_back(name);
+      if (!fn.contains("description")) fn["description"] = d.description;
+      if (!fn.contains("parameters")) fn["parameters"] = d.parameters;
+    }
+  }
+  return named;
+}
 
 void Server::Impl::handle_generate(const httplib::Request& req, httplib::Response& res, bool chat) {
   const std::string endpoint = chat ? "chat" : "completions";
@@ -475,37 +714,9 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
                                       opt.model_name),
                      "model", "model_not_found");
     const bool thinking = r.enable_thinking.value_or(true);
-    std::vector<int32_t> prompt;
-    if (chat) {
-      models::ChatOptions co;
-      co.enable_thinking = thinking;
-      if (r.tool_choice != "none") co.tools = r.tools;
-      try {
-        prompt = tok.encode(models::render_chat(r.messages, co));
-      } catch (const UserError& e) {
-        throw ApiError(400, e.what(), "messages");
-      }
-    } else {
-      prompt = r.prompt_text.empty() ? r.prompt_ids : tok.encode(r.prompt_text);
-    }
-    const int64_t vocab = engine.model().config().vocab_size;
-    for (size_t i = 0; i < prompt.size(); ++i)
-      if (prompt[i] >= vocab)
-        throw ApiError(400, fmt::format("prompt token {} is id {}; the model's vocabulary is 0 .. {}", i, prompt[i], vocab - 1),
-                       "prompt");
-    const int64_t ctx = engine.max_model_len();
-    const auto p = static_cast<int64_t>(prompt.size());
-    if (p >= ctx)
-      throw ApiError(400, fmt::format("this model's maximum context length is {} tokens; the prompt is {} tokens, leaving "
-                                      "none to generate",
-                                      ctx, p),
-                     chat ? "messages" : "prompt", "context_length_exceeded");
-    const int64_t max_tokens = r.max_tokens.value_or(ctx - p);
-    if (p + max_tokens > ctx)
-      throw ApiError(400, fmt::format("this model's maximum context length is {} tokens; you requested {} ({} in the "
-                                      "prompt, {} to generate): lower max_tokens to {} or less",
-                                      ctx, p + max_tokens, p, max_tokens, ctx - p),
-                     "max_tokens", "context_length_exceeded");
+    std::vector<std::string> server_tools = name_server_tools(r);
+    std::vector<int32_t> prompt = prompt_of(r, thinking);
+    const int64_t max_tokens = tokens_to_generate(r, prompt);
     const int64_t capacity = max_batch + opt.max_waiting;
     if (in_flight.fetch_add(1) >= capacity) {
       in_flight.fetch_sub(1);
@@ -514,54 +725,37 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
                                       capacity, max_batch, opt.max_waiting));
     }
     const std::shared_ptr<InFlight> slot(new InFlight(in_flight));  // not make_shared: no temporary to destroy
-    auto t = std::make_shared<Ticket>();
-    t->id = next_id.fetch_add(1);
-    EngineRequest er{t->id, prompt, r.sampling};
-    er.sampling.max_tokens = max_tokens;
-    er.sampling.seed = r.seed.value_or(t->id);
-    for (const int32_t s : {tok.special_ids().im_end, tok.special_ids().endoftext})
-      if (s >= 0) er.sampling.stop_ids.push_back(s);
-    if (!submit(er, t)) throw ApiError(503, "the server is shutting down; send the request to another replica");
-    {
-      std::unique_lock lk(t->mu);
-      t->cv.wait(lk, [&] { return t->admitted || t->done; });
-      if (!t->refused.empty())
-        throw ApiError(t->refused_status, t->refused, t->refused_status == 400 ? (chat ? "messages" : "prompt") : "");
-    }
-    auto gen = std::make_shared<Generation>(*this, std::move(r), std::move(prompt), t, thinking, arrived);
+    auto run = std::make_shared<AgentRun>(*this, std::move(r), thinking, arrived, std::move(server_tools));
+    run->start(std::move(prompt), max_tokens);
     res.status = 200;
-    if (!gen->streaming()) {
-      while (!gen->advance(std::chrono::milliseconds(250))) {
-      }
-      if (gen->failed()) throw ApiError(503, gen->failure());
-      res.set_content(dump(gen->response()), "application/json");
-      record(*gen);
+    if (!run->gen().streaming()) {
+      res.set_content(dump(run->response()), "application/json");
     } else {
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
           "text/event-stream",
-          [this, gen](size_t, httplib::DataSink& sink) {
+          [this, run](size_t, httplib::DataSink& sink) {
             std::string ev;
             try {
-              if (gen->started()) gen->advance(std::chrono::milliseconds(200));
-              ev = gen->events();
-            } catch (const std::exception& e) {  // a bug of ours: the stream ends with it, the server goes on
-              cancel(gen->id());
-              ev = "data: " + error_body(ApiError(500, fmt::format("internal error: {}", e.what()))) + "\n\ndata: [DONE]\n\n";
+              ev = run->events();
+            } catch (const std::exception& e) {  // a bug of ours, or no room for a round: the stream ends with it
+              cancel(run->id());
+              const ApiError* api = dynamic_cast<const ApiError*>(&e);
+              ev = "data: " + error_body(api ? *api : ApiError(500, fmt::format("internal error: {}", e.what()))) +
+                   "\n\ndata: [DONE]\n\n";
               sink.write(ev.data(), ev.size());
               sink.done();
               return true;
             }
             if (!ev.empty() && !sink.write(ev.data(), ev.size())) {
-              cancel(gen->id());  // the client went away
+              cancel(run->id());  // the client went away
               return false;
             }
-            if (gen->closed()) sink.done();
+            if (run->closed()) sink.done();
             return true;
           },
-          [this, gen, slot](bool) {
-            if (!gen->closed()) cancel(gen->id());
-            else record(*gen);
+          [this, run, slot](bool) {
+            if (!run->closed()) cancel(run->id());
           });
     }
     count(endpoint, 200);
@@ -570,6 +764,9 @@ void Server::Impl::handle_generate(const httplib::Request& req, httplib::Respons
     send_error(res, e);
   }
 }
+
+// The chat page (src/serve/web/chat.html, compiled in by cmake/EmbedText.cmake).
+extern const std::string_view kChatPage;
 
 void Server::Impl::install_routes() {
   http.Post("/v1/chat/completions",
@@ -589,6 +786,14 @@ void Server::Impl::install_routes() {
                                                      q.matches[1].str(), opt.model_name),
                                     "model", "model_not_found"));
     r.set_content(dump(model_json()), "application/json");
+  });
+  http.Get(R"(/(index\.html)?)", [](const httplib::Request&, httplib::Response& r) {
+    r.set_content(kChatPage.data(), kChatPage.size(), "text/html; charset=utf-8");
+  });
+  http.Get("/ppu/tools", [this](const httplib::Request&, httplib::Response& r) {
+    ojson list = ojson::array();
+    for (const ToolDef& d : opt.tools.definitions) list.push_back({{"name", d.name}, {"description", d.description}});
+    r.set_content(dump({{"tools", list}}), "application/json");
   });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     if (draining) return send_error(r, ApiError(503, "the server is shutting down"));
@@ -638,7 +843,7 @@ void Server::Impl::install_routes() {
   });
 }
 
-Server::Server(Engine& engine, const models::Tokenizer& tokenizer, ServerOptions options)
+Server::Server(ServingEngine& engine, const models::Tokenizer& tokenizer, ServerOptions options)
     : impl_(std::make_unique<Impl>(engine, tokenizer, std::move(options))) {
   const ServerOptions& o = impl_->opt;
   if (o.port < 0 || o.port > 65535) throw UserError(fmt::format("--port {}; valid: 0 (any free port) to 65535", o.port));
@@ -647,6 +852,9 @@ Server::Server(Engine& engine, const models::Tokenizer& tokenizer, ServerOptions
     throw UserError(fmt::format("--max-body {} bytes; valid: 1024 or more", o.max_body_bytes));
   if (!(o.drain_timeout_s >= 0)) throw UserError(fmt::format("--drain-timeout {}; valid: 0 or more seconds", o.drain_timeout_s));
   if (o.model_name.empty()) throw UserError("serve: the served model needs a name");
+  if (o.max_tool_rounds < 1 || o.max_tool_rounds > 64)
+    throw UserError(fmt::format("--max-tool-rounds {}; valid: 1 to 64", o.max_tool_rounds));
+  if (!o.tools.empty() && !o.tools.call) throw UserError("serve: tools without a call function");
   impl_->stats.kv_blocks_total = engine.kv_blocks_total();
 }
 

@@ -11,6 +11,8 @@
 //        with server-sent events in OpenAI's chunk format ending "data: [DONE]", with a usage chunk
 //        when stream_options.include_usage; every response carries "ppu_timing" (below)
 //   GET  /v1/models, /v1/models/{id}             the one model served
+//   GET  /, /index.html                          the chat page (src/serve/web/chat.html)
+//   GET  /ppu/tools                              the server's tools: {"tools": [{"name", "description"}]}
 //   GET  /health                                 200 {"status": "ok"}; 503 while draining
 //   GET  /metrics                                Prometheus text: requests by endpoint and status,
 //        prompt and generated tokens, running and waiting requests, KV blocks, engine steps, the
@@ -28,6 +30,20 @@
 // /v1/ only); 404 an unknown model or path; 413 a body over the limit; 429 the queue is full
 // (max_waiting requests already wait beyond the running batch); 503 draining.
 //
+// The agent loop: a chat request whose `tools` name one of the server's tools (ServerOptions::tools;
+// {"type": "function", "function": {"name": "search"}} is enough - the server fills in the description
+// and schema) is run server-side: each round the model's reply is parsed; when every call it makes is
+// to a server tool, the calls run (in order, for the request's `user`), the assistant turn and one
+// `tool` message per result are appended to the conversation and the model generates again, up to
+// max_tool_rounds rounds. A tool's error is the tool message's text (the model reads it; never an
+// HTTP error); a busy tool (the code sandbox's pool and queue full) ends the request with 429. A reply calling a tool the client offered (not the server's) ends the loop: its calls
+// go back to the client as usual (finish_reason "tool_calls"; server tools in the same reply are not
+// run). The response carries "ppu_agent": {"rounds" (replies), "tool_rounds", "stopped" (null, or why it ended early:
+// the round limit, the context), "steps": [{"round", "content", "reasoning_content", "tool_calls",
+// "tool_results": [{"tool_call_id", "name", "content", "is_error"}], "ppu_timing"}]} with usage summed
+// over the rounds; streamed, every round's deltas go out as they come, each round's results as a
+// chunk with an empty delta and "ppu_tool_results", and one finish chunk at the end.
+//
 // Threads: cpp-httplib's pool runs the handlers (one per connection, enough for every running and
 // waiting request); one engine thread owns the Engine and runs its steps, taking new requests and
 // cancellations between steps. A streaming client that disconnects cancels its request (its KV slot
@@ -38,11 +54,22 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "models/Tokenizer.hpp"
 #include "serve/Engine.hpp"
+#include "serve/Tools.hpp"
 
 namespace ppu::serve {
+
+// Tools run by the server for the model: their definitions (JSON Schemas) and the call. `ppu serve
+// --tools` fills it from a ToolSet; tests put their own here.
+struct ServerTools {
+  std::vector<ToolDef> definitions;
+  std::function<ToolResult(std::string_view name, const nlohmann::json& arguments, std::string_view user)> call;
+  bool empty() const { return definitions.empty(); }
+};
 
 struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback only unless asked
@@ -54,13 +81,16 @@ struct ServerOptions {
   int64_t max_body_bytes = 8 << 20;
   double drain_timeout_s = 30;     // drain(): the longest wait for in-flight requests
   std::function<void(const std::string&)> log;  // one line per finished request; empty: none
+  // The tools the server runs for the model (the agent loop, below); empty: none.
+  ServerTools tools;
+  int max_tool_rounds = 8;         // rounds of tool calls one request may make (1 .. 64)
 };
 
 class Server {
  public:
   // `engine` and `tokenizer` must outlive the server; from start() on, the server's engine thread is
   // the only one driving the engine. UserError for options out of range.
-  Server(Engine& engine, const models::Tokenizer& tokenizer, ServerOptions options);
+  Server(ServingEngine& engine, const models::Tokenizer& tokenizer, ServerOptions options);
   ~Server();  // stop()
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <signal.h>
+#include <string.h>
+
 #include <cmath>
 #include <iterator>
 #include <limits>
@@ -25,13 +28,18 @@ ToolSpec parse_tool_spec(std::string_view text) {
     const size_t eq = entry.find('=');
     const std::string_view name = entry.substr(0, eq);
     const std::string file(eq == std::string_view::npos ? std::string_view() : entry.substr(eq + 1));
-    if (name == "code")
-      throw UserError("--tools: 'code': the sandboxed code interpreter is not built yet; valid now: search=FILE, "
-                      "memory=FILE");
+    if (name == "code") {
+      if (eq != std::string_view::npos)
+        throw UserError(fmt::format("--tools: '{}': code takes no file; write just 'code'", entry));
+      if (spec.code) throw UserError("--tools: 'code' is given twice");
+      spec.code = true;
+      i = j + 1;
+      continue;
+    }
     std::string* slot = name == "search" ? &spec.search_db : name == "memory" ? &spec.memory_db : nullptr;
     if (!slot)
       throw UserError(fmt::format("--tools: '{}' is not a tool; valid: search=INDEX.sqlite (ppu index), "
-                                  "memory=FILE.sqlite",
+                                  "memory=FILE.sqlite, code",
                                   entry));
     if (file.empty())
       throw UserError(fmt::format("--tools: '{}' needs its file: {}=FILE.sqlite", entry, name));
@@ -130,17 +138,34 @@ ToolSet::ToolSet(const ToolSpec& spec) {
     defs_.push_back({"memory_forget", "Forget one remembered fact by its id.",
                      object_schema({{"id", property("integer", "The memory's id, as recall or list give it")}}, {"id"})});
   }
+  if (spec.code) {
+    sandbox_ = std::make_unique<Sandbox>(spec.sandbox);
+    const SandboxLimits& l = sandbox_->config().limits;
+    const auto max_s = std::max<int64_t>(1, static_cast<int64_t>(l.wall_time_s));
+    defs_.push_back(
+        {"code",
+         fmt::format("Run a Python 3 program in a sandbox and get its exit status, stdout and stderr: print what you "
+                     "want to see. No network. Its working directory (/sandbox, also /tmp) is empty at the start and "
+                     "gone after the call, so nothing is kept between calls. The standard library and the system's "
+                     "installed Python packages only. Limits: {} s, {} MiB of memory per process, {} processes, {} "
+                     "KiB of output per stream.",
+                     max_s, l.memory_bytes >> 20, l.processes, l.output_bytes >> 10),
+         object_schema({{"code", property("string", "The Python 3 program")},
+                        {"timeout_s", bounded("Seconds it may run before it is stopped", 1, max_s, max_s)}},
+                       {"code"})});
+  }
 }
 
 ToolSet::~ToolSet() = default;
 
 ToolResult ToolSet::call(std::string_view name, const json& arguments, std::string_view user) {
-  std::lock_guard lk(mu_);
-  for (const ToolDef& def : defs_) {
+  for (const ToolDef& def : defs_) {  // defs_ is fixed at construction: no lock needed to read it
     if (def.name != name) continue;
     if (const std::string why = check_arguments(def.parameters, arguments); !why.empty())
       return {fmt::format("{}: {}", name, why), true};
     try {
+      if (def.name == "code") return run_code(def, arguments);  // in parallel, bounded by the pool
+      std::lock_guard lk(mu_);
       return run(def, arguments, user);
     } catch (const UserError& e) {  // a locked database, a user the store refuses, ...
       return {fmt::format("{}: {}", name, e.what()), true};
@@ -149,6 +174,55 @@ ToolResult ToolSet::call(std::string_view name, const json& arguments, std::stri
   std::string names;
   for (const ToolDef& d : defs_) names += (names.empty() ? "" : ", ") + d.name;
   return {fmt::format("no tool named '{}'; the tools are: {}", name, names.empty() ? "(none)" : names), true};
+}
+
+namespace {
+
+// Why the sandbox or a signal stopped the program, as the model reads it; "" when it exited by itself.
+std::string stop_reason(const SandboxResult& r, const SandboxLimits& l) {
+  if (r.timed_out) return fmt::format("stopped: it ran past its time limit of {:g} s", l.wall_time_s);
+  if (r.stdout_truncated || r.stderr_truncated)
+    return fmt::format("stopped: its {} passed {} bytes, the output limit", r.stdout_truncated ? "stdout" : "stderr",
+                       l.output_bytes);
+  if (r.signal == SIGXCPU) return fmt::format("stopped: it used its {} s of CPU time (SIGXCPU)", l.cpu_time_s);
+  if (r.signal != 0) {
+    const char* abbrev = sigabbrev_np(r.signal);
+    return fmt::format("ended by signal {} (SIG{})", r.signal, abbrev ? abbrev : "?");
+  }
+  return "";
+}
+
+}  // namespace
+
+ToolResult code_tool_result(const SandboxResult& r, const SandboxLimits& limits) {
+  const std::string stopped = stop_reason(r, limits);
+  std::string out = stopped.empty() ? fmt::format("exit status {}", r.exit_code) : stopped;
+  const auto section = [&](const char* name, const std::string& text, bool truncated) {
+    if (text.empty() && !truncated) return;
+    out += fmt::format("{}{}:\n{}", out.ends_with('\n') ? "" : "\n", name, text);
+    if (truncated) out += fmt::format("{}... [truncated]", text.ends_with('\n') ? "" : "\n");
+  };
+  section("stdout", r.stdout_text, r.stdout_truncated);
+  section("stderr", r.stderr_text, r.stderr_truncated);
+  if (r.stdout_text.empty() && r.stderr_text.empty()) out += "\n(no output)";
+  if (!out.ends_with('\n')) out += '\n';
+  return {out, !stopped.empty()};
+}
+
+ToolResult ToolSet::run_code(const ToolDef& def, const json& args) {
+  SandboxLimits l = sandbox_->config().limits;
+  l.wall_time_s = static_cast<double>(int_arg(def, args, "timeout_s"));
+  l.cpu_time_s = std::min<int64_t>(l.cpu_time_s, int_arg(def, args, "timeout_s"));
+  const std::optional<SandboxResult> r = sandbox_->try_run(args.at("code").get<std::string>(), l);
+  if (!r) {
+    const SandboxConfig& c = sandbox_->config();
+    return {fmt::format("code: busy: this server runs {} program{} at once and queues {} more; try again shortly",
+                        c.max_running, c.max_running == 1 ? "" : "s", c.max_waiting),
+            true, true};
+  }
+  ToolResult res = code_tool_result(*r, l);
+  if (res.is_error) res.text = "code: " + res.text;
+  return res;
 }
 
 ToolResult ToolSet::run(const ToolDef& def, const json& args, std::string_view user) {

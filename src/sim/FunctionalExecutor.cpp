@@ -196,6 +196,14 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
         const ReadView& va = rd(in.a, ta ? in.k : in.rows, ta ? in.rows : in.k);
         const ReadView& vb = rd(in.b, tb ? in.cols : in.k, tb ? in.k : in.cols);
         const DType t = bufs[in.a].dtype;
+        if (t == DType::kI8) {
+          flush();
+          mma_tile_i8(reinterpret_cast<const int8_t*>(va.ptr), static_cast<int>(va.ld), ta,
+                      reinterpret_cast<const int8_t*>(vb.ptr), static_cast<int>(vb.ld), tb,
+                      reinterpret_cast<int32_t*>(arena + bufs[in.dst].offset_bytes), bufs[in.dst].cols, in.rows,
+                      in.cols, in.k, in.flags & kFlagAccumulate, t_mma_scratch);
+          break;
+        }
         if (va.alias && vb.alias && mma_streams_long_k(t, in.rows, ta, tb)) {
           const int64_t step = int64_t{pend.k} * dtype_size_bytes(t);
           if (pend.active && pend.dst == in.dst && (in.flags & kFlagAccumulate) && pend.type == t &&
@@ -225,6 +233,20 @@ void execute_program(const Kernel& k, const TileProgram& p, unsigned char* arena
       case OpCode::kBinary: {
         const auto op = static_cast<BinaryOp>(in.sub);
         const auto bc = static_cast<Broadcast>(in.flags);
+        if (bufs[in.dst].dtype == DType::kI32) {  // int32 + int32, wrapping (TileProgram::binary)
+          const ReadView& va = rd(in.a, in.rows, in.cols);
+          const ReadView& vb = rd(in.b, in.rows, in.cols);
+          auto* d = reinterpret_cast<int32_t*>(arena + bufs[in.dst].offset_bytes);
+          const int ldd = bufs[in.dst].cols;
+          for (int r = 0; r < in.rows; ++r) {
+            const auto* ar = reinterpret_cast<const int32_t*>(va.ptr) + r * va.ld;
+            const auto* br = reinterpret_cast<const int32_t*>(vb.ptr) + r * vb.ld;
+            int32_t* dr = d + int64_t{r} * ldd;
+            for (int c = 0; c < in.cols; ++c)
+              dr[c] = static_cast<int32_t>(static_cast<uint32_t>(ar[c]) + static_cast<uint32_t>(br[c]));
+          }
+          break;
+        }
         const auto [a, lda] = frd(in.a, in.rows, in.cols);
         const auto [b, ldb] = frd(in.b, bc == Broadcast::kCol ? 1 : in.rows, bc == Broadcast::kRow ? 1 : in.cols);
         float* d = fptr(in.dst);

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "arch/Error.hpp"
 #include "sim/HostIsa.hpp"
 #include "sim/MmaAvx512.hpp"
 #include "sim/MmaPortable.hpp"
@@ -76,6 +77,33 @@ bool mma_streams_long_k(DType t, int m, bool trans_a, bool trans_b) {
   if (!trans_b || trans_a) return false;
   if (t == DType::kBF16 && mma_has_avx512bf16()) return m <= detail::kDotMaxRows;
   return m <= detail::kPortableDotMaxRows && detail::mma_portable_dot_supports(t);
+}
+
+void mma_tile_i8(const int8_t* a, int lda, bool trans_a, const int8_t* b, int ldb, bool trans_b, int32_t* c, int ldc,
+                 int m, int n, int k, bool accumulate, MmaScratch& s) {
+  PPU_CHECK(k >= 0 && k <= kMmaInt8MaxK, "mma_tile_i8: k out of range (TileProgram::mma checks it)");
+  // Widen both operands to int16 in [rows, k] layouts, so that every output is a dot product of two
+  // contiguous rows (the loop the compiler turns into multiply-adds of int16 pairs).
+  s.ai8.resize(static_cast<size_t>(m) * k);
+  s.bi8.resize(static_cast<size_t>(n) * k);
+  for (int i = 0; i < m; ++i)
+    for (int p = 0; p < k; ++p)
+      s.ai8[static_cast<size_t>(i) * k + p] = trans_a ? a[int64_t{p} * lda + i] : a[int64_t{i} * lda + p];
+  for (int j = 0; j < n; ++j)
+    for (int p = 0; p < k; ++p)
+      s.bi8[static_cast<size_t>(j) * k + p] = trans_b ? b[int64_t{j} * ldb + p] : b[int64_t{p} * ldb + j];
+  for (int i = 0; i < m; ++i) {
+    const int16_t* ar = s.ai8.data() + static_cast<size_t>(i) * k;
+    int32_t* cr = c + int64_t{i} * ldc;
+    for (int j = 0; j < n; ++j) {
+      const int16_t* br = s.bi8.data() + static_cast<size_t>(j) * k;
+      int32_t dot = 0;  // |dot| <= k * 2^14 < 2^31 (kMmaInt8MaxK)
+      for (int p = 0; p < k; ++p) dot += int32_t{ar[p]} * int32_t{br[p]};
+      // The accumulator wraps modulo 2^32 like the hardware's (unsigned arithmetic: no overflow UB).
+      const uint32_t prev = accumulate ? static_cast<uint32_t>(cr[j]) : 0u;
+      cr[j] = static_cast<int32_t>(prev + static_cast<uint32_t>(dot));
+    }
+  }
 }
 
 void mma_tile(DType t, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c, int ldc,

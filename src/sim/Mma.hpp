@@ -1,4 +1,5 @@
 // Host implementation of the matrix unit: one MMA tile instruction, with hardware numerics.
+// (int8 inputs: mma_tile_i8, exact int32 sums; the rest of this header is about float inputs.)
 //
 // Products of bf16/fp16/fp8 inputs are exact in fp32 and are accumulated in fp32 (round to nearest
 // even per addition), as tensor cores and the PPU's matrix unit do. The summation order over k
@@ -21,12 +22,14 @@
 #include <vector>
 
 #include "arch/DType.hpp"
+#include "isa/TileProgram.hpp"  // kMmaInt8MaxK
 
 namespace ppu {
 
 struct MmaScratch {
   std::vector<uint16_t> a16, b16;
   std::vector<float> a32, b32, row;
+  std::vector<int16_t> ai8, bi8;  // int8 operands widened, A as [m, k] and B as [n, k]
 };
 
 // c[i*ldc + j] (+)= sum_p A[i,p] * B[p,j] for i < m, j < n, p < k.
@@ -34,6 +37,15 @@ struct MmaScratch {
 // Strides are in elements of `in_type`. Not thread-safe per scratch object.
 void mma_tile(DType in_type, const void* a, int lda, bool trans_a, const void* b, int ldb, bool trans_b, float* c,
               int ldc, int m, int n, int k, bool accumulate, MmaScratch& scratch);
+
+// The integer matrix unit: c[i*ldc + j] (+)= sum_p A[i,p] * B[p,j] of int8 inputs, int32 results.
+// Layouts as mma_tile's (strides in elements). Exact: integer addition is associative, so every
+// path and order gives the same bits; the sum into c wraps modulo 2^32 (two's complement), and k
+// must stay below kMmaInt8MaxK so that one call's own sum cannot. Plain C++ that the compiler
+// vectorises for the build's baseline ISA (int16 x int16 -> int32 multiply-adds), so it is the same
+// under every PPU_HOST_ISA. Not thread-safe per scratch object.
+void mma_tile_i8(const int8_t* a, int lda, bool trans_a, const int8_t* b, int ldb, bool trans_b, int32_t* c, int ldc,
+                 int m, int n, int k, bool accumulate, MmaScratch& scratch);
 
 // True if the bf16 path uses AVX512-BF16 on this CPU and PPU_HOST_ISA allows it (for reports).
 bool mma_has_avx512bf16();

@@ -542,7 +542,7 @@ class Sim {
         case OpCode::kSync: break;
         case OpCode::kMma: {
           const DType dt = prog.buffers()[in.a].dtype;
-          const int64_t gk = dtype_is_fp8(dt) ? kMmaGranK8 : kMmaGranK16;
+          const int64_t gk = dtype_size_bytes(dt) == 1 ? kMmaGranK8 : kMmaGranK16;
           const double flops =
               2.0 * round_up(in.rows, kMmaGranMN) * round_up(in.cols, kMmaGranMN) * round_up(in.k, gk);
           const double rate = mma_rate_[static_cast<int>(dt)];
@@ -644,13 +644,13 @@ class Sim {
       case OpCode::kMma: {
         const DType dt = r.dtype;
         if (!(mma_rate_[static_cast<int>(dt)] > 0))
-          throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: bf16, fp16{})", k_.name,
-                                      chip_.name, dtype_name(dt), chip_.matrix_fp8.present ? ", fp8" : ""));
+          throw UserError(fmt::format("kernel '{}': {} has no {} matrix unit (valid inputs: {}; chips with it: {})",
+                                      k_.name, chip_.name, dtype_name(dt), matrix_dtypes_of(chip_),
+                                      presets_supporting(dt)));
         const double dur = r.amount;
         if (!std::isfinite(dur))
           throw_endless(s, i, "a matrix",
-                        fmt::format("fields '{}' x '{}'", matrix_field_for(dt),
-                                    dtype_is_fp8(dt) ? "mma_efficiency_fp8" : "mma_efficiency"));
+                        fmt::format("fields '{}' x '{}'", matrix_field_for(dt), mma_efficiency_field_for(dt)));
         res_.matrix_flops += std::bit_cast<double>(r.extra);
         res_.matrix_busy_s += dur;
         c.busy[0] = true;

@@ -16,6 +16,8 @@
 #include "TestUtil.hpp"
 #include "arch/ChipSpec.hpp"
 #include "arch/Presets.hpp"
+#include "kernels/Gemm.hpp"
+#include "runtime/Device.hpp"
 
 namespace ppu {
 namespace {
@@ -67,7 +69,28 @@ TEST(ChipPresets, EveryPresetLoadsWithProvenanceForEveryField) {
     EXPECT_FALSE(c.supports(DType::kF32)) << "fp32 inputs are not a matrix-unit type";
     EXPECT_EQ(c.supports(DType::kF8E4M3), c.matrix_fp8.present);
     EXPECT_EQ(c.supports(DType::kF8E5M2), c.matrix_fp8.present);
+    EXPECT_EQ(c.matrix_int8.present, c.mma_efficiency_int8.present);
+    EXPECT_EQ(c.supports(DType::kI8), c.matrix_int8.present);
+    EXPECT_FALSE(c.supports(DType::kI32)) << "int32 is the accumulator, not a matrix input";
   }
+}
+
+// The INT8 peaks of the issue's table (dense TOPS, no sparsity), and the pairing rule.
+TEST(ChipPresets, Int8PeaksAndPairing) {
+  const std::map<std::string, double> tops = {{"a100-80g", 624}, {"a800", 624},  {"h100", 1979}, {"h800", 1979},
+                                              {"h200", 1979},    {"h20", 296},   {"b200", 4500}, {"zhenwu-810e", 240}};
+  for (const auto& [name, t] : tops) {
+    const ChipSpec c = load_chip(name);
+    EXPECT_DOUBLE_EQ(c.matrix_flops_per_s(DType::kI8), t * 1e12) << name;
+    EXPECT_EQ(matrix_field_for(DType::kI8), "matrix_int8");
+    EXPECT_EQ(mma_efficiency_field_for(DType::kI8), "mma_efficiency_int8");
+    EXPECT_EQ(c.mma_efficiency_for(DType::kI8), c.mma_efficiency_int8.value) << name;
+  }
+  EXPECT_FALSE(load_chip("zhenwu-810e").matrix_int8.assumed.empty());
+  nlohmann::json j = nlohmann::json::parse(preset_text("chips", "chip", "h100").text);
+  j.erase("mma_efficiency_int8");
+  test::expect_error([&] { parse_chip(j.dump(), "half.json"); },
+                     {"half.json: fields 'matrix_int8' and 'mma_efficiency_int8' go together: give both or neither"});
 }
 
 // Which fields docs/presets.md ("Built-in chips") says are published for each chip; every other
@@ -92,10 +115,14 @@ TEST(ChipPresets, PublishedAndAssumedMatchTheDocs) {
   b200.erase("special_function_rate");  // the per-SM rate is assumed to carry over from Hopper
   const std::map<std::string, std::set<std::string>> published = {
       {"a100-80g", a100}, {"a800", a800}, {"h100", h100}, {"h800", h800}, {"h20", h20},
-      {"h200", h200},     {"b200", b200}, {"zhenwu-810e", {"hbm_size", "chip_links", "power"}}};
+      {"h200", h200},     {"b200", b200}, {"zhenwu-810e", {"cores", "hbm_size", "chip_links", "power"}}};
+  // Every NVIDIA preset's INT8 peak is from its data sheet; the PPU's is assumed (2x its 16-bit one).
+  std::map<std::string, std::set<std::string>> with_int8 = published;
+  for (auto& [chip, pub] : with_int8)
+    if (chip != "zhenwu-810e") pub.insert("matrix_int8");
   // The 810E's link bandwidth is derived from a published total over a published link count.
   const std::set<std::pair<std::string, std::string>> ambiguous = {{"zhenwu-810e", "chip_link_bandwidth"}};
-  for (const auto& [chip, pub] : published) {
+  for (const auto& [chip, pub] : with_int8) {
     const ChipSpec c = load_chip(chip);
     for (const auto& f : chip_fields()) {
       const Quantity& q = c.*(f.member);
@@ -203,6 +230,26 @@ TEST(ChipPresets, DerivedChipsEqualTheirBaseExceptWhereTheyDiffer) {
   expect_same_die("h100", "h200", {"hbm_size", "hbm_bandwidth"}, 0.002);
   const ChipSpec a100 = load_chip("a100-80g"), a800 = load_chip("a800");
   EXPECT_LT(a800.chip_links.value, a100.chip_links.value);
+}
+
+// The B200's L2 and per-core DMA rates (presets/chips/b200.json) are H100's scaled by the per-SM
+// matrix rate. With the earlier 15 TB/s and 100 GB/s a 4096^3 BF16 GEMM came out L2-bound at 46% of
+// the peak, far below what the chip measures: S. Bekman's best B200 BF16 matmul is 77.6% of 2250
+// TFLOPS, and Azure's GB200 runs a 4096^3 FP8 GEMM at 57% of its peak. The GEMM must now be limited
+// by the tensor cores and land between 60% and 80% of the peak (above the best measured matmul, or
+// far below the GB200 point, would be as implausible as before).
+TEST(ChipPresets, B200Gemm4096IsBoundByItsTensorCores) {
+  const ChipSpec chip = load_chip("b200");
+  Device dev(chip, ExecMode::kTimingOnly);
+  const int64_t n = 4096;
+  Buffer a = dev.alloc(DType::kBF16, n * n, "A"), b = dev.alloc(DType::kBF16, n * n, "B"),
+         c = dev.alloc(DType::kBF16, n * n, "C");
+  const KernelTiming t = kernels::gemm(dev, kernels::GemmShape{n, n, n}, a, b, c);
+  const double fraction = 2.0 * n * n * n / t.time_s / chip.matrix_bf16.value;
+  EXPECT_EQ(t.bound(chip), "matrix unit") << fraction;
+  EXPECT_GE(fraction, 0.60);
+  EXPECT_LE(fraction, 0.80);
+  EXPECT_LT(t.l2_utilization(chip), t.matrix_utilization(chip));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -364,6 +411,43 @@ TEST(ChipPresets, GraphNodesLaunchFasterThanKernels) {
     EXPECT_TRUE(c.graph_node_latency.present) << n;
     EXPECT_LT(c.graph_node_latency_value(), c.launch_latency.value) << n;
   }
+}
+
+// FP8 on a chip without an FP8 matrix unit is refused, not emulated (docs/presets.md, "Input dtypes a
+// chip lacks"): the message names the chip, says it has no FP8 unit at all, lists exactly the presets
+// that have one, and for the Zhenwu 810E gives its vendor's W8A8 INT8 advice with the option that
+// asks for it - only when the caller names its option and the chip can run int8.
+TEST(ChipPresets, Fp8RefusalNamesTheChipTheChipsWithFp8AndTheVendorAdvice) {
+  std::string with_fp8;
+  for (const auto& n : chip_preset_names())
+    if (load_chip(n).matrix_fp8.present) with_fp8 += (with_fp8.empty() ? "" : ", ") + n;
+  EXPECT_EQ(with_fp8, "b200, h100, h20, h200, h800");
+  const ChipSpec z = load_chip("zhenwu-810e");
+  ASSERT_FALSE(z.supports(DType::kF8E4M3));
+  const std::string m = matrix_unit_refusal(z, DType::kF8E4M3, "--matmul-dtype");
+  for (const std::string& want : {std::string("zhenwu-810e has no fp8e4m3 matrix unit (no FP8 matrix unit at all"),
+                                  "chips with FP8: " + with_fp8, std::string("its vendor recommends W8A8 INT8"),
+                                  std::string("PPU SDK v1.5.3 release notes"), std::string(": --matmul-dtype int8")})
+    EXPECT_NE(m.find(want), std::string::npos) << m << "\nmissing: " << want;
+  // e5m2 is FP8 too; without a flag no option is named.
+  const std::string e5 = matrix_unit_refusal(z, DType::kF8E5M2);
+  EXPECT_NE(e5.find("zhenwu-810e has no fp8e5m2 matrix unit"), std::string::npos) << e5;
+  EXPECT_NE(e5.find("W8A8 INT8"), std::string::npos) << e5;
+  EXPECT_EQ(e5.find("--"), std::string::npos) << e5;
+  // A copy of the PPU without an INT8 unit still hears the advice but is not sent to an option it
+  // would refuse.
+  json j = json::parse(builtin_preset("chips", "zhenwu-810e").value_or("{}"));
+  j.erase("matrix_int8");
+  j.erase("mma_efficiency_int8");
+  const ChipSpec no_int8 = parse_chip(j.dump(), "no-int8.json");
+  const std::string n = matrix_unit_refusal(no_int8, DType::kF8E4M3, "--matmul-dtype");
+  EXPECT_NE(n.find("W8A8 INT8"), std::string::npos) << n;
+  EXPECT_EQ(n.find("--matmul-dtype"), std::string::npos) << n;
+  // Another chip without FP8 gets no advice: none is published for it.
+  const std::string a = matrix_unit_refusal(load_chip("a100-80g"), DType::kF8E4M3, "--matmul-dtype");
+  EXPECT_NE(a.find("a100-80g has no fp8e4m3 matrix unit (no FP8 matrix unit at all"), std::string::npos) << a;
+  EXPECT_NE(a.find("chips with FP8: " + with_fp8), std::string::npos) << a;
+  EXPECT_EQ(a.find("W8A8"), std::string::npos) << a;
 }
 
 TEST(ChipFile, UnknownChipNameListsTheKnownOnes) {

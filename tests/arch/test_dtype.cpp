@@ -451,6 +451,11 @@ TEST(DTypeBulk, ConvertFromF32MatchesScalarStoreForEveryDtype) {
     int64_t bad = 0;
     for (size_t i = 0; i < xs.size(); ++i) {
       store_from_f32(t, one.data(), xs[i]);
+      if (std::isnan(xs[i]) && dtype_is_int(t)) {  // integers have no NaN: it converts to 0
+        EXPECT_EQ(load_as_f32(t, bulk.data() + i * es), 0.0f) << dtype_name(t);
+        EXPECT_EQ(load_as_f32(t, one.data()), 0.0f) << dtype_name(t);
+        continue;
+      }
       if (std::isnan(xs[i])) {
         EXPECT_TRUE(std::isnan(load_as_f32(t, bulk.data() + i * es))) << dtype_name(t);
         EXPECT_TRUE(std::isnan(load_as_f32(t, one.data()))) << dtype_name(t);
@@ -523,7 +528,7 @@ TEST(DTypeBulk, ZeroLengthConversionsTouchNothing) {
 }
 
 TEST(DTypeNames, NamesSizesAndAliases) {
-  const int sizes[] = {4, 2, 2, 1, 1};
+  const int sizes[] = {4, 2, 2, 1, 1, 1, 4};
   for (DType t : all_dtypes()) {
     EXPECT_EQ(dtype_from_name(dtype_name(t)), t);
     EXPECT_EQ(dtype_size_bytes(t), sizes[static_cast<int>(t)]);
@@ -534,12 +539,51 @@ TEST(DTypeNames, NamesSizesAndAliases) {
   EXPECT_EQ(dtype_from_name("float16"), DType::kF16);
   EXPECT_EQ(dtype_from_name("fp8"), DType::kF8E4M3);
   EXPECT_EQ(dtype_from_name("e5m2"), DType::kF8E5M2);
-  EXPECT_FALSE(dtype_from_name("int8").has_value());
+  EXPECT_EQ(dtype_from_name("int8"), DType::kI8);
+  EXPECT_EQ(dtype_from_name("i8"), DType::kI8);
+  EXPECT_EQ(dtype_from_name("i32"), DType::kI32);
+  EXPECT_FALSE(dtype_from_name("int4").has_value());
+  EXPECT_FALSE(dtype_from_name("uint8").has_value());
   EXPECT_FALSE(dtype_from_name("").has_value());
   EXPECT_FALSE(dtype_from_name("BF16").has_value());  // names are case-sensitive
   EXPECT_TRUE(dtype_is_fp8(DType::kF8E4M3));
   EXPECT_TRUE(dtype_is_fp8(DType::kF8E5M2));
   EXPECT_FALSE(dtype_is_fp8(DType::kBF16));
+  EXPECT_TRUE(dtype_is_int(DType::kI8) && dtype_is_int(DType::kI32));
+  EXPECT_FALSE(dtype_is_int(DType::kF8E4M3) || dtype_is_int(DType::kF32));
+}
+
+// int8 / int32: round to nearest even, saturate, NaN -> 0 (PTX cvt.rni.sat); exact back to fp32
+// up to 2^24.
+TEST(DTypeInt, RoundsToNearestEvenAndSaturates) {
+  const float kInf = std::numeric_limits<float>::infinity(), kNaN = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(f32_to_int8(0.5f), 0);
+  EXPECT_EQ(f32_to_int8(1.5f), 2);
+  EXPECT_EQ(f32_to_int8(2.5f), 2);
+  EXPECT_EQ(f32_to_int8(-2.5f), -2);
+  EXPECT_EQ(f32_to_int8(-0.49f), 0);
+  EXPECT_EQ(f32_to_int8(126.5f), 126);
+  EXPECT_EQ(f32_to_int8(127.4f), 127);
+  EXPECT_EQ(f32_to_int8(1e9f), 127);
+  EXPECT_EQ(f32_to_int8(-128.6f), -128);
+  EXPECT_EQ(f32_to_int8(-kInf), -128);
+  EXPECT_EQ(f32_to_int8(kInf), 127);
+  EXPECT_EQ(f32_to_int8(kNaN), 0);
+  EXPECT_EQ(f32_to_int32(16777217.0f), 16777216);  // the fp32 input is already 2^24
+  EXPECT_EQ(f32_to_int32(-3.5f), -4);
+  EXPECT_EQ(f32_to_int32(3e9f), INT32_MAX);
+  EXPECT_EQ(f32_to_int32(-3e9f), INT32_MIN);
+  EXPECT_EQ(f32_to_int32(-2147483648.0f), INT32_MIN);
+  EXPECT_EQ(f32_to_int32(kNaN), 0);
+  for (int v = -128; v <= 127; ++v) {
+    const auto b = static_cast<int8_t>(v);
+    EXPECT_EQ(load_as_f32(DType::kI8, &b), static_cast<float>(v));
+    EXPECT_EQ(round_to(DType::kI8, static_cast<float>(v)), static_cast<float>(v));
+  }
+  const int32_t big = (1 << 24) + 1;
+  EXPECT_EQ(load_as_f32(DType::kI32, &big), 16777216.0f) << "int32 -> fp32 rounds above 2^24";
+  EXPECT_EQ(unit_roundoff(DType::kI8), 0.5);
+  EXPECT_EQ(unit_roundoff(DType::kI32), std::ldexp(1.0, -24));
 }
 
 }  // namespace

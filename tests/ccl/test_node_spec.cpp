@@ -14,7 +14,7 @@ namespace {
 
 TEST(NodeSpec, EveryPresetLoads) {
   const auto names = node_preset_names();
-  for (const char* want : {"zhenwu-8", "zhenwu-16", "zhenwu-8-pcie", "a100-dgx", "a800-hgx", "h100-dgx", "h200-hgx",
+  for (const char* want : {"zhenwu-8", "zhenwu-16", "zhenwu-16-icn", "zhenwu-8-pcie", "a100-dgx", "a800-hgx", "h100-dgx", "h200-hgx",
                            "h20-hgx", "h800-hgx"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   for (const auto& n : names) {
@@ -36,6 +36,17 @@ TEST(NodeSpec, ZhenwuNodes) {
   EXPECT_EQ(z16.topology, Topology::kMeshesOverPcie);
   EXPECT_EQ(z16.num_chips(), 16);
   EXPECT_EQ(z16.group_chips(), 8);
+  EXPECT_FALSE(z16.chips.source.empty()) << "16 PPUs per Lingjun node is published (Alibaba Cloud ACK doc)";
+  // The other reading of the 16-card node: both islands on one ICN switch, each chip's port the sum
+  // of its 7 links (the island join is the topology field; docs/nodes.md).
+  const NodeSpec icn = load_node("zhenwu-16-icn");
+  EXPECT_EQ(icn.topology, Topology::kSwitch);
+  EXPECT_EQ(icn.num_chips(), 16);
+  EXPECT_EQ(icn.group_chips(), 16);
+  EXPECT_DOUBLE_EQ(icn.link_bandwidth.value, icn.chip.chip_links.value * icn.chip.chip_link_bandwidth.value);
+  EXPECT_FALSE(icn.has_switch_reduction());
+  EXPECT_NE(icn.notes.find("islands joined over ICN"), std::string::npos);
+  EXPECT_NE(z16.notes.find("islands joined over PCIe"), std::string::npos);
   EXPECT_EQ(load_node("zhenwu-8-pcie").topology, Topology::kPcie);
   EXPECT_TRUE(load_node("h100-dgx").has_switch_reduction());
   EXPECT_FALSE(load_node("a100-dgx").has_switch_reduction());

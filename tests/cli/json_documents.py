@@ -54,6 +54,8 @@ COMMANDS = [
     ("run", "run --model llama3-70b --timing-only --chip zhenwu-810e,h200 --prompt-len 8 --gen 1", [0]),
     ("run", "run --model tiny --node zhenwu-8 --tp 2 --timing-only --prompt-len 8 --gen 2", [0]),
     ("throughput", "throughput --model qwen3-0.6b --chip h100,a800 --io 64/128", [0]),
+    ("compare", "compare --chips zhenwu-810e,h20 --suite kernels --sweep zhenwu-810e.hbm_bandwidth=2:3 "
+                "--sweep-points 2", [0]),
     ("index", "index {tmp} --out {tmp}/kb.sqlite", [0]),
     ("train", "train --model tiny --timing-only --chip zhenwu-810e,h20 --seq-len 32 --batch 2", [0]),
     ("train", "train --model tiny --timing-only --chip zhenwu-810e,h20 --tp 2 --dp 2 --zero 1 --recompute full "

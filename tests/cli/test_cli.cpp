@@ -126,6 +126,44 @@ TEST(Cli, ShowCommandsWrapLongSources) {
   EXPECT_EQ(out.compare(next + 1, 30, std::string(30, ' ')), 0) << out.substr(row, 400);
 }
 
+// INT8: bench gemm times int8 x int8 -> int32 and checks it exactly; a chip without matrix_int8
+// refuses it naming the chips that have it; the models take --matmul-dtype int8 (W8A8) with a bf16
+// KV cache, and refuse an int8 KV cache.
+TEST(Cli, Int8GemmAndW8A8Inference) {
+  CmdResult r = ppu("bench gemm 67 45 1100 --dtype int8 --out-dtype int32 --chip zhenwu-810e --check --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto row = first_result(r.out);
+  EXPECT_EQ(row["dtype"], "int8");
+  EXPECT_EQ(row["peak_flops_per_s"].get<double>(), 240e12);
+  EXPECT_EQ(row["check"]["max_abs_error"].get<double>(), 0.0) << "int32 sums of int8 values are exact";
+  EXPECT_TRUE(row["check"]["passed"].get<bool>());
+  auto j = nlohmann::json::parse(*ppu::builtin_preset("chips", "a800"));
+  j["name"] = "no-int8";
+  j.erase("matrix_int8");
+  j.erase("mma_efficiency_int8");
+  const std::string file = temp_path("no-int8.json");
+  std::ofstream(file) << j.dump(2);
+  r = ppu("bench gemm 64 64 64 --dtype int8 --chip " + file);
+  EXPECT_EQ(r.status, 2);
+  for (const char* want : {"no-int8 has no int8 matrix unit", "chips with int8: a100-80g, a800, b200, h100, h20, h200, "
+                                                              "h800, zhenwu-810e"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  r = ppu("throughput --model qwen3-0.6b --chip zhenwu-810e --io 64/128 --max-batch 8 --matmul-dtype int8 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  row = first_result(r.out);
+  EXPECT_EQ(row["matmul_dtype"], "int8");
+  EXPECT_EQ(row["kv_dtype"], "bf16");
+  r = ppu("throughput --model qwen3-0.6b --chip zhenwu-810e --io 64/128 --max-batch 8 --matmul-dtype int8 "
+          "--kv-dtype int8");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--kv-dtype int8: an int8 KV cache is not supported"), std::string::npos) << r.out;
+  r = ppu("run --model tiny --chip h20 --matmul-dtype int8 --gen 2 --prompt-len 4 --timing-only");
+  EXPECT_EQ(r.status, 0) << r.out;
+  r = ppu("run --model tiny --matmul-dtype int32");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("valid: bf16, fp16, fp8e4m3, fp8e5m2, int8 (W8A8)"), std::string::npos) << r.out;
+}
+
 TEST(Cli, UserChipFileAndItsErrors) {
   auto j = nlohmann::json::parse(*ppu::builtin_preset("chips", "h100"));
   j["name"] = "my-chip";
@@ -186,9 +224,14 @@ TEST(Cli, BenchGemmBadInput) {
   CmdResult r = ppu("bench gemm 0 4 4");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("must be positive"), std::string::npos) << r.out;
+  // FP8 on the PPU is refused (not emulated): the chip, no FP8 unit, the chips that have one, and the
+  // vendor's W8A8 INT8 advice with this command's option (docs/presets.md, "Input dtypes a chip lacks").
   r = ppu("bench gemm 4 4 4 --dtype fp8 --chip zhenwu-810e");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.out.find("no fp8e4m3 matrix unit"), std::string::npos) << r.out;
+  for (const char* want : {"bench gemm: --dtype fp8e4m3: zhenwu-810e has no fp8e4m3 matrix unit",
+                           "no FP8 matrix unit at all", "chips with FP8: b200, h100, h20, h200, h800",
+                           "vendor recommends W8A8 INT8", ": --dtype int8"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
   r = ppu("bench gemm 4 4 4 --dtype int4");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("valid: fp32, bf16"), std::string::npos) << r.out;
@@ -376,8 +419,10 @@ TEST(Cli, ClustersTableShowAndErrors) {
   r = ppu("clusters --json");
   ASSERT_EQ(r.status, 0) << r.out;
   auto j = results_of(r.out);
-  ASSERT_EQ(j.size(), 6u);
-  for (const auto& c : j) EXPECT_EQ(c["chips"].get<int64_t>(), c["nodes"].get<int64_t>() * 8) << c["cluster"];
+  ASSERT_EQ(j.size(), 7u);
+  // Every preset gives each chip its own NIC (8-chip nodes with 8, zhenwu-10k-16's 16-chip nodes with 16).
+  for (const auto& c : j)
+    EXPECT_EQ(c["chips"].get<int64_t>(), c["nodes"].get<int64_t>() * c["nics_per_node"].get<int64_t>()) << c["cluster"];
 
   r = ppu("clusters show zhenwu-10k --json");
   ASSERT_EQ(r.status, 0) << r.out;
@@ -470,7 +515,20 @@ TEST(Cli, ThroughputTableJsonAndBadInput) {
   EXPECT_NE(r.out.find("'128-2048' is not input/output token counts"), std::string::npos) << r.out;
   r = ppu("throughput --chip a100-80g --matmul-dtype fp8e4m3");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.out.find("a100-80g has no fp8e4m3 matrix unit; use --matmul-dtype bf16"), std::string::npos) << r.out;
+  for (const char* want : {"--matmul-dtype fp8e4m3: a100-80g has no fp8e4m3 matrix unit (no FP8 matrix unit at all",
+                           "chips with FP8: b200, h100", "; or use --matmul-dtype bf16, or auto"})
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  EXPECT_EQ(r.out.find("W8A8"), std::string::npos) << "no vendor advice is published for the A100\n" << r.out;
+  // The PPU's refusal, in throughput and in run, ends with its vendor's advice as this option.
+  for (const char* cmd : {"throughput --model qwen3-0.6b --chip zhenwu-810e --matmul-dtype fp8e4m3",
+                          "run --model tiny --chip zhenwu-810e --matmul-dtype fp8e4m3 --timing-only"}) {
+    r = ppu(cmd);
+    EXPECT_EQ(r.status, 2) << cmd;
+    for (const char* want : {"--matmul-dtype fp8e4m3: zhenwu-810e has no fp8e4m3 matrix unit (no FP8 matrix unit at all",
+                             "chips with FP8: b200, h100, h20, h200, h800",
+                             "vendor recommends W8A8 INT8 (Alibaba Cloud PPU SDK v1.5.3 release notes): --matmul-dtype int8"})
+      EXPECT_NE(r.out.find(want), std::string::npos) << cmd << ": " << want << "\n" << r.out;
+  }
   r = ppu("throughput --kv-dtype int4");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("--kv-dtype 'int4'"), std::string::npos) << r.out;
@@ -1221,11 +1279,162 @@ TEST(Cli, IndexAndMcpErrors) {
   expect_refused({
       {"index /no/such/folder --out " + kb, {"/no/such/folder: no such folder to index"}},
       {"index", {"folder is required"}},
-      {"mcp --tools code", {"'code'", "not built yet"}},
+      {"mcp --tools code=x.sqlite", {"'code=x.sqlite': code takes no file"}},
       {"mcp --tools browser=x", {"'browser=x' is not a tool; valid: search=INDEX.sqlite"}},
       {"mcp --tools search=/no/such.sqlite", {"/no/such.sqlite: no such index file", "ppu index"}},
       {"mcp", {"--tools is required"}},
   });
+}
+
+}  // namespace
+
+namespace {
+
+// `ppu compare` (docs/compare.md) on the kernels suite: one record per workload with a value for
+// every chip, each ratio the baseline's performance over the other's computed from those values
+// (relative 1e-12), the claims' geometric means recomputed from the ratios, and the report written
+// to --out equal to the --json document (host_s aside).
+TEST(Cli, CompareKernelsSuite) {
+  const std::string dir = ppu::test::temp_path("cli-compare");
+  std::filesystem::remove_all(dir);
+  CmdResult r = ppu("compare --chips zhenwu-810e,a800,h20 --suite kernels --json --out " + dir);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const size_t start = r.out.find("\n{\n") == std::string::npos ? 0 : r.out.find("\n{\n") + 1;
+  const auto doc = nlohmann::json::parse(r.out.substr(start));
+  EXPECT_EQ(doc["command"], "compare");
+  EXPECT_EQ(doc["suite"], "kernels");
+  EXPECT_EQ(doc["baseline"], "zhenwu-810e");
+  ASSERT_EQ(doc["chips"].size(), 3u);
+  EXPECT_EQ(doc["chips"][2]["dtype"], "fp8e4m3");  // H20 has an FP8 unit: its best dtype
+  EXPECT_EQ(doc["chips"][1]["dtype"], "bf16");     // A800 has none
+  ASSERT_GE(doc["results"].size(), 8u);
+  std::map<std::string, std::pair<double, int>> logs;  // chip -> (sum of log ratios, count)
+  for (const auto& w : doc["results"]) {
+    EXPECT_EQ(w["suite"], "kernels") << w["workload"];
+    ASSERT_EQ(w["chips"].size(), 3u);
+    const auto& base = w["chips"][0];
+    for (const auto& c : w["chips"]) {
+      ASSERT_TRUE(c["value"].is_number()) << w["workload"] << " " << c.dump();
+      EXPECT_GT(c["value"].get<double>(), 0) << w["workload"];
+      EXPECT_TRUE(c["error"].is_null());
+    }
+    for (size_t i = 1; i < 3; ++i) {
+      const double b = base["value"], o = w["chips"][i]["value"];
+      const double want = w["better"] == "lower" ? o / b : b / o;
+      const auto& rel = w["relative_performance"][i - 1];
+      EXPECT_EQ(rel["chip"], w["chips"][i]["chip"]);
+      EXPECT_NEAR(rel["value"].get<double>(), want, 1e-12 * want) << w["workload"];
+      logs[rel["chip"]].first += std::log(want);
+      logs[rel["chip"]].second += 1;
+    }
+    if (w["group"] == "gemm") {  // roofline points: achieved FLOP/s below the chip's peak
+      for (size_t i = 0; i < 3; ++i) {
+        const auto& c = w["chips"][i];
+        EXPECT_LE(c["flops"].get<double>() / c["time_s"].get<double>(),
+                  doc["chips"][i]["matrix_peak_flops_per_s"].get<double>() * (1 + 1e-9))
+            << w["workload"];
+      }
+    }
+  }
+  ASSERT_EQ(doc["claims"].size(), 2u);
+  for (const auto& cl : doc["claims"]) {
+    const auto& [sum, n] = logs[cl["chip"]];
+    EXPECT_EQ(cl["workloads"], n);
+    const double g = std::exp(sum / n);
+    EXPECT_NEAR(cl["geomean"].get<double>(), g, 1e-9 * g);
+    const bool holds = cl["claim"] == "above_a800" ? g > 1 : g >= 0.8 && g <= 1.25;
+    EXPECT_EQ(cl["verdict"], holds ? "holds" : "does_not_hold");
+  }
+  EXPECT_TRUE(doc["sweep"].is_null());
+  bool assumed_source = false;
+  for (const auto& s : doc["sources"]) assumed_source |= s["chip"] == "zhenwu-810e" && s["basis"] == "assumed";
+  EXPECT_TRUE(assumed_source);
+  std::ifstream f(dir + "/report.json");
+  ASSERT_TRUE(f) << dir;
+  auto written = nlohmann::json::parse(f);
+  auto shown = doc;
+  written.erase("host_s");
+  shown.erase("host_s");
+  EXPECT_EQ(written, shown);
+}
+
+// A sweep re-runs the swept chip at each grid point: with HBM bandwidth doubled the PPU's stream
+// workloads get faster and so its geometric mean against H20 grows; the cells are the grid in order.
+TEST(Cli, CompareSweep) {
+  CmdResult r = ppu("compare --chips zhenwu-810e,h20 --suite kernels --sweep zhenwu-810e.hbm_bandwidth=1.5:3 "
+                    "--sweep-points 2 --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto doc = nlohmann::json::parse(r.out.substr(r.out.find("\n{\n") == std::string::npos ? 0 : r.out.find("\n{\n") + 1));
+  const auto& sw = doc["sweep"];
+  ASSERT_EQ(sw["axes"].size(), 1u);
+  EXPECT_EQ(sw["axes"][0]["unit"], "TB/s");
+  ASSERT_EQ(sw["cells"].size(), 2u);
+  EXPECT_EQ(sw["cells"][0]["values"][0], 1.5);
+  EXPECT_EQ(sw["cells"][1]["values"][0], 3.0);
+  const double lo = sw["cells"][0]["claims"][0]["geomean"], hi = sw["cells"][1]["claims"][0]["geomean"];
+  EXPECT_EQ(sw["cells"][0]["claims"][0]["claim"], "comparable_h20");
+  EXPECT_GT(hi, lo * 1.05);
+  // The baseline's own run (2.6 TB/s as the preset has it) lies between the two cells.
+  const double mid = doc["claims"][0]["geomean"];
+  EXPECT_GT(mid, lo);
+  EXPECT_LT(mid, hi);
+}
+
+// Every bad input names what is wrong and what is valid, exit 2, before any workload runs.
+TEST(Cli, CompareBadInput) {
+  const std::string file = ppu::test::temp_path("cli-compare-file");
+  std::ofstream(file) << "x";
+  expect_refused({
+      {"compare --chips zhenwu-810e,h2O", {"unknown chip 'h2O'", "did you mean", "h20", "a800"}},
+      {"compare --suite infrence", {"--suite 'infrence' is not a suite", "did you mean 'inference'",
+                                    "valid: kernels, inference, training, all"}},
+      {"compare --chips zhenwu-810e,a800 --dtype fp8e4m3",
+       {"--dtype fp8e4m3: zhenwu-810e has no fp8e4m3 matrix unit; chips with one:", "h20", "h100"}},
+      {"compare --sweep zhenwu-810e.matrix_bf16", {"--sweep 'zhenwu-810e.matrix_bf16': write CHIP.FIELD=LO:HI"}},
+      {"compare --sweep zhenwu-810e.matrix_bf16=a:160", {"'a' is not a number"}},
+      {"compare --sweep h100.matrix_bf16=90:160", {"chip 'h100' is not one of --chips", "zhenwu-810e, a800, h20"}},
+      {"compare --sweep zhenwu-810e.cores=32:64",
+       {"'cores' is not a sweepable chip field", "sweepable: matrix_bf16, matrix_fp16", "hbm_bandwidth",
+        "chip_link_bandwidth"}},
+      {"compare --sweep zhenwu-810e.matrix_bf16=160:90",
+       {"the range 160:90 is empty or inverted", "0 < LO < HI", "120 TFLOPS"}},
+      {"compare --sweep zhenwu-810e.matrix_bf16=90:90", {"the range 90:90 is empty or inverted"}},
+      {"compare --sweep zhenwu-810e.matrix_bf16=90:160 --sweep-points 1",
+       {"--sweep-points 1: a sweep needs at least 2 points per axis"}},
+      {"compare --suite kernels --out " + file + "/sub", {"--out " + file + "/sub: cannot create the folder", "Not a directory"}},
+  });
+}
+
+}  // namespace
+
+namespace {
+
+// A chip file of the user's own has no node or cluster preset: the 8-chip workload records why (value
+// and ratio null) and the others go on; with a baseline that is not the PPU no claim is made.
+TEST(Cli, CompareChipFileWithoutNode) {
+  const std::string file = ppu::test::temp_path("cli-compare-chip.json");
+  auto chip = nlohmann::json::parse(ppu::builtin_preset("chips", "h20").value());
+  chip["name"] = "my-h20";
+  std::ofstream(file) << chip.dump(2);
+  CmdResult r = ppu("compare --chips " + file + ",a800 --suite kernels --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto doc = nlohmann::json::parse(r.out.substr(r.out.find("\n{\n") == std::string::npos ? 0 : r.out.find("\n{\n") + 1));
+  EXPECT_EQ(doc["baseline"], "my-h20");
+  EXPECT_TRUE(doc["claims"].empty());
+  EXPECT_TRUE(doc["chips"][0]["node"].is_null());
+  bool saw = false;
+  for (const auto& w : doc["results"]) {
+    if (w["workload"] != "allreduce_8") {
+      EXPECT_TRUE(w["chips"][0]["value"].is_number()) << w["workload"];
+      continue;
+    }
+    saw = true;
+    EXPECT_TRUE(w["chips"][0]["value"].is_null());
+    EXPECT_EQ(w["chips"][0]["error"], "no node preset for my-h20");
+    EXPECT_TRUE(w["chips"][1]["value"].is_number());
+    EXPECT_TRUE(w["relative_performance"][0]["value"].is_null());
+  }
+  EXPECT_TRUE(saw);
 }
 
 }  // namespace

@@ -21,7 +21,7 @@ using nlohmann::json;
 
 TEST(ClusterSpec, EveryPresetLoadsWithConsistentTotals) {
   const auto names = cluster_preset_names();
-  for (const char* want : {"a100-selene", "h100-24k", "h800-2k", "zhenwu-10k", "a800-10k", "h20-10k"})
+  for (const char* want : {"a100-selene", "h100-24k", "h800-2k", "zhenwu-10k", "zhenwu-10k-16", "a800-10k", "h20-10k"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   for (const auto& n : names) {
     SCOPED_TRACE(n);
@@ -65,6 +65,28 @@ TEST(ClusterSpec, PresetKeyNumbers) {
     ASSERT_EQ(t.num_tiers(), z.num_tiers());
     for (size_t i = 0; i < t.tiers.size(); ++i)
       for (const auto& f : tier_fields()) EXPECT_DOUBLE_EQ((t.tiers[i].*(f.member)).value, (z.tiers[i].*(f.member)).value);
+  }
+  // The same 10,240 PPUs of the cloud's 16-PPU node: per chip the same NIC bandwidth, node power and
+  // switch figures; segments of 128 hosts (2,048 PPUs, SimAI's HPN template with 16 GPUs per server),
+  // 7 per pod.
+  const ClusterSpec z16 = load_cluster("zhenwu-10k-16");
+  EXPECT_EQ(z16.num_chips(), 10240);
+  EXPECT_EQ(z16.num_nodes(), 640);
+  EXPECT_EQ(z16.node.name, "zhenwu-16");
+  EXPECT_DOUBLE_EQ(z16.node_bandwidth_bytes_per_s() / z16.chips_per_node(), z.node_bandwidth_bytes_per_s() / z.chips_per_node());
+  EXPECT_DOUBLE_EQ(z16.node_power.value / z16.chips_per_node(), z.node_power.value / z.chips_per_node());
+  for (const char* key : {"nic_bandwidth", "nic_latency", "nic_efficiency", "pue"}) {
+    const auto& f = *std::find_if(cluster_fields().begin(), cluster_fields().end(), [&](const auto& x) { return x.key == key; });
+    EXPECT_DOUBLE_EQ((z16.*(f.member)).value, (z.*(f.member)).value) << key;
+  }
+  EXPECT_EQ(z16.tiers[0].num_nodes() * z16.chips_per_node(), 2048);
+  EXPECT_EQ(z16.tiers[1].num_nodes() / z16.tiers[0].num_nodes(), 7);
+  EXPECT_EQ(z16.num_domains(0), 5);
+  EXPECT_EQ(z16.num_domains(1), 1);
+  ASSERT_EQ(z16.num_tiers(), z.num_tiers());
+  for (int i = 0; i < z.num_tiers(); ++i) {
+    EXPECT_DOUBLE_EQ(z16.tiers[i].oversubscription.value, z.tiers[i].oversubscription.value);
+    EXPECT_DOUBLE_EQ(z16.tiers[i].latency.value, z.tiers[i].latency.value);
   }
   EXPECT_EQ(load_cluster("a800-10k").node.chip.name, "a800");
   EXPECT_EQ(load_cluster("h20-10k").node.chip.name, "h20");

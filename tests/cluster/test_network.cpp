@@ -43,7 +43,7 @@ ClusterSpec make_cluster(const std::string& node_name, int nodes, double nic_gbp
   c.nodes = q(nodes, Dimension::kCount);
   c.nics_per_node = q(8, Dimension::kCount);
   c.nic_bandwidth = q(nic_gbps * 1e9 / 8, Dimension::kBandwidth);
-  // 400 Gb/s NDR delivers 46-48 GB/s of its 50 (shared/reference/calibration.md sec. 4): 0.94, the middle.
+  // 400 Gb/s NDR delivers 46-49 GB/s of its 50 (NVIDIA/nccl-tests issue #267): 0.94, about the middle.
   c.nic_efficiency = q(0.94, Dimension::kFraction);
   c.nic_latency = q(3e-6, Dimension::kTime);  // assumed: IB NIC to NIC through one switch, software to software
   c.rail_optimized = rail_optimized;
@@ -133,7 +133,7 @@ TEST(ClusterNetwork, GroupsInsideANodeEqualTheNodeCollective) {
 }
 
 // DGX-A100 (8 x 200 Gb/s HDR per node): multi-node all-reduce reaches about 192 GB/s bus bandwidth
-// (calibration.md sec. 4). The NIC efficiency comes from the separate NDR point (0.94), so this checks
+// (NVIDIA/nccl issue #812). The NIC efficiency comes from the separate NDR point (0.94), so this checks
 // the algorithm and bus-bandwidth accounting, not a fit. Tolerance 5%: the NDR range 46-48 GB/s alone
 // spans +-2%, and the latency terms take 1-3% at 8 GB.
 TEST(ClusterNetwork, MultiNodeAllReduceBusBandwidthMatchesDgxA100) {

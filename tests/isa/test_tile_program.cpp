@@ -275,6 +275,32 @@ TEST(TileProgramErrors, MmaAccumulatorMustBeFp32) {
   test::expect_error([&] { p.mma(c, a, b, 16, 16, 16); }, {"mma accumulator", "'acc'", "bf16", "fp32"});
 }
 
+// int8 operands accumulate into int32, and only they do; one int8 instruction's k is bounded so that
+// its own int32 sum cannot overflow; the vector unit's one integer op is the int32 add.
+TEST(TileProgramErrors, Int8MmaAccumulatesIntoInt32) {
+  TileProgram p;
+  const auto a = p.alloc(DType::kI8, 16, 32, "a");
+  const auto b = p.alloc(DType::kI8, 32, 16, "b");
+  const auto f = p.alloc(DType::kF32, 16, 16, "acc_f32");
+  const auto i = p.alloc(DType::kI32, 16, 16, "acc_i32");
+  const auto i2 = p.alloc(DType::kI32, 16, 16, "other_i32");
+  p.mma(i, a, b, 16, 16, 32, false, false, false);
+  test::expect_error([&] { p.mma(f, a, b, 16, 16, 32); }, {"mma accumulator 'acc_f32' is fp32", "int8", "int32"});
+  const auto h = p.alloc(DType::kBF16, 16, 16, "h");
+  test::expect_error([&] { p.mma(i, h, h, 16, 16, 16); }, {"mma accumulator 'acc_i32' is int32", "bf16", "fp32"});
+  test::expect_error([&] { p.mma(f, i, i2, 16, 16, 16); }, {"mma operands are int32", "int8", "cast first"});
+  const auto wide_a = p.alloc(DType::kI8, 1, kMmaInt8MaxK + 1, "wide_a");
+  const auto wide_b = p.alloc(DType::kI8, 1, kMmaInt8MaxK + 1, "wide_b");
+  const auto one = p.alloc(DType::kI32, 1, 1, "one");
+  test::expect_error([&] { p.mma(one, wide_a, wide_b, 1, 1, kMmaInt8MaxK + 1, false, true); },
+                     {"int8 mma k = 131072 exceeds 131071", "overflow"});
+  p.binary(BinaryOp::kAdd, i, i, i2, 16, 16);  // exact partial-sum adds
+  test::expect_error([&] { p.binary(BinaryOp::kMul, i, i, i2, 16, 16); }, {"binary destination", "int32", "fp32"});
+  test::expect_error([&] { p.binary(BinaryOp::kAdd, i, i, f, 16, 16); }, {"binary destination", "int32", "fp32"});
+  test::expect_error([&] { p.binary(BinaryOp::kAdd, i, i, one, 16, 16, Broadcast::kRow); }, {"int32", "fp32"});
+  p.cast(f, i, 16, 16);  // the epilogue's way to the vector unit
+}
+
 TEST(TileProgramErrors, MmaExtentsChecksAgainstTransposedShapes) {
   TileProgram p;
   const auto a = p.alloc(DType::kBF16, 32, 16, "a");  // A [m=32, k=16], or A^T [k=32, m=16]

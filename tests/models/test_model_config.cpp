@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 // Published figures, in billions. Sources: Qwen3 technical report and the Qwen3 model cards on
 // Hugging Face ("Number of Parameters", "Non-Embedding", "Activated"); Llama 3 paper / Llama 3.1 and
 // 3.3 model cards (8.03B, 70.6B, 405B); Megatron-LM SC'21 table 1 "Params (B)"
-// (shared/reference/calibration.md section 5). active = 0: a dense model (active == total);
+// (Narayanan et al., arXiv:2104.04473). active = 0: a dense model (active == total);
 // non_embedding = 0: not published.
 struct Published {
   const char* preset;

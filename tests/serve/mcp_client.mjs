@@ -1,6 +1,6 @@
 // The official MCP SDK client (@modelcontextprotocol/sdk, pinned in tools/serve-client) against
-// `ppu mcp` over stdio: it lists the tools, calls each one, and gets an error case as a tool error
-// (isError) with the session still usable. Usage: node mcp_client.mjs PATH/TO/ppu
+// `ppu mcp` over stdio: it lists the tools, calls each one (the code tool runs a program in its
+// bubblewrap sandbox), and gets an error case as a tool error (isError) with the session still usable. Usage: node mcp_client.mjs PATH/TO/ppu
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,7 +30,7 @@ const kb = path.join(dir, 'kb.sqlite');
 execFileSync(ppu, ['index', path.join(dir, 'docs'), '--out', kb]);
 
 const transport = new StdioClientTransport({
-  command: ppu, args: ['mcp', '--tools', `search=${kb},memory=${path.join(dir, 'mem.sqlite')}`, '--user', 'alice'],
+  command: ppu, args: ['mcp', '--tools', `search=${kb},memory=${path.join(dir, 'mem.sqlite')},code`, '--user', 'alice'],
   stderr: 'pipe' });
 const client = new Client({ name: 'openppu-test', version: '1.0.0' });
 let passed = 0;
@@ -44,7 +44,8 @@ try {
   await step('tools/list gives every tool with its input schema', async () => {
     const { tools } = await client.listTools();
     const names = tools.map((t) => t.name);
-    check(JSON.stringify(names) === JSON.stringify(['search', 'memory_save', 'memory_recall', 'memory_list', 'memory_forget']),
+    check(JSON.stringify(names) === JSON.stringify(['search', 'memory_save', 'memory_recall', 'memory_list', 'memory_forget',
+                                                    'code']),
           JSON.stringify(names));
     check(tools[0].inputSchema.required[0] === 'query', JSON.stringify(tools[0].inputSchema));
   });
@@ -61,6 +62,10 @@ try {
     check(text(listed) === `[${id}] prefers answers in French`, text(listed));
     const forgot = await client.callTool({ name: 'memory_forget', arguments: { id } });
     check(!forgot.isError && text(forgot) === `forgot memory ${id}`, text(forgot));
+  });
+  await step('code runs a program in the sandbox', async () => {
+    const r = await client.callTool({ name: 'code', arguments: { code: 'import sys\nprint(6 * 7)\nsys.exit(3)' } });
+    check(!r.isError && text(r) === 'exit status 3\nstdout:\n42\n', text(r));
   });
   await step('errors are tool errors and the session goes on', async () => {
     const unknown = await client.callTool({ name: 'browse', arguments: { url: 'x' } });

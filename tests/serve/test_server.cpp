@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "QwenTokenizer.hpp"
 #include "TestUtil.hpp"
 #include "arch/Presets.hpp"
 #include "models/ChatTemplate.hpp"
@@ -23,10 +24,7 @@ using nlohmann::json;
 
 namespace {
 
-const models::Tokenizer& qwen3() {
-  static const models::Tokenizer t = models::Tokenizer::from_file(test::qwen3_tokenizer_path());
-  return t;
-}
+using test::qwen3;
 
 const std::vector<int32_t> kPrompt = {785, 6722, 315, 9625, 374};  // "The capital of France is"
 

@@ -49,7 +49,7 @@ TEST(Tools, SpecParsing) {
   test::expect_error([] { parse_tool_spec("search=k.sqlite,browser=x"); }, {"'browser=x' is not a tool", "valid: search"});
   test::expect_error([] { parse_tool_spec("search"); }, {"'search' needs its file", "search=FILE.sqlite"});
   test::expect_error([] { parse_tool_spec("memory=a,memory=b"); }, {"'memory' is given twice"});
-  test::expect_error([] { parse_tool_spec("search=k,code"); }, {"'code'", "not built yet"});
+  test::expect_error([] { parse_tool_spec("search=k,coder"); }, {"'coder' is not a tool", "memory=FILE.sqlite, code"});
   test::expect_error([] { parse_tool_spec("search=k,"); }, {"'' is not a tool"});
 }
 
