@@ -3,7 +3,8 @@
 # benchmarks of the simulator itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# python3-torch: the PyTorch runs some benchmarks compare against (training losses, decode speed).
+scripts/setup.sh python3-torch
 scripts/build.sh build >/dev/null
 out=docs/validation.md
 {
