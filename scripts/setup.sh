@@ -11,7 +11,8 @@ PACKAGES=(build-essential cmake ccache pkg-config libfmt-dev nlohmann-json3-dev 
 # bible-kjv-text: the King James Bible (public domain), the default training corpus (docs/training-data.md).
 # python3-jsonschema: the test that checks every --json document against docs/schemas.
 # libcpp-httplib-dev: the HTTP server of `ppu serve`; libsqlite3-dev: the agent's search index (FTS5).
-# chromium: the headless browser that tests/report/compare_page.mjs opens the `ppu compare` page in.
+# chromium: the headless browser the page tests open the `ppu compare` report and the chat page of
+# `ppu serve` in (tests/report/compare_page.mjs, tests/serve/chat_page.mjs).
 # bubblewrap: the sandbox the agent's `code` tool runs Python programs in (src/serve/Sandbox).
 PACKAGES+=("$@")
 # Node.js and npm fetch the reference tokenizer. NodeSource's nodejs package bundles npm (and

@@ -620,7 +620,9 @@ std::vector<SweepAxis> parse_sweep(const std::string& text, int points, const st
       throw UserError(fmt::format("--sweep '{}': the range {}:{} is empty or inverted; write LO:HI with 0 < LO < HI, in "
                                   "the preset's unit ({}: {})",
                                   spec, lo, hi, a.field, q.text));
-    for (int p = 0; p < points; ++p) a.values.push_back(lo + (hi - lo) * p / (points - 1));
+    // Grid points rounded to 12 significant digits: 2.15, not 2.1500000000000004.
+    for (int p = 0; p < points; ++p)
+      a.values.push_back(std::stod(fmt::format("{:.12g}", lo + (hi - lo) * p / (points - 1))));
     for (const auto& other : axes)
       if (other.key == a.key) throw UserError(fmt::format("--sweep '{}': {} is swept twice", text, a.key));
     axes.push_back(std::move(a));
