@@ -303,10 +303,7 @@ cluster::TrainingResult training_run(const CompareChip& c, const std::string& mo
   const ModelConfig m = load_model_config(model);
   const ClusterSpec& cl = *c.cluster;
   l.dp = static_cast<int>(std::max<int64_t>(1, chips / (int64_t{l.tp} * l.pp * l.cp)));
-  // About 4M tokens per iteration, a whole number of micro-batches per replica (as simulate train).
-  if (l.global_batch == 0)
-    l.global_batch = std::max<int64_t>(1, ((int64_t{4} << 20) / l.seq_len + l.dp * l.micro_batch - 1) /
-                                              (l.dp * l.micro_batch)) * l.dp * l.micro_batch;
+  if (l.global_batch == 0) l.global_batch = cluster::default_global_batch(l.seq_len, l.dp, l.micro_batch);
   cluster::check_layout(m, cl, l, chips);
   l = cluster::least_recomputation(m, c.chip, l);
   auto net = cluster::make_network(cl, cluster::NetworkKind::kAnalytical);

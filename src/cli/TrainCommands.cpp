@@ -213,10 +213,7 @@ int simulate_on(const TrainCliOptions& o, const ModelConfig& m, const ClusterSpe
     l.virtual_stages = o.vp;
     l.micro_batch = o.micro_batch;
     l.seq_len = o.seq_len;
-    l.global_batch = o.global_batch > 0
-                         ? o.global_batch
-                         : std::max<int64_t>(1, ((int64_t{4} << 20) / o.seq_len + l.dp * l.micro_batch - 1) /
-                                                    (l.dp * l.micro_batch)) * l.dp * l.micro_batch;
+    l.global_batch = o.global_batch > 0 ? o.global_batch : default_global_batch(o.seq_len, l.dp, l.micro_batch);
     l.zero = o.zero;
     l.unfused_attention = o.unfused_attention;
     l.attention_style = parse_attention(o.attention);

@@ -38,6 +38,7 @@
 // except through the network model.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -167,6 +168,13 @@ int dp_group_expert(const Layout& l);
 // cheap (no kernels are timed).
 MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layout& l);
 MemoryUse training_memory(const ModelConfig& m, const ChipSpec& chip, const Layout& l, const WeightShares& ws);
+
+// The global batch (sequences per iteration) when none is given: about 4M tokens, rounded up to a
+// whole number of `micro_batch` micro-batches on each of `dp` replicas.
+inline int64_t default_global_batch(int64_t seq_len, int dp, int micro_batch) {
+  const int64_t per_step = int64_t{dp} * micro_batch;
+  return std::max<int64_t>(1, ((int64_t{4} << 20) / seq_len + per_step - 1) / per_step) * per_step;
+}
 
 // `l` with the least recomputation that fits in memory: none, else full recomputation of 1, 2, ...
 // layers per stage, else of all; returned as full recomputation of all layers if even that does
