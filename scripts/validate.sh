@@ -79,6 +79,18 @@ out=docs/validation.md
   build/bench/bench_host_decode
   echo '```'
   echo
+  echo "## The claim check (\`ppu compare\`, docs/compare.md; target: the whole suite for three chips in under 2 minutes of host time)"
+  echo
+  echo '```'
+  build/ppu compare 2>/dev/null
+  echo '```'
+  echo
+  echo "## The agent's tools (bench_agent_tools, docs/agent.md; targets from the agent issue)"
+  echo
+  echo '```'
+  build/bench/bench_agent_tools
+  echo '```'
+  echo
   echo "## Qwen3-0.6B on every chip (timing only; no published measurement to compare with yet)"
   echo
   echo '```'
